@@ -1,0 +1,79 @@
+"""Chunks: what a chunker makes of one parsed file, and how oversize units are cut."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.records import ParsedBlob
+
+
+@dataclass(slots=True)
+class Chunk:
+    key: str  # pairing key inside one file (local qualname, or window index)
+    kind: str
+    name: str
+    local_qualname: str
+    qualname: str
+    header: str | None
+    signature: str | None
+    text: str
+    compare: str  # the text whose change makes the chunk "changed" (a container's skeleton)
+    pieces: list[str]  # text cut to the chunker's limit (usually one piece)
+    lines: tuple[int, int]
+    has_error: bool
+
+
+class Chunker(Protocol):
+    #: whether unmatched chunks may be paired by signature similarity (renamed units)
+    pairs_renames: bool
+
+    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
+        """The chunks of one file; ``module`` is the language's module path for ``path``."""
+
+
+def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> tuple[list[str], int]:
+    """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries.
+
+    ``cuts`` are (offset, depth) pairs between sibling nodes; shallower cuts are tried
+    first and a segment still too long is cut at the next depth. Pieces after the first
+    repeat the unit's opening (up to its body's ``{``) so each piece keeps its header.
+    A segment with no cut inside (one huge token or leaf) stays whole: it is counted as
+    oversize rather than cut mid-token. Returns the pieces and the number of oversize ones.
+    """
+    n = len(text)
+    if n <= max_chars:
+        return [text], 0
+    prefix = text[:body_open].rstrip() + "\n" if body_open else ""
+    if len(prefix) > max_chars // 2:
+        prefix = ""
+    budget = max_chars - len(prefix)
+    offsets = [c[0] for c in cuts]
+
+    def segments(a: int, b: int) -> list[tuple[int, int]]:
+        lo, hi = bisect.bisect_right(offsets, a), bisect.bisect_left(offsets, b)
+        inner = cuts[lo:hi]
+        if not inner:
+            return [(a, b)]
+        depth = min(d for _, d in inner)
+        bounds = [a] + sorted({o for o, d in inner if d == depth}) + [b]
+        out: list[tuple[int, int]] = []
+        for x, y in zip(bounds, bounds[1:]):
+            if x == y:
+                continue
+            out.extend(segments(x, y) if y - x > budget else [(x, y)])
+        return out
+
+    pieces: list[str] = []
+    oversize = 0
+    start = end = 0
+    for a, b in segments(0, n):
+        limit = max_chars if not pieces else budget
+        if end > start and b - start > limit:
+            pieces.append(text[start:end] if not pieces else prefix + text[start:end])
+            start = a
+        end = b
+    pieces.append(text[start:end] if not pieces else prefix + text[start:end])
+    oversize = sum(1 for p in pieces if len(p) > max_chars)
+    return pieces, oversize

@@ -1,0 +1,211 @@
+"""The ``chunk`` stage: parse every needed blob once, then pair units commit by commit.
+
+Phase 1 parses each unique (blob, language) that is not in the blob cache yet, spread
+over the executor's workers; phase 2 walks commits in order, loads both sides of each
+changed file from the cache, chunks and pairs them into UnitChange records. Both phases
+return their results in input order, so the output is identical for any worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.blob_cache import BlobCache
+from core.chunk import Chunker
+from core.gitio import BlobReader
+from core.language import Language
+from core.pairing import pair_chunks, part_changes
+from core.records import CommitRecord, ParsedBlob, UnitChange
+from core.stats import Counter
+
+BLOB_BATCH = 24
+COMMIT_BATCH = 8
+_BINARY_SNIFF = 8000
+
+# per-process state of workers: one cat-file per repository, a few recently used blobs
+# (keyed by pid too: a forked worker must never write to its parent's cat-file pipes)
+_READERS: dict[tuple[int, str], BlobReader] = {}
+
+
+def _reader(git_dir: str) -> BlobReader:
+    key = (os.getpid(), git_dir)
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = _READERS[key] = BlobReader(Path(git_dir))
+    return reader
+
+
+def close_readers() -> None:
+    """Close this process's cat-file processes (workers' end with the workers)."""
+    pid = os.getpid()
+    for key in [k for k in _READERS if k[0] == pid]:
+        _READERS.pop(key).close()
+
+
+@dataclass
+class ChunkJob:
+    git_dir: str
+    repo_name: str
+    cache_root: str
+    languages: dict[str, Language]
+    chunker: Chunker
+    max_file_bytes: int
+    rename_similarity: float
+    blob_skips: dict[str, str] = field(default_factory=dict)
+
+    def _cache(self, lang: str) -> BlobCache:
+        return BlobCache(self.cache_root, self.languages[lang].cache_key)
+
+    # -- phase 1 ---------------------------------------------------------------------
+    def parse_blobs(self, batch: list[tuple[str, str]]) -> dict[str, Any]:
+        """Parse blobs missing from the cache; report counts and per-blob skips."""
+        stats = Counter()
+        skips: dict[str, str] = {}
+        reader = _reader(self.git_dir)
+        for blob, lang in batch:
+            cache = self._cache(lang)
+            entry = cache.get(blob)
+            if entry is not None and (entry["skip"] or entry["size"] <= self.max_file_bytes):
+                stats.add("blobs_cached")
+                continue
+            data = reader.read(blob)
+            if data is None:
+                skips[blob] = "missing_object"
+                continue
+            if len(data) > self.max_file_bytes:
+                skips[blob] = "too_large"
+                continue
+            entry = {"size": len(data), "skip": None, "parsed": None}
+            if b"\0" in data[:_BINARY_SNIFF]:
+                entry["skip"] = "binary"
+            else:
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    entry["skip"] = "not_utf8"
+            if entry["skip"] is None:
+                parsed = self.languages[lang].parse(data)
+                entry["parsed"] = parsed.to_dict()
+                stats.add("blobs_parsed")
+                stats.add("bytes_parsed", len(data))
+                stats.add("units_extracted", len(parsed.units))
+            cache.put(blob, entry)
+        return {"stats": stats.to_dict(), "skips": skips}
+
+    # -- phase 2 ---------------------------------------------------------------------
+    def pair_commits(self, batch: list[CommitRecord]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        stats = Counter()
+        rows: list[dict[str, Any]] = []
+        for rec in batch:
+            rows.extend(self._pair_commit(rec, stats))
+        return rows, stats.to_dict()
+
+    def _load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
+        key = (blob, lang)
+        hit = _LOADED.get(key)
+        if hit is not None:
+            _LOADED.move_to_end(key)
+            return hit
+        if blob in self.blob_skips:
+            result: tuple[ParsedBlob | None, str | None] = (None, self.blob_skips[blob])
+        else:
+            entry = self._cache(lang).get(blob)
+            if entry is None:
+                result = (None, "missing_object")
+            elif entry["skip"]:
+                result = (None, entry["skip"])
+            elif entry["size"] > self.max_file_bytes:
+                result = (None, "too_large")
+            else:
+                result = (ParsedBlob.from_dict(entry["parsed"]), None)
+        _LOADED[key] = result
+        if len(_LOADED) > 64:
+            _LOADED.popitem(last=False)
+        return result
+
+    def _pair_commit(self, rec: CommitRecord, stats: Counter) -> Iterator[dict[str, Any]]:
+        max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
+        for fc in rec.files:
+            lang = self.languages[fc.lang]  # type: ignore[index]
+            old = new = None
+            reason = None
+            if fc.old_blob:
+                old, reason = self._load(fc.old_blob, lang.name)
+            if reason is None and fc.new_blob:
+                new, reason = self._load(fc.new_blob, lang.name)
+            if reason is not None:
+                stats.skip(f"file_{reason}")
+                continue
+            if new is not None and new.has_error:
+                stats.add("files_with_syntax_errors")
+            old_chunks = self.chunker.chunk(old, lang.module_path(fc.old_path), fc.old_path) if old else []
+            new_chunks = self.chunker.chunk(new, lang.module_path(fc.new_path), fc.new_path) if new else []
+            emitted = 0
+            for change, o, n in pair_chunks(old_chunks, new_chunks, renames=self.chunker.pairs_renames,
+                                             rename_similarity=self.rename_similarity):
+                for pc in part_changes(change, o, n):
+                    emitted += 1
+                    stats.add(f"unit_changes_{pc.change}")
+                    if max_chars is not None and len(pc.new_code or pc.old_code) > max_chars:
+                        stats.add("oversize_parts")
+                    yield _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc).to_dict()
+            stats.add("unit_changes", emitted)
+            if emitted == 0:
+                stats.add("files_without_unit_changes")
+
+
+_LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
+
+
+def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:
+    ref = pc.new if pc.new is not None else pc.old
+    h = hashlib.blake2b(digest_size=12)
+    for part in (repo, rec.commit, path, ref.qualname, str(pc.part), pc.old_code, pc.new_code):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return UnitChange(
+        id=h.hexdigest(),
+        repo=repo,
+        commit=rec.commit,
+        parent=rec.parents[0] if rec.parents else None,
+        time=rec.committer_time,
+        subject=rec.subject,
+        message=rec.message,
+        path=path,
+        old_path=old_path if old_path != path else None,
+        lang=lang,
+        change=pc.change,
+        kind=ref.kind,
+        qualname=ref.qualname,
+        old_qualname=pc.old.qualname if pc.old is not None and pc.new is not None and pc.old.qualname != pc.new.qualname else None,
+        header=ref.header,
+        signature=ref.signature,
+        old_code=pc.old_code,
+        new_code=pc.new_code,
+        part=pc.part,
+        parts=pc.parts,
+        old_lines=pc.old.lines if pc.old is not None else None,
+        new_lines=pc.new.lines if pc.new is not None else None,
+        has_error=ref.has_error,
+    )
+
+
+def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str]]:
+    """Every (blob, language) the commits need, in first-use order."""
+    seen: dict[tuple[str, str], None] = {}
+    for rec in commits:
+        for fc in rec.files:
+            for blob in (fc.old_blob, fc.new_blob):
+                if blob:
+                    seen.setdefault((blob, fc.lang), None)  # type: ignore[arg-type]
+    return list(seen)
+
+
+def batched(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

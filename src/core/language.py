@@ -1,0 +1,25 @@
+"""The interface every language plugin implements (Rust is one of them, not a special case)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from core.records import ParsedBlob
+
+
+class Language(Protocol):
+    name: str
+    extensions: tuple[str, ...]
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies grammar and extractor versions; part of every parsed-blob cache key."""
+
+    def parse(self, source: bytes) -> ParsedBlob:
+        """Extract the units of one blob (already checked to be UTF-8 text)."""
+
+    def module_path(self, path: str) -> str:
+        """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty)."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions worth recording in the manifest (grammar, parser library...)."""

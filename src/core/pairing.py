@@ -1,0 +1,115 @@
+"""Before/after pairing of one file's chunks across a commit.
+
+Chunks are matched by key (the local qualified name, so units of a renamed file still
+pair), then unmatched chunks of the same kind by similarity of their text with the
+unit's own name masked (renamed or moved units). Pairs whose compared text is equal are
+unchanged and produce nothing. An oversize unit's parts are aligned with a sequence
+match so that only parts that changed are emitted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from core.chunk import Chunk
+
+
+@dataclass(slots=True)
+class PartChange:
+    change: str  # added, modified, deleted, renamed
+    old: Chunk | None
+    new: Chunk | None
+    old_code: str
+    new_code: str
+    part: int
+    parts: int
+
+
+def _masked(chunk: Chunk) -> str:
+    if not chunk.name:
+        return chunk.text
+    return re.sub(rf"\b{re.escape(chunk.name)}\b", "\0", chunk.text)
+
+
+def _similarity(a: Chunk, b: Chunk, floor: float) -> float:
+    ta, tb = _masked(a), _masked(b)
+    sm = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
+    if sm.real_quick_ratio() < floor or sm.quick_ratio() < floor:
+        return 0.0
+    return sm.ratio()
+
+
+def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_similarity: float,
+                max_rename_candidates: int = 64) -> Iterator[tuple[str, Chunk | None, Chunk | None]]:
+    """Yield (change, old, new) for every chunk that differs between the two versions, in new-file order."""
+    old_by_key = {c.key: c for c in old}
+    matched_old: set[str] = set()
+    result: list[tuple[int, str, Chunk | None, Chunk | None]] = []
+    unmatched_new: list[tuple[int, Chunk]] = []
+    for i, n in enumerate(new):
+        o = old_by_key.get(n.key)
+        if o is None:
+            unmatched_new.append((i, n))
+            continue
+        matched_old.add(n.key)
+        if o.compare != n.compare or (o.pieces != n.pieces and o.text != n.text):
+            result.append((i, "modified", o, n))
+    unmatched_old = [o for o in old if o.key not in matched_old]
+    if renames and unmatched_old and unmatched_new and len(unmatched_old) * len(unmatched_new) <= max_rename_candidates ** 2:
+        scored = []
+        for oi, o in enumerate(unmatched_old):
+            for ni, (_, n) in enumerate(unmatched_new):
+                if o.kind == n.kind:
+                    s = _similarity(o, n, rename_similarity)
+                    if s >= rename_similarity:
+                        scored.append((-s, oi, ni))
+        scored.sort()
+        used_o: set[int] = set()
+        used_n: set[int] = set()
+        for _, oi, ni in scored:
+            if oi in used_o or ni in used_n:
+                continue
+            used_o.add(oi)
+            used_n.add(ni)
+            idx, n = unmatched_new[ni]
+            result.append((idx, "renamed", unmatched_old[oi], n))
+        unmatched_old = [o for k, o in enumerate(unmatched_old) if k not in used_o]
+        unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
+    # A container whose compared text is not its text (an impl or mod with member units)
+    # is covered by its members when it appears or disappears as a whole.
+    for i, n in unmatched_new:
+        if n.compare == n.text:
+            result.append((i, "added", None, n))
+    result.sort(key=lambda r: r[0])
+    for _, change, o, n in result:
+        yield change, o, n
+    for o in unmatched_old:
+        if o.compare == o.text:
+            yield "deleted", o, None
+
+
+def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[PartChange]:
+    """Split a chunk pair into per-part changes, dropping parts that are equal on both sides."""
+    old_pieces = old.pieces if old is not None else []
+    new_pieces = new.pieces if new is not None else []
+    if len(old_pieces) <= 1 and len(new_pieces) <= 1:
+        yield PartChange(change, old, new, old_pieces[0] if old_pieces else "", new_pieces[0] if new_pieces else "", 1, 1)
+        return
+    parts = max(len(new_pieces), 1) if new is not None else len(old_pieces)
+    sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            has_old, has_new = i1 + k < i2, j1 + k < j2
+            if new is None:
+                part = i1 + k + 1
+            elif has_new:
+                part = j1 + k + 1
+            else:  # a part removed from a unit that still exists: numbered where it stood
+                part = min(j2 + 1, parts)
+            yield PartChange(change, old, new, old_pieces[i1 + k] if has_old else "",
+                             new_pieces[j1 + k] if has_new else "", part, parts)

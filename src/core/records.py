@@ -1,0 +1,146 @@
+"""The records that flow between stages (see DESIGN.md, "Records").
+
+Field names follow CommitPack / StarCoder2 habits. Records are plain dataclasses that
+serialise to one JSON object per line; ``to_dict``/``from_dict`` are the only codecs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class FileChange:
+    change: str  # A, M, D, R
+    old_path: str | None
+    new_path: str | None
+    old_blob: str | None
+    new_blob: str | None
+    similarity: int | None = None  # rename similarity in percent, R only
+    lang: str | None = None
+    old_mode: str | None = None
+    new_mode: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.new_path if self.new_path is not None else self.old_path  # type: ignore[return-value]
+
+
+@dataclass(slots=True)
+class CommitRecord:
+    commit: str
+    parents: list[str]
+    author_time: str  # ISO 8601
+    author_epoch: int
+    committer_time: str
+    committer_epoch: int
+    subject: str
+    message: str
+    files: list[FileChange] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CommitRecord:
+        files = [FileChange(**f) for f in d["files"]]
+        return cls(**{**d, "files": files})
+
+
+@dataclass(slots=True)
+class Unit:
+    """A semantic unit of one parsed blob.
+
+    Spans are byte offsets into the blob (docs and attributes included); ``text`` is the
+    decoded slice. ``local_qualname`` is the name path inside the file (``mod`` nesting and
+    impl target); the module path derived from the file path is prefixed at pairing time,
+    so a blob's units can be cached by blob id whatever path it appears under.
+    """
+
+    kind: str
+    name: str
+    local_qualname: str
+    header: str | None  # enclosing impl/trait header, e.g. "impl<T> Store for Mem<T> where T: Clone"
+    signature: str
+    start_byte: int
+    end_byte: int
+    start_line: int  # 1-based, inclusive
+    end_line: int
+    has_error: bool
+    text: str
+    parent: int | None = None  # index of the enclosing container unit
+    body_open: int | None = None  # char offset in text just after the body's opening brace
+    cuts: list[tuple[int, int]] = field(default_factory=list)  # (char offset in text, depth)
+    skeleton: str | None = None  # containers: text with child units elided
+
+
+@dataclass(slots=True)
+class ParsedBlob:
+    """What a language plugin extracts from one blob (the unit cache stores this)."""
+
+    lang: str
+    text: str
+    units: list[Unit]
+    has_error: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lang": self.lang,
+            "text": self.text,
+            "has_error": self.has_error,
+            "units": [dataclasses.astuple(u) for u in self.units],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParsedBlob:
+        units = []
+        for row in d["units"]:
+            u = Unit(*row)
+            u.cuts = [tuple(c) for c in u.cuts]  # type: ignore[misc]
+            units.append(u)
+        return cls(lang=d["lang"], text=d["text"], units=units, has_error=d["has_error"])
+
+
+@dataclass(slots=True)
+class ContextItem:
+    path: str
+    qualname: str
+    kind: str
+    text: str
+    score: float
+    why: str
+
+
+@dataclass(slots=True)
+class UnitChange:
+    """One line of ``chunks.jsonl``: a unit (or one part of an oversize unit) before and after a commit."""
+
+    id: str
+    repo: str
+    commit: str
+    parent: str | None
+    time: str
+    subject: str
+    message: str
+    path: str
+    old_path: str | None
+    lang: str
+    change: str  # added, modified, deleted, renamed
+    kind: str
+    qualname: str
+    old_qualname: str | None
+    header: str | None
+    signature: str | None
+    old_code: str
+    new_code: str
+    part: int
+    parts: int
+    old_lines: tuple[int, int] | None
+    new_lines: tuple[int, int] | None
+    has_error: bool
+    context: list[ContextItem] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,8 @@
+"""Built-in plugins. They register through the same hooks as third-party packages."""
+
+BUILTIN_PLUGINS = (
+    "plugins.sources",
+    "plugins.rust",
+    "plugins.chunkers",
+    "plugins.executors",
+)

@@ -1,0 +1,108 @@
+"""Chunkers ``ast`` (semantic units) and ``window`` (the naive fixed-size baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.chunk import Chunk, split_at_cuts
+from core.errors import CommitforgeError
+from core.hookspecs import hookimpl
+from core.records import ParsedBlob
+
+MIN_CHARS = 200
+
+
+@dataclass
+class AstChunkerConfig:
+    name: str = "ast"
+    max_chars: int = 4000  # the naive pipeline's windows were 2000
+
+
+class AstChunker:
+    """One chunk per unit; a unit over ``max_chars`` is cut at AST boundaries into parts.
+
+    Containers (impl, trait, inline mod) are chunks too, but they count as changed only
+    when their own text changes (header, associated items, required trait methods), not
+    when one of their member units does: members are chunks of their own.
+    """
+
+    pairs_renames = True
+
+    def __init__(self, cfg: AstChunkerConfig):
+        if cfg.max_chars < MIN_CHARS:
+            raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} is too small; use at least {MIN_CHARS}")
+        self.cfg = cfg
+        self.oversize = 0
+
+    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
+        out = []
+        for u in parsed.units:
+            pieces, oversize = split_at_cuts(u.text, u.cuts, self.cfg.max_chars, u.body_open)
+            self.oversize += oversize
+            out.append(Chunk(
+                key=u.local_qualname,
+                kind=u.kind,
+                name=u.name,
+                local_qualname=u.local_qualname,
+                qualname=f"{module}::{u.local_qualname}" if module else u.local_qualname,
+                header=u.header,
+                signature=u.signature,
+                text=u.text,
+                compare=u.skeleton if u.skeleton is not None else u.text,
+                pieces=pieces,
+                lines=(u.start_line, u.end_line),
+                has_error=u.has_error,
+            ))
+        return out
+
+
+@dataclass
+class WindowChunkerConfig:
+    name: str = "window"
+    max_chars: int = 2000
+    overlap: int = 0  # characters shared by consecutive windows
+
+
+class WindowChunker:
+    """Fixed character windows over the whole file, paired by window index.
+
+    This reproduces the naive pipeline for ablations: it knows nothing of syntax, so an
+    insertion near the top of a file shifts (and "changes") every later window.
+    """
+
+    pairs_renames = False
+
+    def __init__(self, cfg: WindowChunkerConfig):
+        if cfg.max_chars < 1:
+            raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} must be positive")
+        if not 0 <= cfg.overlap < cfg.max_chars:
+            raise CommitforgeError(f"chunker.overlap={cfg.overlap} must be >= 0 and below max_chars={cfg.max_chars}")
+        self.cfg = cfg
+        self.oversize = 0
+
+    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
+        text = parsed.text
+        size, step = self.cfg.max_chars, self.cfg.max_chars - self.cfg.overlap
+        out = []
+        line = 1
+        pos = 0
+        for i, start in enumerate(range(0, max(len(text), 1), step)):
+            window = text[start:start + size]
+            line += text.count("\n", pos, start)
+            pos = start
+            end_line = line + window.count("\n")
+            name = f"window{i}"
+            out.append(Chunk(
+                key=name, kind="window", name=name, local_qualname=name,
+                qualname=f"{path}#{name}", header=None, signature=None, text=window, compare=window,
+                pieces=[window], lines=(line, end_line), has_error=parsed.has_error,
+            ))
+            if start + size >= len(text):
+                break
+        return out
+
+
+@hookimpl
+def register_chunker(register):
+    register("ast", AstChunker, AstChunkerConfig)
+    register("window", WindowChunker, WindowChunkerConfig)

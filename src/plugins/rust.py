@@ -1,0 +1,336 @@
+"""Language ``rust``: units of Rust source with tree-sitter-rust.
+
+Items are found with one query whose cursor is limited to the depth where items can
+sit (inside up to ``max_nesting`` levels of ``mod``/``impl``/``trait`` bodies), so the
+parse tree is never walked node by node in Python. Units of a container (impl, trait,
+inline mod) point at it through ``parent``; functions inside function bodies are part
+of their enclosing function, not units of their own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.metadata
+import re
+from dataclasses import dataclass, field
+
+import tree_sitter
+import tree_sitter_rust
+
+from core.hookspecs import hookimpl
+from core.records import ParsedBlob, Unit
+
+EXTRACTOR_VERSION = "1"
+
+ITEM_KINDS = {
+    "function_item": "fn",
+    "struct_item": "struct",
+    "enum_item": "enum",
+    "union_item": "union",
+    "trait_item": "trait",
+    "impl_item": "impl",
+    "mod_item": "mod",
+    "macro_definition": "macro",
+    "const_item": "const",
+    "static_item": "static",
+    "type_item": "type",
+}
+CONTAINERS = {"impl_item", "trait_item", "mod_item"}
+CONTAINER_BODY_PARENTS = {"source_file", "declaration_list"}
+# nodes big enough to be worth cutting inside (the smallest useful chunk size is above this)
+CUT_MIN = 128
+_WS = re.compile(r"\s+")
+
+
+@dataclass
+class RustConfig:
+    name: str = "rust"
+    extensions: list[str] = field(default_factory=lambda: [".rs"])
+    max_nesting: int = 6  # levels of mod/impl/trait bodies searched for items
+
+
+def _norm(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+class _Offsets:
+    """Byte offset -> str offset for one blob (identity for ASCII)."""
+
+    def __init__(self, data: bytes, text: str):
+        self.ascii = len(data) == len(text)
+        if not self.ascii:
+            self.byte_pos: list[int] = []
+            self.extra: list[int] = []
+            extra = 0
+            for m in re.finditer(r"[^\x00-\x7f]", text):
+                extra += len(m.group().encode("utf-8")) - 1
+                # the character starts at char offset m.start(), i.e. byte offset m.start()+extra_before
+                self.byte_pos.append(m.start() + extra)  # byte offset just past the character
+                self.extra.append(extra)
+
+    def char(self, b: int) -> int:
+        if self.ascii:
+            return b
+        i = bisect.bisect_right(self.byte_pos, b) - 1
+        return b - (self.extra[i] if i >= 0 else 0)
+
+
+class RustLanguage:
+    name = "rust"
+
+    def __init__(self, cfg: RustConfig | None = None):
+        cfg = cfg or RustConfig()
+        self.cfg = cfg
+        self.extensions = tuple(cfg.extensions)
+        self._parser: tree_sitter.Parser | None = None
+        self._query: tree_sitter.Query | None = None
+
+    # parser objects do not pickle: workers rebuild them on first use
+    def __getstate__(self) -> dict:
+        return {"cfg": self.cfg, "extensions": self.extensions}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cfg"])  # type: ignore[misc]
+
+    def _ensure(self) -> tuple[tree_sitter.Parser, tree_sitter.Query]:
+        if self._parser is None:
+            lang = tree_sitter.Language(tree_sitter_rust.language())
+            self._parser = tree_sitter.Parser(lang)
+            self._query = tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in ITEM_KINDS) + "] @item")
+        return self._parser, self._query  # type: ignore[return-value]
+
+    @property
+    def cache_key(self) -> str:
+        v = self.versions()
+        return f"rust-x{EXTRACTOR_VERSION}-g{v['tree-sitter-rust']}-n{self.cfg.max_nesting}"
+
+    def versions(self) -> dict[str, str]:
+        return {
+            "tree-sitter": importlib.metadata.version("tree-sitter"),
+            "tree-sitter-rust": importlib.metadata.version("tree-sitter-rust"),
+        }
+
+    def module_path(self, path: str) -> str:
+        return rust_module_path(path)
+
+    def parse(self, source: bytes) -> ParsedBlob:
+        parser, query = self._ensure()
+        text = source.decode("utf-8")
+        tree = parser.parse(source)
+        root = tree.root_node
+        cursor = tree_sitter.QueryCursor(query)
+        cursor.set_max_start_depth(1 + 2 * self.cfg.max_nesting)
+        nodes = cursor.captures(root).get("item", [])
+        nodes.sort(key=lambda n: (n.start_byte, -n.end_byte))
+        offsets = _Offsets(source, text)
+        units: list[Unit] = []
+        index_of: dict[tuple[int, int, str], int] = {}
+        seen_names: dict[str, int] = {}
+        for node in nodes:
+            parent_node = node.parent
+            if parent_node is None or parent_node.type not in CONTAINER_BODY_PARENTS:
+                continue
+            parent_idx = None
+            container = None
+            if parent_node.type == "declaration_list":
+                container = parent_node.parent
+                if container is None or container.type not in CONTAINERS:
+                    continue  # e.g. items inside an extern block
+                parent_idx = index_of.get(_key(container))
+                if parent_idx is None:
+                    continue  # the container itself was not a unit (deeper than max_nesting)
+            if node.type == "mod_item" and node.child_by_field_name("body") is None:
+                continue  # `mod foo;` declares a file module; it is not a unit
+            unit = self._unit(node, source, text, offsets, units, parent_idx, container, seen_names)
+            index_of[_key(node)] = len(units)
+            units.append(unit)
+        self._skeletons(units, [offsets.char(u.start_byte) for u in units])
+        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error)
+
+    def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
+              parent_idx: int | None, container, seen_names: dict[str, int]) -> Unit:
+        ntype = node.type
+        kind = ITEM_KINDS[ntype]
+        if ntype == "function_item" and container is not None and container.type in ("impl_item", "trait_item"):
+            kind = "method"
+        name = _item_name(node)
+        parent = units[parent_idx] if parent_idx is not None else None
+        # children of the second `impl Foo` block are still Foo's items: drop the #n
+        local = f"{parent.local_qualname.split('#', 1)[0]}::{name}" if parent else name
+        n = seen_names.get(local, 0) + 1
+        seen_names[local] = n
+        if n > 1:  # cfg variants and multiple inherent impls share a name
+            local = f"{local}#{n}"
+        header = None
+        if container is not None and container.type in ("impl_item", "trait_item"):
+            header = parent.signature if parent else None
+        elif parent is not None:
+            header = parent.header
+        start, start_row = _leading_trivia_start(node)
+        body = node.child_by_field_name("body")
+        sig_end = body.start_byte if body is not None else node.end_byte
+        if ntype in ("const_item", "static_item"):
+            value = node.child_by_field_name("value")
+            if value is not None:
+                sig_end = value.start_byte
+        if ntype == "macro_definition":
+            signature = f"macro_rules! {name}"
+        else:
+            signature = _norm(source[node.start_byte:sig_end].decode("utf-8", "replace")).rstrip("=").rstrip()
+        c_start = offsets.char(start)
+        c_end = offsets.char(node.end_byte)
+        unit_text = text[c_start:c_end]
+        body_open = None
+        if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
+            body_open = offsets.char(body.start_byte + 1) - c_start
+        cuts: list[tuple[int, int]] = []
+        if len(unit_text) > CUT_MIN:
+            _collect_cuts(node, source, 0, cuts)
+            cuts = sorted({(offsets.char(b) - c_start, d) for b, d in cuts if start < b < node.end_byte})
+        return Unit(
+            kind=kind,
+            name=name,
+            local_qualname=local,
+            header=header,
+            signature=signature,
+            start_byte=start,
+            end_byte=node.end_byte,
+            start_line=start_row + 1,
+            end_line=node.end_point.row + 1,
+            has_error=node.has_error,
+            text=unit_text,
+            parent=parent_idx,
+            body_open=body_open,
+            cuts=cuts,
+        )
+
+    @staticmethod
+    def _skeletons(units: list[Unit], char_starts: list[int]) -> None:
+        """A container's text with its child units cut out, whitespace-normalised."""
+        children: dict[int, list[int]] = {}
+        for i, u in enumerate(units):
+            if u.parent is not None:
+                children.setdefault(u.parent, []).append(i)
+        for p, kids in children.items():
+            parent = units[p]
+            pieces, pos = [], 0
+            for k in kids:
+                at = char_starts[k] - char_starts[p]
+                pieces.append(parent.text[pos:at])
+                pos = at + len(units[k].text)
+            pieces.append(parent.text[pos:])
+            parent.skeleton = _norm("".join(pieces))
+
+
+def _key(node) -> tuple[int, int, str]:
+    return (node.start_byte, node.end_byte, node.type)
+
+
+def _text(node) -> str:
+    return node.text.decode("utf-8", "replace") if node is not None else ""
+
+
+def _strip_generics(type_text: str) -> str:
+    depth, out = 0, []
+    for ch in type_text:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(ch)
+    return _norm("".join(out)).replace(" ", "")
+
+
+def _item_name(node) -> str:
+    if node.type == "impl_item":
+        ty = _strip_generics(_text(node.child_by_field_name("type")))
+        trait = node.child_by_field_name("trait")
+        if trait is not None:
+            neg = "!" if any(c.type == "!" for c in node.children) else ""
+            return f"<{ty} as {neg}{_strip_generics(_text(trait))}>"
+        return ty or "impl"
+    name = node.child_by_field_name("name")
+    return _text(name) if name is not None else node.type
+
+
+def _is_outer_doc(node) -> bool:
+    if node.type == "attribute_item":
+        return True
+    if node.type in ("line_comment", "block_comment"):
+        t = node.text
+        return (t.startswith(b"///") and not t.startswith(b"////")) or (t.startswith(b"/**") and not t.startswith(b"/***"))
+    return False
+
+
+def _leading_trivia_start(node) -> tuple[int, int]:
+    """Start (byte, row) of the doc comments and attributes attached to an item."""
+    start, row = node.start_byte, node.start_point.row
+    prev = node.prev_sibling
+    # attached means no blank line between the doc/attribute and what follows it
+    while prev is not None and _is_outer_doc(prev) and node.start_point.row - prev.end_point.row <= 1:
+        start, row = prev.start_byte, prev.start_point.row
+        node = prev
+        prev = node.prev_sibling
+    return start, row
+
+
+def _collect_cuts(node, source: bytes, depth: int, out: list[tuple[int, int]]) -> None:
+    """Offsets between the children of large nodes, at line starts where possible.
+
+    A cut before a child moves back to the start of its line when only indentation
+    precedes it, so a piece starts with whole lines; cuts never fall inside a token.
+    """
+    children = node.children
+    prev_end = None
+    for child in children:
+        if prev_end is not None:
+            cut = child.start_byte
+            nl = source.rfind(b"\n", prev_end, cut)
+            if nl >= 0 and not source[nl + 1:cut].strip():
+                cut = nl + 1
+            out.append((cut, depth))
+        prev_end = child.end_byte
+        if child.end_byte - child.start_byte > CUT_MIN and child.child_count:
+            _collect_cuts(child, source, depth + 1, out)
+
+
+def rust_module_path(path: str) -> str:
+    """Module path of a file from its path alone (Cargo conventions).
+
+    ``crates/ledger-core/src/store/mod.rs`` -> ``ledger_core::store``;
+    ``src/lib.rs`` and ``src/main.rs`` are the crate root; ``src/bin/x.rs``, tests,
+    examples and benches are their own crates. The crate name is the directory that
+    holds ``src`` (dashes become underscores); a file outside any ``src`` keeps its
+    directory path.
+    """
+    parts = path.split("/")
+    stem = parts[-1].rsplit(".", 1)[0]
+    dirs = parts[:-1]
+    for marker in ("src", "tests", "examples", "benches"):
+        if marker in dirs:
+            i = len(dirs) - 1 - dirs[::-1].index(marker)
+            crate = dirs[i - 1] if i > 0 else ""
+            inner = dirs[i + 1:]
+            if marker == "src" and inner[:1] == ["bin"]:
+                # src/bin/x.rs and src/bin/x/main.rs are the root of binary crate x
+                if len(inner) == 1:
+                    crate, inner, stem = stem, [], "main"
+                else:
+                    crate, inner = inner[1], inner[2:]
+            elif marker != "src":
+                crate = f"{crate}/{marker}" if crate else marker
+            mods = inner + ([] if stem in ("lib", "main", "mod") else [stem])
+            head = [_ident(crate)] if crate else []
+            return "::".join(head + [_ident(m) for m in mods])
+    mods = dirs + ([] if stem in ("lib", "main", "mod") else [stem])
+    return "::".join(_ident(m) for m in mods)
+
+
+def _ident(segment: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", segment)
+
+
+@hookimpl
+def register_language(register):
+    register("rust", RustLanguage, RustConfig)

@@ -1,0 +1,117 @@
+"""Source ``git``: CommitRecords from a repository's history, oldest first.
+
+Merge policy (``source.merges``):
+
+- ``first_parent`` (default): walk the first-parent chain of the revision; a merge
+  commit is one change against its first parent (the whole merged branch lands as one
+  commit, as it did on the mainline), and side-branch commits are not visited.
+- ``all``: visit every commit reachable from the revision in commit-time order
+  (parents before children); merge commits contribute no file changes, since their
+  branch commits already carry them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from core.errors import CommitforgeError
+from core.gitio import Repository, iter_log
+from core.hookspecs import hookimpl
+from core.records import CommitRecord
+from core.stats import Counter
+
+SUBMODULE_MODE = "160000"
+SYMLINK_MODE = "120000"
+
+
+@dataclass
+class GitSourceConfig:
+    name: str = "git"
+    rev: str = "HEAD"  # a revision or range, e.g. HEAD, main, v1.0..HEAD
+    merges: str = "first_parent"  # first_parent | all
+    since: str | None = None  # passed to git log --since (committer date)
+    until: str | None = None
+    max_commits: int | None = None  # keep the newest N commits of the range
+    include: list[str] = field(default_factory=list)  # path globs; empty keeps every path
+    exclude: list[str] = field(default_factory=list)
+    rename_threshold: int = 50  # git -M similarity in percent; 0 turns rename detection off
+
+
+class GitSource:
+    def __init__(self, cfg: GitSourceConfig):
+        if cfg.merges not in ("first_parent", "all"):
+            raise CommitforgeError(f"unknown source.merges={cfg.merges!r}; use first_parent or all")
+        if cfg.max_commits is not None and cfg.max_commits < 1:
+            raise CommitforgeError(f"source.max_commits={cfg.max_commits} must be at least 1 (or null for all)")
+        if not 0 <= cfg.rename_threshold <= 100:
+            raise CommitforgeError(f"source.rename_threshold={cfg.rename_threshold} must be between 0 and 100")
+        self.cfg = cfg
+
+    def log_args(self, repo: Repository) -> list[str]:
+        cfg = self.cfg
+        args = ["--root", "--date-order", "--reverse"]
+        if cfg.merges == "first_parent":
+            args += ["--first-parent", "--diff-merges=first-parent"]
+        else:
+            args += ["--diff-merges=off"]
+        args += [f"-M{cfg.rename_threshold}%"] if cfg.rename_threshold else ["--no-renames"]
+        if cfg.since:
+            args.append(f"--since={cfg.since}")
+        if cfg.until:
+            args.append(f"--until={cfg.until}")
+        if cfg.max_commits:
+            args.append(f"--max-count={cfg.max_commits}")
+        return args + repo.resolve_range(cfg.rev) + ["--"]
+
+    def _keep_path(self, path: str) -> bool:
+        if self.cfg.include and not any(fnmatch.fnmatchcase(path, g) for g in self.cfg.include):
+            return False
+        return not any(fnmatch.fnmatchcase(path, g) for g in self.cfg.exclude)
+
+    def commits(self, repo: Repository, extensions: Mapping[str, str], stats: Counter) -> Iterator[CommitRecord]:
+        """Commits oldest first, their files filtered to paths of the configured languages."""
+        shallow = repo.shallow_commits()
+        for rec in iter_log(repo, self.log_args(repo)):
+            stats.add("commits_seen")
+            if rec.commit in shallow:
+                # the parent is not in the clone: its "all files added" diff is not a real change
+                stats.skip("shallow_boundary_commit")
+                continue
+            kept = []
+            for fc in rec.files:
+                path = fc.path
+                lang = extensions.get(_extension(path))
+                if lang is None:
+                    stats.add("files_other_language")
+                    continue
+                if not (self._keep_path(path) or (fc.old_path and self._keep_path(fc.old_path))):
+                    stats.add("files_excluded_by_glob")
+                    continue
+                modes = {fc.old_mode, fc.new_mode}
+                if SUBMODULE_MODE in modes:
+                    stats.skip("submodule")
+                    continue
+                if SYMLINK_MODE in modes:
+                    stats.skip("symlink")
+                    continue
+                fc.lang = lang
+                kept.append(fc)
+            if not kept:
+                stats.add("commits_without_matching_files")
+                continue
+            rec.files = kept
+            stats.add("commits")
+            stats.add("file_changes", len(kept))
+            yield rec
+
+
+def _extension(path: str) -> str:
+    dot = path.rfind(".")
+    return path[dot:] if dot > path.rfind("/") else ""
+
+
+@hookimpl
+def register_source(register):
+    register("git", GitSource, GitSourceConfig)
