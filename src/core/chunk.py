@@ -33,31 +33,31 @@ class Chunker(Protocol):
         """The chunks of one file; ``module`` is the language's module path for ``path``."""
 
 
-def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> tuple[list[str], int]:
+def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:
     """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries.
 
     ``cuts`` are (offset, depth) pairs between sibling nodes; shallower cuts are tried
     first and a segment still too long is cut at the next depth. Pieces after the first
     repeat the unit's opening (up to its body's ``{``) so each piece keeps its header.
-    A segment with no cut inside (one huge token or leaf) stays whole: it is counted as
-    oversize rather than cut mid-token. Returns the pieces and the number of oversize ones.
+    A segment with no cut inside (one huge token or leaf) stays whole, over the limit,
+    rather than being cut mid-token (the chunk stage counts such parts as oversize).
     """
     n = len(text)
     if n <= max_chars:
-        return [text], 0
+        return [text]
     prefix = text[:body_open].rstrip() + "\n" if body_open else ""
     if len(prefix) > max_chars // 2:
         prefix = ""
     budget = max_chars - len(prefix)
     offsets = [c[0] for c in cuts]
+    depths = [c[1] for c in cuts]
 
     def segments(a: int, b: int) -> list[tuple[int, int]]:
         lo, hi = bisect.bisect_right(offsets, a), bisect.bisect_left(offsets, b)
-        inner = cuts[lo:hi]
-        if not inner:
+        if lo >= hi:
             return [(a, b)]
-        depth = min(d for _, d in inner)
-        bounds = [a] + sorted({o for o, d in inner if d == depth}) + [b]
+        depth = min(depths[lo:hi])
+        bounds = [a, *sorted({offsets[k] for k in range(lo, hi) if depths[k] == depth}), b]
         out: list[tuple[int, int]] = []
         for x, y in zip(bounds, bounds[1:]):
             if x == y:
@@ -66,7 +66,6 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
         return out
 
     pieces: list[str] = []
-    oversize = 0
     start = end = 0
     for a, b in segments(0, n):
         limit = max_chars if not pieces else budget
@@ -75,5 +74,4 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
             start = a
         end = b
     pieces.append(text[start:end] if not pieces else prefix + text[start:end])
-    oversize = sum(1 for p in pieces if len(p) > max_chars)
-    return pieces, oversize
+    return pieces

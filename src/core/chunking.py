@@ -129,6 +129,19 @@ class ChunkJob:
             _LOADED.popitem(last=False)
         return result
 
+    def _chunks(self, blob, parsed: ParsedBlob, lang: Language, path: str) -> list:
+        # a file's new version is the next commit's old version: chunk it once
+        key = (blob, lang.name, path)
+        chunks = _CHUNKED.get(key)
+        if chunks is None:
+            chunks = self.chunker.chunk(parsed, lang.module_path(path), path)
+            _CHUNKED[key] = chunks
+            if len(_CHUNKED) > 64:
+                _CHUNKED.popitem(last=False)
+        else:
+            _CHUNKED.move_to_end(key)
+        return chunks
+
     def _pair_commit(self, rec: CommitRecord, stats: Counter) -> Iterator[dict[str, Any]]:
         max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
         for fc in rec.files:
@@ -144,8 +157,8 @@ class ChunkJob:
                 continue
             if new is not None and new.has_error:
                 stats.add("files_with_syntax_errors")
-            old_chunks = self.chunker.chunk(old, lang.module_path(fc.old_path), fc.old_path) if old else []
-            new_chunks = self.chunker.chunk(new, lang.module_path(fc.new_path), fc.new_path) if new else []
+            old_chunks = self._chunks(fc.old_blob, old, lang, fc.old_path) if old else []
+            new_chunks = self._chunks(fc.new_blob, new, lang, fc.new_path) if new else []
             emitted = 0
             for change, o, n in pair_chunks(old_chunks, new_chunks, renames=self.chunker.pairs_renames,
                                              rename_similarity=self.rename_similarity):
@@ -161,6 +174,7 @@ class ChunkJob:
 
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
+_CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
 
 
 def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:

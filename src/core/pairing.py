@@ -1,7 +1,7 @@
 """Before/after pairing of one file's chunks across a commit.
 
 Chunks are matched by key (the local qualified name, so units of a renamed file still
-pair), then unmatched chunks of the same kind by similarity of their text with the
+pair), then unmatched chunks of the same kind by the similarity of their lines with the
 unit's own name masked (renamed or moved units). Pairs whose compared text is equal are
 unchanged and produce nothing. An oversize unit's parts are aligned with a sequence
 match so that only parts that changed are emitted.
@@ -9,6 +9,7 @@ match so that only parts that changed are emitted.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import re
 from collections.abc import Iterator
@@ -28,18 +29,18 @@ class PartChange:
     parts: int
 
 
-def _masked(chunk: Chunk) -> str:
-    if not chunk.name:
-        return chunk.text
-    return re.sub(rf"\b{re.escape(chunk.name)}\b", "\0", chunk.text)
+def _line_bag(chunk: Chunk) -> collections.Counter[str]:
+    """The chunk's non-blank lines, stripped, with the unit's own name masked."""
+    text = chunk.text
+    if chunk.name:
+        text = re.sub(rf"\b{re.escape(chunk.name)}\b", "\0", text)
+    return collections.Counter(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _similarity(a: Chunk, b: Chunk, floor: float) -> float:
-    ta, tb = _masked(a), _masked(b)
-    sm = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
-    if sm.real_quick_ratio() < floor or sm.quick_ratio() < floor:
-        return 0.0
-    return sm.ratio()
+def _similarity(a: collections.Counter[str], b: collections.Counter[str]) -> float:
+    """Dice coefficient of two line multisets: linear time, unlike a character diff."""
+    total = sum(a.values()) + sum(b.values())
+    return 2 * sum((a & b).values()) / total if total else 1.0
 
 
 def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_similarity: float,
@@ -60,10 +61,12 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
     unmatched_old = [o for o in old if o.key not in matched_old]
     if renames and unmatched_old and unmatched_new and len(unmatched_old) * len(unmatched_new) <= max_rename_candidates ** 2:
         scored = []
+        new_bags = [_line_bag(n) for _, n in unmatched_new]
         for oi, o in enumerate(unmatched_old):
+            old_bag = _line_bag(o)
             for ni, (_, n) in enumerate(unmatched_new):
                 if o.kind == n.kind:
-                    s = _similarity(o, n, rename_similarity)
+                    s = _similarity(old_bag, new_bags[ni])
                     if s >= rename_similarity:
                         scored.append((-s, oi, ni))
         scored.sort()

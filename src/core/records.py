@@ -70,6 +70,8 @@ class Unit:
     end_line: int
     has_error: bool
     text: str
+    char_start: int = 0  # str offsets of text in the blob's decoded text
+    char_end: int = 0
     parent: int | None = None  # index of the enclosing container unit
     body_open: int | None = None  # char offset in text just after the body's opening brace
     cuts: list[tuple[int, int]] = field(default_factory=list)  # (char offset in text, depth)
@@ -86,21 +88,27 @@ class ParsedBlob:
     has_error: bool
 
     def to_dict(self) -> dict[str, Any]:
+        # a unit's text is a slice of the blob's text: store its span, not a second copy
         return {
             "lang": self.lang,
             "text": self.text,
             "has_error": self.has_error,
-            "units": [dataclasses.astuple(u) for u in self.units],
+            "units": [[getattr(u, f) for f in _UNIT_STORED] for u in self.units],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ParsedBlob:
+        text = d["text"]
         units = []
         for row in d["units"]:
-            u = Unit(*row)
+            u = Unit(text="", **dict(zip(_UNIT_STORED, row)))
+            u.text = text[u.char_start:u.char_end]
             u.cuts = [tuple(c) for c in u.cuts]  # type: ignore[misc]
             units.append(u)
-        return cls(lang=d["lang"], text=d["text"], units=units, has_error=d["has_error"])
+        return cls(lang=d["lang"], text=text, units=units, has_error=d["has_error"])
+
+
+_UNIT_STORED = tuple(f.name for f in dataclasses.fields(Unit) if f.name != "text")
 
 
 @dataclass(slots=True)
@@ -143,4 +151,9 @@ class UnitChange:
     context: list[ContextItem] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f: getattr(self, f) for f in _UNIT_CHANGE_FIELDS}
+        d["context"] = [dataclasses.asdict(c) for c in self.context]
+        return d
+
+
+_UNIT_CHANGE_FIELDS = tuple(f.name for f in dataclasses.fields(UnitChange))

@@ -8,8 +8,7 @@ from core.chunk import Chunk, split_at_cuts
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
 from core.records import ParsedBlob
-
-MIN_CHARS = 200
+from plugins.rust import CUT_UNIT
 
 
 @dataclass
@@ -29,16 +28,14 @@ class AstChunker:
     pairs_renames = True
 
     def __init__(self, cfg: AstChunkerConfig):
-        if cfg.max_chars < MIN_CHARS:
-            raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} is too small; use at least {MIN_CHARS}")
+        if cfg.max_chars < CUT_UNIT:
+            raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} is too small for the ast chunker; use at least {CUT_UNIT}")
         self.cfg = cfg
-        self.oversize = 0
 
     def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
         out = []
         for u in parsed.units:
-            pieces, oversize = split_at_cuts(u.text, u.cuts, self.cfg.max_chars, u.body_open)
-            self.oversize += oversize
+            pieces = split_at_cuts(u.text, u.cuts, self.cfg.max_chars, u.body_open)
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
@@ -78,7 +75,6 @@ class WindowChunker:
         if not 0 <= cfg.overlap < cfg.max_chars:
             raise CommitforgeError(f"chunker.overlap={cfg.overlap} must be >= 0 and below max_chars={cfg.max_chars}")
         self.cfg = cfg
-        self.oversize = 0
 
     def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
         text = parsed.text

@@ -10,6 +10,7 @@ of their enclosing function, not units of their own.
 from __future__ import annotations
 
 import bisect
+import functools
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ ITEM_KINDS = {
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
 CONTAINER_BODY_PARENTS = {"source_file", "declaration_list"}
-# nodes big enough to be worth cutting inside (the smallest useful chunk size is above this)
-CUT_MIN = 128
+# Cut points are recorded for units longer than CUT_UNIT (chunkers accept no limit below
+# it), inside nodes longer than CUT_MIN: enough to cut any unit to a limit of CUT_UNIT.
+CUT_UNIT = 1000
+CUT_MIN = 256
 _WS = re.compile(r"\s+")
 
 
@@ -105,10 +108,7 @@ class RustLanguage:
         return f"rust-x{EXTRACTOR_VERSION}-g{v['tree-sitter-rust']}-n{self.cfg.max_nesting}"
 
     def versions(self) -> dict[str, str]:
-        return {
-            "tree-sitter": importlib.metadata.version("tree-sitter"),
-            "tree-sitter-rust": importlib.metadata.version("tree-sitter-rust"),
-        }
+        return _versions()
 
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
@@ -184,9 +184,12 @@ class RustLanguage:
         if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
             body_open = offsets.char(body.start_byte + 1) - c_start
         cuts: list[tuple[int, int]] = []
-        if len(unit_text) > CUT_MIN:
+        if len(unit_text) > CUT_UNIT:
             _collect_cuts(node, source, 0, cuts)
-            cuts = sorted({(offsets.char(b) - c_start, d) for b, d in cuts if start < b < node.end_byte})
+            if offsets.ascii:
+                cuts = sorted({(b - c_start, d) for b, d in cuts if start < b < node.end_byte})
+            else:
+                cuts = sorted({(offsets.char(b) - c_start, d) for b, d in cuts if start < b < node.end_byte})
         return Unit(
             kind=kind,
             name=name,
@@ -199,6 +202,8 @@ class RustLanguage:
             end_line=node.end_point.row + 1,
             has_error=node.has_error,
             text=unit_text,
+            char_start=c_start,
+            char_end=c_end,
             parent=parent_idx,
             body_open=body_open,
             cuts=cuts,
@@ -220,6 +225,11 @@ class RustLanguage:
                 pos = at + len(units[k].text)
             pieces.append(parent.text[pos:])
             parent.skeleton = _norm("".join(pieces))
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    return {d: importlib.metadata.version(d) for d in ("tree-sitter", "tree-sitter-rust")}
 
 
 def _key(node) -> tuple[int, int, str]:

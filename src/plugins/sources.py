@@ -37,6 +37,7 @@ class GitSourceConfig:
     include: list[str] = field(default_factory=list)  # path globs; empty keeps every path
     exclude: list[str] = field(default_factory=list)
     rename_threshold: int = 50  # git -M similarity in percent; 0 turns rename detection off
+    max_message_chars: int = 4000  # longer commit messages are cut at a line end (counted)
 
 
 class GitSource:
@@ -102,6 +103,10 @@ class GitSource:
                 stats.add("commits_without_matching_files")
                 continue
             rec.files = kept
+            if len(rec.message) > self.cfg.max_message_chars:
+                cut = rec.message.rfind("\n", 0, self.cfg.max_message_chars)
+                rec.message = rec.message[: cut if cut > 0 else self.cfg.max_message_chars]
+                stats.add("messages_truncated")
             stats.add("commits")
             stats.add("file_changes", len(kept))
             yield rec

@@ -5,15 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
-try:
-    from core import demo
-except ImportError:  # package not installed yet: fall back to the src layout
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
-    from core import demo
+from core import demo
 
 EXPECTED_COMMITS = 14
 EXPECTED_FIRST_PARENT = 12

@@ -1,0 +1,117 @@
+"""Benchmark: mining + chunking of a repository's full history, and HEAD-only chunking.
+
+    python bench/bench_mine_chunk.py REPO [--workers N] [--repeat 3]
+
+Prints, per repeat (cold cache each time): wall seconds, commits/s, MB/s of parsed
+source, unit changes, and peak RSS of this process and its workers. Then HEAD-only
+chunking (parse + extract units + chunk every .rs blob at HEAD, one process) against
+tree-sitter parsing alone of the same bytes, in the same run, as medians and a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from core.config import conf_dir, register_schema
+from core.gitio import BlobReader, Repository
+from core.pipeline import Run
+
+
+def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict:
+    register_schema()
+    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}"]
+    if workers:
+        overrides.append(f"executor.workers={workers}")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    t0 = time.perf_counter()
+    run = Run(cfg)
+    run.run()
+    wall = time.perf_counter() - t0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    chunk = manifest["stages"]["chunk"]["counts"]
+    commits = manifest["stages"]["mine"]["counts"].get("commits", 0)
+    return {
+        "wall_s": round(wall, 2),
+        "mine_s": manifest["stages"]["mine"]["seconds"],
+        "chunk_s": manifest["stages"]["chunk"]["seconds"],
+        "commits": commits,
+        "commits_per_s": round(commits / wall, 1),
+        "parsed_mb": round(chunk.get("bytes_parsed", 0) / 1e6, 1),
+        "mb_per_s": round(chunk.get("bytes_parsed", 0) / 1e6 / wall, 1),
+        "blobs": chunk.get("unique_blobs"),
+        "unit_changes": chunk.get("unit_changes"),
+        "skips": manifest["stages"]["chunk"]["skips"],
+    }
+
+
+def head_only(repo_path: str) -> dict:
+    from plugins.chunkers import AstChunker, AstChunkerConfig
+    from plugins.rust import RustLanguage
+
+    repo = Repository(repo_path)
+    listing = repo.run("ls-tree", "-r", "-z", "HEAD").split("\0")
+    blobs = [e.split()[2] for e in listing if e.endswith(".rs") and e.split()[1] == "blob"]
+    with BlobReader(repo.git_dir) as reader:
+        sources = [d for d in (reader.read(b) for b in blobs) if d is not None]
+    total_mb = sum(map(len, sources)) / 1e6
+    lang = RustLanguage()
+    chunker = AstChunker(AstChunkerConfig())
+    parser, _ = lang._ensure()
+    parse_times, chunk_times = [], []
+    units = 0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for src in sources:
+            parser.parse(src)
+        parse_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        units = 0
+        for src in sources:
+            parsed = lang.parse(src)
+            units += len(chunker.chunk(parsed, "", ""))
+        chunk_times.append(time.perf_counter() - t0)
+    p, c = statistics.median(parse_times), statistics.median(chunk_times)
+    return {"files": len(sources), "mb": round(total_mb, 1), "parse_only_mb_s": round(total_mb / p, 1),
+            "chunking_mb_s": round(total_mb / c, 1), "chunking_vs_parse": round(p / c, 2), "chunks": units}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-head", action="store_true")
+    args = ap.parse_args()
+    runs = []
+    for i in range(args.repeat):
+        tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))
+        try:
+            r = full_history(args.repo, args.workers, tmp / "run", tmp / "cache")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"full history #{i + 1}: {json.dumps(r)}", flush=True)
+        runs.append(r)
+    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s; "
+          f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
+    if not args.skip_head:
+        print(f"HEAD only: {json.dumps(head_only(args.repo))}")
+    git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"repository: {args.repo} at {git}; python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Units of Rust source: kinds, qualified names, headers, spans, docs, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugins.rust import CUT_UNIT, RustLanguage, rust_module_path
+
+SOURCE = '''//! crate docs are not attached to any unit
+use std::fmt;
+
+/// Amounts are in minor units — «centimes» 💶
+#[derive(Debug, Clone)]
+pub struct Money { minor: i64 }
+
+pub const MAX: usize = 10;
+
+pub mod ledger {
+    pub trait Store {
+        fn get(&self, key: u32) -> Option<u32>;
+        fn has(&self, key: u32) -> bool { self.get(key).is_some() }
+    }
+
+    impl<T> Store for Mem<T> where T: Clone {
+        /// fetch one entry
+        fn get(&self, key: u32) -> Option<u32> {
+            fn helper() -> u32 { 1 }
+            Some(key + helper())
+        }
+    }
+
+    impl<T> Mem<T> {
+        pub fn new() -> Self { Mem(Vec::new()) }
+    }
+
+    impl<T> Mem<T> {
+        pub fn len(&self) -> usize { self.0.len() }
+    }
+}
+
+macro_rules! square { ($x:expr) => { $x * $x }; }
+pub type Id = u64;
+static GREETING: &str = "héllo";
+union Bits { i: u32, f: f32 }
+enum Side { Debit, Credit(u32) }
+fn total(a: i64, b: i64) -> i64 { a + b }
+'''
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    return RustLanguage().parse(SOURCE.encode())
+
+
+def test_units_kinds_and_qualified_names(parsed):
+    got = [(u.kind, u.local_qualname) for u in parsed.units]
+    assert got == [
+        ("struct", "Money"),
+        ("const", "MAX"),
+        ("mod", "ledger"),
+        ("trait", "ledger::Store"),
+        ("method", "ledger::Store::has"),
+        ("impl", "ledger::<Mem as Store>"),
+        ("method", "ledger::<Mem as Store>::get"),
+        ("impl", "ledger::Mem"),
+        ("method", "ledger::Mem::new"),
+        ("impl", "ledger::Mem#2"),
+        ("method", "ledger::Mem::len"),
+        ("macro", "square"),
+        ("type", "Id"),
+        ("static", "GREETING"),
+        ("union", "Bits"),
+        ("enum", "Side"),
+        ("fn", "total"),
+    ]
+
+
+def test_method_header_and_signature(parsed):
+    get = next(u for u in parsed.units if u.local_qualname == "ledger::<Mem as Store>::get")
+    assert get.header == "impl<T> Store for Mem<T> where T: Clone"
+    assert get.signature == "fn get(&self, key: u32) -> Option<u32>"
+    # the nested fn is part of its enclosing method, not a unit
+    assert "fn helper" in get.text
+    assert not any(u.name == "helper" for u in parsed.units)
+    has = next(u for u in parsed.units if u.local_qualname == "ledger::Store::has")
+    assert has.header == "pub trait Store"
+    assert has.parent is not None and parsed.units[has.parent].kind == "trait"
+
+
+def test_docs_and_attributes_attached_and_byte_spans_exact(parsed):
+    data = SOURCE.encode()
+    money = parsed.units[0]
+    assert money.text.startswith("/// Amounts are in minor units")
+    assert "#[derive(Debug, Clone)]" in money.text
+    assert (money.start_line, money.end_line) == (4, 6)
+    for u in parsed.units:
+        # spans are bytes; non-ASCII text before a unit must not shift its text
+        assert data[u.start_byte:u.end_byte].decode() == u.text
+        assert SOURCE[u.char_start:u.char_end] == u.text
+    greeting = next(u for u in parsed.units if u.name == "GREETING")
+    assert greeting.text == 'static GREETING: &str = "héllo";'
+    assert greeting.signature == "static GREETING: &str"
+
+
+def test_trait_skeleton_keeps_required_items_only(parsed):
+    trait = next(u for u in parsed.units if u.kind == "trait")
+    assert "fn get(&self, key: u32) -> Option<u32>;" in trait.skeleton
+    assert "is_some" not in trait.skeleton  # the default method is a unit of its own
+
+
+def test_syntax_error_is_flagged_on_the_unit_only():
+    src = b"fn good() -> u32 { 1 }\nfn bad( { let x = ; }\nstruct Fine { a: u8 }\n"
+    parsed = RustLanguage().parse(src)
+    assert parsed.has_error
+    flags = {u.name: u.has_error for u in parsed.units}
+    assert flags["good"] is False and flags["Fine"] is False
+    assert any(flags.values())
+
+
+def test_cuts_only_for_large_units_and_between_tokens():
+    body = "\n".join(f"    let v{i} = compute({i}, \"s{i}\");" for i in range(80))
+    src = f"fn big() {{\n{body}\n}}\nfn small() {{}}\n".encode()
+    big, small = RustLanguage().parse(src).units
+    assert len(big.text) > CUT_UNIT and big.cuts
+    assert small.cuts == []
+    statement_cuts = [off for off, depth in big.cuts if depth == 1]
+    assert len(statement_cuts) >= 80
+    # statement-level cuts move back to the start of the statement's line
+    assert all(big.text[off - 1] == "\n" for off in statement_cuts[1:-1])
+    for off, _ in big.cuts:
+        # no cut splits an identifier, number or string literal
+        assert not (big.text[off - 1].isalnum() and big.text[off].isalnum())
+        assert big.text[:off].count('"') % 2 == 0
+
+
+@pytest.mark.parametrize("path,module", [
+    ("src/lib.rs", ""),
+    ("src/main.rs", ""),
+    ("crates/ledger-core/src/lib.rs", "ledger_core"),
+    ("crates/ledger-core/src/store/mod.rs", "ledger_core::store"),
+    ("crates/ledger-core/src/store/mem.rs", "ledger_core::store::mem"),
+    ("src/bin/tool.rs", "tool"),
+    ("src/bin/tool/main.rs", "tool"),
+    ("src/bin/tool/args.rs", "tool::args"),
+    ("tests/it.rs", "tests::it"),
+    ("build.rs", "build"),
+])
+def test_module_path_from_file_path(path, module):
+    assert rust_module_path(path) == module
