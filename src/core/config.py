@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 STAGES = ("mine", "chunk")
 
@@ -43,7 +44,10 @@ class RootConfig:
 
 
 def register_schema() -> None:
+    """Store the root schema and the ``cf.either`` resolver; call before composing."""
     ConfigStore.instance().store(name="commitforge_schema", node=RootConfig)
+    # ${cf.either:a,b}: a unless it is null (oc.select only falls back for missing keys)
+    OmegaConf.register_new_resolver("cf.either", lambda a, b: b if a is None else a, replace=True)
 
 
 def conf_dir() -> Path:

@@ -56,7 +56,7 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
             unmatched_new.append((i, n))
             continue
         matched_old.add(n.key)
-        if o.compare != n.compare or (o.pieces != n.pieces and o.text != n.text):
+        if o.compare != n.compare:
             result.append((i, "modified", o, n))
     unmatched_old = [o for o in old if o.key not in matched_old]
     if renames and unmatched_old and unmatched_new and len(unmatched_old) * len(unmatched_new) <= max_rename_candidates ** 2:

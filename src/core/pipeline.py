@@ -134,7 +134,7 @@ class Run:
             stats.update(result["stats"])
             blob_skips.update(result["skips"])
         for reason in blob_skips.values():
-            stats.skip(f"blob_{reason}")
+            stats.add(f"blobs_{reason}")  # the file changes that needed them are the skips
         close_readers()  # phase 2 reads the cache only
         job.blob_skips = blob_skips
         parse_seconds = time.perf_counter() - t0

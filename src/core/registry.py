@@ -38,7 +38,7 @@ class PluginInfo:
 class PluginRegistry:
     """Collects the plugins every hook registers, refusing duplicate names."""
 
-    def __init__(self, *, load_entry_points: bool = True, builtins: tuple[str, ...] | None = None):
+    def __init__(self, *, load_entry_points: bool = True, builtins: tuple[str | object, ...] | None = None):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._plugins: dict[str, dict[str, PluginInfo]] = {k: {} for k in hookspecs.KINDS}
@@ -46,9 +46,10 @@ class PluginRegistry:
             from plugins import BUILTIN_PLUGINS
 
             builtins = BUILTIN_PLUGINS
-        for module_name in builtins:
-            module = importlib.import_module(module_name)
-            self.pm.register(module, name=module_name)
+        for plugin in builtins:
+            # names of built-in modules, or plugin objects (tests pass their own)
+            module = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
+            self.pm.register(module, name=plugin if isinstance(plugin, str) else None)
         self._dists: dict[int, tuple[str, str]] = {}
         if load_entry_points:
             self._load_entry_points()
@@ -139,9 +140,9 @@ class PluginRegistry:
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
             known = ", ".join(f.name for f in dataclasses.fields(info.schema))
+            reason = str(getattr(exc, "msg", exc)).splitlines()[0]
             raise CommitforgeError(
-                f"bad {kind} config key {kind}.{key} for {kind} {name!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
-                f" (known keys: {known})"
+                f"bad config {kind}.{key} for {kind} {name!r}: {reason}; known keys: {known}"
             ) from None
 
     def create(self, kind: str, cfg: Mapping[str, Any] | DictConfig) -> Any:

@@ -1,0 +1,105 @@
+"""Cutting oversize units, window chunks, and before/after pairing."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import CommitforgeError
+from core.pairing import pair_chunks, part_changes
+from plugins.chunkers import AstChunker, AstChunkerConfig, WindowChunker, WindowChunkerConfig
+from plugins.rust import RustLanguage
+
+RUST = RustLanguage()
+
+
+def long_fn(name: str = "dispatch", arms: int = 120, tweak: int | None = None) -> str:
+    lines = [f"        Op::Code{i} => run_step({i} + {100 if i == tweak else 1}, \"arm {i}\")," for i in range(arms)]
+    return f"pub fn {name}(op: Op) -> u32 {{\n    match op {{\n" + "\n".join(lines) + "\n    }\n}\n"
+
+
+def chunks(src: str, max_chars: int = 4000, module: str = "m"):
+    return AstChunker(AstChunkerConfig(max_chars=max_chars)).chunk(RUST.parse(src.encode()), module, "src/m.rs")
+
+
+def test_oversize_unit_is_cut_at_ast_boundaries_with_its_header():
+    src = long_fn()
+    (c,) = chunks(src, max_chars=1200)
+    assert len(c.text) > 1200 and len(c.pieces) >= 5
+    assert all(len(p) <= 1200 for p in c.pieces)
+    header = "pub fn dispatch(op: Op) -> u32 {\n"
+    assert c.pieces[0].startswith(header)
+    for piece in c.pieces[1:]:
+        assert piece.startswith(header)
+        body = piece[len(header):]
+        assert body.startswith("        Op::Code") or body.lstrip().startswith("}")
+    # without the repeated headers the pieces are the unit's text, in order, nothing lost
+    rebuilt = c.pieces[0] + "".join(p[len(header):] for p in c.pieces[1:])
+    assert rebuilt == c.text
+
+
+def test_unit_under_the_limit_is_one_piece():
+    (c,) = chunks(long_fn(arms=10))
+    assert c.pieces == [c.text]
+
+
+def test_ast_chunker_refuses_tiny_limits():
+    with pytest.raises(CommitforgeError, match="max_chars=100"):
+        AstChunker(AstChunkerConfig(max_chars=100))
+
+
+def test_window_chunker_reproduces_fixed_windows():
+    text = "".join(f"fn f{i}() {{}}\n" for i in range(400))
+    ws = WindowChunker(WindowChunkerConfig(max_chars=2000)).chunk(RUST.parse(text.encode()), "", "src/a.rs")
+    assert [len(w.text) for w in ws[:-1]] == [2000] * (len(ws) - 1)
+    assert "".join(w.text for w in ws) == text
+    assert ws[1].lines[0] == text[:2000].count("\n") + 1
+    overlapped = WindowChunker(WindowChunkerConfig(max_chars=2000, overlap=500)).chunk(RUST.parse(text.encode()), "", "a.rs")
+    assert overlapped[1].text[:500] == overlapped[0].text[-500:]
+
+
+def changes(old_src: str, new_src: str, **kw):
+    return [(ch, o.qualname if o else None, n.qualname if n else None)
+            for ch, o, n in pair_chunks(chunks(old_src, **kw), chunks(new_src, **kw), renames=True, rename_similarity=0.6)]
+
+
+def test_pairing_modified_added_deleted_and_unchanged_dropped():
+    old = "fn keep() -> u32 { 1 }\nfn edit() -> u32 { 1 }\nfn gone() {}\n"
+    new = "fn keep() -> u32 { 1 }\nfn edit() -> u32 { 2 }\nfn fresh(x: u8) -> u8 { x * 3 }\n"
+    assert changes(old, new) == [
+        ("modified", "m::edit", "m::edit"),
+        ("added", None, "m::fresh"),
+        ("deleted", "m::gone", None),
+    ]
+
+
+def test_pairing_detects_a_renamed_function():
+    body = "\n".join(f"    let a{i} = x + {i};" for i in range(12))
+    old = f"fn sanitize(x: u32) -> u32 {{\n{body}\n    x\n}}\n"
+    new = f"fn normalise(x: u32) -> u32 {{\n{body}\n    x\n}}\n"
+    assert changes(old, new) == [("renamed", "m::sanitize", "m::normalise")]
+
+
+def test_impl_counts_as_changed_only_for_its_own_text():
+    old = "impl Foo {\n    fn a(&self) -> u32 { 1 }\n}\n"
+    method_edit = "impl Foo {\n    fn a(&self) -> u32 { 2 }\n}\n"
+    assert changes(old, method_edit) == [("modified", "m::Foo::a", "m::Foo::a")]
+    header_edit = "impl<T> Foo<T> where T: Copy {\n    fn a(&self) -> u32 { 1 }\n}\n"
+    assert changes(old, header_edit) == [("modified", "m::Foo", "m::Foo")]
+    assoc_const = "impl Foo {\n    const N: u32 = 3;\n    fn a(&self) -> u32 { 1 }\n}\n"
+    assert changes(old, assoc_const) == [("added", None, "m::Foo::N")]
+
+
+def test_new_impl_block_is_carried_by_its_methods():
+    # the added impl itself is not emitted: its methods (with the impl header) are
+    assert changes("", "impl Foo {\n    fn a(&self) {}\n}\n") == [("added", None, "m::Foo::a")]
+
+
+def test_only_changed_parts_of_an_oversize_unit_are_emitted():
+    old, new = long_fn(), long_fn(tweak=100)
+    o, n = chunks(old, max_chars=1200)[0], chunks(new, max_chars=1200)[0]
+    parts = list(part_changes("modified", o, n))
+    assert len(parts) == 1
+    (p,) = parts
+    assert "run_step(100 + 100" in p.new_code and "run_step(100 + 1," in p.old_code
+    assert p.parts == len(n.pieces) and 1 < p.part <= p.parts
+    assert n.pieces[p.part - 1] == p.new_code

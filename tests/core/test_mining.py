@@ -1,0 +1,152 @@
+"""Mining commits from real, scripted git repositories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core.errors import CommitforgeError
+from core.gitio import BlobReader, Repository
+from core.stats import Counter
+from plugins.sources import GitSource, GitSourceConfig
+
+from ..conftest import ScriptedRepo, git_env
+
+EXT = {".rs": "rust"}
+
+
+def mine(path: Path, **cfg) -> tuple[list, Counter]:
+    stats = Counter()
+    return list(GitSource(GitSourceConfig(**cfg)).commits(Repository(path), EXT, stats)), stats
+
+
+@pytest.fixture
+def history(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    r = scripted_repo
+    r.commit("add lib", {"src/lib.rs": "pub fn a() {}\n", "README.md": "hi\n", "src/util.rs": "pub fn u() -> u8 { 1 }\n" * 20})
+    r.commit("edit lib\n\nwith a body", {"src/lib.rs": "pub fn a() -> u8 { 2 }\n"})
+    r.commit("rename util", renames={"src/util.rs": "src/helpers.rs"})
+    r.git("checkout", "-q", "-b", "side")
+    r.commit("side work", {"src/side.rs": "fn s() {}\n"})
+    r.git("checkout", "-q", "main")
+    r.commit("main work", {"src/main_only.rs": "fn m() {}\n"})
+    r.merge("side", "merge side")
+    r.commit("drop lib", {"src/lib.rs": None})
+    return r
+
+
+def test_commits_oldest_first_with_fields_and_changes(history):
+    commits, stats = mine(history.path)
+    subjects = [c.subject for c in commits]
+    assert subjects == ["add lib", "edit lib", "rename util", "main work", "merge side", "drop lib"]
+    first, edit, rename, _, merge, drop = commits
+    assert first.parents == [] and edit.parents == [first.commit]
+    assert edit.message == "edit lib\n\nwith a body"
+    assert edit.committer_time == "2024-01-01T12:00:00+00:00" and edit.committer_epoch == 1704110400
+    assert sorted((f.change, f.path) for f in first.files) == [("A", "src/lib.rs"), ("A", "src/util.rs")]
+    (m,) = edit.files
+    assert (m.change, m.old_path, m.new_path, m.lang) == ("M", "src/lib.rs", "src/lib.rs", "rust")
+    assert m.old_blob == first.files[0].new_blob and m.new_blob != m.old_blob
+    (r,) = rename.files
+    assert (r.change, r.old_path, r.new_path, r.similarity) == ("R", "src/util.rs", "src/helpers.rs", 100)
+    # first-parent: the merge is one change against main, carrying the side branch's file
+    assert [(f.change, f.path) for f in merge.files] == [("A", "src/side.rs")]
+    assert len(merge.parents) == 2
+    assert [(f.change, f.old_path, f.new_blob) for f in drop.files] == [("D", "src/lib.rs", None)]
+    assert stats.counts["files_other_language"] == 1  # README.md
+
+
+def test_merge_policy_all_visits_branch_commits_and_empties_merges(history):
+    commits, _ = mine(history.path, merges="all")
+    subjects = [c.subject for c in commits]
+    assert "side work" in subjects and "merge side" not in subjects  # the merge has no own changes
+    assert subjects.index("rename util") < subjects.index("side work")
+
+
+def test_filters_globs_max_commits_since(history):
+    commits, stats = mine(history.path, exclude=["src/side.rs", "src/main_only.rs"])
+    assert all(f.path not in ("src/side.rs", "src/main_only.rs") for c in commits for f in c.files)
+    assert stats.counts["files_excluded_by_glob"] == 2
+    newest, _ = mine(history.path, max_commits=2)
+    assert [c.subject for c in newest] == ["merge side", "drop lib"]
+    only, _ = mine(history.path, include=["src/helpers.rs"])
+    assert [c.subject for c in only] == ["rename util"]  # matched by its new path
+    late, _ = mine(history.path, since="2024-01-01T14:30:00Z")
+    assert [c.subject for c in late][0] == "main work"
+
+
+def test_submodules_and_symlinks_are_skipped_and_counted(scripted_repo):
+    r = scripted_repo
+    r.commit("base", {"src/a.rs": "fn a() {}\n"})
+    os.symlink("a.rs", r.path / "src/link.rs")
+    r.git("add", "src/link.rs")
+    sub = r.git("rev-parse", "HEAD")
+    r.git("update-index", "--add", "--cacheinfo", f"160000,{sub},vendor/dep.rs")
+    r.commit("link and submodule")
+    commits, stats = mine(r.path)
+    assert [c.subject for c in commits] == ["base"]
+    assert stats.skips == {"symlink": 1, "submodule": 1}
+
+
+def test_revision_range_and_bad_revisions(history):
+    commits, _ = mine(history.path, rev="HEAD~2..HEAD")
+    assert [c.subject for c in commits] == ["merge side", "drop lib"]
+    with pytest.raises(CommitforgeError, match="unknown revision 'nope'"):
+        mine(history.path, rev="nope")
+    with pytest.raises(CommitforgeError, match="looks like an option"):
+        mine(history.path, rev="--all")
+
+
+def test_not_a_repository_and_empty_repository(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CommitforgeError, match="is not a git repository"):
+        Repository(tmp_path / "plain")
+    with pytest.raises(CommitforgeError, match="does not exist"):
+        Repository(tmp_path / "missing")
+    empty = ScriptedRepo(tmp_path / "empty")
+    with pytest.raises(CommitforgeError, match="has no commits yet"):
+        mine(empty.path)
+
+
+def test_shallow_clone_boundary_commit_is_skipped(history, tmp_path):
+    clone = tmp_path / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "2", f"file://{history.path}", str(clone)],
+                   env=git_env(tmp_path), check=True)
+    commits, stats = mine(clone)
+    assert stats.skips["shallow_boundary_commit"] == 1
+    assert [c.subject for c in commits] == ["drop lib"]
+
+
+def test_blob_reader_reads_and_reports_missing(history):
+    commits, _ = mine(history.path)
+    repo = Repository(history.path)
+    with BlobReader(repo.git_dir) as reader:
+        blob = commits[1].files[0].new_blob
+        assert reader.read(blob) == b"pub fn a() -> u8 { 2 }\n"
+        assert reader.read("0" * 39 + "1") is None
+        assert reader.read(blob) == b"pub fn a() -> u8 { 2 }\n"  # the process is still usable
+
+
+def test_repository_code_never_runs(scripted_repo, tmp_path):
+    """fsmonitor, hooks and filter drivers configured in the mined repository stay inert."""
+    r = scripted_repo
+    canary = tmp_path / "canary"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {canary}\ncat\n")
+    script.chmod(0o755)
+    r.commit("base", {"src/a.rs": "fn a() {}\n", ".gitattributes": "*.rs filter=evil diff=evil\n"})
+    for key, value in [("core.fsmonitor", str(script)), ("filter.evil.smudge", str(script)),
+                       ("filter.evil.clean", str(script)), ("diff.evil.textconv", str(script)),
+                       ("core.hooksPath", str(tmp_path))]:
+        r.git("config", key, value)
+    for hook in ("post-checkout", "pre-commit", "post-index-change"):
+        (tmp_path / hook).write_text(f"#!/bin/sh\ntouch {canary}\n")
+        (tmp_path / hook).chmod(0o755)
+    commits, _ = mine(r.path)
+    repo = Repository(r.path)
+    with BlobReader(repo.git_dir) as reader:
+        assert reader.read(commits[0].files[0].new_blob) == b"fn a() {}\n"
+    assert not canary.exists()

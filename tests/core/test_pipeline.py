@@ -1,0 +1,147 @@
+"""End-to-end runs: outputs, manifest, cache reuse, determinism, bad input, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import CommitforgeError
+from core.pipeline import Run
+
+from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
+
+LIB_V1 = """/// Adds two numbers — «exactly».
+pub fn add(a: u32, b: u32) -> u32 {
+    a + b
+}
+
+pub struct Point { x: i32, y: i32 }
+
+impl Point {
+    pub fn norm(&self) -> i32 { self.x.abs() + self.y.abs() }
+}
+"""
+LIB_V2 = LIB_V1.replace("a + b", "a.wrapping_add(b)").replace("pub struct Point { x: i32, y: i32 }",
+                                                                 "pub struct Point { x: i32, y: i32, z: i32 }")
+
+
+@pytest.fixture
+def repo(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    r = scripted_repo
+    r.commit("add lib", {"crates/geo/src/lib.rs": LIB_V1, "crates/geo/Cargo.toml": "[package]\nname='geo'\n"})
+    r.commit("widen point; wrapping add", {"crates/geo/src/lib.rs": LIB_V2})
+    r.commit("odd files", {"crates/geo/src/blob.rs": b"fn a() {}\0\x01\x02", "crates/geo/src/latin1.rs": b"// caf\xe9\nfn b() {}\n",
+                           "crates/geo/src/huge.rs": "// x\n" * 300_000})
+    r.commit("broken", {"crates/geo/src/bad.rs": "fn ok() {}\nfn broken( {\n"})
+    return r
+
+
+def test_run_writes_unit_changes_and_manifest(repo, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    commits = read_jsonl(run_dir / "commits.jsonl")
+    assert [c["subject"] for c in commits] == ["add lib", "widen point; wrapping add", "odd files", "broken"]
+    second = [(r["change"], r["kind"], r["qualname"]) for r in rows if r["subject"].startswith("widen")]
+    assert second == [("modified", "fn", "geo::add"), ("modified", "struct", "geo::Point")]
+    add = next(r for r in rows if r["qualname"] == "geo::add" and r["change"] == "modified")
+    assert add["old_code"].endswith("a + b\n}") and "wrapping_add" in add["new_code"]
+    assert add["old_code"].startswith("/// Adds two numbers — «exactly».")
+    assert add["parent"] == commits[0]["commit"] and add["path"] == "crates/geo/src/lib.rs"
+    assert add["new_lines"] == [1, 4] and add["part"] == add["parts"] == 1
+    first = {(r["change"], r["qualname"]) for r in rows if r["subject"] == "add lib"}
+    assert first == {("added", "geo::add"), ("added", "geo::Point"), ("added", "geo::Point::norm")}
+    broken = [r for r in rows if r["subject"] == "broken"]
+    assert {r["qualname"]: r["has_error"] for r in broken}["geo::bad::ok"] is False
+
+    m = manifest(run_dir)
+    chunk = m["stages"]["chunk"]
+    assert chunk["skips"] == {"file_binary": 1, "file_not_utf8": 1, "file_too_large": 1}
+    assert chunk["counts"]["files_with_syntax_errors"] == 1
+    assert chunk["counts"]["unit_changes"] == len(rows)
+    out = chunk["outputs"]["chunks.jsonl"]
+    assert out["rows"] == len(rows)
+    assert out["sha256"] == hashlib.sha256((run_dir / "chunks.jsonl").read_bytes()).hexdigest()
+    assert m["repository"]["head"] == repo.git("rev-parse", "HEAD")
+    assert m["commit_range"]["commits"] == 4
+    assert m["versions"]["tree-sitter-rust"] and m["config"]["chunker"]["max_chars"] == 4000
+
+
+def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
+    first = manifest(run_pipeline(tmp_path, f"repo={repo.path}"))["stages"]["chunk"]["counts"]
+    assert first["blobs_parsed"] == first["unique_blobs"] - 3  # binary, latin-1 and huge are not parsed
+    second_dir = run_pipeline(tmp_path, f"repo={repo.path}", f"out_dir={tmp_path / 'run2'}")
+    second = manifest(second_dir)["stages"]["chunk"]["counts"]
+    assert "blobs_parsed" not in second and second["blobs_cached"] == first["unique_blobs"] - 1
+    assert (tmp_path / "run" / "chunks.jsonl").read_bytes() == (second_dir / "chunks.jsonl").read_bytes()
+
+
+def test_output_is_identical_for_any_worker_count(tmp_path):
+    one = run_pipeline(tmp_path / "a", "executor.workers=1")
+    two = run_pipeline(tmp_path / "b", "executor.workers=2")
+    assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
+    assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
+
+
+def test_demo_repository_history_is_mined_and_paired(tmp_path):
+    run_dir = run_pipeline(tmp_path)
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    kinds = {r["change"] for r in rows}
+    assert kinds == {"added", "modified", "deleted", "renamed"}
+    renamed = [r for r in rows if r["change"] == "renamed"]
+    assert [(r["old_qualname"], r["qualname"]) for r in renamed] == [
+        ("ledger_core::journal::normalise_memo", "ledger_core::journal::sanitize_memo")]
+    commits = read_jsonl(run_dir / "commits.jsonl")
+    rename = next(c for c in commits if c["subject"] == "store: rename memory module to in_memory")
+    assert [(f["change"], f["old_path"], f["new_path"]) for f in rename["files"] if f["change"] == "R"] == [
+        ("R", "crates/ledger-store/src/memory.rs", "crates/ledger-store/src/in_memory.rs")]
+    # units of a renamed file pair with their old selves: no spurious added/deleted units
+    assert not [r for r in rows if r["commit"] == rename["commit"] and r["change"] in ("added", "deleted")]
+    split = [r for r in rows if r["qualname"] == "ledger_cli::commands::run"]
+    assert split and all(r["parts"] > 1 and len(r["new_code"]) <= 4000 for r in split)
+
+
+def test_stages_prefix_and_errors(repo, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "stages=[mine]")
+    assert (run_dir / "commits.jsonl").exists() and not (run_dir / "chunks.jsonl").exists()
+    with pytest.raises(CommitforgeError, match="must be a prefix"):
+        Run(make_cfg(tmp_path, f"repo={repo.path}", "stages=[chunk]"))
+    with pytest.raises(CommitforgeError, match="unknown stage 'tokenise'"):
+        Run(make_cfg(tmp_path, f"repo={repo.path}", "stages=[mine,tokenise]"))
+    with pytest.raises(CommitforgeError, match=r"chunker\.max_char.*known keys: name, max_chars"):
+        Run(make_cfg(tmp_path, "+chunker.max_char=10"))
+    with pytest.raises(CommitforgeError, match="unknown chunker 'semantic'; available: ast, window"):
+        Run(make_cfg(tmp_path, "chunker.name=semantic"))
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COMMITFORGE_CACHE": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_cli_runs_demo_and_prints_run_directory(tmp_path):
+    proc = cli("stages=[mine]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
+    assert run_dir.is_relative_to(tmp_path / "runs") and (run_dir / "commits.jsonl").exists()
+
+
+def test_cli_bad_input_is_one_line_and_non_zero(tmp_path):
+    proc = cli(f"repo={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"commitforge: error: {str(tmp_path)!r} is not a git repository; "
+                                                "pass repo=PATH of a directory with a .git (or a bare repository)"]
+    typo = cli("chunker.max_char=5", cwd=tmp_path)
+    assert typo.returncode != 0 and "max_char" in typo.stderr
+
+
+def test_cli_lists_plugins_with_provider(tmp_path):
+    proc = cli("plugins", cwd=tmp_path)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["kind", "name", "package", "version"]
+    assert ["chunker", "window", "commitforge", "0.1.0"] in [line.split() for line in lines]
