@@ -63,12 +63,16 @@ class ChunkJob:
         return BlobCache(self.cache_root, self.languages[lang].cache_key)
 
     # -- phase 1 ---------------------------------------------------------------------
-    def parse_blobs(self, batch: list[tuple[str, str]]) -> dict[str, Any]:
-        """Parse blobs missing from the cache; report counts and per-blob skips."""
+    def parse_blobs(self, batch: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        """Parse blobs missing from the cache; report counts and per-blob skips.
+
+        ``batch`` holds (blob, language, previous version's blob) with versions of a file
+        in order, so each is reparsed incrementally from its predecessor's tree.
+        """
         stats = Counter()
         skips: dict[str, str] = {}
         reader = _reader(self.git_dir)
-        for blob, lang in batch:
+        for blob, lang, prev in batch:
             cache = self._cache(lang)
             entry = cache.get(blob)
             if entry is not None and (entry["skip"] or entry["size"] <= self.max_file_bytes):
@@ -90,7 +94,13 @@ class ChunkJob:
                 except UnicodeDecodeError:
                     entry["skip"] = "not_utf8"
             if entry["skip"] is None:
-                parsed = self.languages[lang].parse(data)
+                previous = _TREES.get(prev) if prev else None
+                parsed = self.languages[lang].parse(data, previous)
+                if previous is not None:
+                    stats.add("blobs_parsed_incrementally")
+                _TREES[blob] = (data, parsed.tree)
+                if len(_TREES) > 16:
+                    _TREES.popitem(last=False)
                 entry["parsed"] = parsed.to_dict()
                 stats.add("blobs_parsed")
                 stats.add("bytes_parsed", len(data))
@@ -175,6 +185,7 @@ class ChunkJob:
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
+_TREES: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
 
 
 def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:
@@ -210,15 +221,28 @@ def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, 
     )
 
 
-def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str]]:
-    """Every (blob, language) the commits need, in first-use order."""
-    seen: dict[tuple[str, str], None] = {}
+def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | None]]:
+    """Every (blob, language) the commits need, with the blob it is a new version of.
+
+    Versions of one file are grouped in history order (a chain from the first version
+    seen), so a worker can parse each incrementally from the one before.
+    """
+    prev: dict[tuple[str, str], str | None] = {}
     for rec in commits:
         for fc in rec.files:
-            for blob in (fc.old_blob, fc.new_blob):
-                if blob:
-                    seen.setdefault((blob, fc.lang), None)  # type: ignore[arg-type]
-    return list(seen)
+            if fc.old_blob:
+                prev.setdefault((fc.old_blob, fc.lang), None)  # type: ignore[arg-type]
+            if fc.new_blob:
+                prev.setdefault((fc.new_blob, fc.lang), fc.old_blob)  # type: ignore[arg-type]
+    chain_of: dict[tuple[str, str], int] = {}
+    order: list[tuple[int, int, tuple[str, str]]] = []
+    for i, key in enumerate(prev):
+        p = prev[key]
+        root = chain_of.get((p, key[1]), i) if p else i
+        chain_of[key] = root
+        order.append((root, i, key))
+    order.sort()
+    return [(blob, lang, prev[(blob, lang)]) for _, _, (blob, lang) in order]
 
 
 def batched(items: list, size: int) -> list[list]:

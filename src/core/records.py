@@ -86,6 +86,7 @@ class ParsedBlob:
     text: str
     units: list[Unit]
     has_error: bool
+    tree: Any = None  # the parser's tree while in memory (for incremental reparsing); never stored
 
     def to_dict(self) -> dict[str, Any]:
         # a unit's text is a slice of the blob's text: store its span, not a second copy

@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import tree_sitter
 import tree_sitter_rust
@@ -113,10 +114,12 @@ class RustLanguage:
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
 
-    def parse(self, source: bytes) -> ParsedBlob:
+    def parse(self, source: bytes, previous: tuple[bytes, Any] | None = None) -> ParsedBlob:
+        """Units of one blob; ``previous`` (an earlier version's bytes and ``ParsedBlob.tree``)
+        makes tree-sitter reparse incrementally, reusing the unchanged parts of the old tree."""
         parser, query = self._ensure()
         text = source.decode("utf-8")
-        tree = parser.parse(source)
+        tree = parser.parse(source, _edited(previous, source)) if previous is not None else parser.parse(source)
         root = tree.root_node
         cursor = tree_sitter.QueryCursor(query)
         cursor.set_max_start_depth(1 + 2 * self.cfg.max_nesting)
@@ -145,7 +148,7 @@ class RustLanguage:
             index_of[_key(node)] = len(units)
             units.append(unit)
         self._skeletons(units, [offsets.char(u.start_byte) for u in units])
-        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error)
+        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, tree=tree)
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
               parent_idx: int | None, container, seen_names: dict[str, int]) -> Unit:
@@ -225,6 +228,34 @@ class RustLanguage:
                 pos = at + len(units[k].text)
             pieces.append(parent.text[pos:])
             parent.skeleton = _norm("".join(pieces))
+
+
+def _point(data: bytes, offset: int) -> tuple[int, int]:
+    row = data.count(b"\n", 0, offset)
+    return row, offset - (data.rfind(b"\n", 0, offset) + 1)
+
+
+def _edited(previous: tuple[bytes, Any], new: bytes) -> tree_sitter.Tree:
+    """A copy of the previous tree, edited to the one changed span between the versions."""
+    old, old_tree = previous
+    limit = min(len(old), len(new))
+    start = 0
+    # common prefix and suffix, compared in blocks first (C speed), then byte by byte
+    step = 4096
+    while start + step <= limit and old[start:start + step] == new[start:start + step]:
+        start += step
+    while start < limit and old[start] == new[start]:
+        start += 1
+    suffix = 0
+    while suffix + step <= limit - start and old[len(old) - suffix - step:len(old) - suffix] == new[len(new) - suffix - step:len(new) - suffix]:
+        suffix += step
+    while suffix < limit - start and old[len(old) - suffix - 1] == new[len(new) - suffix - 1]:
+        suffix += 1
+    tree = old_tree.copy()
+    tree.edit(start_byte=start, old_end_byte=len(old) - suffix, new_end_byte=len(new) - suffix,
+              start_point=_point(old, start), old_end_point=_point(old, len(old) - suffix),
+              new_end_point=_point(new, len(new) - suffix))
+    return tree
 
 
 @functools.cache

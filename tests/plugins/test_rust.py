@@ -147,3 +147,21 @@ def test_cuts_only_for_large_units_and_between_tokens():
 ])
 def test_module_path_from_file_path(path, module):
     assert rust_module_path(path) == module
+
+
+def test_incremental_parse_gives_the_units_of_a_fresh_parse():
+    lang = RustLanguage()
+    v1 = SOURCE.encode()
+    edits = [
+        SOURCE.replace("a + b", "a.saturating_add(b)"),
+        SOURCE.replace("pub type Id = u64;\n", ""),  # deletion
+        "// header ✓\n" + SOURCE + "fn extra() {}\n",  # insertions at both ends
+        SOURCE.replace("fn get(&self, key: u32) -> Option<u32>;", "fn get(&self, key: u64) -> Option<u64>;"),
+    ]
+    base = lang.parse(v1)
+    for text in edits:
+        fresh = lang.parse(text.encode())
+        incremental = lang.parse(text.encode(), previous=(v1, base.tree))
+        assert incremental.to_dict() == fresh.to_dict()
+    # the previous tree is copied, never edited in place
+    assert lang.parse(v1, previous=(v1, base.tree)).to_dict() == base.to_dict()
