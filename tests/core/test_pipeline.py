@@ -145,3 +145,26 @@ def test_cli_lists_plugins_with_provider(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["kind", "name", "package", "version"]
     assert ["chunker", "window", "commitforge", "0.1.0"] in [line.split() for line in lines]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(name, tmp_path):
+    from core.registry import PluginRegistry
+
+    cfg = make_cfg(tmp_path, f"+experiment={name}")
+    reg = PluginRegistry(load_entry_points=False)
+    for kind in ("source", "language", "chunker", "executor"):
+        reg.validate(kind, cfg[kind])
+    if name == "baseline":
+        assert (cfg.chunker.name, cfg.chunker.max_chars) == ("window", 2000)
+
+
+def test_missing_objects_of_a_partial_clone_are_skipped(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("one", {"src/a.rs": "fn a() {}\n", "src/b.rs": "fn b() {}\n"})
+    blob = r.git("rev-parse", "HEAD:src/b.rs")
+    (r.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}")
+    chunk = manifest(run_dir)["stages"]["chunk"]
+    assert chunk["skips"] == {"file_missing_object": 1}
+    assert [row["qualname"] for row in read_jsonl(run_dir / "chunks.jsonl")] == ["a"]
