@@ -167,4 +167,4 @@ def test_missing_objects_of_a_partial_clone_are_skipped(scripted_repo, tmp_path)
     run_dir = run_pipeline(tmp_path, f"repo={r.path}")
     chunk = manifest(run_dir)["stages"]["chunk"]
     assert chunk["skips"] == {"file_missing_object": 1}
-    assert [row["qualname"] for row in read_jsonl(run_dir / "chunks.jsonl")] == ["a"]
+    assert [row["qualname"] for row in read_jsonl(run_dir / "chunks.jsonl")] == ["a::a"]
