@@ -168,3 +168,18 @@ def test_missing_objects_of_a_partial_clone_are_skipped(scripted_repo, tmp_path)
     chunk = manifest(run_dir)["stages"]["chunk"]
     assert chunk["skips"] == {"file_missing_object": 1}
     assert [row["qualname"] for row in read_jsonl(run_dir / "chunks.jsonl")] == ["a::a"]
+
+
+def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
+    r = scripted_repo
+    raw = b"src/caf\xe9.rs"
+    os.makedirs(os.path.join(os.fsencode(r.path), b"src"), exist_ok=True)
+    with open(os.path.join(os.fsencode(r.path), raw), "wb") as fh:
+        fh.write(b"fn latin() {}\n")
+    r.git("add", "-A")
+    r.commit("latin-1 file name")
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}")
+    (row,) = read_jsonl(run_dir / "chunks.jsonl")
+    assert os.fsencode(row["path"]) == raw
+    (commit,) = read_jsonl(run_dir / "commits.jsonl")
+    assert os.fsencode(commit["files"][0]["new_path"]) == raw
