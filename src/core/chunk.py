@@ -36,7 +36,8 @@ class Chunker(Protocol):
 def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:
     """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries.
 
-    ``cuts`` are (offset, depth) pairs between sibling nodes; shallower cuts are tried
+    ``cuts`` are (offset, depth) pairs between sibling nodes in increasing offset
+    order; shallower cuts are tried
     first and a segment still too long is cut at the next depth. Pieces after the first
     repeat the unit's opening (up to its body's ``{``) so each piece keeps its header.
     A segment with no cut inside (one huge token or leaf) stays whole, over the limit,
@@ -57,7 +58,7 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
         if lo >= hi:
             return [(a, b)]
         depth = min(depths[lo:hi])
-        bounds = [a, *sorted({offsets[k] for k in range(lo, hi) if depths[k] == depth}), b]
+        bounds = [a, *(offsets[k] for k in range(lo, hi) if depths[k] == depth), b]
         out: list[tuple[int, int]] = []
         for x, y in zip(bounds, bounds[1:]):
             if x == y:

@@ -102,14 +102,14 @@ class ParsedBlob:
         text = d["text"]
         units = []
         for row in d["units"]:
-            u = Unit(text="", **dict(zip(_UNIT_STORED, row)))
-            u.text = text[u.char_start:u.char_end]
-            u.cuts = [tuple(c) for c in u.cuts]  # type: ignore[misc]
-            units.append(u)
+            # stored rows are the Unit fields in order, without text (rebuilt from char spans)
+            units.append(Unit(*row[:_TEXT_AT], text[row[_CHAR_START]:row[_CHAR_END]], *row[_TEXT_AT:]))
         return cls(lang=d["lang"], text=text, units=units, has_error=d["has_error"])
 
 
 _UNIT_STORED = tuple(f.name for f in dataclasses.fields(Unit) if f.name != "text")
+_TEXT_AT = [f.name for f in dataclasses.fields(Unit)].index("text")
+_CHAR_START, _CHAR_END = _UNIT_STORED.index("char_start"), _UNIT_STORED.index("char_end")
 
 
 @dataclass(slots=True)

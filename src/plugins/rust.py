@@ -1,8 +1,8 @@
 """Language ``rust``: units of Rust source with tree-sitter-rust.
 
-Items are found with one query whose cursor is limited to the depth where items can
-sit (inside up to ``max_nesting`` levels of ``mod``/``impl``/``trait`` bodies), so the
-parse tree is never walked node by node in Python. Units of a container (impl, trait,
+Items are found with one query run with its cursor limited to depth 1: on the file,
+then on the body of each ``mod``/``impl``/``trait`` found (up to ``max_nesting``
+levels), so neither the query nor Python ever walks function bodies. Units of a container (impl, trait,
 inline mod) point at it through ``parent``; functions inside function bodies are part
 of their enclosing function, not units of their own.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+from collections import OrderedDict
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ ITEM_KINDS = {
     "type_item": "type",
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
-CONTAINER_BODY_PARENTS = {"source_file", "declaration_list"}
 # Cut points are recorded for units longer than CUT_UNIT (chunkers accept no limit below
 # it), inside nodes longer than CUT_MIN: enough to cut any unit to a limit of CUT_UNIT.
 CUT_UNIT = 1000
@@ -88,6 +88,7 @@ class RustLanguage:
         self.extensions = tuple(cfg.extensions)
         self._parser: tree_sitter.Parser | None = None
         self._query: tree_sitter.Query | None = None
+        self._cuts_memo: OrderedDict[str, list[tuple[int, int]]] = OrderedDict()
 
     # parser objects do not pickle: workers rebuild them on first use
     def __getstate__(self) -> dict:
@@ -121,32 +122,28 @@ class RustLanguage:
         text = source.decode("utf-8")
         tree = parser.parse(source, _edited(previous, source)) if previous is not None else parser.parse(source)
         root = tree.root_node
-        cursor = tree_sitter.QueryCursor(query)
-        cursor.set_max_start_depth(1 + 2 * self.cfg.max_nesting)
-        nodes = cursor.captures(root).get("item", [])
-        nodes.sort(key=lambda n: (n.start_byte, -n.end_byte))
         offsets = _Offsets(source, text)
         units: list[Unit] = []
-        index_of: dict[tuple[int, int, str], int] = {}
         seen_names: dict[str, int] = {}
-        for node in nodes:
-            parent_node = node.parent
-            if parent_node is None or parent_node.type not in CONTAINER_BODY_PARENTS:
-                continue
-            parent_idx = None
-            container = None
-            if parent_node.type == "declaration_list":
-                container = parent_node.parent
-                if container is None or container.type not in CONTAINERS:
-                    continue  # e.g. items inside an extern block
-                parent_idx = index_of.get(_key(container))
-                if parent_idx is None:
-                    continue  # the container itself was not a unit (deeper than max_nesting)
-            if node.type == "mod_item" and node.child_by_field_name("body") is None:
-                continue  # `mod foo;` declares a file module; it is not a unit
-            unit = self._unit(node, source, text, offsets, units, parent_idx, container, seen_names)
-            index_of[_key(node)] = len(units)
-            units.append(unit)
+        # One depth-1 query per body (the file, then each container's body): the cursor
+        # never descends into function bodies, which hold most of a tree's nodes.
+        cursor = tree_sitter.QueryCursor(query)
+        cursor.set_max_start_depth(1)
+
+        def visit(body, parent_idx: int | None, container, level: int) -> None:
+            nodes = cursor.captures(body).get("item", [])
+            nodes.sort(key=lambda n: n.start_byte)
+            for node in nodes:
+                is_container = node.type in CONTAINERS
+                body_node = node.child_by_field_name("body") if is_container else None
+                if node.type == "mod_item" and body_node is None:
+                    continue  # `mod foo;` declares a file module; it is not a unit
+                idx = len(units)
+                units.append(self._unit(node, source, text, offsets, units, parent_idx, container, seen_names))
+                if body_node is not None and level < self.cfg.max_nesting:
+                    visit(body_node, idx, node, level + 1)
+
+        visit(root, None, None, 0)
         self._skeletons(units, [offsets.char(u.start_byte) for u in units])
         return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, tree=tree)
 
@@ -188,11 +185,19 @@ class RustLanguage:
             body_open = offsets.char(body.start_byte + 1) - c_start
         cuts: list[tuple[int, int]] = []
         if len(unit_text) > CUT_UNIT:
-            _collect_cuts(node, source, 0, cuts)
-            if offsets.ascii:
-                cuts = sorted({(b - c_start, d) for b, d in cuts if start < b < node.end_byte})
+            # Successive versions of a file share most units: a unit's cuts depend on its
+            # text alone (when it parsed cleanly), so they are computed once per text.
+            memo = self._cuts_memo.get(unit_text) if not node.has_error else None
+            if memo is not None:
+                cuts = memo
             else:
-                cuts = sorted({(offsets.char(b) - c_start, d) for b, d in cuts if start < b < node.end_byte})
+                _collect_cuts(node, source, 0, start if offsets.ascii else 0, cuts)
+                if not offsets.ascii:
+                    cuts = [(offsets.char(b) - c_start, d) for b, d in cuts]
+                if not node.has_error:
+                    self._cuts_memo[unit_text] = cuts
+                    if len(self._cuts_memo) > 4096:
+                        self._cuts_memo.popitem(last=False)
         return Unit(
             kind=kind,
             name=name,
@@ -235,26 +240,28 @@ def _point(data: bytes, offset: int) -> tuple[int, int]:
     return row, offset - (data.rfind(b"\n", 0, offset) + 1)
 
 
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix, by binary search over slice comparisons (memcmp speed)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _edited(previous: tuple[bytes, Any], new: bytes) -> tree_sitter.Tree:
     """A copy of the previous tree, edited to the one changed span between the versions."""
     old, old_tree = previous
-    limit = min(len(old), len(new))
-    start = 0
-    # common prefix and suffix, compared in blocks first (C speed), then byte by byte
-    step = 4096
-    while start + step <= limit and old[start:start + step] == new[start:start + step]:
-        start += step
-    while start < limit and old[start] == new[start]:
-        start += 1
-    suffix = 0
-    while suffix + step <= limit - start and old[len(old) - suffix - step:len(old) - suffix] == new[len(new) - suffix - step:len(new) - suffix]:
-        suffix += step
-    while suffix < limit - start and old[len(old) - suffix - 1] == new[len(new) - suffix - 1]:
-        suffix += 1
+    start = _common_prefix(old, new)
+    limit = min(len(old), len(new)) - start
+    suffix = min(_common_prefix(old[::-1], new[::-1]), limit)
+    old_end, new_end = len(old) - suffix, len(new) - suffix
     tree = old_tree.copy()
-    tree.edit(start_byte=start, old_end_byte=len(old) - suffix, new_end_byte=len(new) - suffix,
-              start_point=_point(old, start), old_end_point=_point(old, len(old) - suffix),
-              new_end_point=_point(new, len(new) - suffix))
+    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(old, start),
+              old_end_point=_point(old, old_end), new_end_point=_point(new, new_end))
     return tree
 
 
@@ -263,24 +270,19 @@ def _versions() -> dict[str, str]:
     return {d: importlib.metadata.version(d) for d in ("tree-sitter", "tree-sitter-rust")}
 
 
-def _key(node) -> tuple[int, int, str]:
-    return (node.start_byte, node.end_byte, node.type)
-
-
 def _text(node) -> str:
     return node.text.decode("utf-8", "replace") if node is not None else ""
 
 
+_INNER_GENERICS = re.compile(r"<[^<>]*>")
+
+
 def _strip_generics(type_text: str) -> str:
-    depth, out = 0, []
-    for ch in type_text:
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth = max(0, depth - 1)
-        elif depth == 0:
-            out.append(ch)
-    return _norm("".join(out)).replace(" ", "")
+    """``Vec<Option<T>>`` -> ``Vec``; ``&'a mut Store<K, V>`` -> ``&'a mut Store``."""
+    prev = None
+    while prev != type_text and "<" in type_text:
+        prev, type_text = type_text, _INNER_GENERICS.sub("", type_text)
+    return _norm(type_text)
 
 
 def _item_name(node) -> str:
@@ -316,24 +318,22 @@ def _leading_trivia_start(node) -> tuple[int, int]:
     return start, row
 
 
-def _collect_cuts(node, source: bytes, depth: int, out: list[tuple[int, int]]) -> None:
-    """Offsets between the children of large nodes, at line starts where possible.
+def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
+    """(offset - base, depth) between the children of large nodes, in increasing order.
 
-    A cut before a child moves back to the start of its line when only indentation
-    precedes it, so a piece starts with whole lines; cuts never fall inside a token.
+    A cut before a child that starts a line moves back to the start of that line (only
+    indentation lies between the previous sibling and it), so a piece starts with
+    whole lines; cuts never fall inside a token.
     """
-    children = node.children
-    prev_end = None
-    for child in children:
-        if prev_end is not None:
-            cut = child.start_byte
-            nl = source.rfind(b"\n", prev_end, cut)
-            if nl >= 0 and not source[nl + 1:cut].strip():
-                cut = nl + 1
-            out.append((cut, depth))
-        prev_end = child.end_byte
-        if child.end_byte - child.start_byte > CUT_MIN and child.child_count:
-            _collect_cuts(child, source, depth + 1, out)
+    prev_row = -1
+    for child in node.children:
+        start = child.start_byte
+        point = child.start_point
+        if prev_row >= 0:
+            out.append(((start - point.column if point.row > prev_row else start) - base, depth))
+        prev_row = child.end_point.row
+        if child.end_byte - start > CUT_MIN and child.child_count:
+            _collect_cuts(child, source, depth + 1, base, out)
 
 
 def rust_module_path(path: str) -> str:

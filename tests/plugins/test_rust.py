@@ -36,6 +36,8 @@ pub mod ledger {
     impl<T> Mem<T> {
         pub fn len(&self) -> usize { self.0.len() }
     }
+
+    impl<'a, K: Ord> Iterator for &'a mut Cursor<Vec<Option<K>>> { type Item = K; }
 }
 
 macro_rules! square { ($x:expr) => { $x * $x }; }
@@ -66,6 +68,8 @@ def test_units_kinds_and_qualified_names(parsed):
         ("method", "ledger::Mem::new"),
         ("impl", "ledger::Mem#2"),
         ("method", "ledger::Mem::len"),
+        ("impl", "ledger::<&'a mut Cursor as Iterator>"),
+        ("type", "ledger::<&'a mut Cursor as Iterator>::Item"),
         ("macro", "square"),
         ("type", "Id"),
         ("static", "GREETING"),
@@ -123,6 +127,8 @@ def test_cuts_only_for_large_units_and_between_tokens():
     big, small = RustLanguage().parse(src).units
     assert len(big.text) > CUT_UNIT and big.cuts
     assert small.cuts == []
+    offsets = [off for off, _ in big.cuts]
+    assert offsets == sorted(offsets)  # the chunker relies on the order
     statement_cuts = [off for off, depth in big.cuts if depth == 1]
     assert len(statement_cuts) >= 80
     # statement-level cuts move back to the start of the statement's line
@@ -165,3 +171,12 @@ def test_incremental_parse_gives_the_units_of_a_fresh_parse():
         assert incremental.to_dict() == fresh.to_dict()
     # the previous tree is copied, never edited in place
     assert lang.parse(v1, previous=(v1, base.tree)).to_dict() == base.to_dict()
+
+
+def test_cut_memo_gives_the_cuts_of_a_fresh_extraction():
+    body = "\n".join(f"    let v{i} = compute({i});" for i in range(60))
+    unit = f"fn big() {{\n{body}\n}}\n"
+    warm = RustLanguage()
+    warm.parse(("// first version\n" + unit).encode())
+    moved = ("use std::fmt;\n\n/// docs\n" + unit).encode()  # same unit text at another offset
+    assert warm.parse(moved).to_dict() == RustLanguage().parse(moved).to_dict()
