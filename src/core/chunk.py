@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.records import ParsedBlob
@@ -20,9 +20,21 @@ class Chunk:
     signature: str | None
     text: str
     compare: str  # the text whose change makes the chunk "changed" (a container's skeleton)
-    pieces: list[str]  # text cut to the chunker's limit (usually one piece)
     lines: tuple[int, int]
     has_error: bool
+    cuts: list[tuple[int, int]] = field(default_factory=list)
+    body_open: int | None = None
+    max_chars: int | None = None  # None: the chunk is never cut
+    _pieces: list[str] | None = None
+
+    @property
+    def pieces(self) -> list[str]:
+        """The text cut to ``max_chars`` (usually one piece); computed only for chunks that
+        changed, since pairing never asks for the pieces of an unchanged one."""
+        if self._pieces is None:
+            self._pieces = [self.text] if self.max_chars is None else split_at_cuts(
+                self.text, self.cuts, self.max_chars, self.body_open)
+        return self._pieces
 
 
 class Chunker(Protocol):

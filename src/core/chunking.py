@@ -25,7 +25,8 @@ from core.records import CommitRecord, ParsedBlob, UnitChange
 from core.stats import Counter
 
 BLOB_BATCH = 24
-COMMIT_BATCH = 8
+COMMIT_BATCH = 24
+LOADED_BLOBS = 256  # per worker: a file's new version is usually the next change's old one
 _BINARY_SNIFF = 8000
 
 # per-process state of workers: one cat-file per repository, a few recently used blobs
@@ -60,7 +61,10 @@ class ChunkJob:
     blob_skips: dict[str, str] = field(default_factory=dict)
 
     def _cache(self, lang: str) -> BlobCache:
-        return BlobCache(self.cache_root, self.languages[lang].cache_key)
+        cache = _CACHES.get((self.cache_root, lang))
+        if cache is None:
+            cache = _CACHES[(self.cache_root, lang)] = BlobCache(self.cache_root, self.languages[lang].cache_key)
+        return cache
 
     # -- phase 1 ---------------------------------------------------------------------
     def parse_blobs(self, batch: list[tuple[str, str, str | None]]) -> dict[str, Any]:
@@ -74,8 +78,7 @@ class ChunkJob:
         reader = _reader(self.git_dir)
         for blob, lang, prev in batch:
             cache = self._cache(lang)
-            entry = cache.get(blob)
-            if entry is not None and (entry["skip"] or entry["size"] <= self.max_file_bytes):
+            if cache.has(blob):  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
                 continue
             data = reader.read(blob)
@@ -135,7 +138,7 @@ class ChunkJob:
             else:
                 result = (ParsedBlob.from_dict(entry["parsed"]), None)
         _LOADED[key] = result
-        if len(_LOADED) > 64:
+        if len(_LOADED) > LOADED_BLOBS:
             _LOADED.popitem(last=False)
         return result
 
@@ -146,7 +149,7 @@ class ChunkJob:
         if chunks is None:
             chunks = self.chunker.chunk(parsed, lang.module_path(path), path)
             _CHUNKED[key] = chunks
-            if len(_CHUNKED) > 64:
+            if len(_CHUNKED) > LOADED_BLOBS:
                 _CHUNKED.popitem(last=False)
         else:
             _CHUNKED.move_to_end(key)
@@ -186,6 +189,7 @@ class ChunkJob:
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
 _TREES: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
+_CACHES: dict[tuple[str, str], BlobCache] = {}
 
 
 def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.chunk import Chunk, split_at_cuts
+from core.chunk import Chunk
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
 from core.records import ParsedBlob
@@ -35,7 +35,6 @@ class AstChunker:
     def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
         out = []
         for u in parsed.units:
-            pieces = split_at_cuts(u.text, u.cuts, self.cfg.max_chars, u.body_open)
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
@@ -46,9 +45,11 @@ class AstChunker:
                 signature=u.signature,
                 text=u.text,
                 compare=u.skeleton if u.skeleton is not None else u.text,
-                pieces=pieces,
                 lines=(u.start_line, u.end_line),
                 has_error=u.has_error,
+                cuts=u.cuts,
+                body_open=u.body_open,
+                max_chars=self.cfg.max_chars,
             ))
         return out
 
@@ -91,7 +92,7 @@ class WindowChunker:
             out.append(Chunk(
                 key=name, kind="window", name=name, local_qualname=name,
                 qualname=f"{path}#{name}", header=None, signature=None, text=window, compare=window,
-                pieces=[window], lines=(line, end_line), has_error=parsed.has_error,
+                lines=(line, end_line), has_error=parsed.has_error,
             ))
             if start + size >= len(text):
                 break
