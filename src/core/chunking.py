@@ -101,7 +101,7 @@ class ChunkJob:
                 parsed = self.languages[lang].parse(data, previous)
                 if previous is not None:
                     stats.add("blobs_parsed_incrementally")
-                _TREES[blob] = (data, parsed.tree)
+                _TREES[blob] = (data, parsed)
                 if len(_TREES) > 16:
                     _TREES.popitem(last=False)
                 entry["parsed"] = parsed.to_dict()
@@ -188,7 +188,7 @@ class ChunkJob:
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
-_TREES: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
+_TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from core.records import ParsedBlob
 
@@ -15,12 +15,12 @@ class Language(Protocol):
     def cache_key(self) -> str:
         """Identifies grammar and extractor versions; part of every parsed-blob cache key."""
 
-    def parse(self, source: bytes, previous: tuple[bytes, Any] | None = None) -> ParsedBlob:
+    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
         """Extract the units of one blob (already checked to be UTF-8 text).
 
-        ``previous`` is an earlier version of the same file and the ``tree`` of its
-        ParsedBlob; a language may use it to parse incrementally. Results must not
-        depend on it."""
+        ``previous`` is an earlier version of the same file (its bytes and the
+        ParsedBlob this method returned for it); a language may use it to parse
+        incrementally. The result must not depend on it."""
 
     def module_path(self, path: str) -> str:
         """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty)."""

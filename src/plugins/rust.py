@@ -115,12 +115,24 @@ class RustLanguage:
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
 
-    def parse(self, source: bytes, previous: tuple[bytes, Any] | None = None) -> ParsedBlob:
-        """Units of one blob; ``previous`` (an earlier version's bytes and ``ParsedBlob.tree``)
-        makes tree-sitter reparse incrementally, reusing the unchanged parts of the old tree."""
+    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
+        """Units of one blob.
+
+        ``previous`` is an earlier version of the same file and its ParsedBlob (with its
+        tree). tree-sitter then reparses incrementally, and units that lie wholly outside
+        the edited span and the ranges whose syntax changed are carried over (shifted)
+        instead of being extracted again. The result equals a fresh parse.
+        """
         parser, query = self._ensure()
         text = source.decode("utf-8")
-        tree = parser.parse(source, _edited(previous, source)) if previous is not None else parser.parse(source)
+        reuse = None
+        if previous is not None and previous[1].tree is not None:
+            old_source, old_parsed = previous
+            edited, span = _edited(old_source, old_parsed.tree, source)
+            tree = parser.parse(source, edited)
+            reuse = _Reuse(old_source, old_parsed, source, text, span, edited.changed_ranges(tree))
+        else:
+            tree = parser.parse(source)
         root = tree.root_node
         offsets = _Offsets(source, text)
         units: list[Unit] = []
@@ -134,6 +146,8 @@ class RustLanguage:
             nodes = cursor.captures(body).get("item", [])
             nodes.sort(key=lambda n: n.start_byte)
             for node in nodes:
+                if reuse is not None and reuse.carry(node, units, parent_idx, seen_names):
+                    continue
                 is_container = node.type in CONTAINERS
                 body_node = node.child_by_field_name("body") if is_container else None
                 if node.type == "mod_item" and body_node is None:
@@ -144,7 +158,7 @@ class RustLanguage:
                     visit(body_node, idx, node, level + 1)
 
         visit(root, None, None, 0)
-        self._skeletons(units, [offsets.char(u.start_byte) for u in units])
+        self._skeletons(units, [u.char_start for u in units])
         return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, tree=tree)
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
@@ -155,17 +169,7 @@ class RustLanguage:
             kind = "method"
         name = _item_name(node)
         parent = units[parent_idx] if parent_idx is not None else None
-        # children of the second `impl Foo` block are still Foo's items: drop the #n
-        local = f"{parent.local_qualname.split('#', 1)[0]}::{name}" if parent else name
-        n = seen_names.get(local, 0) + 1
-        seen_names[local] = n
-        if n > 1:  # cfg variants and multiple inherent impls share a name
-            local = f"{local}#{n}"
-        header = None
-        if container is not None and container.type in ("impl_item", "trait_item"):
-            header = parent.signature if parent else None
-        elif parent is not None:
-            header = parent.header
+        local, header = _naming(name, parent, seen_names)
         start, start_row = _leading_trivia_start(node)
         body = node.child_by_field_name("body")
         sig_end = body.start_byte if body is not None else node.end_byte
@@ -252,9 +256,9 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return lo
 
 
-def _edited(previous: tuple[bytes, Any], new: bytes) -> tree_sitter.Tree:
-    """A copy of the previous tree, edited to the one changed span between the versions."""
-    old, old_tree = previous
+def _edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes) -> tuple[tree_sitter.Tree, tuple[int, int, int]]:
+    """A copy of the old tree edited to the one changed span, and that span
+    (start, old end, new end) in bytes."""
     start = _common_prefix(old, new)
     limit = min(len(old), len(new)) - start
     suffix = min(_common_prefix(old[::-1], new[::-1]), limit)
@@ -262,7 +266,85 @@ def _edited(previous: tuple[bytes, Any], new: bytes) -> tree_sitter.Tree:
     tree = old_tree.copy()
     tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(old, start),
               old_end_point=_point(old, old_end), new_end_point=_point(new, new_end))
-    return tree
+    return tree, (start, old_end, new_end)
+
+
+def _naming(name: str, parent: Unit | None, seen_names: dict[str, int]) -> tuple[str, str | None]:
+    """A unit's local qualified name (``#n`` for repeated names) and its impl/trait header."""
+    # children of the second `impl Foo` block are still Foo's items: drop the #n
+    local = f"{parent.local_qualname.split('#', 1)[0]}::{name}" if parent else name
+    n = seen_names.get(local, 0) + 1
+    seen_names[local] = n
+    if n > 1:  # cfg variants and multiple inherent impls share a name
+        local = f"{local}#{n}"
+    if parent is None:
+        return local, None
+    return local, parent.signature if parent.kind in ("impl", "trait") else parent.header
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
+
+
+class _Reuse:
+    """Carries units of a file's previous version over to the new one.
+
+    A unit is carried when it lies wholly before the affected region (the edited span
+    plus every range whose syntax changed) or wholly after it with a blank line in
+    between, so no doc comment or attribute can have attached to it or left it. Its
+    text, signature and cuts are unchanged; spans after the region shift by the edit.
+    """
+
+    def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
+                 span: tuple[int, int, int], changed: list) -> None:
+        start, old_end, new_end = span
+        lo = min([start] + [r.start_byte for r in changed])
+        hi = max([new_end] + [r.end_byte for r in changed])
+        self.delta = new_end - old_end
+        self.delta_chars = len(new_text) - len(old_parsed.text)
+        self.delta_lines = new.count(b"\n") - old.count(b"\n")
+        self.old = old_parsed.units
+        # pre-order: a unit's subtree is the run of following units whose parent chain reaches it
+        self.subtree_end = list(range(1, len(self.old) + 1))
+        for i in range(len(self.old) - 1, -1, -1):
+            p = self.old[i].parent
+            if p is not None:
+                self.subtree_end[p] = max(self.subtree_end[p], self.subtree_end[i])
+        self.before: dict[int, int] = {}
+        self.after: dict[int, int] = {}
+        for i, u in enumerate(self.old):
+            if u.end_byte <= lo:
+                self.before[u.end_byte] = i
+            elif u.start_byte >= old_end and u.start_byte + self.delta >= hi \
+                    and _BLANK_LINE.search(new, hi, u.start_byte + self.delta):
+                self.after[u.end_byte + self.delta] = i
+
+    def carry(self, node, units: list[Unit], parent_idx: int | None, seen_names: dict[str, int]) -> bool:
+        """Append the carried-over subtree for ``node`` if there is one."""
+        end = node.end_byte
+        i = self.before.get(end)
+        shift = i is None
+        if shift:
+            i = self.after.get(end)
+            if i is None:
+                return False
+        first = self.old[i]
+        if ITEM_KINDS[node.type] != first.kind and not (node.type == "function_item" and first.kind == "method"):
+            return False
+        db, dc, dl = (self.delta, self.delta_chars, self.delta_lines) if shift else (0, 0, 0)
+        new_index: dict[int, int] = {}
+        for k in range(i, self.subtree_end[i]):
+            u = self.old[k]
+            parent = parent_idx if k == i else new_index[u.parent]  # type: ignore[index]
+            parent_unit = units[parent] if parent is not None else None
+            local, header = _naming(u.name, parent_unit, seen_names)
+            kind = u.kind
+            if kind in ("fn", "method"):
+                kind = "method" if parent_unit is not None and parent_unit.kind in ("impl", "trait") else "fn"
+            new_index[k] = len(units)
+            units.append(Unit(kind, u.name, local, header, u.signature, u.start_byte + db, u.end_byte + db,
+                              u.start_line + dl, u.end_line + dl, u.has_error, u.text, u.char_start + dc,
+                              u.char_end + dc, parent, u.body_open, u.cuts))
+        return True
 
 
 @functools.cache

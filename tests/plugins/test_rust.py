@@ -155,22 +155,34 @@ def test_module_path_from_file_path(path, module):
     assert rust_module_path(path) == module
 
 
-def test_incremental_parse_gives_the_units_of_a_fresh_parse():
+INCREMENTAL_EDITS = [
+    ("a + b", "a.saturating_add(b)"),
+    ("pub type Id = u64;\n", ""),  # deletion
+    ("pub mod ledger {", "// header ✓\npub mod ledger {"),  # non-ASCII inserted before units
+    ("fn get(&self, key: u32) -> Option<u32>;", "fn get(&self, key: u64) -> Option<u64>;"),
+    ("pub type Id = u64;", "/* pub type Id = u64;"),  # an unclosed comment swallows the rest
+    ("pub type Id = u64;\n", "pub type Id = u64;\n#[inline]\n"),  # attribute attaches to the next item
+    ("\npub type Id = u64;", "\n// see Id\npub type Id = u64;"),
+    ("macro_rules! square", "/// squares\nmacro_rules! square"),  # doc comment attaches across the edit
+    ("    impl<T> Mem<T> {\n        pub fn new", "    impl<T> Mem<T> {\n        pub fn fresh() {}\n        pub fn new"),
+    ("pub fn len(&self)", "pub fn new(&self)"),  # a second `new`: the #n numbering must follow
+    ("union Bits { i: u32, f: f32 }", "union Bits { i: u32, f: f32"),  # syntax error
+    ("}\n\nmacro_rules!", "}\nmacro_rules!"),  # blank line removed between items
+]
+
+
+@pytest.mark.parametrize("old,new", INCREMENTAL_EDITS)
+def test_incremental_parse_gives_the_units_of_a_fresh_parse(old, new):
     lang = RustLanguage()
     v1 = SOURCE.encode()
-    edits = [
-        SOURCE.replace("a + b", "a.saturating_add(b)"),
-        SOURCE.replace("pub type Id = u64;\n", ""),  # deletion
-        "// header ✓\n" + SOURCE + "fn extra() {}\n",  # insertions at both ends
-        SOURCE.replace("fn get(&self, key: u32) -> Option<u32>;", "fn get(&self, key: u64) -> Option<u64>;"),
-    ]
     base = lang.parse(v1)
-    for text in edits:
-        fresh = lang.parse(text.encode())
-        incremental = lang.parse(text.encode(), previous=(v1, base.tree))
-        assert incremental.to_dict() == fresh.to_dict()
-    # the previous tree is copied, never edited in place
-    assert lang.parse(v1, previous=(v1, base.tree)).to_dict() == base.to_dict()
+    assert old in SOURCE
+    v2 = SOURCE.replace(old, new, 1).encode()
+    fresh = RustLanguage().parse(v2)
+    incremental = lang.parse(v2, previous=(v1, base))
+    assert incremental.to_dict() == fresh.to_dict()
+    # and back again, from the incremental result
+    assert lang.parse(v1, previous=(v2, incremental)).to_dict() == base.to_dict()
 
 
 def test_cut_memo_gives_the_cuts_of_a_fresh_extraction():
