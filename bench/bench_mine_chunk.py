@@ -4,14 +4,16 @@
 
 Prints, per repeat (cold cache each time): wall seconds, commits/s, MB/s of parsed
 source, unit changes, and peak RSS of this process and its workers. Then HEAD-only
-chunking (parse + extract units + chunk every .rs blob at HEAD, one process) against
-tree-sitter parsing alone of the same bytes, in the same run, as medians and a ratio.
+chunking (parse + extract units + cut every unit of every .rs blob at HEAD) on one
+worker and on N workers, against tree-sitter parsing alone of the same bytes on one
+core, in the same run, as medians of 5 and a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -58,35 +60,51 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
     }
 
 
-def head_only(repo_path: str) -> dict:
+_HEAD_SOURCES: list[bytes] = []
+
+
+def _chunk_batch(indices: list[int]) -> int:
+    """Parse, extract and cut (materialising every piece) the HEAD blobs at ``indices``."""
     from plugins.chunkers import AstChunker, AstChunkerConfig
+    from plugins.rust import RustLanguage
+
+    lang, chunker, n = RustLanguage(), AstChunker(AstChunkerConfig()), 0
+    for i in indices:
+        for chunk in chunker.chunk(lang.parse(_HEAD_SOURCES[i]), lang, "src/lib.rs"):
+            n += len(chunk.pieces)
+    return n
+
+
+def head_only(repo_path: str, workers: int) -> dict:
+    from plugins.executors import LocalExecutor, LocalExecutorConfig
     from plugins.rust import RustLanguage
 
     repo = Repository(repo_path)
     listing = repo.run("ls-tree", "-r", "-z", "HEAD").split("\0")
     blobs = [e.split()[2] for e in listing if e.endswith(".rs") and e.split()[1] == "blob"]
     with BlobReader(repo.git_dir) as reader:
-        sources = [d for d in (reader.read(b) for b in blobs) if d is not None]
-    total_mb = sum(map(len, sources)) / 1e6
-    lang = RustLanguage()
-    chunker = AstChunker(AstChunkerConfig())
-    parser, _ = lang._ensure()
-    parse_times, chunk_times = [], []
-    units = 0
+        _HEAD_SOURCES[:] = [d for d in (reader.read(b) for b in blobs) if d is not None]
+    total_mb = sum(map(len, _HEAD_SOURCES)) / 1e6
+    parser, _ = RustLanguage()._ensure()
+    batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
+    parse_t, one_t, many_t = [], [], []
+    pieces = 0
     for _ in range(5):
         t0 = time.perf_counter()
-        for src in sources:
+        for src in _HEAD_SOURCES:
             parser.parse(src)
-        parse_times.append(time.perf_counter() - t0)
+        parse_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        units = 0
-        for src in sources:
-            parsed = lang.parse(src)
-            units += len(chunker.chunk(parsed, "", ""))
-        chunk_times.append(time.perf_counter() - t0)
-    p, c = statistics.median(parse_times), statistics.median(chunk_times)
-    return {"files": len(sources), "mb": round(total_mb, 1), "parse_only_mb_s": round(total_mb / p, 1),
-            "chunking_mb_s": round(total_mb / c, 1), "chunking_vs_parse": round(p / c, 2), "chunks": units}
+        pieces = sum(map(_chunk_batch, batches))
+        one_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        assert sum(LocalExecutor(LocalExecutorConfig(workers=workers)).map(_chunk_batch, batches)) == pieces
+        many_t.append(time.perf_counter() - t0)
+    p, one, many = (statistics.median(x) for x in (parse_t, one_t, many_t))
+    return {"files": len(_HEAD_SOURCES), "mb": round(total_mb, 1), "parse_only_1_core_mb_s": round(total_mb / p, 1),
+            "chunking_1_worker_mb_s": round(total_mb / one, 1),
+            f"chunking_{workers}_workers_mb_s": round(total_mb / many, 1),
+            "chunking_vs_parse_1_core": round(p / many, 2), "pieces": pieces}
 
 
 def main() -> None:
@@ -110,7 +128,7 @@ def main() -> None:
     print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s; "
           f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
     if not args.skip_head:
-        print(f"HEAD only: {json.dumps(head_only(args.repo))}")
+        print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1))}")
     git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"repository: {args.repo} at {git}; python {sys.version.split()[0]}")
 

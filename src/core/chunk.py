@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
+
+from core.language import Language
 
 from core.records import ParsedBlob
 
@@ -22,9 +25,9 @@ class Chunk:
     compare: str  # the text whose change makes the chunk "changed" (a container's skeleton)
     lines: tuple[int, int]
     has_error: bool
-    cuts: list[tuple[int, int]] = field(default_factory=list)
     body_open: int | None = None
     max_chars: int | None = None  # None: the chunk is never cut
+    cut_points: Callable[[str], list[tuple[int, int]]] | None = None  # the language's
     _pieces: list[str] | None = None
 
     @property
@@ -32,8 +35,10 @@ class Chunk:
         """The text cut to ``max_chars`` (usually one piece); computed only for chunks that
         changed, since pairing never asks for the pieces of an unchanged one."""
         if self._pieces is None:
-            self._pieces = [self.text] if self.max_chars is None else split_at_cuts(
-                self.text, self.cuts, self.max_chars, self.body_open)
+            if self.max_chars is None or len(self.text) <= self.max_chars or self.cut_points is None:
+                self._pieces = [self.text]
+            else:
+                self._pieces = split_at_cuts(self.text, self.cut_points(self.text), self.max_chars, self.body_open)
         return self._pieces
 
 
@@ -41,8 +46,8 @@ class Chunker(Protocol):
     #: whether unmatched chunks may be paired by signature similarity (renamed units)
     pairs_renames: bool
 
-    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
-        """The chunks of one file; ``module`` is the language's module path for ``path``."""
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
+        """The chunks of one file at ``path``, parsed by ``language``."""
 
 
 def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:

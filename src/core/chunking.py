@@ -147,7 +147,7 @@ class ChunkJob:
         key = (blob, lang.name, path)
         chunks = _CHUNKED.get(key)
         if chunks is None:
-            chunks = self.chunker.chunk(parsed, lang.module_path(path), path)
+            chunks = self.chunker.chunk(parsed, lang, path)
             _CHUNKED[key] = chunks
             if len(_CHUNKED) > LOADED_BLOBS:
                 _CHUNKED.popitem(last=False)

@@ -74,7 +74,6 @@ class Unit:
     char_end: int = 0
     parent: int | None = None  # index of the enclosing container unit
     body_open: int | None = None  # char offset in text just after the body's opening brace
-    cuts: list[tuple[int, int]] = field(default_factory=list)  # (char offset in text, depth)
     skeleton: str | None = None  # containers: text with child units elided
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from core.chunk import Chunk
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
+from core.language import Language
 from core.records import ParsedBlob
 from plugins.rust import CUT_UNIT
 
@@ -32,7 +33,8 @@ class AstChunker:
             raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} is too small for the ast chunker; use at least {CUT_UNIT}")
         self.cfg = cfg
 
-    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
+        module = language.module_path(path)
         out = []
         for u in parsed.units:
             out.append(Chunk(
@@ -47,9 +49,9 @@ class AstChunker:
                 compare=u.skeleton if u.skeleton is not None else u.text,
                 lines=(u.start_line, u.end_line),
                 has_error=u.has_error,
-                cuts=u.cuts,
                 body_open=u.body_open,
                 max_chars=self.cfg.max_chars,
+                cut_points=language.cut_points,
             ))
         return out
 
@@ -77,7 +79,7 @@ class WindowChunker:
             raise CommitforgeError(f"chunker.overlap={cfg.overlap} must be >= 0 and below max_chars={cfg.max_chars}")
         self.cfg = cfg
 
-    def chunk(self, parsed: ParsedBlob, module: str, path: str) -> list[Chunk]:
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
         text = parsed.text
         size, step = self.cfg.max_chars, self.cfg.max_chars - self.cfg.overlap
         out = []

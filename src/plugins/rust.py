@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections import OrderedDict
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
@@ -39,8 +38,8 @@ ITEM_KINDS = {
     "type_item": "type",
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
-# Cut points are recorded for units longer than CUT_UNIT (chunkers accept no limit below
-# it), inside nodes longer than CUT_MIN: enough to cut any unit to a limit of CUT_UNIT.
+# Cut points lie between the children of nodes longer than CUT_MIN: fine enough to cut a
+# unit to any limit of at least CUT_UNIT characters (chunkers refuse smaller limits).
 CUT_UNIT = 1000
 CUT_MIN = 256
 _WS = re.compile(r"\s+")
@@ -88,7 +87,6 @@ class RustLanguage:
         self.extensions = tuple(cfg.extensions)
         self._parser: tree_sitter.Parser | None = None
         self._query: tree_sitter.Query | None = None
-        self._cuts_memo: OrderedDict[str, list[tuple[int, int]]] = OrderedDict()
 
     # parser objects do not pickle: workers rebuild them on first use
     def __getstate__(self) -> dict:
@@ -187,21 +185,6 @@ class RustLanguage:
         body_open = None
         if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
             body_open = offsets.char(body.start_byte + 1) - c_start
-        cuts: list[tuple[int, int]] = []
-        if len(unit_text) > CUT_UNIT:
-            # Successive versions of a file share most units: a unit's cuts depend on its
-            # text alone (when it parsed cleanly), so they are computed once per text.
-            memo = self._cuts_memo.get(unit_text) if not node.has_error else None
-            if memo is not None:
-                cuts = memo
-            else:
-                _collect_cuts(node, source, 0, start if offsets.ascii else 0, cuts)
-                if not offsets.ascii:
-                    cuts = [(offsets.char(b) - c_start, d) for b, d in cuts]
-                if not node.has_error:
-                    self._cuts_memo[unit_text] = cuts
-                    if len(self._cuts_memo) > 4096:
-                        self._cuts_memo.popitem(last=False)
         return Unit(
             kind=kind,
             name=name,
@@ -218,8 +201,25 @@ class RustLanguage:
             char_end=c_end,
             parent=parent_idx,
             body_open=body_open,
-            cuts=cuts,
         )
+
+    def cut_points(self, text: str) -> list[tuple[int, int]]:
+        """(offset, depth) between sibling syntax nodes of one unit's text, in order.
+
+        Called by chunkers only for the few units that exceed their limit, so cut points
+        are never computed or stored for the rest: the unit text is parsed on its own
+        (an item parses the same at the top of a file as inside a body)."""
+        parser, _ = self._ensure()
+        data = text.encode("utf-8")
+        root = parser.parse(data).root_node
+        items = [c for c in root.named_children if c.type in ITEM_KINDS]
+        cuts: list[tuple[int, int]] = []
+        if items:
+            _collect_cuts(items[-1], data, 0, 0, cuts)
+        if len(data) != len(text):
+            offsets = _Offsets(data, text)
+            cuts = [(offsets.char(b), d) for b, d in cuts]
+        return cuts
 
     @staticmethod
     def _skeletons(units: list[Unit], char_starts: list[int]) -> None:
@@ -291,7 +291,7 @@ class _Reuse:
     A unit is carried when it lies wholly before the affected region (the edited span
     plus every range whose syntax changed) or wholly after it with a blank line in
     between, so no doc comment or attribute can have attached to it or left it. Its
-    text, signature and cuts are unchanged; spans after the region shift by the edit.
+    text and signature are unchanged; spans after the region shift by the edit.
     """
 
     def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
@@ -343,7 +343,7 @@ class _Reuse:
             new_index[k] = len(units)
             units.append(Unit(kind, u.name, local, header, u.signature, u.start_byte + db, u.end_byte + db,
                               u.start_line + dl, u.end_line + dl, u.has_error, u.text, u.char_start + dc,
-                              u.char_end + dc, parent, u.body_open, u.cuts))
+                              u.char_end + dc, parent, u.body_open))
         return True
 
 

@@ -17,8 +17,8 @@ def long_fn(name: str = "dispatch", arms: int = 120, tweak: int | None = None) -
     return f"pub fn {name}(op: Op) -> u32 {{\n    match op {{\n" + "\n".join(lines) + "\n    }\n}\n"
 
 
-def chunks(src: str, max_chars: int = 4000, module: str = "m"):
-    return AstChunker(AstChunkerConfig(max_chars=max_chars)).chunk(RUST.parse(src.encode()), module, "src/m.rs")
+def chunks(src: str, max_chars: int = 4000):
+    return AstChunker(AstChunkerConfig(max_chars=max_chars)).chunk(RUST.parse(src.encode()), RUST, "src/m.rs")
 
 
 def test_oversize_unit_is_cut_at_ast_boundaries_with_its_header():
@@ -49,11 +49,11 @@ def test_ast_chunker_refuses_tiny_limits():
 
 def test_window_chunker_reproduces_fixed_windows():
     text = "".join(f"fn f{i}() {{}}\n" for i in range(400))
-    ws = WindowChunker(WindowChunkerConfig(max_chars=2000)).chunk(RUST.parse(text.encode()), "", "src/a.rs")
+    ws = WindowChunker(WindowChunkerConfig(max_chars=2000)).chunk(RUST.parse(text.encode()), RUST, "src/a.rs")
     assert [len(w.text) for w in ws[:-1]] == [2000] * (len(ws) - 1)
     assert "".join(w.text for w in ws) == text
     assert ws[1].lines[0] == text[:2000].count("\n") + 1
-    overlapped = WindowChunker(WindowChunkerConfig(max_chars=2000, overlap=500)).chunk(RUST.parse(text.encode()), "", "a.rs")
+    overlapped = WindowChunker(WindowChunkerConfig(max_chars=2000, overlap=500)).chunk(RUST.parse(text.encode()), RUST, "a.rs")
     assert overlapped[1].text[:500] == overlapped[0].text[-500:]
 
 

@@ -121,19 +121,21 @@ def test_syntax_error_is_flagged_on_the_unit_only():
     assert any(flags.values())
 
 
-def test_cuts_only_for_large_units_and_between_tokens():
+def test_cut_points_lie_between_tokens_at_line_starts():
     body = "\n".join(f"    let v{i} = compute({i}, \"s{i}\");" for i in range(80))
-    src = f"fn big() {{\n{body}\n}}\nfn small() {{}}\n".encode()
-    big, small = RustLanguage().parse(src).units
-    assert len(big.text) > CUT_UNIT and big.cuts
-    assert small.cuts == []
-    offsets = [off for off, _ in big.cuts]
+    src = f"/// doc «ü»\n#[inline]\nfn big() {{\n{body}\n}}\n".encode()
+    lang = RustLanguage()
+    (big,) = lang.parse(src).units
+    cuts = lang.cut_points(big.text)
+    assert len(big.text) > CUT_UNIT and cuts
+    offsets = [off for off, _ in cuts]
     assert offsets == sorted(offsets)  # the chunker relies on the order
-    statement_cuts = [off for off, depth in big.cuts if depth == 1]
+    assert offsets[0] > big.text.index("fn big")  # docs and attributes stay with the item
+    statement_cuts = [off for off, depth in cuts if depth == 1]
     assert len(statement_cuts) >= 80
     # statement-level cuts move back to the start of the statement's line
     assert all(big.text[off - 1] == "\n" for off in statement_cuts[1:-1])
-    for off, _ in big.cuts:
+    for off, _ in cuts:
         # no cut splits an identifier, number or string literal
         assert not (big.text[off - 1].isalnum() and big.text[off].isalnum())
         assert big.text[:off].count('"') % 2 == 0
@@ -183,12 +185,3 @@ def test_incremental_parse_gives_the_units_of_a_fresh_parse(old, new):
     assert incremental.to_dict() == fresh.to_dict()
     # and back again, from the incremental result
     assert lang.parse(v1, previous=(v2, incremental)).to_dict() == base.to_dict()
-
-
-def test_cut_memo_gives_the_cuts_of_a_fresh_extraction():
-    body = "\n".join(f"    let v{i} = compute({i});" for i in range(60))
-    unit = f"fn big() {{\n{body}\n}}\n"
-    warm = RustLanguage()
-    warm.parse(("// first version\n" + unit).encode())
-    moved = ("use std::fmt;\n\n/// docs\n" + unit).encode()  # same unit text at another offset
-    assert warm.parse(moved).to_dict() == RustLanguage().parse(moved).to_dict()
