@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 class BlobCache:

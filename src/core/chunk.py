@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from array import array
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +27,7 @@ class Chunk:
     has_error: bool
     body_open: int | None = None
     max_chars: int | None = None  # None: the chunk is never cut
-    cut_points: Callable[[str], list[tuple[int, int]]] | None = None  # the language's
+    cuts: bytes = b""  # packed cut points (see pack_cuts)
     _pieces: list[str] | None = None
 
     @property
@@ -35,10 +35,10 @@ class Chunk:
         """The text cut to ``max_chars`` (usually one piece); computed only for chunks that
         changed, since pairing never asks for the pieces of an unchanged one."""
         if self._pieces is None:
-            if self.max_chars is None or len(self.text) <= self.max_chars or self.cut_points is None:
+            if self.max_chars is None or len(self.text) <= self.max_chars:
                 self._pieces = [self.text]
             else:
-                self._pieces = split_at_cuts(self.text, self.cut_points(self.text), self.max_chars, self.body_open)
+                self._pieces = split_at_cuts(self.text, unpack_cuts(self.cuts), self.max_chars, self.body_open)
         return self._pieces
 
 
@@ -48,6 +48,17 @@ class Chunker(Protocol):
 
     def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
         """The chunks of one file at ``path``, parsed by ``language``."""
+
+
+def pack_cuts(cuts: list[tuple[int, int]]) -> bytes:
+    """(offset, depth) pairs as int32 bytes: one object per unit in the cache, not one per cut."""
+    return array("i", [v for pair in cuts for v in pair]).tobytes()
+
+
+def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:
+    flat = array("i")
+    flat.frombytes(packed)
+    return list(zip(flat[::2], flat[1::2]))
 
 
 def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:

@@ -25,9 +25,5 @@ class Language(Protocol):
     def module_path(self, path: str) -> str:
         """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty)."""
 
-    def cut_points(self, text: str) -> list[tuple[int, int]]:
-        """(offset, depth) pairs between sibling syntax nodes of one unit's text, in
-        increasing order (shallow depths are tried first when a unit is cut)."""
-
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""

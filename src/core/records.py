@@ -74,6 +74,9 @@ class Unit:
     char_end: int = 0
     parent: int | None = None  # index of the enclosing container unit
     body_open: int | None = None  # char offset in text just after the body's opening brace
+    # cut points of a unit longer than a chunker could keep whole: packed int32 pairs
+    # (char offset in text, syntax depth), see core.chunk.unpack_cuts
+    cuts: bytes = b""
     skeleton: str | None = None  # containers: text with child units elided
 
 

@@ -51,7 +51,7 @@ class AstChunker:
                 has_error=u.has_error,
                 body_open=u.body_open,
                 max_chars=self.cfg.max_chars,
-                cut_points=language.cut_points,
+                cuts=u.cuts,
             ))
         return out
 

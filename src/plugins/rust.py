@@ -20,6 +20,7 @@ import tree_sitter
 import tree_sitter_rust
 
 from core.hookspecs import hookimpl
+from core.chunk import pack_cuts
 from core.records import ParsedBlob, Unit
 
 EXTRACTOR_VERSION = "1"
@@ -38,10 +39,10 @@ ITEM_KINDS = {
     "type_item": "type",
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
-# Cut points lie between the children of nodes longer than CUT_MIN: fine enough to cut a
-# unit to any limit of at least CUT_UNIT characters (chunkers refuse smaller limits).
+# Cut points are recorded for units longer than CUT_UNIT (chunkers refuse smaller limits),
+# between the children of nodes longer than CUT_MIN: enough to cut to any such limit.
 CUT_UNIT = 1000
-CUT_MIN = 256
+CUT_MIN = CUT_UNIT // 2  # a piece holds at least max_chars // 2 after its repeated header
 _WS = re.compile(r"\s+")
 
 
@@ -151,7 +152,7 @@ class RustLanguage:
                 if node.type == "mod_item" and body_node is None:
                     continue  # `mod foo;` declares a file module; it is not a unit
                 idx = len(units)
-                units.append(self._unit(node, source, text, offsets, units, parent_idx, container, seen_names))
+                units.append(self._unit(node, source, text, offsets, units, parent_idx, container, seen_names, reuse))
                 if body_node is not None and level < self.cfg.max_nesting:
                     visit(body_node, idx, node, level + 1)
 
@@ -160,31 +161,46 @@ class RustLanguage:
         return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, tree=tree)
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
-              parent_idx: int | None, container, seen_names: dict[str, int]) -> Unit:
+              parent_idx: int | None, container, seen_names: dict[str, int],
+              reuse: _Reuse | None = None) -> Unit:
         ntype = node.type
         kind = ITEM_KINDS[ntype]
         if ntype == "function_item" and container is not None and container.type in ("impl_item", "trait_item"):
             kind = "method"
-        name = _item_name(node)
-        parent = units[parent_idx] if parent_idx is not None else None
-        local, header = _naming(name, parent, seen_names)
         start, start_row = _leading_trivia_start(node)
-        body = node.child_by_field_name("body")
-        sig_end = body.start_byte if body is not None else node.end_byte
-        if ntype in ("const_item", "static_item"):
-            value = node.child_by_field_name("value")
-            if value is not None:
-                sig_end = value.start_byte
-        if ntype == "macro_definition":
-            signature = f"macro_rules! {name}"
-        else:
-            signature = _norm(source[node.start_byte:sig_end].decode("utf-8", "replace")).rstrip("=").rstrip()
         c_start = offsets.char(start)
         c_end = offsets.char(node.end_byte)
         unit_text = text[c_start:c_end]
-        body_open = None
-        if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
-            body_open = offsets.char(body.start_byte + 1) - c_start
+        parent = units[parent_idx] if parent_idx is not None else None
+        # the same text in the previous version (a unit moved by an edit elsewhere in the
+        # file) has the same name, signature, body and cut points: only place it anew
+        same = reuse.same_text(unit_text) if reuse is not None and not node.has_error else None
+        if same is not None:
+            name, signature, body_open, cuts = same.name, same.signature, same.body_open, same.cuts
+            local, header = _naming(name, parent, seen_names)
+        else:
+            name = _item_name(node)
+            local, header = _naming(name, parent, seen_names)
+            body = node.child_by_field_name("body")
+            sig_end = body.start_byte if body is not None else node.end_byte
+            if ntype in ("const_item", "static_item"):
+                value = node.child_by_field_name("value")
+                if value is not None:
+                    sig_end = value.start_byte
+            if ntype == "macro_definition":
+                signature = f"macro_rules! {name}"
+            else:
+                signature = _norm(source[node.start_byte:sig_end].decode("utf-8", "replace")).rstrip("=").rstrip()
+            body_open = None
+            if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
+                body_open = offsets.char(body.start_byte + 1) - c_start
+            cuts = b""
+            if len(unit_text) > CUT_UNIT:
+                found: list[tuple[int, int]] = []
+                _collect_cuts(node, source, 0, start if offsets.ascii else 0, found)
+                if not offsets.ascii:
+                    found = [(offsets.char(b) - c_start, d) for b, d in found]
+                cuts = pack_cuts(found)
         return Unit(
             kind=kind,
             name=name,
@@ -201,25 +217,8 @@ class RustLanguage:
             char_end=c_end,
             parent=parent_idx,
             body_open=body_open,
+            cuts=cuts,
         )
-
-    def cut_points(self, text: str) -> list[tuple[int, int]]:
-        """(offset, depth) between sibling syntax nodes of one unit's text, in order.
-
-        Called by chunkers only for the few units that exceed their limit, so cut points
-        are never computed or stored for the rest: the unit text is parsed on its own
-        (an item parses the same at the top of a file as inside a body)."""
-        parser, _ = self._ensure()
-        data = text.encode("utf-8")
-        root = parser.parse(data).root_node
-        items = [c for c in root.named_children if c.type in ITEM_KINDS]
-        cuts: list[tuple[int, int]] = []
-        if items:
-            _collect_cuts(items[-1], data, 0, 0, cuts)
-        if len(data) != len(text):
-            offsets = _Offsets(data, text)
-            cuts = [(offsets.char(b), d) for b, d in cuts]
-        return cuts
 
     @staticmethod
     def _skeletons(units: list[Unit], char_starts: list[int]) -> None:
@@ -291,7 +290,8 @@ class _Reuse:
     A unit is carried when it lies wholly before the affected region (the edited span
     plus every range whose syntax changed) or wholly after it with a blank line in
     between, so no doc comment or attribute can have attached to it or left it. Its
-    text and signature are unchanged; spans after the region shift by the edit.
+    text, signature and cut points are unchanged; spans after the region shift by the
+    edit. Only units that are new or changed are extracted, and cut for chunking.
     """
 
     def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
@@ -309,6 +309,7 @@ class _Reuse:
             p = self.old[i].parent
             if p is not None:
                 self.subtree_end[p] = max(self.subtree_end[p], self.subtree_end[i])
+        self._by_text: dict[str, Unit] | None = None
         self.before: dict[int, int] = {}
         self.after: dict[int, int] = {}
         for i, u in enumerate(self.old):
@@ -317,6 +318,12 @@ class _Reuse:
             elif u.start_byte >= old_end and u.start_byte + self.delta >= hi \
                     and _BLANK_LINE.search(new, hi, u.start_byte + self.delta):
                 self.after[u.end_byte + self.delta] = i
+
+    def same_text(self, text: str) -> Unit | None:
+        """A unit of the previous version with exactly this text (and no syntax error)."""
+        if self._by_text is None:
+            self._by_text = {u.text: u for u in self.old if not u.has_error}
+        return self._by_text.get(text)
 
     def carry(self, node, units: list[Unit], parent_idx: int | None, seen_names: dict[str, int]) -> bool:
         """Append the carried-over subtree for ``node`` if there is one."""
@@ -343,7 +350,7 @@ class _Reuse:
             new_index[k] = len(units)
             units.append(Unit(kind, u.name, local, header, u.signature, u.start_byte + db, u.end_byte + db,
                               u.start_line + dl, u.end_line + dl, u.has_error, u.text, u.char_start + dc,
-                              u.char_end + dc, parent, u.body_open))
+                              u.char_end + dc, parent, u.body_open, u.cuts))
         return True
 
 

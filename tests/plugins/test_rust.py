@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.chunk import unpack_cuts
 from plugins.rust import CUT_UNIT, RustLanguage, rust_module_path
 
 SOURCE = '''//! crate docs are not attached to any unit
@@ -124,10 +125,10 @@ def test_syntax_error_is_flagged_on_the_unit_only():
 def test_cut_points_lie_between_tokens_at_line_starts():
     body = "\n".join(f"    let v{i} = compute({i}, \"s{i}\");" for i in range(80))
     src = f"/// doc «ü»\n#[inline]\nfn big() {{\n{body}\n}}\n".encode()
-    lang = RustLanguage()
-    (big,) = lang.parse(src).units
-    cuts = lang.cut_points(big.text)
+    big, small = RustLanguage().parse(src + b"fn small() {}\n").units
+    cuts = unpack_cuts(big.cuts)
     assert len(big.text) > CUT_UNIT and cuts
+    assert small.cuts == b""  # short units are never cut: nothing is computed or stored
     offsets = [off for off, _ in cuts]
     assert offsets == sorted(offsets)  # the chunker relies on the order
     assert offsets[0] > big.text.index("fn big")  # docs and attributes stay with the item
