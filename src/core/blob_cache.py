@@ -1,51 +1,89 @@
 """On-disk cache of parsed blobs, keyed by language cache key and blob id.
 
-Shared by runs and sweep jobs: entries are written to a temporary file and renamed
-into place, so concurrent writers of the same blob are harmless (same content) and a
-reader never sees half an entry. Entries are ``marshal`` data: plain containers only,
-several times faster than JSON to read and write, and unlike pickle loading them can
-never run code. The marshal format version is part of the cache path.
+One SQLite database per cache format, shared by runs and sweep jobs: WAL mode lets
+workers and concurrent runs read while one writes, each batch of parsed blobs is one
+transaction (a reader never sees half of it), and a single file avoids the cost of
+creating thousands of small files. Entries are ``marshal`` data: plain containers only,
+several times faster than JSON, and unlike pickle, loading them can never run code.
+The format and marshal versions are part of the file name. Keep the cache on a local
+disk: SQLite's locking is unreliable on network filesystems.
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-import tempfile
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-CACHE_FORMAT = 4
+from core.errors import CommitforgeError
+
+CACHE_FORMAT = 5
+
+# one connection per (process, database): a connection must never cross a fork
+_CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    key = (os.getpid(), str(path))
+    conn = _CONNECTIONS.get(key)
+    if conn is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise CommitforgeError(
+                f"the unit cache {str(path)!r} cannot be used ({exc}); delete it or choose another cache_dir=DIR"
+            ) from None
+        _CONNECTIONS[key] = conn
+    return conn
 
 
 class BlobCache:
     def __init__(self, root: Path, lang_key: str):
-        self.dir = Path(root) / f"units-f{CACHE_FORMAT}-m{marshal.version}" / lang_key
-
-    def _path(self, blob: str) -> Path:
-        return self.dir / blob[:2] / blob[2:]
+        self.path = Path(root) / f"units-f{CACHE_FORMAT}-m{marshal.version}.sqlite"
+        self.prefix = f"{lang_key}:"
 
     def get(self, blob: str) -> dict[str, Any] | None:
-        try:
-            with open(self._path(blob), "rb") as fh:
-                entry = marshal.loads(fh.read())
-        except FileNotFoundError:
+        row = _connect(self.path).execute("SELECT entry FROM units WHERE key = ?", (self.prefix + blob,)).fetchone()
+        if row is None:
             return None
-        except (ValueError, EOFError, TypeError, OSError):
+        try:
+            entry = marshal.loads(row[0])
+        except (ValueError, EOFError, TypeError):
             return None  # a damaged entry is recomputed and overwritten
         return entry if isinstance(entry, dict) else None
 
-    def has(self, blob: str) -> bool:
-        return self._path(blob).exists()
+    def missing(self, blobs: list[str]) -> set[str]:
+        """The blobs of ``blobs`` that have no entry yet."""
+        conn = _connect(self.path)
+        have: set[str] = set()
+        for i in range(0, len(blobs), 500):
+            keys = [self.prefix + b for b in blobs[i:i + 500]]
+            marks = ",".join("?" * len(keys))
+            have.update(k for (k,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
+        return {b for b in blobs if self.prefix + b not in have}
 
-    def put(self, blob: str, entry: dict[str, Any]) -> None:
-        path = self._path(blob)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    def put_many(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        if not entries:
+            return
+        conn = _connect(self.path)
+        rows = [(self.prefix + blob, marshal.dumps(entry)) for blob, entry in entries]
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(marshal.dumps(entry))
-            os.replace(tmp, path)
+            conn.executemany("INSERT OR REPLACE INTO units (key, entry) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            conn.execute("ROLLBACK")
             raise
+
+
+def close_connections() -> None:
+    """Close this process's cache connections."""
+    pid = os.getpid()
+    for key in [k for k in _CONNECTIONS if k[0] == pid]:
+        _CONNECTIONS.pop(key).close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.blob_cache import BlobCache
+from core.blob_cache import BlobCache, close_connections
 from core.chunk import Chunker
 from core.gitio import BlobReader
 from core.language import Language
@@ -42,11 +42,20 @@ def _reader(git_dir: str) -> BlobReader:
     return reader
 
 
+def reset_memory() -> None:
+    """Forget blobs and chunks held from an earlier run in this process (they depend on
+    that run's config); forked workers start from this state."""
+    _LOADED.clear()
+    _CHUNKED.clear()
+    _TREES.clear()
+
+
 def close_readers() -> None:
-    """Close this process's cat-file processes (workers' end with the workers)."""
+    """Close this process's cat-file processes and cache connections (workers' end with them)."""
     pid = os.getpid()
     for key in [k for k in _READERS if k[0] == pid]:
         _READERS.pop(key).close()
+    close_connections()
 
 
 @dataclass
@@ -76,9 +85,12 @@ class ChunkJob:
         stats = Counter()
         skips: dict[str, str] = {}
         reader = _reader(self.git_dir)
+        todo: dict[str, set[str]] = {}
+        for lang in {lang for _, lang, _ in batch}:
+            todo[lang] = self._cache(lang).missing([b for b, bl, _ in batch if bl == lang])
+        done: dict[str, list[tuple[str, dict[str, Any]]]] = {lang: [] for lang in todo}
         for blob, lang, prev in batch:
-            cache = self._cache(lang)
-            if cache.has(blob):  # the size cap is applied when entries are loaded
+            if blob not in todo[lang]:  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
                 continue
             data = reader.read(blob)
@@ -108,7 +120,9 @@ class ChunkJob:
                 stats.add("blobs_parsed")
                 stats.add("bytes_parsed", len(data))
                 stats.add("units_extracted", len(parsed.units))
-            cache.put(blob, entry)
+            done[lang].append((blob, entry))
+        for lang, entries in done.items():
+            self._cache(lang).put_many(entries)
         return {"stats": stats.to_dict(), "skips": skips}
 
     # -- phase 2 ---------------------------------------------------------------------

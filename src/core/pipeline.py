@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import BLOB_BATCH, COMMIT_BATCH, ChunkJob, batched, close_readers, unique_blobs
+from core.chunking import BLOB_BATCH, COMMIT_BATCH, ChunkJob, batched, close_readers, reset_memory, unique_blobs
 from core.config import STAGES
 from core.errors import CommitforgeError
 from core.files import atomic_write, json_line
@@ -117,6 +117,7 @@ class Run:
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:
         t0 = time.perf_counter()
+        reset_memory()
         stats = Counter()
         job = ChunkJob(
             git_dir=str(self.repo.git_dir),
