@@ -18,6 +18,7 @@ from typing import Any
 
 from core.blob_cache import BlobCache, close_connections
 from core.chunk import Chunker
+from core.files import json_line
 from core.gitio import BlobReader
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
@@ -126,12 +127,12 @@ class ChunkJob:
         return {"stats": stats.to_dict(), "skips": skips}
 
     # -- phase 2 ---------------------------------------------------------------------
-    def pair_commits(self, batch: list[CommitRecord]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def pair_commits(self, batch: list[CommitRecord]) -> tuple[bytes, int, dict[str, Any]]:
+        """The batch's UnitChange records as JSON lines (encoded here, in the worker), their
+        count, and the batch's counters."""
         stats = Counter()
-        rows: list[dict[str, Any]] = []
-        for rec in batch:
-            rows.extend(self._pair_commit(rec, stats))
-        return rows, stats.to_dict()
+        lines = [json_line(row) for rec in batch for row in self._pair_commit(rec, stats)]
+        return b"".join(lines), len(lines), stats.to_dict()
 
     def _load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
         key = (blob, lang)

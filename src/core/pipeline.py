@@ -141,11 +141,10 @@ class Run:
         parse_seconds = time.perf_counter() - t0
         rows = 0
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
-            for batch_rows, batch_stats in self.executor.map(job.pair_commits, batched(commits, COMMIT_BATCH)):
+            for lines, count, batch_stats in self.executor.map(job.pair_commits, batched(commits, COMMIT_BATCH)):
                 stats.update(batch_stats)
-                for row in batch_rows:
-                    fh.write(json_line(row))
-                rows += len(batch_rows)
+                fh.write(lines)
+                rows += count
         stats.add("parse_ms", int(parse_seconds * 1000))
         manifest.stage("chunk", stats, time.perf_counter() - t0, {"chunks.jsonl": rows})
         self.summary["unit_changes"] = rows
