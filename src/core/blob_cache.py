@@ -14,6 +14,7 @@ from __future__ import annotations
 import marshal
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID")
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -43,10 +44,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL (a persistent setting). The switch needs the database
+    to itself and SQLite does not wait for that, so processes opening a fresh cache at
+    the same moment retry instead of failing."""
+    for attempt in range(200):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        time.sleep(0.01 + 0.002 * attempt)
+    raise sqlite3.OperationalError("could not switch the cache to WAL mode: the database stayed locked")
+
+
 class BlobCache:
     def __init__(self, root: Path, lang_key: str):
         self.path = Path(root) / f"units-f{CACHE_FORMAT}-m{marshal.version}.sqlite"
         self.prefix = f"{lang_key}:"
+
+    def open(self) -> None:
+        """Create the database now (the run does this once before starting workers)."""
+        _connect(self.path)
 
     def get(self, blob: str) -> dict[str, Any] | None:
         row = _connect(self.path).execute("SELECT entry FROM units WHERE key = ?", (self.prefix + blob,)).fetchone()

@@ -130,6 +130,8 @@ class Run:
         )
         blobs = unique_blobs(commits)
         stats.add("unique_blobs", len(blobs))
+        for lang in self.languages:
+            job._cache(lang).open()
         blob_skips: dict[str, str] = {}
         for result in self.executor.map(job.parse_blobs, batched(blobs, BLOB_BATCH)):
             stats.update(result["stats"])
