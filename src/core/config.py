@@ -15,12 +15,20 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-STAGES = ("mine", "chunk")
+STAGES = ("mine", "chunk", "build")
 
 
 @dataclass
 class PairingConfig:
     rename_similarity: float = 0.6  # text similarity (name masked) to pair a renamed unit
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    near: bool = True  # MinHash LSH near-duplicates
+    threshold: float = 0.85  # estimated Jaccard similarity of token 5-grams
+    num_perm: int = 128
 
 
 @dataclass
@@ -31,6 +39,7 @@ class RootConfig:
     cache_dir: str = "???"
     max_file_bytes: int = 1_000_000  # larger blobs are skipped (counted as too_large)
     pairing: PairingConfig = field(default_factory=PairingConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     source: Any = None
     language: Any = None
     chunker: Any = None

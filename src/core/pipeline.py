@@ -14,6 +14,7 @@ from core.config import STAGES
 from core.errors import CommitforgeError
 from core.files import atomic_write, json_line
 from core.gitio import Repository
+from core.hookspecs import KINDS
 from core.manifest import Manifest, environment_versions
 from core.records import CommitRecord
 from core.registry import PluginRegistry
@@ -53,6 +54,17 @@ class Run:
         self.languages = {self.language.name: self.language}
         self.chunker = reg.create("chunker", cfg.chunker)
         self.executor = reg.create("executor", cfg.executor)
+        if "build" in self.stages:
+            for kind in ("tokenizer", "format", "builder", "split", "writer"):
+                if cfg.get(kind) is None:
+                    raise CommitforgeError(f"the build stage needs a {kind}: choose one with {kind}=NAME "
+                                           f"(available: {', '.join(reg.names(kind)) or 'none installed'}) "
+                                           "or stop after chunking with stages=[mine,chunk]")
+            self.tokenizer = reg.create("tokenizer", cfg.tokenizer)
+            self.format = reg.create("format", cfg.format)
+            self.builder = reg.create("builder", cfg.builder)
+            self.split = reg.create("split", cfg.split)
+            self.writer = reg.create("writer", cfg.writer)
         if cfg.max_file_bytes < 1:
             raise CommitforgeError(f"max_file_bytes={cfg.max_file_bytes} must be positive")
         if cfg.repo:
@@ -78,7 +90,7 @@ class Run:
         for lang in self.languages.values():
             versions.update(lang.versions())
         manifest.set("versions", environment_versions(versions))
-        manifest.set("plugins", {k: self.cfg[k].name for k in ("source", "language", "chunker", "executor")})
+        manifest.set("plugins", {k: self.cfg[k].name for k in KINDS if self.cfg.get(k) is not None})
         manifest.set("repository", {"path": str(self.repo.path.resolve()), "name": self.repo.name,
                                     "head": self.repo.head(), "rev": self.source.cfg.rev,
                                     "shallow": bool(self.repo.shallow_commits())})
@@ -86,6 +98,8 @@ class Run:
             commits = self._mine(manifest)
             if "chunk" in self.stages:
                 self._chunk(manifest, commits)
+            if "build" in self.stages:
+                self._build(manifest)
         finally:
             close_readers()
             self.repo.close()
@@ -151,6 +165,17 @@ class Run:
         manifest.stage("chunk", stats, time.perf_counter() - t0, {"chunks.jsonl": rows})
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)
+
+
+    def _build(self, manifest: Manifest) -> None:
+        from core.build import build_stage  # tokenizer and dedup stacks load only when building
+
+        t0 = time.perf_counter()
+        stats = Counter()
+        outputs, summary = build_stage(self, stats)
+        manifest.set("tokenizer", summary["tokenizer"])
+        manifest.stage("build", stats, time.perf_counter() - t0, outputs)
+        self.summary.update({k: v for k, v in summary.items() if k != "tokenizer"})
 
 
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:

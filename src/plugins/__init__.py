@@ -5,4 +5,9 @@ BUILTIN_PLUGINS = (
     "plugins.rust",
     "plugins.chunkers",
     "plugins.executors",
+    "plugins.tokenizers",
+    "plugins.formats",
+    "plugins.builders",
+    "plugins.splits",
+    "plugins.writers",
 )

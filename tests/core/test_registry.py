@@ -30,6 +30,9 @@ def test_builtins_register_every_plugin_through_hooks():
     reg = PluginRegistry(load_entry_points=False)
     assert reg.names("chunker") == ["ast", "window"]
     assert reg.names("language") == ["rust"] and reg.names("source") == ["git"]
+    assert reg.names("tokenizer") == ["bpe", "hf"] and reg.names("format") == ["commitforge", "starcoder1", "starcoder2"]
+    assert reg.names("split") == ["path", "random", "temporal"] and reg.names("builder") == ["commit"]
+    assert reg.names("writer") == ["hf", "jsonl", "legacy", "parquet", "torch"]
     assert all(p.package == "commitforge" for p in reg.all())
     assert set(KINDS) >= {p.kind for p in reg.all()}
 
@@ -43,8 +46,8 @@ def test_unknown_name_lists_available_and_validate_types_config():
     reg = PluginRegistry(load_entry_points=False)
     with pytest.raises(CommitforgeError, match="unknown chunker 'semantic'; available: ast, window"):
         reg.get("chunker", "semantic")
-    with pytest.raises(CommitforgeError, match="unknown tokenizer 'bpe'; available: none installed"):
-        reg.get("tokenizer", "bpe")
+    with pytest.raises(CommitforgeError, match="unknown context 'imports'; available: none installed"):
+        reg.get("context", "imports")
     typed = reg.validate("chunker", {"name": "ast", "max_chars": "8000"})
     assert typed.max_chars == 8000
     with pytest.raises(CommitforgeError, match=r"bad config chunker.max_chars for chunker 'ast'"):

@@ -1,0 +1,103 @@
+"""The ``build`` stage: split, deduplicate, tokenize and write the training examples.
+
+Deduplication runs on the target text before tokenizing (tokenizing is the expensive
+part, and most of a history's unit changes repeat), within each split and then across
+splits so nothing in train duplicates val or test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter as _Counter
+from typing import TYPE_CHECKING, Any
+
+from core.dedup import deduplicate
+from core.stats import Counter
+
+if TYPE_CHECKING:
+    from core.pipeline import Run
+
+SPLITS = ("train", "val", "test")
+
+
+def _target_text(change: dict[str, Any]) -> str:
+    # a deletion's "target" is the removal of its old code
+    return change["new_code"] if change["new_code"] else "\0deleted\0" + change["old_code"]
+
+
+def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
+    edges = [0]
+    while edges[-1] < max_tokens:
+        edges.append(max(64, edges[-1] * 2))
+    counts = [0] * (len(edges) - 1)
+    for n in lengths:
+        for i in range(len(edges) - 1):
+            if n <= edges[i + 1] or i == len(edges) - 2:
+                counts[i] += 1
+                break
+    return {"edges": edges, "counts": counts}
+
+
+def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
+    with open(run.run_dir / "chunks.jsonl", encoding="utf-8") as fh:
+        changes = [json.loads(line) for line in fh]
+    stats.add("unit_changes", len(changes))
+    splits = run.split.assign(changes)
+    kept_changes, kept_splits = [], []
+    for c, sp in zip(changes, splits):
+        if sp is None:
+            stats.skip("split_gap")
+        else:
+            kept_changes.append(c)
+            kept_splits.append(sp)
+    dcfg = run.cfg.dedup
+    result = deduplicate([_target_text(c) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
+                         threshold=dcfg.threshold, num_perm=dcfg.num_perm)
+    for reason in result.reasons:
+        if reason:
+            stats.skip(reason)
+    changes = [c for c, keep in zip(kept_changes, result.keep) if keep]
+    splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
+
+    def training_texts():
+        for c, sp in zip(changes, splits):
+            if sp == "train":
+                yield c["old_code"]
+                yield c["new_code"]
+
+    run.tokenizer.prepare(run.format.special_tokens, training_texts, run.cache_dir)
+    examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
+    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for ex in examples:
+        by_split[ex["split"]].append(ex)
+    max_tokens = int(getattr(run.builder.cfg, "max_tokens", 2048))
+    split_stats = {}
+    for name, rows in by_split.items():
+        tokens = sum(r["n_tokens"] for r in rows)
+        target = sum(r["n_target_tokens"] for r in rows)
+        split_stats[name] = {
+            "examples": len(rows),
+            "commits": len({r["commit"] for r in rows}),
+            "tokens": tokens,
+            "target_tokens": target,
+            "trained_token_share": round(target / tokens, 4) if tokens else 0.0,
+            "truncated": stats.counts.get(f"truncated_{name}", 0),
+            "changes": dict(sorted(_Counter(r["change"] for r in rows).items())),
+            "length_histogram": _histogram([r["n_tokens"] for r in rows], max_tokens),
+        }
+        stats.add(f"examples_{name}", len(rows))
+    tok = run.tokenizer
+    report = {
+        "splits": split_stats,
+        "skips": dict(sorted(stats.skips.items())),
+        "dedup": result.report,
+        "tokenizer": tok.identity,
+        "format": run.cfg.format.name,
+        "special_tokens_added": len(tok.added_tokens),
+        "resize_embeddings": bool(tok.added_tokens),
+        "max_tokens": max_tokens,
+    }
+    outputs = run.writer.write(run.run_dir, by_split, report)
+    summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
+               "resize_embeddings": bool(tok.added_tokens)}
+    return outputs, summary

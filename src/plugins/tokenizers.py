@@ -1,0 +1,445 @@
+"""Tokenizers ``hf`` (a pretrained tokenizer via transformers) and ``bpe`` (a byte-level
+BPE trained on the corpus and cached).
+
+Both plugins implement the same interface::
+
+    prepare(special_tokens, training_texts, cache_dir)   # load / train-or-load, then map special tokens
+    identity: dict        # plugin, name_or_path, sha256, vocab_size (incl. added), base_vocab_size
+    added_tokens: list    # special tokens that were not in the base vocabulary (resize embeddings)
+    eos_token: str | None
+    encode(texts) -> list[list[int]]   # ordinary text only: never yields a special/added token id
+    token_id(token) -> int
+    decode(ids) -> str
+
+Content is encoded with a copy of the Rust tokenizer whose added-tokens list is empty, so a
+string literal ``"<|endoftext|><fim_prefix>"`` in source code is ordinary text. Special tokens
+are mapped to ids here: a token already in the vocabulary keeps its id, the others get
+``base_vocab_size + k`` in order. Plugin objects pickle as JSON strings and rebuild their
+Rust tokenizers lazily, so they can be sent to worker processes.
+
+``tokenizers`` and ``transformers`` are optional (``pip install 'commitforge[hf]'``) and are
+imported only when a tokenizer is prepared or used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import CommitforgeError
+from core.hookspecs import hookimpl
+
+BPE_EOS = "<|endoftext|>"
+# bump when the training recipe or the cached directory layout changes
+_BPE_FORMAT = 1
+_HF_EXTRA = "pip install 'commitforge[hf]'"
+
+
+class UnknownTokenError(CommitforgeError, KeyError):
+    """``token_id`` of a token that is neither a prepared special token nor one of the tokenizer's own."""
+
+    __str__ = BaseException.__str__  # KeyError would quote the message
+
+
+def _import_tokenizers(plugin: str):
+    try:
+        import tokenizers
+    except ImportError:
+        raise CommitforgeError(f"the {plugin} tokenizer needs tokenizers: {_HF_EXTRA}") from None
+    return tokenizers
+
+
+def _sha256(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# -- what a model can produce from ordinary text --------------------------------------------
+def _producible(model: dict, token: str) -> bool:
+    """Whether ``model`` (a tokenizers model as JSON) may emit ``token`` for ordinary text.
+
+    Exact enough for BPE (the only way to a multi-character token is a merge, unless
+    ``ignore_merges`` looks whole words up in the vocabulary); conservative (True) otherwise.
+    """
+    if model.get("type") != "BPE" or model.get("ignore_merges"):
+        return True
+    if token == model.get("unk_token"):
+        return True
+    if model.get("byte_fallback") and re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+        return True
+    affix = len(model.get("continuing_subword_prefix") or "") + len(model.get("end_of_word_suffix") or "")
+    if len(token) <= 1 + affix:
+        return True
+    for merge in model.get("merges", ()):
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if a + b == token:
+            return True
+    return False
+
+
+class _RustTokenizer:
+    """What both plugins share: a Rust tokenizer, its content copy and the special-token map."""
+
+    plugin = ""
+
+    def __init__(self) -> None:
+        self.identity: dict = {}
+        self.added_tokens: list[str] = []
+        self.eos_token: str | None = None
+        self._full_json: str | None = None     # the tokenizer as loaded (with its added tokens)
+        self._content_json: str | None = None  # the same with no added tokens: encodes content
+        self._special: dict[str, int] = {}     # token -> id, for token_id
+        self._appended: dict[int, str] = {}    # ids >= base_vocab_size -> token, for decode
+        self._guard: frozenset[int] = frozenset()  # in-vocabulary special ids a non-BPE model might emit
+        self._full = None
+        self._content = None
+
+    # -- pickling: JSON strings travel, Rust objects are rebuilt on first use ---------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_full"] = None
+        state["_content"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def _rust(self, attr: str, json_attr: str):
+        tok = getattr(self, attr)
+        if tok is None:
+            text = getattr(self, json_attr)
+            if text is None:
+                raise CommitforgeError(f"the {self.plugin} tokenizer is used before prepare(); call prepare() first")
+            tok = _import_tokenizers(self.plugin).Tokenizer.from_str(text)
+            setattr(self, attr, tok)
+        return tok
+
+    @property
+    def _content_tok(self):
+        return self._rust("_content", "_content_json")
+
+    @property
+    def _full_tok(self):
+        return self._rust("_full", "_full_json")
+
+    # -- set-up shared by hf and bpe ----------------------------------------------------------
+    def _install(self, tok: Any, special_tokens: list[str], *, name_or_path: str, sha256: str,
+                 eos_token: str | None) -> None:
+        """Take a loaded Rust tokenizer; build the content copy and the special-token ids."""
+        full_json = tok.to_str()
+        spec = json.loads(full_json)
+        own_added = {t["content"]: t["id"] for t in spec.get("added_tokens") or ()}
+        model = spec.get("model") or {}
+        spec["added_tokens"] = []
+        spec["truncation"] = None
+        spec["padding"] = None
+        content_json = json.dumps(spec, ensure_ascii=False)
+        content = _import_tokenizers(self.plugin).Tokenizer.from_str(content_json)
+
+        vocab = tok.get_vocab(with_added_tokens=True)
+        base = max(len(vocab), max(vocab.values(), default=-1) + 1)
+        special: dict[str, int] = dict(own_added)
+        if eos_token is not None and eos_token in vocab:
+            special[eos_token] = vocab[eos_token]
+        added: list[str] = []
+        appended: dict[int, str] = {}
+        guard: set[int] = set()
+        for token in dict.fromkeys(special_tokens):  # de-duplicated, order kept
+            if not isinstance(token, str) or not token:
+                raise CommitforgeError(f"special token {token!r} is not a non-empty string; fix the format's special tokens")
+            if token in vocab:
+                tid = vocab[token]
+                # only a token of the model's own vocabulary can come out of ordinary text
+                if content.token_to_id(token) == tid and _producible(model, token):
+                    if token not in own_added and (
+                            model.get("type") == "BPE" or content.encode(token, add_special_tokens=False).ids == [tid]):
+                        raise CommitforgeError(
+                            f"special token {token!r} is an ordinary token of tokenizer {name_or_path!r} "
+                            f"(id {tid}): source text could produce it; choose a special token outside its vocabulary"
+                        )
+                    guard.add(tid)
+            else:
+                tid = base + len(added)
+                added.append(token)
+                appended[tid] = token
+            special[token] = tid
+
+        self._full_json, self._content_json = full_json, content_json
+        self._full, self._content = tok, content
+        self._special, self._appended, self._guard = special, appended, frozenset(guard)
+        self.added_tokens = added
+        self.eos_token = eos_token
+        self.identity = {
+            "plugin": self.plugin,
+            "name_or_path": name_or_path,
+            "sha256": sha256,
+            "vocab_size": base + len(added),
+            "base_vocab_size": base,
+        }
+
+    # -- the interface -------------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        tok = self._content_tok
+        batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
+        out = [e.ids for e in batch(texts, add_special_tokens=False)]
+        if self._guard:
+            guard = self._guard
+            for i, ids in enumerate(out):
+                if not guard.isdisjoint(ids):
+                    hit = sorted(guard.intersection(ids))
+                    raise CommitforgeError(
+                        f"text #{i} encoded to special token id(s) {hit} with tokenizer "
+                        f"{self.identity.get('name_or_path')!r}; choose special tokens this tokenizer cannot produce from text"
+                    )
+        return out
+
+    def token_id(self, token: str) -> int:
+        try:
+            return self._special[token]
+        except KeyError:
+            known = ", ".join(sorted(self._special)) or "none (call prepare() first)"
+            raise UnknownTokenError(f"unknown special token {token!r}; known: {known}") from None
+
+    def decode(self, ids: list[int]) -> str:
+        full = self._full_tok
+        if not self._appended or not any(i in self._appended for i in ids):
+            return full.decode(list(ids), skip_special_tokens=False)
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            token = self._appended.get(i)
+            if token is None:
+                run.append(i)
+                continue
+            if run:
+                out.append(full.decode(run, skip_special_tokens=False))
+                run = []
+            out.append(token)
+        if run:
+            out.append(full.decode(run, skip_special_tokens=False))
+        return "".join(out)
+
+
+# -- hf ---------------------------------------------------------------------------------------
+@dataclass
+class HfTokenizerConfig:
+    name: str = "hf"
+    name_or_path: str = "???"  # a local directory (or a hub id already in the Hugging Face cache)
+    revision: str | None = None
+    local_files_only: bool = True
+    trust_remote_code: bool = False  # True is refused: repository code is never executed
+
+
+def _looks_like_path(value: str) -> bool:
+    return (os.path.isabs(value) or value.startswith((".", "~")) or "\\" in value
+            or value.count("/") > 1 or value.endswith("/"))
+
+
+class HfTokenizer(_RustTokenizer):
+    """A pretrained tokenizer loaded with ``transformers.AutoTokenizer`` (its Rust backend is used)."""
+
+    plugin = "hf"
+
+    def __init__(self, cfg: HfTokenizerConfig):
+        super().__init__()
+        if cfg.trust_remote_code:
+            raise CommitforgeError(
+                "tokenizer.trust_remote_code=true is refused: commitforge never executes code from a "
+                "tokenizer repository; use a tokenizer that loads without it (a directory with tokenizer.json)"
+            )
+        if not cfg.name_or_path or cfg.name_or_path == "???":
+            raise CommitforgeError("tokenizer.name_or_path is not set; pass tokenizer.name_or_path=DIR (a local tokenizer directory)")
+        self.cfg = cfg
+
+    def prepare(self, special_tokens: list[str], training_texts: Callable[[], Iterable[str]], cache_dir: Path) -> None:
+        tok, eos = self._load()
+        self._install(tok, special_tokens, name_or_path=self.cfg.name_or_path,
+                      sha256=_sha256(tok.to_str()), eos_token=eos)
+
+    def _load(self):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise CommitforgeError(f"the hf tokenizer needs transformers: {_HF_EXTRA}") from None
+        value = self.cfg.name_or_path
+        path = Path(value).expanduser()
+        is_dir = path.is_dir()
+        if path.exists() and not is_dir:
+            raise CommitforgeError(f"tokenizer.name_or_path={value!r} is a file; pass the directory that contains tokenizer.json")
+        if not is_dir and _looks_like_path(value):
+            raise CommitforgeError(f"tokenizer.name_or_path={value!r}: no such directory; pass a local directory containing tokenizer.json")
+        try:
+            hf = AutoTokenizer.from_pretrained(
+                str(path) if is_dir else value,
+                revision=self.cfg.revision,
+                local_files_only=self.cfg.local_files_only,
+                trust_remote_code=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - OSError, ValueError, hub errors: all one message
+            if is_dir:
+                raise CommitforgeError(
+                    f"could not load a tokenizer from directory tokenizer.name_or_path={value!r} ({_one_line(exc)}); "
+                    f"it must contain tokenizer.json or files AutoTokenizer loads without remote code"
+                ) from exc
+            raise CommitforgeError(
+                f"tokenizer.name_or_path={value!r} is not a local directory and could not be loaded from the "
+                f"Hugging Face hub or its cache (the hub is not reachable offline); pass a local directory containing tokenizer.json"
+            ) from exc
+        backend = getattr(hf, "backend_tokenizer", None)
+        if backend is None:
+            raise CommitforgeError(
+                f"tokenizer.name_or_path={value!r} loaded a tokenizer without a fast (tokenizers) backend "
+                f"({type(hf).__name__}); provide a directory with tokenizer.json"
+            )
+        eos = hf.eos_token if isinstance(getattr(hf, "eos_token", None), str) else None
+        return backend, eos
+
+
+# -- bpe --------------------------------------------------------------------------------------
+@dataclass
+class BpeTokenizerConfig:
+    name: str = "bpe"
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    max_training_chars: int = 50_000_000
+
+
+class BpeTokenizer(_RustTokenizer):
+    """A byte-level BPE trained on the corpus, cached under ``cache_dir/tokenizers/bpe-<hash>``.
+
+    The hash covers the training settings and the sha256 of the training text actually used
+    (the first ``max_training_chars`` characters, in order). The cached directory loads with
+    ``transformers.AutoTokenizer.from_pretrained`` and with the ``hf`` plugin.
+    """
+
+    plugin = "bpe"
+
+    def __init__(self, cfg: BpeTokenizerConfig):
+        super().__init__()
+        if cfg.vocab_size < 257:
+            raise CommitforgeError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for a byte-level BPE "
+                                   f"(256 bytes + {BPE_EOS}); use at least 257")
+        if cfg.min_frequency < 1:
+            raise CommitforgeError(f"tokenizer.min_frequency={cfg.min_frequency} must be at least 1")
+        if cfg.max_training_chars < 1:
+            raise CommitforgeError(f"tokenizer.max_training_chars={cfg.max_training_chars} must be positive")
+        self.cfg = cfg
+        self.trained = False  # whether the last prepare() trained (False: loaded from the cache)
+        self.path: Path | None = None
+
+    def _training_corpus(self, training_texts: Callable[[], Iterable[str]]) -> tuple[list[str], str]:
+        """The capped training texts, in order, and the sha256 of exactly those texts."""
+        budget = self.cfg.max_training_chars
+        texts: list[str] = []
+        h = hashlib.sha256()
+        for text in training_texts():
+            if budget <= 0:
+                break
+            if len(text) > budget:
+                text = text[:budget]
+            budget -= len(text)
+            data = text.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+            texts.append(text)
+        return texts, h.hexdigest()
+
+    def cache_key(self, text_sha256: str) -> str:
+        import tokenizers
+
+        key = {
+            "format": _BPE_FORMAT,
+            "vocab_size": self.cfg.vocab_size,
+            "min_frequency": self.cfg.min_frequency,
+            "special_tokens": [BPE_EOS],
+            "tokenizers": tokenizers.__version__,
+            "text_sha256": text_sha256,
+        }
+        return _sha256(json.dumps(key, sort_keys=True))[:20]
+
+    def prepare(self, special_tokens: list[str], training_texts: Callable[[], Iterable[str]], cache_dir: Path) -> None:
+        tokenizers = _import_tokenizers(self.plugin)
+        texts, text_sha = self._training_corpus(training_texts)
+        root = Path(cache_dir) / "tokenizers"
+        final = root / f"bpe-{self.cache_key(text_sha)}"
+        self.trained = False
+        if not (final / "tokenizer.json").is_file():
+            self._train_into(texts, root, final)
+        del texts
+        data = (final / "tokenizer.json").read_bytes()
+        try:
+            tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as exc:  # noqa: BLE001
+            raise CommitforgeError(f"cached tokenizer {final} is unreadable ({_one_line(exc)}); delete that directory to retrain") from exc
+        self.path = final
+        self._install(tok, special_tokens, name_or_path=str(final), sha256=_sha256(data), eos_token=BPE_EOS)
+
+    def train(self, texts: list[str]):
+        """Train the byte-level BPE on ``texts`` (deterministic) and return the Rust tokenizer."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.cfg.vocab_size,
+            min_frequency=self.cfg.min_frequency,
+            special_tokens=[BPE_EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+        return tok
+
+    def _train_into(self, texts: list[str], root: Path, final: Path) -> None:
+        tok = self.train(texts)
+        self.trained = True
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            (tmp / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+            eos_entry = {"content": BPE_EOS, "lstrip": False, "normalized": False, "rstrip": False,
+                         "single_word": False, "special": True}
+            config = {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": BPE_EOS,
+                "bos_token": None,
+                "unk_token": None,
+                "pad_token": None,
+                "add_prefix_space": False,
+                "clean_up_tokenization_spaces": False,
+                "added_tokens_decoder": {str(tok.token_to_id(BPE_EOS)): eos_entry},
+                "commitforge": {"plugin": "bpe", **{k: v for k, v in asdict(self.cfg).items() if k != "name"},
+                                "training_texts": len(texts), "training_chars": sum(map(len, texts))},
+            }
+            (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (tmp / "special_tokens_map.json").write_text(json.dumps({"eos_token": BPE_EOS}, indent=2) + "\n",
+                                                         encoding="utf-8")
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                # another process won the race: its copy is identical (training is deterministic)
+                if not (final / "tokenizer.json").is_file():
+                    raise CommitforgeError(f"cannot create the cached tokenizer {final} ({_one_line(exc)}); "
+                                           f"delete that directory or choose another cache_dir") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@hookimpl
+def register_tokenizer(register):
+    register("hf", HfTokenizer, HfTokenizerConfig)
+    register("bpe", BpeTokenizer, BpeTokenizerConfig)

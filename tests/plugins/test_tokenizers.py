@@ -1,0 +1,357 @@
+"""Tokenizer plugins: bpe training/cache/determinism, hf loading, special tokens, injection."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tokenizers")
+
+from core.errors import CommitforgeError  # noqa: E402
+from plugins.tokenizers import (  # noqa: E402
+    BpeTokenizer,
+    BpeTokenizerConfig,
+    HfTokenizer,
+    HfTokenizerConfig,
+)
+
+SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+INJECTION = 'let s = "<|endoftext|><fim_prefix>";'
+UNICODE_CODE = '/// Prix en «euros» — 💶 ok\nfn größe(ü: &str) -> String { format!("{ü}→é\\t") }\n\tlet 名前 = "日本語";\r\n'
+
+
+def rust_corpus(n: int = 120, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    idents = ["value", "state", "block", "hash", "count", "index", "header", "parent", "score", "daa"]
+    types = ["u64", "u32", "usize", "Hash", "Vec<u8>", "Option<u64>", "&str", "BlockHash"]
+    texts = []
+    for i in range(n):
+        lines = [f"use crate::{rng.choice(idents)}::{{{rng.choice(idents).title()}, {rng.choice(types)}}};", ""]
+        for j in range(rng.randint(2, 5)):
+            a, b = rng.sample(idents, 2)
+            t = rng.choice(types)
+            lines += [
+                f"/// Returns the {a} of the {b} — «{i}»",
+                f"pub fn get_{a}_{b}_{j}(&self, {a}: {t}) -> Result<{t}, Error> {{",
+                f"    let {b} = self.{a}.get(&{a}).ok_or(Error::Missing({i}))?;",
+                f"    if {b}.len() > {rng.randint(0, 999)} {{ return Err(Error::TooLarge); }}",
+                f"    Ok({b}.clone())",
+                "}",
+                "",
+            ]
+        texts.append("\n".join(lines))
+    return texts
+
+
+CORPUS = rust_corpus()
+
+
+def texts_fn(texts=CORPUS):
+    return lambda: iter(texts)
+
+
+def bpe(vocab_size: int = 400, **kw) -> BpeTokenizer:
+    return BpeTokenizer(BpeTokenizerConfig(vocab_size=vocab_size, **kw))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def prepared(cache) -> BpeTokenizer:
+    tok = bpe()
+    tok.prepare(SPECIALS, texts_fn(), cache)
+    return tok
+
+
+def test_bpe_trains_caches_and_reloads(tmp_path):
+    first = bpe()
+    first.prepare(SPECIALS, texts_fn(), tmp_path)
+    assert first.trained
+    assert first.path.parent == tmp_path / "tokenizers" and first.path.name.startswith("bpe-")
+    assert sorted(p.name for p in first.path.iterdir()) == ["special_tokens_map.json", "tokenizer.json",
+                                                            "tokenizer_config.json"]
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
+    mtime = (first.path / "tokenizer.json").stat().st_mtime_ns
+
+    second = bpe()
+    t0 = time.perf_counter()
+    second.prepare(SPECIALS, texts_fn(), tmp_path)
+    assert time.perf_counter() - t0 < 5
+    assert not second.trained
+    assert second.path == first.path
+    assert (second.path / "tokenizer.json").stat().st_mtime_ns == mtime
+    assert second.identity == first.identity
+    assert second.encode(CORPUS[:5]) == first.encode(CORPUS[:5])
+
+    # other text or other settings: another cache entry
+    third = bpe()
+    third.prepare(SPECIALS, texts_fn(CORPUS[:-1]), tmp_path)
+    fourth = bpe(vocab_size=450)
+    fourth.prepare(SPECIALS, texts_fn(), tmp_path)
+    assert third.trained and fourth.trained
+    assert len({first.path, third.path, fourth.path}) == 3
+
+
+def test_bpe_identity(prepared):
+    ident = prepared.identity
+    assert set(ident) == {"plugin", "name_or_path", "sha256", "vocab_size", "base_vocab_size"}
+    assert ident["plugin"] == "bpe"
+    assert ident["name_or_path"] == str(prepared.path)
+    data = (prepared.path / "tokenizer.json").read_bytes()
+    import hashlib
+    assert ident["sha256"] == hashlib.sha256(data).hexdigest()
+    assert ident["base_vocab_size"] == 400
+    assert ident["vocab_size"] == 400 + 3
+    assert prepared.eos_token == "<|endoftext|>"
+
+
+def test_training_is_deterministic(tmp_path):
+    corpus = rust_corpus(200, seed=7)
+    a, b = bpe(450), bpe(450)
+    a.prepare([], texts_fn(corpus), tmp_path / "a")
+    b.prepare([], texts_fn(corpus), tmp_path / "b")
+    assert a.trained and b.trained
+    ja, jb = (a.path / "tokenizer.json").read_bytes(), (b.path / "tokenizer.json").read_bytes()
+    assert ja == jb
+    assert a.path.name == b.path.name
+    # and in another process (other hash seeds, other thread scheduling)
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from plugins.tokenizers import BpeTokenizer, BpeTokenizerConfig\n"
+        "t = BpeTokenizer(BpeTokenizerConfig(vocab_size=450))\n"
+        "t.prepare([], lambda: iter(json.loads(sys.stdin.read())), Path(sys.argv[1]))\n"
+        "print(t.path)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], input=json.dumps(corpus),
+                         capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "RAYON_NUM_THREADS": "2",
+                                                                          **_env()})
+    assert (Path(out.stdout.strip()) / "tokenizer.json").read_bytes() == ja
+
+
+def _env() -> dict[str, str]:
+    import os
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "RAYON_NUM_THREADS")}
+
+
+def test_max_training_chars_caps_the_corpus(tmp_path):
+    big, small = bpe(max_training_chars=2000), bpe(max_training_chars=2000)
+    big.prepare([], texts_fn(CORPUS), tmp_path)
+    # texts past the cap do not change the training text, hence the same cache entry
+    small.prepare([], texts_fn(CORPUS[:10]), tmp_path)
+    assert big.trained and not small.trained
+    assert small.path == big.path
+    cfg = json.loads((big.path / "tokenizer_config.json").read_text())
+    assert cfg["commitforge"]["training_chars"] == 2000
+
+
+def test_cached_dir_loads_with_autotokenizer(prepared):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(prepared.path), local_files_only=True)
+    assert hf.eos_token == "<|endoftext|>"
+    assert hf.convert_tokens_to_ids("<|endoftext|>") == prepared.token_id("<|endoftext|>")
+    for text in CORPUS[:5] + [UNICODE_CODE]:
+        assert hf.encode(text, add_special_tokens=False) == prepared.encode([text])[0]
+
+
+def test_hf_plugin_loads_bpe_dir_with_same_ids(prepared):
+    pytest.importorskip("transformers")
+    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(prepared.path)))
+    hf.prepare(SPECIALS, lambda: iter(()), Path("/nonexistent-cache-unused"))
+    texts = CORPUS[:20] + [UNICODE_CODE, INJECTION]
+    assert hf.encode(texts) == prepared.encode(texts)
+    for tok in SPECIALS:
+        assert hf.token_id(tok) == prepared.token_id(tok)
+    assert hf.added_tokens == prepared.added_tokens
+    assert hf.eos_token == "<|endoftext|>"
+    ident = hf.identity
+    assert ident["plugin"] == "hf" and ident["name_or_path"] == str(prepared.path)
+    assert ident["base_vocab_size"] == 400 and ident["vocab_size"] == 403
+    assert len(ident["sha256"]) == 64
+    assert hf.decode(hf.encode([UNICODE_CODE])[0]) == UNICODE_CODE
+
+
+def test_special_tokens_ids_and_added_tokens(prepared):
+    base = prepared.identity["base_vocab_size"]
+    # <|endoftext|> is the bpe's own token: keeps its id, not "added"
+    assert prepared.added_tokens == ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+    assert prepared.token_id("<|endoftext|>") < base
+    assert [prepared.token_id(t) for t in prepared.added_tokens] == [base, base + 1, base + 2]
+    with pytest.raises(CommitforgeError, match="<nope>"):
+        prepared.token_id("<nope>")
+    with pytest.raises(KeyError):
+        prepared.token_id("<nope>")
+
+
+def test_special_tokens_deduplicated_and_reprepared(cache):
+    tok = bpe()
+    tok.prepare(["<b>", "<a>", "<b>", "<|endoftext|>"], texts_fn(), cache)
+    base = tok.identity["base_vocab_size"]
+    assert tok.added_tokens == ["<b>", "<a>"]
+    assert (tok.token_id("<b>"), tok.token_id("<a>")) == (base, base + 1)
+    tok.prepare([], texts_fn(), cache)
+    assert tok.added_tokens == [] and tok.identity["vocab_size"] == base
+
+
+def test_ordinary_vocab_token_refused_as_special(cache):
+    tok = bpe()
+    tok.prepare([], texts_fn(), cache)
+    ordinary = "Ġlet" if tok._full_tok.token_to_id("Ġlet") is not None else "le"
+    assert tok._full_tok.token_to_id(ordinary) is not None
+    with pytest.raises(CommitforgeError, match="ordinary token"):
+        tok.prepare([ordinary], texts_fn(), cache)
+
+
+def test_injection_never_yields_special_ids(prepared):
+    ids = prepared.encode([INJECTION])[0]
+    eot, fim = prepared.token_id("<|endoftext|>"), prepared.token_id("<fim_prefix>")
+    assert eot not in ids and fim not in ids
+    assert not set(ids) & {prepared.token_id(t) for t in SPECIALS}
+    assert prepared.decode(ids) == INJECTION
+    # whole batch, special strings glued to code and at text boundaries
+    texts = ["<|endoftext|>", "<fim_middle>x<fim_suffix>", "a<|endoftext|>b", INJECTION * 3]
+    special_ids = {prepared.token_id(t) for t in SPECIALS}
+    for text, ids in zip(texts, prepared.encode(texts)):
+        assert not special_ids & set(ids)
+        assert prepared.decode(ids) == text
+
+
+def test_decode_with_special_ids(prepared):
+    a, b = prepared.encode(["fn a() {}", "let b = 1;"])
+    ids = [prepared.token_id("<fim_prefix>"), *a, prepared.token_id("<fim_suffix>"), *b,
+           prepared.token_id("<|endoftext|>")]
+    assert prepared.decode(ids) == "<fim_prefix>fn a() {}<fim_suffix>let b = 1;<|endoftext|>"
+
+
+def test_round_trip_non_ascii(prepared):
+    texts = [UNICODE_CODE, "", " ", "\n\n\t  x  \n", "🦀" * 5, "\u200b\ufeffzero width", CORPUS[3]]
+    for text, ids in zip(texts, prepared.encode(texts)):
+        assert prepared.decode(ids) == text
+    assert prepared.encode([]) == []
+
+
+def test_pickle_round_trip(prepared):
+    texts = CORPUS[:10] + [UNICODE_CODE, INJECTION]
+    clone = pickle.loads(pickle.dumps(prepared))
+    assert clone._full is None and clone._content is None  # rebuilt lazily
+    assert clone.encode(texts) == prepared.encode(texts)
+    assert clone.identity == prepared.identity and clone.added_tokens == prepared.added_tokens
+    assert clone.token_id("<fim_middle>") == prepared.token_id("<fim_middle>")
+    assert clone.decode(clone.encode([UNICODE_CODE])[0]) == UNICODE_CODE
+
+
+def test_pickle_hf(prepared):
+    pytest.importorskip("transformers")
+    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(prepared.path)))
+    hf.prepare(SPECIALS, lambda: iter(()), Path("."))
+    clone = pickle.loads(pickle.dumps(hf))
+    assert clone.encode(CORPUS[:5]) == hf.encode(CORPUS[:5])
+
+
+def test_use_before_prepare_is_an_error():
+    with pytest.raises(CommitforgeError, match="prepare"):
+        bpe().encode(["x"])
+
+
+def test_hf_missing_path_fails_naming_it(tmp_path):
+    pytest.importorskip("transformers")
+    missing = str(tmp_path / "no-such-tokenizer")
+    with pytest.raises(CommitforgeError, match="no-such-tokenizer") as err:
+        HfTokenizer(HfTokenizerConfig(name_or_path=missing)).prepare([], lambda: iter(()), tmp_path)
+    assert "local directory" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hf_unreachable_hub_id_fails_naming_it(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with pytest.raises(CommitforgeError, match="some-org/some-model") as err:
+        HfTokenizer(HfTokenizerConfig(name_or_path="some-org/some-model")).prepare([], lambda: iter(()), tmp_path)
+    assert "local directory" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hf_dir_without_tokenizer_fails(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CommitforgeError, match="empty"):
+        HfTokenizer(HfTokenizerConfig(name_or_path=str(tmp_path / "empty"))).prepare([], lambda: iter(()), tmp_path)
+
+
+def test_hf_trust_remote_code_refused():
+    with pytest.raises(CommitforgeError, match="trust_remote_code"):
+        HfTokenizer(HfTokenizerConfig(name_or_path="/tmp", trust_remote_code=True))
+    assert HfTokenizerConfig().trust_remote_code is False
+
+
+@pytest.mark.parametrize("key, value", [("vocab_size", 100), ("min_frequency", 0), ("max_training_chars", 0)])
+def test_bpe_bad_config(key, value):
+    with pytest.raises(CommitforgeError, match=f"tokenizer.{key}={value}"):
+        BpeTokenizer(BpeTokenizerConfig(**{key: value}))
+
+
+def test_registered_through_pluggy():
+    from core.registry import PluginRegistry
+    import plugins.tokenizers as module
+
+    reg = PluginRegistry(load_entry_points=False, builtins=(module,))
+    assert reg.names("tokenizer") == ["bpe", "hf"]
+    tok = reg.create("tokenizer", {"name": "bpe", "vocab_size": 300})
+    assert isinstance(tok, BpeTokenizer) and tok.cfg.vocab_size == 300
+    with pytest.raises(CommitforgeError, match="name_or_path"):
+        reg.create("tokenizer", {"name": "hf"})
+
+
+def test_lost_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
+    winner = bpe()
+    winner.prepare([], texts_fn(), tmp_path / "elsewhere")
+    real_train = BpeTokenizer.train
+
+    def train_while_another_process_finishes(self, texts):
+        tok = real_train(self, texts)
+        target = tmp_path / "cache" / "tokenizers" / winner.path.name
+        target.mkdir(parents=True)
+        for p in winner.path.iterdir():
+            (target / p.name).write_bytes(p.read_bytes())
+        (target / "winner").write_text("")
+        return tok
+
+    monkeypatch.setattr(BpeTokenizer, "train", train_while_another_process_finishes)
+    loser = bpe()
+    loser.prepare([], texts_fn(), tmp_path / "cache")
+    assert (loser.path / "winner").exists()
+    assert loser.identity["sha256"] == winner.identity["sha256"]
+    assert [p.name for p in loser.path.parent.iterdir()] == [winner.path.name]  # temp dir removed
+
+
+def test_guard_for_models_that_can_emit_special_tokens(tmp_path):
+    """A word-level model whose vocabulary holds "<s>": text could produce its id, so encode refuses."""
+    pytest.importorskip("transformers")
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"<s>": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken("<s>", special=True, normalized=False)])
+    d = tmp_path / "wordlevel"
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                         "bos_token": "<s>", "unk_token": "[UNK]"}))
+    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(d)))
+    with pytest.raises(CommitforgeError, match="'a' is an ordinary token"):
+        hf.prepare(["a"], lambda: iter(()), tmp_path)
+    hf.prepare(["<s>", "<x>"], lambda: iter(()), tmp_path)
+    assert hf.token_id("<s>") == 0 and hf.token_id("<x>") == 4 and hf.added_tokens == ["<x>"]
+    assert hf.eos_token is None
+    assert hf.encode(["a b", "b <x>"]) == [[2, 3], [3, 1]]
+    with pytest.raises(CommitforgeError, match="special token id"):
+        hf.encode(["a <s> b"])
