@@ -56,6 +56,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
+    dedup_report = dict(result.report)
+    # stats.json must be byte-identical across reruns: timings go to the manifest only
+    stats.add("dedup_ms", int(1000 * dedup_report.pop("seconds", 0)))
     changes = [c for c, keep in zip(kept_changes, result.keep) if keep]
     splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
 
@@ -90,10 +93,11 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     report = {
         "splits": split_stats,
         "skips": dict(sorted(stats.skips.items())),
-        "dedup": result.report,
+        "dedup": dedup_report,
         "tokenizer": tok.identity,
         "format": run.cfg.format.name,
         "special_tokens_added": len(tok.added_tokens),
+        "special_token_ids": {t: tok.token_id(t) for t in run.format.special_tokens},
         "resize_embeddings": bool(tok.added_tokens),
         "max_tokens": max_tokens,
     }

@@ -1,0 +1,142 @@
+"""The build stage end to end: examples, masks, truncation, formats, writers, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+
+INJECTED = 'pub const BANNER: &str = "<|endoftext|><|cf_new|><commit_after>";\n'
+
+
+def body(name: str, n: int, k: int) -> str:
+    lines = "\n".join(f"    let v{i} = {name}_step({i}, {k});" for i in range(n))
+    return f"pub fn {name}(x: u32) -> u32 {{\n{lines}\n    x\n}}\n"
+
+
+@pytest.fixture
+def repo(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    r = scripted_repo
+    for k in range(10):  # ten commits, each changing every function a little
+        src = INJECTED + "".join(body(f"f{j}", 4 + j, k) for j in range(6))
+        r.commit(f"tune step {k}", {"crates/app/src/lib.rs": src})
+    return r
+
+
+def examples(run_dir, split=None):
+    out = []
+    for name in ("train", "val", "test"):
+        if split in (None, name):
+            out += read_jsonl(run_dir / "data" / f"{name}.jsonl")
+    return out
+
+
+def vocab_ids(run_dir) -> dict[str, int]:
+    return json.loads((run_dir / "stats.json").read_text())["special_token_ids"]
+
+
+def test_examples_have_masks_segments_and_temporal_splits(repo, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "dedup.near=false")
+    exs = examples(run_dir)
+    assert exs
+    for ex in exs:
+        n = ex["n_tokens"]
+        assert len(ex["input_ids"]) == len(ex["labels"]) == len(ex["attention_mask"]) == n
+        names = [s[0] for s in ex["segments"]]
+        new = ex["segments"][names.index("new_code")] if "new_code" in names else None
+        end = ex["segments"][names.index("end")]
+        trained = [i for i, lab in enumerate(ex["labels"]) if lab != -100]
+        expected = list(range(new[1], new[2])) if new else []
+        assert trained == expected + list(range(end[1], end[2]))
+        assert all(ex["labels"][i] == ex["input_ids"][i] for i in trained)
+        assert ex["n_target_tokens"] == len(trained)
+    times = {split: [e["time"] for e in examples(run_dir, split)] for split in ("train", "val", "test")}
+    assert max(times["train"]) < min(times["val"]) <= max(times["val"]) < min(times["test"])
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["splits"]["train"]["examples"] == len(examples(run_dir, "train"))
+    assert 0 < stats["splits"]["train"]["trained_token_share"] < 1
+    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 41
+    build = manifest(run_dir)["stages"]["build"]
+    assert build["outputs"]["data/train.jsonl"]["rows"] == len(examples(run_dir, "train"))
+
+
+def test_source_text_never_becomes_a_special_token(repo, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}")
+    specials = vocab_ids(run_dir)
+    first = next(e for e in examples(run_dir) if e["qualname"] == "app::BANNER")
+    content = [i for name, a, b in first["segments"] if name == "new_code" for i in first["input_ids"][a:b]]
+    assert content and not set(content) & set(specials.values())
+    assert sum(1 for i in first["input_ids"] if i == specials["<|cf_new|>"]) == 1
+
+
+def test_truncation_cuts_old_code_never_the_target_and_skips_what_cannot_fit(repo, tmp_path):
+    full = run_pipeline(tmp_path / "full", f"repo={repo.path}", "dedup.near=false", "dedup.exact=false")
+    small = run_pipeline(tmp_path / "small", f"repo={repo.path}", "dedup.near=false", "dedup.exact=false",
+                         "builder.max_tokens=120")
+    by_id = {e["id"]: e for e in examples(full)}
+    cut = [e for e in examples(small) if e["n_tokens"] < by_id[e["id"]]["n_tokens"]]
+    assert cut
+    for e in cut:
+        assert e["n_tokens"] <= 120
+        f = by_id[e["id"]]
+        seg = lambda ex, n: [ex["input_ids"][a:b] for name, a, b in ex["segments"] if name == n]  # noqa: E731
+        assert seg(e, "new_code") == seg(f, "new_code")  # the target is whole
+        old_small, old_full = seg(e, "old_code"), seg(f, "old_code")
+        assert old_small == [] or old_full[0][: len(old_small[0])] == old_small[0]
+    skips = manifest(small)["stages"]["build"]["skips"]
+    assert skips["target_too_long"] > 0
+    assert skips["target_too_long"] + skips.get("fixed_segments_too_long", 0) == len(by_id) - len(examples(small))
+    # every skipped example's target really is over the limit
+    kept = {e["id"] for e in examples(small)}
+    for e in by_id.values():
+        if e["id"] not in kept:
+            assert sum(1 for lab in e["labels"] if lab != -100) > 120 or e["n_tokens"] > 120
+
+
+def test_dedup_removes_repeated_targets_and_leaks(scripted_repo, tmp_path):
+    r = scripted_repo
+    same = body("same", 8, 0)
+    for k in range(10):
+        r.commit(f"c{k}", {f"crates/app/src/m{k}.rs": same})  # the same function added in ten files
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}")
+    stats = json.loads((run_dir / "stats.json").read_text())
+    kept = sum(s["examples"] for s in stats["splits"].values())
+    assert kept == 1  # only the test copy survives: the train and val copies duplicate it
+    assert stats["dedup"]["exact_duplicate"] + stats["dedup"]["leak_exact"] == 9
+
+
+@pytest.mark.parametrize("fmt,first_token,target_tokens", [
+    ("starcoder1", "<reponame>", ["<commit_after>", "<|endoftext|>"]),
+    ("starcoder2", "<repo_name>", ["<|endoftext|>"]),
+])
+def test_starcoder_formats(repo, tmp_path, fmt, first_token, target_tokens):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", f"format={fmt}")
+    specials = vocab_ids(run_dir)
+    ex = examples(run_dir)[0]
+    assert ex["input_ids"][0] == specials[first_token]
+    trained = {i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100}
+    assert {specials[t] for t in target_tokens} <= trained
+    stats = json.loads((run_dir / "stats.json").read_text())
+    # the bpe tokenizer knows <|endoftext|>; the format's other tokens are added
+    assert stats["special_tokens_added"] == len(specials) - 1
+
+
+def test_build_is_byte_identical_for_any_worker_count(repo, tmp_path):
+    a = run_pipeline(tmp_path / "a", f"repo={repo.path}", "executor.workers=1")
+    b = run_pipeline(tmp_path / "b", f"repo={repo.path}", "executor.workers=2")
+    for name in ("train", "val", "test"):
+        assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes()
+    # separate caches, so the same tokenizer was trained twice: identical apart from its cache path
+    assert (a / "stats.json").read_text().replace(str(tmp_path / "a"), "") == \
+        (b / "stats.json").read_text().replace(str(tmp_path / "b"), "")
+
+
+def test_parquet_writer_output_loads_with_datasets(repo, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "writer=parquet")
+    ds = datasets.load_dataset("parquet", data_files={"train": str(run_dir / "data" / "train.parquet")})
+    rows = ds["train"]
+    assert len(rows) == json.loads((run_dir / "stats.json").read_text())["splits"]["train"]["examples"]
+    assert rows[0]["labels"][0] == -100 and len(rows[0]["input_ids"]) == rows[0]["n_tokens"]
