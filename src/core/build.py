@@ -68,7 +68,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
                 yield c["old_code"]
                 yield c["new_code"]
 
-    run.tokenizer.prepare(run.format.special_tokens, training_texts, run.cache_dir)
+    # the builder may bring tokens of its own (fim); the format's come first
+    special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
+    run.tokenizer.prepare(special, training_texts, run.cache_dir)
     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for ex in examples:
@@ -96,8 +98,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         "dedup": dedup_report,
         "tokenizer": tok.identity,
         "format": run.cfg.format.name,
+        "builder": run.cfg.builder.name,
         "special_tokens_added": len(tok.added_tokens),
-        "special_token_ids": {t: tok.token_id(t) for t in run.format.special_tokens},
+        "special_token_ids": {t: tok.token_id(t) for t in special},
         "resize_embeddings": bool(tok.added_tokens),
         "max_tokens": max_tokens,
     }

@@ -1,12 +1,14 @@
-"""Builder ``commit``: one example per UnitChange (a unit before and after a commit)."""
+"""Builders: ``commit`` (one example per unit change, before and after) and ``fim``
+(fill-in-the-middle on the code after each change)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.examples import Format, Tokenizer, assemble, encode_all
+from core.examples import Format, Segment, Tokenizer, assemble, encode_all
 from core.hookspecs import hookimpl
 from core.stats import Counter
 
@@ -44,6 +46,72 @@ class CommitBuilder:
         return out
 
 
+@dataclass
+class FimBuilderConfig:
+    name: str = "fim"
+    max_tokens: int = 2048
+    fim_rate: float = 0.5  # share of examples turned into fill-in-the-middle
+    spm_rate: float = 0.5  # share of those in suffix-prefix-middle order (the rest prefix-suffix-middle)
+    seed: int = 0
+
+
+class FimBuilder:
+    """StarCoder-style fill-in-the-middle on each unit's code after its commit (deletions
+    have none), for training on code without its history.
+
+    PSM: ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}<|endoftext|>``;
+    SPM: ``<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}<|endoftext|>``;
+    the rest are plain ``{code}<|endoftext|>``. The two cut points are drawn per example
+    from a generator seeded by ``seed`` and the example id, so reruns give the same
+    examples. The middle (or the whole code) and the end token are the target. The
+    format plugin does not apply: these are the builder's own tokens.
+    """
+
+    special_tokens = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|endoftext|>"]
+
+    def __init__(self, cfg: FimBuilderConfig):
+        for key in ("fim_rate", "spm_rate"):
+            if not 0 <= getattr(cfg, key) <= 1:
+                raise CommitforgeError(f"builder.{key}={getattr(cfg, key)} must be between 0 and 1")
+        if cfg.max_tokens < 16:
+            raise CommitforgeError(f"builder.max_tokens={cfg.max_tokens} is too small; use e.g. 1024, 2048 or 4096")
+        self.cfg = cfg
+
+    def layout(self, change: dict[str, Any]) -> tuple[list[Segment], str]:
+        code = change["new_code"]
+        rng = random.Random(f"{self.cfg.seed}:{change['id']}")
+        eos = Segment("end", "<|endoftext|>", special=True, target=True)
+        if rng.random() >= self.cfg.fim_rate or len(code) < 3:
+            return [Segment("code", code, target=True), eos], "plain"
+        a, b = sorted(rng.sample(range(1, len(code)), 2))
+        prefix, middle, suffix = code[:a], code[a:b], code[b:]
+        tok = lambda t: Segment(t.strip("<>"), t, special=True)  # noqa: E731
+        if rng.random() < self.cfg.spm_rate:
+            return [tok("<fim_prefix>"), tok("<fim_suffix>"), Segment("suffix", suffix), tok("<fim_middle>"),
+                    Segment("prefix", prefix), Segment("middle", middle, target=True), eos], "spm"
+        return [tok("<fim_prefix>"), Segment("prefix", prefix), tok("<fim_suffix>"), Segment("suffix", suffix),
+                tok("<fim_middle>"), Segment("middle", middle, target=True), eos], "psm"
+
+    def build(self, changes: list[dict[str, Any]], splits: list[str], fmt: Format, tokenizer: Tokenizer,
+              stats: Counter) -> list[dict[str, Any]]:
+        rows = [(c, sp) for c, sp in zip(changes, splits) if c["new_code"]]
+        stats.skip("no_code_after_commit", len(changes) - len(rows))
+        layouts = []
+        for c, _ in rows:
+            layout, mode = self.layout(c)
+            stats.add(f"fim_{mode}")
+            layouts.append(layout)
+        out = []
+        for (change, split), layout, encoded in zip(rows, layouts, encode_all(tokenizer, layouts)):
+            built = assemble(change, layout, encoded, tokenizer, self.cfg.max_tokens, split)
+            if built.example is None:
+                stats.skip(built.skip or "unknown")
+                continue
+            out.append(built.example)
+        return out
+
+
 @hookimpl
 def register_builder(register):
     register("commit", CommitBuilder, CommitBuilderConfig)
+    register("fim", FimBuilder, FimBuilderConfig)

@@ -17,8 +17,8 @@ are mapped to ids here: a token already in the vocabulary keeps its id, the othe
 ``base_vocab_size + k`` in order. Plugin objects pickle as JSON strings and rebuild their
 Rust tokenizers lazily, so they can be sent to worker processes.
 
-``tokenizers`` and ``transformers`` are optional (``pip install 'commitforge[hf]'``) and are
-imported only when a tokenizer is prepared or used.
+``tokenizers`` (a core dependency) and ``transformers`` (optional, ``pip install
+'commitforge[hf]'``, for the hf plugin) are imported only when a tokenizer is prepared or used.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _import_tokenizers(plugin: str):
     try:
         import tokenizers
     except ImportError:
-        raise CommitforgeError(f"the {plugin} tokenizer needs tokenizers: {_HF_EXTRA}") from None
+        raise CommitforgeError(f"the {plugin} tokenizer needs tokenizers: pip install tokenizers") from None
     return tokenizers
 
 

@@ -140,3 +140,24 @@ def test_parquet_writer_output_loads_with_datasets(repo, tmp_path):
     rows = ds["train"]
     assert len(rows) == json.loads((run_dir / "stats.json").read_text())["splits"]["train"]["examples"]
     assert rows[0]["labels"][0] == -100 and len(rows[0]["input_ids"]) == rows[0]["n_tokens"]
+
+
+def test_fim_builder_makes_psm_spm_and_plain_examples_whose_middle_is_the_target(repo, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=fim", "builder.fim_rate=0.8")
+    ids = vocab_ids(run_dir)
+    counts = manifest(run_dir)["stages"]["build"]["counts"]
+    assert counts["fim_psm"] > 0 and counts["fim_spm"] > 0 and counts["fim_plain"] > 0
+    for ex in examples(run_dir):
+        names = [s[0] for s in ex["segments"]]
+        trained = [i for i, lab in enumerate(ex["labels"]) if lab != -100]
+        target = "middle" if "middle" in names else "code"
+        a, b = ex["segments"][names.index(target)][1:]
+        assert trained == list(range(a, b)) + [len(ex["input_ids"]) - 1]
+        assert ex["input_ids"][-1] == ids["<|endoftext|>"]
+        if target == "middle":
+            first = ex["input_ids"][0]
+            assert first == ids["<fim_prefix>"]
+            # SPM puts the suffix right after <fim_prefix><fim_suffix>
+            assert names[:2] in (["fim_prefix", "prefix"], ["fim_prefix", "fim_suffix"])
+    again = run_pipeline(tmp_path / "again", f"repo={repo.path}", "builder=fim", "builder.fim_rate=0.8")
+    assert (again / "data" / "train.jsonl").read_bytes() == (run_dir / "data" / "train.jsonl").read_bytes()
