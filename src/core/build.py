@@ -39,8 +39,11 @@ def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
 
 
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
-    with open(run.run_dir / "chunks.jsonl", encoding="utf-8") as fh:
-        changes = [json.loads(line) for line in fh]
+    if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
+        changes = run.builder.rows(run, stats)
+    else:
+        with open(run.run_dir / "chunks.jsonl", encoding="utf-8") as fh:
+            changes = [json.loads(line) for line in fh]
     stats.add("unit_changes", len(changes))
     splits = run.split.assign(changes)
     kept_changes, kept_splits = [], []

@@ -75,6 +75,7 @@ class Run:
             repo_path = demo_repo_path(self.cache_dir)
         self.repo = Repository(repo_path)
         self.summary: dict[str, Any] = {}
+        self.last_commit: CommitRecord | None = None
 
     def extensions(self) -> dict[str, str]:
         ext: dict[str, str] = {}
@@ -125,15 +126,14 @@ class Run:
                                           "last_time": commits[-1].committer_time, "commits": len(commits)})
         else:
             manifest.set("commit_range", None)
+        self.last_commit = commits[-1] if commits else None
         manifest.stage("mine", stats, time.perf_counter() - t0, {"commits.jsonl": len(commits)})
         self.summary["commits"] = len(commits)
         return commits
 
-    def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:
-        t0 = time.perf_counter()
-        reset_memory()
-        stats = Counter()
-        job = ChunkJob(
+    def chunk_job(self) -> ChunkJob:
+        """Parsing and pairing work for the executor's workers (shares the unit cache)."""
+        return ChunkJob(
             git_dir=str(self.repo.git_dir),
             repo_name=self.repo.name,
             cache_root=str(self.cache_dir),
@@ -142,6 +142,12 @@ class Run:
             max_file_bytes=int(self.cfg.max_file_bytes),
             rename_similarity=float(self.cfg.pairing.rename_similarity),
         )
+
+    def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:
+        t0 = time.perf_counter()
+        reset_memory()
+        stats = Counter()
+        job = self.chunk_job()
         blobs = unique_blobs(commits)
         stats.add("unique_blobs", len(blobs))
         for lang in self.languages:

@@ -1,12 +1,15 @@
-"""Builders: ``commit`` (one example per unit change, before and after) and ``fim``
-(fill-in-the-middle on the code after each change)."""
+"""Builders: ``commit`` (one example per unit change, before and after), ``file`` (code
+at a snapshot, by unit or whole file) and ``fim`` (fill-in-the-middle on the code after
+each change)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
 
+from core.chunking import batched, close_readers
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_all
 from core.hookspecs import hookimpl
@@ -44,6 +47,77 @@ class CommitBuilder:
                 stats.add(f"truncated_{split}")
             out.append(built.example)
         return out
+
+
+@dataclass
+class FileBuilderConfig:
+    name: str = "file"
+    unit: str = "unit"  # unit: one example per chunk of each file; file: one per whole file
+    max_tokens: int = 2048
+    train_on: list[str] | None = None
+
+
+class FileBuilder(CommitBuilder):
+    """Examples of the code at a snapshot (the newest mined commit), without history: each
+    file's chunks (``unit``) or whole files (``file``) laid out by the format as code that
+    was added, with empty old code. All rows share one commit, so a temporal split puts
+    them in one split: use ``split=path`` to hold out files."""
+
+    def __init__(self, cfg: FileBuilderConfig):
+        if cfg.unit not in ("unit", "file"):
+            raise CommitforgeError(f"builder.unit={cfg.unit!r} must be unit or file")
+        super().__init__(cfg)  # type: ignore[arg-type]
+
+    def rows(self, run, stats: Counter) -> list[dict[str, Any]]:
+        rec = run.last_commit
+        if rec is None:
+            raise CommitforgeError("the file builder found no mined commit to snapshot; check source.rev and the filters")
+        ext = run.extensions()
+        files = []
+        for entry in run.repo.run("ls-tree", "-r", "-z", "--full-tree", rec.commit).split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            mode, kind, blob = meta.split()
+            dot = path.rfind(".")
+            lang = ext.get(path[dot:] if dot > path.rfind("/") else "")
+            if kind == "blob" and mode != "120000" and lang:
+                files.append((blob, lang, path))
+        job = run.chunk_job()
+        for lang in run.languages:
+            job._cache(lang).open()
+        for result in run.executor.map(job.parse_blobs, batched([(b, lang, None) for b, lang, _ in files], 24)):
+            job.blob_skips.update(result["skips"])
+        rows = []
+        for blob, lang_name, path in files:
+            parsed, reason = job._load(blob, lang_name)
+            if parsed is None:
+                stats.skip(f"file_{reason}")
+                continue
+            lang = run.languages[lang_name]
+            if self.cfg.unit == "file":
+                module = lang.module_path(path)
+                rows.append(_snapshot_row(run, rec, path, lang_name, "file", module or path, None, parsed.text, 1, 1))
+                continue
+            for chunk in run.chunker.chunk(parsed, lang, path):
+                if chunk.compare != chunk.text:
+                    continue  # containers are covered by their member units
+                for k, piece in enumerate(chunk.pieces, 1):
+                    rows.append(_snapshot_row(run, rec, path, lang_name, chunk.kind, chunk.qualname, chunk.header,
+                                              piece, k, len(chunk.pieces)))
+        close_readers()
+        stats.add("snapshot_files", len(files))
+        return rows
+
+
+def _snapshot_row(run, rec, path: str, lang: str, kind: str, qualname: str, header: str | None, code: str,
+                  part: int, parts: int) -> dict[str, Any]:
+    key = hashlib.blake2b(f"{rec.commit}\0{path}\0{qualname}\0{part}".encode("utf-8", "surrogateescape"),
+                          digest_size=12).hexdigest()
+    return {"id": key, "repo": run.repo.name, "commit": rec.commit, "parent": None, "time": rec.committer_time,
+            "subject": rec.subject, "message": rec.message, "path": path, "old_path": None, "lang": lang,
+            "change": "added", "kind": kind, "qualname": qualname, "old_qualname": None, "header": header,
+            "signature": None, "old_code": "", "new_code": code, "part": part, "parts": parts, "context": []}
 
 
 @dataclass
@@ -115,3 +189,4 @@ class FimBuilder:
 def register_builder(register):
     register("commit", CommitBuilder, CommitBuilderConfig)
     register("fim", FimBuilder, FimBuilderConfig)
+    register("file", FileBuilder, FileBuilderConfig)

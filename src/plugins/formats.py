@@ -22,7 +22,7 @@ from core.examples import Segment
 from core.hookspecs import hookimpl
 
 UNIT_KINDS = ("fn", "method", "struct", "enum", "union", "trait", "impl", "mod", "macro", "const", "static",
-              "type", "window")
+              "type", "window", "file")
 CHANGE_KINDS = ("added", "modified", "deleted", "renamed")
 
 

@@ -57,7 +57,7 @@ def test_examples_have_masks_segments_and_temporal_splits(repo, tmp_path):
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["splits"]["train"]["examples"] == len(examples(run_dir, "train"))
     assert 0 < stats["splits"]["train"]["trained_token_share"] < 1
-    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 41
+    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 43
     build = manifest(run_dir)["stages"]["build"]
     assert build["outputs"]["data/train.jsonl"]["rows"] == len(examples(run_dir, "train"))
 
@@ -161,3 +161,18 @@ def test_fim_builder_makes_psm_spm_and_plain_examples_whose_middle_is_the_target
             assert names[:2] in (["fim_prefix", "prefix"], ["fim_prefix", "fim_suffix"])
     again = run_pipeline(tmp_path / "again", f"repo={repo.path}", "builder=fim", "builder.fim_rate=0.8")
     assert (again / "data" / "train.jsonl").read_bytes() == (run_dir / "data" / "train.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("unit", ["unit", "file"])
+def test_file_builder_uses_the_snapshot_at_the_newest_commit(repo, tmp_path, unit):
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=file", f"builder.unit={unit}", "split=path",
+                           "dedup.near=false")
+    exs = examples(run_dir)
+    head = repo.git("rev-parse", "HEAD")
+    assert exs and {e["commit"] for e in exs} == {head}
+    assert all(e["change"] == "added" for e in exs)
+    if unit == "file":
+        assert [e["qualname"] for e in exs] == ["app"]
+    else:
+        assert {e["qualname"] for e in exs} == {"app::BANNER", *(f"app::f{j}" for j in range(6))}
+    assert manifest(run_dir)["stages"]["build"]["counts"]["snapshot_files"] == 1

@@ -31,7 +31,7 @@ def test_builtins_register_every_plugin_through_hooks():
     assert reg.names("chunker") == ["ast", "window"]
     assert reg.names("language") == ["rust"] and reg.names("source") == ["git"]
     assert reg.names("tokenizer") == ["bpe", "hf"] and reg.names("format") == ["commitforge", "starcoder1", "starcoder2"]
-    assert reg.names("split") == ["path", "random", "temporal"] and reg.names("builder") == ["commit", "fim"]
+    assert reg.names("split") == ["path", "random", "temporal"] and reg.names("builder") == ["commit", "file", "fim"]
     assert reg.names("writer") == ["hf", "jsonl", "legacy", "parquet", "torch"]
     assert all(p.package == "commitforge" for p in reg.all())
     assert set(KINDS) >= {p.kind for p in reg.all()}
