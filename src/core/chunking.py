@@ -68,6 +68,7 @@ class ChunkJob:
     chunker: Chunker
     max_file_bytes: int
     rename_similarity: float
+    context: Any = None  # a context strategy, or None
     blob_skips: dict[str, str] = field(default_factory=dict)
 
     def _cache(self, lang: str) -> BlobCache:
@@ -195,7 +196,15 @@ class ChunkJob:
                     stats.add(f"unit_changes_{pc.change}")
                     if max_chars is not None and len(pc.new_code or pc.old_code) > max_chars:
                         stats.add("oversize_parts")
-                    yield _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc).to_dict()
+                    row = _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc)
+                    if self.context is not None:
+                        parsed = new if pc.new_code else old
+                        row.context = self.context.items(pc.new_code or pc.old_code, row.qualname, fc.path, parsed)
+                        stats.add("context_items", len(row.context))
+                        stats.add("context_chars", sum(len(c.text) for c in row.context))
+                        if not row.context:
+                            stats.add("unit_changes_without_context")
+                    yield row.to_dict()
             stats.add("unit_changes", emitted)
             if emitted == 0:
                 stats.add("files_without_unit_changes")

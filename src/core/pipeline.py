@@ -54,6 +54,7 @@ class Run:
         self.languages = {self.language.name: self.language}
         self.chunker = reg.create("chunker", cfg.chunker)
         self.executor = reg.create("executor", cfg.executor)
+        self.context = reg.create("context", cfg.context) if cfg.get("context") is not None else None
         if "build" in self.stages:
             for kind in ("tokenizer", "format", "builder", "split", "writer"):
                 if cfg.get(kind) is None:
@@ -141,6 +142,7 @@ class Run:
             chunker=self.chunker,
             max_file_bytes=int(self.cfg.max_file_bytes),
             rename_similarity=float(self.cfg.pairing.rename_similarity),
+            context=self.context,
         )
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:

@@ -5,6 +5,7 @@ BUILTIN_PLUGINS = (
     "plugins.rust",
     "plugins.chunkers",
     "plugins.executors",
+    "plugins.contexts",
     "plugins.tokenizers",
     "plugins.formats",
     "plugins.builders",
