@@ -198,8 +198,9 @@ class ChunkJob:
                         stats.add("oversize_parts")
                     row = _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc)
                     if self.context is not None:
-                        parsed = new if pc.new_code else old
-                        row.context = self.context.items(pc.new_code or pc.old_code, row.qualname, fc.path, parsed)
+                        parsed, lines = (new, row.new_lines) if pc.new_code else (old, row.old_lines)
+                        row.context = self.context.items(pc.new_code or pc.old_code, row.qualname, fc.path, parsed,
+                                                         lines)
                         stats.add("context_items", len(row.context))
                         stats.add("context_chars", sum(len(c.text) for c in row.context))
                         if not row.context:

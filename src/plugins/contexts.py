@@ -32,7 +32,8 @@ class NoContext:
     def __init__(self, cfg: NoContextConfig):
         self.cfg = cfg
 
-    def items(self, code: str, qualname: str, path: str, parsed: ParsedBlob | None) -> list[ContextItem]:
+    def items(self, code: str, qualname: str, path: str, parsed: ParsedBlob | None,
+              lines: tuple[int, int] | None = None) -> list[ContextItem]:
         return []
 
 
@@ -59,7 +60,10 @@ class SameFileContext:
                                    "must be positive")
         self.cfg = cfg
 
-    def items(self, code: str, qualname: str, path: str, parsed: ParsedBlob | None) -> list[ContextItem]:
+    def items(self, code: str, qualname: str, path: str, parsed: ParsedBlob | None,
+              lines: tuple[int, int] | None = None) -> list[ContextItem]:
+        """``lines`` is the unit's line span in ``parsed``: units overlapping it (the unit
+        itself, its container, its members) are never context."""
         if parsed is None or not code:
             return []
         names = Counter(_IDENT.findall(code))
@@ -68,8 +72,8 @@ class SameFileContext:
         for i, u in enumerate(parsed.units):
             if u.kind in ("impl", "mod") or u.name == own or u.name not in names:
                 continue
-            if u.text in code or code in u.text:
-                continue  # the unit itself, or one that contains it
+            if lines is not None and u.start_line <= lines[1] and lines[0] <= u.end_line:
+                continue  # the unit itself, or one that contains it or is part of it
             direct = 2.0 if u.kind in _SKELETON_KINDS or u.kind == "fn" else 1.0
             scored.append((direct * names[u.name], -i, u))
         scored.sort(key=lambda t: (-t[0], -t[1]))

@@ -26,11 +26,13 @@ impl Ledger {
 def test_same_file_context_holds_the_named_definitions_ranked_and_budgeted():
     parsed = RustLanguage().parse(SRC.encode())
     total = next(u for u in parsed.units if u.name == "total")
-    items = SameFileContext(SameFileContextConfig()).items(total.text, "m::Ledger::total", "src/m.rs", parsed)
+    span = (total.start_line, total.end_line)
+    items = SameFileContext(SameFileContextConfig()).items(total.text, "m::Ledger::total", "src/m.rs", parsed, span)
     assert [i.qualname for i in items] == ["Entry", "LIMIT"]  # Entry is named twice; Ledger is not named
     assert items[0].text == "pub struct Entry { amount: i64 }" and items[0].why == "same_file"
     assert not any("total" in i.text for i in items)  # never the unit itself
-    small = SameFileContext(SameFileContextConfig(max_chars=40)).items(total.text, "m::Ledger::total", "src/m.rs", parsed)
+    small = SameFileContext(SameFileContextConfig(max_chars=40)).items(total.text, "m::Ledger::total", "src/m.rs",
+                                                                       parsed, span)
     assert sum(len(i.text) for i in small) <= 40 and small
 
 
