@@ -25,6 +25,7 @@ class Chunk:
     compare: str  # the text whose change makes the chunk "changed" (a container's skeleton)
     lines: tuple[int, int]
     has_error: bool
+    members: bool = False  # a container whose member units are chunks of their own
     body_open: int | None = None
     max_chars: int | None = None  # None: the chunk is never cut
     cuts: bytes = b""  # packed cut points (see pack_cuts)

@@ -49,6 +49,7 @@ def reset_memory() -> None:
     _LOADED.clear()
     _CHUNKED.clear()
     _TREES.clear()
+    _CACHES.clear()
 
 
 def close_readers() -> None:
@@ -72,9 +73,10 @@ class ChunkJob:
     blob_skips: dict[str, str] = field(default_factory=dict)
 
     def _cache(self, lang: str) -> BlobCache:
-        cache = _CACHES.get((self.cache_root, lang))
+        key = (self.cache_root, self.languages[lang].cache_key)  # the key covers extraction settings
+        cache = _CACHES.get(key)
         if cache is None:
-            cache = _CACHES[(self.cache_root, lang)] = BlobCache(self.cache_root, self.languages[lang].cache_key)
+            cache = _CACHES[key] = BlobCache(self.cache_root, key[1])
         return cache
 
     # -- phase 1 ---------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Before/after pairing of one file's chunks across a commit.
 
-Chunks are matched by key (the local qualified name, so units of a renamed file still
-pair), then unmatched chunks of the same kind by the similarity of their lines with the
-unit's own name masked (renamed or moved units). Pairs whose compared text is equal are
+Chunks whose text is unchanged are matched first, by key (the local qualified name, so
+units of a renamed file still pair) or by identical text under another key (a unit moved
+or renumbered); then chunks by key (modified); then unmatched chunks of the same kind
+by the similarity of their lines with the unit's own name masked (renamed units). Pairs whose compared text is equal are
 unchanged and produce nothing. An oversize unit's parts are aligned with a sequence
 match so that only parts that changed are emitted.
 """
@@ -49,15 +50,39 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
     old_by_key = {c.key: c for c in old}
     matched_old: set[str] = set()
     result: list[tuple[int, str, Chunk | None, Chunk | None]] = []
-    unmatched_new: list[tuple[int, Chunk]] = []
+    # 1. unchanged: same key and text, or the same text under another key (a unit moved
+    # within the file, or renumbered because an earlier namesake such as a #[cfg] variant
+    # went away)
+    by_compare: dict[tuple[str, str], list[Chunk]] = {}
+    for o in old:
+        by_compare.setdefault((o.kind, o.compare), []).append(o)
+    new_keys = {n.key for n in new}
+    pending: list[tuple[int, Chunk]] = []
     for i, n in enumerate(new):
         o = old_by_key.get(n.key)
-        if o is None:
+        if o is not None and o.compare == n.compare:
+            matched_old.add(o.key)
+        else:
+            pending.append((i, n))
+    unmatched_new: list[tuple[int, Chunk]] = []
+    for i, n in pending:
+        # a twin must be free: not matched yet, and not still present under its own key
+        twin = next((o for o in by_compare.get((n.kind, n.compare), ())
+                     if o.key not in matched_old and (o.key == n.key or o.key not in new_keys)), None)
+        if twin is not None:
+            matched_old.add(twin.key)
+        else:
             unmatched_new.append((i, n))
-            continue
-        matched_old.add(n.key)
-        if o.compare != n.compare:
+    # 2. modified: same key, other text
+    still_new: list[tuple[int, Chunk]] = []
+    for i, n in unmatched_new:
+        o = old_by_key.get(n.key)
+        if o is not None and o.key not in matched_old:
+            matched_old.add(o.key)
             result.append((i, "modified", o, n))
+        else:
+            still_new.append((i, n))
+    unmatched_new = still_new
     unmatched_old = [o for o in old if o.key not in matched_old]
     if renames and unmatched_old and unmatched_new and len(unmatched_old) * len(unmatched_new) <= max_rename_candidates ** 2:
         scored = []
@@ -81,17 +106,18 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
             result.append((idx, "renamed", unmatched_old[oi], n))
         unmatched_old = [o for k, o in enumerate(unmatched_old) if k not in used_o]
         unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
-    # A container whose compared text is not its text (an impl or mod with member units)
-    # is covered by its members when it appears or disappears as a whole.
+    # a container with member units is covered by its members when it appears or
+    # disappears as a whole
     for i, n in unmatched_new:
-        if n.compare == n.text:
+        if not n.members:
             result.append((i, "added", None, n))
     result.sort(key=lambda r: r[0])
     for _, change, o, n in result:
         yield change, o, n
     for o in unmatched_old:
-        if o.compare == o.text:
+        if not o.members:
             yield "deleted", o, None
+
 
 
 def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[PartChange]:

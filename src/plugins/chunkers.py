@@ -35,8 +35,9 @@ class AstChunker:
 
     def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
         module = language.module_path(path)
+        parents = {u.parent for u in parsed.units if u.parent is not None}
         out = []
-        for u in parsed.units:
+        for i, u in enumerate(parsed.units):
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
@@ -49,6 +50,7 @@ class AstChunker:
                 compare=u.skeleton if u.skeleton is not None else u.text,
                 lines=(u.start_line, u.end_line),
                 has_error=u.has_error,
+                members=i in parents,
                 body_open=u.body_open,
                 max_chars=self.cfg.max_chars,
                 cuts=u.cuts,

@@ -125,12 +125,18 @@ class RustLanguage:
         parser, query = self._ensure()
         text = source.decode("utf-8")
         reuse = None
-        if previous is not None and previous[1].tree is not None:
+        tree = None
+        # error recovery can differ between an incremental and a fresh parse: files with
+        # syntax errors (either version) are always parsed from scratch
+        if previous is not None and previous[1].tree is not None and not previous[1].has_error:
             old_source, old_parsed = previous
             edited, span = _edited(old_source, old_parsed.tree, source)
             tree = parser.parse(source, edited)
-            reuse = _Reuse(old_source, old_parsed, source, text, span, edited.changed_ranges(tree))
-        else:
+            if tree.root_node.has_error:
+                tree = None
+            else:
+                reuse = _Reuse(old_source, old_parsed, source, text, span, edited.changed_ranges(tree))
+        if tree is None:
             tree = parser.parse(source)
         root = tree.root_node
         offsets = _Offsets(source, text)
@@ -222,20 +228,24 @@ class RustLanguage:
 
     @staticmethod
     def _skeletons(units: list[Unit], char_starts: list[int]) -> None:
-        """A container's text with its child units cut out, whitespace-normalised."""
+        """A container's text with its child units cut out and all whitespace removed."""
         children: dict[int, list[int]] = {}
         for i, u in enumerate(units):
             if u.parent is not None:
                 children.setdefault(u.parent, []).append(i)
-        for p, kids in children.items():
-            parent = units[p]
+        for p, parent in enumerate(units):
+            if parent.kind not in ("impl", "trait", "mod"):
+                continue
+            # every container is compared by its skeleton, so gaining its first member or
+            # losing its last one does not count as a change of the container itself
+            kids = children.get(p, [])
             pieces, pos = [], 0
             for k in kids:
                 at = char_starts[k] - char_starts[p]
                 pieces.append(parent.text[pos:at])
                 pos = at + len(units[k].text)
             pieces.append(parent.text[pos:])
-            parent.skeleton = _norm("".join(pieces))
+            parent.skeleton = _WS.sub("", "".join(pieces))  # whitespace never makes a change
 
 
 def _point(data: bytes, offset: int) -> tuple[int, int]:
@@ -338,6 +348,8 @@ class _Reuse:
         if ITEM_KINDS[node.type] != first.kind and not (node.type == "function_item" and first.kind == "method"):
             return False
         db, dc, dl = (self.delta, self.delta_chars, self.delta_lines) if shift else (0, 0, 0)
+        if node.start_byte < first.start_byte + db:
+            return False  # not the same item: it starts before the old unit's docs and attributes
         new_index: dict[int, int] = {}
         for k in range(i, self.subtree_end[i]):
             u = self.old[k]

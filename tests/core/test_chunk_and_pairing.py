@@ -103,3 +103,22 @@ def test_only_changed_parts_of_an_oversize_unit_are_emitted():
     assert "run_step(100 + 100" in p.new_code and "run_step(100 + 1," in p.old_code
     assert p.parts == len(n.pieces) and 1 < p.part <= p.parts
     assert n.pieces[p.part - 1] == p.new_code
+
+
+def test_removing_the_first_cfg_variant_deletes_it_and_leaves_its_namesake_alone():
+    unix = '#[cfg(unix)]\nfn path() -> &str { "/" }\n'
+    windows = '#[cfg(windows)]\nfn path() -> &str { "\\\\" }\n'
+    assert changes(unix + windows, windows) == [("deleted", "m::path", None)]
+
+
+def test_a_container_gaining_its_first_member_is_not_itself_changed():
+    assert changes("impl Error for E {}\n", "impl Error for E {\n    fn source(&self) {}\n}\n") == [
+        ("added", None, "m::<E as Error>::source")]
+    assert changes("mod a {\n    fn helper() {}\n}\n", "mod a {}\n") == [("deleted", "m::a::helper", None)]
+    # a memberless container is a unit of its own
+    assert changes("", "impl Marker for E {}\n") == [("added", None, "m::<E as Marker>")]
+
+
+def test_a_unit_moved_within_its_file_is_unchanged():
+    a, b = "fn a() -> u8 { 1 }\n", "fn b() -> u8 { 2 }\n"
+    assert changes(a + b, b + a) == []
