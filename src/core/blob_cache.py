@@ -80,13 +80,18 @@ class BlobCache:
         return entry if isinstance(entry, dict) else None
 
     def missing(self, blobs: list[str]) -> set[str]:
-        """The blobs of ``blobs`` that have no entry yet."""
+        """The blobs of ``blobs`` that have no usable entry (absent or damaged)."""
         conn = _connect(self.path)
         have: set[str] = set()
         for i in range(0, len(blobs), 500):
             keys = [self.prefix + b for b in blobs[i:i + 500]]
             marks = ",".join("?" * len(keys))
-            have.update(k for (k,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
+            for key, entry in conn.execute(f"SELECT key, entry FROM units WHERE key IN ({marks})", keys):
+                try:
+                    if isinstance(marshal.loads(entry), dict):
+                        have.add(key)
+                except (ValueError, EOFError, TypeError):
+                    pass  # damaged: parsed again and overwritten
         return {b for b in blobs if self.prefix + b not in have}
 
     def put_many(self, entries: list[tuple[str, dict[str, Any]]]) -> None:

@@ -34,6 +34,10 @@ class CommitBuilder:
         layouts = [fmt.segments(c) for c in changes]
         if self.cfg.train_on is not None:
             wanted = set(self.cfg.train_on)
+            names = {seg.name for layout in layouts for seg in layout}
+            if layouts and not wanted & names:
+                raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
+                                       f"segments are: {', '.join(sorted(names))}")
             for layout in layouts:
                 for seg in layout:
                     seg.target = seg.name in wanted
@@ -81,7 +85,7 @@ class FileBuilder(CommitBuilder):
             mode, kind, blob = meta.split()
             dot = path.rfind(".")
             lang = ext.get(path[dot:] if dot > path.rfind("/") else "")
-            if kind == "blob" and mode != "120000" and lang:
+            if kind == "blob" and mode != "120000" and lang and run.source.keeps_path(path):
                 files.append((blob, lang, path))
         job = run.chunk_job()
         for lang in run.languages:

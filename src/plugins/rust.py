@@ -291,17 +291,14 @@ def _naming(name: str, parent: Unit | None, seen_names: dict[str, int]) -> tuple
     return local, parent.signature if parent.kind in ("impl", "trait") else parent.header
 
 
-_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
-
-
 class _Reuse:
     """Carries units of a file's previous version over to the new one.
 
     A unit is carried when it lies wholly before the affected region (the edited span
-    plus every range whose syntax changed) or wholly after it with a blank line in
-    between, so no doc comment or attribute can have attached to it or left it. Its
-    text, signature and cut points are unchanged; spans after the region shift by the
-    edit. Only units that are new or changed are extracted, and cut for chunking.
+    plus every range whose syntax changed) or wholly after it, and its docs and
+    attributes still start where they did (an edit nearby can attach or detach one).
+    Its text, signature and cut points are unchanged; spans after the region shift by
+    the edit. Only units that are new or changed are extracted, and cut for chunking.
     """
 
     def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
@@ -325,8 +322,7 @@ class _Reuse:
         for i, u in enumerate(self.old):
             if u.end_byte <= lo:
                 self.before[u.end_byte] = i
-            elif u.start_byte >= old_end and u.start_byte + self.delta >= hi \
-                    and _BLANK_LINE.search(new, hi, u.start_byte + self.delta):
+            elif u.start_byte >= old_end and u.start_byte + self.delta >= hi:
                 self.after[u.end_byte + self.delta] = i
 
     def same_text(self, text: str) -> Unit | None:
@@ -348,8 +344,8 @@ class _Reuse:
         if ITEM_KINDS[node.type] != first.kind and not (node.type == "function_item" and first.kind == "method"):
             return False
         db, dc, dl = (self.delta, self.delta_chars, self.delta_lines) if shift else (0, 0, 0)
-        if node.start_byte < first.start_byte + db:
-            return False  # not the same item: it starts before the old unit's docs and attributes
+        if _leading_trivia_start(node)[0] != first.start_byte + db:
+            return False  # its docs and attributes changed (an edit attached or detached one)
         new_index: dict[int, int] = {}
         for k in range(i, self.subtree_end[i]):
             u = self.old[k]
@@ -411,8 +407,9 @@ def _leading_trivia_start(node) -> tuple[int, int]:
     """Start (byte, row) of the doc comments and attributes attached to an item."""
     start, row = node.start_byte, node.start_point.row
     prev = node.prev_sibling
-    # attached means no blank line between the doc/attribute and what follows it
-    while prev is not None and _is_outer_doc(prev) and node.start_point.row - prev.end_point.row <= 1:
+    # as in rustc, outer doc comments and attributes belong to the next item even across
+    # blank lines; any other node (a plain comment, another item) ends the run
+    while prev is not None and _is_outer_doc(prev):
         start, row = prev.start_byte, prev.start_point.row
         node = prev
         prev = node.prev_sibling

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from core.errors import CommitforgeError
 from core.gitio import Repository, iter_log
 from core.hookspecs import hookimpl
-from core.records import CommitRecord
+from core.records import CommitRecord, FileChange
 from core.stats import Counter
 
 SUBMODULE_MODE = "160000"
@@ -66,7 +66,8 @@ class GitSource:
             args.append(f"--max-count={cfg.max_commits}")
         return args + repo.resolve_range(cfg.rev) + ["--"]
 
-    def _keep_path(self, path: str) -> bool:
+    def keeps_path(self, path: str) -> bool:
+        """Whether the include/exclude globs keep ``path``."""
         if self.cfg.include and not any(fnmatch.fnmatchcase(path, g) for g in self.cfg.include):
             return False
         return not any(fnmatch.fnmatchcase(path, g) for g in self.cfg.exclude)
@@ -84,10 +85,18 @@ class GitSource:
             for fc in rec.files:
                 path = fc.path
                 lang = extensions.get(_extension(path))
+                old_lang = extensions.get(_extension(fc.old_path)) if fc.old_path else None
+                if lang is None and old_lang is not None and fc.change in ("M", "R"):
+                    # renamed away from the language (src/c.rs -> src/c.txt): its units are deleted
+                    fc = FileChange("D", fc.old_path, None, fc.old_blob, None, None, None, fc.old_mode, None)
+                    path, lang = fc.old_path, old_lang  # type: ignore[assignment]
+                elif lang is not None and fc.change == "R" and old_lang is None:
+                    # renamed into the language (notes.txt -> notes.rs): an addition
+                    fc = FileChange("A", None, fc.new_path, None, fc.new_blob, None, None, None, fc.new_mode)
                 if lang is None:
                     stats.add("files_other_language")
                     continue
-                if not (self._keep_path(path) or (fc.old_path and self._keep_path(fc.old_path))):
+                if not (self.keeps_path(path) or (fc.old_path and self.keeps_path(fc.old_path))):
                     stats.add("files_excluded_by_glob")
                     continue
                 modes = {fc.old_mode, fc.new_mode}

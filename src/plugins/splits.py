@@ -102,8 +102,15 @@ class PathSplit:
         self.cfg = cfg
 
     def assign(self, changes: list[dict[str, Any]]) -> list[str | None]:
-        return [_by_fraction(stable_bucket(c.get("old_path") or c["path"], self.cfg.seed), self.fractions)
-                for c in changes]
+        # follow renames (changes come in commit order): a file keeps the split of its first path
+        first_path: dict[str, str] = {}
+        out = []
+        for c in changes:
+            path = c["path"]
+            if c.get("old_path"):
+                first_path[path] = first_path.get(c["old_path"], c["old_path"])
+            out.append(_by_fraction(stable_bucket(first_path.get(path, path), self.cfg.seed), self.fractions))
+        return out
 
 
 @hookimpl

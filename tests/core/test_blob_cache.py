@@ -54,3 +54,20 @@ def test_a_new_process_can_read_while_another_one_writes(tmp_path):
     finally:
         conn.execute("ROLLBACK")
         close_connections()
+
+
+def test_a_damaged_entry_is_parsed_again(tmp_path):
+    import sqlite3
+
+    from ..conftest import ScriptedRepo, manifest, run_pipeline
+
+    r = ScriptedRepo(tmp_path / "repo")
+    r.commit("one", {"src/a.rs": "fn a() {}\n"})
+    run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]")
+    close_connections()
+    (db,) = (tmp_path / "cache").glob("units-*.sqlite")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE units SET entry = x'00ff'")
+    again = run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]", f"out_dir={tmp_path / 'again'}")
+    chunk = manifest(again)["stages"]["chunk"]
+    assert chunk["skips"] == {} and chunk["counts"]["blobs_parsed"] == 1

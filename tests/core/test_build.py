@@ -176,3 +176,16 @@ def test_file_builder_uses_the_snapshot_at_the_newest_commit(repo, tmp_path, uni
     else:
         assert {e["qualname"] for e in exs} == {"app::BANNER", *(f"app::f{j}" for j in range(6))}
     assert manifest(run_dir)["stages"]["build"]["counts"]["snapshot_files"] == 1
+
+
+def test_train_on_naming_no_segment_is_refused(repo, tmp_path):
+    from core.errors import CommitforgeError
+
+    with pytest.raises(CommitforgeError, match=r"builder.train_on=\['new'\] names no segment.*new_code"):
+        run_pipeline(tmp_path, f"repo={repo.path}", "builder.train_on=[new]")
+
+
+def test_file_builder_honours_the_source_path_filters(repo, tmp_path):
+    repo.commit("vendored", {"vendor/dep.rs": "pub fn vendored() {}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=file", "split=path", "source.exclude=[vendor/*]")
+    assert not [e for e in examples(run_dir) if e["path"].startswith("vendor/")]

@@ -150,3 +150,14 @@ def test_repository_code_never_runs(scripted_repo, tmp_path):
     with BlobReader(repo.git_dir) as reader:
         assert reader.read(commits[0].files[0].new_blob) == b"fn a() {}\n"
     assert not canary.exists()
+
+
+def test_renaming_a_file_out_of_or_into_the_language_deletes_or_adds_it(scripted_repo):
+    r = scripted_repo
+    r.commit("base", {"src/c.rs": "fn c() {}\n" * 30, "notes.txt": "fn n() {}\n" * 30})
+    r.commit("to text", renames={"src/c.rs": "src/c.txt"})
+    r.commit("to rust", renames={"notes.txt": "src/notes.rs"})
+    commits, _ = mine(r.path)
+    _, out, into = commits
+    assert [(f.change, f.old_path, f.new_path, f.lang) for f in out.files] == [("D", "src/c.rs", None, "rust")]
+    assert [(f.change, f.old_path, f.new_path) for f in into.files] == [("A", None, "src/notes.rs")]

@@ -171,7 +171,14 @@ INCREMENTAL_EDITS = [
     ("pub fn len(&self)", "pub fn new(&self)"),  # a second `new`: the #n numbering must follow
     ("union Bits { i: u32, f: f32 }", "union Bits { i: u32, f: f32"),  # syntax error
     ("}\n\nmacro_rules!", "}\nmacro_rules!"),  # blank line removed between items
+    ("\npub type Id", "\n#[cfg(test)]\n\npub type Id"),  # an attribute across a blank line attaches
 ]
+
+
+def test_doc_comments_and_attributes_attach_across_blank_lines_as_in_rustc():
+    src = b"/// doc\n\nfn a() {}\n#[test]\n\nfn b() {}\n// plain comment\nfn c() {}\n"
+    a, b, c = RustLanguage().parse(src).units
+    assert a.text.startswith("/// doc") and b.text.startswith("#[test]") and c.text == "fn c() {}"
 
 
 def test_incremental_parse_of_a_file_with_syntax_errors_equals_a_fresh_parse():

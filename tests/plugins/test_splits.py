@@ -58,3 +58,12 @@ def test_random_and_path_splits_are_stable_and_roughly_proportional():
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(CommitforgeError, match="split.fractions"):
         TemporalSplit(TemporalSplitConfig(fractions=fractions))
+
+
+def test_path_split_follows_renames():
+    rows = [{"commit": f"c{i}", "time": "2024-01-01T00:00:00Z", "path": p, "old_path": o}
+            for i, (p, o) in enumerate([("src/old.rs", None), ("src/new.rs", "src/old.rs"), ("src/new.rs", None),
+                                        ("src/newer.rs", "src/new.rs"), ("src/newer.rs", None)])]
+    for seed in range(20):
+        got = PathSplit(PathSplitConfig(seed=seed)).assign(rows)
+        assert len(set(got)) == 1
