@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import zlib
 from array import array
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,11 +67,16 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
     """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries.
 
     ``cuts`` are (offset, depth) pairs between sibling nodes in increasing offset
-    order; shallower cuts are tried
-    first and a segment still too long is cut at the next depth. Pieces after the first
-    repeat the unit's opening (up to its body's ``{``) so each piece keeps its header.
-    A segment with no cut inside (one huge token or leaf) stays whole, over the limit,
-    rather than being cut mid-token (the chunk stage counts such parts as oversize).
+    order; shallower cuts are tried first and a segment still too long is cut at the
+    next depth. Pieces after the first repeat the unit's opening (up to its body's
+    ``{``) so each piece keeps its header. A segment with no cut inside (one huge token
+    or leaf) stays whole, over the limit, rather than being cut mid-token (the chunk
+    stage counts such parts as oversize).
+
+    Segments are packed into pieces greedily, but a piece also ends before a segment
+    whose content hash marks it as an anchor once the piece is half full (content-
+    defined chunking): an edit then moves piece boundaries only up to the next anchor,
+    so the same unit before and after a small edit shares most of its pieces.
     """
     n = len(text)
     if n <= max_chars:
@@ -99,7 +105,8 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
     start = end = 0
     for a, b in segments(0, n):
         limit = max_chars if not pieces else budget
-        if end > start and b - start > limit:
+        anchor = end - start >= limit // 2 and zlib.crc32(text[a:b].encode("utf-8", "surrogatepass")) % 4 == 0
+        if end > start and (b - start > limit or anchor):
             pieces.append(text[start:end] if not pieces else prefix + text[start:end])
             start = a
         end = b

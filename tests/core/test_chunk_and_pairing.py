@@ -122,3 +122,14 @@ def test_a_container_gaining_its_first_member_is_not_itself_changed():
 def test_a_unit_moved_within_its_file_is_unchanged():
     a, b = "fn a() -> u8 { 1 }\n", "fn b() -> u8 { 2 }\n"
     assert changes(a + b, b + a) == []
+
+
+def test_a_small_edit_to_an_oversize_unit_changes_few_parts():
+    lines = [f"        Op::Code{i} => run_step({i}, \"arm {i}\")," for i in range(200)]
+    old = "pub fn dispatch(op: Op) -> u32 {\n    match op {\n" + "\n".join(lines) + "\n    }\n}\n"
+    new = old.replace("        Op::Code3 =>", "        Op::Extra => 0,\n        Op::Code3 =>")
+    o, n = chunks(old, max_chars=1000)[0], chunks(new, max_chars=1000)[0]
+    assert len(n.pieces) >= 6
+    emitted = list(part_changes("modified", o, n))
+    assert 1 <= len(emitted) <= 2  # boundaries resynchronise at the next content anchor
+    assert any("Op::Extra" in p.new_code for p in emitted)
