@@ -13,6 +13,7 @@ Merge policy (``source.merges``):
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -58,10 +59,11 @@ class GitSource:
         else:
             args += ["--diff-merges=off"]
         args += [f"-M{cfg.rename_threshold}%"] if cfg.rename_threshold else ["--no-renames"]
-        if cfg.since:
-            args.append(f"--since={cfg.since}")
-        if cfg.until:
-            args.append(f"--until={cfg.until}")
+        for key in ("since", "until"):
+            value = getattr(cfg, key)
+            if value:
+                _check_date(repo, key, str(value))
+                args.append(f"--{key}={value}")
         if cfg.max_commits:
             args.append(f"--max-count={cfg.max_commits}")
         return args + repo.resolve_range(cfg.rev) + ["--"]
@@ -119,6 +121,16 @@ class GitSource:
             stats.add("commits")
             stats.add("file_changes", len(kept))
             yield rec
+
+
+def _check_date(repo: Repository, key: str, value: str) -> None:
+    """git reads any text it cannot parse as a date as "now": refuse that instead of
+    silently mining nothing."""
+    out = repo.run("rev-parse", f"--{key}={value}", check=False).strip()
+    epoch = out.rsplit("=", 1)[-1]
+    if value.strip().lower() != "now" and (not epoch.isdigit() or abs(int(epoch) - time.time()) < 5):
+        raise CommitforgeError(f"source.{key}={value!r} is not a date git understands; "
+                               "use e.g. 2024-01-31, '2024-01-31 12:00' or '2 weeks ago'")
 
 
 def _extension(path: str) -> str:

@@ -76,6 +76,8 @@ def test_filters_globs_max_commits_since(history):
     assert [c.subject for c in only] == ["rename util"]  # matched by its new path
     late, _ = mine(history.path, since="2024-01-01T14:30:00Z")
     assert [c.subject for c in late][0] == "main work"
+    with pytest.raises(CommitforgeError, match="source.since='garbage' is not a date git understands"):
+        mine(history.path, since="garbage")
 
 
 def test_submodules_and_symlinks_are_skipped_and_counted(scripted_repo):
