@@ -74,6 +74,15 @@ class CommitforgeFormat:
         return segs
 
 
+def _context_files(c: dict[str, Any], separator: str) -> list[Segment]:
+    """Context items as files: ``{separator}{path}\n{text}\n``, droppable by rank."""
+    segs: list[Segment] = []
+    for rank, item in enumerate(c.get("context") or []):
+        segs += [Segment("context_token", separator, special=True, drop_rank=rank),
+                 Segment("context", f"{item['path']}\n{item['text']}\n", drop_rank=rank)]
+    return segs
+
+
 @dataclass
 class StarCoder1FormatConfig:
     name: str = "starcoder1"
@@ -90,10 +99,7 @@ class StarCoder1Format:
 
     def segments(self, c: dict[str, Any]) -> list[Segment]:
         tok = lambda t, target=False: Segment(t.strip("<>|"), t, special=True, target=target)  # noqa: E731
-        segs = [tok("<reponame>"), Segment("repo", c["repo"], cuttable=True)]
-        for rank, item in enumerate(c.get("context") or []):
-            segs += [Segment("context_token", "<filename>", special=True, drop_rank=rank),
-                     Segment("context", f"{item['path']}\n{item['text']}\n", drop_rank=rank)]
+        segs = [tok("<reponame>"), Segment("repo", c["repo"], cuttable=True), *_context_files(c, "<filename>")]
         segs += [tok("<filename>"), Segment("path", c["path"] + "\n"),
                  tok("<commit_before>"), Segment("old_code", c["old_code"], cuttable=True),
                  tok("<commit_msg>"), Segment("message", c["subject"], target=True),
@@ -120,10 +126,7 @@ class StarCoder2Format:
 
     def segments(self, c: dict[str, Any]) -> list[Segment]:
         tok = lambda t, target=False: Segment(t.strip("<>|"), t, special=True, target=target)  # noqa: E731
-        segs = [tok("<repo_name>"), Segment("repo", c["repo"], cuttable=True)]
-        for rank, item in enumerate(c.get("context") or []):
-            segs += [Segment("context_token", "<file_sep>", special=True, drop_rank=rank),
-                     Segment("context", f"{item['path']}\n{item['text']}\n", drop_rank=rank)]
+        segs = [tok("<repo_name>"), Segment("repo", c["repo"], cuttable=True), *_context_files(c, "<file_sep>")]
         segs += [tok("<pr>"), tok("<pr_comment>"), Segment("message", c["subject"], cuttable=True),
                  tok("<pr_file>"), Segment("path", c["path"]),
                  tok("<pr_base_code>"), Segment("old_code", c["old_code"], cuttable=True),

@@ -76,40 +76,37 @@ class RandomSplitConfig:
     seed: int = 0
 
 
+@dataclass
+class PathSplitConfig(RandomSplitConfig):
+    name: str = "path"
+
+
 class RandomSplit:
     """Commits spread at random (seeded, stable across processes) over the splits."""
 
     def __init__(self, cfg: RandomSplitConfig):
-        self.fractions = _check_fractions(cfg.fractions, "random")
+        self.fractions = _check_fractions(cfg.fractions, cfg.name)
         self.cfg = cfg
 
-    def assign(self, changes: list[dict[str, Any]]) -> list[str | None]:
-        return [_by_fraction(stable_bucket(c["commit"], self.cfg.seed), self.fractions) for c in changes]
-
-
-@dataclass
-class PathSplitConfig:
-    name: str = "path"
-    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    seed: int = 0
-
-
-class PathSplit:
-    """Files spread over the splits by a hash of their path: a file's history stays in one split."""
-
-    def __init__(self, cfg: PathSplitConfig):
-        self.fractions = _check_fractions(cfg.fractions, "path")
-        self.cfg = cfg
+    def keys(self, changes: list[dict[str, Any]]) -> list[str]:
+        return [c["commit"] for c in changes]
 
     def assign(self, changes: list[dict[str, Any]]) -> list[str | None]:
-        # follow renames (changes come in commit order): a file keeps the split of its first path
+        return [_by_fraction(stable_bucket(key, self.cfg.seed), self.fractions) for key in self.keys(changes)]
+
+
+class PathSplit(RandomSplit):
+    """Files spread over the splits by a hash of their path: a file's history stays in one
+    split, across renames (changes come in commit order; a file keeps its first path)."""
+
+    def keys(self, changes: list[dict[str, Any]]) -> list[str]:
         first_path: dict[str, str] = {}
         out = []
         for c in changes:
             path = c["path"]
             if c.get("old_path"):
                 first_path[path] = first_path.get(c["old_path"], c["old_path"])
-            out.append(_by_fraction(stable_bucket(first_path.get(path, path), self.cfg.seed), self.fractions))
+            out.append(first_path.get(path, path))
         return out
 
 

@@ -189,3 +189,21 @@ def test_file_builder_honours_the_source_path_filters(repo, tmp_path):
     repo.commit("vendored", {"vendor/dep.rs": "pub fn vendored() {}\n"})
     run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=file", "split=path", "source.exclude=[vendor/*]")
     assert not [e for e in examples(run_dir) if e["path"].startswith("vendor/")]
+
+
+@pytest.mark.parametrize("fmt,separator", [("starcoder1", "<filename>"), ("starcoder2", "<file_sep>"),
+                                           ("commitforge", "<|cf_ctx_struct|>")])
+def test_context_items_are_rendered_by_every_format(scripted_repo, tmp_path, fmt, separator):
+    r = scripted_repo
+    for k in range(6):
+        r.commit(f"c{k}", {"src/lib.rs": "pub struct Point { x: i64, y: i64 }\n\n"
+                           f"pub fn norm(p: &Point) -> i64 {{ p.x.abs() + p.y.abs() + {k} }}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}", f"format={fmt}", "context=same_file", "dedup.near=false",
+                           "dedup.exact=false")
+    ids = vocab_ids(run_dir)
+    with_context = [e for e in examples(run_dir) if any(s[0] == "context" for s in e["segments"])]
+    assert with_context and all(e["qualname"] == "norm" for e in with_context)
+    ex = with_context[0]
+    a = next(s for s in ex["segments"] if s[0] == "context")[1]
+    assert ex["input_ids"][a - 1] == ids[separator]
+    assert all(lab == -100 for s in ex["segments"] if s[0] == "context" for lab in ex["labels"][s[1]:s[2]])
