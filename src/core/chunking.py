@@ -80,6 +80,18 @@ class ChunkJob:
         return cache
 
     # -- phase 1 ---------------------------------------------------------------------
+    def parse_all(self, executor: Any, blobs: list[tuple[str, str, str | None]], stats: Counter) -> None:
+        """Parse every blob missing from the cache over the executor's workers; remember
+        the blobs that could not be read (``blob_skips``) for loading later."""
+        for lang in self.languages:
+            self._cache(lang).open()  # created once here, before workers race to create it
+        for result in executor.map(self.parse_blobs, batched(blobs, BLOB_BATCH)):
+            stats.update(result["stats"])
+            self.blob_skips.update(result["skips"])
+        for reason in self.blob_skips.values():
+            stats.add(f"blobs_{reason}")  # the file changes that needed them are the skips
+        close_readers()  # what follows reads the cache only
+
     def parse_blobs(self, batch: list[tuple[str, str, str | None]]) -> dict[str, Any]:
         """Parse blobs missing from the cache; report counts and per-blob skips.
 
@@ -137,7 +149,7 @@ class ChunkJob:
         lines = [json_line(row) for rec in batch for row in self._pair_commit(rec, stats)]
         return b"".join(lines), len(lines), stats.to_dict()
 
-    def _load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
+    def load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
         key = (blob, lang)
         hit = _LOADED.get(key)
         if hit is not None:
@@ -180,9 +192,9 @@ class ChunkJob:
             old = new = None
             reason = None
             if fc.old_blob:
-                old, reason = self._load(fc.old_blob, lang.name)
+                old, reason = self.load(fc.old_blob, lang.name)
             if reason is None and fc.new_blob:
-                new, reason = self._load(fc.new_blob, lang.name)
+                new, reason = self.load(fc.new_blob, lang.name)
             if reason is not None:
                 stats.skip(f"file_{reason}")
                 continue

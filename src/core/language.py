@@ -27,3 +27,9 @@ class Language(Protocol):
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""
+
+
+def file_extension(path: str) -> str:
+    """``.rs`` for ``src/a.rs``; empty for ``Makefile`` or ``.github/x``-style dot directories."""
+    dot = path.rfind(".")
+    return path[dot:] if dot > path.rfind("/") else ""

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import BLOB_BATCH, COMMIT_BATCH, ChunkJob, batched, close_readers, reset_memory, unique_blobs
+from core.chunking import COMMIT_BATCH, ChunkJob, batched, close_readers, reset_memory, unique_blobs
 from core.config import STAGES
 from core.errors import CommitforgeError
 from core.files import atomic_write, json_line
@@ -152,16 +152,7 @@ class Run:
         job = self.chunk_job()
         blobs = unique_blobs(commits)
         stats.add("unique_blobs", len(blobs))
-        for lang in self.languages:
-            job._cache(lang).open()
-        blob_skips: dict[str, str] = {}
-        for result in self.executor.map(job.parse_blobs, batched(blobs, BLOB_BATCH)):
-            stats.update(result["stats"])
-            blob_skips.update(result["skips"])
-        for reason in blob_skips.values():
-            stats.add(f"blobs_{reason}")  # the file changes that needed them are the skips
-        close_readers()  # phase 2 reads the cache only
-        job.blob_skips = blob_skips
+        job.parse_all(self.executor, blobs, stats)
         parse_seconds = time.perf_counter() - t0
         rows = 0
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:

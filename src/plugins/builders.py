@@ -9,10 +9,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from core.chunking import batched, close_readers
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_all
 from core.hookspecs import hookimpl
+from core.language import file_extension
 from core.stats import Counter
 
 
@@ -41,16 +41,23 @@ class CommitBuilder:
             for layout in layouts:
                 for seg in layout:
                     seg.target = seg.name in wanted
-        out = []
-        for change, split, layout, encoded in zip(changes, splits, layouts, encode_all(tokenizer, layouts)):
-            built = assemble(change, layout, encoded, tokenizer, self.cfg.max_tokens, split)
-            if built.example is None:
-                stats.skip(built.skip or "unknown")
-                continue
-            if built.truncated:
-                stats.add(f"truncated_{split}")
-            out.append(built.example)
-        return out
+        return _assemble_all(changes, splits, layouts, tokenizer, self.cfg.max_tokens, stats)
+
+
+def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: list[list[Segment]],
+                  tokenizer: Tokenizer, max_tokens: int, stats: Counter) -> list[dict[str, Any]]:
+    """Encode every layout in large batches and fit each into ``max_tokens``; count what
+    was skipped or truncated."""
+    out = []
+    for change, split, layout, encoded in zip(changes, splits, layouts, encode_all(tokenizer, layouts)):
+        built = assemble(change, layout, encoded, tokenizer, max_tokens, split)
+        if built.example is None:
+            stats.skip(built.skip or "unknown")
+            continue
+        if built.truncated:
+            stats.add(f"truncated_{split}")
+        out.append(built.example)
+    return out
 
 
 @dataclass
@@ -83,18 +90,14 @@ class FileBuilder(CommitBuilder):
                 continue
             meta, path = entry.split("\t", 1)
             mode, kind, blob = meta.split()
-            dot = path.rfind(".")
-            lang = ext.get(path[dot:] if dot > path.rfind("/") else "")
+            lang = ext.get(file_extension(path))
             if kind == "blob" and mode != "120000" and lang and run.source.keeps_path(path):
                 files.append((blob, lang, path))
         job = run.chunk_job()
-        for lang in run.languages:
-            job._cache(lang).open()
-        for result in run.executor.map(job.parse_blobs, batched([(b, lang, None) for b, lang, _ in files], 24)):
-            job.blob_skips.update(result["skips"])
+        job.parse_all(run.executor, [(b, lang, None) for b, lang, _ in files], stats)
         rows = []
         for blob, lang_name, path in files:
-            parsed, reason = job._load(blob, lang_name)
+            parsed, reason = job.load(blob, lang_name)
             if parsed is None:
                 stats.skip(f"file_{reason}")
                 continue
@@ -104,12 +107,11 @@ class FileBuilder(CommitBuilder):
                 rows.append(_snapshot_row(run, rec, path, lang_name, "file", module or path, None, parsed.text, 1, 1))
                 continue
             for chunk in run.chunker.chunk(parsed, lang, path):
-                if chunk.compare != chunk.text:
+                if chunk.members:
                     continue  # containers are covered by their member units
                 for k, piece in enumerate(chunk.pieces, 1):
                     rows.append(_snapshot_row(run, rec, path, lang_name, chunk.kind, chunk.qualname, chunk.header,
                                               piece, k, len(chunk.pieces)))
-        close_readers()
         stats.add("snapshot_files", len(files))
         return rows
 
@@ -179,14 +181,8 @@ class FimBuilder:
             layout, mode = self.layout(c)
             stats.add(f"fim_{mode}")
             layouts.append(layout)
-        out = []
-        for (change, split), layout, encoded in zip(rows, layouts, encode_all(tokenizer, layouts)):
-            built = assemble(change, layout, encoded, tokenizer, self.cfg.max_tokens, split)
-            if built.example is None:
-                stats.skip(built.skip or "unknown")
-                continue
-            out.append(built.example)
-        return out
+        return _assemble_all([c for c, _ in rows], [sp for _, sp in rows], layouts, tokenizer,
+                             self.cfg.max_tokens, stats)
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from core.errors import CommitforgeError
 from core.gitio import Repository, iter_log
 from core.hookspecs import hookimpl
+from core.language import file_extension
 from core.records import CommitRecord, FileChange
 from core.stats import Counter
 
@@ -86,8 +87,8 @@ class GitSource:
             kept = []
             for fc in rec.files:
                 path = fc.path
-                lang = extensions.get(_extension(path))
-                old_lang = extensions.get(_extension(fc.old_path)) if fc.old_path else None
+                lang = extensions.get(file_extension(path))
+                old_lang = extensions.get(file_extension(fc.old_path)) if fc.old_path else None
                 if lang is None and old_lang is not None and fc.change in ("M", "R"):
                     # renamed away from the language (src/c.rs -> src/c.txt): its units are deleted
                     fc = FileChange("D", fc.old_path, None, fc.old_blob, None, None, None, fc.old_mode, None)
@@ -131,11 +132,6 @@ def _check_date(repo: Repository, key: str, value: str) -> None:
     if value.strip().lower() != "now" and (not epoch.isdigit() or abs(int(epoch) - time.time()) < 5):
         raise CommitforgeError(f"source.{key}={value!r} is not a date git understands; "
                                "use e.g. 2024-01-31, '2024-01-31 12:00' or '2 weeks ago'")
-
-
-def _extension(path: str) -> str:
-    dot = path.rfind(".")
-    return path[dot:] if dot > path.rfind("/") else ""
 
 
 @hookimpl

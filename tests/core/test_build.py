@@ -207,3 +207,10 @@ def test_context_items_are_rendered_by_every_format(scripted_repo, tmp_path, fmt
     a = next(s for s in ex["segments"] if s[0] == "context")[1]
     assert ex["input_ids"][a - 1] == ids[separator]
     assert all(lab == -100 for s in ex["segments"] if s[0] == "context" for lab in ex["labels"][s[1]:s[2]])
+
+
+def test_file_builder_keeps_memberless_containers_and_drops_containers_of_members(repo, tmp_path):
+    repo.commit("impls", {"crates/app/src/marker.rs": "impl Marker for App {}\n\nimpl App {\n    fn go(&self) {}\n}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=file", "split=path", "dedup.near=false")
+    names = {e["qualname"] for e in examples(run_dir) if e["path"].endswith("marker.rs")}
+    assert names == {"app::marker::<App as Marker>", "app::marker::App::go"}
