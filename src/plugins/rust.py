@@ -14,7 +14,6 @@ import functools
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import tree_sitter
 import tree_sitter_rust
