@@ -20,7 +20,7 @@ from typing import Any
 
 from core.errors import CommitforgeError
 
-CACHE_FORMAT = 6
+CACHE_FORMAT = 7
 
 # one connection per (process, database): a connection must never cross a fork
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}

@@ -18,11 +18,13 @@ from typing import Any
 
 from core.blob_cache import BlobCache, close_connections
 from core.chunk import Chunker
+from core.context import UnitQuery, measure
 from core.files import json_line
 from core.gitio import BlobReader
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
 from core.records import CommitRecord, ParsedBlob, UnitChange
+from core.snapshot import Snapshot, TreeSteps
 from core.stats import Counter
 
 BLOB_BATCH = 24
@@ -50,6 +52,7 @@ def reset_memory() -> None:
     _CHUNKED.clear()
     _TREES.clear()
     _CACHES.clear()
+    _SNAPSHOTS.clear()
 
 
 def close_readers() -> None:
@@ -142,12 +145,43 @@ class ChunkJob:
         return {"stats": stats.to_dict(), "skips": skips}
 
     # -- phase 2 ---------------------------------------------------------------------
-    def pair_commits(self, batch: list[CommitRecord]) -> tuple[bytes, int, dict[str, Any]]:
+    def pair_commits(self, work: list[CommitRecord] | tuple[list[CommitRecord], TreeSteps | None]
+                     ) -> tuple[bytes, int, dict[str, Any]]:
         """The batch's UnitChange records as JSON lines (encoded here, in the worker), their
-        count, and the batch's counters."""
+        count, and the batch's counters. With TreeSteps (a context strategy that reads the
+        repository's tree), the worker's snapshot follows the batch's commits."""
+        batch, steps = work if isinstance(work, tuple) else (work, None)
         stats = Counter()
-        lines = [json_line(row) for rec in batch for row in self._pair_commit(rec, stats)]
+        snapshot = None
+        if steps is not None:
+            snapshot = self._snapshot()
+            snapshot.advance(steps.start)
+        lines = []
+        for i, rec in enumerate(batch):
+            if snapshot is not None and i > 0:
+                snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
+            lines += [json_line(row) for row in self._pair_commit(rec, stats, snapshot)]
         return b"".join(lines), len(lines), stats.to_dict()
+
+    def _snapshot(self) -> Snapshot:
+        key = (os.getpid(), id(self.context))
+        snap = _SNAPSHOTS.get(key)
+        if snap is None:
+            snap = _SNAPSHOTS[key] = Snapshot(self.languages, self._load_quietly, _reader(self.git_dir).read,
+                                              options=getattr(self.context, "options", {}))
+        return snap
+
+    def _load_quietly(self, blob: str, lang: str) -> ParsedBlob | None:
+        """A parsed blob for the snapshot's index, without evicting the pairing LRU's entries."""
+        hit = _LOADED.get((blob, lang))
+        if hit is not None:
+            return hit[0]
+        if blob in self.blob_skips:
+            return None
+        entry = self._cache(lang).get(blob)
+        if entry is None or entry["skip"] or entry["size"] > self.max_file_bytes:
+            return None
+        return ParsedBlob.from_dict(entry["parsed"])
 
     def load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
         key = (blob, lang)
@@ -185,7 +219,8 @@ class ChunkJob:
             _CHUNKED.move_to_end(key)
         return chunks
 
-    def _pair_commit(self, rec: CommitRecord, stats: Counter) -> Iterator[dict[str, Any]]:
+    def _pair_commit(self, rec: CommitRecord, stats: Counter, snapshot: Snapshot | None = None
+                     ) -> Iterator[dict[str, Any]]:
         max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
         for fc in rec.files:
             lang = self.languages[fc.lang]  # type: ignore[index]
@@ -213,12 +248,13 @@ class ChunkJob:
                     row = _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc)
                     if self.context is not None:
                         parsed, lines = (new, row.new_lines) if pc.new_code else (old, row.old_lines)
-                        row.context = self.context.items(pc.new_code or pc.old_code, row.qualname, fc.path, parsed,
-                                                         lines)
-                        stats.add("context_items", len(row.context))
-                        stats.add("context_chars", sum(len(c.text) for c in row.context))
-                        if not row.context:
-                            stats.add("unit_changes_without_context")
+                        unit = pc.new if pc.new is not None else pc.old
+                        query = UnitQuery(path=fc.path, lang=lang.name, code=pc.new_code or pc.old_code,
+                                          header=unit.header, qualname=row.qualname,
+                                          local_qualname=unit.local_qualname, parsed=parsed, lines=lines)
+                        row.context = self.context.items(query, snapshot)
+                        recall = self.context.recall and pc.new_code
+                        measure(stats, query if recall else None, row.context, snapshot)
                     yield row.to_dict()
             stats.add("unit_changes", emitted)
             if emitted == 0:
@@ -229,6 +265,7 @@ _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = Or
 _CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
+_SNAPSHOTS: dict[tuple[int, int], Snapshot] = {}
 
 
 def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.records import ParsedBlob
+
+if TYPE_CHECKING:
+    from core.context import Reference, UnitQuery
 
 
 class Language(Protocol):
@@ -27,6 +30,29 @@ class Language(Protocol):
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""
+
+    # -- cross-file context (optional: a language without them supports context=same_file only)
+    project_files: tuple[str, ...]  # names of build files the index reads, e.g. ("Cargo.toml",)
+
+    def summarize(self, parsed: ParsedBlob, options: dict[str, Any]) -> Any:
+        """What the symbol index keeps of one parsed file (cached per blob); ``options``
+        holds the context strategy's rendering settings (``max_item_chars``, ``bodies``)."""
+
+    def symbol_index(self, options: dict[str, Any]) -> SymbolIndex:
+        """An empty index, filled and kept up to date by ``SymbolIndex.update``."""
+
+
+class SymbolIndex(Protocol):
+    def update(self, files: dict[str, Any], projects: dict[str, bytes | None]) -> None:
+        """Replace files (path -> summary, None when removed or unparseable) and project
+        files (path -> bytes, None when removed)."""
+
+    def references(self, query: UnitQuery, related: bool = True) -> list[Reference]:
+        """Definitions the unit refers to (tier ``direct``), and with ``related`` the
+        definitions around them (methods called, impl blocks, types in their signatures)."""
+
+    def definitions(self, path: str) -> list[Reference]:
+        """Every definition of one file (tier ``file``)."""
 
 
 def file_extension(path: str) -> str:

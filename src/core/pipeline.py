@@ -11,13 +11,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.chunking import COMMIT_BATCH, ChunkJob, batched, close_readers, reset_memory, unique_blobs
 from core.config import STAGES
+from core.context import summary as context_summary
 from core.errors import CommitforgeError
 from core.files import atomic_write, json_line
 from core.gitio import Repository
 from core.hookspecs import KINDS
+from core.language import file_extension
 from core.manifest import Manifest, environment_versions
 from core.records import CommitRecord
 from core.registry import PluginRegistry
+from core.snapshot import plan_trees, tree_steps
 from core.stats import Counter
 
 
@@ -152,15 +155,41 @@ class Run:
         job = self.chunk_job()
         blobs = unique_blobs(commits)
         stats.add("unique_blobs", len(blobs))
+        work: list[Any] = batched(commits, COMMIT_BATCH)
+        at = getattr(self.context, "snapshot", None)
+        if at is not None:
+            # the context strategy reads whole trees: their files are parsed too
+            t_trees = time.perf_counter()
+            ext = self.extensions()
+            projects = {name for lang in self.languages.values() for name in getattr(lang, "project_files", ())}
+            keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
+            deltas = plan_trees(self.repo, commits, keep, at)
+            needed = {(b, lang) for b, lang, _ in blobs}
+            for delta in deltas:
+                for path, blob in delta.items():
+                    lang = ext.get(file_extension(path))
+                    if blob and lang and (blob, lang) not in needed:
+                        needed.add((blob, lang))
+                        blobs.append((blob, lang, None))
+            stats.add("context_tree_blobs", len(needed))
+            stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
+            work = list(zip(work, tree_steps(deltas, COMMIT_BATCH)))
         job.parse_all(self.executor, blobs, stats)
         parse_seconds = time.perf_counter() - t0
         rows = 0
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
-            for lines, count, batch_stats in self.executor.map(job.pair_commits, batched(commits, COMMIT_BATCH)):
+            for lines, count, batch_stats in self.executor.map(job.pair_commits, work):
                 stats.update(batch_stats)
                 fh.write(lines)
                 rows += count
         stats.add("parse_ms", int(parse_seconds * 1000))
+        if self.context is not None:
+            block = context_summary(stats.counts)
+            manifest.set("context", {"strategy": self.cfg.context.name, "snapshot": at,
+                                     "counted_with": getattr(self.context, "counted_with", None),
+                                     **(block or {})})
+            if block is not None:
+                self.summary["context_recall"] = block["recall"]
         manifest.stage("chunk", stats, time.perf_counter() - t0, {"chunks.jsonl": rows})
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)

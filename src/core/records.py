@@ -88,6 +88,9 @@ class ParsedBlob:
     text: str
     units: list[Unit]
     has_error: bool
+    # declarations that are not units but that context resolution reads: [kind, index of
+    # the enclosing container unit or None, text, line], e.g. ["use", None, "use a::B;", 3]
+    decls: list[list[Any]] = field(default_factory=list)
     tree: Any = None  # the parser's tree while in memory (for incremental reparsing); never stored
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class ParsedBlob:
             "lang": self.lang,
             "text": self.text,
             "has_error": self.has_error,
+            "decls": self.decls,
             "units": [[getattr(u, f) for f in _UNIT_STORED] for u in self.units],
         }
 
@@ -106,7 +110,7 @@ class ParsedBlob:
         for row in d["units"]:
             # stored rows are the Unit fields in order, without text (rebuilt from char spans)
             units.append(Unit(*row[:_TEXT_AT], text[row[_CHAR_START]:row[_CHAR_END]], *row[_TEXT_AT:]))
-        return cls(lang=d["lang"], text=text, units=units, has_error=d["has_error"])
+        return cls(lang=d["lang"], text=text, units=units, has_error=d["has_error"], decls=d["decls"])
 
 
 _UNIT_STORED = tuple(f.name for f in dataclasses.fields(Unit) if f.name != "text")

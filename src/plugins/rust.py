@@ -21,8 +21,9 @@ import tree_sitter_rust
 from core.hookspecs import hookimpl
 from core.chunk import pack_cuts
 from core.records import ParsedBlob, Unit
+from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -38,6 +39,8 @@ ITEM_KINDS = {
     "type_item": "type",
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
+# declarations that are not units but that context resolution reads (ParsedBlob.decls)
+DECL_KINDS = {"use_declaration": "use", "extern_crate_declaration": "extern_crate"}
 # Cut points are recorded for units longer than CUT_UNIT (chunkers refuse smaller limits),
 # between the children of nodes longer than CUT_MIN: enough to cut to any such limit.
 CUT_UNIT = 1000
@@ -80,6 +83,7 @@ class _Offsets:
 
 class RustLanguage:
     name = "rust"
+    project_files = ("Cargo.toml",)
 
     def __init__(self, cfg: RustConfig | None = None):
         cfg = cfg or RustConfig()
@@ -99,7 +103,8 @@ class RustLanguage:
         if self._parser is None:
             lang = tree_sitter.Language(tree_sitter_rust.language())
             self._parser = tree_sitter.Parser(lang)
-            self._query = tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in ITEM_KINDS) + "] @item")
+            kinds = [*ITEM_KINDS, *DECL_KINDS]
+            self._query = tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in kinds) + "] @item")
         return self._parser, self._query  # type: ignore[return-value]
 
     @property
@@ -112,6 +117,12 @@ class RustLanguage:
 
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
+
+    def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
+        return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
+
+    def symbol_index(self, options: dict) -> RustIndex:
+        return RustIndex(rust_module_path)
 
     def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
         """Units of one blob.
@@ -140,6 +151,7 @@ class RustLanguage:
         root = tree.root_node
         offsets = _Offsets(source, text)
         units: list[Unit] = []
+        decls: list[list] = []
         seen_names: dict[str, int] = {}
         # One depth-1 query per body (the file, then each container's body): the cursor
         # never descends into function bodies, which hold most of a tree's nodes.
@@ -150,12 +162,18 @@ class RustLanguage:
             nodes = cursor.captures(body).get("item", [])
             nodes.sort(key=lambda n: n.start_byte)
             for node in nodes:
-                if reuse is not None and reuse.carry(node, units, parent_idx, seen_names):
+                decl = DECL_KINDS.get(node.type)
+                if decl is None and node.type == "mod_item" and node.child_by_field_name("body") is None:
+                    decl = "mod"  # `mod foo;` declares a file module; it is not a unit
+                if decl is not None:
+                    start = _leading_trivia_start(node)[0]
+                    decls.append([decl, parent_idx, text[offsets.char(start):offsets.char(node.end_byte)],
+                                  node.start_point.row + 1])
+                    continue
+                if reuse is not None and reuse.carry(node, units, parent_idx, seen_names, decls):
                     continue
                 is_container = node.type in CONTAINERS
                 body_node = node.child_by_field_name("body") if is_container else None
-                if node.type == "mod_item" and body_node is None:
-                    continue  # `mod foo;` declares a file module; it is not a unit
                 idx = len(units)
                 units.append(self._unit(node, source, text, offsets, units, parent_idx, container, seen_names, reuse))
                 if body_node is not None and level < self.cfg.max_nesting:
@@ -163,7 +181,7 @@ class RustLanguage:
 
         visit(root, None, None, 0)
         self._skeletons(units, [u.char_start for u in units])
-        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, tree=tree)
+        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, decls=decls, tree=tree)
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
               parent_idx: int | None, container, seen_names: dict[str, int],
@@ -316,6 +334,10 @@ class _Reuse:
             if p is not None:
                 self.subtree_end[p] = max(self.subtree_end[p], self.subtree_end[i])
         self._by_text: dict[str, Unit] | None = None
+        self.decls_in: dict[int, list[list]] = {}
+        for d in old_parsed.decls:
+            if d[1] is not None:
+                self.decls_in.setdefault(d[1], []).append(d)
         self.before: dict[int, int] = {}
         self.after: dict[int, int] = {}
         for i, u in enumerate(self.old):
@@ -330,8 +352,9 @@ class _Reuse:
             self._by_text = {u.text: u for u in self.old if not u.has_error}
         return self._by_text.get(text)
 
-    def carry(self, node, units: list[Unit], parent_idx: int | None, seen_names: dict[str, int]) -> bool:
-        """Append the carried-over subtree for ``node`` if there is one."""
+    def carry(self, node, units: list[Unit], parent_idx: int | None, seen_names: dict[str, int],
+              decls: list[list]) -> bool:
+        """Append the carried-over subtree for ``node`` (and the declarations in it) if there is one."""
         end = node.end_byte
         i = self.before.get(end)
         shift = i is None
@@ -358,6 +381,8 @@ class _Reuse:
             units.append(Unit(kind, u.name, local, header, u.signature, u.start_byte + db, u.end_byte + db,
                               u.start_line + dl, u.end_line + dl, u.has_error, u.text, u.char_start + dc,
                               u.char_end + dc, parent, u.body_open, u.cuts))
+            for kind, _, text, line in self.decls_in.get(k, ()):
+                decls.append([kind, new_index[k], text, line + dl])
         return True
 
 

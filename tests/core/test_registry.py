@@ -46,8 +46,8 @@ def test_unknown_name_lists_available_and_validate_types_config():
     reg = PluginRegistry(load_entry_points=False)
     with pytest.raises(CommitforgeError, match="unknown chunker 'semantic'; available: ast, window"):
         reg.get("chunker", "semantic")
-    with pytest.raises(CommitforgeError, match="unknown context 'imports'; available: none, same_file"):
-        reg.get("context", "imports")
+    with pytest.raises(CommitforgeError, match="unknown context 'callgraph'; available: imports, none, repomap, same_file"):
+        reg.get("context", "callgraph")
     typed = reg.validate("chunker", {"name": "ast", "max_chars": "8000"})
     assert typed.max_chars == 8000
     with pytest.raises(CommitforgeError, match=r"bad config chunker.max_chars for chunker 'ast'"):

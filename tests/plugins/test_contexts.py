@@ -1,11 +1,203 @@
-"""Context strategy same_file: definitions the unit names, from its own file, at its commit."""
+"""Context strategies on a multi-crate Cargo workspace with a scripted history.
+
+The workspace has a library crate with nested modules, a re-export, a glob import,
+an alias, a ``#[path]`` module, an exported macro and a trait implemented in another
+file; an app crate depends on it under a renamed dependency. Tests check what each
+strategy puts in a unit's context and that the context follows history.
+"""
 
 from __future__ import annotations
 
-from plugins.contexts import SameFileContext, SameFileContextConfig
+import pytest
+
+from core.context import UnitQuery
+from core.errors import CommitforgeError
+from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
+                              SameFileContext, SameFileContextConfig)
 from plugins.rust import RustLanguage
 
-from ..conftest import ScriptedRepo, read_jsonl, run_pipeline
+from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+
+WORKSPACE = {
+    "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n\n[workspace.dependencies]\n'
+                  'geo = { path = "crates/geo-core", package = "geo-core" }\n',
+    "crates/geo-core/Cargo.toml": '[package]\nname = "geo-core"\nversion = "0.1.0"\n',
+    "crates/geo-core/src/lib.rs": """//! Geometry.
+pub mod shapes;
+pub mod units;
+#[path = "algo_impl.rs"]
+pub mod algo;
+
+pub use shapes::circle::Circle;
+pub use units::*;
+
+#[macro_export]
+macro_rules! square {
+    ($x:expr) => { $x * $x };
+}
+
+/// Anything with an area.
+pub trait Area {
+    fn area(&self) -> Meters;
+    fn describe(&self) -> String { String::from("shape") }
+}
+""",
+    "crates/geo-core/src/units.rs": """/// A length in meters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Meters(pub f64);
+
+pub const ORIGIN: (f64, f64) = (0.0, 0.0);
+
+impl Meters {
+    pub fn new(v: f64) -> Self { Meters(v) }
+    pub fn value(&self) -> f64 { self.0 }
+}
+""",
+    "crates/geo-core/src/shapes/mod.rs": "pub mod circle;\npub mod polygon;\n",
+    "crates/geo-core/src/shapes/circle.rs": """use crate::{Area, Meters as M};
+
+/// A circle.
+pub struct Circle {
+    pub radius: M,
+}
+
+impl Area for Circle {
+    fn area(&self) -> M {
+        M(3.14159 * square!(self.radius.value()))
+    }
+}
+""",
+    "crates/geo-core/src/shapes/polygon.rs": """use super::super::units::Meters;
+
+pub struct Polygon { pub sides: Vec<Meters> }
+
+pub fn perimeter(p: &Polygon) -> Meters {
+    Meters(p.sides.iter().map(|s| s.value()).sum())
+}
+""",
+    "crates/geo-core/src/algo_impl.rs": """use crate::shapes::polygon::{self, Polygon};
+
+pub fn longest(p: &Polygon) -> f64 {
+    polygon::perimeter(p).value()
+}
+""",
+    "crates/app/Cargo.toml": '[package]\nname = "app"\nversion = "0.1.0"\n\n[dependencies]\n'
+                             'geo = { workspace = true }\n',
+    "crates/app/src/main.rs": """use geo::{Area, Circle};
+use geo::units::Meters;
+
+fn main() {
+    let c = Circle { radius: Meters::new(2.0) };
+    println!("{}", c.area().value());
+}
+""",
+}
+
+
+def _context(rows: list[dict], qualname: str, commit: str | None = None) -> list[dict]:
+    hits = [r for r in rows if r["qualname"] == qualname and (commit is None or r["commit"] == commit)]
+    assert hits, f"no unit change for {qualname}"
+    return hits[-1]["context"]
+
+
+@pytest.fixture
+def workspace(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    scripted_repo.commit("geometry workspace", WORKSPACE)
+    return scripted_repo
+
+
+def test_imports_resolve_across_crates_modules_reexports_globs_aliases_and_path_modules(workspace, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "stages=[mine,chunk]")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    main = {c["qualname"]: c for c in _context(rows, "app::main")}
+    # `geo` is the workspace's renamed dependency on geo-core; Circle is re-exported at its root,
+    # Meters is reached through `units::Meters` (and a `pub use units::*` glob)
+    assert {"geo_core::shapes::circle::Circle", "geo_core::units::Meters"} <= set(main)
+    assert main["geo_core::shapes::circle::Circle"]["text"].startswith("/// A circle.\npub struct Circle")
+    assert main["geo_core::shapes::circle::Circle"]["why"].startswith("direct")
+    # associated functions and the methods main calls on the types it names come with their impl
+    # headers, trait methods included (`c.area()` is `<Circle as Area>::area`)
+    assert main["geo_core::units::Meters::new"]["text"] == "impl Meters {\n    pub fn new(v: f64) -> Self;\n}"
+    assert main["geo_core::shapes::circle::<Circle as Area>::area"]["why"] == "method: .area()"
+    assert "geo_core::units::Meters::value" in main
+
+    area = {c["qualname"]: c for c in _context(rows, "geo_core::shapes::circle::<Circle as Area>::area")}
+    # `Meters as M` alias, `crate::Area`, the exported macro, the Self type from the impl header
+    assert {"geo_core::units::Meters", "geo_core::Area", "geo_core::square",
+            "geo_core::shapes::circle::Circle"} <= set(area)
+    assert "geo_core::shapes::circle::<Circle as Area>::area" not in area  # never the unit itself
+    # a trait is rendered as its item signatures, without default bodies
+    assert area["geo_core::Area"]["text"] == ("/// Anything with an area.\npub trait Area {\n    fn area(&self) -> Meters;\n"
+                                              "    fn describe(&self) -> String;\n}")
+
+    longest = {c["qualname"] for c in _context(rows, "geo_core::algo_impl::longest")}
+    # `#[path]` module: `crate::shapes::polygon::{self, Polygon}` and `polygon::perimeter`
+    assert {"geo_core::shapes::polygon::Polygon", "geo_core::shapes::polygon::perimeter"} <= longest
+    perimeter = {c["qualname"] for c in _context(rows, "geo_core::shapes::polygon::perimeter")}
+    assert "geo_core::units::Meters" in perimeter  # super::super::units::Meters
+
+    ctx = manifest(run_dir)["context"]
+    assert ctx["strategy"] == "imports" and ctx["snapshot"] == "commit"
+    assert ctx["recall"] == 1.0 and ctx["refs"] >= 10  # nothing referenced was left out at 2048 tokens
+
+
+def test_context_follows_history_and_snapshot_choice(workspace, tmp_path):
+    grown = WORKSPACE["crates/geo-core/src/units.rs"].replace("pub struct Meters(pub f64);",
+                                                              "pub struct Meters(pub f64, pub &'static str);")
+    second = workspace.commit("meters carry a unit label", {
+        "crates/geo-core/src/units.rs": grown,
+        "crates/app/src/main.rs": WORKSPACE["crates/app/src/main.rs"].replace("2.0", "3.0"),
+    })
+    rows_commit = read_jsonl(run_pipeline(tmp_path / "c", f"repo={workspace.path}", "context=imports",
+                                          "stages=[mine,chunk]") / "chunks.jsonl")
+    rows_parent = read_jsonl(run_pipeline(tmp_path / "p", f"repo={workspace.path}", "context=imports",
+                                          "context.snapshot=parent", "stages=[mine,chunk]") / "chunks.jsonl")
+
+    def meters(rows, commit=None):
+        return next(c["text"] for c in _context(rows, "app::main", commit) if c["qualname"] == "geo_core::units::Meters")
+
+    first = next(r["commit"] for r in rows_commit if r["commit"] != second)
+    assert "&'static str" not in meters(rows_commit, first)
+    assert "pub struct Meters(pub f64, pub &'static str);" in meters(rows_commit, second)  # the tree after the commit
+    assert "&'static str" not in meters(rows_parent, second)  # the tree before it
+    assert not _context(rows_parent, "app::main", first)  # the first commit's parent is an empty tree
+
+
+def test_same_file_and_none_measure_recall_against_the_same_references(workspace, tmp_path):
+    figures = {}
+    for strategy in ("imports", "same_file", "none"):
+        extra = ["context.recall=true", "context.snapshot=commit"] if strategy == "none" else []
+        run_dir = run_pipeline(tmp_path / strategy, f"repo={workspace.path}", f"context={strategy}",
+                               "stages=[mine,chunk]", *extra)
+        figures[strategy] = manifest(run_dir)["context"]
+    assert figures["imports"]["refs"] == figures["same_file"]["refs"] == figures["none"]["refs"] > 0
+    assert figures["none"]["recall"] == 0.0 and figures["none"]["empty_share"] == 1.0
+    assert 0 < figures["same_file"]["recall"] < figures["imports"]["recall"] == 1.0
+
+
+def test_budget_packs_whole_items_best_first(workspace, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "context.max_tokens=40",
+                           "stages=[mine,chunk]")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    for row in rows:
+        cost = sum(-(-len(f"{c['path']}\n{c['text']}") // 3.2) for c in row["context"])
+        assert cost <= 40
+        scores = [c["score"] for c in row["context"]]
+        assert scores == sorted(scores, reverse=True)
+    main = _context(rows, "app::main")
+    assert main and len(main) < 4  # fewer items than the full budget holds
+    assert manifest(run_dir)["context"]["recall"] < 1.0
+
+
+def _query(src: str, path: str, name: str) -> UnitQuery:
+    lang = RustLanguage()
+    parsed = lang.parse(src.encode())
+    unit = next(u for u in parsed.units if u.name == name)
+    module = lang.module_path(path)
+    return UnitQuery(path=path, lang="rust", code=unit.text, header=unit.header,
+                     qualname=f"{module}::{unit.local_qualname}" if module else unit.local_qualname,
+                     local_qualname=unit.local_qualname, parsed=parsed, lines=(unit.start_line, unit.end_line))
+
 
 SRC = """pub struct Ledger { entries: Vec<Entry> }
 
@@ -24,26 +216,34 @@ impl Ledger {
 
 
 def test_same_file_context_holds_the_named_definitions_ranked_and_budgeted():
-    parsed = RustLanguage().parse(SRC.encode())
-    total = next(u for u in parsed.units if u.name == "total")
-    span = (total.start_line, total.end_line)
-    items = SameFileContext(SameFileContextConfig()).items(total.text, "m::Ledger::total", "src/m.rs", parsed, span)
-    assert [i.qualname for i in items] == ["Entry", "LIMIT"]  # Entry is named twice; Ledger is not named
+    q = _query(SRC, "src/m.rs", "total")
+    items = SameFileContext(SameFileContextConfig()).items(q, None)
+    assert [i.qualname for i in items] == ["m::Entry", "m::LIMIT"]  # Entry is named twice; Ledger is not named
     assert items[0].text == "pub struct Entry { amount: i64 }" and items[0].why == "same_file"
     assert not any("total" in i.text for i in items)  # never the unit itself
-    small = SameFileContext(SameFileContextConfig(max_chars=40)).items(total.text, "m::Ledger::total", "src/m.rs",
-                                                                       parsed, span)
-    assert sum(len(i.text) for i in small) <= 40 and small
+    small = SameFileContext(SameFileContextConfig(max_tokens=12)).items(q, None)
+    assert [i.qualname for i in small] == ["m::LIMIT"]  # Entry's 12 tokens do not fit next to its path
 
 
-def test_context_shows_the_definition_as_of_the_commit(scripted_repo: ScriptedRepo, tmp_path):
-    r = scripted_repo
-    r.commit("v1", {"src/lib.rs": SRC})
-    r.commit("entries get a memo", {"src/lib.rs": SRC.replace("{ amount: i64 }", "{ amount: i64, memo: String }")
-                                    .replace(".min(LIMIT)", ".min(LIMIT) + 0")})
-    run_dir = run_pipeline(tmp_path, f"repo={r.path}", "context=same_file", "stages=[mine,chunk]")
+def test_strategy_settings_are_checked():
+    with pytest.raises(CommitforgeError, match="context.snapshot='tip' is not one of commit, parent"):
+        ImportsContext(ImportsContextConfig(snapshot="tip"))
+    with pytest.raises(CommitforgeError, match="context.max_tokens=-1"):
+        SameFileContext(SameFileContextConfig(max_tokens=-1))
+    with pytest.raises(CommitforgeError, match="context.damping=1.5"):
+        RepoMapContext(RepoMapContextConfig(damping=1.5))
+
+
+def test_repomap_ranks_files_the_unit_file_points_at(workspace, tmp_path):
+    run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=repomap", "stages=[mine,chunk]")
     rows = read_jsonl(run_dir / "chunks.jsonl")
-    total = [row for row in rows if row["qualname"] == "Ledger::total"]
-    assert [row["change"] for row in total] == ["added", "modified"]
-    first, second = (next(c["text"] for c in row["context"] if c["qualname"] == "Entry") for row in total)
-    assert "memo" not in first and "memo: String" in second
+    main = _context(rows, "app::main")
+    assert main and all(c["why"].startswith("repomap: rank") for c in main)
+    named = [c["qualname"] for c in main if "named" in c["why"]]
+    # the definitions main names come first (types and impl blocks; methods live in the impls),
+    # then the rest of the files its references point at, by file rank
+    assert main[:len(named)] == [c for c in main if "named" in c["why"]]
+    assert {"geo_core::units::Meters", "geo_core::shapes::circle::Circle"} <= set(named)
+    assert not any(c["kind"] == "method" for c in main)
+    assert "geo_core::units::ORIGIN" in [c["qualname"] for c in main[len(named):]]
+    assert manifest(run_dir)["context"]["strategy"] == "repomap"

@@ -1,0 +1,159 @@
+"""What context strategies share: the unit they are asked about, the references a
+language's symbol index finds, ranking, packing to a token budget, and recall.
+
+A context strategy (plugin kind ``context``) has
+
+- ``snapshot``: ``None`` when it needs only the unit's own file, else ``"commit"`` or
+  ``"parent"`` (see core.snapshot): the tree the chunk stage keeps up to date for it;
+- ``recall``: whether the run measures context recall (needs a snapshot);
+- ``items(query, snapshot) -> list[ContextItem]``: the context of one unit, best first.
+
+**Recall** is measured the same way whatever the strategy: the definitions in the
+repository that a unit's ``new_code`` names directly (resolved by the language's index
+at the snapshot, the unit itself excluded) are its references; recall is the share of
+them whose definition (same path and qualified name) is among the unit's context items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from core.records import ContextItem, ParsedBlob
+from core.stats import Counter
+
+
+@dataclass(slots=True)
+class UnitQuery:
+    """One unit change, as a context strategy sees it."""
+
+    path: str
+    lang: str
+    code: str  # new code, or old code for a deletion
+    header: str | None  # enclosing impl/trait header
+    qualname: str
+    local_qualname: str
+    parsed: ParsedBlob | None  # the version of the file the code comes from
+    lines: tuple[int, int] | None  # the unit's line span in ``parsed``
+
+
+@dataclass(slots=True)
+class Reference:
+    """A definition a unit refers to, as a language's symbol index finds it."""
+
+    path: str
+    qualname: str
+    kind: str
+    text: str  # rendered skeleton
+    count: int  # how often the unit names it
+    distance: int  # module distance from the unit
+    tier: str  # direct | method | impl | related | file
+    why: str
+    name: str = ""
+
+
+TIER_SCORE = {"direct": 100.0, "method": 60.0, "impl": 40.0, "related": 20.0, "file": 0.0}
+
+
+def score(ref: Reference) -> float:
+    """Direct references first, then by how often they are named and module distance."""
+    return TIER_SCORE.get(ref.tier, 0.0) + 2.0 * min(ref.count, 20) - 0.5 * min(ref.distance, 10)
+
+
+class CharCounter:
+    """Token counts estimated from characters (when no tokenizer is loaded yet)."""
+
+    def __init__(self, chars_per_token: float):
+        self.chars_per_token = chars_per_token
+
+    def __call__(self, text: str) -> int:
+        return math.ceil(len(text) / self.chars_per_token)
+
+
+def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
+    """Best-scored items that fit ``max_tokens`` whole (an item that does not fit is
+    skipped, a smaller one after it may still fit); no path+qualname or text twice."""
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname))
+    out: list[ContextItem] = []
+    seen: set[tuple[str, str]] = set()
+    texts: set[str] = set()
+    left = max_tokens
+    for item in ranked:
+        key = (item.path, item.qualname)
+        if key in seen or item.text in texts:
+            continue
+        cost = count(f"{item.path}\n{item.text}")
+        if cost > left:
+            continue
+        seen.add(key)
+        texts.add(item.text)
+        left -= cost
+        out.append(item)
+        if left <= 0:
+            break
+    return out
+
+
+def to_item(ref: Reference) -> ContextItem:
+    return ContextItem(path=ref.path, qualname=ref.qualname, kind=ref.kind, text=ref.text,
+                       score=round(score(ref), 3), why=f"{ref.tier}: {ref.why}")
+
+
+RECALL_BUCKETS = 10
+
+
+def measure(stats: Counter, query: UnitQuery | None, items: list[ContextItem], snapshot: Any,
+            count: Callable[[str], int] | None = None) -> None:
+    """Add one unit's context figures to the chunk stage's counters.
+
+    ``query`` is None for a unit without new code (a deletion): only sizes are counted.
+    """
+    stats.add("context_units")
+    stats.add("context_items", len(items))
+    stats.add("context_chars", sum(len(c.text) for c in items))
+    stats.add(f"context_items_hist_{_items_bucket(len(items))}")
+    if not items:
+        stats.add("context_units_empty")
+    if query is None or snapshot is None:
+        return
+    index = snapshot.index(query.lang)
+    refs = {(r.path, r.qualname) for r in index.references(query, related=False)}
+    if not refs:
+        return
+    have = {(c.path, c.qualname) for c in items}
+    found = len(refs & have)
+    stats.add("context_units_with_refs")
+    stats.add("context_refs", len(refs))
+    stats.add("context_refs_found", found)
+    stats.add(f"context_recall_hist_{min(RECALL_BUCKETS - 1, int(RECALL_BUCKETS * found / len(refs)))}")
+
+
+def _items_bucket(n: int) -> str:
+    for edge in (0, 1, 2, 4, 8, 16):
+        if n <= edge:
+            return f"le{edge}"
+    return "gt16"
+
+
+def summary(counts: dict[str, int]) -> dict[str, Any] | None:
+    """The context block of the manifest and the run summary, from chunk-stage counts."""
+    units = counts.get("context_units", 0)
+    if not units:
+        return None
+    refs = counts.get("context_refs", 0)
+    with_refs = counts.get("context_units_with_refs", 0)
+    return {
+        "units": units,
+        "items_per_unit": round(counts.get("context_items", 0) / units, 3),
+        "chars_per_unit": round(counts.get("context_chars", 0) / units, 1),
+        "empty_share": round(counts.get("context_units_empty", 0) / units, 4),
+        "units_with_refs": with_refs,
+        "refs": refs,
+        "refs_found": counts.get("context_refs_found", 0),
+        "recall": round(counts.get("context_refs_found", 0) / refs, 4) if refs else None,
+        "recall_histogram": [counts.get(f"context_recall_hist_{i}", 0) for i in range(RECALL_BUCKETS)],
+        "items_histogram": {k[len("context_items_hist_"):]: v for k, v in sorted(counts.items())
+                            if k.startswith("context_items_hist_")},
+    }

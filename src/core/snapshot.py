@@ -1,0 +1,239 @@
+"""The repository's files at each commit, for context strategies.
+
+Context is resolved against the whole tree a unit lived in, not only the files its
+commit changed. The main process lists the tree of the first snapshot once
+(``git ls-tree``) and the difference from each snapshot to the next with one
+``git diff-tree --stdin`` process; workers replay those differences on a ``Snapshot``
+that keeps one symbol index per language up to date, so a commit that changes three
+files updates three files' worth of index.
+
+Which tree a commit's units see is the strategy's ``snapshot`` setting:
+
+- ``commit``: the tree after the commit. New code sees the definitions it compiles
+  against, including ones the same commit added or changed in other files (the
+  context can reveal part of a multi-file change: mild leakage, best recall).
+- ``parent``: the tree before the commit (its first parent). Context is what the
+  author saw before writing the change; definitions added by the same commit are
+  missing (no leakage, lower recall for new code).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import CommitforgeError
+from core.gitio import Repository, git_argv, git_env
+from core.language import file_extension
+from core.records import CommitRecord, ParsedBlob
+
+SNAPSHOTS = ("commit", "parent")
+
+
+@dataclass(slots=True)
+class TreeSteps:
+    """The snapshots of a run of commits: the first one whole, then changes."""
+
+    start: dict[str, str]  # path -> blob of the first commit's snapshot
+    deltas: list[dict[str, str | None]]  # per following commit: path -> blob, None when removed
+
+
+def check_snapshot(value: str | None) -> None:
+    if value is not None and value not in SNAPSHOTS:
+        raise CommitforgeError(f"context.snapshot={value!r} is not one of {', '.join(SNAPSHOTS)}")
+
+
+def plan_trees(repo: Repository, commits: list[CommitRecord], keep: Callable[[str], bool],
+               at: str) -> list[dict[str, str | None]]:
+    """For each commit, the kept files of its snapshot as a change from the previous
+    commit's (the first one's as a change from an empty tree)."""
+    check_snapshot(at)
+    trees: list[str | None] = []
+    for rec in commits:
+        trees.append(rec.commit if at == "commit" else (rec.parents[0] if rec.parents else None))
+    out: list[dict[str, str | None]] = []
+    if not commits:
+        return out
+    first = trees[0]
+    out.append(_ls_tree(repo, first, keep) if first else {})
+    pairs = []
+    for i in range(1, len(trees)):
+        a, b = trees[i - 1], trees[i]
+        pairs.append((a, b))
+    diffs = _diff_trees(repo, [(a, b) for a, b in pairs if a and b and a != b], keep)
+    for a, b in pairs:
+        if a == b:
+            out.append({})
+        elif a and b:
+            out.append(diffs[(a, b)])
+        elif b:  # from an empty tree (a root commit's parent) to a tree
+            out.append(_ls_tree(repo, b, keep))
+        else:  # to an empty tree: everything kept so far is removed
+            current: dict[str, str] = {}
+            for d in out:
+                apply_delta(current, d)
+            out.append({p: None for p in current})
+    return out
+
+
+def tree_steps(deltas: list[dict[str, str | None]], size: int) -> Iterator[TreeSteps]:
+    """The TreeSteps of each run of ``size`` commits, in order."""
+    tree: dict[str, str] = {}
+    applied = 0
+    for start in range(0, len(deltas), size):
+        while applied <= start:
+            apply_delta(tree, deltas[applied])
+            applied += 1
+        yield TreeSteps(start=dict(tree), deltas=deltas[start + 1:start + size])
+
+
+def apply_delta(tree: dict[str, str], delta: dict[str, str | None]) -> None:
+    for path, blob in delta.items():
+        if blob is None:
+            tree.pop(path, None)
+        else:
+            tree[path] = blob
+
+
+def _ls_tree(repo: Repository, rev: str, keep: Callable[[str], bool]) -> dict[str, str]:
+    raw = subprocess.run(git_argv(repo.git_dir, "ls-tree", "-r", "-z", "--full-tree", rev),
+                         capture_output=True, env=git_env(), check=False)
+    if raw.returncode != 0:
+        raise CommitforgeError(f"git ls-tree {rev} failed: {raw.stderr.decode(errors='replace').strip()}")
+    out: dict[str, str] = {}
+    for entry in raw.stdout.split(b"\0"):
+        if not entry:
+            continue
+        meta, _, path_b = entry.partition(b"\t")
+        mode, kind, blob = meta.split(b" ")
+        path = path_b.decode("utf-8", "surrogateescape")
+        if kind == b"blob" and mode != b"120000" and keep(path):
+            out[path] = blob.decode()
+    return out
+
+
+def _diff_trees(repo: Repository, pairs: list[tuple[str, str]], keep: Callable[[str], bool]
+                ) -> dict[tuple[str, str], dict[str, str | None]]:
+    """Changes from ``a`` to ``b`` for every pair, from one ``git diff-tree --stdin``."""
+    if not pairs:
+        return {}
+    stdin = "".join(f"{b} {a}\n" for a, b in pairs).encode()
+    proc = subprocess.run(git_argv(repo.git_dir, "diff-tree", "--stdin", "--always", "-r", "-z", "--no-renames"),
+                          input=stdin, capture_output=True, env=git_env(), check=False)
+    if proc.returncode != 0:
+        raise CommitforgeError(f"git diff-tree failed: {proc.stderr.decode(errors='replace').strip()}")
+    fields = proc.stdout.split(b"\0")
+    out: dict[tuple[str, str], dict[str, str | None]] = {}
+    it = iter(pairs)
+    current: dict[str, str | None] | None = None
+    i = 0
+    while i < len(fields):
+        f = fields[i]
+        if not f:
+            i += 1
+            continue
+        if f[:1] != b":":  # the header of the next pair: the commit id
+            a, b = next(it)
+            current = out[(a, b)] = {}
+            i += 1
+            continue
+        _, new_mode, _, new_blob, status = f[1:].split(b" ")
+        path = fields[i + 1].decode("utf-8", "surrogateescape")
+        i += 2
+        if not keep(path) or current is None:
+            continue
+        if status[:1] == b"D" or new_mode in (b"120000", b"160000"):
+            current[path] = None
+        else:
+            current[path] = new_blob.decode()
+    return out
+
+
+class Snapshot:
+    """The repository's files at one commit, in a worker, with a symbol index per language.
+
+    ``advance``/``apply`` move it to another commit's tree; the indexes built so far are
+    updated with the files that differ. Per-file summaries (what the language's index
+    keeps of a parsed file) are cached by blob, so a file version is summarised once.
+    """
+
+    def __init__(self, languages: dict[str, Any], load: Callable[[str, str], ParsedBlob | None],
+                 read: Callable[[str], bytes | None], options: dict[str, Any] | None = None,
+                 summaries: int = 16384) -> None:
+        self.languages = languages  # name -> Language
+        self.ext_lang = {e: name for name, lang in languages.items() for e in lang.extensions}
+        self.load = load  # (blob, lang) -> ParsedBlob, None when the blob was skipped
+        self.read = read  # blob -> bytes (project files such as Cargo.toml)
+        self.options = options or {}
+        self.files: dict[str, str] = {}  # path -> blob
+        self.version = 0
+        self._indexes: dict[str, Any] = {}
+        self._summaries = LRU(summaries)
+
+    def lang_of(self, path: str) -> str | None:
+        return self.ext_lang.get(file_extension(path))
+
+    def summary(self, blob: str | None, lang: str) -> Any:
+        if blob is None:
+            return None
+
+        def make() -> Any:
+            parsed = self.load(blob, lang)
+            return None if parsed is None else self.languages[lang].summarize(parsed, self.options)
+
+        return self._summaries.get_or((blob, lang), make)
+
+    def index(self, lang: str) -> Any:
+        idx = self._indexes.get(lang)
+        if idx is None:
+            idx = self._indexes[lang] = self.languages[lang].symbol_index(self.options)
+            self._update(idx, lang, self.files.items())
+        return idx
+
+    def advance(self, tree: dict[str, str]) -> None:
+        """Move to ``tree`` (path -> blob)."""
+        changed: dict[str, str | None] = {p: b for p, b in tree.items() if self.files.get(p) != b}
+        changed.update({p: None for p in self.files if p not in tree})
+        self.apply(changed)
+
+    def apply(self, delta: dict[str, str | None]) -> None:
+        if not delta:
+            return
+        self.version += 1
+        apply_delta(self.files, delta)
+        for lang, idx in self._indexes.items():
+            self._update(idx, lang, delta.items())
+
+    def _update(self, idx: Any, lang: str, items: Iterable[tuple[str, str | None]]) -> None:
+        project_names = self.languages[lang].project_files
+        sources: dict[str, Any] = {}
+        projects: dict[str, bytes | None] = {}
+        for path, blob in items:
+            if self.lang_of(path) == lang:
+                sources[path] = self.summary(blob, lang)
+            elif path.rsplit("/", 1)[-1] in project_names:
+                projects[path] = self.read(blob) if blob else None
+        if sources or projects:
+            idx.update(sources, projects)
+
+
+class LRU(OrderedDict):
+    """A small bounded mapping (most recently used last)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        try:
+            value = self[key]
+            self.move_to_end(key)
+            return value
+        except KeyError:
+            value = self[key] = make()
+            if len(self) > self.size:
+                self.popitem(last=False)
+            return value

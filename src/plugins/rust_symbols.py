@@ -1,0 +1,698 @@
+"""Rust symbol index: what each module of a Cargo workspace defines and imports.
+
+One ``RustIndex`` follows a tree through history; ``update`` replaces the files a
+commit changed. It knows:
+
+- **crates** from ``Cargo.toml``: package and ``[lib]`` names, ``[[bin]]`` targets,
+  path, workspace and renamed dependencies (``foo = { package = "bar", ... }``);
+- **modules** from file paths (``a.rs``, ``a/mod.rs``, ``src/bin``, ``tests``…), inline
+  ``mod`` blocks and ``#[path]`` attributes;
+- per module, its **items**, its ``use`` bindings (groups, aliases, ``self``, globs,
+  ``pub use`` re-exports) and ``extern crate`` names; associated items (methods, impl
+  blocks) by the type or trait they belong to; ``macro_rules!`` macros by name.
+
+``references`` resolves the paths a unit's code names (``Store``, ``crate::a::B``,
+``super::f``, ``Self::new``, ``Type::method``, ``m!``) as rustc would for modules and
+imports (no type inference: ``x.method()`` is matched by name against the methods of
+the types the unit names). Names from std or external crates resolve to nothing and
+are counted as unresolved.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.context import Reference, UnitQuery
+from core.records import ParsedBlob
+
+Mod = tuple[str, ...]  # (crate id, module names...)
+DefRef = tuple[str, int]  # (path, index into FileSymbols.defs)
+
+TYPE_KINDS = {"struct", "enum", "union", "trait", "type"}
+KEYWORDS = frozenset("""as async await break const continue crate dyn else enum extern false fn for if impl in let loop
+match mod move mut pub ref return self static struct super trait true type unsafe use where while union macro_rules
+bool char str u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64 _""".split())
+_STRIP = re.compile(r'//[^\n]*|/\*.*?\*/|b?"(?:\\.|[^"\\])*"|b?\'(?:\\.|[^\'\\\n])\'', re.S)
+_PATH = re.compile(r"(?<![\w.'])((?:[A-Za-z_]\w*\s*::\s*)*[A-Za-z_]\w*)(\s*!)?")
+_METHOD_CALL = re.compile(r"\.\s*([A-Za-z_]\w*)\s*(?:::\s*<[^()]*>)?\s*\(")
+_LOCAL_USE = re.compile(r"\buse\s+([^;{}]*(?:\{[^;]*\})?[^;{}]*);")
+_USE_TOKENS = re.compile(r"r#\w+|::|[{},*]|[A-Za-z_]\w*")
+_ATTRS = re.compile(r"^\s*(?:#!?\[[^\]]*\]\s*|//[^\n]*\n\s*|/\*.*?\*/\s*)*", re.S)
+_PATH_ATTR = re.compile(r'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
+_TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
+
+
+# -- use trees -----------------------------------------------------------------------
+
+def parse_use(text: str) -> list[tuple[tuple[str, ...], str]]:
+    """Bindings of one ``use`` (or ``extern crate``) declaration: (path, bound name),
+    the bound name being ``*`` for a glob. ``a::{self, b::c as d, e::*}`` gives
+    ``(a,) a``, ``(a, b, c) d`` and ``(a, e) *``; ``as _`` binds nothing."""
+    body = _ATTRS.sub("", text, count=1).strip().rstrip(";")
+    body = re.sub(r"^pub\s*(\([^)]*\))?\s*", "", body)
+    m = re.match(r"extern\s+crate\s+([A-Za-z_]\w*)(?:\s+as\s+([A-Za-z_]\w*))?", body)
+    if m:
+        return [((m.group(1),), m.group(2) or m.group(1))]
+    if not body.startswith("use"):
+        return []
+    tokens = [t[2:] if t.startswith("r#") else t for t in _USE_TOKENS.findall(body[3:])]
+    out: list[tuple[tuple[str, ...], str]] = []
+    pos = 0
+
+    def tree(prefix: tuple[str, ...]) -> None:
+        nonlocal pos
+        segs = list(prefix)
+        while pos < len(tokens):
+            t = tokens[pos]
+            if t == "::":
+                pos += 1
+            elif t == "{":
+                pos += 1
+                while pos < len(tokens) and tokens[pos] != "}":
+                    if tokens[pos] == ",":
+                        pos += 1
+                        continue
+                    tree(tuple(segs))
+                pos += 1
+                return
+            elif t == "*":
+                pos += 1
+                out.append((tuple(segs), "*"))
+                return
+            elif t in (",", "}"):
+                break
+            elif t == "as":
+                alias = tokens[pos + 1] if pos + 1 < len(tokens) else "_"
+                pos += 2
+                if alias != "_" and segs:
+                    out.append((tuple(segs), alias))
+                return
+            else:
+                segs.append(t)
+                pos += 1
+        if segs and len(segs) > len(prefix):
+            if segs[-1] == "self":
+                segs.pop()
+            if segs:
+                out.append((tuple(segs), segs[-1]))
+
+    while pos < len(tokens):
+        if tokens[pos] == ",":
+            pos += 1
+            continue
+        before = pos
+        tree(())
+        if pos == before:
+            pos += 1
+    return out
+
+
+# -- per-file summaries ----------------------------------------------------------------
+
+@dataclass(slots=True)
+class Def:
+    name: str
+    kind: str
+    local: str  # local qualified name in the file
+    scope: tuple[str, ...]  # enclosing inline modules
+    owner: str | None  # members and impls: the type (or trait) they belong to
+    text: str  # rendered skeleton
+    lines: tuple[int, int]
+    members: tuple[str, ...] = ()  # impls and traits: their methods' names
+
+
+@dataclass(slots=True)
+class FileSymbols:
+    defs: list[Def]
+    uses: list[tuple[tuple[str, ...], tuple[str, ...], str]]  # (scope, path, bound name or "*")
+    mods: list[tuple[tuple[str, ...], str, str | None]]  # (scope, name, #[path] value)
+    scopes: set[tuple[str, ...]] = field(default_factory=set)
+
+
+def _owner(impl_name: str) -> tuple[str, str | None]:
+    """``<Mem as Store>`` -> ("Mem", "Store"); ``Mem`` -> ("Mem", None)."""
+    if impl_name.startswith("<") and " as " in impl_name:
+        ty, trait = impl_name[1:-1].split(" as ", 1)
+        t = _TYPE_NAME.search(trait.lstrip("!"))
+        return _last(ty), t.group(1) if t else None
+    return _last(impl_name), None
+
+
+def _last(type_text: str) -> str:
+    m = _TYPE_NAME.search(type_text.split("<", 1)[0])
+    return m.group(1) if m else type_text
+
+
+def render(kind: str, text: str, signature: str, header: str | None,
+           members: list[tuple[int, int, str]], max_item_chars: int, bodies: int) -> str:
+    """A definition as a skeleton: fields, variants and signatures, no function bodies.
+
+    ``members`` are the (start, end, signature) spans in ``text`` of an impl's or a
+    trait's methods: each becomes its signature (required trait items, associated
+    types and consts stay as written)."""
+    if kind in ("fn", "method"):
+        if bodies and len(text) <= bodies:
+            return text if kind == "fn" else f"{header} {{\n{_indent(text)}\n}}"
+        return signature + ";" if kind == "fn" else f"{header} {{\n    {signature};\n}}"
+    if kind in ("trait", "impl"):
+        pieces, pos = [], 0
+        for start, end, sig in members:
+            pieces.append(text[pos:start])
+            pieces.append(sig + ";")
+            pos = end
+        pieces.append(text[pos:])
+        return _BLANK_LINES.sub("\n", "".join(pieces))
+    if len(text) <= max_item_chars:
+        return text
+    stripped = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("//", "#[")))
+    if len(stripped) <= max_item_chars:
+        return stripped
+    return signature + (";" if kind in ("const", "static", "type") else " { … }")
+
+
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + ln if ln else ln for ln in text.splitlines())
+
+
+def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbols:
+    units = parsed.units
+    scope_of: list[tuple[str, ...]] = []
+    for u in units:
+        p = u.parent
+        if p is None:
+            scope_of.append(())
+        else:
+            parent = units[p]
+            scope_of.append(scope_of[p] + (parent.name,) if parent.kind == "mod" else scope_of[p])
+    members: dict[int, list[int]] = {}
+    for i, u in enumerate(units):
+        if u.parent is not None:
+            members.setdefault(u.parent, []).append(i)
+    defs: list[Def] = []
+    scopes: set[tuple[str, ...]] = {()}
+    for i, u in enumerate(units):
+        scope = scope_of[i]
+        if u.kind == "mod":
+            scopes.add(scope + (u.name,))
+            continue
+        owner = None
+        parent = units[u.parent] if u.parent is not None else None
+        if parent is not None and parent.kind == "impl":
+            owner = _owner(parent.name)[0]
+        elif parent is not None and parent.kind == "trait":
+            owner = parent.name
+        if u.kind == "impl":
+            owner = _owner(u.name)[0]
+        kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
+        spans = [(k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids]
+        text = render(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
+        defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line),
+                        tuple(k.name for k in kids)))
+    uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
+    mods: list[tuple[tuple[str, ...], str, str | None]] = []
+    for kind, parent_idx, text, _line in parsed.decls:
+        scope = ()
+        if parent_idx is not None:
+            p = units[parent_idx]
+            if p.kind != "mod":
+                continue  # a `use` inside an impl or trait body is not valid Rust
+            scope = scope_of[parent_idx] + (p.name,)
+        if kind in ("use", "extern_crate"):
+            for path, bound in parse_use(text):
+                uses.append((scope, path, bound))
+        elif kind == "mod":
+            m = re.search(r"\bmod\s+(?:r#)?([A-Za-z_]\w*)", text)
+            if m:
+                attr = _PATH_ATTR.search(text)
+                mods.append((scope, m.group(1), attr.group(1) if attr else None))
+    return FileSymbols(defs, uses, mods, scopes)
+
+
+# -- Cargo -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Package:
+    dir: str  # "" for the repository root
+    name: str
+    lib_name: str
+    lib_path: str | None  # [lib] path, relative to dir
+    bins: tuple[tuple[str, str], ...]  # ([[bin]] name, path)
+    deps: tuple[tuple[str, str], ...]  # (name used in code, package name)
+
+
+def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Package | None:
+    """The package a ``Cargo.toml`` declares (None for a virtual workspace manifest or a
+    file that is not valid TOML)."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    pkg = doc.get("package")
+    if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
+        return None
+    name = pkg["name"]
+    lib = doc.get("lib") if isinstance(doc.get("lib"), dict) else {}
+    bins = []
+    for b in doc.get("bin", []) if isinstance(doc.get("bin"), list) else []:
+        if isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("path"), str):
+            bins.append((b["name"], b["path"]))
+    deps: dict[str, str] = {}
+    tables = [doc.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
+    for target in (doc.get("target") or {}).values() if isinstance(doc.get("target"), dict) else ():
+        if isinstance(target, dict):
+            tables += [target.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
+    for table in tables:
+        if not isinstance(table, dict):
+            continue
+        for key, spec in table.items():
+            real = key
+            if isinstance(spec, dict):
+                if spec.get("workspace") is True:
+                    real = workspace_deps.get(key, key)
+                elif isinstance(spec.get("package"), str):
+                    real = spec["package"]
+            deps[key.replace("-", "_")] = real
+    return Package(dir=posixpath.dirname(path), name=name,
+                   lib_name=(lib.get("name") if isinstance(lib.get("name"), str) else name).replace("-", "_"),
+                   lib_path=lib.get("path") if isinstance(lib.get("path"), str) else None,
+                   bins=tuple(bins), deps=tuple(sorted(deps.items())))
+
+
+def workspace_dependencies(data: bytes) -> dict[str, str]:
+    """``[workspace.dependencies]`` renames: name -> package."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    table = (doc.get("workspace") or {}).get("dependencies") if isinstance(doc.get("workspace"), dict) else None
+    out = {}
+    for key, spec in (table or {}).items():
+        out[key] = spec["package"] if isinstance(spec, dict) and isinstance(spec.get("package"), str) else key
+    return out
+
+
+# -- the index ---------------------------------------------------------------------------
+
+class RustIndex:
+    """Modules, items and imports of a Rust tree, updated file by file."""
+
+    def __init__(self, module_path) -> None:
+        self.module_path = module_path  # path -> display module path (the unit qualname prefix)
+        self.files: dict[str, FileSymbols] = {}
+        self.manifests: dict[str, bytes] = {}
+        self.packages: dict[str, Package] = {}  # dir -> package
+        self.overrides: dict[str, Mod] = {}  # #[path] targets
+        self.file_mod: dict[str, Mod] = {}
+        self.modules: dict[Mod, list[tuple[str, tuple[str, ...]]]] = {}
+        self.items: dict[Mod, dict[str, list[DefRef]]] = {}
+        self.uses: dict[Mod, list[tuple[tuple[str, ...], str]]] = {}
+        self.assoc: dict[tuple[str, str], list[DefRef]] = {}
+        self.macros: dict[str, list[DefRef]] = {}
+        self.lib_crates: dict[str, str] = {}  # lib name -> crate id
+        self.crate_deps: dict[str, dict[str, str]] = {}  # crate id -> {name in code: crate id}
+        self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
+
+    # -- maintenance ---------------------------------------------------------------------
+    def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
+        self._cache.clear()
+        structural = False
+        if manifests:
+            for path, data in manifests.items():
+                if data is None:
+                    self.manifests.pop(path, None)
+                else:
+                    self.manifests[path] = data
+            packages = self._packages()
+            if packages != self.packages:
+                self.packages = packages
+                structural = True
+        for path, syms in files.items():
+            root_file = path.endswith(("src/lib.rs", "src/main.rs"))
+            if root_file and (syms is None) != (path not in self.files):
+                structural = True  # a crate gained or lost its library or binary root
+        had_path_mods = any(m[2] for p in files if p in self.files for m in self.files[p].mods)
+        if structural:
+            for path, syms in files.items():
+                self._set(path, syms)
+            self._rebuild()
+            return
+        for path in files:
+            if path in self.files:
+                self._remove(path)
+        for path, syms in files.items():
+            self._set(path, syms)
+        if had_path_mods or any(m[2] for s in files.values() if s for m in s.mods):
+            overrides = self._overrides()
+            if overrides != self.overrides:
+                self._rebuild()
+                return
+        for path, syms in files.items():
+            if syms is not None:
+                self._add(path)
+
+    def _set(self, path: str, syms: FileSymbols | None) -> None:
+        if syms is None:
+            self.files.pop(path, None)
+        else:
+            self.files[path] = syms
+
+    def _packages(self) -> dict[str, Package]:
+        ws: dict[str, str] = {}
+        for path, data in self.manifests.items():
+            ws.update(workspace_dependencies(data))
+        out = {}
+        for path, data in sorted(self.manifests.items()):
+            pkg = parse_cargo(path, data, ws)
+            if pkg is not None:
+                out[pkg.dir] = pkg
+        return out
+
+    def _overrides(self) -> dict[str, Mod]:
+        """``#[path]`` targets -> their modules (declaring files mapped by convention)."""
+        saved, self.overrides = self.overrides, {}
+        try:
+            out: dict[str, Mod] = {}
+            for path, syms in self.files.items():
+                for scope, name, attr in syms.mods:
+                    if attr:
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(path), *scope, attr))
+                        out[target] = self.module_of(path) + scope + (name,)
+            return out
+        finally:
+            self.overrides = saved
+
+    def _rebuild(self) -> None:
+        self.lib_crates = {}
+        self.crate_deps = {}
+        by_name = {p.name: p for p in self.packages.values()}
+        for pkg in self.packages.values():
+            self.lib_crates[pkg.lib_name] = f"{pkg.dir}#lib"
+        for pkg in self.packages.values():
+            deps = {}
+            for code_name, package in pkg.deps:
+                target = by_name.get(package)
+                if target is not None:
+                    deps[code_name] = f"{target.dir}#lib"
+            deps[pkg.lib_name] = f"{pkg.dir}#lib"
+            for target_id in (f"{pkg.dir}#lib", f"{pkg.dir}#bin"):
+                self.crate_deps[target_id] = deps
+        self.overrides = self._overrides()
+        self.file_mod.clear()
+        self.modules.clear()
+        self.items.clear()
+        self.uses.clear()
+        self.assoc.clear()
+        self.macros.clear()
+        for path in self.files:
+            self._add(path)
+
+    def module_of(self, path: str) -> Mod:
+        """The module a file is, from Cargo targets and file-path conventions."""
+        hit = self.overrides.get(path)
+        if hit is not None:
+            return hit
+        d = posixpath.dirname(path)
+        pkg = None
+        while True:
+            pkg = self.packages.get(d)
+            if pkg is not None or not d:
+                break
+            d = posixpath.dirname(d)
+        if pkg is None:
+            parts = [p for p in self.module_path(path).split("::") if p]
+            return (f"?{parts[0]}" if parts else "?", *parts[1:])
+        rel = path[len(pkg.dir) + 1:] if pkg.dir else path
+        parts = rel.split("/")
+        stem = parts[-1].rsplit(".", 1)[0]
+        if pkg.lib_path and posixpath.normpath(pkg.lib_path) == rel:
+            return (f"{pkg.dir}#lib",)
+        for bname, bpath in pkg.bins:
+            if posixpath.normpath(bpath) == rel:
+                return (f"{pkg.dir}#bin:{bname}",)
+        if parts[0] == "src" and len(parts) > 1:
+            inner = parts[1:]
+            if inner[0] == "bin" and len(inner) > 1:
+                name = inner[1].rsplit(".", 1)[0]
+                crate, inner = f"{pkg.dir}#bin:{name}", inner[2:]
+                if inner and inner[-1] == "main.rs":
+                    inner = inner[:-1]
+                return (crate, *_mod_names(inner))
+            has_lib = pkg.lib_path is not None or f"{pkg.dir + '/' if pkg.dir else ''}src/lib.rs" in self.files
+            if inner == ["main.rs"] and has_lib:
+                return (f"{pkg.dir}#bin",)
+            crate = f"{pkg.dir}#lib" if has_lib else f"{pkg.dir}#bin"
+            if inner in (["lib.rs"], ["main.rs"]):
+                return (crate,)
+            return (crate, *_mod_names(inner))
+        if parts[0] in ("tests", "examples", "benches") and len(parts) > 1:
+            return (f"{pkg.dir}#{parts[0]}:{parts[1].rsplit('.', 1)[0]}", *_mod_names(parts[2:]))
+        base = posixpath.dirname(pkg.lib_path) if pkg.lib_path else ""
+        if base and rel.startswith(base + "/"):
+            return (f"{pkg.dir}#lib", *_mod_names(rel[len(base) + 1:].split("/")))
+        return (f"{pkg.dir}#lib", *_mod_names(parts)) if stem not in ("build",) else (f"{pkg.dir}#build",)
+
+    def _entries(self, path: str):
+        syms = self.files[path]
+        mod = self.module_of(path)
+        self.file_mod[path] = mod
+        crate = mod[0]
+        for scope in syms.scopes:
+            yield self.modules, mod + scope, (path, scope)
+        for i, d in enumerate(syms.defs):
+            ref = (path, i)
+            if d.owner is not None:
+                yield self.assoc, (crate, d.owner), ref
+                if d.kind == "impl":
+                    continue
+            if d.kind == "macro":
+                yield self.macros, d.name, ref
+            if d.owner is None:
+                yield self.items, (mod + d.scope, d.name), ref
+        for scope, segs, bound in syms.uses:
+            yield self.uses, mod + scope, (segs, bound)
+
+    def _add(self, path: str) -> None:
+        for table, key, value in self._entries(path):
+            if table is self.items:
+                table.setdefault(key[0], {}).setdefault(key[1], []).append(value)
+            else:
+                table.setdefault(key, []).append(value)
+
+    def _remove(self, path: str) -> None:
+        for table, key, value in self._entries(path):
+            if table is self.items:
+                bucket = table.get(key[0], {}).get(key[1])
+            else:
+                bucket = table.get(key)
+            if bucket is not None:
+                try:
+                    bucket.remove(value)
+                except ValueError:
+                    pass
+        self.file_mod.pop(path, None)
+
+    # -- resolution ----------------------------------------------------------------------
+    def definition(self, ref: DefRef) -> Def:
+        return self.files[ref[0]].defs[ref[1]]
+
+    def _extern(self, crate: str, name: str) -> str | None:
+        deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
+        if deps is None and "#" in crate:
+            deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
+        if deps is not None and name in deps:
+            return deps[name]
+        return self.lib_crates.get(name)
+
+    def lookup(self, mod: Mod, name: str, depth: int = 0) -> list[tuple[str, Any]]:
+        """What ``name`` means in module ``mod``: ("def", DefRef) and ("mod", Mod) targets."""
+        key = (mod, name)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        self._cache[key] = []  # a cycle of imports resolves to nothing
+        out: list[tuple[str, Any]] = [("def", r) for r in self.items.get(mod, {}).get(name, ())]
+        child = mod + (name,)
+        if child in self.modules:
+            out.append(("mod", child))
+        uses = self.uses.get(mod, ())
+        if not out and depth < 8:
+            for segs, bound in uses:
+                if bound == name:
+                    out += self.resolve(mod, segs, depth + 1)
+        if not out:
+            crate = self._extern(mod[0], name)
+            if crate is not None:
+                out.append(("mod", (crate,)))
+        if not out and depth < 8:
+            for segs, bound in uses:
+                if bound == "*":
+                    for kind, target in self.resolve(mod, segs, depth + 1):
+                        if kind == "mod":
+                            out += self.lookup(target, name, depth + 1)
+                        elif kind == "def" and self.definition(target).kind == "enum":
+                            out.append(("def", target))  # `use Enum::*` brings its variants
+        self._cache[key] = out
+        return out
+
+    def resolve(self, mod: Mod, segs: tuple[str, ...], depth: int = 0) -> list[tuple[str, Any]]:
+        first = segs[0]
+        if first == "crate":
+            cur: list[tuple[str, Any]] = [("mod", mod[:1])]
+        elif first == "self":
+            cur = [("mod", mod)]
+        elif first == "super":
+            cur = [("mod", mod[:-1] if len(mod) > 1 else mod)]
+        else:
+            cur = self.lookup(mod, first, depth)
+        for seg in segs[1:]:
+            nxt: list[tuple[str, Any]] = []
+            for kind, target in cur:
+                if kind == "mod":
+                    if seg == "super":
+                        nxt.append(("mod", target[:-1] if len(target) > 1 else target))
+                    elif seg != "self":
+                        nxt += self.lookup(target, seg, depth + 1)
+                    else:
+                        nxt.append((kind, target))
+                else:
+                    d = self.definition(target)
+                    if d.kind in TYPE_KINDS:
+                        members = [r for r in self.assoc.get((self.file_mod.get(target[0], ("",))[0], d.name), ())
+                                   if self.definition(r).name == seg]
+                        nxt += [("def", r) for r in members] or [("def", target)]
+            cur = nxt
+            if not cur:
+                break
+        return cur
+
+    def _scope_of(self, mod: Mod, local: str) -> Mod:
+        parts = local.split("#", 1)[0].split("::")[:-1]
+        best = mod
+        for i in range(1, len(parts) + 1):
+            if mod + tuple(parts[:i]) in self.modules:
+                best = mod + tuple(parts[:i])
+            else:
+                break
+        return best
+
+    def references(self, q: UnitQuery, related: bool = True) -> list[Reference]:
+        """The definitions a unit's code refers to, with how (``tier``) and how often."""
+        base = self.file_mod.get(q.path) or self.module_of(q.path)
+        mod = self._scope_of(base, q.local_qualname)
+        code = _STRIP.sub(" ", q.code)
+        scan = code if not q.header else q.header + "\n" + code
+        local_uses: dict[str, tuple[str, ...]] = {}
+        for m in _LOCAL_USE.finditer(code):
+            for segs, bound in parse_use("use " + m.group(1) + ";"):
+                if bound != "*":
+                    local_uses[bound] = segs
+        paths: Counter[tuple[tuple[str, ...], bool]] = Counter()
+        for m in _PATH.finditer(scan):
+            segs = tuple(s.strip() for s in m.group(1).split("::"))
+            if len(segs) == 1 and (segs[0] in KEYWORDS or segs[0] == "Self"):
+                continue
+            paths[(segs, bool(m.group(2)))] += 1
+        self_type = _owner(q.header.split(" for ", 1)[-1].split(" where ", 1)[0])[0] if q.header else None
+        direct: dict[DefRef, list] = {}
+        for (segs, is_macro), count in paths.items():
+            if is_macro:
+                targets = [("def", r) for r in self._macro(base[0], segs[-1])]
+                why = f"{segs[-1]}!"
+            else:
+                if segs[0] == "Self" and self_type:
+                    segs = (self_type, *segs[1:])
+                if segs[0] in local_uses:
+                    segs = local_uses[segs[0]] + segs[1:]
+                targets = self.resolve(mod, segs)
+                if len(segs) > 1 and targets:  # `Type::new` names Type too
+                    targets = targets + [t for t in self.resolve(mod, segs[:-1]) if t[0] == "def"]
+                why = "::".join(segs)
+            for kind, ref in targets:
+                if kind == "def" and not self._is_self(ref, q):
+                    entry = direct.setdefault(ref, [0, why])
+                    entry[0] += count
+        out = [self._reference(ref, count, "direct", why, mod) for ref, (count, why) in direct.items()]
+        if not related:
+            return out
+        # methods called on, and impl blocks of, the types the unit names
+        calls = set(_METHOD_CALL.findall(code))
+        seen = set(direct)
+        for ref in list(direct):
+            d = self.definition(ref)
+            if d.kind not in TYPE_KINDS:
+                continue
+            crate = self.file_mod.get(ref[0], ("",))[0]
+            for member in self.assoc.get((crate, d.name), ()):
+                if member in seen or self._is_self(member, q):
+                    continue
+                md = self.definition(member)
+                if md.kind == "method" and md.name in calls:
+                    seen.add(member)
+                    out.append(self._reference(member, 1, "method", f".{md.name}()", mod))
+                elif md.kind == "impl" and calls.intersection(md.members):
+                    seen.add(member)
+                    out.append(self._reference(member, 1, "impl", f"impl of {d.name}", mod))
+        # types named in the signatures and fields of what the unit names
+        for ref in list(direct)[:16]:
+            d = self.definition(ref)
+            dmod = self.file_mod.get(ref[0], mod) + d.scope
+            names = Counter(m.group(1) for m in _PATH.finditer(_STRIP.sub(" ", d.text))
+                            if m.group(1)[:1].isupper() and m.group(1) != d.name)
+            for name, count in names.items():
+                for kind, r2 in self.resolve(dmod, tuple(s.strip() for s in name.split("::"))):
+                    if kind == "def" and r2 not in seen and not self._is_self(r2, q):
+                        seen.add(r2)
+                        out.append(self._reference(r2, count, "related", f"in {d.name}", mod))
+        return out
+
+    def _macro(self, crate: str, name: str) -> list[DefRef]:
+        refs = self.macros.get(name, ())
+        same = [r for r in refs if self.file_mod.get(r[0], ("",))[0] == crate]
+        return same or list(refs)[:1]
+
+    def _is_self(self, ref: DefRef, q: UnitQuery) -> bool:
+        """The unit itself, a unit it contains, or one containing it."""
+        if ref[0] != q.path:
+            return False
+        local = self.definition(ref).local
+        own = q.local_qualname
+        return local == own or local.startswith(own + "::") or own.startswith(local + "::")
+
+    def _reference(self, ref: DefRef, count: int, tier: str, why: str, mod: Mod) -> Reference:
+        d = self.definition(ref)
+        dmod = self.file_mod.get(ref[0], ("",))
+        common = 0
+        for a, b in zip(mod, dmod):
+            if a != b:
+                break
+            common += 1
+        distance = (len(mod) - common) + (len(dmod) - common) + (4 if common == 0 else 0)
+        prefix = self.module_path(ref[0])
+        return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
+                         text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
+
+    def definitions(self, path: str) -> list[Reference]:
+        """Every definition of one file (for strategies that rank whole files)."""
+        syms = self.files.get(path)
+        if syms is None:
+            return []
+        mod = self.file_mod.get(path, ("",))
+        return [self._reference((path, i), 0, "file", "defined", mod) for i in range(len(syms.defs))]
+
+
+def _mod_names(parts: list[str]) -> tuple[str, ...]:
+    if not parts:
+        return ()
+    names = list(parts[:-1])
+    stem = parts[-1].rsplit(".", 1)[0]
+    if stem != "mod":
+        names.append(stem)
+    return tuple(re.sub(r"[^0-9A-Za-z_]", "_", n) for n in names)

@@ -1,0 +1,107 @@
+"""The Rust symbol index: use trees, Cargo manifests, module mapping, incremental updates."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from plugins.rust import RustLanguage, rust_module_path
+from plugins.rust_symbols import RustIndex, parse_cargo, parse_use, summarize
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("use a::b::C;", [(("a", "b", "C"), "C")]),
+    ("pub use crate::{x, y::z as w, q::*};", [(("crate", "x"), "x"), (("crate", "y", "z"), "w"), (("crate", "q"), "*")]),
+    ("use a::{self, b::{c, d::{e as f}}};", [(("a",), "a"), (("a", "b", "c"), "c"), (("a", "b", "d", "e"), "f")]),
+    ("use super::super::M as _;", []),  # binds no name
+    ("#[cfg(test)]\n/// doc\npub(crate) use ::std::fmt;", [(("std", "fmt"), "fmt")]),
+    ("extern crate serde as sd;", [(("serde",), "sd")]),
+    ("use r#type::Thing;", [(("type", "Thing"), "Thing")]),
+])
+def test_use_trees_flatten_to_bindings(text, expected):
+    assert parse_use(text) == expected
+
+
+def test_cargo_manifest_packages_lib_names_and_renamed_dependencies():
+    pkg = parse_cargo("crates/net/Cargo.toml", b'''[package]
+name = "net-core"
+[lib]
+name = "netc"
+[dependencies]
+wire = { path = "../wire", package = "wire-format" }
+shared = { workspace = true }
+serde = "1"
+[target.'cfg(unix)'.dependencies]
+unix-io = { path = "../unix-io" }
+''', {"shared": "shared-types"})
+    assert pkg is not None and pkg.dir == "crates/net" and pkg.lib_name == "netc"
+    assert dict(pkg.deps) == {"wire": "wire-format", "shared": "shared-types", "serde": "serde", "unix_io": "unix-io"}
+    assert parse_cargo("Cargo.toml", b"[workspace]\nmembers = []\n", {}) is None  # virtual manifest
+    assert parse_cargo("Cargo.toml", b"[package\nname=", {}) is None  # broken TOML is no package
+
+
+def _index(files: dict[str, str], manifests: dict[str, bytes]) -> RustIndex:
+    lang = RustLanguage()
+    idx = RustIndex(rust_module_path)
+    idx.update({p: summarize(lang.parse(t.encode()), 1200, 0) for p, t in files.items()}, manifests)
+    return idx
+
+
+def test_module_mapping_follows_cargo_targets_and_conventions():
+    idx = _index({"a/src/lib.rs": "", "a/src/main.rs": "", "a/src/x/mod.rs": "", "a/src/x/y.rs": "",
+                  "a/src/bin/tool.rs": "", "a/tests/it.rs": "", "b/src/main.rs": "", "b/src/util.rs": "",
+                  "loose/thing.rs": ""},
+                 {"a/Cargo.toml": b'[package]\nname = "a-lib"\n', "b/Cargo.toml": b'[package]\nname = "b"\n'})
+    assert idx.module_of("a/src/lib.rs") == ("a#lib",)
+    assert idx.module_of("a/src/main.rs") == ("a#bin",)
+    assert idx.module_of("a/src/x/mod.rs") == ("a#lib", "x")
+    assert idx.module_of("a/src/x/y.rs") == ("a#lib", "x", "y")
+    assert idx.module_of("a/src/bin/tool.rs") == ("a#bin:tool",)
+    assert idx.module_of("a/tests/it.rs") == ("a#tests:it",)
+    assert idx.module_of("b/src/util.rs") == ("b#bin", "util")  # a binary-only package
+    assert idx.module_of("loose/thing.rs") == ("?loose", "thing")  # outside any package
+    assert idx.lib_crates["a_lib"] == "a#lib"
+
+
+def _state(idx: RustIndex):
+    """Everything lookups read, order-insensitive."""
+    norm = lambda table: {k: sorted(v) for k, v in table.items() if v}  # noqa: E731
+    items = {(m, n): sorted(v) for m, names in idx.items.items() for n, v in names.items() if v}
+    return (items, norm(idx.uses), norm(idx.assoc), norm(idx.macros), norm(idx.modules), dict(idx.file_mod))
+
+
+def test_incremental_updates_equal_a_fresh_index():
+    lang = RustLanguage()
+    rng = random.Random(7)
+    versions = [
+        "pub struct S{i};\npub fn f{i}() {{}}\nimpl S{i} {{ pub fn m(&self) {{}} }}\nuse crate::m{j}::*;\n",
+        "mod inner {{ pub enum E{i} {{ A }} use super::S{j}; }}\n#[macro_export]\nmacro_rules! mac{i} {{ () => {{}} }}\n",
+        '#[path = "other{i}.rs"]\nmod p{i};\npub use self::p{i}::*;\npub trait T{i} {{ fn t(&self); }}\n',
+        "",
+    ]
+    manifests = {"Cargo.toml": b'[package]\nname = "demo"\n'}
+    idx = RustIndex(rust_module_path)
+    idx.update({}, manifests)
+    tree: dict[str, str] = {}
+    for step in range(60):
+        changes: dict[str, str | None] = {}
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(["src/lib.rs", "src/m1.rs", "src/m2.rs", "src/m1/deep.rs", "src/other1.rs", "src/main.rs"])
+            if path in tree and rng.random() < 0.25:
+                changes[path] = None
+            else:
+                changes[path] = rng.choice(versions).format(i=rng.randint(1, 3), j=rng.randint(1, 2))
+        update_manifests = {}
+        if rng.random() < 0.1:
+            update_manifests = {"Cargo.toml": b'[package]\nname = "demo"\n[lib]\nname = "demo%d"\n' % step}
+            manifests.update(update_manifests)
+        for p, t in changes.items():
+            if t is None:
+                tree.pop(p, None)
+            else:
+                tree[p] = t
+        idx.update({p: summarize(lang.parse(t.encode()), 1200, 0) if t is not None else None
+                    for p, t in changes.items()}, update_manifests)
+        fresh = _index(tree, manifests)
+        assert _state(idx) == _state(fresh), f"step {step}: {changes}"
