@@ -159,7 +159,8 @@ class UnitChange:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in _UNIT_CHANGE_FIELDS}
-        d["context"] = [dataclasses.asdict(c) for c in self.context]
+        d["context"] = [{"path": c.path, "qualname": c.qualname, "kind": c.kind, "text": c.text, "score": c.score,
+                         "why": c.why} for c in self.context]
         return d
 
 

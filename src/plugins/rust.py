@@ -458,6 +458,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
+@functools.lru_cache(maxsize=65536)
 def rust_module_path(path: str) -> str:
     """Module path of a file from its path alone (Cargo conventions).
 

@@ -45,6 +45,7 @@ _USE_TOKENS = re.compile(r"r#\w+|::|[{},*]|[A-Za-z_]\w*")
 _ATTRS = re.compile(r"^\s*(?:#!?\[[^\]]*\]\s*|//[^\n]*\n\s*|/\*.*?\*/\s*)*", re.S)
 _PATH_ATTR = re.compile(r'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
 _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
+_PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
 
 
 # -- use trees -----------------------------------------------------------------------
@@ -132,6 +133,15 @@ class FileSymbols:
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]]  # (scope, path, bound name or "*")
     mods: list[tuple[tuple[str, ...], str, str | None]]  # (scope, name, #[path] value)
     scopes: set[tuple[str, ...]] = field(default_factory=set)
+    _shape: tuple | None = None
+
+    def shape(self) -> tuple:
+        """Everything name resolution reads (not the rendered texts or line numbers): a
+        change that keeps the shape (most edits are inside bodies) keeps every lookup."""
+        if self._shape is None:
+            self._shape = (tuple((d.name, d.kind, d.scope, d.owner, d.members) for d in self.defs),
+                           tuple(self.uses), tuple(self.mods), tuple(sorted(self.scopes)))
+        return self._shape
 
 
 def _owner(impl_name: str) -> tuple[str, str | None]:
@@ -318,12 +328,27 @@ class RustIndex:
         self.macros: dict[str, list[DefRef]] = {}
         self.lib_crates: dict[str, str] = {}  # lib name -> crate id
         self.crate_deps: dict[str, dict[str, str]] = {}  # crate id -> {name in code: crate id}
+        self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
+        self._crate_names: set[str] = set()
+        self._manifest_cache: dict[tuple, Any] = {}
+        self._last: tuple[Any, bool, list[Reference]] | None = None
+        self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
+        self._related_of: dict[str, dict[int, list[tuple[DefRef, int, str]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
-        self._cache.clear()
-        structural = False
+        self._last = None
+        same_shape = not manifests and all(
+            syms is not None and path in self.files and self.files[path].shape() == syms.shape()
+            for path, syms in files.items())
+        if not same_shape:
+            self._cache.clear()
+            self._resolved.clear()
+            self._related_of.clear()
+        for path in files:
+            self._related_of.pop(path, None)  # a definition's text may change with its shape kept
+        packages_changed = False
         if manifests:
             for path, data in manifests.items():
                 if data is None:
@@ -333,27 +358,26 @@ class RustIndex:
             packages = self._packages()
             if packages != self.packages:
                 self.packages = packages
-                structural = True
-        for path, syms in files.items():
-            root_file = path.endswith(("src/lib.rs", "src/main.rs"))
-            if root_file and (syms is None) != (path not in self.files):
-                structural = True  # a crate gained or lost its library or binary root
-        had_path_mods = any(m[2] for p in files if p in self.files for m in self.files[p].mods)
-        if structural:
-            for path, syms in files.items():
-                self._set(path, syms)
-            self._rebuild()
-            return
+                packages_changed = True
+        # what decides which module a file is: packages, crate roots, #[path] attributes
+        remap = packages_changed or any(
+            path.endswith(("src/lib.rs", "src/main.rs")) and (syms is None) != (path not in self.files)
+            for path, syms in files.items())
+        remap = remap or any(m[2] for p in files if p in self.files for m in self.files[p].mods)
+        remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
         for path in files:
-            if path in self.files:
+            if path in self.file_mod:
                 self._remove(path)
         for path, syms in files.items():
             self._set(path, syms)
-        if had_path_mods or any(m[2] for s in files.values() if s for m in s.mods):
-            overrides = self._overrides()
-            if overrides != self.overrides:
-                self._rebuild()
-                return
+        if packages_changed:
+            self._crates()
+        if remap:
+            self.overrides = self._overrides()
+            for path in self.files:
+                if path not in files and self.module_of(path) != self.file_mod.get(path):
+                    self._remove(path)
+                    self._add(path)
         for path, syms in files.items():
             if syms is not None:
                 self._add(path)
@@ -365,14 +389,24 @@ class RustIndex:
             self.files[path] = syms
 
     def _packages(self) -> dict[str, Package]:
+        memo = self._manifest_cache
         ws: dict[str, str] = {}
         for path, data in self.manifests.items():
-            ws.update(workspace_dependencies(data))
+            key = ("ws", data)
+            if key not in memo:
+                memo[key] = workspace_dependencies(data)
+            ws.update(memo[key])
+        ws_key = tuple(sorted(ws.items()))
         out = {}
         for path, data in sorted(self.manifests.items()):
-            pkg = parse_cargo(path, data, ws)
+            key = (path, data, ws_key)
+            if key not in memo:
+                memo[key] = parse_cargo(path, data, ws)
+            pkg = memo[key]
             if pkg is not None:
                 out[pkg.dir] = pkg
+        if len(memo) > 4096:
+            memo.clear()
         return out
 
     def _overrides(self) -> dict[str, Mod]:
@@ -389,7 +423,8 @@ class RustIndex:
         finally:
             self.overrides = saved
 
-    def _rebuild(self) -> None:
+    def _crates(self) -> None:
+        """Crate names and dependency renames from the packages."""
         self.lib_crates = {}
         self.crate_deps = {}
         by_name = {p.name: p for p in self.packages.values()}
@@ -404,15 +439,7 @@ class RustIndex:
             deps[pkg.lib_name] = f"{pkg.dir}#lib"
             for target_id in (f"{pkg.dir}#lib", f"{pkg.dir}#bin"):
                 self.crate_deps[target_id] = deps
-        self.overrides = self._overrides()
-        self.file_mod.clear()
-        self.modules.clear()
-        self.items.clear()
-        self.uses.clear()
-        self.assoc.clear()
-        self.macros.clear()
-        for path in self.files:
-            self._add(path)
+        self._crate_names = set(self.lib_crates) | {n for d in self.crate_deps.values() for n in d}
 
     def module_of(self, path: str) -> Mod:
         """The module a file is, from Cargo targets and file-path conventions."""
@@ -459,10 +486,8 @@ class RustIndex:
             return (f"{pkg.dir}#lib", *_mod_names(rel[len(base) + 1:].split("/")))
         return (f"{pkg.dir}#lib", *_mod_names(parts)) if stem not in ("build",) else (f"{pkg.dir}#build",)
 
-    def _entries(self, path: str):
+    def _entries(self, path: str, mod: Mod):
         syms = self.files[path]
-        mod = self.module_of(path)
-        self.file_mod[path] = mod
         crate = mod[0]
         for scope in syms.scopes:
             yield self.modules, mod + scope, (path, scope)
@@ -480,14 +505,24 @@ class RustIndex:
             yield self.uses, mod + scope, (segs, bound)
 
     def _add(self, path: str) -> None:
-        for table, key, value in self._entries(path):
+        known = self.known
+        mod = self.file_mod[path] = self.module_of(path)
+        for table, key, value in self._entries(path, mod):
             if table is self.items:
                 table.setdefault(key[0], {}).setdefault(key[1], []).append(value)
+                known[key[1]] += 1
             else:
                 table.setdefault(key, []).append(value)
+                if table is self.uses:
+                    if value[1] != "*":
+                        known[value[1]] += 1
+                elif table is self.modules:
+                    known[key[-1]] += 1
+                elif table is self.macros:
+                    known[key] += 1
 
     def _remove(self, path: str) -> None:
-        for table, key, value in self._entries(path):
+        for table, key, value in self._entries(path, self.file_mod[path]):
             if table is self.items:
                 bucket = table.get(key[0], {}).get(key[1])
             else:
@@ -496,7 +531,13 @@ class RustIndex:
                 try:
                     bucket.remove(value)
                 except ValueError:
-                    pass
+                    continue
+                name = (key[1] if table is self.items else value[1] if table is self.uses
+                        else key[-1] if table is self.modules else key if table is self.macros else None)
+                if name is not None and name != "*":
+                    self.known[name] -= 1
+                    if self.known[name] <= 0:
+                        del self.known[name]
         self.file_mod.pop(path, None)
 
     # -- resolution ----------------------------------------------------------------------
@@ -543,6 +584,16 @@ class RustIndex:
         return out
 
     def resolve(self, mod: Mod, segs: tuple[str, ...], depth: int = 0) -> list[tuple[str, Any]]:
+        """What path ``segs`` means in module ``mod``."""
+        if depth == 0:
+            key = (mod, segs)
+            hit = self._resolved.get(key)
+            if hit is None:
+                hit = self._resolved[key] = self._resolve(mod, segs, 0)
+            return hit
+        return self._resolve(mod, segs, depth)
+
+    def _resolve(self, mod: Mod, segs: tuple[str, ...], depth: int) -> list[tuple[str, Any]]:
         first = segs[0]
         if first == "crate":
             cur: list[tuple[str, Any]] = [("mod", mod[:1])]
@@ -585,6 +636,15 @@ class RustIndex:
 
     def references(self, q: UnitQuery, related: bool = True) -> list[Reference]:
         """The definitions a unit's code refers to, with how (``tier``) and how often."""
+        key = (q.path, q.local_qualname, q.header, q.code)
+        if self._last is not None and self._last[0] == key and (self._last[1] or not related):
+            refs = self._last[2]
+            return refs if related else [r for r in refs if r.tier == "direct"]
+        refs = self._references(q, related)
+        self._last = (key, related, refs)
+        return refs
+
+    def _references(self, q: UnitQuery, related: bool) -> list[Reference]:
         base = self.file_mod.get(q.path) or self.module_of(q.path)
         mod = self._scope_of(base, q.local_qualname)
         code = _STRIP.sub(" ", q.code)
@@ -594,12 +654,20 @@ class RustIndex:
             for segs, bound in parse_use("use " + m.group(1) + ";"):
                 if bound != "*":
                     local_uses[bound] = segs
+        known, crates, starts = self.known, self._crate_names, _PATH_STARTS
+        found: Counter[tuple[str, str]] = Counter(_PATH.findall(scan))
         paths: Counter[tuple[tuple[str, ...], bool]] = Counter()
-        for m in _PATH.finditer(scan):
-            segs = tuple(s.strip() for s in m.group(1).split("::"))
-            if len(segs) == 1 and (segs[0] in KEYWORDS or segs[0] == "Self"):
-                continue
-            paths[(segs, bool(m.group(2)))] += 1
+        for (text, bang), count in found.items():
+            if "::" in text:
+                segs = tuple(s.strip() for s in text.split("::"))
+                first = segs[0]
+                if first not in known and first not in starts and first not in crates and first not in local_uses:
+                    continue
+            else:
+                if text not in known and text not in local_uses:
+                    continue  # a local variable, a field, std: nothing in the repository has that name
+                segs = (text,)
+            paths[(segs, bool(bang))] += count
         self_type = _owner(q.header.split(" for ", 1)[-1].split(" where ", 1)[0])[0] if q.header else None
         direct: dict[DefRef, list] = {}
         for (segs, is_macro), count in paths.items():
@@ -622,36 +690,67 @@ class RustIndex:
         out = [self._reference(ref, count, "direct", why, mod) for ref, (count, why) in direct.items()]
         if not related:
             return out
-        # methods called on, and impl blocks of, the types the unit names
+        # methods called on the types the unit names (as `impl Type { fn sig; }`); impl blocks of
+        # those types for calls that match no single method (a method of several impls)
         calls = set(_METHOD_CALL.findall(code))
         seen = set(direct)
-        for ref in list(direct):
-            d = self.definition(ref)
-            if d.kind not in TYPE_KINDS:
-                continue
-            crate = self.file_mod.get(ref[0], ("",))[0]
-            for member in self.assoc.get((crate, d.name), ()):
-                if member in seen or self._is_self(member, q):
+        if calls:
+            for ref in list(direct):
+                d = self.definition(ref)
+                if d.kind not in TYPE_KINDS:
                     continue
-                md = self.definition(member)
-                if md.kind == "method" and md.name in calls:
-                    seen.add(member)
-                    out.append(self._reference(member, 1, "method", f".{md.name}()", mod))
-                elif md.kind == "impl" and calls.intersection(md.members):
-                    seen.add(member)
-                    out.append(self._reference(member, 1, "impl", f"impl of {d.name}", mod))
+                methods, impls = self._members(self.file_mod.get(ref[0], ("",))[0], d.name)
+                for call in calls:
+                    for member in methods.get(call, ()):
+                        if member not in seen and not self._is_self(member, q):
+                            seen.add(member)
+                            out.append(self._reference(member, 1, "method", f".{call}()", mod))
+                for member in impls:
+                    md = self.definition(member)
+                    if member not in seen and calls.intersection(md.members) and not any(
+                            m in seen for c in calls.intersection(md.members) for m in methods.get(c, ())):
+                        seen.add(member)
+                        out.append(self._reference(member, 1, "impl", f"impl of {d.name}", mod))
         # types named in the signatures and fields of what the unit names
         for ref in list(direct)[:16]:
+            for r2, count, why in self._related(ref):
+                if r2 not in seen and not self._is_self(r2, q):
+                    seen.add(r2)
+                    out.append(self._reference(r2, count, "related", why, mod))
+        return out
+
+    def _related(self, ref: DefRef) -> list[tuple[DefRef, int, str]]:
+        """Definitions of the types named in one definition's skeleton (cached with lookups)."""
+        per_file = self._related_of.setdefault(ref[0], {})
+        hit = per_file.get(ref[1])
+        if hit is None:
             d = self.definition(ref)
-            dmod = self.file_mod.get(ref[0], mod) + d.scope
+            dmod = self.file_mod.get(ref[0], ("",)) + d.scope
             names = Counter(m.group(1) for m in _PATH.finditer(_STRIP.sub(" ", d.text))
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
+            hit = []
             for name, count in names.items():
                 for kind, r2 in self.resolve(dmod, tuple(s.strip() for s in name.split("::"))):
-                    if kind == "def" and r2 not in seen and not self._is_self(r2, q):
-                        seen.add(r2)
-                        out.append(self._reference(r2, count, "related", f"in {d.name}", mod))
-        return out
+                    if kind == "def" and r2 != ref:
+                        hit.append((r2, count, f"in {d.name}"))
+            per_file[ref[1]] = hit
+        return hit
+
+    def _members(self, crate: str, owner: str) -> tuple[dict[str, list[DefRef]], list[DefRef]]:
+        """Methods by name and impl blocks of a type (or trait), cached with lookups."""
+        key = ((crate, "#members"), owner)
+        hit = self._cache.get(key)
+        if hit is None:
+            methods: dict[str, list[DefRef]] = {}
+            impls: list[DefRef] = []
+            for member in self.assoc.get((crate, owner), ()):
+                md = self.definition(member)
+                if md.kind == "method":
+                    methods.setdefault(md.name, []).append(member)
+                elif md.kind == "impl":
+                    impls.append(member)
+            hit = self._cache[key] = (methods, impls)  # type: ignore[assignment]
+        return hit  # type: ignore[return-value]
 
     def _macro(self, crate: str, name: str) -> list[DefRef]:
         refs = self.macros.get(name, ())

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from core.context import UnitQuery
 from plugins.rust import RustLanguage, rust_module_path
 from plugins.rust_symbols import RustIndex, parse_cargo, parse_use, summarize
 
@@ -79,6 +80,9 @@ def test_incremental_updates_equal_a_fresh_index():
         "mod inner {{ pub enum E{i} {{ A }} use super::S{j}; }}\n#[macro_export]\nmacro_rules! mac{i} {{ () => {{}} }}\n",
         '#[path = "other{i}.rs"]\nmod p{i};\npub use self::p{i}::*;\npub trait T{i} {{ fn t(&self); }}\n',
         "",
+        # the same shape for every j (the names a lookup reads), a different related type
+        "pub enum E1 {{ A }}\npub enum E2 {{ B }}\npub struct S{i} {{ pub a: E{j} }}\n"
+        "pub fn f{i}() {{ let x = S{i}::default(); }}\nimpl S{i} {{ pub fn m(&self) {{}} }}\n",
     ]
     manifests = {"Cargo.toml": b'[package]\nname = "demo"\n'}
     idx = RustIndex(rust_module_path)
@@ -105,3 +109,28 @@ def test_incremental_updates_equal_a_fresh_index():
                     for p, t in changes.items()}, update_manifests)
         fresh = _index(tree, manifests)
         assert _state(idx) == _state(fresh), f"step {step}: {changes}"
+        # lookups cached across updates that keep every file's shape give what a fresh index gives
+        for path, text in tree.items():
+            parsed = lang.parse(text.encode())
+            for u in parsed.units:
+                q = UnitQuery(path=path, lang="rust", code=u.text, header=u.header, qualname=u.local_qualname,
+                              local_qualname=u.local_qualname, parsed=parsed, lines=(u.start_line, u.end_line))
+                got = [(r.path, r.qualname, r.tier, r.count, r.text) for r in idx.references(q)]
+                assert got == [(r.path, r.qualname, r.tier, r.count, r.text) for r in fresh.references(q)]
+
+
+def test_an_edit_that_keeps_every_name_still_refreshes_what_it_changed():
+    """Lookups survive edits inside bodies, but a field's new type must show."""
+    lang = RustLanguage()
+    text = "pub enum E1 { A }\npub enum E2 { B }\npub struct S { pub a: E1 }\npub fn f() { let x = S::default(); }\n"
+    idx = RustIndex(rust_module_path)
+    for version in (text, text.replace("pub a: E1", "pub a: E2")):
+        parsed = lang.parse(version.encode())
+        idx.update({"src/lib.rs": summarize(parsed, 1200, 0)}, {})
+        f = next(u for u in parsed.units if u.name == "f")
+        q = UnitQuery(path="src/lib.rs", lang="rust", code=f.text, header=None, qualname="f", local_qualname="f",
+                      parsed=parsed, lines=(f.start_line, f.end_line))
+        refs = {(r.name, r.tier) for r in idx.references(q)}
+        assert ("S", "direct") in refs
+        assert ("E2" if "a: E2" in version else "E1", "related") in refs
+        assert ("E1" if "a: E2" in version else "E2", "related") not in refs

@@ -1,0 +1,86 @@
+"""Benchmark: context strategies over a repository's full history (mine + chunk).
+
+    python bench/bench_context.py REPO [--repeat 3] [--strategies none,same_file,imports,repomap]
+                                       [--max-tokens 2048] [--workers N]
+
+Each strategy runs the mine and chunk stages with a warm unit cache (every blob was
+parsed by a first, untimed run), in rotation, ``--repeat`` times; the figures are
+medians of wall seconds, the overhead against ``none`` measured in the same run, and
+the context figures from the manifest (recall, units with references, empty share,
+items per unit). A cold run (empty cache) of ``none`` and ``imports`` is timed once
+each to show the overhead against the whole stage including parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from core.config import conf_dir, register_schema
+from core.pipeline import Run
+
+
+def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, workers: int | None) -> tuple[float, dict]:
+    register_schema()
+    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]"]
+    if strategy != "none":
+        overrides += [f"context={strategy}", f"context.max_tokens={max_tokens}"]
+    if workers:
+        overrides.append(f"executor.workers={workers}")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    t0 = time.perf_counter()
+    Run(cfg).run()
+    wall = time.perf_counter() - t0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    shutil.rmtree(out)
+    return wall, manifest.get("context") or {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--strategies", default="none,same_file,imports")
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args()
+    strategies = args.strategies.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="cf-bench-ctx-"))
+    try:
+        cold = {}
+        for s in ("none", "imports"):
+            shutil.rmtree(tmp / "cache", ignore_errors=True)
+            cold[s] = round(run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)[0], 2)
+        print(json.dumps({"cold_wall_s": cold, "cold_overhead": round(cold["imports"] / cold["none"] - 1, 3)}))
+        walls: dict[str, list[float]] = {s: [] for s in strategies}
+        figures: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for s in strategies:
+                wall, ctx = run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)
+                walls[s].append(wall)
+                figures[s] = ctx
+        base = statistics.median(walls["none"]) if "none" in walls else None
+        for s in strategies:
+            med = statistics.median(walls[s])
+            ctx = figures[s]
+            print(json.dumps({
+                "strategy": s, "warm_wall_s_median": round(med, 2), "runs": [round(w, 2) for w in walls[s]],
+                "overhead_vs_none": round(med / base - 1, 3) if base else None,
+                "recall": ctx.get("recall"), "units_with_refs": ctx.get("units_with_refs"),
+                "refs": ctx.get("refs"), "empty_share": ctx.get("empty_share"),
+                "items_per_unit": ctx.get("items_per_unit"), "chars_per_unit": ctx.get("chars_per_unit"),
+            }))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
