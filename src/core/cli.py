@@ -12,12 +12,18 @@ from core.config import conf_dir, register_schema
 from core.errors import CommitforgeError
 
 
+def in_multirun() -> bool:
+    from core.sweep import in_multirun as sweeping
+
+    return sweeping()
+
+
 def _handled(fn, *args):
     try:
         return fn(*args)
     except CommitforgeError as exc:
-        if os.environ.get("COMMITFORGE_TRACEBACK"):
-            raise
+        if os.environ.get("COMMITFORGE_TRACEBACK") or in_multirun():
+            raise  # a sweep records the failed job and goes on with the others
         print(f"commitforge: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
 

@@ -20,6 +20,7 @@ from core.language import file_extension
 from core.manifest import Manifest, environment_versions
 from core.records import CommitRecord
 from core.registry import PluginRegistry
+from core.report import write_report
 from core.snapshot import plan_trees, tree_steps
 from core.stats import Counter
 
@@ -209,6 +210,7 @@ class Run:
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:
     r = Run(cfg, registry)
     run_dir = r.run()
+    write_report(run_dir)
     print(json.dumps(r.summary))
     print(f"run directory: {run_dir}")
     return run_dir

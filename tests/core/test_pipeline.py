@@ -155,8 +155,16 @@ def test_every_experiment_composes_and_validates(name, tmp_path):
     reg = PluginRegistry(load_entry_points=False)
     for kind in ("source", "language", "chunker", "executor"):
         reg.validate(kind, cfg[kind])
-    if name == "baseline":
+    if name == "baseline":  # the naive pipeline: windows, 1024 tokens, no context, no history
         assert (cfg.chunker.name, cfg.chunker.max_chars) == ("window", 2000)
+        assert (cfg.builder.name, cfg.builder.max_tokens, cfg.context.name) == ("file", 1024, "none")
+    if name.startswith("ctx"):
+        chars = int(name[3:])
+        assert (cfg.chunker.name, cfg.chunker.max_chars, cfg.context.name) == ("ast", chars, "imports")
+        assert cfg.builder.name == "commit" and cfg.builder.max_tokens >= 1024 * chars // 2000
+    if name.startswith("format_"):
+        assert cfg.format.name == name[len("format_"):] and cfg.context.name == "imports"
+        assert cfg.chunker.max_chars == 4000
 
 
 def test_missing_objects_of_a_partial_clone_are_skipped(scripted_repo, tmp_path):
