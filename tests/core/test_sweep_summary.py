@@ -18,7 +18,7 @@ from core.pipeline import Run
 from core.report import REPORT_FILE
 from core.sweep import STATUS_FILE, SweepSummary, find_jobs, job_status, summarize_sweep
 
-from .conftest import make_cfg
+from ..conftest import make_cfg
 
 
 @pytest.fixture(scope="module")

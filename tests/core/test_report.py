@@ -19,7 +19,7 @@ from core.report import (
     write_report,
 )
 
-from .conftest import ScriptedRepo, make_cfg
+from ..conftest import ScriptedRepo, make_cfg
 
 HOSTILE_SUBJECT = '</td><script>alert("subject")</script> & co'
 HOSTILE_DIR = "repo<b onmouseover=alert(1)>"
