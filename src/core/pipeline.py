@@ -70,6 +70,10 @@ class Run:
             self.builder = reg.create("builder", cfg.builder)
             self.split = reg.create("split", cfg.split)
             self.writer = reg.create("writer", cfg.writer)
+            counter = getattr(self.tokenizer, "token_counter", None)
+            if counter is not None and hasattr(self.context, "use_token_counter"):
+                # context budgets are counted with the run's tokenizer when it exists before building
+                self.context.use_token_counter(counter(), f"tokenizer:{cfg.tokenizer.name}")
         if cfg.max_file_bytes < 1:
             raise CommitforgeError(f"max_file_bytes={cfg.max_file_bytes} must be positive")
         if cfg.repo:

@@ -232,6 +232,25 @@ class _RustTokenizer:
         return "".join(out)
 
 
+class TokenCounter:
+    """``len(encode(text))`` with a tokenizer given as JSON (picklable; rebuilt in workers)."""
+
+    def __init__(self, tokenizer_json: str):
+        self.tokenizer_json = tokenizer_json
+        self._tok = None
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer_json": self.tokenizer_json}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["tokenizer_json"])
+
+    def __call__(self, text: str) -> int:
+        if self._tok is None:
+            self._tok = _import_tokenizers("hf").Tokenizer.from_str(self.tokenizer_json)
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+
 # -- hf ---------------------------------------------------------------------------------------
 @dataclass
 class HfTokenizerConfig:
@@ -267,6 +286,12 @@ class HfTokenizer(_RustTokenizer):
         tok, eos = self._load()
         self._install(tok, special_tokens, name_or_path=self.cfg.name_or_path,
                       sha256=_sha256(tok.to_str()), eos_token=eos)
+
+    def token_counter(self) -> TokenCounter:
+        """Counts content tokens before the build stage (for context budgets): the loaded
+        tokenizer without added special tokens, the way content is encoded."""
+        tok, _ = self._load()
+        return TokenCounter(tok.to_str())
 
     def _load(self):
         try:

@@ -247,3 +247,20 @@ def test_repomap_ranks_files_the_unit_file_points_at(workspace, tmp_path):
     assert not any(c["kind"] == "method" for c in main)
     assert "geo_core::units::ORIGIN" in [c["qualname"] for c in main[len(named):]]
     assert manifest(run_dir)["context"]["strategy"] == "repomap"
+
+
+def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building(workspace, tmp_path):
+    pytest.importorskip("transformers")
+    from plugins.tokenizers import BpeTokenizer, BpeTokenizerConfig, HfTokenizer, HfTokenizerConfig
+
+    corpus = [text for text in WORKSPACE.values()] * 4
+    bpe = BpeTokenizer(BpeTokenizerConfig(vocab_size=300))
+    bpe.prepare(["<|endoftext|>"], lambda: iter(corpus), tmp_path / "tok-cache")
+    run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "context.max_tokens=60",
+                           "tokenizer=hf", f"tokenizer.name_or_path={bpe.path}", "dedup.near=false")
+    assert manifest(run_dir)["context"]["counted_with"] == "tokenizer:hf"
+    count = HfTokenizer(HfTokenizerConfig(name_or_path=str(bpe.path))).token_counter()
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    assert any(row["context"] for row in rows)
+    for row in rows:  # every item whole, the sum within the budget in the tokenizer's own tokens
+        assert sum(count(f"{c['path']}\n{c['text']}") for c in row["context"]) <= 60
