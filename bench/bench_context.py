@@ -29,7 +29,7 @@ from core.pipeline import Run
 
 def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, workers: int | None) -> tuple[float, dict]:
     register_schema()
-    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]"]
+    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]", "reuse=false"]
     if strategy != "none":
         overrides += [f"context={strategy}", f"context.max_tokens={max_tokens}"]
     if workers:

@@ -32,7 +32,7 @@ from core.pipeline import Run
 
 def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict:
     register_schema()
-    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]"]
+    overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]", "reuse=false"]
     if workers:
         overrides.append(f"executor.workers={workers}")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
 import json
 import time
 from pathlib import Path
@@ -21,8 +24,25 @@ from core.manifest import Manifest, environment_versions
 from core.records import CommitRecord
 from core.registry import PluginRegistry
 from core.report import write_report
-from core.snapshot import plan_trees, tree_steps
+from core.snapshot import TreeSteps, plan_trees, tree_steps
+from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, fingerprint
 from core.stats import Counter
+
+
+def _steps_key(steps: TreeSteps | None) -> Any:
+    return None if steps is None else [sorted(steps.start.items()), [sorted(d.items()) for d in steps.deltas]]
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of commitforge's own source: cached stage outputs never outlive a code change."""
+    h = hashlib.sha256()
+    for package in ("core", "plugins"):
+        root = Path(importlib.import_module(package).__file__).parent  # type: ignore[arg-type]
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def check_stages(stages: list[str]) -> list[str]:
@@ -73,7 +93,9 @@ class Run:
             counter = getattr(self.tokenizer, "token_counter", None)
             if counter is not None and hasattr(self.context, "use_token_counter"):
                 # context budgets are counted with the run's tokenizer when it exists before building
-                self.context.use_token_counter(counter(), f"tokenizer:{cfg.tokenizer.name}")
+                count = counter()
+                digest = hashlib.sha256(count.tokenizer_json.encode()).hexdigest()[:16]
+                self.context.use_token_counter(count, f"tokenizer:{cfg.tokenizer.name}:{digest}")
         if cfg.max_file_bytes < 1:
             raise CommitforgeError(f"max_file_bytes={cfg.max_file_bytes} must be positive")
         if cfg.repo:
@@ -158,35 +180,60 @@ class Run:
         reset_memory()
         stats = Counter()
         job = self.chunk_job()
-        blobs = unique_blobs(commits)
-        stats.add("unique_blobs", len(blobs))
-        work: list[Any] = batched(commits, COMMIT_BATCH)
+        batches = batched(commits, COMMIT_BATCH)
+        steps: list[TreeSteps | None] = [None] * len(batches)
         at = getattr(self.context, "snapshot", None)
+        ext = self.extensions()
         if at is not None:
-            # the context strategy reads whole trees: their files are parsed too
+            # the context strategy reads the whole tree at each commit
             t_trees = time.perf_counter()
-            ext = self.extensions()
             projects = {name for lang in self.languages.values() for name in getattr(lang, "project_files", ())}
             keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
-            deltas = plan_trees(self.repo, commits, keep, at)
-            needed = {(b, lang) for b, lang, _ in blobs}
-            for delta in deltas:
-                for path, blob in delta.items():
-                    lang = ext.get(file_extension(path))
-                    if blob and lang and (blob, lang) not in needed:
-                        needed.add((blob, lang))
-                        blobs.append((blob, lang, None))
-            stats.add("context_tree_blobs", len(needed))
+            steps = list(tree_steps(plan_trees(self.repo, commits, keep, at), COMMIT_BATCH))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
-            work = list(zip(work, tree_steps(deltas, COMMIT_BATCH)))
-        job.parse_all(self.executor, blobs, stats)
+        cache = StageCache(self.cache_dir) if self.cfg.reuse else None
+        base = self._chunk_fingerprint()
+        keys = [fingerprint(base, [rec.to_dict() for rec in batch], _steps_key(st)) for batch, st in zip(batches, steps)]
+        done: dict[int, tuple[bytes, int, dict[str, Any]]] = {}
+        if cache is not None:
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is not None:
+                    done[i] = hit
+        todo = [i for i in range(len(batches)) if i not in done]
+        stats.add("batches_reused", len(done))
+        stats.add("batches_computed", len(todo))
+        if todo:
+            blobs = unique_blobs([rec for i in todo for rec in batches[i]])
+            stats.add("unique_blobs", len(blobs))
+            if at is not None:  # files of the trees the batches read are parsed too
+                needed = {(b, lang) for b, lang, _ in blobs}
+                for i in todo:
+                    st = steps[i]
+                    for delta in (st.start, *st.deltas):  # type: ignore[union-attr]
+                        for path, blob in delta.items():
+                            lang = ext.get(file_extension(path))
+                            if blob and lang and (blob, lang) not in needed:
+                                needed.add((blob, lang))
+                                blobs.append((blob, lang, None))
+                stats.add("context_tree_blobs", len(needed))
+            job.parse_all(self.executor, blobs, stats)
         parse_seconds = time.perf_counter() - t0
         rows = 0
+        results = self.executor.map(job.pair_commits, [(batches[i], steps[i]) for i in todo])
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
-            for lines, count, batch_stats in self.executor.map(job.pair_commits, work):
+            for i, key in enumerate(keys):
+                if i in done:
+                    lines, count, batch_stats = done[i]
+                else:
+                    lines, count, batch_stats = next(results)
+                    if cache is not None:
+                        cache.put(key, lines, count, batch_stats)  # a rerun after a crash resumes here
                 stats.update(batch_stats)
                 fh.write(lines)
                 rows += count
+        if cache is not None:
+            cache.close()
         stats.add("parse_ms", int(parse_seconds * 1000))
         if self.context is not None:
             block = context_summary(stats.counts)
@@ -199,6 +246,14 @@ class Run:
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)
 
+    def _chunk_fingerprint(self) -> str:
+        """Everything a chunk-stage batch's rows depend on besides its commits and trees."""
+        plain = lambda key: OmegaConf.to_container(self.cfg[key], resolve=True) if self.cfg.get(key) is not None else None  # noqa: E731
+        return fingerprint("chunk", STAGE_CACHE_FORMAT, code_version(),
+                           {name: lang.cache_key for name, lang in sorted(self.languages.items())},
+                           plain("language"), plain("chunker"), plain("context"),
+                           getattr(self.context, "counted_with", None), int(self.cfg.max_file_bytes),
+                           plain("pairing"), self.repo.name)
 
     def _build(self, manifest: Manifest) -> None:
         from core.build import build_stage  # tokenizer and dedup stacks load only when building

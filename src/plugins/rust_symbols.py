@@ -453,9 +453,14 @@ class RustIndex:
             if pkg is not None or not d:
                 break
             d = posixpath.dirname(d)
-        if pkg is None:
-            parts = [p for p in self.module_path(path).split("::") if p]
-            return (f"?{parts[0]}" if parts else "?", *parts[1:])
+        if pkg is None:  # no Cargo.toml: the directory holding `src` is the crate
+            parts = path.split("/")
+            if "src" in parts[:-1]:
+                i = len(parts) - 2 - parts[:-1][::-1].index("src")
+                crate, inner = f"?{'/'.join(parts[:i])}#lib", parts[i + 1:]
+                return (crate,) if inner in (["lib.rs"], ["main.rs"]) else (crate, *_mod_names(inner))
+            names = [p for p in self.module_path(path).split("::") if p]
+            return (f"?{names[0]}" if names else "?", *names[1:])
         rel = path[len(pkg.dir) + 1:] if pkg.dir else path
         parts = rel.split("/")
         stem = parts[-1].rsplit(".", 1)[0]

@@ -191,3 +191,33 @@ def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
     assert os.fsencode(row["path"]) == raw
     (commit,) = read_jsonl(run_dir / "commits.jsonl")
     assert os.fsencode(commit["files"][0]["new_path"]) == raw
+
+
+def test_finished_chunk_batches_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch):
+    import core.pipeline
+
+    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 2)
+    r = scripted_repo
+    for i in range(5):
+        r.commit(f"c{i}", {f"src/m{i}.rs": f"pub fn f{i}() -> u32 {{ crate::N + {i} }}\n",
+                           "src/lib.rs": f"pub const N: u32 = {i};\n"})
+
+    def chunk_counts(name: str, *overrides: str) -> tuple[dict, bytes]:
+        run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / 'cache'}",
+                               "stages=[mine,chunk]", "context=imports", *overrides)
+        return manifest(run_dir)["stages"]["chunk"]["counts"], (run_dir / "chunks.jsonl").read_bytes()
+
+    first, out1 = chunk_counts("a")
+    assert (first["batches_reused"], first["batches_computed"]) == (0, 3)
+    again, out2 = chunk_counts("b")
+    assert (again["batches_reused"], again["batches_computed"]) == (3, 0) and out2 == out1
+    assert "unique_blobs" not in again  # nothing was even parsed
+    other, out3 = chunk_counts("c", "context.max_tokens=5")  # another setting: computed anew
+    assert other["batches_computed"] == 3 and out3 != out1
+    r.commit("c5", {"src/m5.rs": "pub fn f5() -> u32 { 5 }\n"})
+    grown, out4 = chunk_counts("d")
+    assert (grown["batches_reused"], grown["batches_computed"]) == (2, 1)  # the last batch changed
+    kept = b"".join(line for line in out1.splitlines(keepends=True) if b'"subject":"c4"' not in line)
+    assert out4.startswith(kept) and len(out4) > len(out1)
+    fresh, out5 = chunk_counts("e", "reuse=false")
+    assert fresh["batches_reused"] == 0 and out5 == out4

@@ -258,7 +258,7 @@ def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building
     bpe.prepare(["<|endoftext|>"], lambda: iter(corpus), tmp_path / "tok-cache")
     run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "context.max_tokens=60",
                            "tokenizer=hf", f"tokenizer.name_or_path={bpe.path}", "dedup.near=false")
-    assert manifest(run_dir)["context"]["counted_with"] == "tokenizer:hf"
+    assert manifest(run_dir)["context"]["counted_with"].startswith("tokenizer:hf:")
     count = HfTokenizer(HfTokenizerConfig(name_or_path=str(bpe.path))).token_counter()
     rows = read_jsonl(run_dir / "chunks.jsonl")
     assert any(row["context"] for row in rows)
