@@ -68,6 +68,7 @@ def test_a_damaged_entry_is_parsed_again(tmp_path):
     (db,) = (tmp_path / "cache").glob("units-*.sqlite")
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE units SET entry = x'00ff'")
-    again = run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]", f"out_dir={tmp_path / 'again'}")
+    again = run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]", f"out_dir={tmp_path / 'again'}",
+                         "reuse=false")  # the finished batch would be reused without parsing
     chunk = manifest(again)["stages"]["chunk"]
     assert chunk["skips"] == {} and chunk["counts"]["blobs_parsed"] == 1

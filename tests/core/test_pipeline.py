@@ -74,7 +74,7 @@ def test_run_writes_unit_changes_and_manifest(repo, tmp_path):
 def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
     first = manifest(run_pipeline(tmp_path, f"repo={repo.path}"))["stages"]["chunk"]["counts"]
     assert first["blobs_parsed"] == first["unique_blobs"] - 3  # binary, latin-1 and huge are not parsed
-    second_dir = run_pipeline(tmp_path, f"repo={repo.path}", f"out_dir={tmp_path / 'run2'}")
+    second_dir = run_pipeline(tmp_path, f"repo={repo.path}", f"out_dir={tmp_path / 'run2'}", "reuse=false")
     second = manifest(second_dir)["stages"]["chunk"]["counts"]
     assert "blobs_parsed" not in second and second["blobs_cached"] == first["unique_blobs"] - 1
     assert (tmp_path / "run" / "chunks.jsonl").read_bytes() == (second_dir / "chunks.jsonl").read_bytes()
