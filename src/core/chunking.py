@@ -23,6 +23,7 @@ from core.files import json_line
 from core.gitio import BlobReader
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
+from core.progress import progress
 from core.records import CommitRecord, ParsedBlob, UnitChange
 from core.snapshot import Snapshot, TreeSteps
 from core.stats import Counter
@@ -88,7 +89,9 @@ class ChunkJob:
         the blobs that could not be read (``blob_skips``) for loading later."""
         for lang in self.languages:
             self._cache(lang).open()  # created once here, before workers race to create it
-        for result in executor.map(self.parse_blobs, batched(blobs, BLOB_BATCH)):
+        batches = batched(blobs, BLOB_BATCH)
+        for result in progress(executor.map(self.parse_blobs, batches), total=len(batches), desc="parse",
+                               unit="batch"):
             stats.update(result["stats"])
             self.blob_skips.update(result["skips"])
         for reason in self.blob_skips.values():

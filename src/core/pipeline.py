@@ -22,6 +22,8 @@ from core.hookspecs import KINDS
 from core.language import file_extension
 from core.manifest import Manifest, environment_versions
 from core.records import CommitRecord
+from core.progress import configure as configure_progress
+from core.progress import progress
 from core.registry import PluginRegistry
 from core.report import write_report
 from core.snapshot import TreeSteps, plan_trees, tree_steps
@@ -105,6 +107,7 @@ class Run:
 
             repo_path = demo_repo_path(self.cache_dir)
         self.repo = Repository(repo_path)
+        configure_progress(cfg.get("progress"))
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
 
@@ -148,7 +151,7 @@ class Run:
         stats = Counter()
         commits = []
         with atomic_write(self.run_dir / "commits.jsonl") as fh:
-            for rec in self.source.commits(self.repo, self.extensions(), stats):
+            for rec in progress(self.source.commits(self.repo, self.extensions(), stats), desc="mine", unit="commit"):
                 commits.append(rec)
                 fh.write(json_line(rec.to_dict()))
         if commits:
@@ -222,7 +225,7 @@ class Run:
         rows = 0
         results = self.executor.map(job.pair_commits, [(batches[i], steps[i]) for i in todo])
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
-            for i, key in enumerate(keys):
+            for i, key in progress(enumerate(keys), total=len(keys), desc="chunk", unit="batch"):
                 if i in done:
                     lines, count, batch_stats = done[i]
                 else:
@@ -269,7 +272,39 @@ class Run:
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:
     r = Run(cfg, registry)
     run_dir = r.run()
-    write_report(run_dir)
-    print(json.dumps(r.summary))
+    report = write_report(run_dir)
+    print(screen_summary(r.summary, run_dir, report))
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def screen_summary(summary: dict[str, Any], run_dir: Path, report: Path) -> str:
+    """What a run did, on one screen: counts through the stages, context, skips, time."""
+    manifest = json.loads((run_dir / "MANIFEST.json").read_text())
+    stages = manifest.get("stages", {})
+    lines = []
+    flow = [f"{summary.get('commits', 0):,} commits"]
+    if "unit_changes" in summary:
+        flow.append(f"{summary['unit_changes']:,} unit changes")
+    examples = summary.get("examples")
+    if examples:
+        flow.append(f"{sum(examples.values()):,} examples (" +
+                    " · ".join(f"{k} {v:,}" for k, v in examples.items()) + ")")
+    lines.append("commitforge: " + " → ".join(flow))
+    ctx = manifest.get("context")
+    if ctx:
+        recall = ctx.get("recall")
+        lines.append(f"  context {ctx['strategy']}: recall {recall if recall is not None else 'n/a'}, "
+                     f"{ctx.get('items_per_unit', 0)} items per unit, {ctx.get('empty_share', 0):.0%} empty")
+    skips: dict[str, int] = {}
+    for stage in stages.values():
+        for reason, n in stage.get("skips", {}).items():
+            skips[reason] = skips.get(reason, 0) + n
+    if skips:
+        top = sorted(skips.items(), key=lambda kv: -kv[1])[:6]
+        lines.append("  skipped: " + ", ".join(f"{reason} {n:,}" for reason, n in top))
+    reused = stages.get("chunk", {}).get("counts", {}).get("batches_reused")
+    times = ", ".join(f"{name} {stage.get('seconds', 0):.1f} s" for name, stage in stages.items())
+    lines.append(f"  time: {times}" + (f" ({reused} chunk batches reused)" if reused else ""))
+    lines.append(f"  report: {report}")
+    return "\n".join(lines)

@@ -165,3 +165,19 @@ def test_real_multirun_writes_the_summary(tmp_path, cache_dir):
     assert all((sweep / r["report"]).is_file() for r in rows)
     assert json.loads((sweep / "1" / STATUS_FILE).read_text())["status"] == "completed"
     assert (sweep / "summary.md").is_file() and (sweep / "summary.html").is_file()
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_and_a_failed_job_fails_the_sweep(tmp_path, cache_dir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "COMMITFORGE_CACHE": str(cache_dir)}
+    # job 1 asks for an impossible file-size cap: it fails, job 0 and job 2 still run
+    proc = subprocess.run([sys.executable, "-m", "core", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                           f"hydra.sweep.dir={sweep}", "max_file_bytes=1000000,0,2000000", "stages=[mine,chunk]",
+                           "executor.workers=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode != 0
+    rows = {r["job"]: r for r in _rows(sweep)}
+    assert (rows["0"]["status"], rows["1"]["status"], rows["2"]["status"]) == ("ok", "failed", "ok")
+    assert "max_file_bytes=0" in rows["1"]["reason"]
+    assert rows["0"]["unit_changes"] == rows["2"]["unit_changes"] != ""
