@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core import __version__
+from core.errors import CommitforgeError
 from core.files import atomic_write, sha256_file
 from core.stats import Counter
 
@@ -39,6 +41,15 @@ class Manifest:
         self.run_dir = run_dir
         self.data: dict[str, Any] = {"format": 1, "config": config, "stages": {}}
 
+    def resume(self, stages: list[str]) -> None:
+        """Carry over the entries of stages an earlier run in this directory completed."""
+        old = _read(self.run_dir)
+        self.data["stages"] = {name: old["stages"][name] for name in stages}
+        self.data["resumed"] = stages
+        for key in _STAGE_KEYS:
+            if key in old and _STAGE_KEYS[key] in stages:
+                self.data[key] = old[key]
+
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
 
@@ -55,3 +66,80 @@ class Manifest:
         self.data["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with atomic_write(self.run_dir / "MANIFEST.json") as fh:
             fh.write(json.dumps(self.data, indent=2, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))
+
+
+# manifest keys written by a stage, carried over with it when the stage is not redone
+_STAGE_KEYS = {"commit_range": "mine", "context": "chunk", "tokenizer": "build"}
+
+
+def _read(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "MANIFEST.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def completed_stages(run_dir: Path, resume_key: str, stages: list[str]) -> list[str]:
+    """The leading stages an earlier run in ``run_dir`` finished with the same resume key
+    (config, code, repository head) and whose outputs still have their recorded sha256
+    and size. A stage after one that must be redone is redone too."""
+    old = _read(run_dir)
+    if old.get("resume_key") != resume_key:
+        return []
+    done: list[str] = []
+    for name in stages:
+        entry = old.get("stages", {}).get(name)
+        if not isinstance(entry, dict) or not _outputs_intact(run_dir, entry.get("outputs") or {}):
+            break
+        done.append(name)
+    return done
+
+
+def _outputs_intact(run_dir: Path, outputs: dict[str, Any]) -> bool:
+    if not outputs:
+        return False
+    for fname, meta in outputs.items():
+        path = run_dir / fname
+        try:
+            if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
+                return False
+        except (OSError, KeyError, TypeError):
+            return False
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed run left behind (``atomic_write`` names them ``.NAME.*.tmp``)."""
+    for path in run_dir.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """One run per run directory at a time: a second one fails at once with a clear message."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".commitforge.lock"
+        self.fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise CommitforgeError(f"run directory {str(self.path.parent)!r} is in use by {holder}; wait for it "
+                                   "to finish or choose another out_dir=DIR") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()  # closing releases the lock; the file stays (it is empty of meaning)

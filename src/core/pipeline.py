@@ -20,7 +20,7 @@ from core.files import atomic_write, json_line
 from core.gitio import Repository
 from core.hookspecs import KINDS
 from core.language import file_extension
-from core.manifest import Manifest, environment_versions
+from core.manifest import Manifest, RunLock, completed_stages, environment_versions, remove_stale_temporaries
 from core.records import CommitRecord
 from core.progress import configure as configure_progress
 from core.progress import progress
@@ -120,21 +120,51 @@ class Run:
 
     def run(self) -> Path:
         self._prepare_run_dir()
-        manifest = Manifest(self.run_dir, OmegaConf.to_container(self.cfg, resolve=True))  # type: ignore[arg-type]
+        with RunLock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> Path:
+        remove_stale_temporaries(self.run_dir)
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        manifest = Manifest(self.run_dir, config)  # type: ignore[arg-type]
         versions: dict[str, str] = {}
         for lang in self.languages.values():
             versions.update(lang.versions())
         manifest.set("versions", environment_versions(versions))
         manifest.set("plugins", {k: self.cfg[k].name for k in KINDS if self.cfg.get(k) is not None})
+        head = self.repo.head()
         manifest.set("repository", {"path": str(self.repo.path.resolve()), "name": self.repo.name,
-                                    "head": self.repo.head(), "rev": self.source.cfg.rev,
+                                    "head": head, "rev": self.source.cfg.rev,
                                     "shallow": bool(self.repo.shallow_commits())})
+        # a run interrupted (or finished) before in this directory with the same config, code and
+        # repository state: the stages whose outputs still match the manifest are not redone
+        resume_key = fingerprint(config, head, code_version(), manifest.data["versions"])
+        manifest.set("resume_key", resume_key)
+        done = completed_stages(self.run_dir, resume_key, self.stages)
+        if done:
+            manifest.resume(done)
         try:
-            commits = self._mine(manifest)
-            if "chunk" in self.stages:
+            if "mine" in done:
+                commits = [CommitRecord.from_dict(json.loads(line))
+                           for line in (self.run_dir / "commits.jsonl").read_bytes().splitlines()]
+                self.last_commit = commits[-1] if commits else None
+                self.summary["commits"] = len(commits)
+            else:
+                commits = self._mine(manifest)
+            if "chunk" in done:
+                self.summary["unit_changes"] = manifest.data["stages"]["chunk"]["outputs"]["chunks.jsonl"]["rows"]
+                if manifest.data.get("context") and manifest.data["context"].get("recall") is not None:
+                    self.summary["context_recall"] = manifest.data["context"]["recall"]
+            elif "chunk" in self.stages:
                 self._chunk(manifest, commits)
-            if "build" in self.stages:
+            if "build" in done:
+                counts = manifest.data["stages"]["build"]["counts"]
+                self.summary["examples"] = {k[len("examples_"):]: v for k, v in counts.items()
+                                            if k.startswith("examples_")}
+            elif "build" in self.stages:
                 self._build(manifest)
+            if done:
+                manifest.write()
         finally:
             close_readers()
             self.repo.close()
@@ -306,5 +336,7 @@ def screen_summary(summary: dict[str, Any], run_dir: Path, report: Path) -> str:
     reused = stages.get("chunk", {}).get("counts", {}).get("batches_reused")
     times = ", ".join(f"{name} {stage.get('seconds', 0):.1f} s" for name, stage in stages.items())
     lines.append(f"  time: {times}" + (f" ({reused} chunk batches reused)" if reused else ""))
+    if manifest.get("resumed"):
+        lines.append(f"  resumed: {', '.join(manifest['resumed'])} were complete in this run directory")
     lines.append(f"  report: {report}")
     return "\n".join(lines)
