@@ -1,0 +1,90 @@
+"""Benchmark: the whole pipeline (``+experiment=ctx4000``) over a repository's full history,
+and bringing an already-processed repository up to date after one new commit.
+
+    python bench/bench_pipeline.py REPO [--experiment ctx4000] [--repeat 1]
+
+1. Cold runs (empty cache) of the whole pipeline: wall seconds per stage and peak RSS
+   of the run's processes (main process and workers, from ``getrusage``).
+2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
+   processed again with the same cache, both for the whole pipeline and for
+   ``stages=[mine,chunk]``: wall seconds of the second run.
+
+Each run is a separate ``python -m core`` process, so peak RSS is per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(repo: Path, out: Path, cache: Path, *overrides: str) -> dict:
+    env = {**os.environ, "COMMITFORGE_CACHE": str(cache)}
+    # a fresh wrapper process reports the peak RSS of this run's processes only
+    wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(rc)")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "core", f"repo={repo}",
+                           f"out_dir={out}", "progress=false", *overrides], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    peak_kb = int(proc.stderr.rsplit("PEAK_KB", 1)[1].split()[0])
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    stages = {name: s["seconds"] for name, s in manifest["stages"].items()}
+    return {"wall_s": round(wall, 2), "stages_s": stages,
+            "peak_rss_mb": round(peak_kb / 1024),
+            "commits": manifest["stages"]["mine"]["counts"].get("commits"),
+            "unit_changes": manifest["stages"].get("chunk", {}).get("outputs", {}).get("chunks.jsonl", {}).get("rows"),
+            "examples": sum(v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
+                            if k.startswith("examples_")),
+            "context_recall": (manifest.get("context") or {}).get("recall")}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo", type=Path)
+    ap.add_argument("--experiment", default="ctx4000")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    exp = f"+experiment={args.experiment}"
+    tmp = Path(tempfile.mkdtemp(prefix="cf-bench-pipe-"))
+    try:
+        cold = []
+        for i in range(args.repeat):
+            shutil.rmtree(tmp / "cache", ignore_errors=True)
+            cold.append(run(args.repo, tmp / f"cold{i}", tmp / "cache", exp))
+            print(json.dumps({"cold": cold[-1]}), flush=True)
+        print(json.dumps({"cold_wall_s_median": statistics.median(c["wall_s"] for c in cold)}), flush=True)
+
+        # update after one new commit: a clone one commit behind, processed, then advanced
+        clone = tmp / "clone"
+        subprocess.run(["git", "clone", "-q", "--no-local", str(args.repo), str(clone)], check=True)
+        head = git(clone, "rev-parse", "HEAD")
+        git(clone, "reset", "-q", "--hard", "HEAD~1")
+        for label, overrides in (("mine+chunk", ["stages=[mine,chunk]"]), ("pipeline", [])):
+            cache = tmp / f"cache-{label}"
+            git(clone, "reset", "-q", "--hard", f"{head}~1")
+            run(clone, tmp / f"before-{label}", cache, exp, *overrides)
+            git(clone, "reset", "-q", "--hard", head)
+            after = run(clone, tmp / f"after-{label}", cache, exp, *overrides)
+            print(json.dumps({"update_after_one_commit": label, **after}), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
