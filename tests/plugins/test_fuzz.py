@@ -68,7 +68,7 @@ def _check_spans(source: bytes) -> None:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(FILES, st.text(max_size=20))
+@given(FILES, TEXT)
 def test_every_item_of_a_valid_file_is_found_with_exact_spans(items, prefix):
     lead = "// " + prefix.replace("\n", " ").replace("\r", " ") + "\n"
     source = (lead + "\n\n".join(src for _, _, src in items) + "\n").encode("utf-8", "surrogatepass")
