@@ -13,6 +13,13 @@ from core.language import Language
 from core.records import ParsedBlob
 
 
+# Languages record cut points for units longer than CUT_UNIT (so chunkers refuse smaller
+# limits), between the children of syntax nodes longer than CUT_MIN: enough to cut any
+# such unit into pieces that hold at least max_chars // 2 after their repeated header.
+CUT_UNIT = 1000
+CUT_MIN = CUT_UNIT // 2
+
+
 @dataclass(slots=True)
 class Chunk:
     key: str  # pairing key inside one file (local qualname, or window index)

@@ -39,6 +39,7 @@ class RootConfig:
     cache_dir: str = "???"
     max_file_bytes: int = 1_000_000  # larger blobs are skipped (counted as too_large)
     progress: bool | None = None  # progress bars on standard error; null: when it is a terminal
+    languages: list[str] = field(default_factory=list)  # more languages besides `language`, with defaults
     reuse: bool = True  # reuse finished chunk-stage batches from the cache (see core.stage_cache)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -78,6 +78,17 @@ class Run:
         self.source = reg.create("source", cfg.source)
         self.language = reg.create("language", cfg.language)
         self.languages = {self.language.name: self.language}
+        for name in cfg.get("languages") or []:  # more languages, each with its default settings
+            if name in self.languages:
+                continue
+            self.languages[name] = reg.create("language", {"name": name})
+        claimed: dict[str, str] = {}
+        for lang in self.languages.values():
+            for ext in lang.extensions:
+                if ext in claimed:
+                    raise CommitforgeError(f"extension {ext!r} is claimed by languages {claimed[ext]!r} and "
+                                           f"{lang.name!r}; change one of them with language.extensions=[...]")
+                claimed[ext] = lang.name
         self.chunker = reg.create("chunker", cfg.chunker)
         self.executor = reg.create("executor", cfg.executor)
         self.context = reg.create("context", cfg.context) if cfg.get("context") is not None else None

@@ -3,6 +3,7 @@
 BUILTIN_PLUGINS = (
     "plugins.sources",
     "plugins.rust",
+    "plugins.python_lang",
     "plugins.chunkers",
     "plugins.executors",
     "plugins.contexts",

@@ -9,7 +9,7 @@ from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
 from core.language import Language
 from core.records import ParsedBlob
-from plugins.rust import CUT_UNIT
+from core.chunk import CUT_UNIT
 
 
 @dataclass

@@ -22,7 +22,12 @@ from core.examples import Segment
 from core.hookspecs import hookimpl
 
 UNIT_KINDS = ("fn", "method", "struct", "enum", "union", "trait", "impl", "mod", "macro", "const", "static",
-              "type", "window", "file")
+              "type", "window", "file", "class", "assign", "other")
+
+
+def kind_of(kind: str) -> str:
+    """A unit kind with a token of its own, or ``other`` (a plugin's new kind never breaks a build)."""
+    return kind if kind in UNIT_KINDS else "other"
 CHANGE_KINDS = ("added", "modified", "deleted", "renamed")
 
 
@@ -57,14 +62,14 @@ class CommitforgeFormat:
         if message:
             segs += [tok("<|cf_msg|>", "message_token"),
                      Segment("message", message, target=self.cfg.train_on_message, cuttable=not self.cfg.train_on_message)]
-        segs += [tok(f"<|cf_{c['change']}|>", "change_token"), tok(f"<|cf_kind_{c['kind']}|>", "kind_token"),
+        segs += [tok(f"<|cf_{c['change']}|>", "change_token"), tok(f"<|cf_kind_{kind_of(c['kind'])}|>", "kind_token"),
                  tok("<|cf_qualname|>", "qualname_token"), Segment("qualname", c["qualname"])]
         if c.get("header"):
             segs += [tok("<|cf_header|>", "header_token"), Segment("header", c["header"], cuttable=True)]
         if c.get("context"):
             segs.append(tok("<|cf_ctx_start|>", "context_token"))
             for rank, item in enumerate(c["context"]):
-                kind = item["kind"] if item["kind"] in UNIT_KINDS else "fn"
+                kind = kind_of(item["kind"])
                 segs += [Segment("context_kind", f"<|cf_ctx_{kind}|>", special=True, drop_rank=rank),
                          Segment("context", f"{item['path']}\n{item['text']}", drop_rank=rank)]
             segs.append(tok("<|cf_ctx_end|>", "context_token"))

@@ -9,7 +9,6 @@ of their enclosing function, not units of their own.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import importlib.metadata
 import re
@@ -19,7 +18,9 @@ import tree_sitter
 import tree_sitter_rust
 
 from core.hookspecs import hookimpl
-from core.chunk import pack_cuts
+from core.chunk import CUT_MIN, CUT_UNIT, pack_cuts
+from core.parsing import ByteOffsets as _Offsets
+from core.parsing import edited as _edited
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
@@ -41,10 +42,6 @@ ITEM_KINDS = {
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
 # declarations that are not units but that context resolution reads (ParsedBlob.decls)
 DECL_KINDS = {"use_declaration": "use", "extern_crate_declaration": "extern_crate"}
-# Cut points are recorded for units longer than CUT_UNIT (chunkers refuse smaller limits),
-# between the children of nodes longer than CUT_MIN: enough to cut to any such limit.
-CUT_UNIT = 1000
-CUT_MIN = CUT_UNIT // 2  # a piece holds at least max_chars // 2 after its repeated header
 _WS = re.compile(r"\s+")
 
 
@@ -57,28 +54,6 @@ class RustConfig:
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip()
-
-
-class _Offsets:
-    """Byte offset -> str offset for one blob (identity for ASCII)."""
-
-    def __init__(self, data: bytes, text: str):
-        self.ascii = len(data) == len(text)
-        if not self.ascii:
-            self.byte_pos: list[int] = []
-            self.extra: list[int] = []
-            extra = 0
-            for m in re.finditer(r"[^\x00-\x7f]", text):
-                extra += len(m.group().encode("utf-8")) - 1
-                # the character starts at char offset m.start(), i.e. byte offset m.start()+extra_before
-                self.byte_pos.append(m.start() + extra)  # byte offset just past the character
-                self.extra.append(extra)
-
-    def char(self, b: int) -> int:
-        if self.ascii:
-            return b
-        i = bisect.bisect_right(self.byte_pos, b) - 1
-        return b - (self.extra[i] if i >= 0 else 0)
 
 
 class RustLanguage:
@@ -263,36 +238,6 @@ class RustLanguage:
                 pos = at + len(units[k].text)
             pieces.append(parent.text[pos:])
             parent.skeleton = _WS.sub("", "".join(pieces))  # whitespace never makes a change
-
-
-def _point(data: bytes, offset: int) -> tuple[int, int]:
-    row = data.count(b"\n", 0, offset)
-    return row, offset - (data.rfind(b"\n", 0, offset) + 1)
-
-
-def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the common prefix, by binary search over slice comparisons (memcmp speed)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes) -> tuple[tree_sitter.Tree, tuple[int, int, int]]:
-    """A copy of the old tree edited to the one changed span, and that span
-    (start, old end, new end) in bytes."""
-    start = _common_prefix(old, new)
-    limit = min(len(old), len(new)) - start
-    suffix = min(_common_prefix(old[::-1], new[::-1]), limit)
-    old_end, new_end = len(old) - suffix, len(new) - suffix
-    tree = old_tree.copy()
-    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(old, start),
-              old_end_point=_point(old, old_end), new_end_point=_point(new, new_end))
-    return tree, (start, old_end, new_end)
 
 
 def _naming(name: str, parent: Unit | None, seen_names: dict[str, int]) -> tuple[str, str | None]:

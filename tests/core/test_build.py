@@ -57,7 +57,7 @@ def test_examples_have_masks_segments_and_temporal_splits(repo, tmp_path):
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["splits"]["train"]["examples"] == len(examples(run_dir, "train"))
     assert 0 < stats["splits"]["train"]["trained_token_share"] < 1
-    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 43
+    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 49
     build = manifest(run_dir)["stages"]["build"]
     assert build["outputs"]["data/train.jsonl"]["rows"] == len(examples(run_dir, "train"))
 

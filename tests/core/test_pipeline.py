@@ -221,3 +221,21 @@ def test_finished_chunk_batches_are_reused_and_only_new_history_is_chunked(scrip
     assert out4.startswith(kept) and len(out4) > len(out1)
     fresh, out5 = chunk_counts("e", "reuse=false")
     assert fresh["batches_reused"] == 0 and out5 == out4
+
+
+def test_a_repository_with_two_languages_is_processed_with_languages(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("both", {"Cargo.toml": '[package]\nname = "mix"\n', "src/lib.rs": "pub struct Point { x: i32 }\n",
+                      "src/geo.rs": "use crate::Point;\npub fn origin() -> Point { Point { x: 0 } }\n",
+                      "tools/shapes.py": "class Point:\n    x = 0\n",
+                      "tools/report.py": "from shapes import Point\n\ndef origin():\n    return Point()\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}", "languages=[python]", "context=imports", "dedup.near=false")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    assert {row["lang"] for row in rows} == {"rust", "python"}
+    ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in rows}
+    assert ctx["geo::origin"] == ["Point"]  # each language resolves within its own files
+    assert ctx["tools.report::origin"] == ["tools.shapes::Point"]
+    kinds = {e["kind"] for split in ("train", "val", "test") for e in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
+    assert {"class", "fn"} <= kinds  # the build stage has a kind token for Python's kinds too
+    with pytest.raises(CommitforgeError, match="extension '.py' is claimed by languages 'rust' and 'python'"):
+        run_pipeline(tmp_path / "clash", f"repo={r.path}", "languages=[python]", "language.extensions=[.rs,.py]")

@@ -29,7 +29,7 @@ class ThirdParty:
 def test_builtins_register_every_plugin_through_hooks():
     reg = PluginRegistry(load_entry_points=False)
     assert reg.names("chunker") == ["ast", "window"]
-    assert reg.names("language") == ["rust"] and reg.names("source") == ["git"]
+    assert reg.names("language") == ["python", "rust"] and reg.names("source") == ["git"]
     assert reg.names("tokenizer") == ["bpe", "hf"] and reg.names("format") == ["commitforge", "starcoder1", "starcoder2"]
     assert reg.names("split") == ["path", "random", "temporal"] and reg.names("builder") == ["commit", "file", "fim"]
     assert reg.names("writer") == ["hf", "jsonl", "legacy", "parquet", "torch"]
