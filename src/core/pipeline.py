@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -45,6 +46,17 @@ def code_version() -> str:
             h.update(path.relative_to(root).as_posix().encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def plugin_code(info: Any) -> tuple[str, str, str | None]:
+    """A plugin's package, version and a hash of the module its factory lives in: work a
+    third-party plugin did is never reused after its code changes."""
+    try:
+        source = inspect.getsourcefile(info.factory)
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else None
+    except (TypeError, OSError):
+        digest = None
+    return info.package, info.version, digest
 
 
 def check_stages(stages: list[str]) -> list[str]:
@@ -293,7 +305,11 @@ class Run:
     def _chunk_fingerprint(self) -> str:
         """Everything a chunk-stage batch's rows depend on besides its commits and trees."""
         plain = lambda key: OmegaConf.to_container(self.cfg[key], resolve=True) if self.cfg.get(key) is not None else None  # noqa: E731
-        return fingerprint("chunk", STAGE_CACHE_FORMAT, code_version(),
+        selected = [("language", name) for name in sorted(self.languages)] + [("chunker", self.cfg.chunker.name)]
+        if self.cfg.get("context") is not None:
+            selected.append(("context", self.cfg.context.name))
+        plugins = [plugin_code(self.registry.get(kind, name)) for kind, name in selected]
+        return fingerprint("chunk", STAGE_CACHE_FORMAT, code_version(), plugins,
                            {name: lang.cache_key for name, lang in sorted(self.languages.items())},
                            plain("language"), plain("chunker"), plain("context"),
                            getattr(self.context, "counted_with", None), int(self.cfg.max_file_bytes),
