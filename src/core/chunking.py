@@ -74,6 +74,7 @@ class ChunkJob:
     max_file_bytes: int
     rename_similarity: float
     context: Any = None  # a context strategy, or None
+    redactor: Any = None  # a core.redact.Redactor, or None
     blob_skips: dict[str, str] = field(default_factory=dict)
 
     def _cache(self, lang: str) -> BlobCache:
@@ -258,7 +259,9 @@ class ChunkJob:
                         row.context = self.context.items(query, snapshot)
                         recall = self.context.recall and pc.new_code
                         measure(stats, query if recall else None, row.context, snapshot)
-                    yield row.to_dict()
+                    out = row.to_dict()
+                    redact_row(out, self.redactor, stats)
+                    yield out
             stats.add("unit_changes", emitted)
             if emitted == 0:
                 stats.add("files_without_unit_changes")
@@ -302,6 +305,28 @@ def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, 
         new_lines=pc.new.lines if pc.new is not None else None,
         has_error=ref.has_error,
     )
+
+
+REDACTED_FIELDS = ("subject", "message", "header", "signature", "old_code", "new_code")
+
+
+def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
+    """Replace secrets in every text of a chunks.jsonl row (context items included) and
+    count them by kind. The same secret gets the same replacement in old and new code."""
+    if redactor is None:
+        return
+
+    def clean(text: str) -> str:
+        new, counts = redactor.redact(text)
+        for kind, n in counts.items():
+            stats.add(f"redacted_{kind}", n)
+        return new
+
+    for name in REDACTED_FIELDS:
+        if row.get(name):
+            row[name] = clean(row[name])
+    for item in row.get("context") or ():
+        item["text"] = clean(item["text"])
 
 
 def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | None]]:

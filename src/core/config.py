@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from core.redact import RedactConfig
 from omegaconf import OmegaConf
 
 STAGES = ("mine", "chunk", "build")
@@ -40,6 +42,7 @@ class RootConfig:
     max_file_bytes: int = 1_000_000  # larger blobs are skipped (counted as too_large)
     progress: bool | None = None  # progress bars on standard error; null: when it is a terminal
     languages: list[str] = field(default_factory=list)  # more languages besides `language`, with defaults
+    redact: RedactConfig = field(default_factory=RedactConfig)
     reuse: bool = True  # reuse finished chunk-stage batches from the cache (see core.stage_cache)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -23,6 +23,7 @@ from core.hookspecs import KINDS
 from core.language import file_extension
 from core.manifest import Manifest, RunLock, completed_stages, environment_versions, remove_stale_temporaries
 from core.records import CommitRecord
+from core.redact import RedactConfig
 from core.progress import configure as configure_progress
 from core.progress import progress
 from core.registry import PluginRegistry
@@ -121,6 +122,7 @@ class Run:
                 count = counter()
                 digest = hashlib.sha256(count.tokenizer_json.encode()).hexdigest()[:16]
                 self.context.use_token_counter(count, f"tokenizer:{cfg.tokenizer.name}:{digest}")
+        self.redactor = RedactConfig(**OmegaConf.to_container(cfg.redact, resolve=True)).redactor()  # type: ignore[arg-type]
         if cfg.max_file_bytes < 1:
             raise CommitforgeError(f"max_file_bytes={cfg.max_file_bytes} must be positive")
         if cfg.repo:
@@ -205,6 +207,12 @@ class Run:
         commits = []
         with atomic_write(self.run_dir / "commits.jsonl") as fh:
             for rec in progress(self.source.commits(self.repo, self.extensions(), stats), desc="mine", unit="commit"):
+                if self.redactor is not None:  # secrets never reach commits.jsonl (nor the rows built from it)
+                    for name in ("subject", "message"):
+                        text, counts = self.redactor.redact(getattr(rec, name))
+                        setattr(rec, name, text)
+                        for kind, n in counts.items():
+                            stats.add(f"redacted_{kind}", n)
                 commits.append(rec)
                 fh.write(json_line(rec.to_dict()))
         if commits:
@@ -229,6 +237,7 @@ class Run:
             max_file_bytes=int(self.cfg.max_file_bytes),
             rename_similarity=float(self.cfg.pairing.rename_similarity),
             context=self.context,
+            redactor=self.redactor,
         )
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:
@@ -313,7 +322,7 @@ class Run:
                            {name: lang.cache_key for name, lang in sorted(self.languages.items())},
                            plain("language"), plain("chunker"), plain("context"),
                            getattr(self.context, "counted_with", None), int(self.cfg.max_file_bytes),
-                           plain("pairing"), self.repo.name)
+                           plain("pairing"), plain("redact"), self.repo.name)
 
     def _build(self, manifest: Manifest) -> None:
         from core.build import build_stage  # tokenizer and dedup stacks load only when building

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_all
+from core.chunking import redact_row
 from core.hookspecs import hookimpl
 from core.progress import progress
 from core.language import file_extension
@@ -114,6 +115,8 @@ class FileBuilder(CommitBuilder):
                 for k, piece in enumerate(chunk.pieces, 1):
                     rows.append(_snapshot_row(run, rec, path, lang_name, chunk.kind, chunk.qualname, chunk.header,
                                               piece, k, len(chunk.pieces)))
+        for row in rows:  # code read from the blob cache is raw: redact it like chunks.jsonl
+            redact_row(row, run.redactor, stats)
         stats.add("snapshot_files", len(files))
         return rows
 
