@@ -213,20 +213,25 @@ class RepoMapContext(_Budgeted):
         if graph is None:
             graph = self._graphs[query.lang] = _Graph(query.lang)
         ranks = graph.ranks(snapshot, query.path, self.cfg)
-        index = snapshot.index(query.lang)
         named = Counter(_IDENT.findall(query.code))
+        # every definition the unit names, from any top file; other definitions of the top
+        # files, best-ranked first, up to a few times what the budget can hold
+        filler = 3 * self.cfg.max_tokens * self.cfg.chars_per_token
         candidates = []
         for path, rank in ranks:
-            for ref in index.definitions(path):
-                # methods are shown by their impl or trait skeletons
+            for ref in graph.definitions(snapshot, path):
+                mentions = named.get(ref.name, 0)
+                if not mentions and filler <= 0:
+                    continue
+                # methods are shown by their impl or trait skeletons; never the unit itself
                 if ref.kind in ("mod", "method") or (path == query.path and _overlaps(ref, query)):
                     continue
-                mentions = named.get(ref.name, 0)
-                ref.count = mentions
-                item = to_item(ref)
-                item.score = round(1000.0 * rank * (1.0 + 4.0 * min(mentions, 5)), 4)
-                item.why = f"repomap: rank {rank:.4f}" + (f", named {mentions}x" if mentions else "")
-                candidates.append(item)
+                if not mentions:
+                    filler -= len(ref.text)
+                candidates.append(ContextItem(
+                    path=ref.path, qualname=ref.qualname, kind=ref.kind, text=ref.text,
+                    score=round(1000.0 * rank * (1.0 + 4.0 * min(mentions, 5)), 4),
+                    why=f"repomap: rank {rank:.4f}" + (f", named {mentions}x" if mentions else "")))
         return pack(candidates, self.cfg.max_tokens, self.count)
 
 
@@ -236,67 +241,119 @@ def _overlaps(ref: Reference, query: UnitQuery) -> bool:
 
 
 class _Graph:
-    """The file reference graph of one snapshot version, and personalised PageRank on it."""
+    """The file reference graph of a snapshot, kept up to date file by file, and
+    personalised PageRank on it.
+
+    A file points at the files defining the names it uses (weight: the square root of
+    how often it uses each). When files change, only their own out-edges and those of
+    the files using a name whose definitions moved are recomputed.
+    """
 
     def __init__(self, lang: str):
         self.lang = lang
         self.version = -1
-        self.paths: list[str] = []
-        self.src = self.dst = self.weight = np.zeros(0)
-        self._idents = LRU(16384)  # blob -> identifier counts
+        self.blobs: dict[str, str] = {}  # path -> blob in the graph
+        self.idents: dict[str, Counter] = {}
+        self.defined: dict[str, set[str]] = {}  # path -> names it defines
+        self.definers: dict[str, set[str]] = {}  # name -> paths
+        self.mentioners: dict[str, set[str]] = {}  # name -> paths using it
+        self.rows: dict[str, dict[str, float]] = {}
+        self._ident_cache = LRU(16384)  # blob -> identifier counts
+        self._defs_cache = LRU(16384)  # (path, blob) -> definitions
         self._ranks: dict[str, list[tuple[str, float]]] = {}
+        self._arrays: tuple | None = None
+
+    def definitions(self, snapshot: Any, path: str) -> list[Reference]:
+        blob = snapshot.files.get(path)
+        return self._defs_cache.get_or((path, blob), lambda: snapshot.index(self.lang).definitions(path))
 
     def _file_idents(self, snapshot: Any, blob: str) -> Counter:
         def make() -> Counter:
             parsed = snapshot.load(blob, self.lang)
             return Counter(_IDENT.findall(parsed.text)) if parsed is not None else Counter()
-        return self._idents.get_or(blob, make)
+        return self._ident_cache.get_or(blob, make)
 
-    def _build(self, snapshot: Any) -> None:
-        index = snapshot.index(self.lang)
-        self.paths = sorted(p for p in snapshot.files if snapshot.lang_of(p) == self.lang)
-        at = {p: i for i, p in enumerate(self.paths)}
-        definers: dict[str, list[int]] = {}
-        for i, p in enumerate(self.paths):
-            for name in {r.name for r in index.definitions(p) if r.kind not in ("impl", "mod")}:
-                definers.setdefault(name, []).append(i)
-        edges: dict[tuple[int, int], float] = {}
-        for p in self.paths:
-            a = at[p]
-            for name, n in self._file_idents(snapshot, snapshot.files[p]).items():
-                for b in definers.get(name, ()):
-                    if b != a:
-                        edges[(a, b)] = edges.get((a, b), 0.0) + n ** 0.5
-        self.src = np.fromiter((k[0] for k in edges), dtype=np.int64, count=len(edges))
-        self.dst = np.fromiter((k[1] for k in edges), dtype=np.int64, count=len(edges))
-        w = np.fromiter(edges.values(), dtype=np.float64, count=len(edges))
-        out = np.bincount(self.src, weights=w, minlength=len(self.paths)) if len(edges) else np.zeros(len(self.paths))
-        self.weight = w / np.where(out[self.src] > 0, out[self.src], 1.0) if len(edges) else w
+    def _sync(self, snapshot: Any) -> None:
+        files = {p: b for p, b in snapshot.files.items() if snapshot.lang_of(p) == self.lang}
+        changed = [p for p in files if self.blobs.get(p) != files[p]] + [p for p in self.blobs if p not in files]
+        dirty: set[str] = set()
+        for path in changed:
+            for name in self.idents.pop(path, ()):
+                self.mentioners[name].discard(path)
+            old_names = self.defined.pop(path, set())
+            blob = files.get(path)
+            if blob is None:
+                self.blobs.pop(path, None)
+                self.rows.pop(path, None)
+                new_names: set[str] = set()
+            else:
+                self.blobs[path] = blob
+                idents = self._file_idents(snapshot, blob)
+                self.idents[path] = idents
+                for name in idents:
+                    self.mentioners.setdefault(name, set()).add(path)
+                new_names = {r.name for r in self.definitions(snapshot, path) if r.kind not in ("impl", "mod")}
+                self.defined[path] = new_names
+                dirty.add(path)
+            for name in old_names - new_names:
+                self.definers[name].discard(path)
+            for name in new_names - old_names:
+                self.definers.setdefault(name, set()).add(path)
+            for name in old_names ^ new_names:
+                dirty |= self.mentioners.get(name, set())
+        for path in dirty:
+            if path in self.blobs:
+                row: dict[str, float] = {}
+                for name, n in self.idents[path].items():
+                    for target in self.definers.get(name, ()):
+                        if target != path:
+                            row[target] = row.get(target, 0.0) + n ** 0.5
+                self.rows[path] = row
         self.version = snapshot.version
         self._ranks.clear()
+        self._arrays = None
+
+    def _edges(self) -> tuple:
+        if self._arrays is None:
+            paths = sorted(self.blobs)
+            at = {p: i for i, p in enumerate(paths)}
+            src, dst, w = [], [], []
+            for p in paths:  # sorted: the same floating-point sums in every worker
+                row = self.rows.get(p)
+                if not row:
+                    continue
+                a = at[p]
+                total = sum(row[q] for q in sorted(row))
+                for q in sorted(row):
+                    src.append(a)
+                    dst.append(at[q])
+                    w.append(row[q] / total)
+            self._arrays = (paths, at, np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64),
+                            np.array(w, dtype=np.float64))
+        return self._arrays
 
     def ranks(self, snapshot: Any, path: str, cfg: RepoMapContextConfig) -> list[tuple[str, float]]:
         if self.version != snapshot.version:
-            self._build(snapshot)
+            self._sync(snapshot)
         hit = self._ranks.get(path)
         if hit is not None:
             return hit
-        n = len(self.paths)
+        paths, at, src, dst, weight = self._edges()
+        n = len(paths)
         if n == 0:
             return []
         start = np.zeros(n)
-        if path in self.paths:
-            start[self.paths.index(path)] = 1.0
+        if path in at:
+            start[at[path]] = 1.0
         else:
             start[:] = 1.0 / n
+        dangling = np.bincount(src, minlength=n) == 0 if len(src) else np.ones(n, dtype=bool)
         rank = start.copy()
-        out_deg = np.bincount(self.src, minlength=n) if len(self.src) else np.zeros(n)
-        dangling = out_deg == 0
         for _ in range(cfg.iterations):
-            spread = np.bincount(self.dst, weights=rank[self.src] * self.weight, minlength=n) if len(self.src) else 0.0
+            spread = np.bincount(dst, weights=rank[src] * weight, minlength=n) if len(src) else 0.0
             rank = (1 - cfg.damping) * start + cfg.damping * (spread + rank[dangling].sum() * start)
         order = np.argsort(-rank, kind="stable")[:cfg.top_files]
-        hit = self._ranks[path] = [(self.paths[i], float(rank[i])) for i in order if rank[i] > 0]
+        hit = self._ranks[path] = [(paths[i], float(rank[i])) for i in order if rank[i] > 0]
         return hit
 
 

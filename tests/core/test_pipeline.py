@@ -80,9 +80,13 @@ def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
     assert (tmp_path / "run" / "chunks.jsonl").read_bytes() == (second_dir / "chunks.jsonl").read_bytes()
 
 
-def test_output_is_identical_for_any_worker_count(tmp_path):
-    one = run_pipeline(tmp_path / "a", "executor.workers=1")
-    two = run_pipeline(tmp_path / "b", "executor.workers=2")
+@pytest.mark.parametrize("context", ["none", "imports", "repomap"])
+def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch):
+    import core.pipeline
+
+    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 3)  # several batches: workers see different histories
+    one = run_pipeline(tmp_path / "a", "executor.workers=1", f"context={context}", "reuse=false")
+    two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "reuse=false")
     assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
 
