@@ -133,7 +133,15 @@ class ChunkJob:
                     entry["skip"] = "not_utf8"
             if entry["skip"] is None:
                 previous = _TREES.get(prev) if prev else None
-                parsed = self.languages[lang].parse(data, previous)
+                try:
+                    parsed = self.languages[lang].parse(data, previous)
+                except Exception as exc:  # noqa: BLE001 - one file's parser failure never ends the run
+                    if type(exc).__name__ == "ParseTimeout":
+                        skips[blob] = "parse_timeout"  # not cached: a later run may allow more time
+                    else:
+                        done[lang].append((blob, {**entry, "skip": "parse_failed"}))
+                        stats.add("blobs_parse_failed")
+                    continue
                 if previous is not None:
                     stats.add("blobs_parsed_incrementally")
                 _TREES[blob] = (data, parsed)

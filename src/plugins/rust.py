@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
+import time
 from dataclasses import dataclass, field
 
 import tree_sitter
@@ -50,10 +51,15 @@ class RustConfig:
     name: str = "rust"
     extensions: list[str] = field(default_factory=lambda: [".rs"])
     max_nesting: int = 6  # levels of mod/impl/trait bodies searched for items
+    parse_timeout_s: float = 20.0  # a blob whose parsing takes longer is skipped (counted as parse_timeout)
 
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip()
+
+
+class ParseTimeout(Exception):
+    """Parsing one blob took longer than its language's limit."""
 
 
 class RustLanguage:
@@ -116,13 +122,13 @@ class RustLanguage:
         if previous is not None and previous[1].tree is not None and not previous[1].has_error:
             old_source, old_parsed = previous
             edited, span = _edited(old_source, old_parsed.tree, source)
-            tree = parser.parse(source, edited)
+            tree = self._parse(parser, source, edited)
             if tree.root_node.has_error:
                 tree = None
             else:
                 reuse = _Reuse(old_source, old_parsed, source, text, span, edited.changed_ranges(tree))
         if tree is None:
-            tree = parser.parse(source)
+            tree = self._parse(parser, source)
         root = tree.root_node
         offsets = _Offsets(source, text)
         units: list[Unit] = []
@@ -157,6 +163,24 @@ class RustLanguage:
         visit(root, None, None, 0)
         self._skeletons(units, [u.char_start for u in units])
         return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, decls=decls, tree=tree)
+
+    def _parse(self, parser: tree_sitter.Parser, source: bytes, old_tree: tree_sitter.Tree | None = None):
+        """Parse with a deadline: the parser reads the source through a callback that ends
+        the input once ``parse_timeout_s`` has passed, and the blob is then refused."""
+        deadline = time.perf_counter() + self.cfg.parse_timeout_s
+        expired = False
+
+        def read(offset: int, _point) -> bytes:
+            nonlocal expired
+            if time.perf_counter() > deadline:
+                expired = True
+                return b""
+            return source[offset:offset + 65536]
+
+        tree = parser.parse(read, old_tree) if old_tree is not None else parser.parse(read)
+        if expired:
+            raise ParseTimeout(f"parsing took more than {self.cfg.parse_timeout_s} s")
+        return tree
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
               parent_idx: int | None, container, seen_names: dict[str, int],
@@ -385,6 +409,9 @@ def _leading_trivia_start(node) -> tuple[int, int]:
     return start, row
 
 
+MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
+
+
 def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
     """(offset - base, depth) between the children of large nodes, in increasing order.
 
@@ -399,7 +426,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
         if prev_row >= 0:
             out.append(((start - point.column if point.row > prev_row else start) - base, depth))
         prev_row = child.end_point.row
-        if child.end_byte - start > CUT_MIN and child.child_count:
+        if child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH:
             _collect_cuts(child, source, depth + 1, base, out)
 
 

@@ -1,0 +1,61 @@
+"""Broken inputs inside a run: each is a counted skip or handled, never a crashed run."""
+
+from __future__ import annotations
+
+from core.chunking import ChunkJob
+
+from ..conftest import manifest, read_jsonl, run_pipeline
+
+
+def test_deeply_nested_and_single_line_files_are_chunked(scripted_repo, tmp_path):
+    depth = 20_000
+    nested = "pub fn deep() -> u32 { " + "(" * depth + "1" + ")" * depth + " }\n"
+    one_line = "pub fn wide() -> u32 { " + " + ".join(["1"] * 120_000) + " }\n"  # ~480 KB on one line
+    scripted_repo.commit("odd files", {"src/deep.rs": nested, "src/wide.rs": one_line, "src/ok.rs": "fn ok() {}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]", "context=imports")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    parts = {}
+    for row in rows:
+        parts.setdefault(row["qualname"], []).append(row)
+    assert set(parts) == {"deep::deep", "wide::wide", "ok::ok"}
+    wide = parts["wide::wide"]
+    # a 120,000-deep expression has no syntax boundaries a cut may use below its top levels: its
+    # parts stay over the limit, and are counted as such
+    assert "".join(r["new_code"] for r in wide).count("1") >= 120_000
+    counts = manifest(run_dir)["stages"]["chunk"]["counts"]
+    assert counts["oversize_parts"] >= 1 and manifest(run_dir)["stages"]["chunk"]["skips"] == {}
+
+
+def test_a_parser_failure_or_timeout_is_a_counted_skip(scripted_repo, tmp_path, monkeypatch):
+    scripted_repo.commit("three", {"src/a.rs": "fn a() {}\n", "src/b.rs": "fn b() {}\n", "src/c.rs": "fn c() {}\n"})
+    real = ChunkJob.parse_blobs
+
+    def failing_parse_blobs(self, batch):
+        lang = self.languages["rust"]
+        parse = lang.parse
+
+        def parse_or_fail(data, previous=None):
+            if data.startswith(b"fn b"):
+                raise RuntimeError("grammar crashed")  # what a faulty parser extension does
+            return parse(data, previous)
+
+        lang.parse = parse_or_fail
+        try:
+            return real(self, batch)
+        finally:
+            lang.parse = parse
+
+    monkeypatch.setattr(ChunkJob, "parse_blobs", failing_parse_blobs)
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
+    chunk = manifest(run_dir)["stages"]["chunk"]
+    assert chunk["skips"] == {"file_parse_failed": 1} and chunk["counts"]["blobs_parse_failed"] == 1
+    assert [r["qualname"] for r in read_jsonl(run_dir / "chunks.jsonl")] == ["a::a", "c::c"]
+    monkeypatch.undo()
+    # a parse that runs past the language's time limit is ended by the guard and skipped
+    slow = run_pipeline(tmp_path / "slow", f"repo={scripted_repo.path}", "stages=[mine,chunk]",
+                        "language.parse_timeout_s=0", "reuse=false", f"cache_dir={tmp_path / 'fresh'}")
+    chunk = manifest(slow)["stages"]["chunk"]
+    assert chunk["skips"] == {"file_parse_timeout": 3}
+    again = run_pipeline(tmp_path / "again", f"repo={scripted_repo.path}", "stages=[mine,chunk]", "reuse=false",
+                         f"cache_dir={tmp_path / 'fresh'}")
+    assert manifest(again)["stages"]["chunk"]["skips"] == {}  # a timeout is not cached as the blob's fate
