@@ -54,6 +54,30 @@ class Reference:
     name: str = ""
 
 
+class MemoReferences:
+    """For symbol indexes: ``references`` remembers its last answer, so the context
+    strategy and the recall measurement asking about the same unit resolve it once.
+    Subclasses implement ``_references`` and call ``forget_references`` on every update."""
+
+    _last: tuple[Any, bool, list[Reference]] | None = None
+
+    def references(self, q: UnitQuery, related: bool = True) -> list[Reference]:
+        """The definitions a unit's code refers to, with how (``tier``) and how often."""
+        key = (q.path, q.local_qualname, q.header, q.code)
+        last = self._last
+        if last is not None and last[0] == key and (last[1] or not related):
+            return last[2] if related else [r for r in last[2] if r.tier == "direct"]
+        refs = self._references(q, related)
+        self._last = (key, related, refs)
+        return refs
+
+    def forget_references(self) -> None:
+        self._last = None
+
+    def _references(self, q: UnitQuery, related: bool) -> list[Reference]:
+        raise NotImplementedError
+
+
 TIER_SCORE = {"direct": 100.0, "method": 60.0, "impl": 40.0, "related": 20.0, "file": 0.0}
 
 

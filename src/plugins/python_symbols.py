@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.context import Reference, UnitQuery
+from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob, Unit
 
 DefRef = tuple[str, int]  # (path, index into FileSymbols.defs)
@@ -301,7 +301,7 @@ def _common(a: str, b: str) -> int:
     return n
 
 
-class PythonIndex:
+class PythonIndex(MemoReferences):
     """Modules, definitions and imports of a Python tree, updated file by file."""
 
     def __init__(self, module_path) -> None:
@@ -312,11 +312,10 @@ class PythonIndex:
         self._members_cache: dict[DefRef, dict[str, list[DefRef]]] = {}
         self._resolved: dict[tuple[str, tuple[str, ...]], tuple[list[DefRef], list[DefRef]]] = {}
         self._related_of: dict[str, dict[int, list[tuple[DefRef, int, str]]]] = {}
-        self._last: tuple[Any, bool, list[Reference]] | None = None
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], projects: dict[str, bytes | None]) -> None:
-        self._last = None
+        self.forget_references()
         paths_changed = any((syms is None) == (path in self.files) for path, syms in files.items())
         same_shape = not paths_changed and all(
             syms is None or self.files[path].shape() == syms.shape() for path, syms in files.items())
@@ -543,16 +542,6 @@ class PythonIndex:
             if i is not None and syms.defs[i].kind == "class":
                 return (q.path, i)
         return None
-
-    def references(self, q: UnitQuery, related: bool = True) -> list[Reference]:
-        """The definitions a unit's code refers to, with how (``tier``) and how often."""
-        key = (q.path, q.local_qualname, q.header, q.code)
-        if self._last is not None and self._last[0] == key and (self._last[1] or not related):
-            refs = self._last[2]
-            return refs if related else [r for r in refs if r.tier == "direct"]
-        refs = self._references(q, related)
-        self._last = (key, related, refs)
-        return refs
 
     def _references(self, q: UnitQuery, related: bool) -> list[Reference]:
         mid = self.module_of(q.path)

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.context import Reference, UnitQuery
+from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob
 
 Mod = tuple[str, ...]  # (crate id, module names...)
@@ -311,7 +311,7 @@ def workspace_dependencies(data: bytes) -> dict[str, str]:
 
 # -- the index ---------------------------------------------------------------------------
 
-class RustIndex:
+class RustIndex(MemoReferences):
     """Modules, items and imports of a Rust tree, updated file by file."""
 
     def __init__(self, module_path) -> None:
@@ -331,14 +331,13 @@ class RustIndex:
         self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
         self._crate_names: set[str] = set()
         self._manifest_cache: dict[tuple, Any] = {}
-        self._last: tuple[Any, bool, list[Reference]] | None = None
         self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
         self._related_of: dict[str, dict[int, list[tuple[DefRef, int, str]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
-        self._last = None
+        self.forget_references()
         same_shape = not manifests and all(
             syms is not None and path in self.files and self.files[path].shape() == syms.shape()
             for path, syms in files.items())
@@ -638,16 +637,6 @@ class RustIndex:
             else:
                 break
         return best
-
-    def references(self, q: UnitQuery, related: bool = True) -> list[Reference]:
-        """The definitions a unit's code refers to, with how (``tier``) and how often."""
-        key = (q.path, q.local_qualname, q.header, q.code)
-        if self._last is not None and self._last[0] == key and (self._last[1] or not related):
-            refs = self._last[2]
-            return refs if related else [r for r in refs if r.tier == "direct"]
-        refs = self._references(q, related)
-        self._last = (key, related, refs)
-        return refs
 
     def _references(self, q: UnitQuery, related: bool) -> list[Reference]:
         base = self.file_mod.get(q.path) or self.module_of(q.path)
