@@ -23,6 +23,7 @@ from core.files import json_line
 from core.gitio import BlobReader
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
+from core.parsing import ParseTimeout
 from core.progress import progress
 from core.records import CommitRecord, ParsedBlob, UnitChange
 from core.snapshot import Snapshot, TreeSteps
@@ -136,7 +137,7 @@ class ChunkJob:
                 try:
                     parsed = self.languages[lang].parse(data, previous)
                 except Exception as exc:  # noqa: BLE001 - one file's parser failure never ends the run
-                    if type(exc).__name__ == "ParseTimeout":
+                    if isinstance(exc, ParseTimeout):
                         skips[blob] = "parse_timeout"  # not cached: a later run may allow more time
                     else:
                         done[lang].append((blob, {**entry, "skip": "parse_failed"}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import time
 
 import tree_sitter
 
@@ -59,3 +60,28 @@ def edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes) -> tuple[tree_sit
     tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=point(old, start),
               old_end_point=point(old, old_end), new_end_point=point(new, new_end))
     return tree, (start, old_end, new_end)
+
+
+class ParseTimeout(Exception):
+    """Parsing one blob took longer than its language's limit."""
+
+
+def parse_with_deadline(parser: tree_sitter.Parser, source: bytes, old_tree: tree_sitter.Tree | None,
+                        seconds: float) -> tree_sitter.Tree:
+    """Parse with a deadline: the parser reads the source through a callback that ends the
+    input once ``seconds`` have passed, and ParseTimeout is raised (the chunk stage counts
+    the blob as a ``parse_timeout`` skip)."""
+    deadline = time.perf_counter() + seconds
+    expired = False
+
+    def read(offset: int, _point) -> bytes:
+        nonlocal expired
+        if time.perf_counter() > deadline:
+            expired = True
+            return b""
+        return source[offset:offset + 65536]
+
+    tree = parser.parse(read, old_tree) if old_tree is not None else parser.parse(read)
+    if expired:
+        raise ParseTimeout(f"parsing took more than {seconds} s")
+    return tree

@@ -39,6 +39,7 @@ from plugins.python_symbols import FileSymbols, PythonIndex, summarize
 from core.chunk import CUT_MIN, CUT_UNIT
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import edited as _edited
+from core.parsing import parse_with_deadline
 
 EXTRACTOR_VERSION = "1"
 
@@ -58,6 +59,7 @@ class PythonConfig:
     name: str = "python"
     extensions: list[str] = field(default_factory=lambda: [".py"])
     max_nesting: int = 6  # levels of class bodies and if/try/with blocks searched for definitions
+    parse_timeout_s: float = 20.0  # a blob whose parsing takes longer is skipped (counted as parse_timeout)
 
 
 def _norm(text: str) -> str:
@@ -129,11 +131,11 @@ class PythonLanguage:
         tree = None
         if previous is not None and previous[1].tree is not None and not previous[1].has_error:
             edited, _ = _edited(previous[0], previous[1].tree, source)
-            tree = parser.parse(source, edited)
+            tree = parse_with_deadline(parser, source, edited, self.cfg.parse_timeout_s)
             if tree.root_node.has_error:
                 tree = None
         if tree is None:
-            tree = parser.parse(source)
+            tree = parse_with_deadline(parser, source, None, self.cfg.parse_timeout_s)
         root = tree.root_node
         offsets = _Offsets(source, text)
         units: list[Unit] = []

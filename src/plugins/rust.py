@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
-import time
 from dataclasses import dataclass, field
 
 import tree_sitter
@@ -22,6 +21,7 @@ from core.hookspecs import hookimpl
 from core.chunk import CUT_MIN, CUT_UNIT, pack_cuts
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import edited as _edited
+from core.parsing import parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
@@ -56,10 +56,6 @@ class RustConfig:
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip()
-
-
-class ParseTimeout(Exception):
-    """Parsing one blob took longer than its language's limit."""
 
 
 class RustLanguage:
@@ -165,22 +161,7 @@ class RustLanguage:
         return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, decls=decls, tree=tree)
 
     def _parse(self, parser: tree_sitter.Parser, source: bytes, old_tree: tree_sitter.Tree | None = None):
-        """Parse with a deadline: the parser reads the source through a callback that ends
-        the input once ``parse_timeout_s`` has passed, and the blob is then refused."""
-        deadline = time.perf_counter() + self.cfg.parse_timeout_s
-        expired = False
-
-        def read(offset: int, _point) -> bytes:
-            nonlocal expired
-            if time.perf_counter() > deadline:
-                expired = True
-                return b""
-            return source[offset:offset + 65536]
-
-        tree = parser.parse(read, old_tree) if old_tree is not None else parser.parse(read)
-        if expired:
-            raise ParseTimeout(f"parsing took more than {self.cfg.parse_timeout_s} s")
-        return tree
+        return parse_with_deadline(parser, source, old_tree, self.cfg.parse_timeout_s)
 
     def _unit(self, node, source: bytes, text: str, offsets: _Offsets, units: list[Unit],
               parent_idx: int | None, container, seen_names: dict[str, int],

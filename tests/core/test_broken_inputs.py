@@ -59,3 +59,10 @@ def test_a_parser_failure_or_timeout_is_a_counted_skip(scripted_repo, tmp_path, 
     again = run_pipeline(tmp_path / "again", f"repo={scripted_repo.path}", "stages=[mine,chunk]", "reuse=false",
                          f"cache_dir={tmp_path / 'fresh'}")
     assert manifest(again)["stages"]["chunk"]["skips"] == {}  # a timeout is not cached as the blob's fate
+
+
+def test_the_parse_deadline_guards_every_language(scripted_repo, tmp_path):
+    scripted_repo.commit("py", {"tool/a.py": "def a():\n    return 1\n", "src/lib.rs": "fn r() {}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]", "language=python",
+                           "language.parse_timeout_s=0")
+    assert manifest(run_dir)["stages"]["chunk"]["skips"] == {"file_parse_timeout": 1}
