@@ -55,6 +55,7 @@ def reset_memory() -> None:
     _TREES.clear()
     _CACHES.clear()
     _SNAPSHOTS.clear()
+    _REDACTED.clear()
 
 
 def close_readers() -> None:
@@ -335,7 +336,19 @@ def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
         if row.get(name):
             row[name] = clean(row[name])
     for item in row.get("context") or ():
-        item["text"] = clean(item["text"])
+        # context items repeat across units (the same definitions): redact each text once
+        text = item["text"]
+        hit = _REDACTED.get(text)
+        if hit is None:
+            hit = _REDACTED[text] = redactor.redact(text)
+            if len(_REDACTED) > 32768:
+                _REDACTED.pop(next(iter(_REDACTED)))
+        item["text"] = hit[0]
+        for kind, n in hit[1].items():
+            stats.add(f"redacted_{kind}", n)
+
+
+_REDACTED: dict[str, tuple[str, Any]] = {}  # per process: context text -> (redacted text, counts)
 
 
 def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | None]]:
