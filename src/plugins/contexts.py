@@ -103,14 +103,21 @@ class NoContext:
 
 
 @dataclass
-class SameFileContextConfig:
+class BudgetedConfig:
+    """Settings every budgeted strategy shares (subclasses add their own after these)."""
+
+    name: str = ""
+    max_tokens: int = 2048  # context budget per unit; items are packed whole
+    chars_per_token: float = 3.2  # token estimate when the run's tokenizer is not loaded before building
+    max_item_chars: int = 1200  # longer data types lose doc comments, then show their signature only
+    bodies: int = 0  # keep function bodies up to this many characters (0: signatures only)
+    snapshot: str | None = "commit"  # commit | parent: the tree definitions (and recall) are taken from
+    recall: bool = True  # measure context recall (resolves every unit's references)
+
+
+@dataclass
+class SameFileContextConfig(BudgetedConfig):
     name: str = "same_file"
-    max_tokens: int = 2048
-    chars_per_token: float = 3.2
-    max_item_chars: int = 1200  # longer definitions are shown by their signature only
-    bodies: int = 0
-    snapshot: str | None = "commit"  # only for measuring recall
-    recall: bool = True
 
 
 def render(unit: Unit, max_item_chars: int) -> str:
@@ -151,15 +158,9 @@ class SameFileContext(_Budgeted):
 
 
 @dataclass
-class ImportsContextConfig:
+class ImportsContextConfig(BudgetedConfig):
     name: str = "imports"
-    max_tokens: int = 2048
-    chars_per_token: float = 3.2
-    max_item_chars: int = 1200  # longer data types lose doc comments, then show their signature only
-    bodies: int = 0  # keep function bodies up to this many characters (0: signatures only)
     related: bool = True  # also methods called on named types, their impls, types in their signatures
-    snapshot: str = "commit"  # commit | parent: the tree definitions are taken from
-    recall: bool = True
 
 
 class ImportsContext(_Budgeted):
@@ -178,17 +179,11 @@ class ImportsContext(_Budgeted):
 
 
 @dataclass
-class RepoMapContextConfig:
+class RepoMapContextConfig(BudgetedConfig):
     name: str = "repomap"
-    max_tokens: int = 2048
-    chars_per_token: float = 3.2
-    max_item_chars: int = 1200
-    bodies: int = 0
     top_files: int = 24  # definitions are taken from this many best-ranked files
     damping: float = 0.85
     iterations: int = 30
-    snapshot: str = "commit"
-    recall: bool = True
 
 
 class RepoMapContext(_Budgeted):
