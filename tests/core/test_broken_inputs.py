@@ -66,3 +66,35 @@ def test_the_parse_deadline_guards_every_language(scripted_repo, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]", "language=python",
                            "language.parse_timeout_s=0")
     assert manifest(run_dir)["stages"]["chunk"]["skips"] == {"file_parse_timeout": 1}
+
+
+def test_utf16_files_an_unusable_output_directory_and_a_foreign_cache(scripted_repo, tmp_path):
+    import marshal
+    import sqlite3
+
+    import pytest
+
+    from core.blob_cache import CACHE_FORMAT
+    from core.errors import CommitforgeError
+
+    scripted_repo.commit("utf-16", {"src/wide.rs": "fn wide() {}\n".encode("utf-16"), "src/ok.rs": "fn ok() {}\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
+    assert manifest(run_dir)["stages"]["chunk"]["skips"] == {"file_binary": 1}  # UTF-16 text is full of NULs
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CommitforgeError, match=r"cannot create run directory .*a-file/run.*choose another out_dir=DIR"):
+        run_pipeline(tmp_path, f"repo={scripted_repo.path}", f"out_dir={blocker / 'run'}")
+
+    # a cache left by another version: older formats live in other files and are ignored; a
+    # file under this version's name that is not a cache is refused with what to do
+    cache = tmp_path / "foreign-cache"
+    cache.mkdir()
+    sqlite3.connect(cache / f"units-f{CACHE_FORMAT - 1}-m{marshal.version}.sqlite").execute("CREATE TABLE x (y)")
+    fine = run_pipeline(tmp_path / "old", f"repo={scripted_repo.path}", f"cache_dir={cache}", "stages=[mine,chunk]")
+    assert manifest(fine)["stages"]["chunk"]["counts"]["blobs_parsed"] == 1
+    (cache / f"units-f{CACHE_FORMAT}-m{marshal.version}.sqlite").unlink()
+    (cache / f"units-f{CACHE_FORMAT}-m{marshal.version}.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CommitforgeError, match=r"the unit cache .* cannot be used .*delete it or choose another cache_dir"):
+        run_pipeline(tmp_path / "bad", f"repo={scripted_repo.path}", f"cache_dir={cache}", "stages=[mine,chunk]",
+                     "reuse=false")
