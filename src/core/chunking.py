@@ -188,14 +188,20 @@ class ChunkJob:
     def _load_quietly(self, blob: str, lang: str) -> ParsedBlob | None:
         """A parsed blob for the snapshot's index, without evicting the pairing LRU's entries."""
         hit = _LOADED.get((blob, lang))
-        if hit is not None:
-            return hit[0]
+        return (hit if hit is not None else self._fetch(blob, lang))[0]
+
+    def _fetch(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
+        """A blob's parsed form from the unit cache, or why there is none."""
         if blob in self.blob_skips:
-            return None
+            return None, self.blob_skips[blob]
         entry = self._cache(lang).get(blob)
-        if entry is None or entry["skip"] or entry["size"] > self.max_file_bytes:
-            return None
-        return ParsedBlob.from_dict(entry["parsed"])
+        if entry is None:
+            return None, "missing_object"
+        if entry["skip"]:
+            return None, entry["skip"]
+        if entry["size"] > self.max_file_bytes:
+            return None, "too_large"
+        return ParsedBlob.from_dict(entry["parsed"]), None
 
     def load(self, blob: str, lang: str) -> tuple[ParsedBlob | None, str | None]:
         key = (blob, lang)
@@ -203,18 +209,7 @@ class ChunkJob:
         if hit is not None:
             _LOADED.move_to_end(key)
             return hit
-        if blob in self.blob_skips:
-            result: tuple[ParsedBlob | None, str | None] = (None, self.blob_skips[blob])
-        else:
-            entry = self._cache(lang).get(blob)
-            if entry is None:
-                result = (None, "missing_object")
-            elif entry["skip"]:
-                result = (None, entry["skip"])
-            elif entry["size"] > self.max_file_bytes:
-                result = (None, "too_large")
-            else:
-                result = (ParsedBlob.from_dict(entry["parsed"]), None)
+        result = self._fetch(blob, lang)
         _LOADED[key] = result
         if len(_LOADED) > LOADED_BLOBS:
             _LOADED.popitem(last=False)
@@ -320,32 +315,32 @@ def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, 
 REDACTED_FIELDS = ("subject", "message", "header", "signature", "old_code", "new_code")
 
 
+def redact_counted(redactor: Any, text: str, stats: Counter, memo: dict[str, tuple[str, Any]] | None = None) -> str:
+    """``text`` with its secrets replaced, counted by kind in ``stats``; ``memo`` keeps the
+    results of texts seen before (counted again each time they occur)."""
+    hit = memo.get(text) if memo is not None else None
+    if hit is None:
+        hit = redactor.redact(text)
+        if memo is not None:
+            memo[text] = hit
+            if len(memo) > 32768:
+                memo.pop(next(iter(memo)))
+    for kind, n in hit[1].items():
+        stats.add(f"redacted_{kind}", n)
+    return hit[0]
+
+
 def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
     """Replace secrets in every text of a chunks.jsonl row (context items included) and
     count them by kind. The same secret gets the same replacement in old and new code."""
     if redactor is None:
         return
-
-    def clean(text: str) -> str:
-        new, counts = redactor.redact(text)
-        for kind, n in counts.items():
-            stats.add(f"redacted_{kind}", n)
-        return new
-
     for name in REDACTED_FIELDS:
         if row.get(name):
-            row[name] = clean(row[name])
+            row[name] = redact_counted(redactor, row[name], stats)
     for item in row.get("context") or ():
         # context items repeat across units (the same definitions): redact each text once
-        text = item["text"]
-        hit = _REDACTED.get(text)
-        if hit is None:
-            hit = _REDACTED[text] = redactor.redact(text)
-            if len(_REDACTED) > 32768:
-                _REDACTED.pop(next(iter(_REDACTED)))
-        item["text"] = hit[0]
-        for kind, n in hit[1].items():
-            stats.add(f"redacted_{kind}", n)
+        item["text"] = redact_counted(redactor, item["text"], stats, _REDACTED)
 
 
 _REDACTED: dict[str, tuple[str, Any]] = {}  # per process: context text -> (redacted text, counts)

@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import COMMIT_BATCH, ChunkJob, batched, close_readers, reset_memory, unique_blobs
+from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, redact_counted, reset_memory,
+                            unique_blobs)
 from core.config import STAGES
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -208,11 +209,8 @@ class Run:
         with atomic_write(self.run_dir / "commits.jsonl") as fh:
             for rec in progress(self.source.commits(self.repo, self.extensions(), stats), desc="mine", unit="commit"):
                 if self.redactor is not None:  # secrets never reach commits.jsonl (nor the rows built from it)
-                    for name in ("subject", "message"):
-                        text, counts = self.redactor.redact(getattr(rec, name))
-                        setattr(rec, name, text)
-                        for kind, n in counts.items():
-                            stats.add(f"redacted_{kind}", n)
+                    rec.subject = redact_counted(self.redactor, rec.subject, stats)
+                    rec.message = redact_counted(self.redactor, rec.message, stats)
                 commits.append(rec)
                 fh.write(json_line(rec.to_dict()))
         if commits:

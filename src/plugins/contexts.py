@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from core.context import CharCounter, Reference, UnitQuery, pack, score, to_item
+from core.context import CharCounter, Reference, UnitQuery, pack, to_item
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
 from core.records import ContextItem, Unit

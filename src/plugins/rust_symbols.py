@@ -390,7 +390,7 @@ class RustIndex(MemoReferences):
     def _packages(self) -> dict[str, Package]:
         memo = self._manifest_cache
         ws: dict[str, str] = {}
-        for path, data in self.manifests.items():
+        for data in self.manifests.values():
             key = ("ws", data)
             if key not in memo:
                 memo[key] = workspace_dependencies(data)
@@ -491,57 +491,48 @@ class RustIndex(MemoReferences):
         return (f"{pkg.dir}#lib", *_mod_names(parts)) if stem not in ("build",) else (f"{pkg.dir}#build",)
 
     def _entries(self, path: str, mod: Mod):
+        """(table, key, value, name a lookup can now succeed on or None) for one file."""
         syms = self.files[path]
         crate = mod[0]
         for scope in syms.scopes:
-            yield self.modules, mod + scope, (path, scope)
+            key = mod + scope
+            yield self.modules, key, (path, scope), key[-1]
         for i, d in enumerate(syms.defs):
             ref = (path, i)
             if d.owner is not None:
-                yield self.assoc, (crate, d.owner), ref
+                yield self.assoc, (crate, d.owner), ref, None
                 if d.kind == "impl":
                     continue
             if d.kind == "macro":
-                yield self.macros, d.name, ref
+                yield self.macros, d.name, ref, d.name
             if d.owner is None:
-                yield self.items, (mod + d.scope, d.name), ref
+                yield self.items, (mod + d.scope, d.name), ref, d.name
         for scope, segs, bound in syms.uses:
-            yield self.uses, mod + scope, (segs, bound)
+            yield self.uses, mod + scope, (segs, bound), bound if bound != "*" else None
+
+    def _bucket(self, table: dict, key: Any, create: bool) -> list | None:
+        if table is self.items:  # items are keyed by module, then name
+            names = table.setdefault(key[0], {}) if create else table.get(key[0], {})
+            return names.setdefault(key[1], []) if create else names.get(key[1])
+        return table.setdefault(key, []) if create else table.get(key)
 
     def _add(self, path: str) -> None:
-        known = self.known
         mod = self.file_mod[path] = self.module_of(path)
-        for table, key, value in self._entries(path, mod):
-            if table is self.items:
-                table.setdefault(key[0], {}).setdefault(key[1], []).append(value)
-                known[key[1]] += 1
-            else:
-                table.setdefault(key, []).append(value)
-                if table is self.uses:
-                    if value[1] != "*":
-                        known[value[1]] += 1
-                elif table is self.modules:
-                    known[key[-1]] += 1
-                elif table is self.macros:
-                    known[key] += 1
+        for table, key, value, name in self._entries(path, mod):
+            self._bucket(table, key, True).append(value)  # type: ignore[union-attr]
+            if name is not None:
+                self.known[name] += 1
 
     def _remove(self, path: str) -> None:
-        for table, key, value in self._entries(path, self.file_mod[path]):
-            if table is self.items:
-                bucket = table.get(key[0], {}).get(key[1])
-            else:
-                bucket = table.get(key)
-            if bucket is not None:
-                try:
-                    bucket.remove(value)
-                except ValueError:
-                    continue
-                name = (key[1] if table is self.items else value[1] if table is self.uses
-                        else key[-1] if table is self.modules else key if table is self.macros else None)
-                if name is not None and name != "*":
-                    self.known[name] -= 1
-                    if self.known[name] <= 0:
-                        del self.known[name]
+        for table, key, value, name in self._entries(path, self.file_mod[path]):
+            bucket = self._bucket(table, key, False)
+            if bucket is None or value not in bucket:
+                continue
+            bucket.remove(value)
+            if name is not None:
+                self.known[name] -= 1
+                if self.known[name] <= 0:
+                    del self.known[name]
         self.file_mod.pop(path, None)
 
     # -- resolution ----------------------------------------------------------------------
