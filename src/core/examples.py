@@ -9,9 +9,11 @@ source code can never become a special token; special segments map to one id eac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 IGNORE_INDEX = -100
 
@@ -50,18 +52,29 @@ class Built:
     truncated: bool = False
 
 
-def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[list[int]], tokenizer: Tokenizer,
-             max_tokens: int, split: str) -> Built:
+def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequence[int]], tokenizer: Tokenizer,
+             max_tokens: int, split: str, *, packed: bool = False) -> Built:
     """Fit segments into ``max_tokens``: drop context items (lowest-ranked first), then cut
     cuttable segments from their end; the target is never cut. ``encoded`` holds the
-    token ids of every non-special segment, in order."""
-    ids_per: list[list[int]] = []
+    token ids of every non-special segment, in order (lists of ints or int arrays).
+
+    The example's ``input_ids``, ``attention_mask`` and ``labels`` are lists of ints, or
+    with ``packed=True`` numpy arrays (int32; int8 for the mask), a fraction of the
+    memory: :func:`unpack` turns such an example into lists."""
+    ids_per: list[Any] = []  # a special segment's token id (int), or a content segment's ids
+    lengths: list[int] = []
     it = iter(encoded)
     for seg in segments:
-        ids_per.append([tokenizer.token_id(seg.text)] if seg.special else next(it))
-    total = sum(map(len, ids_per))
-    target_len = sum(len(ids) for seg, ids in zip(segments, ids_per) if seg.target)
-    fixed = sum(len(ids) for seg, ids in zip(segments, ids_per) if seg.drop_rank is None and not seg.cuttable)
+        if seg.special:
+            ids_per.append(tokenizer.token_id(seg.text))
+            lengths.append(1)
+        else:
+            ids = next(it)
+            ids_per.append(ids)
+            lengths.append(len(ids))
+    total = sum(lengths)
+    target_len = sum(n for seg, n in zip(segments, lengths) if seg.target)
+    fixed = sum(n for seg, n in zip(segments, lengths) if seg.drop_rank is None and not seg.cuttable)
     if target_len > max_tokens:
         return Built(None, "target_too_long")
     if fixed > max_tokens:
@@ -73,33 +86,41 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[list
                         key=lambda i: -segments[i].drop_rank):  # type: ignore[operator]
             if total <= max_tokens:
                 break
-            total -= len(ids_per[i])
-            ids_per[i] = []
+            total -= lengths[i]
+            lengths[i] = 0
         for i, seg in enumerate(segments):
             if total <= max_tokens:
                 break
-            if seg.cuttable and ids_per[i]:
-                cut = min(len(ids_per[i]), total - max_tokens)
-                ids_per[i] = ids_per[i][: len(ids_per[i]) - cut]
+            if seg.cuttable and lengths[i]:
+                cut = min(lengths[i], total - max_tokens)
+                lengths[i] -= cut
                 total -= cut
-    input_ids: list[int] = []
-    labels: list[int] = []
+    input_ids = np.empty(total, dtype=np.int32)
+    labels = np.full(total, IGNORE_INDEX, dtype=np.int32)
     spans: list[list[Any]] = []
-    for seg, ids in zip(segments, ids_per):
-        if not ids and not seg.special:
+    pos = n_target = 0
+    for seg, ids, n in zip(segments, ids_per, lengths):
+        if not n and not seg.special:
             continue
-        spans.append([seg.name, len(input_ids), len(input_ids) + len(ids)])
-        input_ids.extend(ids)
-        labels.extend(ids if seg.target else [IGNORE_INDEX] * len(ids))
-    n_target = sum(1 for x in labels if x != IGNORE_INDEX)
+        spans.append([seg.name, pos, pos + n])
+        if n:
+            end = pos + n
+            if seg.special:
+                input_ids[pos] = ids
+            else:
+                input_ids[pos:end] = ids[:n] if n < len(ids) else ids
+            if seg.target:
+                labels[pos:end] = input_ids[pos:end]
+                n_target += n
+            pos = end
     example = {
         "id": change["id"],
         "split": split,
         "input_ids": input_ids,
-        "attention_mask": [1] * len(input_ids),
+        "attention_mask": np.ones(total, dtype=np.int8),
         "labels": labels,
         "segments": spans,
-        "n_tokens": len(input_ids),
+        "n_tokens": total,
         "n_target_tokens": n_target,
         "repo": change["repo"],
         "commit": change["commit"],
@@ -109,26 +130,63 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[list
         "change": change["change"],
         "kind": change["kind"],
     }
-    return Built(example, None, truncated)
+    return Built(example if packed else unpack(example), None, truncated)
 
 
-def encode_all(tokenizer: Tokenizer, layouts: list[list[Segment]], batch_chars: int = 4_000_000) -> Iterable[list[list[int]]]:
+SEQUENCE_FIELDS = ("input_ids", "attention_mask", "labels")
+
+
+def unpack(example: dict[str, Any]) -> dict[str, Any]:
+    """An example whose token sequences are lists of ints (what writers receive): a packed
+    one (numpy arrays, see :func:`assemble`) is copied with lists, any other returned as is."""
+    if not any(isinstance(example.get(f), np.ndarray) for f in SEQUENCE_FIELDS):
+        return example
+    out = dict(example)
+    for f in SEQUENCE_FIELDS:
+        value = out.get(f)
+        if isinstance(value, np.ndarray):
+            out[f] = value.tolist()
+    return out
+
+
+def encode_all(tokenizer: Tokenizer, layouts: Iterable[list[Segment]],
+               batch_chars: int = 4_000_000) -> Iterator[list[Sequence[int]]]:
     """Token ids of every non-special segment, one list per layout, encoded in large batches."""
+    for _, encoded in encode_layouts(tokenizer, layouts, batch_chars):
+        yield encoded
+
+
+def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch_chars: int = 4_000_000,
+                   memo: dict[str, np.ndarray] | None = None) -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
+    """Each layout (consumed lazily) with the token ids of its non-special segments, in order,
+    as read-only int32 arrays.
+
+    Content is encoded with special-token matching off, so a text's ids do not depend on
+    what surrounds it: each distinct text is encoded once (``memo``, text -> ids, shared by
+    every layout; context items and old code repeat across thousands of unit changes), in
+    batches of about ``batch_chars`` characters of text not seen before."""
+    memo = {} if memo is None else memo
     pending: list[list[Segment]] = []
+    new: dict[str, None] = {}  # texts of the pending layouts not in the memo, in order
     size = 0
 
-    def flush() -> Iterable[list[list[int]]]:
-        texts = [_tokenizable(s.text) for layout in pending for s in layout if not s.special]
-        ids = tokenizer.encode(texts)
-        pos = 0
+    def flush() -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
+        if new:
+            texts = list(new)
+            for text, ids in zip(texts, tokenizer.encode([_tokenizable(t) for t in texts])):
+                arr = np.array(ids, dtype=np.int32)
+                arr.flags.writeable = False  # shared by every layout with this text
+                memo[text] = arr
+            new.clear()
         for layout in pending:
-            n = sum(1 for s in layout if not s.special)
-            yield ids[pos:pos + n]
-            pos += n
+            yield layout, [memo[s.text] for s in layout if not s.special]
 
     for layout in layouts:
         pending.append(layout)
-        size += sum(len(s.text) for s in layout if not s.special)
+        for s in layout:
+            if not s.special and s.text not in memo and s.text not in new:
+                new[s.text] = None
+                size += len(s.text)
         if size >= batch_chars:
             yield from flush()
             pending, size = [], 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.examples import Format, Segment, Tokenizer, assemble, encode_all
+from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.chunking import redact_row
 from core.hookspecs import hookimpl
 from core.progress import progress
@@ -51,8 +51,8 @@ def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: lis
     """Encode every layout in large batches and fit each into ``max_tokens``; count what
     was skipped or truncated."""
     out = []
-    rows = zip(changes, splits, layouts, encode_all(tokenizer, layouts))
-    for change, split, layout, encoded in progress(rows, total=len(changes), desc="examples", unit="ex"):
+    rows = zip(changes, splits, encode_layouts(tokenizer, layouts))
+    for change, split, (layout, encoded) in progress(rows, total=len(changes), desc="examples", unit="ex"):
         built = assemble(change, layout, encoded, tokenizer, max_tokens, split)
         if built.example is None:
             stats.skip(built.skip or "unknown")
