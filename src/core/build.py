@@ -12,6 +12,7 @@ from collections import Counter as _Counter
 from typing import TYPE_CHECKING, Any
 
 from core.dedup import deduplicate
+from core.examples import ExampleRows, unpack
 from core.stats import Counter
 
 if TYPE_CHECKING:
@@ -75,9 +76,12 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
+    # the unit changes are done with: free them before the examples are written
+    del changes, splits, kept_changes, kept_splits, result, training_texts
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for ex in examples:
         by_split[ex["split"]].append(ex)
+    del examples
     max_tokens = int(getattr(run.builder.cfg, "max_tokens", 2048))
     split_stats = {}
     for name, rows in by_split.items():
@@ -107,7 +111,18 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         "resize_embeddings": bool(tok.added_tokens),
         "max_tokens": max_tokens,
     }
-    outputs = run.writer.write(run.run_dir, by_split, report)
     summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
                "resize_embeddings": bool(tok.added_tokens)}
+    outputs = run.writer.write(run.run_dir, _writer_splits(run.writer, by_split), report)
     return outputs, summary
+
+
+def _writer_splits(writer: Any, by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What the writer gets: each split's examples with lists of ints. A writer with
+    ``lazy_rows = True`` reads them as :class:`ExampleRows`, built one at a time from the
+    packed examples; any other gets plain lists (converted split by split, in place)."""
+    if getattr(writer, "lazy_rows", False):
+        return {name: ExampleRows(rows) for name, rows in by_split.items()}
+    for name in by_split:
+        by_split[name] = [unpack(r) for r in by_split[name]]
+    return by_split

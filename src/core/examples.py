@@ -149,6 +149,31 @@ def unpack(example: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ExampleRows(Sequence):
+    """A split's examples as writers read them, built on access: a read-only sequence
+    (``len``, iteration, indexing, slicing) of example dicts whose token sequences are
+    lists of ints, over examples kept packed (see :func:`assemble`). A writer that goes
+    through the rows one at a time never holds more than one example as Python ints."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [unpack(r) for r in self._rows[index]]
+        return unpack(self._rows[index])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for r in self._rows:
+            yield unpack(r)
+
+    def __repr__(self) -> str:
+        return f"ExampleRows({len(self._rows)} examples)"
+
+
 def encode_all(tokenizer: Tokenizer, layouts: Iterable[list[Segment]],
                batch_chars: int = 4_000_000) -> Iterator[list[Sequence[int]]]:
     """Token ids of every non-special segment, one list per layout, encoded in large batches."""

@@ -49,11 +49,11 @@ class CommitBuilder:
 def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: list[list[Segment]],
                   tokenizer: Tokenizer, max_tokens: int, stats: Counter) -> list[dict[str, Any]]:
     """Encode every layout in large batches and fit each into ``max_tokens``; count what
-    was skipped or truncated."""
+    was skipped or truncated. The examples are packed (numpy token arrays)."""
     out = []
     rows = zip(changes, splits, encode_layouts(tokenizer, layouts))
     for change, split, (layout, encoded) in progress(rows, total=len(changes), desc="examples", unit="ex"):
-        built = assemble(change, layout, encoded, tokenizer, max_tokens, split)
+        built = assemble(change, layout, encoded, tokenizer, max_tokens, split, packed=True)
         if built.example is None:
             stats.skip(built.skip or "unknown")
             continue

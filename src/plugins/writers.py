@@ -5,8 +5,11 @@ Every writer has one method::
     write(out_dir, splits, stats) -> {path relative to out_dir: rows}
 
 ``splits`` maps a split name ("train", "val", "test") to its examples (dicts with the keys
-of :data:`FIELDS`, sequences unpadded); an empty split still gets its file, so a run's file
-set does not depend on the data. Every writer except ``legacy`` also writes ``stats.json``
+of :data:`FIELDS`, sequences unpadded lists of ints); an empty split still gets its file, so
+a run's file set does not depend on the data. The built-in writers set ``lazy_rows = True``:
+the build stage then hands each split as a :class:`core.examples.ExampleRows`, a read-only
+sequence that builds each example's lists when it is read, so a writer going through the
+rows one at a time holds one example as Python ints, not all of them. Every writer except ``legacy`` also writes ``stats.json``
 (rows: 1); ``legacy`` writes the file names the older naive pipeline's trainers read.
 
 Files are written with :func:`core.files.atomic_write` (the ``hf`` directory through a
@@ -38,7 +41,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +102,17 @@ def _arrow_str(s: str) -> str:
         return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _arrow_columns(rows: list[dict]) -> dict[str, list]:
-    """Column lists for Arrow: segments as structs, strings valid UTF-8."""
-    cols: dict[str, list] = {}
-    for f in FIELDS:
-        if f in STRING_FIELDS:
-            cols[f] = [_arrow_str(r[f]) for r in rows]
-        elif f == "segments":
-            cols[f] = [[{"name": _arrow_str(n), "start": s, "end": e} for n, s, e in r[f]] for r in rows]
-        else:
-            cols[f] = [r[f] for r in rows]
+def _arrow_columns(rows: Iterable[dict]) -> dict[str, list]:
+    """Column lists for Arrow: segments as structs, strings valid UTF-8 (one pass over the rows)."""
+    cols: dict[str, list] = {f: [] for f in FIELDS}
+    for r in rows:
+        for f in FIELDS:
+            if f in STRING_FIELDS:
+                cols[f].append(_arrow_str(r[f]))
+            elif f == "segments":
+                cols[f].append([{"name": _arrow_str(n), "start": s, "end": e} for n, s, e in r[f]])
+            else:
+                cols[f].append(r[f])
     return cols
 
 
@@ -167,6 +171,8 @@ class JsonlWriterConfig:
 class JsonlWriter:
     """``data/{split}.jsonl``: one example per line, every key."""
 
+    lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
+
     def __init__(self, cfg: JsonlWriterConfig | None = None):
         self.cfg = cfg or JsonlWriterConfig()
 
@@ -203,6 +209,8 @@ def arrow_schema(pa: Any) -> Any:
 
 class ParquetWriter:
     """``data/{split}.parquet`` with an explicit schema, loadable by ``datasets.load_dataset("parquet")``."""
+
+    lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
 
     def __init__(self, cfg: ParquetWriterConfig | None = None):
         self.cfg = cfg or ParquetWriterConfig()
@@ -257,6 +265,8 @@ def hf_features(datasets: Any) -> Any:
 class HfWriter:
     """A ``datasets.DatasetDict`` saved with ``save_to_disk`` into ``hf/`` (``datasets.load_from_disk``)."""
 
+    lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
+
     def __init__(self, cfg: HfWriterConfig | None = None):
         self.cfg = cfg or HfWriterConfig()
         self.datasets = _need("datasets", "hf", "data")
@@ -306,22 +316,25 @@ class TorchWriter:
     a list of ``[name, start, end]`` lists per example). Keys are the example keys.
     """
 
+    lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
+
     def __init__(self, cfg: TorchWriterConfig | None = None):
         self.cfg = cfg or TorchWriterConfig()
         self.torch = _need("torch", "torch", "torch")
 
-    def payload(self, rows: list[dict]) -> dict[str, list]:
+    def payload(self, rows: Iterable[dict]) -> dict[str, list]:
         torch = self.torch
-        out: dict[str, list] = {}
-        for f in FIELDS:
-            if f in SEQUENCE_FIELDS:
-                out[f] = [torch.tensor(r[f], dtype=torch.int64) for r in rows]
-            elif f == "segments":
-                out[f] = [[[str(n), int(s), int(e)] for n, s, e in r[f]] for r in rows]
-            elif f in INT_FIELDS:
-                out[f] = [int(r[f]) for r in rows]
-            else:
-                out[f] = [str(r[f]) for r in rows]
+        out: dict[str, list] = {f: [] for f in FIELDS}
+        for r in rows:  # one pass: a row's lists of ints become tensors at once
+            for f in FIELDS:
+                if f in SEQUENCE_FIELDS:
+                    out[f].append(torch.tensor(r[f], dtype=torch.int64))
+                elif f == "segments":
+                    out[f].append([[str(n), int(s), int(e)] for n, s, e in r[f]])
+                elif f in INT_FIELDS:
+                    out[f].append(int(r[f]))
+                else:
+                    out[f].append(str(r[f]))
         return out
 
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
@@ -343,6 +356,8 @@ class LegacyWriterConfig:
 class LegacyWriter:
     """The naive pipeline's files: ``training_data_enhanced_{split}.json`` (a JSON array of
     examples, every key) and ``dataset_stats_enhanced.json`` (the stats); no ``stats.json``."""
+
+    lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
 
     def __init__(self, cfg: LegacyWriterConfig | None = None):
         self.cfg = cfg or LegacyWriterConfig()

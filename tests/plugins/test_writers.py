@@ -337,3 +337,52 @@ def test_missing_dependency_names_the_extra(monkeypatch, make, module, extra):
 def test_bad_split_name(tmp_path):
     with pytest.raises(CommitforgeError, match=r"split name '\.\./x'"):
         JsonlWriter().write(tmp_path, {"../x": []}, STATS)
+
+
+# -- packed examples, read as ExampleRows ------------------------------------------------------
+def packed(splits: dict) -> dict:
+    """The splits as the build stage keeps them (token sequences as numpy arrays), wrapped the
+    way a writer with ``lazy_rows`` receives them."""
+    import numpy as np
+
+    from core.examples import ExampleRows
+
+    out = {}
+    for name, rows in splits.items():
+        out[name] = ExampleRows([{**r, "input_ids": np.array(r["input_ids"], dtype=np.int32),
+                                  "labels": np.array(r["labels"], dtype=np.int32),
+                                  "attention_mask": np.array(r["attention_mask"], dtype=np.int8)} for r in rows])
+    return out
+
+
+@pytest.mark.parametrize("make", [JsonlWriter, LegacyWriter, ParquetWriter, TorchWriter, HfWriter],
+                         ids=["jsonl", "legacy", "parquet", "torch", "hf"])
+def test_lazy_rows_of_packed_examples_give_the_files_of_lists(tmp_path, make):
+    for module, cls in (("pyarrow", ParquetWriter), ("torch", TorchWriter), ("datasets", HfWriter)):
+        if make is cls:
+            pytest.importorskip(module)
+    assert make.lazy_rows is True
+    kw = {"cfg": ParquetWriterConfig(row_group_size=2)} if make is ParquetWriter else {}
+    a = make(**kw).write(tmp_path / "a", copy.deepcopy(SPLITS), STATS)
+    lazy = packed(SPLITS)
+    assert lazy["train"][1] == SPLITS["train"][1] and lazy["train"][0:2] == SPLITS["train"][0:2]
+    assert type(lazy["train"][1]["input_ids"]) is list and list(lazy["val"]) == SPLITS["val"]
+    b = make(**kw).write(tmp_path / "b", lazy, STATS)
+    assert a == b
+    for rel in files(tmp_path / "a"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_a_writer_without_lazy_rows_gets_lists_of_plain_examples():
+    from core.build import _writer_splits
+
+    class ListWriter:  # a third-party writer written for lists
+        def write(self, out_dir, splits, stats):
+            return {}
+
+    lazy = packed(SPLITS)
+    by_split = {name: list(rows._rows) for name, rows in lazy.items()}
+    got = _writer_splits(ListWriter(), by_split)
+    assert all(type(rows) is list for rows in got.values())
+    assert got == SPLITS
+    assert type(_writer_splits(JsonlWriter(), {n: list(r._rows) for n, r in lazy.items()})["train"]).__name__ == "ExampleRows"
