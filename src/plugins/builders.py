@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +34,26 @@ class CommitBuilder:
 
     def build(self, changes: list[dict[str, Any]], splits: list[str], fmt: Format, tokenizer: Tokenizer,
               stats: Counter) -> list[dict[str, Any]]:
-        layouts = [fmt.segments(c) for c in changes]
-        if self.cfg.train_on is not None:
-            wanted = set(self.cfg.train_on)
-            names = {seg.name for layout in layouts for seg in layout}
-            if layouts and not wanted & names:
-                raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
-                                       f"segments are: {', '.join(sorted(names))}")
-            for layout in layouts:
-                for seg in layout:
-                    seg.target = seg.name in wanted
-        return _assemble_all(changes, splits, layouts, tokenizer, self.cfg.max_tokens, stats)
+        wanted = None if self.cfg.train_on is None else set(self.cfg.train_on)
+        names: set[str] = set()
+
+        def layouts() -> Iterator[list[Segment]]:  # made as they are encoded: never all at once
+            for c in changes:
+                layout = fmt.segments(c)
+                if wanted is not None:
+                    for seg in layout:
+                        names.add(seg.name)
+                        seg.target = seg.name in wanted
+                yield layout
+
+        examples = _assemble_all(changes, splits, layouts(), tokenizer, self.cfg.max_tokens, stats)
+        if wanted is not None and changes and not wanted & names:
+            raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
+                                   f"segments are: {', '.join(sorted(names))}")
+        return examples
 
 
-def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: list[list[Segment]],
+def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: Iterable[list[Segment]],
                   tokenizer: Tokenizer, max_tokens: int, stats: Counter) -> list[dict[str, Any]]:
     """Encode every layout in large batches and fit each into ``max_tokens``; count what
     was skipped or truncated. The examples are packed (numpy token arrays)."""
