@@ -11,6 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import orjson as _orjson
+except ImportError:  # a core dependency; json alone gives the same bytes, slower
+    _orjson = None
+
 
 @contextmanager
 def atomic_write(path: Path) -> Iterator[IO[bytes]]:
@@ -30,6 +35,20 @@ def atomic_write(path: Path) -> Iterator[IO[bytes]]:
 def json_line(obj: Any) -> bytes:
     """One JSON line; lone surrogates (non-UTF-8 paths) become \\udcXX escapes and round-trip."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace") + b"\n"
+
+
+def fast_json_line(obj: dict[str, Any]) -> bytes:
+    """:func:`json_line` of a dict, byte for byte, with orjson (several times faster on
+    long lists of ints). orjson refuses lone surrogates, ints beyond 64 bits and non-str
+    keys, and writes floats its own way (NaN as null): those rows, and any with a float
+    value, go through :func:`json_line`. Meant for rows of strings, ints and lists of
+    them (training examples); a float nested in a list would be written in orjson's form."""
+    if _orjson is not None and not any(type(v) is float for v in obj.values()):
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json_line(obj)
 
 
 def sha256_file(path: Path) -> str:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.files import atomic_write, json_line
+from core.files import atomic_write, fast_json_line
 from core.hookspecs import hookimpl
 
 # The keys of every example, in column order.
@@ -181,7 +181,7 @@ class JsonlWriter:
             for split, rows in splits.items():
                 with out.file(f"data/{split}.jsonl", len(rows)) as fh:
                     for row in rows:
-                        fh.write(json_line(row))
+                        fh.write(fast_json_line(row))
             out.stats(stats)
 
         return _writing(out_dir, splits, body)
@@ -370,7 +370,7 @@ class LegacyWriter:
                     fh.write(b"[")
                     for i, row in enumerate(rows):
                         fh.write(b",\n" if i else b"\n")
-                        fh.write(json_line(row)[:-1])
+                        fh.write(fast_json_line(row)[:-1])
                     fh.write(b"\n]\n" if rows else b"]\n")
             out.stats(stats, LEGACY_STATS)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import CommitforgeError
+from core.files import json_line
 from core.registry import PluginRegistry
 from plugins import writers
 from plugins.writers import (FIELDS, HfWriter, JsonlWriter, LegacyWriter, ParquetWriter, ParquetWriterConfig,
@@ -200,6 +201,17 @@ def test_lone_surrogates_round_trip_in_json(tmp_path):
     assert json.loads((tmp_path / "l/training_data_enhanced_train.json").read_text("utf-8"))[0]["path"] == ODD
 
 
+def test_a_lone_surrogate_row_is_written_by_json_with_its_escape(tmp_path):
+    # orjson refuses lone surrogates: that row falls back to json, the others do not need to
+    splits = {"train": [example(0, "train", 4), example(1, "train", 3, ODD), example(2, "train", 5)],
+              "val": [], "test": []}
+    JsonlWriter().write(tmp_path, splits, STATS)
+    raw = (tmp_path / "data/train.jsonl").read_bytes()
+    assert b'"src/caf\\udce9.rs"' in raw
+    assert raw == b"".join(json_line(r) for r in splits["train"])
+    assert [json.loads(line)["path"] for line in raw.splitlines()] == ["src/lib.rs", ODD, "src/lib.rs"]
+
+
 def test_lone_surrogates_escaped_in_arrow(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     ParquetWriter().write(tmp_path, ODD_SPLITS, STATS)
@@ -257,7 +269,7 @@ def failing_after(n: int, real):
 @pytest.mark.parametrize("make", [JsonlWriter, LegacyWriter], ids=["jsonl", "legacy"])
 def test_json_writers_fail_midway(tmp_path, monkeypatch, make):
     # the 4th line is the val example: train is already in place when it fails
-    monkeypatch.setattr(writers, "json_line", failing_after(3, writers.json_line))
+    monkeypatch.setattr(writers, "fast_json_line", failing_after(3, writers.fast_json_line))
     with pytest.raises(RuntimeError, match="disk on fire"):
         make().write(tmp_path, SPLITS, STATS)
     assert files(tmp_path) == []

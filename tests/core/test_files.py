@@ -1,0 +1,42 @@
+"""core.files: the orjson JSON line is json's, byte for byte, fallbacks included."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core import files
+from core.files import fast_json_line, json_line
+
+# every code point, lone surrogates and control characters included
+TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=30)
+SCALAR = st.one_of(TEXT, st.integers(-(2**70), 2**70), st.booleans(), st.none())
+VALUE = st.recursive(SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                     st.dictionaries(TEXT, inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(TEXT, VALUE, max_size=8))
+def test_fast_json_line_is_json_line(obj):
+    assert fast_json_line(obj) == json_line(obj)
+
+
+def test_examples_of_every_kind():
+    rows = [
+        {"id": "a", "input_ids": list(range(300)), "labels": [-100] * 3 + [5, 6], "segments": [["path", 0, 1]]},
+        {"path": b"caf\xe9.rs".decode("utf-8", "surrogateescape"), "n": 1},  # lone surrogate: json
+        {"share": 0.1, "huge": 1e16, "nan": float("nan")},  # floats: json's form
+        {"big": 2**64, "neg": -(2**63) - 1},  # beyond 64 bits: json
+        {"ctl": "\x00\x1f\x7f\u2028\ufeff\"\\/\t\n\r\b\f", "emoji": "💶 日本語"},
+    ]
+    for row in rows:
+        assert fast_json_line(row) == json_line(row)
+    assert json.loads(fast_json_line(rows[1]))["path"] == rows[1]["path"]
+
+
+def test_without_orjson_it_is_json_line(monkeypatch):
+    monkeypatch.setattr(files, "_orjson", None)
+    row = {"a": [1, 2], "b": "ü"}
+    assert fast_json_line(row) == json_line(row)
