@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter as _Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+try:
+    import orjson
+except ImportError:  # a core dependency; json reads the same rows, slower
+    orjson = None
 
 from core.dedup import deduplicate
 from core.examples import ExampleRows, unpack
@@ -39,12 +45,42 @@ def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
     return {"edges": edges, "counts": counts}
 
 
+# texts that repeat across the rows of chunks.jsonl: one string object each
+_SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
+
+
+def read_changes(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``chunks.jsonl``. A context item's text repeats in every unit that uses
+    it, a commit's message in each of its units, a unit's new code as the next change's old
+    code: each distinct text is kept once (the rows hold a fraction of the memory). Lines
+    orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by json."""
+    shared: dict[str, str] = {}
+    one = shared.setdefault
+    changes = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                row = orjson.loads(line)
+            except (AttributeError, ValueError):  # no orjson; orjson.JSONDecodeError is a ValueError
+                row = json.loads(line.decode("utf-8"))
+            for key in _SHARED_FIELDS:
+                value = row.get(key)
+                if type(value) is str and value:
+                    row[key] = one(value, value)
+            for item in row.get("context") or ():
+                for key in ("path", "text"):
+                    value = item.get(key)
+                    if type(value) is str:
+                        item[key] = one(value, value)
+            changes.append(row)
+    return changes
+
+
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
     else:
-        with open(run.run_dir / "chunks.jsonl", encoding="utf-8") as fh:
-            changes = [json.loads(line) for line in fh]
+        changes = read_changes(run.run_dir / "chunks.jsonl")
     stats.add("unit_changes", len(changes))
     splits = run.split.assign(changes)
     kept_changes, kept_splits = [], []

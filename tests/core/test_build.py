@@ -214,3 +214,24 @@ def test_file_builder_keeps_memberless_containers_and_drops_containers_of_member
     run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "builder=file", "split=path", "dedup.near=false")
     names = {e["qualname"] for e in examples(run_dir) if e["path"].endswith("marker.rs")}
     assert names == {"app::marker::<App as Marker>", "app::marker::App::go"}
+
+
+def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_path, monkeypatch):
+    from core import build
+    from core.files import json_line
+
+    odd = b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")
+    ctx = {"path": "src/a.rs", "qualname": "a::S", "kind": "struct", "text": "pub struct S { x: u64 }", "score": 0.1,
+           "why": ["import"]}
+    rows = [{"id": str(i), "path": odd if i == 1 else "src/b.rs", "subject": "Fix it", "message": "Fix it\n\nbody",
+             "old_code": f"fn f() {{ {i - 1} }}" if i else "", "new_code": f"fn f() {{ {i} }}", "time": 1700000000 + i,
+             "context": [dict(ctx)], "header": None, "score": 1e16} for i in range(4)]
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(b"".join(json_line(r) for r in rows))
+    got = build.read_changes(path)
+    assert got == rows == [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert got[1]["path"] == odd
+    assert got[0]["context"][0]["text"] is got[3]["context"][0]["text"]
+    assert got[0]["new_code"] is got[1]["old_code"] and got[0]["subject"] is got[2]["subject"]
+    monkeypatch.setattr(build, "orjson", None)
+    assert build.read_changes(path) == rows
