@@ -89,6 +89,28 @@ def _producible(model: dict, token: str) -> bool:
     return False
 
 
+# cut before a line break that follows a non-space character
+_LINE_CUT = re.compile(r"(?<=\S)(?=\n)")
+
+
+def _line_pieces_exact(spec: dict) -> bool:
+    """Whether a text's ids are the concatenated ids of its pieces cut by ``_LINE_CUT``.
+
+    True for a BPE behind GPT-2's byte-level split alone (the ``bpe`` plugin's recipe): no
+    normalizer, no prefix space, nothing added around the text. Each of that regex's
+    alternatives either stays within non-space characters or begins with a space, so none
+    crosses a cut, and it looks neither behind nor (past a space) ahead: cut pieces split
+    into the same pre-tokens, and BPE works pre-token by pre-token.
+    """
+    pre = spec.get("pre_tokenizer") or {}
+    model = spec.get("model") or {}
+    post = spec.get("post_processor")
+    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and pre.get("add_prefix_space") is False and pre.get("use_regex", True) is True
+            and model.get("type") == "BPE" and not model.get("dropout")
+            and (post is None or post.get("type") == "ByteLevel"))
+
+
 class _RustTokenizer:
     """What both plugins share: a Rust tokenizer, its content copy and the special-token map."""
 
@@ -103,6 +125,7 @@ class _RustTokenizer:
         self._special: dict[str, int] = {}     # token -> id, for token_id
         self._appended: dict[int, str] = {}    # ids >= base_vocab_size -> token, for decode
         self._guard: frozenset[int] = frozenset()  # in-vocabulary special ids a non-BPE model might emit
+        self._by_line = False  # encode text by line pieces (see _line_pieces_exact)
         self._full = None
         self._content = None
 
@@ -179,6 +202,7 @@ class _RustTokenizer:
         self._full_json, self._content_json = full_json, content_json
         self._full, self._content = tok, content
         self._special, self._appended, self._guard = special, appended, frozenset(guard)
+        self._by_line = _line_pieces_exact(spec)
         self.added_tokens = added
         self.eos_token = eos_token
         self.identity = {
@@ -193,7 +217,22 @@ class _RustTokenizer:
     def encode(self, texts: list[str]) -> list[list[int]]:
         tok = self._content_tok
         batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
-        out = [e.ids for e in batch(texts, add_special_tokens=False)]
+        if getattr(self, "_by_line", False):
+            # code repeats line by line far more than text by text: encode each distinct piece once
+            pieces = [_LINE_CUT.split(t) for t in texts]
+            distinct = list(dict.fromkeys(p for ps in pieces for p in ps))
+            ids_of = dict(zip(distinct, (e.ids for e in batch(distinct, add_special_tokens=False))))
+            out = []
+            for ps in pieces:
+                if len(ps) == 1:
+                    out.append(ids_of[ps[0]])
+                else:
+                    ids = []
+                    for p in ps:
+                        ids += ids_of[p]
+                    out.append(ids)
+        else:
+            out = [e.ids for e in batch(texts, add_special_tokens=False)]
         if self._guard:
             guard = self._guard
             for i, ids in enumerate(out):

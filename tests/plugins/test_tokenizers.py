@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("tokenizers")
 
@@ -355,3 +358,52 @@ def test_guard_for_models_that_can_emit_special_tokens(tmp_path):
     assert hf.encode(["a b", "b <x>"]) == [[2, 3], [3, 1]]
     with pytest.raises(CommitforgeError, match="special token id"):
         hf.encode(["a <s> b"])
+
+
+# -- encoding by line pieces ----------------------------------------------------------------
+LINE_TEXT = st.lists(st.sampled_from(list("ab1_ (){};:'\"\n\r\t\x0b\x0c\x85\u2028\u3000é日💶sxd")
+                                     + ["'s", "'ll", "  ", "\n\n", " \n", "fn", "let"]), max_size=40).map("".join)
+
+
+@pytest.fixture(scope="module")
+def spacy(cache) -> BpeTokenizer:
+    """Trained on blank lines and indentation: merges across line breaks and spaces exist."""
+    tok = bpe(500, min_frequency=1)
+    tok.prepare(SPECIALS, texts_fn([t.replace("\n", "\n\n    ") + " \n\t\n" for t in CORPUS]), cache)
+    return tok
+
+
+def test_bpe_encodes_line_pieces_exactly(spacy):
+    prepared = spacy
+    assert prepared._by_line
+    # the tokenizer is one where a careless cut (before every line break) would change ids
+    text = "let a = 1;\n\n    let b  \n\n    c"
+    careless = [i for piece in re.split(r"(?=\n)", text) for i in prepared.encode([piece])[0]]
+    plain = pickle.loads(pickle.dumps(prepared))
+    plain._by_line = False
+    assert careless != plain.encode([text])[0]
+    plain._by_line = False
+    texts = CORPUS[:20] + [UNICODE_CODE, INJECTION + "\n", "a\n\nb \n c\r\n\td", "x  \n\n  y", "\n", "", "'s\n's"]
+    assert prepared.encode(texts) == plain.encode(texts)
+    assert prepared.encode(texts[:1]) == plain.encode(texts[:1])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(LINE_TEXT, min_size=1, max_size=6))
+    def same(batch):
+        assert prepared.encode(batch) == plain.encode(batch)
+
+    same()
+
+
+def test_line_pieces_only_for_a_plain_byte_level_bpe():
+    from plugins.tokenizers import _line_pieces_exact
+
+    spec = {"normalizer": None, "post_processor": None, "model": {"type": "BPE", "dropout": None},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}}
+    assert _line_pieces_exact(spec)
+    assert not _line_pieces_exact({**spec, "pre_tokenizer": {**spec["pre_tokenizer"], "add_prefix_space": True}})
+    assert not _line_pieces_exact({**spec, "normalizer": {"type": "NFC"}})
+    assert not _line_pieces_exact({**spec, "model": {"type": "BPE", "dropout": 0.1}})
+    assert not _line_pieces_exact({**spec, "model": {"type": "WordPiece"}})
+    assert not _line_pieces_exact({**spec, "pre_tokenizer": {"type": "Sequence", "pretokenizers": []}})
+    assert not _line_pieces_exact({**spec, "post_processor": {"type": "TemplateProcessing"}})
