@@ -335,15 +335,20 @@ def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
     count them by kind. The same secret gets the same replacement in old and new code."""
     if redactor is None:
         return
+    # texts repeat across rows (a unit's new code is its old code at its next change, headers
+    # and signatures repeat, context items are the same definitions): redact each text once
+    memo = _REDACTED.get(redactor)
+    if memo is None:
+        memo = _REDACTED[redactor] = {}
     for name in REDACTED_FIELDS:
         if row.get(name):
-            row[name] = redact_counted(redactor, row[name], stats)
+            row[name] = redact_counted(redactor, row[name], stats, memo)
     for item in row.get("context") or ():
-        # context items repeat across units (the same definitions): redact each text once
-        item["text"] = redact_counted(redactor, item["text"], stats, _REDACTED)
+        item["text"] = redact_counted(redactor, item["text"], stats, memo)
 
 
-_REDACTED: dict[str, tuple[str, Any]] = {}  # per process: context text -> (redacted text, counts)
+# per process and redactor: text -> (redacted text, counts)
+_REDACTED: dict[Any, dict[str, tuple[str, Any]]] = {}
 
 
 def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | None]]:

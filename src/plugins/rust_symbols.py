@@ -20,6 +20,7 @@ are counted as unresolved.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import tomllib
@@ -34,6 +35,8 @@ Mod = tuple[str, ...]  # (crate id, module names...)
 DefRef = tuple[str, int]  # (path, index into FileSymbols.defs)
 
 TYPE_KINDS = {"struct", "enum", "union", "trait", "type"}
+MAX_DEPTH = 32  # nested lookups through imports: a longer chain resolves to nothing
+_MAX_CACHED = 500_000  # resolution cache entries kept across commits before starting over
 KEYWORDS = frozenset("""as async await break const continue crate dyn else enum extern false fn for if impl in let loop
 match mod move mut pub ref return self static struct super trait true type unsafe use where while union macro_rules
 bool char str u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64 _""".split())
@@ -258,12 +261,21 @@ class Package:
     deps: tuple[tuple[str, str], ...]  # (name used in code, package name)
 
 
+@functools.lru_cache(maxsize=1024)
+def _toml(data: bytes) -> dict[str, Any] | None:
+    """A manifest's TOML document (read only), parsed once per content: a history has
+    few distinct versions of each Cargo.toml, and every package change re-reads them all."""
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
 def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Package | None:
     """The package a ``Cargo.toml`` declares (None for a virtual workspace manifest or a
     file that is not valid TOML)."""
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    doc = _toml(data)
+    if doc is None:
         return None
     pkg = doc.get("package")
     if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
@@ -298,9 +310,8 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Packa
 
 def workspace_dependencies(data: bytes) -> dict[str, str]:
     """``[workspace.dependencies]`` renames: name -> package."""
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    doc = _toml(data)
+    if doc is None:
         return {}
     table = (doc.get("workspace") or {}).get("dependencies") if isinstance(doc.get("workspace"), dict) else None
     out = {}
@@ -331,20 +342,26 @@ class RustIndex(MemoReferences):
         self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
         self._crate_names: set[str] = set()
         self._manifest_cache: dict[tuple, Any] = {}
+        # Resolution caches survive commits. Each entry records what it read (its deps:
+        # ("m", module) for a module's items, children and imports, ("a", crate, type) for a
+        # type's members); an update drops the entries that read what it changed.
         self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
         self._related_of: dict[str, dict[int, list[tuple[DefRef, int, str]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
+        self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
+        self._dependents: dict[tuple, set[tuple]] = {}  # what was read -> entries that read it
+        self._frames: list[set] = []  # deps of the entries being computed, innermost last
+        self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
         self.forget_references()
-        same_shape = not manifests and all(
-            syms is not None and path in self.files and self.files[path].shape() == syms.shape()
-            for path, syms in files.items())
-        if not same_shape:
-            self._cache.clear()
-            self._resolved.clear()
-            self._related_of.clear()
+        reshaped = [path for path, syms in files.items()
+                    if syms is None or path not in self.files or self.files[path].shape() != syms.shape()]
+        dirty: set[tuple] = set()
+        for path in reshaped:
+            if path in self.files and path in self.file_mod:
+                dirty |= self._touches(self.file_mod[path], self.files[path])
         for path in files:
             self._related_of.pop(path, None)  # a definition's text may change with its shape kept
         packages_changed = False
@@ -370,17 +387,98 @@ class RustIndex(MemoReferences):
         for path, syms in files.items():
             self._set(path, syms)
         if packages_changed:
+            old_libs, old_deps = self.lib_crates, self.crate_deps
             self._crates()
+            for lib in set(old_libs) | set(self.lib_crates):
+                if old_libs.get(lib) != self.lib_crates.get(lib):
+                    dirty.add(("l", lib))  # a crate name now means another crate, or nothing
+            for crate in set(old_deps) | set(self.crate_deps):
+                if old_deps.get(crate) != self.crate_deps.get(crate):
+                    dirty.add(("x", crate.split("#", 1)[0]))  # a package's dependencies changed
         if remap:
             self.overrides = self._overrides()
             for path in self.files:
                 if path not in files and self.module_of(path) != self.file_mod.get(path):
+                    dirty |= self._touches(self.file_mod[path], self.files[path])
                     self._remove(path)
                     self._add(path)
+                    dirty |= self._touches(self.file_mod[path], self.files[path])
         for path, syms in files.items():
             if syms is not None:
                 self._add(path)
+        if len(self._deps) > _MAX_CACHED:
+            self._clear_caches()
+        else:
+            for path in reshaped:
+                if files[path] is not None:
+                    dirty |= self._touches(self.file_mod[path], files[path])  # type: ignore[arg-type]
+            self._invalidate(dirty)
 
+    @staticmethod
+    def _touches(mod: Mod, syms: FileSymbols) -> set[tuple]:
+        """What lookups read that one file (as module ``mod``) provides."""
+        out: set[tuple] = set()
+        for scope in syms.scopes:
+            m = mod + scope
+            out.add(("m", m))
+            if len(m) > 1:
+                out.add(("m", m[:-1]))  # a lookup in the parent finds the child module
+        for d in syms.defs:  # (their modules are among the scopes)
+            if d.owner is not None:
+                out.add(("a", mod[0], d.owner))
+        return out
+
+    def _clear_caches(self) -> None:
+        self._cache.clear()
+        self._resolved.clear()
+        self._related_of.clear()
+        self._deps.clear()
+        self._dependents.clear()
+
+    def _invalidate(self, dirty: set[tuple]) -> None:
+        dependents, deps = self._dependents, self._deps
+        for token in dirty:
+            for entry in dependents.pop(token, ()):
+                if deps.pop(entry, None) is None:
+                    continue  # dropped already
+                table = entry[0]
+                if table == "L":
+                    self._cache.pop(entry[1], None)
+                elif table == "R":
+                    self._resolved.pop(entry[1], None)
+                else:
+                    per_file = self._related_of.get(entry[1])
+                    if per_file is not None:
+                        per_file.pop(entry[2], None)
+
+    # -- dependency tracking of cached entries ---------------------------------------------
+    def _read(self, token: tuple) -> None:
+        if self._frames:
+            self._frames[-1].add(token)
+
+    def _reuse(self, entry: tuple) -> None:
+        """A cached entry is used while computing another: the other read what it read."""
+        if self._frames:
+            self._frames[-1].update(self._deps.get(entry, ()))
+
+    def _store(self, entry: tuple, frame: set) -> bool:
+        """Record a computed entry's deps (and pass them to the enclosing computation);
+        False when it is not cacheable: it saw an unfinished lookup of a cycle (other than
+        itself) or the depth limit, so its value depends on how it was reached."""
+        if self._frames:
+            self._frames[-1].update(frame)
+        if any(t[0] == "!" for t in frame):
+            return False
+        deps = frozenset(frame)
+        self._deps[entry] = deps
+        dependents = self._dependents
+        for token in deps:
+            bucket = dependents.get(token)
+            if bucket is None:
+                dependents[token] = {entry}
+            else:
+                bucket.add(entry)
+        return True
     def _set(self, path: str, syms: FileSymbols | None) -> None:
         if syms is None:
             self.files.pop(path, None)
@@ -516,6 +614,16 @@ class RustIndex(MemoReferences):
             return names.setdefault(key[1], []) if create else names.get(key[1])
         return table.setdefault(key, []) if create else table.get(key)
 
+    def _drop_bucket(self, table: dict, key: Any) -> None:
+        if table is self.items:
+            names = table.get(key[0])
+            if names is not None:
+                names.pop(key[1], None)
+                if not names:
+                    del table[key[0]]
+        else:
+            table.pop(key, None)
+
     def _add(self, path: str) -> None:
         mod = self.file_mod[path] = self.module_of(path)
         for table, key, value, name in self._entries(path, mod):
@@ -529,6 +637,8 @@ class RustIndex(MemoReferences):
             if bucket is None or value not in bucket:
                 continue
             bucket.remove(value)
+            if not bucket:  # an empty bucket must not look like a module or name that exists
+                self._drop_bucket(table, key)
             if name is not None:
                 self.known[name] -= 1
                 if self.known[name] <= 0:
@@ -540,42 +650,109 @@ class RustIndex(MemoReferences):
         return self.files[ref[0]].defs[ref[1]]
 
     def _extern(self, crate: str, name: str) -> str | None:
+        self._read(("x", crate.split("#", 1)[0]))
         deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
         if deps is None and "#" in crate:
             deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
         if deps is not None and name in deps:
             return deps[name]
+        self._read(("l", name))
         return self.lib_crates.get(name)
 
     def lookup(self, mod: Mod, name: str, depth: int = 0) -> list[tuple[str, Any]]:
-        """What ``name`` means in module ``mod``: ("def", DefRef) and ("mod", Mod) targets."""
+        """What ``name`` means in module ``mod``: ("def", DefRef) and ("mod", Mod) targets.
+
+        What the module defines or imports by name comes first; only when that finds
+        nothing do glob imports count: every module the globs reach (breadth first, each
+        once, a cycle of globs included) adds what it defines or imports by name, and one
+        that has nothing passes on its own globs."""
         key = (mod, name)
         hit = self._cache.get(key)
         if hit is not None:
+            self._reuse(("L", key))
             return hit
-        self._cache[key] = []  # a cycle of imports resolves to nothing
+        if key in self._busy or depth >= MAX_DEPTH:
+            # a path that leads back to itself (or a chain too long) resolves to nothing
+            # here; what is computed from that is not cached
+            if self._frames:
+                self._frames[-1].add(("!", key) if key in self._busy else ("!", "depth"))
+            return []
+        frame: set[tuple] = set()
+        self._frames.append(frame)
+        self._busy.add(key)
+        try:
+            out = self._named(mod, name, depth)
+            if not out:
+                seen, queue = {mod}, [mod]
+                while queue:
+                    for kind, target in self._globs(queue.pop(0), depth):
+                        if kind == "def":
+                            out.append((kind, target))  # `use Enum::*` brings its variants
+                        elif target not in seen:
+                            seen.add(target)
+                            done = self._cache.get((target, name))
+                            if done is not None:  # all it reaches is in there
+                                self._reuse(("L", (target, name)))
+                                out += done
+                                continue
+                            found = self._named(target, name, depth + 1)
+                            if found:
+                                out += found
+                            else:
+                                queue.append(target)
+        finally:
+            self._busy.discard(key)
+            self._frames.pop()
+        frame.discard(("!", key))  # its own cycle closes here
+        if len(out) > 1:
+            out = list(dict.fromkeys(out))  # one definition reached along two paths
+        if self._store(("L", key), frame):
+            self._cache[key] = out
+        return out
+
+    def _named(self, mod: Mod, name: str, depth: int) -> list[tuple[str, Any]]:
+        """What ``mod`` defines or imports as ``name`` (globs aside)."""
+        self._read(("m", mod))
         out: list[tuple[str, Any]] = [("def", r) for r in self.items.get(mod, {}).get(name, ())]
-        child = mod + (name,)
-        if child in self.modules:
-            out.append(("mod", child))
-        uses = self.uses.get(mod, ())
-        if not out and depth < 8:
-            for segs, bound in uses:
+        if mod + (name,) in self.modules:
+            out.append(("mod", mod + (name,)))
+        if not out:
+            for segs, bound in self.uses.get(mod, ()):
                 if bound == name:
                     out += self.resolve(mod, segs, depth + 1)
         if not out:
             crate = self._extern(mod[0], name)
             if crate is not None:
                 out.append(("mod", (crate,)))
-        if not out and depth < 8:
-            for segs, bound in uses:
+        return out
+
+    def _globs(self, mod: Mod, depth: int) -> list[tuple[str, Any]]:
+        """Where the glob imports of ``mod`` lead: modules, and enums (their variants)."""
+        key = (mod, "*")
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._reuse(("L", key))
+            return hit
+        if key in self._busy:
+            if self._frames:
+                self._frames[-1].add(("!", key))
+            return []
+        frame: set[tuple] = {("m", mod)}
+        self._frames.append(frame)
+        self._busy.add(key)
+        try:
+            out = []
+            for segs, bound in self.uses.get(mod, ()):
                 if bound == "*":
                     for kind, target in self.resolve(mod, segs, depth + 1):
-                        if kind == "mod":
-                            out += self.lookup(target, name, depth + 1)
-                        elif kind == "def" and self.definition(target).kind == "enum":
-                            out.append(("def", target))  # `use Enum::*` brings its variants
-        self._cache[key] = out
+                        if kind == "mod" or self.definition(target).kind == "enum":
+                            out.append((kind, target))
+        finally:
+            self._busy.discard(key)
+            self._frames.pop()
+        frame.discard(("!", key))
+        if self._store(("L", key), frame):
+            self._cache[key] = out
         return out
 
     def resolve(self, mod: Mod, segs: tuple[str, ...], depth: int = 0) -> list[tuple[str, Any]]:
@@ -583,8 +760,17 @@ class RustIndex(MemoReferences):
         if depth == 0:
             key = (mod, segs)
             hit = self._resolved.get(key)
-            if hit is None:
-                hit = self._resolved[key] = self._resolve(mod, segs, 0)
+            if hit is not None:
+                self._reuse(("R", key))
+                return hit
+            frame: set[tuple] = set()
+            self._frames.append(frame)
+            try:
+                hit = self._resolve(mod, segs, 0)
+            finally:
+                self._frames.pop()
+            if self._store(("R", key), frame):
+                self._resolved[key] = hit
             return hit
         return self._resolve(mod, segs, depth)
 
@@ -611,7 +797,9 @@ class RustIndex(MemoReferences):
                 else:
                     d = self.definition(target)
                     if d.kind in TYPE_KINDS:
-                        members = [r for r in self.assoc.get((self.file_mod.get(target[0], ("",))[0], d.name), ())
+                        crate = self.file_mod.get(target[0], ("",))[0]
+                        self._read(("a", crate, d.name))
+                        members = [r for r in self.assoc.get((crate, d.name), ())
                                    if self.definition(r).name == seg]
                         nxt += [("def", r) for r in members] or [("def", target)]
             cur = nxt
@@ -714,11 +902,18 @@ class RustIndex(MemoReferences):
             names = Counter(m.group(1) for m in _PATH.finditer(_STRIP.sub(" ", d.text))
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
             hit = []
-            for name, count in names.items():
-                for kind, r2 in self.resolve(dmod, tuple(s.strip() for s in name.split("::"))):
-                    if kind == "def" and r2 != ref:
-                        hit.append((r2, count, f"in {d.name}"))
-            per_file[ref[1]] = hit
+            frame: set[tuple] = set()
+            self._frames.append(frame)
+            try:
+                for name, count in names.items():
+                    for kind, r2 in self.resolve(dmod, tuple(s.strip() for s in name.split("::"))):
+                        if kind == "def" and r2 != ref:
+                            hit.append((r2, count, f"in {d.name}"))
+            finally:
+                self._frames.pop()
+            # the definition's own file is dropped on any change to it (see update)
+            if self._store(("X", ref[0], ref[1]), frame):
+                per_file[ref[1]] = hit
         return hit
 
     def _members(self, crate: str, owner: str) -> tuple[dict[str, list[DefRef]], list[DefRef]]:
@@ -734,7 +929,9 @@ class RustIndex(MemoReferences):
                     methods.setdefault(md.name, []).append(member)
                 elif md.kind == "impl":
                     impls.append(member)
-            hit = self._cache[key] = (methods, impls)  # type: ignore[assignment]
+            hit = (methods, impls)  # type: ignore[assignment]
+            if self._store(("L", key), {("a", crate, owner)}):
+                self._cache[key] = hit  # type: ignore[assignment]
         return hit  # type: ignore[return-value]
 
     def _macro(self, crate: str, name: str) -> list[DefRef]:
