@@ -19,7 +19,7 @@ from typing import Any
 from core.blob_cache import BlobCache, close_connections
 from core.chunk import Chunker
 from core.context import UnitQuery, measure
-from core.files import json_line
+from core.files import record_line
 from core.gitio import BlobReader
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
@@ -174,7 +174,7 @@ class ChunkJob:
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
-            lines += [json_line(row) for row in self._pair_commit(rec, stats, snapshot)]
+            lines += [record_line(row) for row in self._pair_commit(rec, stats, snapshot)]
         return b"".join(lines), len(lines), stats.to_dict()
 
     def _snapshot(self) -> Snapshot:

@@ -51,6 +51,18 @@ def fast_json_line(obj: dict[str, Any]) -> bytes:
     return json_line(obj)
 
 
+def record_line(obj: Any) -> bytes:
+    """A JSON line of a record (chunks.jsonl rows, commits.jsonl): orjson, with floats in
+    its shortest round-trip form (json.loads reads them back equal); a record orjson
+    refuses (lone surrogates of non-UTF-8 paths) goes through :func:`json_line`."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json_line(obj)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -18,7 +18,7 @@ from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, redac
 from core.config import STAGES
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
-from core.files import atomic_write, json_line
+from core.files import atomic_write, record_line
 from core.gitio import Repository
 from core.hookspecs import KINDS
 from core.language import file_extension
@@ -212,7 +212,7 @@ class Run:
                     rec.subject = redact_counted(self.redactor, rec.subject, stats)
                     rec.message = redact_counted(self.redactor, rec.message, stats)
                 commits.append(rec)
-                fh.write(json_line(rec.to_dict()))
+                fh.write(record_line(rec.to_dict()))
         if commits:
             manifest.set("commit_range", {"first": commits[0].commit, "last": commits[-1].commit,
                                           "first_time": commits[0].committer_time,

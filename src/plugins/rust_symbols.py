@@ -57,6 +57,17 @@ def parse_use(text: str) -> list[tuple[tuple[str, ...], str]]:
     """Bindings of one ``use`` (or ``extern crate``) declaration: (path, bound name),
     the bound name being ``*`` for a glob. ``a::{self, b::c as d, e::*}`` gives
     ``(a,) a``, ``(a, b, c) d`` and ``(a, e) *``; ``as _`` binds nothing."""
+    return list(_bindings(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _bindings(text: str) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """:func:`parse_use`, remembered: the same declarations recur in every version of a file."""
+    return tuple(_parse_use(text))
+
+
+def _parse_use(text: str) -> list[tuple[tuple[str, ...], str]]:
+    """The uncached :func:`parse_use`."""
     body = _ATTRS.sub("", text, count=1).strip().rstrip(";")
     body = re.sub(r"^pub\s*(\([^)]*\))?\s*", "", body)
     m = re.match(r"extern\s+crate\s+([A-Za-z_]\w*)(?:\s+as\s+([A-Za-z_]\w*))?", body)
@@ -239,7 +250,7 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
                 continue  # a `use` inside an impl or trait body is not valid Rust
             scope = scope_of[parent_idx] + (p.name,)
         if kind in ("use", "extern_crate"):
-            for path, bound in parse_use(text):
+            for path, bound in _bindings(text):
                 uses.append((scope, path, bound))
         elif kind == "mod":
             m = re.search(r"\bmod\s+(?:r#)?([A-Za-z_]\w*)", text)
@@ -824,7 +835,7 @@ class RustIndex(MemoReferences):
         scan = code if not q.header else q.header + "\n" + code
         local_uses: dict[str, tuple[str, ...]] = {}
         for m in _LOCAL_USE.finditer(code):
-            for segs, bound in parse_use("use " + m.group(1) + ";"):
+            for segs, bound in _bindings("use " + m.group(1) + ";"):
                 if bound != "*":
                     local_uses[bound] = segs
         known, crates, starts = self.known, self._crate_names, _PATH_STARTS

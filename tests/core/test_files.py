@@ -40,3 +40,19 @@ def test_without_orjson_it_is_json_line(monkeypatch):
     monkeypatch.setattr(files, "_orjson", None)
     row = {"a": [1, 2], "b": "ü"}
     assert fast_json_line(row) == json_line(row)
+
+
+RECORD_SCALAR = st.one_of(TEXT, st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none(),
+                          st.floats(allow_nan=False, allow_infinity=False))
+RECORD = st.recursive(RECORD_SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                             st.dictionaries(TEXT, inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(TEXT, RECORD, max_size=8))
+def test_record_line_reads_back_as_the_record(obj):
+    """chunks.jsonl rows (context scores are floats) and commits.jsonl: json reads each line
+    back equal, lone surrogates included (as \\udcXX escapes, like json_line)."""
+    line = files.record_line(obj)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(json_line(obj))
