@@ -160,22 +160,23 @@ class ChunkJob:
 
     # -- phase 2 ---------------------------------------------------------------------
     def pair_commits(self, work: list[CommitRecord] | tuple[list[CommitRecord], TreeSteps | None]
-                     ) -> tuple[bytes, int, dict[str, Any]]:
-        """The batch's UnitChange records as JSON lines (encoded here, in the worker), their
-        count, and the batch's counters. With TreeSteps (a context strategy that reads the
-        repository's tree), the worker's snapshot follows the batch's commits."""
+                     ) -> list[tuple[bytes, int, dict[str, Any]]]:
+        """Each commit's UnitChange records as JSON lines (encoded here, in the worker), their
+        count and the commit's counters. With TreeSteps (a context strategy that reads the
+        repository's tree), the worker's snapshot follows the commits' trees."""
         batch, steps = work if isinstance(work, tuple) else (work, None)
-        stats = Counter()
         snapshot = None
         if steps is not None:
             snapshot = self._snapshot()
             snapshot.advance(steps.start)
-        lines = []
+        out = []
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
-            lines += [record_line(row) for row in self._pair_commit(rec, stats, snapshot)]
-        return b"".join(lines), len(lines), stats.to_dict()
+            stats = Counter()
+            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot)]
+            out.append((b"".join(lines), len(lines), stats.to_dict()))
+        return out
 
     def _snapshot(self) -> Snapshot:
         key = (os.getpid(), id(self.context))

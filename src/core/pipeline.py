@@ -29,13 +29,9 @@ from core.progress import configure as configure_progress
 from core.progress import progress
 from core.registry import PluginRegistry
 from core.report import write_report
-from core.snapshot import TreeSteps, plan_trees, tree_steps
-from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, fingerprint
+from core.snapshot import TreeSteps, plan_trees, snapshot_trees, tree_steps
+from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, fingerprint
 from core.stats import Counter
-
-
-def _steps_key(steps: TreeSteps | None) -> Any:
-    return None if steps is None else [sorted(steps.start.items()), [sorted(d.items()) for d in steps.deltas]]
 
 
 @functools.cache
@@ -171,18 +167,18 @@ class Run:
             manifest.resume(done)
         try:
             if "mine" in done:
-                commits = [CommitRecord.from_dict(json.loads(line))
-                           for line in (self.run_dir / "commits.jsonl").read_bytes().splitlines()]
+                lines = (self.run_dir / "commits.jsonl").read_bytes().splitlines(keepends=True)
+                commits = [CommitRecord.from_dict(json.loads(line)) for line in lines]
                 self.last_commit = commits[-1] if commits else None
                 self.summary["commits"] = len(commits)
             else:
-                commits = self._mine(manifest)
+                commits, lines = self._mine(manifest)
             if "chunk" in done:
                 self.summary["unit_changes"] = manifest.data["stages"]["chunk"]["outputs"]["chunks.jsonl"]["rows"]
                 if manifest.data.get("context") and manifest.data["context"].get("recall") is not None:
                     self.summary["context_recall"] = manifest.data["context"]["recall"]
             elif "chunk" in self.stages:
-                self._chunk(manifest, commits)
+                self._chunk(manifest, commits, lines)
             if "build" in done:
                 counts = manifest.data["stages"]["build"]["counts"]
                 self.summary["examples"] = {k[len("examples_"):]: v for k, v in counts.items()
@@ -202,17 +198,20 @@ class Run:
         except OSError as exc:
             raise CommitforgeError(f"cannot create run directory {str(self.run_dir)!r}: {exc.strerror}; choose another out_dir=DIR") from None
 
-    def _mine(self, manifest: Manifest) -> list[CommitRecord]:
+    def _mine(self, manifest: Manifest) -> tuple[list[CommitRecord], list[bytes]]:
+        """The commits and their lines in commits.jsonl."""
         t0 = time.perf_counter()
         stats = Counter()
         commits = []
+        lines = []
         with atomic_write(self.run_dir / "commits.jsonl") as fh:
             for rec in progress(self.source.commits(self.repo, self.extensions(), stats), desc="mine", unit="commit"):
                 if self.redactor is not None:  # secrets never reach commits.jsonl (nor the rows built from it)
                     rec.subject = redact_counted(self.redactor, rec.subject, stats)
                     rec.message = redact_counted(self.redactor, rec.message, stats)
                 commits.append(rec)
-                fh.write(record_line(rec.to_dict()))
+                lines.append(record_line(rec.to_dict()))
+                fh.write(lines[-1])
         if commits:
             manifest.set("commit_range", {"first": commits[0].commit, "last": commits[-1].commit,
                                           "first_time": commits[0].committer_time,
@@ -222,7 +221,7 @@ class Run:
         self.last_commit = commits[-1] if commits else None
         manifest.stage("mine", stats, time.perf_counter() - t0, {"commits.jsonl": len(commits)})
         self.summary["commits"] = len(commits)
-        return commits
+        return commits, lines
 
     def chunk_job(self) -> ChunkJob:
         """Parsing and pairing work for the executor's workers (shares the unit cache)."""
@@ -238,41 +237,50 @@ class Run:
             redactor=self.redactor,
         )
 
-    def _chunk(self, manifest: Manifest, commits: list[CommitRecord]) -> None:
+    def _chunk(self, manifest: Manifest, commits: list[CommitRecord], lines: list[bytes]) -> None:
+        """``lines`` are the commits' lines in commits.jsonl (part of each commit's cache key)."""
         t0 = time.perf_counter()
         reset_memory()
         stats = Counter()
         job = self.chunk_job()
-        batches = batched(commits, COMMIT_BATCH)
-        steps: list[TreeSteps | None] = [None] * len(batches)
         at = getattr(self.context, "snapshot", None)
         ext = self.extensions()
-        if at is not None:
+        cache = StageCache(self.cache_dir) if self.cfg.reuse else None
+        done: dict[int, tuple[bytes, int, dict[str, Any]]] = {}
+        keys: list[str] = []
+        if cache is not None:
+            # a commit's rows depend on the settings, its record and (for a context strategy that
+            # reads the repository) the tree its context is read from, which a git tree id names
+            t_keys = time.perf_counter()
+            trees: list[str | None] = snapshot_trees(self.repo, commits, at) if at is not None else [None] * len(commits)
+            base = self._chunk_fingerprint()
+            keys = [commit_key(base, line, tree) for line, tree in zip(lines, trees)]
+            hits = cache.get_many(keys)
+            done = {i: hits[key] for i, key in enumerate(keys) if key in hits}
+            stats.add("cache_lookup_ms", int(1000 * (time.perf_counter() - t_keys)))
+        todo = [i for i in range(len(commits)) if i not in done]
+        stats.add("commits_reused", len(done))
+        stats.add("commits_computed", len(todo))
+        # the unit of work is a run of up to COMMIT_BATCH commits by position; a run computes
+        # only its commits that are not in the cache
+        work = [group for group in ([i for i in range(s, min(s + COMMIT_BATCH, len(commits))) if i not in done]
+                                    for s in range(0, len(commits), COMMIT_BATCH)) if group]
+        steps: list[TreeSteps | None] = [None] * len(work)
+        if at is not None and todo:
             # the context strategy reads the whole tree at each commit
             t_trees = time.perf_counter()
             projects = {name for lang in self.languages.values() for name in getattr(lang, "project_files", ())}
             keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
-            steps = list(tree_steps(plan_trees(self.repo, commits, keep, at), COMMIT_BATCH))
+            order = [i for group in work for i in group]
+            steps = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], keep, at),
+                                    [len(group) for group in work]))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
-        cache = StageCache(self.cache_dir) if self.cfg.reuse else None
-        base = self._chunk_fingerprint()
-        keys = [fingerprint(base, [rec.to_dict() for rec in batch], _steps_key(st)) for batch, st in zip(batches, steps)]
-        done: dict[int, tuple[bytes, int, dict[str, Any]]] = {}
-        if cache is not None:
-            for i, key in enumerate(keys):
-                hit = cache.get(key)
-                if hit is not None:
-                    done[i] = hit
-        todo = [i for i in range(len(batches)) if i not in done]
-        stats.add("batches_reused", len(done))
-        stats.add("batches_computed", len(todo))
         if todo:
-            blobs = unique_blobs([rec for i in todo for rec in batches[i]])
+            blobs = unique_blobs([commits[i] for i in todo])
             stats.add("unique_blobs", len(blobs))
             if at is not None:  # files of the trees the batches read are parsed too
                 needed = {(b, lang) for b, lang, _ in blobs}
-                for i in todo:
-                    st = steps[i]
+                for st in steps:
                     for delta in (st.start, *st.deltas):  # type: ignore[union-attr]
                         for path, blob in delta.items():
                             lang = ext.get(file_extension(path))
@@ -283,17 +291,24 @@ class Run:
             job.parse_all(self.executor, blobs, stats)
         parse_seconds = time.perf_counter() - t0
         rows = 0
-        results = self.executor.map(job.pair_commits, [(batches[i], steps[i]) for i in todo])
+        results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st)
+                                                        for group, st in zip(work, steps)])
+        pending: list[tuple[bytes, int, dict[str, Any]]] = []
+        groups = iter(work)
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
-            for i, key in progress(enumerate(keys), total=len(keys), desc="chunk", unit="batch"):
-                if i in done:
-                    lines, count, batch_stats = done[i]
-                else:
-                    lines, count, batch_stats = next(results)
-                    if cache is not None:
-                        cache.put(key, lines, count, batch_stats)  # a rerun after a crash resumes here
-                stats.update(batch_stats)
-                fh.write(lines)
+            for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
+                hit = done.get(i)
+                if hit is None:
+                    if not pending:
+                        group = next(groups)
+                        pending = next(results)
+                        if cache is not None:  # a rerun after a crash resumes here
+                            cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
+                        pending.reverse()
+                    hit = pending.pop()
+                data, count, commit_stats = hit
+                stats.update(commit_stats)
+                fh.write(data)
                 rows += count
         if cache is not None:
             cache.close()
@@ -310,7 +325,7 @@ class Run:
         self.summary["chunk_skips"] = dict(stats.skips)
 
     def _chunk_fingerprint(self) -> str:
-        """Everything a chunk-stage batch's rows depend on besides its commits and trees."""
+        """Everything a commit's chunk-stage rows depend on besides its record and tree."""
         plain = lambda key: OmegaConf.to_container(self.cfg[key], resolve=True) if self.cfg.get(key) is not None else None  # noqa: E731
         selected = [("language", name) for name in sorted(self.languages)] + [("chunker", self.cfg.chunker.name)]
         if self.cfg.get("context") is not None:
@@ -367,9 +382,9 @@ def screen_summary(summary: dict[str, Any], run_dir: Path, report: Path) -> str:
     if skips:
         top = sorted(skips.items(), key=lambda kv: -kv[1])[:6]
         lines.append("  skipped: " + ", ".join(f"{reason} {n:,}" for reason, n in top))
-    reused = stages.get("chunk", {}).get("counts", {}).get("batches_reused")
+    reused = stages.get("chunk", {}).get("counts", {}).get("commits_reused")
     times = ", ".join(f"{name} {stage.get('seconds', 0):.1f} s" for name, stage in stages.items())
-    lines.append(f"  time: {times}" + (f" ({reused} chunk batches reused)" if reused else ""))
+    lines.append(f"  time: {times}" + (f" ({reused} commits' chunks reused)" if reused else ""))
     if manifest.get("resumed"):
         lines.append(f"  resumed: {', '.join(manifest['resumed'])} were complete in this run directory")
     lines.append(f"  report: {report}")

@@ -79,15 +79,41 @@ def plan_trees(repo: Repository, commits: list[CommitRecord], keep: Callable[[st
     return out
 
 
-def tree_steps(deltas: list[dict[str, str | None]], size: int) -> Iterator[TreeSteps]:
-    """The TreeSteps of each run of ``size`` commits, in order."""
+def tree_steps(deltas: list[dict[str, str | None]], sizes: int | list[int]) -> Iterator[TreeSteps]:
+    """The TreeSteps of consecutive runs of commits, in order: runs of ``sizes`` commits
+    each, or of the given lengths."""
+    if isinstance(sizes, int):
+        sizes = [min(sizes, len(deltas) - s) for s in range(0, len(deltas), sizes)]
     tree: dict[str, str] = {}
     applied = 0
-    for start in range(0, len(deltas), size):
+    start = 0
+    for size in sizes:
         while applied <= start:
             apply_delta(tree, deltas[applied])
             applied += 1
         yield TreeSteps(start=dict(tree), deltas=deltas[start + 1:start + size])
+        start += size
+
+
+def snapshot_trees(repo: Repository, commits: list[CommitRecord], at: str) -> list[str]:
+    """The git tree id of each commit's snapshot (empty for a root commit's parent): it
+    names every file a context strategy can read there, so it keys the work done at it."""
+    check_snapshot(at)
+    revs = [rec.commit if at == "commit" else (rec.parents[0] if rec.parents else "") for rec in commits]
+    wanted = [r for r in dict.fromkeys(revs) if r]
+    if not wanted:
+        return ["" for _ in revs]
+    proc = subprocess.run(git_argv(repo.git_dir, "cat-file", "--batch-check=%(objectname) %(objecttype)"),
+                          input="".join(f"{r}^{{tree}}\n" for r in wanted).encode(), capture_output=True,
+                          env=git_env(), check=False)
+    if proc.returncode != 0:
+        raise CommitforgeError(f"git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
+    answers = proc.stdout.decode().splitlines()
+    tree_of: dict[str, str] = {}
+    for rev, answer in zip(wanted, answers):
+        oid, _, kind = answer.partition(" ")
+        tree_of[rev] = oid if kind == "tree" else f"missing:{rev}"  # never equal to a real tree id
+    return [tree_of.get(r, f"missing:{r}") if r else "" for r in revs]
 
 
 def apply_delta(tree: dict[str, str], delta: dict[str, str | None]) -> None:

@@ -1,18 +1,19 @@
 """Finished chunk-stage work, kept by fingerprint so that no run does it twice.
 
-The chunk stage's output is the concatenation of its commit batches' outputs. Each
-batch is stored under a fingerprint of everything its rows depend on: the chunk
-stage's settings (language extraction, chunker, context strategy and how it counts
-tokens, file-size cap, pairing), the code and grammar versions, the repository name
-that rows carry, the batch's commit records, and for context strategies the tree the
-batch starts from and the changes it replays. So
+The chunk stage's output is the concatenation of its commits' outputs. Each commit's
+rows are stored under a key of everything they depend on: the chunk stage's settings
+(language extraction, chunker, context strategy and how it counts tokens, file-size cap,
+pairing, redaction), the code and grammar versions, the repository name that rows carry,
+the commit's record (its line in commits.jsonl), and for context strategies that read
+the repository's tree, the git tree id of the snapshot the context is read from (the
+commit's tree, or its first parent's): a tree id names every file exactly. So
 
 - a sweep over build settings (tokenizer, format, builder, split, writer) chunks once;
-- a run killed half-way resumes: finished batches are not recomputed;
-- a repository that gained a commit recomputes only the last batch.
+- a run killed half-way resumes: commits already finished are not recomputed;
+- a repository that gained a commit computes only that commit.
 
 The store is one SQLite database (WAL) written by the main process of each run only;
-parallel sweep jobs share it (a batch two jobs computed at once is stored by both with
+parallel sweep jobs share it (a commit two jobs computed at once is stored by both with
 the same bytes). ``reuse=false`` turns it off.
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 from core.blob_cache import _enable_wal
 from core.errors import CommitforgeError
 
-STAGE_CACHE_FORMAT = 1
+STAGE_CACHE_FORMAT = 2
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 
 
@@ -38,6 +39,17 @@ def fingerprint(*parts: Any) -> str:
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8", "surrogateescape"))
         h.update(b"\0")
+    return h.hexdigest()
+
+
+def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
+    """The key of one commit's chunk-stage rows: ``base`` (a fingerprint of the settings
+    and code), the commit's line in commits.jsonl and the tree id its context reads."""
+    h = hashlib.sha256(base.encode())
+    h.update(b"\0")
+    h.update(record_line)
+    h.update(b"\0")
+    h.update((tree if tree is not None else "-").encode())
     return h.hexdigest()
 
 
@@ -54,7 +66,7 @@ class StageCache:
                 conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
+                conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
                              "stats TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
@@ -62,18 +74,41 @@ class StageCache:
             _CONNECTIONS[key] = conn
         return conn
 
+    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any]]]:
+        """The stored (data, rows, stats) of each key that has a usable entry."""
+        conn = self._conn()
+        out: dict[str, tuple[bytes, int, dict[str, Any]]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for key, rows, stats, data in conn.execute(
+                    f"SELECT key, rows, stats, data FROM commits WHERE key IN ({marks})", part):
+                try:
+                    out[key] = zlib.decompress(data), int(rows), json.loads(stats)
+                except (zlib.error, ValueError):
+                    pass  # damaged: computed again and overwritten
+        return out
+
     def get(self, key: str) -> tuple[bytes, int, dict[str, Any]] | None:
-        row = self._conn().execute("SELECT rows, stats, data FROM batches WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
+        return self.get_many([key]).get(key)
+
+    def put_many(self, entries: list[tuple[str, bytes, int, dict[str, Any]]]) -> None:
+        """Store entries (key, data, rows, stats) in one transaction."""
+        if not entries:
+            return
+        conn = self._conn()
+        values = [(key, rows, json.dumps(stats, sort_keys=True), zlib.compress(data, 1))
+                  for key, data, rows, stats in entries]
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            return zlib.decompress(row[2]), int(row[0]), json.loads(row[1])
-        except (zlib.error, ValueError):
-            return None  # damaged: computed again and overwritten
+            conn.executemany("INSERT OR REPLACE INTO commits (key, rows, stats, data) VALUES (?, ?, ?, ?)", values)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def put(self, key: str, data: bytes, rows: int, stats: dict[str, Any]) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO batches (key, rows, stats, data) VALUES (?, ?, ?, ?)",
-                             (key, rows, json.dumps(stats, sort_keys=True), zlib.compress(data, 1)))
+        self.put_many([(key, data, rows, stats)])
 
     def close(self) -> None:
         conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)

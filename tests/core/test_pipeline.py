@@ -197,7 +197,7 @@ def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
     assert os.fsencode(commit["files"][0]["new_path"]) == raw
 
 
-def test_finished_chunk_batches_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch):
+def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch):
     import core.pipeline
 
     monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 2)
@@ -212,19 +212,53 @@ def test_finished_chunk_batches_are_reused_and_only_new_history_is_chunked(scrip
         return manifest(run_dir)["stages"]["chunk"]["counts"], (run_dir / "chunks.jsonl").read_bytes()
 
     first, out1 = chunk_counts("a")
-    assert (first["batches_reused"], first["batches_computed"]) == (0, 3)
+    assert (first["commits_reused"], first["commits_computed"]) == (0, 5)
     again, out2 = chunk_counts("b")
-    assert (again["batches_reused"], again["batches_computed"]) == (3, 0) and out2 == out1
+    assert (again["commits_reused"], again["commits_computed"]) == (5, 0) and out2 == out1
     assert "unique_blobs" not in again  # nothing was even parsed
     other, out3 = chunk_counts("c", "context.max_tokens=5")  # another setting: computed anew
-    assert other["batches_computed"] == 3 and out3 != out1
+    assert other["commits_computed"] == 5 and out3 != out1
     r.commit("c5", {"src/m5.rs": "pub fn f5() -> u32 { 5 }\n"})
     grown, out4 = chunk_counts("d")
-    assert (grown["batches_reused"], grown["batches_computed"]) == (2, 1)  # the last batch changed
-    kept = b"".join(line for line in out1.splitlines(keepends=True) if b'"subject":"c4"' not in line)
-    assert out4.startswith(kept) and len(out4) > len(out1)
+    assert (grown["commits_reused"], grown["commits_computed"]) == (5, 1)  # only the new commit
+    assert out4.startswith(out1) and len(out4) > len(out1)
     fresh, out5 = chunk_counts("e", "reuse=false")
-    assert fresh["batches_reused"] == 0 and out5 == out4
+    assert "commits_reused" in fresh and fresh["commits_reused"] == 0 and out5 == out4
+    assert fresh["unit_changes"] == grown["unit_changes"] and fresh["context_refs"] == grown["context_refs"]
+
+
+@pytest.mark.parametrize("snapshot", ["commit", "parent"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_path, monkeypatch, snapshot, workers):
+    import sqlite3
+
+    import core.pipeline
+    from core.stage_cache import StageCache
+
+    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 4)  # misses inside and across batches
+    cache = tmp_path / "cache"
+
+    def chunks(name: str, *overrides: str) -> tuple[dict, bytes]:
+        run_dir = run_pipeline(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports",
+                               f"context.snapshot={snapshot}", f"executor.workers={workers}", *overrides)
+        return manifest(run_dir)["stages"]["chunk"], (run_dir / "chunks.jsonl").read_bytes()
+
+    cold, ref = chunks("cold", "reuse=false")
+    chunks("warm")
+    db = sqlite3.connect(StageCache(cache).path)
+    keys = [k for (k,) in db.execute("SELECT key FROM commits ORDER BY key")]
+    gone = keys[::3]  # scattered commits forgotten: their neighbours' trees are not replayed
+    db.executemany("DELETE FROM commits WHERE key = ?", [(k,) for k in gone])
+    db.commit()
+    db.close()
+    again, out = chunks("again")
+    assert (again["counts"]["commits_computed"], again["counts"]["commits_reused"]) == (len(gone), len(keys) - len(gone))
+    assert out == ref
+    # counters of the work done (parsing, cache use, timings) differ; those of the rows do not
+    skip = {"commits_computed", "commits_reused", "unique_blobs", "context_tree_blobs", "parse_ms",
+            "context_trees_ms", "cache_lookup_ms", "bytes_parsed", "units_extracted"}
+    plain = lambda c: {k: v for k, v in c.items() if k not in skip and not k.startswith("blobs_")}  # noqa: E731
+    assert plain(again["counts"]) == plain(cold["counts"]) and again["skips"] == cold["skips"]
 
 
 def test_a_repository_with_two_languages_is_processed_with_languages(scripted_repo, tmp_path):
