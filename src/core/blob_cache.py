@@ -108,6 +108,67 @@ class BlobCache:
             raise
 
 
+SUMMARY_FORMAT = 1
+_PICKLE_PROTOCOL = 5
+
+
+class SummaryCache:
+    """What a language's symbol index keeps of each parsed file (``Language.summarize``),
+    by blob, so that building an index at a tree loads summaries instead of making them.
+
+    Summaries are arbitrary objects of the language plugin, stored with ``pickle``
+    (protocol 5) in their own database next to the unit cache: ``prefix`` must name
+    everything a summary depends on besides the blob (the language's cache key, the
+    context strategy's options and the code version). Like the unit cache, it is
+    commitforge's own cache directory: loading runs code only as trusted as that."""
+
+    def __init__(self, root: str | Path, prefix: str):
+        self.path = Path(root) / f"summaries-f{SUMMARY_FORMAT}-p{_PICKLE_PROTOCOL}.sqlite"
+        self.prefix = f"{prefix}:"
+
+    def get_many(self, blobs: list[str]) -> dict[str, Any]:
+        import pickle
+
+        conn = _connect(self.path)
+        out: dict[str, Any] = {}
+        n = len(self.prefix)
+        for i in range(0, len(blobs), 500):
+            keys = [self.prefix + b for b in blobs[i:i + 500]]
+            marks = ",".join("?" * len(keys))
+            for key, entry in conn.execute(f"SELECT key, entry FROM units WHERE key IN ({marks})", keys):
+                try:
+                    out[key[n:]] = pickle.loads(entry)
+                except Exception:  # noqa: BLE001 - damaged or from an incompatible version: made again
+                    pass
+        return out
+
+    def have(self, blobs: list[str]) -> set[str]:
+        """The blobs of ``blobs`` that have a stored summary."""
+        conn = _connect(self.path)
+        n = len(self.prefix)
+        out: set[str] = set()
+        for i in range(0, len(blobs), 500):
+            keys = [self.prefix + b for b in blobs[i:i + 500]]
+            marks = ",".join("?" * len(keys))
+            out.update(key[n:] for (key,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
+        return out
+
+    def put_many(self, summaries: dict[str, Any]) -> None:
+        import pickle
+
+        if not summaries:
+            return
+        rows = [(self.prefix + blob, pickle.dumps(value, protocol=_PICKLE_PROTOCOL)) for blob, value in summaries.items()]
+        conn = _connect(self.path)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO units (key, entry) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
 def close_connections() -> None:
     """Close this process's cache connections."""
     pid = os.getpid()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.blob_cache import BlobCache, close_connections
+from core.blob_cache import BlobCache, SummaryCache, close_connections
 from core.chunk import Chunker
 from core.context import UnitQuery, measure
 from core.files import record_line
@@ -77,6 +77,7 @@ class ChunkJob:
     rename_similarity: float
     context: Any = None  # a context strategy, or None
     redactor: Any = None  # a core.redact.Redactor, or None
+    summary_key: str | None = None  # code and context options: with the language's cache key, names summaries
     blob_skips: dict[str, str] = field(default_factory=dict)
 
     def _cache(self, lang: str) -> BlobCache:
@@ -85,6 +86,10 @@ class ChunkJob:
         if cache is None:
             cache = _CACHES[key] = BlobCache(self.cache_root, key[1])
         return cache
+
+    def summaries(self, lang: str) -> SummaryCache:
+        """The store of the symbol-index summaries of a language's files."""
+        return SummaryCache(self.cache_root, f"{self.languages[lang].cache_key}:{self.summary_key}")
 
     # -- phase 1 ---------------------------------------------------------------------
     def parse_all(self, executor: Any, blobs: list[tuple[str, str, str | None]], stats: Counter) -> None:
@@ -182,8 +187,9 @@ class ChunkJob:
         key = (os.getpid(), id(self.context))
         snap = _SNAPSHOTS.get(key)
         if snap is None:
+            stores = {} if self.summary_key is None else {name: self.summaries(name) for name in self.languages}
             snap = _SNAPSHOTS[key] = Snapshot(self.languages, self._load_quietly, _reader(self.git_dir).read,
-                                              options=getattr(self.context, "options", {}))
+                                              options=getattr(self.context, "options", {}), stores=stores)
         return snap
 
     def _load_quietly(self, blob: str, lang: str) -> ParsedBlob | None:

@@ -235,6 +235,7 @@ class Run:
             rename_similarity=float(self.cfg.pairing.rename_similarity),
             context=self.context,
             redactor=self.redactor,
+            summary_key=fingerprint("summary", code_version(), getattr(self.context, "options", None))[:32],
         )
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord], lines: list[bytes]) -> None:
@@ -280,14 +281,19 @@ class Run:
             stats.add("unique_blobs", len(blobs))
             if at is not None:  # files of the trees the batches read are parsed too
                 needed = {(b, lang) for b, lang, _ in blobs}
+                tree_only: dict[str, list[str]] = {}
                 for st in steps:
                     for delta in (st.start, *st.deltas):  # type: ignore[union-attr]
                         for path, blob in delta.items():
                             lang = ext.get(file_extension(path))
                             if blob and lang and (blob, lang) not in needed:
                                 needed.add((blob, lang))
-                                blobs.append((blob, lang, None))
+                                tree_only.setdefault(lang, []).append(blob)
                 stats.add("context_tree_blobs", len(needed))
+                for lang, tree_blobs in tree_only.items():
+                    # only the index reads these: a blob whose summary is stored needs no parsing
+                    summarized = job.summaries(lang).have(tree_blobs)
+                    blobs += [(b, lang, None) for b in tree_blobs if b not in summarized]
             job.parse_all(self.executor, blobs, stats)
         parse_seconds = time.perf_counter() - t0
         rows = 0

@@ -188,7 +188,7 @@ class Snapshot:
 
     def __init__(self, languages: dict[str, Any], load: Callable[[str, str], ParsedBlob | None],
                  read: Callable[[str], bytes | None], options: dict[str, Any] | None = None,
-                 summaries: int = 16384) -> None:
+                 summaries: int = 16384, stores: dict[str, Any] | None = None) -> None:
         self.languages = languages  # name -> Language
         self.ext_lang = {e: name for name, lang in languages.items() for e in lang.extensions}
         self.load = load  # (blob, lang) -> ParsedBlob, None when the blob was skipped
@@ -198,6 +198,8 @@ class Snapshot:
         self.version = 0
         self._indexes: dict[str, Any] = {}
         self._summaries = LRU(summaries)
+        # lang -> a persistent summary store (core.blob_cache.SummaryCache), when there is one
+        self.stores = stores or {}
 
     def lang_of(self, path: str) -> str | None:
         return self.ext_lang.get(file_extension(path))
@@ -237,11 +239,31 @@ class Snapshot:
         project_names = self.languages[lang].project_files
         sources: dict[str, Any] = {}
         projects: dict[str, bytes | None] = {}
+        paths: list[tuple[str, str | None]] = []
         for path, blob in items:
             if self.lang_of(path) == lang:
-                sources[path] = self.summary(blob, lang)
+                paths.append((path, blob))
             elif path.rsplit("/", 1)[-1] in project_names:
                 projects[path] = self.read(blob) if blob else None
+        store = self.stores.get(lang)
+        if store is not None and paths:
+            # summaries neither in memory nor in the store are made and stored, in one go
+            lru = self._summaries
+            wanted = list(dict.fromkeys(b for _, b in paths if b is not None and (b, lang) not in lru))
+            if wanted:
+                stored = store.get_many(wanted)
+                made: dict[str, Any] = {}
+                for blob in wanted:
+                    value = stored.get(blob)
+                    if value is None:
+                        value = self.summary(blob, lang)
+                        if value is not None:  # a blob without a summary (skipped) is not stored
+                            made[blob] = value
+                    else:
+                        lru.get_or((blob, lang), lambda v=value: v)
+                store.put_many(made)
+        for path, blob in paths:
+            sources[path] = self.summary(blob, lang)
         if sources or projects:
             idx.update(sources, projects)
 

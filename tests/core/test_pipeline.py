@@ -277,3 +277,29 @@ def test_a_repository_with_two_languages_is_processed_with_languages(scripted_re
     assert {"class", "fn"} <= kinds  # the build stage has a kind token for Python's kinds too
     with pytest.raises(CommitforgeError, match="extension '.py' is claimed by languages 'rust' and 'python'"):
         run_pipeline(tmp_path / "clash", f"repo={r.path}", "languages=[python]", "language.extensions=[.rs,.py]")
+
+
+def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
+    import plugins.rust
+
+    cache = tmp_path / "cache"
+    made: list[int] = []
+    summarize = plugins.rust.RustLanguage.summarize
+
+    def counted(self, parsed, options):
+        made.append(1)
+        return summarize(self, parsed, options)
+
+    monkeypatch.setattr(plugins.rust.RustLanguage, "summarize", counted)
+
+    def chunks(name: str, *overrides: str) -> bytes:
+        run_dir = run_pipeline(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports",
+                               "executor.workers=1", "reuse=false", *overrides)
+        return (run_dir / "chunks.jsonl").read_bytes()
+
+    first = chunks("a")
+    assert made and list(cache.glob("summaries-*.sqlite"))
+    made.clear()
+    assert chunks("b") == first and not made  # every file's summary came from the store
+    chunks("c", "context.max_item_chars=50")  # other rendering options: other summaries
+    assert made
