@@ -41,12 +41,20 @@ class CommitRecord:
     files: list[FileChange] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # what dataclasses.asdict gives (same keys, same order), without its generic deep copy
+        d = {name: getattr(self, name) for name in _COMMIT_FIELDS}
+        d["parents"] = list(self.parents)
+        d["files"] = [{name: getattr(fc, name) for name in _FILE_FIELDS} for fc in self.files]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CommitRecord:
         files = [FileChange(**f) for f in d["files"]]
         return cls(**{**d, "files": files})
+
+
+_COMMIT_FIELDS = tuple(f.name for f in dataclasses.fields(CommitRecord))
+_FILE_FIELDS = tuple(f.name for f in dataclasses.fields(FileChange))
 
 
 @dataclass(slots=True)

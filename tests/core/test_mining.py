@@ -163,3 +163,17 @@ def test_renaming_a_file_out_of_or_into_the_language_deletes_or_adds_it(scripted
     _, out, into = commits
     assert [(f.change, f.old_path, f.new_path, f.lang) for f in out.files] == [("D", "src/c.rs", None, "rust")]
     assert [(f.change, f.old_path, f.new_path) for f in into.files] == [("A", None, "src/notes.rs")]
+
+
+def test_commit_record_to_dict_is_dataclasses_asdict():
+    import dataclasses
+
+    from core.records import CommitRecord, FileChange
+
+    rec = CommitRecord("c" * 40, ["p" * 40, "q" * 40], "2024-01-01T00:00:00+00:00", 1, "2024-01-01T00:00:00+00:00", 2,
+                       "subject", "message", [FileChange("R", "a.rs", "b.rs", "1" * 40, "2" * 40, 90, "rust", "100644",
+                                                         "100644"), FileChange("A", None, "c.rs", None, "3" * 40)])
+    d = rec.to_dict()
+    assert d == dataclasses.asdict(rec) and list(d) == list(dataclasses.asdict(rec))
+    assert [list(f) for f in d["files"]] == [list(f) for f in dataclasses.asdict(rec)["files"]]
+    assert d["parents"] is not rec.parents and CommitRecord.from_dict(d) == rec
