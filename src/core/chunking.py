@@ -31,6 +31,7 @@ from core.stats import Counter
 
 BLOB_BATCH = 24
 COMMIT_BATCH = 24
+INLINE_BLOBS = 96  # at most this many blobs to parse: no worker processes
 LOADED_BLOBS = 256  # per worker: a file's new version is usually the next change's old one
 _BINARY_SNIFF = 8000
 
@@ -98,8 +99,10 @@ class ChunkJob:
         for lang in self.languages:
             self._cache(lang).open()  # created once here, before workers race to create it
         batches = batched(blobs, BLOB_BATCH)
-        for result in progress(executor.map(self.parse_blobs, batches), total=len(batches), desc="parse",
-                               unit="batch"):
+        # a few blobs (a repository that gained a commit or two) are parsed here: starting
+        # workers would take longer than the parsing
+        results = map(self.parse_blobs, batches) if len(blobs) <= INLINE_BLOBS else executor.map(self.parse_blobs, batches)
+        for result in progress(results, total=len(batches), desc="parse", unit="batch"):
             stats.update(result["stats"])
             self.blob_skips.update(result["skips"])
         for reason in self.blob_skips.values():
