@@ -28,7 +28,7 @@ from core.redact import RedactConfig
 from core.progress import configure as configure_progress
 from core.progress import progress
 from core.registry import PluginRegistry
-from core.report import write_report
+from core.report import ChunkScan, scan_lines, write_report
 from core.snapshot import TreeSteps, plan_trees, snapshot_trees, tree_steps
 from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, fingerprint
 from core.stats import Counter
@@ -132,6 +132,7 @@ class Run:
         configure_progress(cfg.get("progress"))
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
+        self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks.jsonl, when this run wrote it
 
     def extensions(self) -> dict[str, str]:
         ext: dict[str, str] = {}
@@ -247,7 +248,7 @@ class Run:
         at = getattr(self.context, "snapshot", None)
         ext = self.extensions()
         cache = StageCache(self.cache_dir) if self.cfg.reuse else None
-        done: dict[int, tuple[bytes, int, dict[str, Any]]] = {}
+        done: dict[int, tuple[bytes, int, dict[str, Any], Any]] = {}
         keys: list[str] = []
         if cache is not None:
             # a commit's rows depend on the settings, its record and (for a context strategy that
@@ -299,23 +300,27 @@ class Run:
         rows = 0
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st)
                                                         for group, st in zip(work, steps)])
-        pending: list[tuple[bytes, int, dict[str, Any]]] = []
+        pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
+        scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)
                 if hit is None:
                     if not pending:
                         group = next(groups)
-                        pending = next(results)
+                        pending = [(data, count, commit_stats, scan_lines(data.split(b"\n")).to_plain())
+                                   for data, count, commit_stats in next(results)]
                         if cache is not None:  # a rerun after a crash resumes here
                             cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
                         pending.reverse()
                     hit = pending.pop()
-                data, count, commit_stats = hit
+                data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
                 fh.write(data)
                 rows += count
+                scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
+        self.chunk_scan = scan
         if cache is not None:
             cache.close()
         stats.add("parse_ms", int(parse_seconds * 1000))
@@ -357,7 +362,7 @@ class Run:
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:
     r = Run(cfg, registry)
     run_dir = r.run()
-    report = write_report(run_dir)
+    report = write_report(run_dir, r.chunk_scan)
     print(screen_summary(r.summary, run_dir, report))
     print(f"run directory: {run_dir}")
     return run_dir

@@ -308,6 +308,32 @@ class ChunkScan:
     recall: list[float] = field(default_factory=list)  # per unit change, where rows carry a figure
     malformed: int = 0
 
+    def merge(self, other: ChunkScan) -> None:
+        """Add the scan of the lines that follow this one's (the same result as one scan of both)."""
+        self.rows += other.rows
+        for commit, n in other.per_commit.items():
+            if commit in self.per_commit:
+                self.per_commit[commit] += n
+            else:
+                self.per_commit[commit] = n
+                self.commit_time[commit] = other.commit_time[commit]
+        self.context_counts.update(other.context_counts)
+        self.context_items += other.context_items
+        self.context_chars += other.context_chars
+        self.context_why.update(other.context_why)
+        self.recall += other.recall
+        self.malformed += other.malformed
+
+    def to_plain(self) -> tuple:
+        """Plain containers (for ``marshal``); ``from_plain`` is the inverse."""
+        return (self.rows, self.per_commit, self.commit_time, dict(self.context_counts), self.context_items,
+                self.context_chars, dict(self.context_why), self.recall, self.malformed)
+
+    @classmethod
+    def from_plain(cls, plain: tuple) -> ChunkScan:
+        rows, per_commit, commit_time, counts, items, chars, why, recall, malformed = plain
+        return cls(rows, per_commit, commit_time, Counter(counts), items, chars, Counter(why), recall, malformed)
+
 
 def _slow_fields(line: bytes) -> tuple[str, str, Any, Any] | None:
     try:
@@ -321,46 +347,51 @@ def _slow_fields(line: bytes) -> tuple[str, str, Any, Any] | None:
 
 def scan_chunks(path: Path) -> ChunkScan:
     """Stream ``chunks.jsonl``; a line is decoded whole only when the fast path cannot read it."""
-    scan = ChunkScan()
-    per_commit, commit_time = scan.per_commit, scan.commit_time
     with open(path, "rb") as fh:
-        for line in fh:
-            if not line.strip():
+        return scan_lines(fh)
+
+
+def scan_lines(lines: Iterable[bytes], scan: ChunkScan | None = None) -> ChunkScan:
+    """Add lines of ``chunks.jsonl`` to ``scan`` (a new one by default) and return it."""
+    scan = ChunkScan() if scan is None else scan
+    per_commit, commit_time = scan.per_commit, scan.commit_time
+    for line in lines:
+        if not line.strip():
+            continue
+        scan.rows += 1
+        mc, mt = _COMMIT.search(line), _TIME.search(line)
+        found, ctx = _value_at(line, _CONTEXT_KEY, last=True)
+        recall: Any = None
+        if mc is None or mt is None or not found or not isinstance(ctx, list):
+            slow = _slow_fields(line)
+            if slow is None:
+                scan.malformed += 1
                 continue
-            scan.rows += 1
-            mc, mt = _COMMIT.search(line), _TIME.search(line)
-            found, ctx = _value_at(line, _CONTEXT_KEY, last=True)
-            recall: Any = None
-            if mc is None or mt is None or not found or not isinstance(ctx, list):
-                slow = _slow_fields(line)
-                if slow is None:
-                    scan.malformed += 1
-                    continue
-                commit, time, ctx, recall = slow
-            else:
-                commit = mc.group(1).decode("ascii", "replace")
-                time = mt.group(1).decode("utf-8", "replace")
-                if _RECALL_KEY in line:
-                    recall = _value_at(line, _RECALL_KEY)[1]
-            if commit in per_commit:
-                per_commit[commit] += 1
-            else:
-                per_commit[commit] = 1
-                commit_time[commit] = time
-            items = ctx if isinstance(ctx, list) else []
-            scan.context_counts[len(items)] += 1
-            if items:
-                scan.context_items += len(items)
-                for it in items:
-                    if isinstance(it, dict):
-                        # "tier: detail" (e.g. "direct: Amount"): count by tier
-                        scan.context_why[str(it.get("why") or "?").split(":", 1)[0]] += 1
-                        text = it.get("text")
-                        if isinstance(text, str):
-                            scan.context_chars += len(text)
-            r = recall_value(recall)
-            if r is not None:
-                scan.recall.append(r)
+            commit, time, ctx, recall = slow
+        else:
+            commit = mc.group(1).decode("ascii", "replace")
+            time = mt.group(1).decode("utf-8", "replace")
+            if _RECALL_KEY in line:
+                recall = _value_at(line, _RECALL_KEY)[1]
+        if commit in per_commit:
+            per_commit[commit] += 1
+        else:
+            per_commit[commit] = 1
+            commit_time[commit] = time
+        items = ctx if isinstance(ctx, list) else []
+        scan.context_counts[len(items)] += 1
+        if items:
+            scan.context_items += len(items)
+            for it in items:
+                if isinstance(it, dict):
+                    # "tier: detail" (e.g. "direct: Amount"): count by tier
+                    scan.context_why[str(it.get("why") or "?").split(":", 1)[0]] += 1
+                    text = it.get("text")
+                    if isinstance(text, str):
+                        scan.context_chars += len(text)
+        r = recall_value(recall)
+        if r is not None:
+            scan.recall.append(r)
     return scan
 
 
@@ -947,14 +978,16 @@ def _stage_tables(info: RunInfo) -> str:
     return "".join(out)
 
 
-def render_report(run_dir: Path) -> str:
-    """The report's HTML text (see :func:`write_report`)."""
+def render_report(run_dir: Path, scan: ChunkScan | None = None) -> str:
+    """The report's HTML text (see :func:`write_report`); ``scan`` is the scan of the run's
+    chunks.jsonl when the caller has it already (the chunk stage does)."""
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
     row = summary_row(run_dir)
     notes: list[str] = []
     chunks = run_dir / "chunks.jsonl"
-    scan = scan_chunks(chunks) if chunks.is_file() and info.ran("chunk") else None
+    if scan is None or not info.ran("chunk"):
+        scan = scan_chunks(chunks) if chunks.is_file() and info.ran("chunk") else None
     if scan is not None and scan.malformed:
         notes.append(f"chunks.jsonl: {scan.malformed} lines could not be read")
     commits_path = run_dir / "commits.jsonl"
@@ -989,10 +1022,11 @@ def render_report(run_dir: Path) -> str:
     return page(f"commitforge report — {name}", "\n".join(b for b in body if b))
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path."""
+def write_report(run_dir: Path, scan: ChunkScan | None = None) -> Path:
+    """Write ``run_dir/report.html`` (atomically) and return its path (``scan``: see
+    :func:`render_report`)."""
     run_dir = Path(run_dir)
-    text = render_report(run_dir)
+    text = render_report(run_dir, scan)
     path = run_dir / REPORT_FILE
     with atomic_write(path) as fh:
         fh.write(text.encode("utf-8", "backslashreplace"))

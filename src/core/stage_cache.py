@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import sqlite3
 import zlib
@@ -30,7 +31,7 @@ from typing import Any
 from core.blob_cache import _enable_wal
 from core.errors import CommitforgeError
 
-STAGE_CACHE_FORMAT = 2
+STAGE_CACHE_FORMAT = 3
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 
 
@@ -67,48 +68,52 @@ class StageCache:
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
-                             "stats TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
+                             "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB) WITHOUT ROWID")
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
                                        "choose another cache_dir=DIR or run with reuse=false") from None
             _CONNECTIONS[key] = conn
         return conn
 
-    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any]]]:
-        """The stored (data, rows, stats) of each key that has a usable entry."""
+    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any], Any]]:
+        """The stored (data, rows, stats, scan) of each key that has a usable entry; ``scan`` is
+        the plain form of the report's scan of the rows (``None`` when there is none)."""
         conn = self._conn()
-        out: dict[str, tuple[bytes, int, dict[str, Any]]] = {}
+        out: dict[str, tuple[bytes, int, dict[str, Any], Any]] = {}
         for i in range(0, len(keys), 500):
             part = keys[i:i + 500]
             marks = ",".join("?" * len(part))
-            for key, rows, stats, data in conn.execute(
-                    f"SELECT key, rows, stats, data FROM commits WHERE key IN ({marks})", part):
+            for key, rows, stats, data, scan in conn.execute(
+                    f"SELECT key, rows, stats, data, scan FROM commits WHERE key IN ({marks})", part):
                 try:
-                    out[key] = zlib.decompress(data), int(rows), json.loads(stats)
-                except (zlib.error, ValueError):
+                    out[key] = (zlib.decompress(data), int(rows), json.loads(stats),
+                                None if scan is None else marshal.loads(scan))
+                except (zlib.error, ValueError, EOFError, TypeError):
                     pass  # damaged: computed again and overwritten
         return out
 
-    def get(self, key: str) -> tuple[bytes, int, dict[str, Any]] | None:
+    def get(self, key: str) -> tuple[bytes, int, dict[str, Any], Any] | None:
         return self.get_many([key]).get(key)
 
-    def put_many(self, entries: list[tuple[str, bytes, int, dict[str, Any]]]) -> None:
-        """Store entries (key, data, rows, stats) in one transaction."""
+    def put_many(self, entries: list[tuple[str, bytes, int, dict[str, Any], Any]]) -> None:
+        """Store entries (key, data, rows, stats, scan) in one transaction."""
         if not entries:
             return
         conn = self._conn()
-        values = [(key, rows, json.dumps(stats, sort_keys=True), zlib.compress(data, 1))
-                  for key, data, rows, stats in entries]
+        values = [(key, rows, json.dumps(stats, sort_keys=True), zlib.compress(data, 1),
+                   None if scan is None else marshal.dumps(scan))
+                  for key, data, rows, stats, scan in entries]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR REPLACE INTO commits (key, rows, stats, data) VALUES (?, ?, ?, ?)", values)
+            conn.executemany("INSERT OR REPLACE INTO commits (key, rows, stats, data, scan) VALUES (?, ?, ?, ?, ?)",
+                             values)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
-    def put(self, key: str, data: bytes, rows: int, stats: dict[str, Any]) -> None:
-        self.put_many([(key, data, rows, stats)])
+    def put(self, key: str, data: bytes, rows: int, stats: dict[str, Any], scan: Any = None) -> None:
+        self.put_many([(key, data, rows, stats, scan)])
 
     def close(self) -> None:
         conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)

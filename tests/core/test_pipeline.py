@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,19 @@ def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
     assert chunks("b") == first and not made  # every file's summary came from the store
     chunks("c", "context.max_item_chars=50")  # other rendering options: other summaries
     assert made
+
+
+def test_the_report_scan_kept_per_commit_equals_a_scan_of_chunks_jsonl(tmp_path, monkeypatch):
+    import core.pipeline
+    from core.report import render_report, scan_chunks
+
+    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 3)
+    cache = tmp_path / "cache"
+    for name in ("cold", "warm"):  # computed, then every commit's scan from the stage cache
+        r = Run(make_cfg(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports"))
+        run_dir = r.run()
+        assert r.chunk_scan is not None and r.chunk_scan.rows > 100
+        assert r.chunk_scan == scan_chunks(run_dir / "chunks.jsonl")
+    assert manifest(run_dir)["stages"]["chunk"]["counts"]["commits_computed"] == 0
+    strip = lambda html: re.sub(r"\d+\.\d+ s\b", "", html)  # noqa: E731 - timings differ
+    assert strip(render_report(run_dir, r.chunk_scan)) == strip(render_report(run_dir))
