@@ -47,7 +47,10 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str) -> dict:
             "unit_changes": manifest["stages"].get("chunk", {}).get("outputs", {}).get("chunks.jsonl", {}).get("rows"),
             "examples": sum(v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
                             if k.startswith("examples_")),
-            "context_recall": (manifest.get("context") or {}).get("recall")}
+            "context_recall": (manifest.get("context") or {}).get("recall"),
+            # how much of the chunk stage came from the stage cache (commits, bytes of a kept output)
+            "chunk_reuse": {k: v for k, v in manifest["stages"].get("chunk", {}).get("counts", {}).items()
+                            if k in ("commits_reused", "commits_computed", "chunk_bytes_copied")}}
 
 
 def git(repo: Path, *args: str) -> str:

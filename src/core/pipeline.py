@@ -30,7 +30,7 @@ from core.progress import progress
 from core.registry import PluginRegistry
 from core.report import ChunkScan, scan_lines, write_report
 from core.snapshot import TreeSteps, plan_trees, snapshot_trees, tree_steps
-from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, fingerprint
+from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, copy_prefix, fingerprint
 from core.stats import Counter
 
 
@@ -248,8 +248,11 @@ class Run:
         at = getattr(self.context, "snapshot", None)
         ext = self.extensions()
         cache = StageCache(self.cache_dir) if self.cfg.reuse else None
-        done: dict[int, tuple[bytes, int, dict[str, Any], Any]] = {}
+        # per commit: (rows as bytes, row count, counters, report scan); bytes None for the
+        # commits whose rows are copied from a kept output (base_output)
+        done: dict[int, tuple[bytes | None, int, dict[str, Any], Any]] = {}
         keys: list[str] = []
+        base_output, copied, copied_bytes = None, 0, 0
         if cache is not None:
             # a commit's rows depend on the settings, its record and (for a context strategy that
             # reads the repository) the tree its context is read from, which a git tree id names
@@ -257,8 +260,16 @@ class Run:
             trees: list[str | None] = snapshot_trees(self.repo, commits, at) if at is not None else [None] * len(commits)
             base = self._chunk_fingerprint()
             keys = [commit_key(base, line, tree) for line, tree in zip(lines, trees)]
-            hits = cache.get_many(keys)
-            done = {i: hits[key] for i, key in enumerate(keys) if key in hits}
+            kept = cache.open_output(base, keys)
+            if kept is not None:  # an earlier output starts with these commits: copy its bytes
+                meta = cache.get_meta(keys[:kept[1]])
+                if len(meta) == kept[1] and all(m[2] is not None for m in meta.values()):
+                    base_output, copied, copied_bytes = kept
+                    done = {i: (None, *meta[keys[i]]) for i in range(copied)}
+                else:
+                    kept[0].close()
+            hits = cache.get_many(keys[copied:])
+            done.update({i: hits[key] for i, key in enumerate(keys) if i >= copied and key in hits})
             stats.add("cache_lookup_ms", int(1000 * (time.perf_counter() - t_keys)))
         todo = [i for i in range(len(commits)) if i not in done]
         stats.add("commits_reused", len(done))
@@ -303,7 +314,14 @@ class Run:
         pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
+        ends: list[int] = []
+        size = 0
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
+            if base_output is not None:
+                with base_output:
+                    copy_prefix(base_output, fh, copied_bytes)
+                size = copied_bytes
+                stats.add("chunk_bytes_copied", copied_bytes)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)
                 if hit is None:
@@ -317,10 +335,15 @@ class Run:
                     hit = pending.pop()
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
-                fh.write(data)
+                if data is not None:
+                    fh.write(data)
+                    size += len(data)
+                ends.append(size)
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
         self.chunk_scan = scan
+        if cache is not None and commits:
+            cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)
         if cache is not None:
             cache.close()
         stats.add("parse_ms", int(parse_seconds * 1000))

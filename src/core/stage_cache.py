@@ -24,6 +24,7 @@ import json
 import marshal
 import os
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,38 @@ def fingerprint(*parts: Any) -> str:
         h.update(json.dumps(part, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+OUTPUTS_KEPT = 4
+
+
+def _stat(path: Path, fd: int | None = None) -> str:
+    st = os.fstat(fd) if fd is not None else os.stat(path)
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def copy_prefix(src: Any, dst: Any, size: int) -> None:
+    """Copy the first ``size`` bytes of file ``src`` to ``dst`` at its position (both open
+    binary files; ``dst`` flushed), in the kernel where the platform allows."""
+    dst.flush()
+    src.seek(0)
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), left)
+            if n <= 0:
+                break
+            left -= n
+    except (AttributeError, OSError):
+        pass  # not available here: copied below
+    src.seek(size - left)
+    dst.seek(0, os.SEEK_END)
+    while left > 0:
+        block = src.read(min(left, 1 << 20))
+        if not block:
+            raise OSError(f"{src.name} is shorter than it was")
+        dst.write(block)
+        left -= len(block)
 
 
 def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
@@ -69,6 +102,8 @@ class StageCache:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
                              "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB) WITHOUT ROWID")
+                conn.execute("CREATE TABLE IF NOT EXISTS outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
+                             "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
                                        "choose another cache_dir=DIR or run with reuse=false") from None
@@ -114,6 +149,82 @@ class StageCache:
 
     def put(self, key: str, data: bytes, rows: int, stats: dict[str, Any], scan: Any = None) -> None:
         self.put_many([(key, data, rows, stats, scan)])
+
+    def get_meta(self, keys: list[str]) -> dict[str, tuple[int, dict[str, Any], Any]]:
+        """Like ``get_many`` without the rows themselves: (rows, stats, scan) of each key."""
+        conn = self._conn()
+        out: dict[str, tuple[int, dict[str, Any], Any]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for key, rows, stats, scan in conn.execute(
+                    f"SELECT key, rows, stats, scan FROM commits WHERE key IN ({marks})", part):
+                try:
+                    out[key] = int(rows), json.loads(stats), None if scan is None else marshal.loads(scan)
+                except (ValueError, EOFError, TypeError):
+                    pass
+        return out
+
+    # -- whole outputs ---------------------------------------------------------------
+    # The chunk stage's output of a run is kept (a hard link, no copy) with the keys of its
+    # commits: a later run whose commits start with the same keys copies that prefix of the
+    # file (in the kernel where it can) instead of decompressing and writing each commit.
+
+    def _outputs_dir(self) -> Path:
+        return self.path.parent / f"stages-f{STAGE_CACHE_FORMAT}-outputs"
+
+    def keep_output(self, path: Path, base: str, keys: list[str], ends: list[int]) -> None:
+        """Remember ``path`` (a finished output) as made of ``keys``' rows ending at ``ends``;
+        only the OUTPUTS_KEPT most recently used outputs are kept."""
+        folder = self._outputs_dir()
+        name = hashlib.sha256(f"{base}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24] + ".jsonl"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.link(path, folder / name)
+            stat = _stat(folder / name)
+        except OSError:
+            return  # another file system, or no hard links: nothing is kept
+        conn = self._conn()
+        conn.execute("INSERT OR REPLACE INTO outputs (name, base, keys, ends, stat, used) VALUES (?, ?, ?, ?, ?, ?)",
+                     (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
+        old = [n for (n,) in conn.execute("SELECT name FROM outputs ORDER BY used DESC LIMIT -1 OFFSET ?",
+                                          (OUTPUTS_KEPT,))]
+        for n in old:
+            conn.execute("DELETE FROM outputs WHERE name = ?", (n,))
+            (folder / n).unlink(missing_ok=True)
+
+    def open_output(self, base: str, keys: list[str]) -> tuple[Any, int, int] | None:
+        """The kept output whose commits' keys are the longest prefix of ``keys``: an open
+        file, the number of commits and the bytes of theirs it holds (None when none fits)."""
+        conn = self._conn()
+        candidates: list[tuple[int, float, str, list[int], str]] = []
+        for name, kept, ends, stat, used in conn.execute(
+                "SELECT name, keys, ends, stat, used FROM outputs WHERE base = ?", (base,)):
+            try:
+                kept, ends = marshal.loads(kept), marshal.loads(ends)
+            except (ValueError, EOFError, TypeError):
+                continue
+            n = 0
+            for a, b in zip(kept, keys):
+                if a != b:
+                    break
+                n += 1
+            if n:
+                candidates.append((n, used, name, ends, stat))
+        for n, _, name, ends, stat in sorted(candidates, reverse=True):
+            path = self._outputs_dir() / name
+            try:
+                fh = open(path, "rb")
+            except OSError:
+                continue
+            if _stat(path, fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
+                fh.close()
+                conn.execute("DELETE FROM outputs WHERE name = ?", (name,))
+                path.unlink(missing_ok=True)
+                continue
+            conn.execute("UPDATE outputs SET used = ? WHERE name = ?", (time.time(), name))
+            return fh, n, ends[n - 1]
+        return None
 
     def close(self) -> None:
         conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)

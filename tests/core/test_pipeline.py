@@ -223,6 +223,7 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
     grown, out4 = chunk_counts("d")
     assert (grown["commits_reused"], grown["commits_computed"]) == (5, 1)  # only the new commit
     assert out4.startswith(out1) and len(out4) > len(out1)
+    assert grown["chunk_bytes_copied"] == len(out1)  # the earlier output's bytes, copied whole
     fresh, out5 = chunk_counts("e", "reuse=false")
     assert "commits_reused" in fresh and fresh["commits_reused"] == 0 and out5 == out4
     assert fresh["unit_changes"] == grown["unit_changes"] and fresh["context_refs"] == grown["context_refs"]
@@ -320,3 +321,25 @@ def test_the_report_scan_kept_per_commit_equals_a_scan_of_chunks_jsonl(tmp_path,
     assert manifest(run_dir)["stages"]["chunk"]["counts"]["commits_computed"] == 0
     strip = lambda html: re.sub(r"\d+\.\d+ s\b", "", html)  # noqa: E731 - timings differ
     assert strip(render_report(run_dir, r.chunk_scan)) == strip(render_report(run_dir))
+
+
+def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
+    r = scripted_repo
+    for i in range(3):
+        r.commit(f"c{i}", {f"src/m{i}.rs": f"pub fn f{i}() -> u32 {{ {i} }}\n"})
+
+    def chunks(name: str, *overrides: str) -> tuple[dict, Path]:
+        run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / 'cache'}",
+                               "stages=[mine,chunk]", "context=imports", *overrides)
+        return manifest(run_dir)["stages"]["chunk"]["counts"], run_dir / "chunks.jsonl"
+
+    _, first = chunks("a")
+    reference = first.read_bytes()
+    again, out = chunks("b")
+    assert again["chunk_bytes_copied"] == len(reference) and out.read_bytes() == reference
+    with open(first, "r+b") as fh:  # the run directory's file is the kept one (a hard link)
+        fh.write(b"X")
+    with open(out, "r+b") as fh:
+        fh.write(b"Y")
+    third, out3 = chunks("c")
+    assert "chunk_bytes_copied" not in third and out3.read_bytes() == reference
