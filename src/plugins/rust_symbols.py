@@ -32,7 +32,7 @@ from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob
 
 Mod = tuple[str, ...]  # (crate id, module names...)
-DefRef = tuple[str, int]  # (path, index into FileSymbols.defs)
+DefRef = tuple[str, str]  # (path, local qualified name: unique in a file, kept across edits)
 
 TYPE_KINDS = {"struct", "enum", "union", "trait", "type"}
 MAX_DEPTH = 32  # nested lookups through imports: a longer chain resolves to nothing
@@ -148,6 +148,12 @@ class FileSymbols:
     mods: list[tuple[tuple[str, ...], str, str | None]]  # (scope, name, #[path] value)
     scopes: set[tuple[str, ...]] = field(default_factory=set)
     _shape: tuple | None = None
+    _by_local: dict[str, Def] | None = None
+
+    def by_local(self) -> dict[str, Def]:
+        if self._by_local is None:
+            self._by_local = {d.local: d for d in self.defs}
+        return self._by_local
 
     def shape(self) -> tuple:
         """Everything name resolution reads (not the rendered texts or line numbers): a
@@ -333,6 +339,21 @@ def workspace_dependencies(data: bytes) -> dict[str, str]:
 
 # -- the index ---------------------------------------------------------------------------
 
+def _read_by(table: str, key: Any, value: Any) -> tuple:
+    """What a lookup reads when it reads one table entry (the deps of cached lookups):
+    ("n", module, name) what a module defines or imports by name, its child modules
+    included; ("g", module) its glob imports; ("a", crate, type) a type's members."""
+    if table == "items":
+        return ("n", key[0], key[1])
+    if table == "modules":
+        return ("n", key[:-1], key[-1])  # a lookup in the parent finds the child module
+    if table == "uses":
+        return ("g", key) if value[1] == "*" else ("n", key, value[1])
+    if table == "assoc":
+        return ("a", key[0], key[1])
+    return ("macro", key)  # macros are looked up uncached
+
+
 class RustIndex(MemoReferences):
     """Modules, items and imports of a Rust tree, updated file by file."""
 
@@ -353,11 +374,10 @@ class RustIndex(MemoReferences):
         self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
         self._crate_names: set[str] = set()
         self._manifest_cache: dict[tuple, Any] = {}
-        # Resolution caches survive commits. Each entry records what it read (its deps:
-        # ("m", module) for a module's items, children and imports, ("a", crate, type) for a
-        # type's members); an update drops the entries that read what it changed.
+        # Resolution caches survive commits. Each entry records what it read (its deps, see
+        # _read_by); an update drops the entries that read what it changed.
         self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
-        self._related_of: dict[str, dict[int, list[tuple[DefRef, int, str]]]] = {}
+        self._related_of: dict[str, dict[str, list[tuple[DefRef, int, str]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
         self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
         self._dependents: dict[tuple, set[tuple]] = {}  # what was read -> entries that read it
@@ -367,12 +387,7 @@ class RustIndex(MemoReferences):
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
         self.forget_references()
-        reshaped = [path for path, syms in files.items()
-                    if syms is None or path not in self.files or self.files[path].shape() != syms.shape()]
         dirty: set[tuple] = set()
-        for path in reshaped:
-            if path in self.files and path in self.file_mod:
-                dirty |= self._touches(self.file_mod[path], self.files[path])
         for path in files:
             self._related_of.pop(path, None)  # a definition's text may change with its shape kept
         packages_changed = False
@@ -392,11 +407,13 @@ class RustIndex(MemoReferences):
             for path, syms in files.items())
         remap = remap or any(m[2] for p in files if p in self.files for m in self.files[p].mods)
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
-        for path in files:
-            if path in self.file_mod:
-                self._remove(path)
+        before = {path: self._entries(path) for path in files if path in self.file_mod}
         for path, syms in files.items():
-            self._set(path, syms)
+            if syms is None:
+                self.files.pop(path, None)
+                self.file_mod.pop(path, None)
+            else:
+                self.files[path] = syms
         if packages_changed:
             old_libs, old_deps = self.lib_crates, self.crate_deps
             self._crates()
@@ -410,34 +427,17 @@ class RustIndex(MemoReferences):
             self.overrides = self._overrides()
             for path in self.files:
                 if path not in files and self.module_of(path) != self.file_mod.get(path):
-                    dirty |= self._touches(self.file_mod[path], self.files[path])
-                    self._remove(path)
-                    self._add(path)
-                    dirty |= self._touches(self.file_mod[path], self.files[path])
+                    old = self._entries(path)
+                    self.file_mod[path] = self.module_of(path)
+                    self._change(old, self._entries(path), dirty)
         for path, syms in files.items():
             if syms is not None:
-                self._add(path)
+                self.file_mod[path] = self.module_of(path)
+            self._change(before.get(path, set()), self._entries(path) if syms is not None else set(), dirty)
         if len(self._deps) > _MAX_CACHED:
             self._clear_caches()
         else:
-            for path in reshaped:
-                if files[path] is not None:
-                    dirty |= self._touches(self.file_mod[path], files[path])  # type: ignore[arg-type]
             self._invalidate(dirty)
-
-    @staticmethod
-    def _touches(mod: Mod, syms: FileSymbols) -> set[tuple]:
-        """What lookups read that one file (as module ``mod``) provides."""
-        out: set[tuple] = set()
-        for scope in syms.scopes:
-            m = mod + scope
-            out.add(("m", m))
-            if len(m) > 1:
-                out.add(("m", m[:-1]))  # a lookup in the parent finds the child module
-        for d in syms.defs:  # (their modules are among the scopes)
-            if d.owner is not None:
-                out.add(("a", mod[0], d.owner))
-        return out
 
     def _clear_caches(self) -> None:
         self._cache.clear()
@@ -490,12 +490,6 @@ class RustIndex(MemoReferences):
             else:
                 bucket.add(entry)
         return True
-    def _set(self, path: str, syms: FileSymbols | None) -> None:
-        if syms is None:
-            self.files.pop(path, None)
-        else:
-            self.files[path] = syms
-
     def _packages(self) -> dict[str, Package]:
         memo = self._manifest_cache
         ws: dict[str, str] = {}
@@ -599,34 +593,64 @@ class RustIndex(MemoReferences):
             return (f"{pkg.dir}#lib", *_mod_names(rel[len(base) + 1:].split("/")))
         return (f"{pkg.dir}#lib", *_mod_names(parts)) if stem not in ("build",) else (f"{pkg.dir}#build",)
 
-    def _entries(self, path: str, mod: Mod):
-        """(table, key, value, name a lookup can now succeed on or None) for one file."""
-        syms = self.files[path]
+    def _entries(self, path: str) -> set[tuple]:
+        """What one file puts in the tables, as (table, key, value, name a lookup can now
+        succeed on or None, what lookups read of the definition)."""
+        syms, mod = self.files[path], self.file_mod[path]
         crate = mod[0]
+        out: set[tuple] = set()
         for scope in syms.scopes:
             key = mod + scope
-            yield self.modules, key, (path, scope), key[-1]
-        for i, d in enumerate(syms.defs):
-            ref = (path, i)
+            out.add(("modules", key, (path, scope), key[-1], None))
+        for d in syms.defs:
+            ref = (path, d.local)
             if d.owner is not None:
-                yield self.assoc, (crate, d.owner), ref, None
+                out.add(("assoc", (crate, d.owner), ref, None, (d.kind, d.name)))
                 if d.kind == "impl":
                     continue
             if d.kind == "macro":
-                yield self.macros, d.name, ref, d.name
+                out.add(("macros", d.name, ref, d.name, None))
             if d.owner is None:
-                yield self.items, (mod + d.scope, d.name), ref, d.name
+                out.add(("items", (mod + d.scope, d.name), ref, d.name, d.kind))
         for scope, segs, bound in syms.uses:
-            yield self.uses, mod + scope, (segs, bound), bound if bound != "*" else None
+            out.add(("uses", mod + scope, (segs, bound), bound if bound != "*" else None, None))
+        return out
 
-    def _bucket(self, table: dict, key: Any, create: bool) -> list | None:
-        if table is self.items:  # items are keyed by module, then name
+    def _change(self, old: set[tuple], new: set[tuple], dirty: set[tuple]) -> None:
+        """Replace one file's entries ``old`` by ``new``; what lookups read of the entries
+        that differ goes to ``dirty``."""
+        if old == new:
+            return
+        known = self.known
+        for entry in old - new:
+            table, key, value, name, _ = entry
+            bucket = self._bucket(table, key, False)
+            if bucket is not None and value in bucket:
+                bucket.remove(value)
+                if not bucket:  # an empty bucket must not look like a module or name that exists
+                    self._drop_bucket(table, key)
+            if name is not None:
+                known[name] -= 1
+                if known[name] <= 0:
+                    del known[name]
+            dirty.add(_read_by(table, key, value))
+        for entry in new - old:
+            table, key, value, name, _ = entry
+            self._bucket(table, key, True).append(value)  # type: ignore[union-attr]
+            if name is not None:
+                known[name] += 1
+            dirty.add(_read_by(table, key, value))
+
+    def _bucket(self, table_name: str, key: Any, create: bool) -> list | None:
+        table = getattr(self, table_name)
+        if table_name == "items":  # items are keyed by module, then name
             names = table.setdefault(key[0], {}) if create else table.get(key[0], {})
             return names.setdefault(key[1], []) if create else names.get(key[1])
         return table.setdefault(key, []) if create else table.get(key)
 
-    def _drop_bucket(self, table: dict, key: Any) -> None:
-        if table is self.items:
+    def _drop_bucket(self, table_name: str, key: Any) -> None:
+        table = getattr(self, table_name)
+        if table_name == "items":
             names = table.get(key[0])
             if names is not None:
                 names.pop(key[1], None)
@@ -635,30 +659,9 @@ class RustIndex(MemoReferences):
         else:
             table.pop(key, None)
 
-    def _add(self, path: str) -> None:
-        mod = self.file_mod[path] = self.module_of(path)
-        for table, key, value, name in self._entries(path, mod):
-            self._bucket(table, key, True).append(value)  # type: ignore[union-attr]
-            if name is not None:
-                self.known[name] += 1
-
-    def _remove(self, path: str) -> None:
-        for table, key, value, name in self._entries(path, self.file_mod[path]):
-            bucket = self._bucket(table, key, False)
-            if bucket is None or value not in bucket:
-                continue
-            bucket.remove(value)
-            if not bucket:  # an empty bucket must not look like a module or name that exists
-                self._drop_bucket(table, key)
-            if name is not None:
-                self.known[name] -= 1
-                if self.known[name] <= 0:
-                    del self.known[name]
-        self.file_mod.pop(path, None)
-
     # -- resolution ----------------------------------------------------------------------
     def definition(self, ref: DefRef) -> Def:
-        return self.files[ref[0]].defs[ref[1]]
+        return self.files[ref[0]].by_local()[ref[1]]
 
     def _extern(self, crate: str, name: str) -> str | None:
         self._read(("x", crate.split("#", 1)[0]))
@@ -715,15 +718,15 @@ class RustIndex(MemoReferences):
             self._busy.discard(key)
             self._frames.pop()
         frame.discard(("!", key))  # its own cycle closes here
-        if len(out) > 1:
-            out = list(dict.fromkeys(out))  # one definition reached along two paths
+        if len(out) > 1:  # one order whatever the tables' order; a definition reached twice once
+            out = sorted(set(out))
         if self._store(("L", key), frame):
             self._cache[key] = out
         return out
 
     def _named(self, mod: Mod, name: str, depth: int) -> list[tuple[str, Any]]:
         """What ``mod`` defines or imports as ``name`` (globs aside)."""
-        self._read(("m", mod))
+        self._read(("n", mod, name))
         out: list[tuple[str, Any]] = [("def", r) for r in self.items.get(mod, {}).get(name, ())]
         if mod + (name,) in self.modules:
             out.append(("mod", mod + (name,)))
@@ -748,7 +751,7 @@ class RustIndex(MemoReferences):
             if self._frames:
                 self._frames[-1].add(("!", key))
             return []
-        frame: set[tuple] = {("m", mod)}
+        frame: set[tuple] = {("g", mod)}
         self._frames.append(frame)
         self._busy.add(key)
         try:
@@ -810,7 +813,7 @@ class RustIndex(MemoReferences):
                     if d.kind in TYPE_KINDS:
                         crate = self.file_mod.get(target[0], ("",))[0]
                         self._read(("a", crate, d.name))
-                        members = [r for r in self.assoc.get((crate, d.name), ())
+                        members = [r for r in sorted(self.assoc.get((crate, d.name), ()))
                                    if self.definition(r).name == seg]
                         nxt += [("def", r) for r in members] or [("def", target)]
             cur = nxt
@@ -934,7 +937,7 @@ class RustIndex(MemoReferences):
         if hit is None:
             methods: dict[str, list[DefRef]] = {}
             impls: list[DefRef] = []
-            for member in self.assoc.get((crate, owner), ()):
+            for member in sorted(self.assoc.get((crate, owner), ())):
                 md = self.definition(member)
                 if md.kind == "method":
                     methods.setdefault(md.name, []).append(member)
@@ -946,9 +949,9 @@ class RustIndex(MemoReferences):
         return hit  # type: ignore[return-value]
 
     def _macro(self, crate: str, name: str) -> list[DefRef]:
-        refs = self.macros.get(name, ())
+        refs = sorted(self.macros.get(name, ()))
         same = [r for r in refs if self.file_mod.get(r[0], ("",))[0] == crate]
-        return same or list(refs)[:1]
+        return same or refs[:1]
 
     def _is_self(self, ref: DefRef, q: UnitQuery) -> bool:
         """The unit itself, a unit it contains, or one containing it."""
@@ -977,7 +980,7 @@ class RustIndex(MemoReferences):
         if syms is None:
             return []
         mod = self.file_mod.get(path, ("",))
-        return [self._reference((path, i), 0, "file", "defined", mod) for i in range(len(syms.defs))]
+        return [self._reference((path, d.local), 0, "file", "defined", mod) for d in syms.defs]
 
 
 def _mod_names(parts: list[str]) -> tuple[str, ...]:

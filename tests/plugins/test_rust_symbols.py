@@ -216,3 +216,22 @@ def test_a_cycle_of_glob_imports_resolves_the_same_in_any_order():
     assert first_b.resolve(root, ("crate", "b", "X"))
     got = first_b.resolve(root, ("crate", "a", "X"))
     assert got and got == _index(files, manifests).resolve(root, ("crate", "a", "X"))
+
+
+def test_a_definition_that_changes_kind_drops_what_its_kind_decided():
+    """``use crate::a::S::*`` brings variants only while ``S`` is an enum: a cached lookup
+    must not outlive ``S`` turning from a struct into an enum (same name, same file)."""
+    lang = RustLanguage()
+    lib = "pub mod a;\npub mod m;\nuse crate::a::S::*;\npub fn f() { let x = A; }\n"
+    versions = {"struct": "pub struct S;\n", "enum": "pub enum S { A, B }\n"}
+    manifests = {"Cargo.toml": b'[package]\nname = "demo"\n'}
+    tree = {"src/lib.rs": lib, "src/a.rs": versions["struct"], "src/m.rs": "pub fn A() {}\n"}
+    idx = _index(tree, manifests)
+    for kind in ("enum", "struct", "enum"):
+        _references(idx, lang, tree)
+        tree["src/a.rs"] = versions[kind]
+        idx.update({"src/a.rs": summarize(lang.parse(tree["src/a.rs"].encode()), 1200, 0)}, {})
+        refs = _references(idx, lang, tree)
+        assert refs == _references(_index(tree, manifests), lang, tree)
+        f = next(r for path, local, r in refs if local == "f")
+        assert any(q.endswith("a::S") for _, q, *_ in f) == (kind == "enum")
