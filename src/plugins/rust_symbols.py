@@ -381,7 +381,9 @@ class RustIndex(MemoReferences):
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
         self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
         self._dependents: dict[tuple, set[tuple]] = {}  # what was read -> entries that read it
-        self._frames: list[set] = []  # deps of the entries being computed, innermost last
+        # the entries being computed, innermost last: what each read, and the unfinished
+        # lookups (of a cycle) it saw
+        self._frames: list[tuple[set, set]] = []
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -465,20 +467,22 @@ class RustIndex(MemoReferences):
     # -- dependency tracking of cached entries ---------------------------------------------
     def _read(self, token: tuple) -> None:
         if self._frames:
-            self._frames[-1].add(token)
+            self._frames[-1][0].add(token)
 
     def _reuse(self, entry: tuple) -> None:
         """A cached entry is used while computing another: the other read what it read."""
         if self._frames:
-            self._frames[-1].update(self._deps.get(entry, ()))
+            self._frames[-1][0].update(self._deps.get(entry, ()))
 
-    def _store(self, entry: tuple, frame: set) -> bool:
+    def _store(self, entry: tuple, frame: set, unfinished: set) -> bool:
         """Record a computed entry's deps (and pass them to the enclosing computation);
         False when it is not cacheable: it saw an unfinished lookup of a cycle (other than
         itself) or the depth limit, so its value depends on how it was reached."""
         if self._frames:
-            self._frames[-1].update(frame)
-        if any(t[0] == "!" for t in frame):
+            outer = self._frames[-1]
+            outer[0].update(frame)
+            outer[1].update(unfinished)
+        if unfinished:
             return False
         deps = frozenset(frame)
         self._deps[entry] = deps
@@ -689,10 +693,11 @@ class RustIndex(MemoReferences):
             # a path that leads back to itself (or a chain too long) resolves to nothing
             # here; what is computed from that is not cached
             if self._frames:
-                self._frames[-1].add(("!", key) if key in self._busy else ("!", "depth"))
+                self._frames[-1][1].add(key if key in self._busy else "depth")
             return []
         frame: set[tuple] = set()
-        self._frames.append(frame)
+        unfinished: set = set()
+        self._frames.append((frame, unfinished))
         self._busy.add(key)
         try:
             out = self._named(mod, name, depth)
@@ -717,10 +722,10 @@ class RustIndex(MemoReferences):
         finally:
             self._busy.discard(key)
             self._frames.pop()
-        frame.discard(("!", key))  # its own cycle closes here
+        unfinished.discard(key)  # its own cycle closes here
         if len(out) > 1:  # one order whatever the tables' order; a definition reached twice once
             out = sorted(set(out))
-        if self._store(("L", key), frame):
+        if self._store(("L", key), frame, unfinished):
             self._cache[key] = out
         return out
 
@@ -749,10 +754,11 @@ class RustIndex(MemoReferences):
             return hit
         if key in self._busy:
             if self._frames:
-                self._frames[-1].add(("!", key))
+                self._frames[-1][1].add(key)
             return []
         frame: set[tuple] = {("g", mod)}
-        self._frames.append(frame)
+        unfinished: set = set()
+        self._frames.append((frame, unfinished))
         self._busy.add(key)
         try:
             out = []
@@ -764,8 +770,8 @@ class RustIndex(MemoReferences):
         finally:
             self._busy.discard(key)
             self._frames.pop()
-        frame.discard(("!", key))
-        if self._store(("L", key), frame):
+        unfinished.discard(key)
+        if self._store(("L", key), frame, unfinished):
             self._cache[key] = out
         return out
 
@@ -778,12 +784,13 @@ class RustIndex(MemoReferences):
                 self._reuse(("R", key))
                 return hit
             frame: set[tuple] = set()
-            self._frames.append(frame)
+            unfinished: set = set()
+            self._frames.append((frame, unfinished))
             try:
                 hit = self._resolve(mod, segs, 0)
             finally:
                 self._frames.pop()
-            if self._store(("R", key), frame):
+            if self._store(("R", key), frame, unfinished):
                 self._resolved[key] = hit
             return hit
         return self._resolve(mod, segs, depth)
@@ -917,7 +924,8 @@ class RustIndex(MemoReferences):
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
             hit = []
             frame: set[tuple] = set()
-            self._frames.append(frame)
+            unfinished: set = set()
+            self._frames.append((frame, unfinished))
             try:
                 for name, count in names.items():
                     for kind, r2 in self.resolve(dmod, tuple(s.strip() for s in name.split("::"))):
@@ -926,7 +934,7 @@ class RustIndex(MemoReferences):
             finally:
                 self._frames.pop()
             # the definition's own file is dropped on any change to it (see update)
-            if self._store(("X", ref[0], ref[1]), frame):
+            if self._store(("X", ref[0], ref[1]), frame, unfinished):
                 per_file[ref[1]] = hit
         return hit
 
@@ -944,7 +952,7 @@ class RustIndex(MemoReferences):
                 elif md.kind == "impl":
                     impls.append(member)
             hit = (methods, impls)  # type: ignore[assignment]
-            if self._store(("L", key), {("a", crate, owner)}):
+            if self._store(("L", key), {("a", crate, owner)}, set()):
                 self._cache[key] = hit  # type: ignore[assignment]
         return hit  # type: ignore[return-value]
 

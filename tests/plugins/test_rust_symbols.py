@@ -235,3 +235,16 @@ def test_a_definition_that_changes_kind_drops_what_its_kind_decided():
         assert refs == _references(_index(tree, manifests), lang, tree)
         f = next(r for path, local, r in refs if local == "f")
         assert any(q.endswith("a::S") for _, q, *_ in f) == (kind == "enum")
+
+
+def test_a_cycle_of_re_exports_resolves_the_same_in_any_order():
+    """``a`` re-exports ``b::X``, ``b`` re-exports ``a::X`` and globs ``d``: asking ``b::X``
+    first sees ``a::X`` half-computed; that half answer must not be kept for ``a::X``."""
+    files = {"src/lib.rs": "pub mod a;\npub mod b;\npub mod d;\n", "src/a.rs": "pub use crate::b::X;\n",
+             "src/b.rs": "pub use crate::a::X;\npub use crate::d::*;\n", "src/d.rs": "pub struct X;\n"}
+    manifests = {"Cargo.toml": b'[package]\nname = "demo"\n'}
+    first_b = _index(files, manifests)
+    root = first_b.module_of("src/lib.rs")
+    assert first_b.resolve(root, ("crate", "b", "X"))
+    got = first_b.resolve(root, ("crate", "a", "X"))
+    assert got and got == _index(files, manifests).resolve(root, ("crate", "a", "X"))
