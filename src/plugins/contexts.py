@@ -50,7 +50,7 @@ class _Budgeted:
         self.cfg = cfg
         self.snapshot = cfg.snapshot
         self.recall = cfg.recall
-        self.count = _Memo(CharCounter(cfg.chars_per_token))
+        self.count = CharCounter(cfg.chars_per_token)  # a length: cheaper than any memo
         self.counted_with = f"chars/{cfg.chars_per_token}"
 
     @property

@@ -385,6 +385,7 @@ class RustIndex(MemoReferences):
         # lookups (of a cycle) it saw
         self._frames: list[tuple[set, set]] = []
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
+        self._distances: dict[tuple[Mod, Mod], int] = {}  # module distance of two modules
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
@@ -972,12 +973,17 @@ class RustIndex(MemoReferences):
     def _reference(self, ref: DefRef, count: int, tier: str, why: str, mod: Mod) -> Reference:
         d = self.definition(ref)
         dmod = self.file_mod.get(ref[0], ("",))
-        common = 0
-        for a, b in zip(mod, dmod):
-            if a != b:
-                break
-            common += 1
-        distance = (len(mod) - common) + (len(dmod) - common) + (4 if common == 0 else 0)
+        distance = self._distances.get((mod, dmod))
+        if distance is None:
+            common = 0
+            for a, b in zip(mod, dmod):
+                if a != b:
+                    break
+                common += 1
+            distance = (len(mod) - common) + (len(dmod) - common) + (4 if common == 0 else 0)
+            if len(self._distances) > 65536:
+                self._distances.clear()
+            self._distances[(mod, dmod)] = distance
         prefix = self.module_path(ref[0])
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
