@@ -377,7 +377,7 @@ class BpeTokenizerConfig:
     name: str = "bpe"
     vocab_size: int = 8192
     min_frequency: int = 2
-    max_training_chars: int = 50_000_000
+    max_training_chars: int = 10_000_000
 
 
 class BpeTokenizer(_RustTokenizer):
