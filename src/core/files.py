@@ -43,12 +43,9 @@ def fast_json_line(obj: dict[str, Any]) -> bytes:
     keys, and writes floats its own way (NaN as null): those rows, and any with a float
     value, go through :func:`json_line`. Meant for rows of strings, ints and lists of
     them (training examples); a float nested in a list would be written in orjson's form."""
-    if _orjson is not None and not any(type(v) is float for v in obj.values()):
-        try:
-            return _orjson.dumps(obj, option=_orjson.OPT_APPEND_NEWLINE)
-        except TypeError:  # orjson.JSONEncodeError
-            pass
-    return json_line(obj)
+    if any(type(v) is float for v in obj.values()):
+        return json_line(obj)
+    return record_line(obj)
 
 
 def record_line(obj: Any) -> bytes:
