@@ -150,6 +150,9 @@ class FileSymbols:
     _shape: tuple | None = None
     _by_local: dict[str, Def] | None = None
 
+    def __reduce__(self) -> tuple:
+        return FileSymbols, (self.defs, self.uses, self.mods, self.scopes)  # stored without the caches
+
     def by_local(self) -> dict[str, Def]:
         if self._by_local is None:
             self._by_local = {d.local: d for d in self.defs}

@@ -241,3 +241,16 @@ def test_a_cycle_of_imports_resolves_the_same_in_any_order(a, b):
     assert first_b.resolve(root, ("crate", "b", "X"))
     got = first_b.resolve(root, ("crate", "a", "X"))
     assert got and got == _index(files, manifests).resolve(root, ("crate", "a", "X"))
+
+
+def test_a_stored_summary_leaves_its_caches_behind():
+    """Summaries are pickled into the summary store: the lookup caches an index filled in
+    (shape, definitions by local name) are not stored, and come back equal when asked."""
+    import pickle
+
+    parsed = RustLanguage().parse(b"pub struct S { a: u8 }\nimpl S { pub fn f(&self) {} }\nuse a::b;\n")
+    syms = summarize(parsed, 1200, 0)
+    shape, by_local = syms.shape(), syms.by_local()
+    back = pickle.loads(pickle.dumps(syms, protocol=5))
+    assert back._shape is None and back._by_local is None
+    assert back.shape() == shape and back.by_local() == by_local and back.defs == syms.defs
