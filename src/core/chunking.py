@@ -122,6 +122,11 @@ class ChunkJob:
         for lang in {lang for _, lang, _ in batch}:
             todo[lang] = self._cache(lang).missing([b for b, bl, _ in batch if bl == lang])
         done: dict[str, list[tuple[str, dict[str, Any]]]] = {lang: [] for lang in todo}
+        # a context strategy that reads the tree needs every version's summary: made here, from
+        # the parse in hand, once, rather than reloaded and made again by each worker's snapshot
+        summarize = getattr(self.context, "snapshot", None) is not None and self.summary_key is not None
+        options = getattr(self.context, "options", {})
+        summaries: dict[str, dict[str, Any]] = {lang: {} for lang in todo}
         for blob, lang, prev in batch:
             if blob not in todo[lang]:  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
@@ -158,12 +163,16 @@ class ChunkJob:
                 if len(_TREES) > 16:
                     _TREES.popitem(last=False)
                 entry["parsed"] = parsed.to_dict()
+                if summarize:
+                    summaries[lang][blob] = self.languages[lang].summarize(parsed, options)
                 stats.add("blobs_parsed")
                 stats.add("bytes_parsed", len(data))
                 stats.add("units_extracted", len(parsed.units))
             done[lang].append((blob, entry))
         for lang, entries in done.items():
             self._cache(lang).put_many(entries)
+            if summaries[lang]:
+                self.summaries(lang).put_many(summaries[lang])
         return {"stats": stats.to_dict(), "skips": skips}
 
     # -- phase 2 ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -301,6 +302,8 @@ def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
 
     first = chunks("a")
     assert made and list(cache.glob("summaries-*.sqlite"))
+    parsed = json.loads((tmp_path / "a" / "run" / "MANIFEST.json").read_text())["stages"]["chunk"]["counts"]["blobs_parsed"]
+    assert len(made) == parsed  # each version summarised once, from its parse
     made.clear()
     assert chunks("b") == first and not made  # every file's summary came from the store
     chunks("c", "context.max_item_chars=50")  # other rendering options: other summaries
