@@ -97,15 +97,19 @@ class BlobCache:
     def put_many(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         if not entries:
             return
-        conn = _connect(self.path)
-        rows = [(self.prefix + blob, marshal.dumps(entry)) for blob, entry in entries]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR REPLACE INTO units (key, entry) VALUES (?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        _put_rows(self.path, [(self.prefix + blob, marshal.dumps(entry)) for blob, entry in entries])
+
+
+def _put_rows(path: Path, rows: list[tuple[str, bytes]]) -> None:
+    """Insert or replace (key, entry) rows in one write transaction."""
+    conn = _connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT OR REPLACE INTO units (key, entry) VALUES (?, ?)", rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 SUMMARY_FORMAT = 1
@@ -158,15 +162,8 @@ class SummaryCache:
 
         if not summaries:
             return
-        rows = [(self.prefix + blob, pickle.dumps(value, protocol=_PICKLE_PROTOCOL)) for blob, value in summaries.items()]
-        conn = _connect(self.path)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR REPLACE INTO units (key, entry) VALUES (?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        _put_rows(self.path, [(self.prefix + blob, pickle.dumps(value, protocol=_PICKLE_PROTOCOL))
+                              for blob, value in summaries.items()])
 
 
 def close_connections() -> None:
