@@ -8,6 +8,7 @@ import importlib
 import inspect
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,11 @@ class Run:
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord], lines: list[bytes]) -> None:
         """``lines`` are the commits' lines in commits.jsonl (part of each commit's cache key)."""
+        with ExitStack() as claim:  # released however the stage ends
+            self._chunk_claiming(manifest, commits, lines, claim)
+
+    def _chunk_claiming(self, manifest: Manifest, commits: list[CommitRecord], lines: list[bytes],
+                        claim: ExitStack) -> None:
         t0 = time.perf_counter()
         reset_memory()
         stats = Counter()
@@ -271,6 +277,14 @@ class Run:
             hits = cache.get_many(keys[copied:])
             done.update({i: hits[key] for i, key in enumerate(keys) if i >= copied and key in hits})
             stats.add("cache_lookup_ms", int(1000 * (time.perf_counter() - t_keys)))
+        if cache is not None and len(done) < len(commits):
+            # one run at a time computes rows for these settings: a sweep job started next to
+            # another waits for it, then finds the commits it needs in the cache
+            t_wait = time.perf_counter()
+            claim.enter_context(cache.claim(base))
+            hits = cache.get_many([keys[i] for i in range(len(commits)) if i not in done])
+            done.update({i: hits[keys[i]] for i in range(len(commits)) if i not in done and keys[i] in hits})
+            stats.add("claim_wait_ms", int(1000 * (time.perf_counter() - t_wait)))
         todo = [i for i in range(len(commits)) if i not in done]
         stats.add("commits_reused", len(done))
         stats.add("commits_computed", len(todo))

@@ -26,6 +26,8 @@ import os
 import sqlite3
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,26 @@ def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
 class StageCache:
     def __init__(self, root: str | Path):
         self.path = Path(root) / f"stages-f{STAGE_CACHE_FORMAT}.sqlite"
+
+    @contextmanager
+    def claim(self, base: str) -> Iterator[None]:
+        """Hold the right to compute entries for the settings fingerprint ``base``: a run
+        that needs entries another process is computing (two sweep jobs started together)
+        waits for it and then finds them in the cache, instead of computing them twice.
+        The lock is released when the holder ends, however it ends."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here: compute side by side, still correct
+            yield
+            return
+        locks = self.path.parent / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"chunk-{base[:32]}.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _conn(self) -> sqlite3.Connection:
         key = (os.getpid(), str(self.path))

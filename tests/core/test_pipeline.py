@@ -259,7 +259,7 @@ def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_p
     assert out == ref
     # counters of the work done (parsing, cache use, timings) differ; those of the rows do not
     skip = {"commits_computed", "commits_reused", "unique_blobs", "context_tree_blobs", "parse_ms",
-            "context_trees_ms", "cache_lookup_ms", "bytes_parsed", "units_extracted"}
+            "context_trees_ms", "cache_lookup_ms", "claim_wait_ms", "bytes_parsed", "units_extracted"}
     plain = lambda c: {k: v for k, v in c.items() if k not in skip and not k.startswith("blobs_")}  # noqa: E731
     assert plain(again["counts"]) == plain(cold["counts"]) and again["skips"] == cold["skips"]
 
@@ -346,3 +346,40 @@ def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
         fh.write(b"Y")
     third, out3 = chunks("c")
     assert "chunk_bytes_copied" not in third and out3.read_bytes() == reference
+
+
+def test_a_claim_on_chunk_settings_makes_a_second_run_wait(tmp_path):
+    """Two sweep jobs with the same chunk settings: while one holds the claim, the other
+    waits (and then finds what the first computed in the cache)."""
+    import threading
+
+    from core.stage_cache import StageCache
+
+    claims = StageCache(tmp_path / "cache")
+    order: list[str] = []
+    with claims.claim("settings-a"):
+        waiter = threading.Thread(target=lambda: claims.claim("settings-a").__enter__() or order.append("second"))
+        waiter.start()
+        other = claims.claim("settings-b")  # other settings are not held up
+        with other:
+            order.append("other settings")
+        waiter.join(0.5)
+        order.append("first done")
+    waiter.join(5)
+    assert order == ["other settings", "first done", "second"]
+
+
+def test_concurrent_runs_with_the_same_settings_compute_each_commit_once(tmp_path):
+    from core.demo import demo_repo_path
+
+    demo_repo = demo_repo_path(tmp_path / "cache")
+    env = {**os.environ, "COMMITFORGE_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-m", "core", f"repo={demo_repo}", f"out_dir={tmp_path / name}",
+                               "stages=[mine,chunk]", "context=imports", "progress=false"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name in ("a", "b")]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    counts = [manifest(tmp_path / name)["stages"]["chunk"]["counts"] for name in ("a", "b")]
+    commits = manifest(tmp_path / "a")["commit_range"]["commits"]
+    assert sum(c["commits_computed"] for c in counts) == commits
+    assert (tmp_path / "a" / "chunks.jsonl").read_bytes() == (tmp_path / "b" / "chunks.jsonl").read_bytes()
