@@ -147,24 +147,15 @@ class FileSymbols:
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]]  # (scope, path, bound name or "*")
     mods: list[tuple[tuple[str, ...], str, str | None]]  # (scope, name, #[path] value)
     scopes: set[tuple[str, ...]] = field(default_factory=set)
-    _shape: tuple | None = None
     _by_local: dict[str, Def] | None = None
 
     def __reduce__(self) -> tuple:
-        return FileSymbols, (self.defs, self.uses, self.mods, self.scopes)  # stored without the caches
+        return FileSymbols, (self.defs, self.uses, self.mods, self.scopes)  # stored without the cache
 
     def by_local(self) -> dict[str, Def]:
         if self._by_local is None:
             self._by_local = {d.local: d for d in self.defs}
         return self._by_local
-
-    def shape(self) -> tuple:
-        """Everything name resolution reads (not the rendered texts or line numbers): a
-        change that keeps the shape (most edits are inside bodies) keeps every lookup."""
-        if self._shape is None:
-            self._shape = (tuple((d.name, d.kind, d.scope, d.owner, d.members) for d in self.defs),
-                           tuple(self.uses), tuple(self.mods), tuple(sorted(self.scopes)))
-        return self._shape
 
 
 def _owner(impl_name: str) -> tuple[str, str | None]:
@@ -395,7 +386,7 @@ class RustIndex(MemoReferences):
         self.forget_references()
         dirty: set[tuple] = set()
         for path in files:
-            self._related_of.pop(path, None)  # a definition's text may change with its shape kept
+            self._related_of.pop(path, None)  # a definition's text may change with its entries kept
         packages_changed = False
         if manifests:
             for path, data in manifests.items():

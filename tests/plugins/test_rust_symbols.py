@@ -244,13 +244,13 @@ def test_a_cycle_of_imports_resolves_the_same_in_any_order(a, b):
 
 
 def test_a_stored_summary_leaves_its_caches_behind():
-    """Summaries are pickled into the summary store: the lookup caches an index filled in
-    (shape, definitions by local name) are not stored, and come back equal when asked."""
+    """Summaries are pickled into the summary store: the cache an index filled in
+    (definitions by local name) is not stored, and comes back equal when asked."""
     import pickle
 
     parsed = RustLanguage().parse(b"pub struct S { a: u8 }\nimpl S { pub fn f(&self) {} }\nuse a::b;\n")
     syms = summarize(parsed, 1200, 0)
-    shape, by_local = syms.shape(), syms.by_local()
+    by_local = syms.by_local()
     back = pickle.loads(pickle.dumps(syms, protocol=5))
-    assert back._shape is None and back._by_local is None
-    assert back.shape() == shape and back.by_local() == by_local and back.defs == syms.defs
+    assert back._by_local is None
+    assert back.by_local() == by_local and back.defs == syms.defs and back.uses == syms.uses
