@@ -50,6 +50,8 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
         "chunk_s": manifest["stages"]["chunk"]["seconds"],
         "parse_phase_s": chunk.get("parse_ms", 0) / 1000,
         "incremental": chunk.get("blobs_parsed_incrementally", 0),
+        "by_hunks": chunk.get("blobs_reparsed_by_hunks", 0),
+        "hunks_s": chunk.get("hunks_ms", 0) / 1000,
         "commits": commits,
         "commits_per_s": round(commits / wall, 1),
         "parsed_mb": round(chunk.get("bytes_parsed", 0) / 1e6, 1),

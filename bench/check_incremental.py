@@ -1,19 +1,24 @@
 """Check incremental extraction against fresh parses on a real repository's history.
 
-    python bench/check_incremental.py REPO [--limit 2000]
+    python bench/check_incremental.py REPO [--limit N]
 
-Walks every file version chain of the history (as the chunk stage does), parses each
-version both incrementally from its predecessor and from scratch, and reports any
-difference in the extracted units, plus the time of both ways.
+Walks every file version chain of the history (as the chunk stage does) and parses
+each version three ways, interleaved so that machine noise hits all alike: from
+scratch; incrementally from its predecessor with the one span from the first changed
+byte to the last; and incrementally from git's line hunks (``core.gitio.line_hunks``).
+Reports any difference in the extracted units and the time of each way (parse and
+unit extraction, in this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import OrderedDict
 
 from core.chunking import unique_blobs
-from core.gitio import BlobReader, Repository
+from core.gitio import BlobReader, Repository, line_hunks
+from core.parsing import hunk_edits
 from core.stats import Counter
 from plugins.rust import RustLanguage
 from plugins.sources import GitSource, GitSourceConfig
@@ -22,15 +27,18 @@ from plugins.sources import GitSource, GitSourceConfig
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("repo")
-    ap.add_argument("--limit", type=int, default=2000)
+    ap.add_argument("--limit", type=int, default=None, help="versions to check (default: all)")
     args = ap.parse_args()
     repo = Repository(args.repo)
     commits = list(GitSource(GitSourceConfig()).commits(repo, {".rs": "rust"}, Counter()))
     blobs = unique_blobs(commits)[: args.limit]
-    incremental, fresh = RustLanguage(), RustLanguage()
-    done: dict[str, tuple[bytes, object]] = {}
-    t_inc = t_fresh = 0.0
-    mismatches = checked = 0
+    t0 = time.perf_counter()
+    hunks = line_hunks(repo.git_dir, [(c.commit, c.parents[0]) for c in commits if c.parents], ["*.rs"])
+    t_git = time.perf_counter() - t0
+    ways = {"fresh": RustLanguage(), "one span": RustLanguage(), "hunks": RustLanguage()}
+    done: dict[str, OrderedDict] = {way: OrderedDict() for way in ways}
+    seconds = dict.fromkeys(ways, 0.0)
+    mismatches = checked = from_hunks = 0
     with BlobReader(repo.git_dir) as reader:
         for blob, _, prev in blobs:
             data = reader.read(blob)
@@ -40,19 +48,28 @@ def main() -> None:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 continue
-            t0 = time.perf_counter()
-            got = incremental.parse(data, done.get(prev) if prev else None)
-            t1 = time.perf_counter()
-            want = fresh.parse(data)
-            t2 = time.perf_counter()
-            t_inc += t1 - t0
-            t_fresh += t2 - t1
-            done[blob] = (data, got)
+            results = {}
+            for way, lang in ways.items():
+                previous = done[way].get(prev) if prev and way != "fresh" else None
+                edits = None
+                if way == "hunks" and previous is not None and (prev, blob) in hunks:
+                    edits = hunk_edits(previous[0], data, hunks[(prev, blob)])
+                    from_hunks += edits is not None
+                t1 = time.perf_counter()
+                results[way] = lang.parse(data, previous, edits=edits) if edits else lang.parse(data, previous)
+                seconds[way] += time.perf_counter() - t1
+                done[way][blob] = (data, results[way])
+                if len(done[way]) > 64:
+                    done[way].popitem(last=False)
             checked += 1
-            if got.to_dict() != want.to_dict():
-                mismatches += 1
-                print(f"MISMATCH {blob} (previous {prev})")
-    print(f"checked {checked} versions: {mismatches} mismatches; incremental {t_inc:.2f} s, fresh {t_fresh:.2f} s")
+            want = results["fresh"].to_dict()
+            for way in ("one span", "hunks"):
+                if results[way].to_dict() != want:
+                    mismatches += 1
+                    print(f"MISMATCH ({way}) {blob} (previous {prev})")
+    times = ", ".join(f"{way} {s:.2f} s" for way, s in seconds.items())
+    print(f"checked {checked} versions ({from_hunks} from hunks; git diff-tree {t_git:.2f} s): "
+          f"{mismatches} mismatches; {times}")
     raise SystemExit(1 if mismatches else 0)
 
 

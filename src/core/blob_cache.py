@@ -94,10 +94,26 @@ class BlobCache:
                     pass  # damaged: parsed again and overwritten
         return {b for b in blobs if self.prefix + b not in have}
 
+    def have(self, blobs: list[str]) -> set[str]:
+        """The blobs of ``blobs`` with an entry (keys only: a damaged entry counts)."""
+        return _have(self.path, self.prefix, blobs)
+
     def put_many(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         if not entries:
             return
         _put_rows(self.path, [(self.prefix + blob, marshal.dumps(entry)) for blob, entry in entries])
+
+
+def _have(path: Path, prefix: str, blobs: list[str]) -> set[str]:
+    """The blobs of ``blobs`` whose key (``prefix`` + blob) has a row."""
+    conn = _connect(path)
+    n = len(prefix)
+    out: set[str] = set()
+    for i in range(0, len(blobs), 500):
+        keys = [prefix + b for b in blobs[i:i + 500]]
+        marks = ",".join("?" * len(keys))
+        out.update(key[n:] for (key,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
+    return out
 
 
 def _put_rows(path: Path, rows: list[tuple[str, bytes]]) -> None:
@@ -148,14 +164,7 @@ class SummaryCache:
 
     def have(self, blobs: list[str]) -> set[str]:
         """The blobs of ``blobs`` that have a stored summary."""
-        conn = _connect(self.path)
-        n = len(self.prefix)
-        out: set[str] = set()
-        for i in range(0, len(blobs), 500):
-            keys = [self.prefix + b for b in blobs[i:i + 500]]
-            marks = ",".join("?" * len(keys))
-            out.update(key[n:] for (key,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
-        return out
+        return _have(self.path, self.prefix, blobs)
 
     def put_many(self, summaries: dict[str, Any]) -> None:
         import pickle

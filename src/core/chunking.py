@@ -9,6 +9,7 @@ return their results in input order, so the output is identical for any worker c
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -20,10 +21,10 @@ from core.blob_cache import BlobCache, SummaryCache, close_connections
 from core.chunk import Chunker
 from core.context import UnitQuery, measure
 from core.files import record_line
-from core.gitio import BlobReader
+from core.gitio import BlobReader, Hunk
 from core.language import Language
 from core.pairing import pair_chunks, part_changes
-from core.parsing import ParseTimeout
+from core.parsing import ParseTimeout, hunk_edits
 from core.progress import progress
 from core.records import CommitRecord, ParsedBlob, UnitChange
 from core.snapshot import Snapshot, TreeSteps
@@ -88,17 +89,26 @@ class ChunkJob:
             cache = _CACHES[key] = BlobCache(self.cache_root, key[1])
         return cache
 
+    def cached(self, lang: str, blobs: list[str]) -> set[str]:
+        """The blobs of ``blobs`` the unit cache has an entry for."""
+        return self._cache(lang).have(blobs)
+
     def summaries(self, lang: str) -> SummaryCache:
         """The store of the symbol-index summaries of a language's files."""
         return SummaryCache(self.cache_root, f"{self.languages[lang].cache_key}:{self.summary_key}")
 
     # -- phase 1 ---------------------------------------------------------------------
-    def parse_all(self, executor: Any, blobs: list[tuple[str, str, str | None]], stats: Counter) -> None:
+    def parse_all(self, executor: Any, blobs: list[tuple[str, str, str | None]], stats: Counter,
+                  hunks: dict[tuple[str, str], list[Hunk]] | None = None) -> None:
         """Parse every blob missing from the cache over the executor's workers; remember
-        the blobs that could not be read (``blob_skips``) for loading later."""
+        the blobs that could not be read (``blob_skips``) for loading later. ``hunks``
+        (by previous and new blob, from ``core.gitio.line_hunks``) let a blob be reparsed
+        from its previous version's tree by the changed lines only."""
         for lang in self.languages:
             self._cache(lang).open()  # created once here, before workers race to create it
-        batches = batched(blobs, BLOB_BATCH)
+        hunks = hunks or {}
+        items = [(blob, lang, prev, hunks.get((prev, blob)) if prev else None) for blob, lang, prev in blobs]
+        batches = batched(items, BLOB_BATCH)
         # a few blobs (a repository that gained a commit or two) are parsed here: starting
         # workers would take longer than the parsing
         results = map(self.parse_blobs, batches) if len(blobs) <= INLINE_BLOBS else executor.map(self.parse_blobs, batches)
@@ -109,25 +119,26 @@ class ChunkJob:
             stats.add(f"blobs_{reason}")  # the file changes that needed them are the skips
         close_readers()  # what follows reads the cache only
 
-    def parse_blobs(self, batch: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+    def parse_blobs(self, batch: list[tuple[str, str, str | None, list[Hunk] | None]]) -> dict[str, Any]:
         """Parse blobs missing from the cache; report counts and per-blob skips.
 
-        ``batch`` holds (blob, language, previous version's blob) with versions of a file
-        in order, so each is reparsed incrementally from its predecessor's tree.
+        ``batch`` holds (blob, language, previous version's blob, git's hunks between
+        them or None) with versions of a file in order, so each is reparsed incrementally
+        from its predecessor's tree.
         """
         stats = Counter()
         skips: dict[str, str] = {}
         reader = _reader(self.git_dir)
         todo: dict[str, set[str]] = {}
-        for lang in {lang for _, lang, _ in batch}:
-            todo[lang] = self._cache(lang).missing([b for b, bl, _ in batch if bl == lang])
+        for lang in {item[1] for item in batch}:
+            todo[lang] = self._cache(lang).missing([b for b, bl, _, _ in batch if bl == lang])
         done: dict[str, list[tuple[str, dict[str, Any]]]] = {lang: [] for lang in todo}
         # a context strategy that reads the tree needs every version's summary: made here, from
         # the parse in hand, once, rather than reloaded and made again by each worker's snapshot
         summarize = getattr(self.context, "snapshot", None) is not None and self.summary_key is not None
         options = getattr(self.context, "options", {})
         summaries: dict[str, dict[str, Any]] = {lang: {} for lang in todo}
-        for blob, lang, prev in batch:
+        for blob, lang, prev, hunks in batch:
             if blob not in todo[lang]:  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
                 continue
@@ -148,8 +159,16 @@ class ChunkJob:
                     entry["skip"] = "not_utf8"
             if entry["skip"] is None:
                 previous = _TREES.get(prev) if prev else None
+                edits = None
+                if previous is not None and hunks:
+                    edits = hunk_edits(previous[0], data, hunks)  # checked against the bytes
+                    stats.add("blobs_reparsed_by_hunks" if edits else "blobs_hunks_rejected")
                 try:
-                    parsed = self.languages[lang].parse(data, previous)
+                    language = self.languages[lang]
+                    if edits and _takes_edits(language):
+                        parsed = language.parse(data, previous, edits=edits)
+                    else:
+                        parsed = language.parse(data, previous)
                 except Exception as exc:  # noqa: BLE001 - one file's parser failure never ends the run
                     if isinstance(exc, ParseTimeout):
                         skips[blob] = "parse_timeout"  # not cached: a later run may allow more time
@@ -392,6 +411,22 @@ def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | 
         order.append((root, i, key))
     order.sort()
     return [(blob, lang, prev[(blob, lang)]) for _, _, (blob, lang) in order]
+
+
+_TAKES_EDITS: dict[Any, bool] = {}
+
+
+def _takes_edits(language: Language) -> bool:
+    """Whether a language's ``parse`` accepts ``edits`` (an optional parameter)."""
+    fn = getattr(language.parse, "__func__", language.parse)
+    known = _TAKES_EDITS.get(fn)
+    if known is None:
+        try:
+            known = "edits" in inspect.signature(language.parse).parameters
+        except (TypeError, ValueError):
+            known = False
+        _TAKES_EDITS[fn] = known
+    return known
 
 
 def batched(items: list, size: int) -> list[list]:

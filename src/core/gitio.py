@@ -199,6 +199,58 @@ def _parse_record(raw: bytes) -> CommitRecord:
     )
 
 
+_HUNK = re.compile(rb"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+Hunk = tuple[int, int, int, int]  # git's old start line, old line count, new start line, new line count
+
+
+def line_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str]) -> dict[tuple[str, str], list[Hunk]]:
+    """git's changed line ranges of the files matching ``pathspecs`` in each (commit,
+    parent) diff, by (old blob, new blob): one ``git diff-tree --stdin -p -U0`` pass.
+
+    A hint for incremental parsing, never a source of truth: callers check the ranges
+    against the blobs (``core.parsing.hunk_edits``). A failing git gives no hints."""
+    if not diffs:
+        return {}
+    argv = git_argv(git_dir, "diff-tree", "--stdin", "-r", "-p", "-U0", "--full-index", "--no-renames", "--diff-filter=M",
+                    "--no-color", "--no-ext-diff", "--no-textconv", "--", *pathspecs)
+    proc = subprocess.Popen(argv, env=git_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    request = "".join(f"{commit} {parent}\n" for commit, parent in diffs).encode()
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(request)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # git ended early: its exit code says so
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out: dict[tuple[str, str], list[Hunk]] = {}
+    current: list[Hunk] | None = None
+    try:
+        for line in proc.stdout:
+            if line.startswith(b"@@"):
+                m = _HUNK.match(line)
+                if m is not None and current is not None:
+                    a, b, c, d = m.groups()
+                    current.append((int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d)))
+            elif line.startswith(b"index "):
+                ids = line[6:].split(b" ", 1)[0].strip().split(b"..")
+                current = out.setdefault((ids[0].decode(), ids[1].decode()), []) if len(ids) == 2 else None
+            elif line.startswith(b"diff --git"):
+                current = None
+    finally:
+        proc.stdout.close()
+        rc = proc.wait()
+        writer.join()
+    if rc != 0:
+        return {}
+    return {pair: hunks for pair, hunks in out.items() if hunks}
+
+
 class BlobReader:
     """One long-lived ``git cat-file --batch`` process; read blobs by id."""
 

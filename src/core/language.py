@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core.parsing import Edit
 from core.records import ParsedBlob
 
 if TYPE_CHECKING:
@@ -18,12 +19,16 @@ class Language(Protocol):
     def cache_key(self) -> str:
         """Identifies grammar and extractor versions; part of every parsed-blob cache key."""
 
-    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
+    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None,
+              edits: list[Edit] | None = None) -> ParsedBlob:
         """Extract the units of one blob (already checked to be UTF-8 text).
 
         ``previous`` is an earlier version of the same file (its bytes and the
         ParsedBlob this method returned for it); a language may use it to parse
-        incrementally. The result must not depend on it."""
+        incrementally. ``edits`` (optional: core passes it only to a ``parse`` that
+        declares it) are byte spans (old start, old end, new start, new end), in order,
+        outside which ``previous`` and ``source`` are the same: git's changed lines,
+        checked against both versions. The result must depend on neither."""
 
     def module_path(self, path: str) -> str:
         """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty)."""

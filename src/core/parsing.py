@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import time
 
@@ -32,11 +33,6 @@ class ByteOffsets:
 
 
 
-def point(data: bytes, offset: int) -> tuple[int, int]:
-    row = data.count(b"\n", 0, offset)
-    return row, offset - (data.rfind(b"\n", 0, offset) + 1)
-
-
 def common_prefix(a: bytes, b: bytes) -> int:
     """Length of the common prefix, by binary search over slice comparisons (memcmp speed)."""
     lo, hi = 0, min(len(a), len(b))
@@ -49,17 +45,76 @@ def common_prefix(a: bytes, b: bytes) -> int:
     return lo
 
 
-def edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes) -> tuple[tree_sitter.Tree, tuple[int, int, int]]:
-    """A copy of the old tree edited to the one changed span, and that span
-    (start, old end, new end) in bytes."""
+Edit = tuple[int, int, int, int]  # byte spans: old start, old end, new start, new end
+
+
+def line_starts(data: bytes) -> list[int]:
+    """Byte offset of the start of each line (and one past the end)."""
+    return [0, *itertools.accumulate(len(line) + 1 for line in data.split(b"\n"))]
+
+
+def hunk_edits(old: bytes, new: bytes, hunks: list[tuple[int, int, int, int]]) -> list[Edit] | None:
+    """git's line hunks (old start, old count, new start, new count; ``-U0``) as byte
+    spans, or None unless the bytes outside them are the same in both versions."""
+    so, sn = line_starts(old), line_starts(new)
+    edits: list[Edit] = []
+    po = pn = 0
+    try:
+        for a, b, c, d in hunks:
+            # a zero count names the line after which the change lies
+            os_ = min(so[a - 1 if b else a], len(old))
+            oe = min(so[a - 1 + b], len(old)) if b else os_
+            ns = min(sn[c - 1 if d else c], len(new))
+            ne = min(sn[c - 1 + d], len(new)) if d else ns
+            if os_ < po or ns < pn or old[po:os_] != new[pn:ns]:
+                return None
+            edits.append((os_, oe, ns, ne))
+            po, pn = oe, ne
+    except IndexError:
+        return None
+    if old[po:] != new[pn:] or not edits:
+        return None
+    return edits
+
+
+def single_edit(old: bytes, new: bytes) -> Edit:
+    """The one span outside which two versions agree (common prefix and suffix)."""
     start = common_prefix(old, new)
     limit = min(len(old), len(new)) - start
     suffix = min(common_prefix(old[::-1], new[::-1]), limit)
-    old_end, new_end = len(old) - suffix, len(new) - suffix
+    return start, len(old) - suffix, start, len(new) - suffix
+
+
+def edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes,
+           edits: list[Edit] | None = None) -> tuple[tree_sitter.Tree, list[Edit]]:
+    """A copy of the old tree edited to the new version, and the edits applied.
+
+    ``edits`` (in order, not overlapping) are the spans outside which the versions agree,
+    e.g. from ``hunk_edits``; by default the one span between their common prefix and
+    suffix. Several small edits let tree-sitter reuse more of the old tree than the one
+    span from the first change to the last."""
+    if not edits:
+        edits = [single_edit(old, new)]
     tree = old_tree.copy()
-    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=point(old, start),
-              old_end_point=point(old, old_end), new_end_point=point(new, new_end))
-    return tree, (start, old_end, new_end)
+    # applied from the last: each edit's old coordinates are still those of the document
+    row, at = 0, 0
+    points = []
+    for os_, oe, ns, ne in edits:
+        row += old.count(b"\n", at, os_)
+        start_row = row
+        row += old.count(b"\n", os_, oe)
+        at = oe
+        points.append((start_row, row))
+    for (os_, oe, ns, ne), (start_row, end_row) in zip(reversed(edits), reversed(points)):
+        start_col = os_ - (old.rfind(b"\n", 0, os_) + 1)
+        end_col = oe - (old.rfind(b"\n", 0, oe) + 1)
+        inserted = new[ns:ne]
+        lines = inserted.count(b"\n")
+        new_col = len(inserted) - (inserted.rfind(b"\n") + 1) if lines else start_col + len(inserted)
+        tree.edit(start_byte=os_, old_end_byte=oe, new_end_byte=os_ + len(inserted),
+                  start_point=(start_row, start_col), old_end_point=(end_row, end_col),
+                  new_end_point=(start_row + lines, new_col))
+    return tree, edits
 
 
 class ParseTimeout(Exception):

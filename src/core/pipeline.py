@@ -20,7 +20,7 @@ from core.config import STAGES
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
 from core.files import atomic_write, record_line
-from core.gitio import Repository
+from core.gitio import Hunk, Repository, line_hunks
 from core.hookspecs import KINDS
 from core.language import file_extension
 from core.manifest import Manifest, RunLock, completed_stages, environment_versions, remove_stale_temporaries
@@ -320,7 +320,10 @@ class Run:
                     # only the index reads these: a blob whose summary is stored needs no parsing
                     summarized = job.summaries(lang).have(tree_blobs)
                     blobs += [(b, lang, None) for b in tree_blobs if b not in summarized]
-            job.parse_all(self.executor, blobs, stats)
+            t_hunks = time.perf_counter()
+            hunks = self._hunks(job, [commits[i] for i in todo], blobs)
+            stats.add("hunks_ms", int(1000 * (time.perf_counter() - t_hunks)))
+            job.parse_all(self.executor, blobs, stats, hunks)
         parse_seconds = time.perf_counter() - t0
         rows = 0
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st)
@@ -371,6 +374,23 @@ class Run:
         manifest.stage("chunk", stats, time.perf_counter() - t0, {"chunks.jsonl": rows})
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)
+
+    def _hunks(self, job: ChunkJob, commits: list[CommitRecord], blobs: list[tuple[str, str, str | None]]
+               ) -> dict[tuple[str, str], list[Hunk]]:
+        """git's line hunks between the versions of a file that phase 1 will parse, so a
+        version is reparsed from its predecessor's tree by its changed lines only."""
+        prev_of = {(blob, lang): prev for blob, lang, prev in blobs if prev}
+        todo: set[tuple[str, str]] = set()
+        for lang in {lang for _, lang in prev_of}:
+            wanted = [blob for blob, bl in prev_of if bl == lang]
+            cached = job.cached(lang, wanted)
+            todo.update((blob, lang) for blob in wanted if blob not in cached)
+        diffs: dict[tuple[str, str], None] = {}
+        for rec in commits:
+            if rec.parents and any(fc.change == "M" and (fc.new_blob, fc.lang) in todo for fc in rec.files):
+                diffs[(rec.commit, rec.parents[0])] = None
+        pathspecs = sorted({f"*{ext}" for ext in self.extensions()})
+        return line_hunks(self.repo.git_dir, list(diffs), pathspecs)
 
     def _chunk_fingerprint(self) -> str:
         """Everything a commit's chunk-stage rows depend on besides its record and tree."""

@@ -38,6 +38,7 @@ from core.records import ParsedBlob, Unit
 from plugins.python_symbols import FileSymbols, PythonIndex, summarize
 from core.chunk import CUT_MIN, CUT_UNIT
 from core.parsing import ByteOffsets as _Offsets
+from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import parse_with_deadline
 
@@ -118,19 +119,20 @@ class PythonLanguage:
     def symbol_index(self, options: dict) -> PythonIndex:
         return PythonIndex(python_module_path)
 
-    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
+    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None,
+              edits: list[Edit] | None = None) -> ParsedBlob:
         """Units of one blob.
 
         With ``previous`` (an earlier version of the file and its ParsedBlob, with its
-        tree), tree-sitter reparses incrementally: most of the time goes to parsing, not
-        to extracting units. Files with syntax errors (either version) are parsed from
+        tree), tree-sitter reparses incrementally (from ``edits``, git's hunks as byte
+        spans, when given): most of the time goes to parsing, not to extracting units. Files with syntax errors (either version) are parsed from
         scratch, since error recovery can differ; the result equals a fresh parse.
         """
         parser, query = self._ensure()
         text = source.decode("utf-8")
         tree = None
         if previous is not None and previous[1].tree is not None and not previous[1].has_error:
-            edited, _ = _edited(previous[0], previous[1].tree, source)
+            edited, _ = _edited(previous[0], previous[1].tree, source, edits)
             tree = parse_with_deadline(parser, source, edited, self.cfg.parse_timeout_s)
             if tree.root_node.has_error:
                 tree = None

@@ -9,6 +9,7 @@ of their enclosing function, not units of their own.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.metadata
 import re
@@ -20,12 +21,13 @@ import tree_sitter_rust
 from core.hookspecs import hookimpl
 from core.chunk import CUT_MIN, CUT_UNIT, pack_cuts
 from core.parsing import ByteOffsets as _Offsets
+from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "2"
+EXTRACTOR_VERSION = "3"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -101,13 +103,16 @@ class RustLanguage:
     def symbol_index(self, options: dict) -> RustIndex:
         return RustIndex(rust_module_path)
 
-    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None) -> ParsedBlob:
+    def parse(self, source: bytes, previous: tuple[bytes, ParsedBlob] | None = None,
+              edits: list[Edit] | None = None) -> ParsedBlob:
         """Units of one blob.
 
         ``previous`` is an earlier version of the same file and its ParsedBlob (with its
         tree). tree-sitter then reparses incrementally, and units that lie wholly outside
-        the edited span and the ranges whose syntax changed are carried over (shifted)
-        instead of being extracted again. The result equals a fresh parse.
+        the edits and the ranges whose syntax changed are carried over (shifted) instead
+        of being extracted again. ``edits`` are the byte spans outside which the versions
+        agree (git's hunks); without them, the one span from the first difference to the
+        last. The result equals a fresh parse.
         """
         parser, query = self._ensure()
         text = source.decode("utf-8")
@@ -117,12 +122,12 @@ class RustLanguage:
         # syntax errors (either version) are always parsed from scratch
         if previous is not None and previous[1].tree is not None and not previous[1].has_error:
             old_source, old_parsed = previous
-            edited, span = _edited(old_source, old_parsed.tree, source)
+            edited, applied = _edited(old_source, old_parsed.tree, source, edits)
             tree = self._parse(parser, source, edited)
             if tree.root_node.has_error:
                 tree = None
             else:
-                reuse = _Reuse(old_source, old_parsed, source, text, span, edited.changed_ranges(tree))
+                reuse = _Reuse(old_source, old_parsed, source, text, applied, edited.changed_ranges(tree))
         if tree is None:
             tree = self._parse(parser, source)
         root = tree.root_node
@@ -261,40 +266,58 @@ def _naming(name: str, parent: Unit | None, seen_names: dict[str, int]) -> tuple
 class _Reuse:
     """Carries units of a file's previous version over to the new one.
 
-    A unit is carried when it lies wholly before the affected region (the edited span
-    plus every range whose syntax changed) or wholly after it, and its docs and
-    attributes still start where they did (an edit nearby can attach or detach one).
-    Its text, signature and cut points are unchanged; spans after the region shift by
-    the edit. Only units that are new or changed are extracted, and cut for chunking.
+    A unit is carried when no edit lies inside it, no range whose syntax changed
+    overlaps its new place, and its docs and attributes still start where they did (an
+    edit nearby can attach or detach one). Its text, signature and cut points are
+    unchanged; its spans shift by the edits before it. Only units that are new or
+    changed are extracted, and cut for chunking.
     """
 
     def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
-                 span: tuple[int, int, int], changed: list) -> None:
-        start, old_end, new_end = span
-        lo = min([start] + [r.start_byte for r in changed])
-        hi = max([new_end] + [r.end_byte for r in changed])
-        self.delta = new_end - old_end
-        self.delta_chars = len(new_text) - len(old_parsed.text)
-        self.delta_lines = new.count(b"\n") - old.count(b"\n")
-        self.old = old_parsed.units
+                 edits: list[Edit], changed: list) -> None:
+        self.old = old_units = old_parsed.units
         # pre-order: a unit's subtree is the run of following units whose parent chain reaches it
-        self.subtree_end = list(range(1, len(self.old) + 1))
-        for i in range(len(self.old) - 1, -1, -1):
-            p = self.old[i].parent
+        self.subtree_end = list(range(1, len(old_units) + 1))
+        for i in range(len(old_units) - 1, -1, -1):
+            p = old_units[i].parent
             if p is not None:
                 self.subtree_end[p] = max(self.subtree_end[p], self.subtree_end[i])
         self._by_text: dict[str, Unit] | None = None
-        self.decls_in: dict[int, list[list]] = {}
-        for d in old_parsed.decls:
+        # declarations inside each container, with their place in the old (source) order
+        self.decls_in: dict[int, list[tuple[int, list]]] = {}
+        for n, d in enumerate(old_parsed.decls):
             if d[1] is not None:
-                self.decls_in.setdefault(d[1], []).append(d)
-        self.before: dict[int, int] = {}
-        self.after: dict[int, int] = {}
-        for i, u in enumerate(self.old):
-            if u.end_byte <= lo:
-                self.before[u.end_byte] = i
-            elif u.start_byte >= old_end and u.start_byte + self.delta >= hi:
-                self.after[u.end_byte + self.delta] = i
+                self.decls_in.setdefault(d[1], []).append((n, d))
+        ascii_ = len(old) == len(old_parsed.text) and len(new) == len(new_text)
+        shifts = [(0, 0, 0)]  # (byte, char, line) deltas of the first k edits
+        db = dc = dl = 0
+        for os_, oe, ns, ne in edits:
+            db += (ne - ns) - (oe - os_)
+            if ascii_:
+                dc = db
+            elif len(edits) == 1:
+                dc = len(new_text) - len(old_parsed.text)  # the one span may split a character
+            else:  # hunks start and end at line starts: whole characters
+                dc += len(new[ns:ne].decode("utf-8")) - len(old[os_:oe].decode("utf-8"))
+            dl += new.count(b"\n", ns, ne) - old.count(b"\n", os_, oe)
+            shifts.append((db, dc, dl))
+        ranges = sorted((r.start_byte, r.end_byte) for r in changed)
+        range_starts = [a for a, _ in ranges]
+        # carriable units by the end byte of their new place: (index, byte, char, line delta)
+        self.at: dict[int, tuple[int, int, int, int]] = {}
+        j = 0  # edits[:j] end at or before the unit's start (pre-order: starts never decrease)
+        for i, u in enumerate(old_units):
+            s, e = u.start_byte, u.end_byte
+            while j < len(edits) and edits[j][1] <= s:
+                j += 1
+            if j < len(edits) and edits[j][0] < e:
+                continue  # the next edit starts inside the unit (edits are sorted and disjoint)
+            shift = shifts[j]
+            new_s, new_e = s + shift[0], e + shift[0]
+            k = bisect.bisect_left(range_starts, new_e)
+            if any(b > new_s for _, b in ranges[:k]):
+                continue  # its syntax changed
+            self.at[new_e] = (i, *shift)
 
     def same_text(self, text: str) -> Unit | None:
         """A unit of the previous version with exactly this text (and no syntax error)."""
@@ -305,20 +328,17 @@ class _Reuse:
     def carry(self, node, units: list[Unit], parent_idx: int | None, seen_names: dict[str, int],
               decls: list[list]) -> bool:
         """Append the carried-over subtree for ``node`` (and the declarations in it) if there is one."""
-        end = node.end_byte
-        i = self.before.get(end)
-        shift = i is None
-        if shift:
-            i = self.after.get(end)
-            if i is None:
-                return False
+        hit = self.at.get(node.end_byte)
+        if hit is None:
+            return False
+        i, db, dc, dl = hit
         first = self.old[i]
         if ITEM_KINDS[node.type] != first.kind and not (node.type == "function_item" and first.kind == "method"):
             return False
-        db, dc, dl = (self.delta, self.delta_chars, self.delta_lines) if shift else (0, 0, 0)
         if _leading_trivia_start(node)[0] != first.start_byte + db:
             return False  # its docs and attributes changed (an edit attached or detached one)
         new_index: dict[int, int] = {}
+        inside: list[tuple[int, list]] = []
         for k in range(i, self.subtree_end[i]):
             u = self.old[k]
             parent = parent_idx if k == i else new_index[u.parent]  # type: ignore[index]
@@ -331,8 +351,11 @@ class _Reuse:
             units.append(Unit(kind, u.name, local, header, u.signature, u.start_byte + db, u.end_byte + db,
                               u.start_line + dl, u.end_line + dl, u.has_error, u.text, u.char_start + dc,
                               u.char_end + dc, parent, u.body_open, u.cuts))
-            for kind, _, text, line in self.decls_in.get(k, ()):
-                decls.append([kind, new_index[k], text, line + dl])
+            inside += self.decls_in.get(k, ())
+        # in source order, as a fresh parse finds them: a nested module's `use` comes before
+        # those that follow it in its parent
+        for _, (kind, owner, text, line) in sorted(inside, key=lambda nd: nd[0]):
+            decls.append([kind, new_index[owner], text, line + dl])
         return True
 
 

@@ -192,6 +192,16 @@ def test_incremental_parse_of_a_file_with_syntax_errors_equals_a_fresh_parse():
     assert lang.parse(fixed, (new, got)).to_dict() == RustLanguage().parse(fixed).to_dict()
 
 
+def test_a_carried_module_keeps_its_declarations_in_source_order():
+    # the nested module's `use` comes first in the source, though its unit comes second
+    old = b"fn x() {}\n\nmod rpc {\n    mod messages {\n        pub use a::B;\n    }\n    pub use c::D;\n}\n"
+    new = old.replace(b"fn x() {}", b"fn x() { 1; }")
+    lang = RustLanguage()
+    got = lang.parse(new, (old, lang.parse(old)))
+    assert [d[2] for d in got.decls] == ["pub use a::B;", "pub use c::D;"]
+    assert got.to_dict() == RustLanguage().parse(new).to_dict()
+
+
 @pytest.mark.parametrize("old,new", INCREMENTAL_EDITS)
 def test_incremental_parse_gives_the_units_of_a_fresh_parse(old, new):
     lang = RustLanguage()
