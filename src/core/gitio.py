@@ -212,8 +212,9 @@ def line_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str]
     against the blobs (``core.parsing.hunk_edits``). A failing git gives no hints."""
     if not diffs:
         return {}
-    argv = git_argv(git_dir, "diff-tree", "--stdin", "-r", "-p", "-U0", "--full-index", "--no-renames", "--diff-filter=M",
-                    "--no-color", "--no-ext-diff", "--no-textconv", "--", *pathspecs)
+    # modified files only: an added or deleted file has no earlier version to reparse from
+    argv = git_argv(git_dir, "diff-tree", "--stdin", "-r", "-p", "-U0", "--full-index", "--no-renames",
+                    "--diff-filter=M", "--no-color", "--no-ext-diff", "--no-textconv", "--", *pathspecs)
     proc = subprocess.Popen(argv, env=git_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None
