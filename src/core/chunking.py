@@ -27,6 +27,7 @@ from core.pairing import pair_chunks, part_changes
 from core.parsing import ParseTimeout, hunk_edits
 from core.progress import progress
 from core.records import CommitRecord, ParsedBlob, UnitChange
+from core.report import scan_lines
 from core.snapshot import Snapshot, TreeSteps
 from core.stats import Counter
 
@@ -196,10 +197,11 @@ class ChunkJob:
 
     # -- phase 2 ---------------------------------------------------------------------
     def pair_commits(self, work: list[CommitRecord] | tuple[list[CommitRecord], TreeSteps | None]
-                     ) -> list[tuple[bytes, int, dict[str, Any]]]:
+                     ) -> list[tuple[bytes, int, dict[str, Any], tuple]]:
         """Each commit's UnitChange records as JSON lines (encoded here, in the worker), their
-        count and the commit's counters. With TreeSteps (a context strategy that reads the
-        repository's tree), the worker's snapshot follows the commits' trees."""
+        count, the commit's counters and what the report reads of its lines (scanned here
+        too: the main process only writes). With TreeSteps (a context strategy that reads
+        the repository's tree), the worker's snapshot follows the commits' trees."""
         batch, steps = work if isinstance(work, tuple) else (work, None)
         snapshot = None
         if steps is not None:
@@ -211,7 +213,7 @@ class ChunkJob:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
             stats = Counter()
             lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot)]
-            out.append((b"".join(lines), len(lines), stats.to_dict()))
+            out.append((b"".join(lines), len(lines), stats.to_dict(), scan_lines(lines).to_plain()))
         return out
 
     def _snapshot(self) -> Snapshot:

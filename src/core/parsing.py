@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import bisect
-import itertools
 import re
 import time
 
+import numpy as np
 import tree_sitter
 
 
@@ -48,24 +48,19 @@ def common_prefix(a: bytes, b: bytes) -> int:
 Edit = tuple[int, int, int, int]  # byte spans: old start, old end, new start, new end
 
 
-def line_starts(data: bytes) -> list[int]:
-    """Byte offset of the start of each line (and one past the end)."""
-    return [0, *itertools.accumulate(len(line) + 1 for line in data.split(b"\n"))]
-
-
 def hunk_edits(old: bytes, new: bytes, hunks: list[tuple[int, int, int, int]]) -> list[Edit] | None:
     """git's line hunks (old start, old count, new start, new count; ``-U0``) as byte
     spans, or None unless the bytes outside them are the same in both versions."""
-    so, sn = line_starts(old), line_starts(new)
+    so, sn = _LineStarts(old), _LineStarts(new)
     edits: list[Edit] = []
     po = pn = 0
     try:
         for a, b, c, d in hunks:
             # a zero count names the line after which the change lies
-            os_ = min(so[a - 1 if b else a], len(old))
-            oe = min(so[a - 1 + b], len(old)) if b else os_
-            ns = min(sn[c - 1 if d else c], len(new))
-            ne = min(sn[c - 1 + d], len(new)) if d else ns
+            os_ = so[a - 1 if b else a]
+            oe = so[a - 1 + b] if b else os_
+            ns = sn[c - 1 if d else c]
+            ne = sn[c - 1 + d] if d else ns
             if os_ < po or ns < pn or old[po:os_] != new[pn:ns]:
                 return None
             edits.append((os_, oe, ns, ne))
@@ -75,6 +70,22 @@ def hunk_edits(old: bytes, new: bytes, hunks: list[tuple[int, int, int, int]]) -
     if old[po:] != new[pn:] or not edits:
         return None
     return edits
+
+
+class _LineStarts:
+    """Start of line k (0-based) of a blob, capped at its end; IndexError past the last."""
+
+    def __init__(self, data: bytes):
+        self.newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)  # C speed
+        self.size = len(data)
+
+    def __getitem__(self, k: int) -> int:
+        n = len(self.newlines)
+        if k < 0 or k > n + 1:
+            raise IndexError(k)
+        if k == 0:
+            return 0
+        return int(self.newlines[k - 1]) + 1 if k <= n else self.size
 
 
 def single_edit(old: bytes, new: bytes) -> Edit:

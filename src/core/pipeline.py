@@ -344,8 +344,7 @@ class Run:
                 if hit is None:
                     if not pending:
                         group = next(groups)
-                        pending = [(data, count, commit_stats, scan_lines(data.split(b"\n")).to_plain())
-                                   for data, count, commit_stats in next(results)]
+                        pending = next(results)
                         if cache is not None:  # a rerun after a crash resumes here
                             cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
                         pending.reverse()
