@@ -98,3 +98,18 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "MANIFEST.json").read_text())
+
+
+def line_hunks_of(old: bytes, new: bytes) -> list[tuple[int, int, int, int]]:
+    """Line hunks between two versions numbered as ``git diff -U0`` numbers them (old
+    start, old count, new start, new count; a zero count names the line before), from
+    difflib: an oracle independent of git for tests of edits."""
+    import difflib
+
+    def lines(data: bytes) -> list[bytes]:
+        parts = data.split(b"\n")
+        return parts[:-1] if parts[-1] == b"" else parts  # git counts the last line once
+
+    matcher = difflib.SequenceMatcher(None, lines(old), lines(new), autojunk=False)
+    return [(i1 + 1 if i2 > i1 else i1, i2 - i1, j1 + 1 if j2 > j1 else j1, j2 - j1)
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]

@@ -12,7 +12,7 @@ from core.gitio import Repository, line_hunks
 from core.parsing import hunk_edits
 from plugins.rust import RustLanguage
 
-from ..conftest import manifest, run_pipeline
+from ..conftest import line_hunks_of, manifest, run_pipeline
 
 FNS = "".join(f"/// number {i}\npub fn f{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n\n" for i in range(12))
 
@@ -93,7 +93,6 @@ def test_parsing_from_hunks_extracts_only_the_changed_units(monkeypatch):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_parsing_from_hunks_equals_a_fresh_parse_for_scattered_edits(seed):
-    import difflib
     import random
 
     rng = random.Random(seed)
@@ -112,10 +111,7 @@ def test_parsing_from_hunks_equals_a_fresh_parse_for_scattered_edits(seed):
             new_lines[i] = new_lines[i].replace("x", "y")
         edits_made += 1
     old, new = "".join(lines).encode(), "".join(new_lines).encode()
-    matcher = difflib.SequenceMatcher(None, old.split(b"\n")[:-1], new.split(b"\n")[:-1], autojunk=False)
-    hunks = [(i1 if i2 > i1 else i1, i2 - i1, j1 if j2 > j1 else j1, j2 - j1)
-             for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
-    hunks = [(a + 1 if b else a, b, c + 1 if d else c, d) for a, b, c, d in hunks]  # git's numbering
+    hunks = line_hunks_of(old, new)
     edits = hunk_edits(old, new, hunks)
     lang = RustLanguage()
     base = lang.parse(old)

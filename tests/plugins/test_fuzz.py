@@ -13,10 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.context import UnitQuery
+from core.parsing import hunk_edits
 from core.pairing import pair_chunks, part_changes
 from plugins.chunkers import AstChunker, AstChunkerConfig
 from plugins.rust import RustLanguage, rust_module_path
 from plugins.rust_symbols import RustIndex, summarize
+
+from ..conftest import line_hunks_of
 
 LANG = RustLanguage()
 IDENT = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(
@@ -101,6 +104,28 @@ def test_mutated_sources_never_crash_and_spans_hold(items, edits):
     previous = LANG.parse(first)
     again = LANG.parse(source, (first, previous))
     assert again.to_dict() == LANG.parse(source).to_dict()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(FILES, FILES, st.lists(st.integers(0, 7), max_size=3))
+def test_parsing_from_line_hunks_equals_a_fresh_parse(items, others, replaced):
+    # a new version that replaces, drops or adds whole items here and there
+    new_items = [src for _, _, src in items]
+    for i, at in enumerate(replaced):
+        pick = others[i % len(others)][2]
+        if at < len(new_items):
+            new_items[at] = pick if i % 2 == 0 else ""
+        else:
+            new_items.append(pick)
+    old = ("\n\n".join(src for _, _, src in items) + "\n").encode()
+    new = ("\n\n".join(new_items) + "\n").encode()
+    edits = hunk_edits(old, new, line_hunks_of(old, new))
+    if edits is None:
+        assert old == new
+        return
+    previous = LANG.parse(old)
+    fresh = LANG.parse(new)
+    assert LANG.parse(new, (old, previous), edits=edits).to_dict() == fresh.to_dict()
 
 
 @settings(max_examples=40, deadline=None)
