@@ -128,6 +128,13 @@ def edited(old: bytes, old_tree: tree_sitter.Tree, new: bytes,
     return tree, edits
 
 
+def node_text(node, source: bytes) -> str:
+    """A node's source text ("" for None), sliced from the blob. ``node.text`` on a tree
+    parsed through a read callback (as ``parse_with_deadline`` parses) reads the source
+    again through the callback: about 60 us a call instead of a fraction of one."""
+    return source[node.start_byte:node.end_byte].decode("utf-8", "replace") if node is not None else ""
+
+
 class ParseTimeout(Exception):
     """Parsing one blob took longer than its language's limit."""
 

@@ -40,7 +40,7 @@ from core.chunk import CUT_MIN, CUT_UNIT
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
-from core.parsing import parse_with_deadline
+from core.parsing import node_text, parse_with_deadline
 
 EXTRACTOR_VERSION = "1"
 
@@ -158,7 +158,7 @@ class PythonLanguage:
                         if body_node is not None:
                             visit(body_node, idx, level + 1)
                 elif parent_idx is None and node.type in ("expression_statement", "type_alias_statement"):
-                    unit = self._assignment(node, text, offsets, seen)
+                    unit = self._assignment(node, source, text, offsets, seen)
                     if unit is not None:
                         units.append(unit)
 
@@ -175,7 +175,7 @@ class PythonLanguage:
         else:
             kind = "method" if parent is not None and parent.kind == "class" else "fn"
         name_node = definition.child_by_field_name("name")
-        name = _text(name_node) if name_node is not None else "_"
+        name = node_text(name_node, source) if name_node is not None else "_"
         start, start_row = _leading_comments_start(node)
         c_start, c_end = offsets.char(start), offsets.char(node.end_byte)
         body = definition.child_by_field_name("body")
@@ -197,13 +197,13 @@ class PythonLanguage:
                     end_line=node.end_point.row + 1, has_error=node.has_error, text=unit_text,
                     char_start=c_start, char_end=c_end, parent=parent_idx, body_open=body_open, cuts=cuts)
 
-    def _assignment(self, node, text: str, offsets: _Offsets, seen: dict[str, int]) -> Unit | None:
+    def _assignment(self, node, source: bytes, text: str, offsets: _Offsets, seen: dict[str, int]) -> Unit | None:
         """A module-level assignment to names (or a ``type`` alias), else None."""
         if node.type == "type_alias_statement":
             kind = "type"
             left = node.child_by_field_name("left")
             value = node.child_by_field_name("right")
-            name = _first_identifier(left)
+            name = _first_identifier(left, source)
         else:
             if node.named_child_count != 1 or node.named_children[0].type != "assignment":
                 return None  # a call, a docstring, `a = b = ...; c()`...
@@ -212,7 +212,7 @@ class PythonLanguage:
             left = assignment.child_by_field_name("left")
             if left is None or left.type not in ("identifier", "pattern_list", "tuple_pattern", "list_pattern"):
                 return None  # `obj.attr = ...`, `table[k] = ...` define nothing
-            name = _first_identifier(left)
+            name = _first_identifier(left, source)
             value = assignment.child_by_field_name("right")
             while value is not None and value.type == "assignment":  # a = b = 1
                 value = value.child_by_field_name("right")
@@ -287,20 +287,16 @@ def _leading_comments_start(node) -> tuple[int, int]:
     return start, row
 
 
-def _first_identifier(node) -> str:
+def _first_identifier(node, source: bytes) -> str:
     if node is None:
         return ""
     if node.type == "identifier":
-        return _text(node)
+        return node_text(node, source)
     for child in node.named_children:
-        found = _first_identifier(child)
+        found = _first_identifier(child, source)
         if found:
             return found
     return ""
-
-
-def _text(node) -> str:
-    return node.text.decode("utf-8", "replace") if node is not None else ""
 
 
 def _skeletons(units: list[Unit]) -> None:

@@ -23,7 +23,7 @@ from core.chunk import CUT_MIN, CUT_UNIT, pack_cuts
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
-from core.parsing import parse_with_deadline
+from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
@@ -148,7 +148,7 @@ class RustLanguage:
                 if decl is None and node.type == "mod_item" and node.child_by_field_name("body") is None:
                     decl = "mod"  # `mod foo;` declares a file module; it is not a unit
                 if decl is not None:
-                    start = _leading_trivia_start(node)[0]
+                    start = _leading_trivia_start(node, source)[0]
                     decls.append([decl, parent_idx, text[offsets.char(start):offsets.char(node.end_byte)],
                                   node.start_point.row + 1])
                     continue
@@ -175,7 +175,7 @@ class RustLanguage:
         kind = ITEM_KINDS[ntype]
         if ntype == "function_item" and container is not None and container.type in ("impl_item", "trait_item"):
             kind = "method"
-        start, start_row = _leading_trivia_start(node)
+        start, start_row = _leading_trivia_start(node, source)
         c_start = offsets.char(start)
         c_end = offsets.char(node.end_byte)
         unit_text = text[c_start:c_end]
@@ -187,7 +187,7 @@ class RustLanguage:
             name, signature, body_open, cuts = same.name, same.signature, same.body_open, same.cuts
             local, header = _naming(name, parent, seen_names)
         else:
-            name = _item_name(node)
+            name = _item_name(node, source)
             local, header = _naming(name, parent, seen_names)
             body = node.child_by_field_name("body")
             sig_end = body.start_byte if body is not None else node.end_byte
@@ -276,6 +276,7 @@ class _Reuse:
     def __init__(self, old: bytes, old_parsed: ParsedBlob, new: bytes, new_text: str,
                  edits: list[Edit], changed: list) -> None:
         self.old = old_units = old_parsed.units
+        self.source = new
         # pre-order: a unit's subtree is the run of following units whose parent chain reaches it
         self.subtree_end = list(range(1, len(old_units) + 1))
         for i in range(len(old_units) - 1, -1, -1):
@@ -335,7 +336,7 @@ class _Reuse:
         first = self.old[i]
         if ITEM_KINDS[node.type] != first.kind and not (node.type == "function_item" and first.kind == "method"):
             return False
-        if _leading_trivia_start(node)[0] != first.start_byte + db:
+        if _leading_trivia_start(node, self.source)[0] != first.start_byte + db:
             return False  # its docs and attributes changed (an edit attached or detached one)
         new_index: dict[int, int] = {}
         inside: list[tuple[int, list]] = []
@@ -364,10 +365,6 @@ def _versions() -> dict[str, str]:
     return {d: importlib.metadata.version(d) for d in ("tree-sitter", "tree-sitter-rust")}
 
 
-def _text(node) -> str:
-    return node.text.decode("utf-8", "replace") if node is not None else ""
-
-
 _INNER_GENERICS = re.compile(r"<[^<>]*>")
 
 
@@ -379,34 +376,34 @@ def _strip_generics(type_text: str) -> str:
     return _norm(type_text)
 
 
-def _item_name(node) -> str:
+def _item_name(node, source: bytes) -> str:
     if node.type == "impl_item":
-        ty = _strip_generics(_text(node.child_by_field_name("type")))
+        ty = _strip_generics(node_text(node.child_by_field_name("type"), source))
         trait = node.child_by_field_name("trait")
         if trait is not None:
             neg = "!" if any(c.type == "!" for c in node.children) else ""
-            return f"<{ty} as {neg}{_strip_generics(_text(trait))}>"
+            return f"<{ty} as {neg}{_strip_generics(node_text(trait, source))}>"
         return ty or "impl"
     name = node.child_by_field_name("name")
-    return _text(name) if name is not None else node.type
+    return node_text(name, source) if name is not None else node.type
 
 
-def _is_outer_doc(node) -> bool:
+def _is_outer_doc(node, source: bytes) -> bool:
     if node.type == "attribute_item":
         return True
     if node.type in ("line_comment", "block_comment"):
-        t = node.text
+        t = source[node.start_byte:node.start_byte + 4]
         return (t.startswith(b"///") and not t.startswith(b"////")) or (t.startswith(b"/**") and not t.startswith(b"/***"))
     return False
 
 
-def _leading_trivia_start(node) -> tuple[int, int]:
+def _leading_trivia_start(node, source: bytes) -> tuple[int, int]:
     """Start (byte, row) of the doc comments and attributes attached to an item."""
     start, row = node.start_byte, node.start_point.row
     prev = node.prev_sibling
     # as in rustc, outer doc comments and attributes belong to the next item even across
     # blank lines; any other node (a plain comment, another item) ends the run
-    while prev is not None and _is_outer_doc(prev):
+    while prev is not None and _is_outer_doc(prev, source):
         start, row = prev.start_byte, prev.start_point.row
         node = prev
         prev = node.prev_sibling
