@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,19 +200,39 @@ def _parse_record(raw: bytes) -> CommitRecord:
     )
 
 
-_HUNK = re.compile(rb"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+# the lines of a -U0 patch that matter: a file's blob ids, a hunk's ranges, a new file's header
+_PATCH_LINE = re.compile(rb"^(?:index ([0-9a-f]+)\.\.([0-9a-f]+)|@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@|diff )",
+                         re.MULTILINE)
 
 Hunk = tuple[int, int, int, int]  # git's old start line, old line count, new start line, new line count
 
 
-def line_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str]) -> dict[tuple[str, str], list[Hunk]]:
+def line_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str],
+               processes: int = 2) -> dict[tuple[str, str], list[Hunk]]:
     """git's changed line ranges of the files matching ``pathspecs`` in each (commit,
-    parent) diff, by (old blob, new blob): one ``git diff-tree --stdin -p -U0`` pass.
+    parent) diff, by (old blob, new blob): ``git diff-tree --stdin -p -U0``, the diffs
+    split over ``processes`` concurrent gits.
 
     A hint for incremental parsing, never a source of truth: callers check the ranges
     against the blobs (``core.parsing.hunk_edits``). A failing git gives no hints."""
     if not diffs:
         return {}
+    parts = [diffs[i::processes] for i in range(processes) if diffs[i::processes]]
+    out: dict[tuple[str, str], list[Hunk]] = {}
+    if len(parts) == 1:
+        results = [_diff_tree_hunks(git_dir, parts[0], pathspecs)]
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:  # the gits run in parallel; parsing is light
+            results = list(pool.map(lambda part: _diff_tree_hunks(git_dir, part, pathspecs), parts))
+    for result in results:
+        if result is None:
+            return {}
+        out.update(result)
+    return out
+
+
+def _diff_tree_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str]
+                     ) -> dict[tuple[str, str], list[Hunk]] | None:
     # modified files only: an added or deleted file has no earlier version to reparse from
     argv = git_argv(git_dir, "diff-tree", "--stdin", "-r", "-p", "-U0", "--full-index", "--no-renames",
                     "--diff-filter=M", "--no-color", "--no-ext-diff", "--no-textconv", "--", *pathspecs)
@@ -231,24 +252,33 @@ def line_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: list[str]
     writer.start()
     out: dict[tuple[str, str], list[Hunk]] = {}
     current: list[Hunk] | None = None
+    tail = b""
     try:
-        for line in proc.stdout:
-            if line.startswith(b"@@"):
-                m = _HUNK.match(line)
-                if m is not None and current is not None:
-                    a, b, c, d = m.groups()
-                    current.append((int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d)))
-            elif line.startswith(b"index "):
-                ids = line[6:].split(b" ", 1)[0].strip().split(b"..")
-                current = out.setdefault((ids[0].decode(), ids[1].decode()), []) if len(ids) == 2 else None
-            elif line.startswith(b"diff --git"):
-                current = None
+        while True:
+            chunk = proc.stdout.read(1 << 22)
+            if chunk:
+                buf = tail + chunk
+                cut = buf.rfind(b"\n") + 1  # whole lines only; the rest waits for the next read
+                text, tail = buf[:cut], buf[cut:]
+            else:
+                text, tail = tail, b""
+            for m in _PATCH_LINE.finditer(text):
+                old, new, a, b, c, d = m.groups()
+                if old is not None:
+                    current = out.setdefault((old.decode(), new.decode()), [])
+                elif a is not None:
+                    if current is not None:
+                        current.append((int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d)))
+                else:
+                    current = None  # "diff --git": a new file, whose index line follows
+            if not chunk:
+                break
     finally:
         proc.stdout.close()
         rc = proc.wait()
         writer.join()
     if rc != 0:
-        return {}
+        return None
     return {pair: hunks for pair, hunks in out.items() if hunks}
 
 

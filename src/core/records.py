@@ -7,6 +7,7 @@ serialise to one JSON object per line; ``to_dict``/``from_dict`` are the only co
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,7 @@ class ParsedBlob:
             "text": self.text,
             "has_error": self.has_error,
             "decls": self.decls,
-            "units": [[getattr(u, f) for f in _UNIT_STORED] for u in self.units],
+            "units": [_unit_row(u) for u in self.units],  # tuples of the fields, read in C
         }
 
     @classmethod
@@ -122,6 +123,7 @@ class ParsedBlob:
 
 
 _UNIT_STORED = tuple(f.name for f in dataclasses.fields(Unit) if f.name != "text")
+_unit_row = operator.attrgetter(*_UNIT_STORED)
 _TEXT_AT = [f.name for f in dataclasses.fields(Unit)].index("text")
 _CHAR_START, _CHAR_END = _UNIT_STORED.index("char_start"), _UNIT_STORED.index("char_end")
 

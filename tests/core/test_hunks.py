@@ -137,3 +137,17 @@ def test_a_run_parsing_from_hunks_writes_what_a_run_without_them_writes(scripted
     without = run_pipeline(tmp_path / "b", f"repo={r.path}", "stages=[mine,chunk]", "context=imports")
     assert "blobs_reparsed_by_hunks" not in manifest(without)["stages"]["chunk"]["counts"]
     assert (with_hunks / "chunks.jsonl").read_bytes() == (without / "chunks.jsonl").read_bytes()
+
+
+def test_hunks_split_over_several_gits_are_those_of_one(scripted_repo):
+    r = scripted_repo
+    r.commit("one", {"src/lib.rs": FNS})
+    for i in range(1, 5):
+        r.commit(f"edit {i}", {"src/lib.rs": FNS.replace(f"x + {i}\n", f"x * {i}\n"), f"src/m{i}.rs": "fn m() {}\n"})
+    revs = r.git("rev-list", "--parents", "HEAD").splitlines()
+    diffs = [tuple(line.split()[:2]) for line in revs if len(line.split()) == 2]
+    git_dir = Repository(r.path).git_dir
+    one = line_hunks(git_dir, diffs, ["*.rs"], processes=1)
+    # one hunk, then two per commit (a line changed back, the next changed); new files are not diffed
+    assert len(one) == 4 and sorted(len(h) for h in one.values()) == [1, 2, 2, 2]
+    assert line_hunks(git_dir, diffs, ["*.rs"], processes=3) == one
