@@ -374,7 +374,10 @@ class RustIndex(MemoReferences):
         self._related_of: dict[str, dict[str, list[tuple[DefRef, int, str]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
         self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
-        self._dependents: dict[tuple, set[tuple]] = {}  # what was read -> entries that read it
+        # what was read -> the distinct sets of reads that include it -> the entries with that set:
+        # lookups of one scope read the same things, so an entry mostly joins an existing set
+        self._dependents: dict[tuple, set[frozenset]] = {}
+        self._holders: dict[frozenset, set[tuple]] = {}
         # the entries being computed, innermost last: what each read, and the unfinished
         # lookups (of a cycle) it saw
         self._frames: list[tuple[set, set]] = []
@@ -442,11 +445,13 @@ class RustIndex(MemoReferences):
         self._related_of.clear()
         self._deps.clear()
         self._dependents.clear()
+        self._holders.clear()
 
     def _invalidate(self, dirty: set[tuple]) -> None:
-        dependents, deps = self._dependents, self._deps
+        dependents, deps, holders = self._dependents, self._deps, self._holders
         for token in dirty:
-            for entry in dependents.pop(token, ()):
+            entries = [entry for read in dependents.pop(token, ()) for entry in holders.pop(read, ())]
+            for entry in entries:
                 if deps.pop(entry, None) is None:
                     continue  # dropped already
                 table = entry[0]
@@ -481,13 +486,18 @@ class RustIndex(MemoReferences):
             return False
         deps = frozenset(frame)
         self._deps[entry] = deps
+        holders = self._holders.get(deps)
+        if holders is not None:
+            holders.add(entry)
+            return True
+        self._holders[deps] = {entry}
         dependents = self._dependents
         for token in deps:
             bucket = dependents.get(token)
             if bucket is None:
-                dependents[token] = {entry}
+                dependents[token] = {deps}
             else:
-                bucket.add(entry)
+                bucket.add(deps)
         return True
     def _packages(self) -> dict[str, Package]:
         memo = self._manifest_cache
