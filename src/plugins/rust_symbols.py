@@ -391,6 +391,7 @@ class RustIndex(MemoReferences):
         for path in files:
             self._related_of.pop(path, None)  # a definition's text may change with its entries kept
         packages_changed = False
+        moved_dirs: set[str] = set()
         if manifests:
             for path, data in manifests.items():
                 if data is None:
@@ -399,12 +400,16 @@ class RustIndex(MemoReferences):
                     self.manifests[path] = data
             packages = self._packages()
             if packages != self.packages:
+                # files under a package that appeared, went or changed may be other modules now
+                moved_dirs.update(d for d in packages.keys() | self.packages.keys()
+                                  if packages.get(d) != self.packages.get(d))
                 self.packages = packages
                 packages_changed = True
         # what decides which module a file is: packages, crate roots, #[path] attributes
-        remap = packages_changed or any(
-            path.endswith(("src/lib.rs", "src/main.rs")) and (syms is None) != (path not in self.files)
-            for path, syms in files.items())
+        for path, syms in files.items():
+            if path.endswith(("src/lib.rs", "src/main.rs")) and (syms is None) != (path not in self.files):
+                moved_dirs.add(posixpath.dirname(posixpath.dirname(path)))  # its package gains or loses a root
+        remap = bool(moved_dirs)
         remap = remap or any(m[2] for p in files if p in self.files for m in self.files[p].mods)
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
         before = {path: self._entries(path) for path in files if path in self.file_mod}
@@ -424,9 +429,15 @@ class RustIndex(MemoReferences):
                 if old_deps.get(crate) != self.crate_deps.get(crate):
                     dirty.add(("x", crate.split("#", 1)[0]))  # a package's dependencies changed
         if remap:
-            self.overrides = self._overrides()
+            overrides = self._overrides()
+            moved = {t for t in overrides.keys() | self.overrides.keys() if overrides.get(t) != self.overrides.get(t)}
+            self.overrides = overrides
+            everywhere = "" in moved_dirs
+            prefixes = tuple(d + "/" for d in moved_dirs if d)
             for path in self.files:
-                if path not in files and self.module_of(path) != self.file_mod.get(path):
+                if path in files or not (everywhere or path in moved or path.startswith(prefixes)):
+                    continue  # module_of depends on the nearest package, its roots and #[path] targets
+                if self.module_of(path) != self.file_mod.get(path):
                     old = self._entries(path)
                     self.file_mod[path] = self.module_of(path)
                     self._change(old, self._entries(path), dirty)
