@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import importlib
 import inspect
 import json
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -144,7 +146,7 @@ class Run:
 
     def run(self) -> Path:
         self._prepare_run_dir()
-        with RunLock(self.run_dir):
+        with RunLock(self.run_dir), _fewer_collections():
             return self._run()
 
     def _run(self) -> Path:
@@ -413,6 +415,24 @@ class Run:
         manifest.set("tokenizer", summary["tokenizer"])
         manifest.stage("build", stats, time.perf_counter() - t0, outputs)
         self.summary.update({k: v for k, v in summary.items() if k != "tokenizer"})
+
+
+# A run keeps millions of small objects alive (parsed units, the symbol index and its
+# caches), which Python's cycle collector would otherwise walk again and again: with its
+# default thresholds it took about 6% of a ctx4000 run's CPU (and 19% of following the
+# index through a history). Objects here rarely form cycles; memory stays bounded.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Collect cycles less often during a run (workers forked meanwhile inherit it)."""
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:

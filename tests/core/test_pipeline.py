@@ -383,3 +383,22 @@ def test_concurrent_runs_with_the_same_settings_compute_each_commit_once(tmp_pat
     commits = manifest(tmp_path / "a")["commit_range"]["commits"]
     assert sum(c["commits_computed"] for c in counts) == commits
     assert (tmp_path / "a" / "chunks.jsonl").read_bytes() == (tmp_path / "b" / "chunks.jsonl").read_bytes()
+
+
+def test_a_run_collects_cycles_less_often_and_restores_the_setting(scripted_repo, tmp_path, monkeypatch):
+    import gc
+
+    from core import pipeline
+
+    scripted_repo.commit("one", {"src/lib.rs": "pub fn a() {}\n"})
+    seen = []
+    real = pipeline.Run._chunk
+
+    def chunk(self, *args):
+        seen.append(gc.get_threshold())
+        return real(self, *args)
+
+    monkeypatch.setattr(pipeline.Run, "_chunk", chunk)
+    before = gc.get_threshold()
+    run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
+    assert seen == [pipeline.GC_THRESHOLDS] and gc.get_threshold() == before
