@@ -15,6 +15,7 @@ import marshal
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,14 @@ class BlobCache:
 
     def missing(self, blobs: list[str]) -> set[str]:
         """The blobs of ``blobs`` that have no usable entry (absent or damaged)."""
-        conn = _connect(self.path)
         have: set[str] = set()
-        for i in range(0, len(blobs), 500):
-            keys = [self.prefix + b for b in blobs[i:i + 500]]
-            marks = ",".join("?" * len(keys))
-            for key, entry in conn.execute(f"SELECT key, entry FROM units WHERE key IN ({marks})", keys):
-                try:
-                    if isinstance(marshal.loads(entry), dict):
-                        have.add(key)
-                except (ValueError, EOFError, TypeError):
-                    pass  # damaged: parsed again and overwritten
-        return {b for b in blobs if self.prefix + b not in have}
+        for blob, entry in _rows(self.path, self.prefix, blobs, "entry"):
+            try:
+                if isinstance(marshal.loads(entry), dict):
+                    have.add(blob)
+            except (ValueError, EOFError, TypeError):
+                pass  # damaged: parsed again and overwritten
+        return {b for b in blobs if b not in have}
 
     def have(self, blobs: list[str]) -> set[str]:
         """The blobs of ``blobs`` with an entry (keys only: a damaged entry counts)."""
@@ -104,16 +101,22 @@ class BlobCache:
         _put_rows(self.path, [(self.prefix + blob, marshal.dumps(entry)) for blob, entry in entries])
 
 
-def _have(path: Path, prefix: str, blobs: list[str]) -> set[str]:
-    """The blobs of ``blobs`` whose key (``prefix`` + blob) has a row."""
+def _rows(path: Path, prefix: str, blobs: list[str], column: str | None = None) -> Iterator[tuple]:
+    """(blob, value of ``column``) -- or (blob,) -- of each of ``blobs`` whose key
+    (``prefix`` + blob) has a row, queried 500 keys at a time."""
     conn = _connect(path)
     n = len(prefix)
-    out: set[str] = set()
+    select = f"key, {column}" if column else "key"
     for i in range(0, len(blobs), 500):
         keys = [prefix + b for b in blobs[i:i + 500]]
         marks = ",".join("?" * len(keys))
-        out.update(key[n:] for (key,) in conn.execute(f"SELECT key FROM units WHERE key IN ({marks})", keys))
-    return out
+        for row in conn.execute(f"SELECT {select} FROM units WHERE key IN ({marks})", keys):
+            yield (row[0][n:], *row[1:])
+
+
+def _have(path: Path, prefix: str, blobs: list[str]) -> set[str]:
+    """The blobs of ``blobs`` whose key (``prefix`` + blob) has a row."""
+    return {blob for (blob,) in _rows(path, prefix, blobs)}
 
 
 def _put_rows(path: Path, rows: list[tuple[str, bytes]]) -> None:
@@ -149,17 +152,12 @@ class SummaryCache:
     def get_many(self, blobs: list[str]) -> dict[str, Any]:
         import pickle
 
-        conn = _connect(self.path)
         out: dict[str, Any] = {}
-        n = len(self.prefix)
-        for i in range(0, len(blobs), 500):
-            keys = [self.prefix + b for b in blobs[i:i + 500]]
-            marks = ",".join("?" * len(keys))
-            for key, entry in conn.execute(f"SELECT key, entry FROM units WHERE key IN ({marks})", keys):
-                try:
-                    out[key[n:]] = pickle.loads(entry)
-                except Exception:  # noqa: BLE001 - damaged or from an incompatible version: made again
-                    pass
+        for blob, entry in _rows(self.path, self.prefix, blobs, "entry"):
+            try:
+                out[blob] = pickle.loads(entry)
+            except Exception:  # noqa: BLE001 - damaged or from an incompatible version: made again
+                pass
         return out
 
     def have(self, blobs: list[str]) -> set[str]:
