@@ -34,7 +34,7 @@ from typing import Any
 from core.blob_cache import _enable_wal
 from core.errors import CommitforgeError
 
-STAGE_CACHE_FORMAT = 3
+STAGE_CACHE_FORMAT = 4
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 
 
@@ -123,7 +123,7 @@ class StageCache:
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
-                             "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB) WITHOUT ROWID")
+                             "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)")  # rowid: large rows
                 conn.execute("CREATE TABLE IF NOT EXISTS outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
                              "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")
             except (sqlite3.DatabaseError, OSError) as exc:
