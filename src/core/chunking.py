@@ -217,7 +217,12 @@ class ChunkJob:
         return out
 
     def _snapshot(self) -> Snapshot:
-        key = (os.getpid(), id(self.context))
+        # a worker unpickles a new job, context object included, with every task: the snapshot
+        # (and the indexes it keeps up to date) is keyed by what it depends on, so that it
+        # outlives them (reset_memory forgets it when a run starts)
+        key = (os.getpid(), self.git_dir, self.cache_root, self.summary_key,
+               tuple(sorted((name, lang.cache_key) for name, lang in self.languages.items())),
+               repr(getattr(self.context, "options", {})))
         snap = _SNAPSHOTS.get(key)
         if snap is None:
             stores = {} if self.summary_key is None else {name: self.summaries(name) for name in self.languages}
@@ -316,7 +321,7 @@ _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = Or
 _CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
-_SNAPSHOTS: dict[tuple[int, int], Snapshot] = {}
+_SNAPSHOTS: dict[tuple, Snapshot] = {}
 
 
 def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, lang: str, pc) -> UnitChange:

@@ -200,6 +200,10 @@ class Snapshot:
         self._summaries = LRU(summaries)
         # lang -> a persistent summary store (core.blob_cache.SummaryCache), when there is one
         self.stores = stores or {}
+        # what context strategies derive from the files and keep up to date themselves (by
+        # ``version``), under keys of their choosing: it lives as long as the snapshot,
+        # whereas a worker gets a new strategy object with every task
+        self.derived: dict[Any, Any] = {}
 
     def lang_of(self, path: str) -> str | None:
         return self.ext_lang.get(file_extension(path))

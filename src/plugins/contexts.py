@@ -196,17 +196,15 @@ class RepoMapContext(_Budgeted):
             raise CommitforgeError(f"context.damping={cfg.damping} must lie in (0, 1) and context.top_files="
                                    f"{cfg.top_files}, context.iterations={cfg.iterations} must be positive")
         super().__init__(cfg)
-        self._graphs: dict[str, _Graph] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_graphs": {}}
 
     def items(self, query: UnitQuery, snapshot: Any) -> list[ContextItem]:
         if not query.code:
             return []
-        graph = self._graphs.get(query.lang)
+        # the graph is kept with the snapshot, which outlives this object in a worker
+        key = ("repomap", query.lang, self.cfg.top_files, self.cfg.damping, self.cfg.iterations)
+        graph = snapshot.derived.get(key)
         if graph is None:
-            graph = self._graphs[query.lang] = _Graph(query.lang)
+            graph = snapshot.derived[key] = _Graph(query.lang)
         ranks = graph.ranks(snapshot, query.path, self.cfg)
         named = Counter(_IDENT.findall(query.code))
         # every definition the unit names, from any top file; other definitions of the top

@@ -77,6 +77,14 @@ def _signature(raw: str) -> str:
     return sig
 
 
+
+@functools.cache
+def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
+    """The grammar and the import query, compiled once per process (workers unpickle a
+    fresh PythonLanguage with every task)."""
+    lang = tree_sitter.Language(tree_sitter_python.language())
+    return lang, tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in IMPORTS) + "] @import")
+
 class PythonLanguage:
     name = "python"
     project_files: tuple[str, ...] = ()
@@ -97,9 +105,8 @@ class PythonLanguage:
 
     def _ensure(self) -> tuple[tree_sitter.Parser, tree_sitter.Query]:
         if self._parser is None:
-            lang = tree_sitter.Language(tree_sitter_python.language())
+            lang, self._query = _grammar()
             self._parser = tree_sitter.Parser(lang)
-            self._query = tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in IMPORTS) + "] @import")
         return self._parser, self._query  # type: ignore[return-value]
 
     @property

@@ -8,15 +8,20 @@ strategy puts in a unit's context and that the context follows history.
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
+from core.chunking import reset_memory
 from core.context import UnitQuery
 from core.errors import CommitforgeError
 from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
                               SameFileContext, SameFileContextConfig)
 from plugins.rust import RustLanguage
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from core.pipeline import Run
+
+from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
 
 WORKSPACE = {
     "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n\n[workspace.dependencies]\n'
@@ -247,6 +252,25 @@ def test_repomap_ranks_files_the_unit_file_points_at(workspace, tmp_path):
     assert not any(c["kind"] == "method" for c in main)
     assert "geo_core::units::ORIGIN" in [c["qualname"] for c in main[len(named):]]
     assert manifest(run_dir)["context"]["strategy"] == "repomap"
+
+
+@pytest.mark.parametrize("strategy", ["imports", "repomap"])
+def test_a_worker_keeps_one_snapshot_and_its_derived_state_across_tasks(workspace, tmp_path, strategy):
+    """A worker gets the chunk job (and the strategy in it) pickled anew with every task;
+    the snapshot and what strategies derive from it must outlive those copies, or every
+    task rebuilds the symbol index (and the repomap graph) from nothing."""
+    run = Run(make_cfg(tmp_path, f"repo={workspace.path}", f"context={strategy}"))
+    reset_memory()
+    job = run.chunk_job()
+    first = job._snapshot()
+    first.advance({})
+    first.derived["kept"] = True
+    again = pickle.loads(pickle.dumps(job))
+    assert again.context is not job.context
+    assert again._snapshot() is first and again._snapshot().derived["kept"]
+    other = pickle.loads(pickle.dumps(Run(make_cfg(tmp_path, f"repo={workspace.path}", f"context={strategy}",
+                                                   "context.max_item_chars=500")).chunk_job()))
+    assert other._snapshot() is not first  # other options, other summaries: another snapshot
 
 
 def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building(workspace, tmp_path):
