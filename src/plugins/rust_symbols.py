@@ -371,7 +371,8 @@ class RustIndex(MemoReferences):
         # Resolution caches survive commits. Each entry records what it read (its deps, see
         # _read_by); an update drops the entries that read what it changed.
         self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
-        self._related_of: dict[str, dict[str, list[tuple[DefRef, int, str]]]] = {}
+        # path -> local qualname -> ((text, module) of the definition, related definitions)
+        self._related_of: dict[str, dict[str, tuple[tuple, list[tuple[DefRef, int, str]]]]] = {}
         self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
         self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
         # what was read -> the distinct sets of reads that include it -> the entries with that set:
@@ -388,8 +389,9 @@ class RustIndex(MemoReferences):
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
         self.forget_references()
         dirty: set[tuple] = set()
-        for path in files:
-            self._related_of.pop(path, None)  # a definition's text may change with its entries kept
+        for path, syms in files.items():
+            if syms is None:
+                self._related_of.pop(path, None)
         packages_changed = False
         moved_dirs: set[str] = set()
         if manifests:
@@ -426,8 +428,11 @@ class RustIndex(MemoReferences):
                 if old_libs.get(lib) != self.lib_crates.get(lib):
                     dirty.add(("l", lib))  # a crate name now means another crate, or nothing
             for crate in set(old_deps) | set(self.crate_deps):
-                if old_deps.get(crate) != self.crate_deps.get(crate):
-                    dirty.add(("x", crate.split("#", 1)[0]))  # a package's dependencies changed
+                was, now = old_deps.get(crate) or {}, self.crate_deps.get(crate) or {}
+                if was != now:  # what a dependency's name means in the package changed
+                    package = crate.split("#", 1)[0]
+                    dirty.update(("x", package, name) for name in was.keys() | now.keys()
+                                 if was.get(name) != now.get(name))
         if remap:
             overrides = self._overrides()
             moved = {t for t in overrides.keys() | self.overrides.keys() if overrides.get(t) != self.overrides.get(t)}
@@ -684,7 +689,7 @@ class RustIndex(MemoReferences):
         return self.files[ref[0]].by_local()[ref[1]]
 
     def _extern(self, crate: str, name: str) -> str | None:
-        self._read(("x", crate.split("#", 1)[0]))
+        self._read(("x", crate.split("#", 1)[0], name))
         deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
         if deps is None and "#" in crate:
             deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
@@ -932,10 +937,12 @@ class RustIndex(MemoReferences):
     def _related(self, ref: DefRef) -> list[tuple[DefRef, int, str]]:
         """Definitions of the types named in one definition's skeleton (cached with lookups)."""
         per_file = self._related_of.setdefault(ref[0], {})
-        hit = per_file.get(ref[1])
+        d = self.definition(ref)
+        dmod = self.file_mod.get(ref[0], ("",)) + d.scope
+        stamp = (d.text, dmod)  # a definition's text or module may change with its entries kept
+        kept = per_file.get(ref[1])
+        hit = kept[1] if kept is not None and kept[0] == stamp else None
         if hit is None:
-            d = self.definition(ref)
-            dmod = self.file_mod.get(ref[0], ("",)) + d.scope
             names = Counter(m.group(1) for m in _PATH.finditer(_STRIP.sub(" ", d.text))
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
             hit = []
@@ -949,9 +956,9 @@ class RustIndex(MemoReferences):
                             hit.append((r2, count, f"in {d.name}"))
             finally:
                 self._frames.pop()
-            # the definition's own file is dropped on any change to it (see update)
+            # what it resolved is in its deps; its own text and module are in the stamp
             if self._store(("X", ref[0], ref[1]), frame, unfinished):
-                per_file[ref[1]] = hit
+                per_file[ref[1]] = (stamp, hit)
         return hit
 
     def _members(self, crate: str, owner: str) -> tuple[dict[str, list[DefRef]], list[DefRef]]:
