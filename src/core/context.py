@@ -99,8 +99,18 @@ class CharCounter:
 def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
     """Best-scored items that fit ``max_tokens`` whole (an item that does not fit is
     skipped, a smaller one after it may still fit); no path+qualname or text twice."""
-    ranked = sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname))
-    out: list[ContextItem] = []
+    return _fit(sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname)), max_tokens, count)
+
+
+def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
+    """``pack`` of the references' items (``to_item``), making items of the packed ones only."""
+    ranked = sorted(((-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)))
+    return [to_item(r) for r in _fit([x[-1] for x in ranked], max_tokens, count)]
+
+
+def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:
+    """The first of ``ranked`` (items or references: path, qualname, text) that fit."""
+    out: list = []
     seen: set[tuple[str, str]] = set()
     texts: set[str] = set()
     left = max_tokens

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from core.context import CharCounter, Reference, UnitQuery, pack, to_item
+from core.context import CharCounter, Reference, UnitQuery, pack, pack_references
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
 from core.records import ContextItem, Unit
@@ -175,7 +175,7 @@ class ImportsContext(_Budgeted):
         if not query.code:
             return []
         refs = snapshot.index(query.lang).references(query, related=self.cfg.related)
-        return pack((to_item(r) for r in refs), self.cfg.max_tokens, self.count)
+        return pack_references(refs, self.cfg.max_tokens, self.count)
 
 
 @dataclass

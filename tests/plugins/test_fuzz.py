@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.context import UnitQuery
+from core.context import CharCounter, Reference, UnitQuery, pack, pack_references, to_item
 from core.parsing import hunk_edits
 from core.pairing import pair_chunks, part_changes
 from plugins.chunkers import AstChunker, AstChunkerConfig
@@ -162,3 +162,18 @@ def test_cut_parts_of_oversize_units_rebuild_the_unit_across_versions(versions, 
         pieces = big.pieces
         assert len(pieces) > 1 and all(len(p) <= max_chars for p in pieces)
         assert all(line in big.text for p in pieces for line in p.splitlines() if line.strip())
+
+
+REFERENCES = st.lists(st.builds(
+    Reference, path=st.sampled_from(["a.rs", "b.rs"]), qualname=st.sampled_from(["x", "y", "z", "m::x"]),
+    kind=st.just("struct"), text=st.sampled_from(["s", "struct S;", "t" * 40, "u" * 90]),
+    count=st.integers(0, 25), distance=st.integers(0, 12),
+    tier=st.sampled_from(["direct", "method", "impl", "related", "file"]), why=st.just("w")), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(REFERENCES, st.integers(0, 80))
+def test_packing_references_equals_packing_their_items(refs, budget):
+    """pack_references makes items of the packed references only: same choice, same order."""
+    count = CharCounter(3.2)
+    assert pack_references(refs, budget, count) == pack([to_item(r) for r in refs], budget, count)
