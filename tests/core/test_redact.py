@@ -239,6 +239,23 @@ def test_email():
         assert red(kept) == kept
 
 
+@pytest.mark.parametrize("secret, kind", [
+    (lambda: "AKIA" + "IOSFODNN7EXAMPLE", "aws_access_key"),
+    (lambda: fake("AIza", 35, ALNUM + "-_"), "gcp_api_key"),
+    (lambda: GH_TOKEN, "github_token"),
+    (lambda: fake("glpat-", 20, ALNUM + "_-", seed=3), "gitlab_token"),
+    (lambda: "xoxb-" + fake("", 12, string.digits) + "-" + fake("", 13, string.digits) + "-" + fake("", 24), "slack_token"),
+    (lambda: "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ."
+             + fake("", 43, ALNUM + "-_"), "jwt"),
+    (lambda: pem("RSA PRIVATE KEY"), "private_key"),
+    (lambda: "93.184.216.34", "ip_address"),
+])
+def test_a_secret_is_found_with_no_keyword_around_it(secret, kind):
+    """Each kind is found by its own shape, with no 'key', 'token' or 'secret' in a name nearby."""
+    text = f'let v = "{secret()}";\nlet w = 1;\n'
+    assert R.redact(text)[1] == {kind: 1}
+
+
 def test_ip_address():
     text = 'let upstream = "93.184.216.34:443";\nlet lan = "192.168.1.20"; let dns = "8.8.8.8";\n'
     out, counts = R.redact(text)
