@@ -254,6 +254,7 @@ class _Graph:
         self._ident_cache = LRU(16384)  # blob -> identifier counts
         self._defs_cache = LRU(16384)  # (path, blob) -> definitions
         self._ranks: dict[str, list[tuple[str, float]]] = {}
+        self._norm: dict[str, tuple[list[str], list[float]]] = {}  # path -> out-edge targets, weights
         self._arrays: tuple | None = None
 
     def definitions(self, snapshot: Any, path: str) -> list[Reference]:
@@ -278,6 +279,7 @@ class _Graph:
             if blob is None:
                 self.blobs.pop(path, None)
                 self.rows.pop(path, None)
+                self._norm.pop(path, None)
                 new_names: set[str] = set()
             else:
                 self.blobs[path] = blob
@@ -302,6 +304,7 @@ class _Graph:
                         if target != path:
                             row[target] = row.get(target, 0.0) + n ** 0.5
                 self.rows[path] = row
+                self._norm.pop(path, None)
         self.version = snapshot.version
         self._ranks.clear()
         self._arrays = None
@@ -310,19 +313,25 @@ class _Graph:
         if self._arrays is None:
             paths = sorted(self.blobs)
             at = {p: i for i, p in enumerate(paths)}
-            src, dst, w = [], [], []
-            for p in paths:  # sorted: the same floating-point sums in every worker
-                row = self.rows.get(p)
-                if not row:
-                    continue
-                a = at[p]
-                total = sum(row[q] for q in sorted(row))
-                for q in sorted(row):
-                    src.append(a)
-                    dst.append(at[q])
-                    w.append(row[q] / total)
-            self._arrays = (paths, at, np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64),
-                            np.array(w, dtype=np.float64))
+            src: list[int] = []
+            dst: list[int] = []
+            w: list[float] = []
+            for p in paths:
+                norm = self._norm.get(p)
+                if norm is None:  # a file's out-edges, normalised, are kept until its row changes
+                    row = self.rows.get(p) or {}
+                    targets = sorted(row)  # sorted: the same floating-point sums in every worker
+                    total = sum(row[q] for q in targets)
+                    norm = self._norm[p] = (targets, [row[q] / total for q in targets])
+                targets, weights = norm
+                if targets:
+                    src += [at[p]] * len(targets)
+                    dst += [at[q] for q in targets]
+                    w += weights
+            n = len(paths)
+            src_a, dst_a = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+            dangling = np.bincount(src_a, minlength=n) == 0 if len(src) else np.ones(n, dtype=bool)
+            self._arrays = (paths, at, src_a, dst_a, np.array(w, dtype=np.float64), dangling)
         return self._arrays
 
     def ranks(self, snapshot: Any, path: str, cfg: RepoMapContextConfig) -> list[tuple[str, float]]:
@@ -331,7 +340,7 @@ class _Graph:
         hit = self._ranks.get(path)
         if hit is not None:
             return hit
-        paths, at, src, dst, weight = self._edges()
+        paths, at, src, dst, weight, dangling = self._edges()
         n = len(paths)
         if n == 0:
             return []
@@ -340,11 +349,11 @@ class _Graph:
             start[at[path]] = 1.0
         else:
             start[:] = 1.0 / n
-        dangling = np.bincount(src, minlength=n) == 0 if len(src) else np.ones(n, dtype=bool)
         rank = start.copy()
+        teleport = (1 - cfg.damping) * start
         for _ in range(cfg.iterations):
             spread = np.bincount(dst, weights=rank[src] * weight, minlength=n) if len(src) else 0.0
-            rank = (1 - cfg.damping) * start + cfg.damping * (spread + rank[dangling].sum() * start)
+            rank = teleport + cfg.damping * (spread + rank[dangling].sum() * start)
         order = np.argsort(-rank, kind="stable")[:cfg.top_files]
         hit = self._ranks[path] = [(paths[i], float(rank[i])) for i in order if rank[i] > 0]
         return hit
