@@ -77,13 +77,13 @@ def _signature(raw: str) -> str:
     return sig
 
 
-
 @functools.cache
 def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
     """The grammar and the import query, compiled once per process (workers unpickle a
     fresh PythonLanguage with every task)."""
     lang = tree_sitter.Language(tree_sitter_python.language())
     return lang, tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in IMPORTS) + "] @import")
+
 
 class PythonLanguage:
     name = "python"
