@@ -13,8 +13,8 @@ import os
 import re
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import git  # GitPython: opening and validating repositories, resolving revisions

@@ -517,6 +517,7 @@ class RustIndex(MemoReferences):
             else:
                 bucket.add(deps)
         return True
+
     def _packages(self) -> dict[str, Package]:
         memo = self._manifest_cache
         ws: dict[str, str] = {}
