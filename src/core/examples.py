@@ -42,6 +42,7 @@ class Tokenizer(Protocol):
 
     def prepare(self, special_tokens: list[str], training_texts, cache_dir) -> None: ...
     def encode(self, texts: list[str]) -> list[list[int]]: ...
+    # optional: def encode_arrays(self, texts) -> list[np.ndarray], the same ids as int32 arrays
     def token_id(self, token: str) -> int: ...
 
 
@@ -170,8 +171,19 @@ class ExampleRows(Sequence):
         for r in self._rows:
             yield unpack(r)
 
+    def packed(self) -> Iterator[dict[str, Any]]:
+        """The examples as stored, token sequences as numpy arrays (not copied): for a
+        writer that serialises arrays itself. The rows are shared: do not modify them."""
+        return iter(self._rows)
+
     def __repr__(self) -> str:
         return f"ExampleRows({len(self._rows)} examples)"
+
+
+def packed_rows(rows: Sequence[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """A split's examples in order, as stored when ``rows`` is an :class:`ExampleRows`
+    (numpy arrays), as given otherwise; for writers that serialise arrays as lists."""
+    return rows.packed() if isinstance(rows, ExampleRows) else rows
 
 
 def encode_all(tokenizer: Tokenizer, layouts: Iterable[list[Segment]],
@@ -191,6 +203,8 @@ def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch
     every layout; context items and old code repeat across thousands of unit changes), in
     batches of about ``batch_chars`` characters of text not seen before."""
     memo = {} if memo is None else memo
+    encode = getattr(tokenizer, "encode_arrays", None) or (
+        lambda texts: [np.array(ids, dtype=np.int32) for ids in tokenizer.encode(texts)])
     pending: list[list[Segment]] = []
     new: dict[str, None] = {}  # texts of the pending layouts not in the memo, in order
     size = 0
@@ -198,8 +212,7 @@ def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch
     def flush() -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
         if new:
             texts = list(new)
-            for text, ids in zip(texts, tokenizer.encode([_tokenizable(t) for t in texts])):
-                arr = np.array(ids, dtype=np.int32)
+            for text, arr in zip(texts, encode([_tokenizable(t) for t in texts])):
                 arr.flags.writeable = False  # shared by every layout with this text
                 memo[text] = arr
             new.clear()

@@ -32,9 +32,18 @@ def atomic_write(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def _as_list(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # numpy arrays (packed examples)
+    if tolist is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return tolist()
+
+
 def json_line(obj: Any) -> bytes:
-    """One JSON line; lone surrogates (non-UTF-8 paths) become \\udcXX escapes and round-trip."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace") + b"\n"
+    """One JSON line; lone surrogates (non-UTF-8 paths) become \\udcXX escapes and round-trip.
+    Numpy arrays are written as lists."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
+                      default=_as_list).encode("utf-8", "backslashreplace") + b"\n"
 
 
 def fast_json_line(obj: dict[str, Any]) -> bytes:
@@ -42,7 +51,9 @@ def fast_json_line(obj: dict[str, Any]) -> bytes:
     long lists of ints). orjson refuses lone surrogates, ints beyond 64 bits and non-str
     keys, and writes floats its own way (NaN as null): those rows, and any with a float
     value, go through :func:`json_line`. Meant for rows of strings, ints and lists of
-    them (training examples); a float nested in a list would be written in orjson's form."""
+    them (training examples), or numpy int arrays in place of those lists (packed
+    examples, written as the lists would be); a float nested in a list would be written
+    in orjson's form."""
     if any(type(v) is float for v in obj.values()):
         return json_line(obj)
     return record_line(obj)
@@ -51,10 +62,11 @@ def fast_json_line(obj: dict[str, Any]) -> bytes:
 def record_line(obj: Any) -> bytes:
     """A JSON line of a record (chunks.jsonl rows, commits.jsonl): orjson, with floats in
     its shortest round-trip form (json.loads reads them back equal); a record orjson
-    refuses (lone surrogates of non-UTF-8 paths) goes through :func:`json_line`."""
+    refuses (lone surrogates of non-UTF-8 paths) goes through :func:`json_line`. Numpy
+    arrays are written as lists."""
     if _orjson is not None:
         try:
-            return _orjson.dumps(obj, option=_orjson.OPT_APPEND_NEWLINE)
+            return _orjson.dumps(obj, option=_orjson.OPT_APPEND_NEWLINE | _orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:  # orjson.JSONEncodeError
             pass
     return json_line(obj)

@@ -8,6 +8,7 @@ Both plugins implement the same interface::
     added_tokens: list    # special tokens that were not in the base vocabulary (resize embeddings)
     eos_token: str | None
     encode(texts) -> list[list[int]]   # ordinary text only: never yields a special/added token id
+    encode_arrays(texts) -> list[np.ndarray]   # the same as int32 arrays (what the build stage uses)
     token_id(token) -> int
     decode(ids) -> str
 
@@ -31,8 +32,11 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from core.errors import CommitforgeError
 from core.hookspecs import hookimpl
@@ -91,6 +95,23 @@ def _producible(model: dict, token: str) -> bool:
 
 # cut before a line break that follows a non-space character
 _LINE_CUT = re.compile(r"(?<=\S)(?=\n)")
+
+
+def _cut_lines(text: str) -> list[str]:
+    """``_LINE_CUT.split(text)``, about 3x faster: a text of code has a cut on most lines."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return lines
+    out = []
+    piece = lines[0]
+    for line in lines[1:]:
+        if piece and not piece[-1].isspace():  # what \S matches
+            out.append(piece)
+            piece = "\n" + line
+        else:
+            piece += "\n" + line
+    out.append(piece)
+    return out
 
 
 def _line_pieces_exact(spec: dict) -> bool:
@@ -215,33 +236,48 @@ class _RustTokenizer:
 
     # -- the interface -------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[list[int]]:
+        return [ids.tolist() for ids in self.encode_arrays(texts)]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """:meth:`encode` as int32 arrays (read-only views into one array per call)."""
         tok = self._content_tok
         batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
+        pieces = None
         if getattr(self, "_by_line", False):
             # code repeats line by line far more than text by text: encode each distinct piece once
-            pieces = [_LINE_CUT.split(t) for t in texts]
-            distinct = list(dict.fromkeys(p for ps in pieces for p in ps))
-            ids_of = dict(zip(distinct, (e.ids for e in batch(distinct, add_special_tokens=False))))
-            out = []
-            for ps in pieces:
-                if len(ps) == 1:
-                    out.append(ids_of[ps[0]])
-                else:
-                    ids = []
-                    for p in ps:
-                        ids += ids_of[p]
-                    out.append(ids)
+            pieces = [_cut_lines(t) for t in texts]
+            every = list(chain.from_iterable(pieces))
+            distinct = dict.fromkeys(every)
+            for i, piece in enumerate(distinct):
+                distinct[piece] = i
+            id_lists = [e.ids for e in batch(list(distinct), add_special_tokens=False)]
         else:
-            out = [e.ids for e in batch(texts, add_special_tokens=False)]
+            id_lists = [e.ids for e in batch(texts, add_special_tokens=False)]
+        lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
+        if pieces is not None and every:
+            # each text's ids: its pieces' ids, gathered from the distinct pieces' in one go
+            seq = np.fromiter(map(distinct.__getitem__, every), dtype=np.int64, count=len(every))
+            starts = np.cumsum(lens) - lens
+            piece_lens = lens[seq]
+            piece_ends = np.cumsum(piece_lens)
+            flat = flat[np.repeat(starts[seq] - (piece_ends - piece_lens), piece_lens) + np.arange(piece_ends[-1])]
+            first = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))) - 1
+            ends = piece_ends[first]
+        else:
+            ends = np.cumsum(lens)
+        flat.flags.writeable = False
+        ends_list = ends.tolist()
+        out = [flat[a:b] for a, b in zip([0] + ends_list[:-1], ends_list)]
         if self._guard:
-            guard = self._guard
-            for i, ids in enumerate(out):
-                if not guard.isdisjoint(ids):
-                    hit = sorted(guard.intersection(ids))
-                    raise CommitforgeError(
-                        f"text #{i} encoded to special token id(s) {hit} with tokenizer "
-                        f"{self.identity.get('name_or_path')!r}; choose special tokens this tokenizer cannot produce from text"
-                    )
+            hit = np.isin(flat, np.fromiter(self._guard, dtype=np.int32))
+            if hit.any():
+                i = int(np.searchsorted(ends, int(hit.argmax()), side="right"))
+                found = sorted(self._guard.intersection(out[i].tolist()))
+                raise CommitforgeError(
+                    f"text #{i} encoded to special token id(s) {found} with tokenizer "
+                    f"{self.identity.get('name_or_path')!r}; choose special tokens this tokenizer cannot produce from text"
+                )
         return out
 
     def token_id(self, token: str) -> int:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommitforgeError
+from core.examples import packed_rows
 from core.files import atomic_write, fast_json_line
 from core.hookspecs import hookimpl
 
@@ -180,7 +181,7 @@ class JsonlWriter:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
                 with out.file(f"data/{split}.jsonl", len(rows)) as fh:
-                    for row in rows:
+                    for row in packed_rows(rows):  # orjson writes the arrays as lists
                         fh.write(fast_json_line(row))
             out.stats(stats)
 
@@ -368,7 +369,7 @@ class LegacyWriter:
                 with out.file(LEGACY_DATA.format(split=split), len(rows)) as fh:
                     # streamed: one example per line inside the array
                     fh.write(b"[")
-                    for i, row in enumerate(rows):
+                    for i, row in enumerate(packed_rows(rows)):
                         fh.write(b",\n" if i else b"\n")
                         fh.write(fast_json_line(row)[:-1])
                     fh.write(b"\n]\n" if rows else b"]\n")

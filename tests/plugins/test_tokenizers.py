@@ -395,6 +395,22 @@ def test_bpe_encodes_line_pieces_exactly(spacy):
     same()
 
 
+@settings(max_examples=500, deadline=None)
+@given(LINE_TEXT)
+def test_fast_line_cut_is_the_regex_split(text):
+    from plugins.tokenizers import _LINE_CUT, _cut_lines
+
+    assert _cut_lines(text) == _LINE_CUT.split(text)
+
+
+def test_encode_arrays_are_the_ids_of_encode(spacy):
+    texts = ["fn a() {}\n", "", "let b = 1;\n    c\n", "fn a() {}\n"]
+    arrays = spacy.encode_arrays(texts)
+    assert [a.dtype for a in arrays] == ["int32"] * 4 and not arrays[0].flags.writeable
+    assert [a.tolist() for a in arrays] == spacy.encode(texts) and arrays[1].size == 0
+    assert spacy.encode_arrays([]) == []
+
+
 def test_line_pieces_only_for_a_plain_byte_level_bpe():
     from plugins.tokenizers import _line_pieces_exact
 

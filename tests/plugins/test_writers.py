@@ -210,6 +210,9 @@ def test_a_lone_surrogate_row_is_written_by_json_with_its_escape(tmp_path):
     assert b'"src/caf\\udce9.rs"' in raw
     assert raw == b"".join(json_line(r) for r in splits["train"])
     assert [json.loads(line)["path"] for line in raw.splitlines()] == ["src/lib.rs", ODD, "src/lib.rs"]
+    # packed (numpy arrays): the json fallback writes the arrays as the same lists
+    JsonlWriter().write(tmp_path / "packed", packed(splits), STATS)
+    assert (tmp_path / "packed/data/train.jsonl").read_bytes() == raw
 
 
 def test_lone_surrogates_escaped_in_arrow(tmp_path):
