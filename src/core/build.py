@@ -92,7 +92,8 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             kept_splits.append(sp)
     dcfg = run.cfg.dedup
     result = deduplicate([_target_text(c) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
-                         threshold=dcfg.threshold, num_perm=dcfg.num_perm)
+                         threshold=dcfg.threshold, num_perm=dcfg.num_perm,
+                         threads=int(getattr(run.executor, "workers", 1) or 1))
     for reason in result.reasons:
         if reason:
             stats.skip(reason)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,10 +205,12 @@ def _shingle_hashes(texts: list[str], ngram: int, tokenize: _Tokenizer) -> tuple
 
 
 def _signatures(
-    texts: list[str], items: list[int], num_perm: int, ngram: int, seed: int
+    texts: list[str], items: list[int], num_perm: int, ngram: int, seed: int, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures, shape (len(texts), num_perm) uint64, for ``items`` (other rows and
-    rows of token-less texts hold the sentinel); plus a bool mask of rows that have shingles."""
+    rows of token-less texts hold the sentinel); plus a bool mask of rows that have shingles.
+    Batches of texts go to ``threads`` threads (numpy releases the GIL in the loops that
+    take the time); the result does not depend on their number."""
     n = len(texts)
     sig = np.full((n, num_perm), _EMPTY, dtype=np.uint64)
     has = np.zeros(n, dtype=bool)
@@ -215,7 +218,7 @@ def _signatures(
     a = rng.integers(1, _PRIME, size=num_perm, dtype=np.uint64)
     b = rng.integers(0, _PRIME, size=num_perm, dtype=np.uint64)
     p = _U64(_PRIME)
-    tokenize = _Tokenizer()
+    batches = []
     pos = 0
     while pos < len(items):
         chars = 0
@@ -223,27 +226,38 @@ def _signatures(
         while end < len(items) and (end == pos or chars < _BATCH_CHARS):
             chars += len(texts[items[end]])
             end += 1
-        batch = items[pos:end]
+        batches.append(items[pos:end])
         pos = end
-        X, counts = _shingle_hashes([texts[i] for i in batch], ngram, tokenize)
-        nz = counts > 0
-        if not nz.any():
-            continue
-        rows = np.asarray(batch, dtype=np.int64)[nz]
-        starts = (np.cumsum(counts) - counts)[nz]
-        out = np.empty((num_perm, rows.size), dtype=np.uint64)
-        Y = np.empty_like(X)
-        Q = np.empty_like(X)
-        for i in range(num_perm):
-            np.multiply(X, a[i], out=Y)
-            np.add(Y, b[i], out=Y)
-            # Y mod p as Y - (Y // p) * p: numpy divides by a scalar much faster than it takes %
-            np.floor_divide(Y, p, out=Q)
-            np.multiply(Q, p, out=Q)
-            np.subtract(Y, Q, out=Y)
-            np.minimum.reduceat(Y, starts, out=out[i])
-        sig[rows] = out.T
-        has[rows] = True
+
+    def run(group: list[list[int]]) -> None:
+        tokenize = _Tokenizer()  # one per thread: it grows its tables
+        for batch in group:
+            X, counts = _shingle_hashes([texts[i] for i in batch], ngram, tokenize)
+            nz = counts > 0
+            if not nz.any():
+                continue
+            rows = np.asarray(batch, dtype=np.int64)[nz]
+            starts = (np.cumsum(counts) - counts)[nz]
+            out = np.empty((num_perm, rows.size), dtype=np.uint64)
+            Y = np.empty_like(X)
+            Q = np.empty_like(X)
+            for i in range(num_perm):
+                np.multiply(X, a[i], out=Y)
+                np.add(Y, b[i], out=Y)
+                # Y mod p as Y - (Y // p) * p: numpy divides by a scalar much faster than it takes %
+                np.floor_divide(Y, p, out=Q)
+                np.multiply(Q, p, out=Q)
+                np.subtract(Y, Q, out=Y)
+                np.minimum.reduceat(Y, starts, out=out[i])
+            sig[rows] = out.T  # rows of different batches are disjoint
+            has[rows] = True
+
+    threads = max(1, min(threads, len(batches)))
+    if threads == 1:
+        run(batches)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [batches[k::threads] for k in range(threads)]))
     return sig, has
 
 
@@ -301,8 +315,10 @@ def deduplicate(
     ngram: int = 5,
     seed: int = 0,
     precedence: tuple[str, ...] = ("test", "val", "train"),
+    threads: int = 1,
 ) -> DedupResult:
-    """Drop exact / near duplicates within splits and leaks across splits (see module doc)."""
+    """Drop exact / near duplicates within splits and leaks across splits (see module doc).
+    ``threads`` compute MinHash signatures in parallel; the result is the same for any number."""
     t0 = time.perf_counter()
     n = len(texts)
     if len(splits) != n:
@@ -345,7 +361,7 @@ def deduplicate(
     # 2. near, within split (greedy in input order against kept items)
     bands, rows = lsh_params(threshold, num_perm)
     if near:
-        sig, has = _signatures(texts, [i for i in range(n) if keep[i]], num_perm, ngram, seed)
+        sig, has = _signatures(texts, [i for i in range(n) if keep[i]], num_perm, ngram, seed, threads)
         bk = _band_keys(sig, bands, rows)
         for s in present:
             idx = np.asarray([i for i in members[s] if keep[i] and has[i]], dtype=np.int64)

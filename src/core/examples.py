@@ -96,8 +96,8 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
                 cut = min(lengths[i], total - max_tokens)
                 lengths[i] -= cut
                 total -= cut
-    input_ids = np.empty(total, dtype=np.int32)
-    labels = np.full(total, IGNORE_INDEX, dtype=np.int32)
+    parts: list[Any] = []  # the kept ids of each segment, in order
+    targets: list[bool] = []
     spans: list[list[Any]] = []
     pos = n_target = 0
     for seg, ids, n in zip(segments, ids_per, lengths):
@@ -105,15 +105,18 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
             continue
         spans.append([seg.name, pos, pos + n])
         if n:
-            end = pos + n
-            if seg.special:
-                input_ids[pos] = ids
-            else:
-                input_ids[pos:end] = ids[:n] if n < len(ids) else ids
+            parts.append(_one_id(ids) if seg.special else ids[:n] if n < len(ids) else ids)
+            targets.append(seg.target)
             if seg.target:
-                labels[pos:end] = input_ids[pos:end]
                 n_target += n
-            pos = end
+            pos += n
+    input_ids = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.empty(0, dtype=np.int32)
+    if n_target == total:
+        labels = input_ids.copy()
+    elif n_target:
+        labels = np.where(np.repeat(targets, [len(p) for p in parts]), input_ids, np.int32(IGNORE_INDEX))
+    else:
+        labels = np.full(total, IGNORE_INDEX, dtype=np.int32)
     example = {
         "id": change["id"],
         "split": split,
@@ -132,6 +135,18 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
         "kind": change["kind"],
     }
     return Built(example if packed else unpack(example), None, truncated)
+
+
+_ONE_ID: dict[int, np.ndarray] = {}
+
+
+def _one_id(token_id: int) -> np.ndarray:
+    """A special token's id as a one-element int32 array (shared, read-only)."""
+    arr = _ONE_ID.get(token_id)
+    if arr is None:
+        arr = _ONE_ID[token_id] = np.array([token_id], dtype=np.int32)
+        arr.flags.writeable = False
+    return arr
 
 
 SEQUENCE_FIELDS = ("input_ids", "attention_mask", "labels")

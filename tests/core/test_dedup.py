@@ -305,6 +305,24 @@ def test_deterministic_across_calls_and_hash_seeds():
         assert json.loads(out.stdout) == [a.keep, a.reasons]
 
 
+def test_threads_give_the_same_signatures_and_result(monkeypatch):
+    import numpy as np
+
+    import core.dedup as dedup
+
+    monkeypatch.setattr(dedup, "_BATCH_CHARS", 2000)  # many batches: every thread gets several
+    texts, splits = _mixed_corpus()
+    texts += ["", "é ü 日本", "x"]  # no shingles, non-ASCII classes, a one-token text
+    splits += ["train"] * 3
+    items = list(range(len(texts)))
+    one = dedup._signatures(texts, items, 64, 5, 3)
+    three = dedup._signatures(texts, items, 64, 5, 3, threads=3)
+    assert np.array_equal(one[0], three[0]) and np.array_equal(one[1], three[1])
+    assert one[1].sum() == len(texts) - 1  # only the empty text has no shingles
+    a, b = deduplicate(texts, splits, seed=3), deduplicate(texts, splits, seed=3, threads=2)
+    assert (a.keep, a.reasons) == (b.keep, b.reasons) and not all(a.keep)
+
+
 def test_empty_input():
     r = deduplicate([], [])
     assert r.keep == [] and r.reasons == []
