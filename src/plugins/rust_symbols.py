@@ -51,6 +51,8 @@ _ATTRS = re.compile(r"^\s*(?:#!?\[[^\]]*\]\s*|//[^\n]*\n\s*|/\*.*?\*/\s*)*", re.
 _PATH_ATTR = re.compile(r'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
 _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
+_STD_CRATES = frozenset({"std", "core", "alloc"})
+_CONTAINER_KINDS = frozenset({"impl", "trait", "mod", "fn", "method"})  # what can hold another unit
 
 
 # -- use trees -----------------------------------------------------------------------
@@ -140,7 +142,7 @@ class Def:
     owner: str | None  # members and impls: the type (or trait) they belong to
     text: str  # rendered skeleton
     lines: tuple[int, int]
-    members: tuple[str, ...] = ()  # impls and traits: their methods' names
+    members: tuple[str, ...] = ()  # impls and traits: their methods' names; enums: their variants
 
 
 @dataclass(slots=True)
@@ -208,6 +210,36 @@ def _indent(text: str) -> str:
     return "\n".join("    " + ln if ln else ln for ln in text.splitlines())
 
 
+_VARIANT_TOKENS = re.compile(r"r#[A-Za-z_]\w*|[A-Za-z_]\w*|[\[\](){},=]")
+
+
+def enum_variants(text: str) -> tuple[str, ...]:
+    """The variant names of an enum's source text (attributes, comments and discriminant
+    expressions skipped)."""
+    start = _ATTRS.match(text).end()  # outer attributes and doc comments may hold braces
+    brace = text.find("{", start)
+    if brace < 0:
+        return ()
+    out: list[str] = []
+    depth = 0
+    expect = True  # at the start of a variant
+    for m in _VARIANT_TOKENS.finditer(_STRIP.sub(" ", text[brace + 1:])):
+        tok = m.group()
+        if tok in "([{":
+            depth += 1
+        elif tok in ")]}":
+            if depth == 0:
+                break  # the enum's closing brace
+            depth -= 1
+        elif depth == 0:
+            if tok == ",":
+                expect = True
+            elif tok != "=" and expect:
+                out.append(tok[2:] if tok.startswith("r#") else tok)
+                expect = False
+    return tuple(out)
+
+
 def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbols:
     units = parsed.units
     scope_of: list[tuple[str, ...]] = []
@@ -240,8 +272,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
         kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
         spans = [(k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids]
         text = render(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
-        defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line),
-                        tuple(k.name for k in kids)))
+        names = enum_variants(u.text) if u.kind == "enum" else tuple(k.name for k in kids)
+        defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
     mods: list[tuple[tuple[str, ...], str, str | None]] = []
     for kind, parent_idx, text, _line in parsed.decls:
@@ -338,7 +370,8 @@ def workspace_dependencies(data: bytes) -> dict[str, str]:
 def _read_by(table: str, key: Any, value: Any) -> tuple:
     """What a lookup reads when it reads one table entry (the deps of cached lookups):
     ("n", module, name) what a module defines or imports by name, its child modules
-    included; ("g", module) its glob imports; ("a", crate, type) a type's members."""
+    and an enum's variants included; ("g", module) its glob imports; ("a", crate, type)
+    a type's members."""
     if table == "items":
         return ("n", key[0], key[1])
     if table == "modules":
@@ -347,6 +380,8 @@ def _read_by(table: str, key: Any, value: Any) -> tuple:
         return ("g", key) if value[1] == "*" else ("n", key, value[1])
     if table == "assoc":
         return ("a", key[0], key[1])
+    if table == "variants":  # a glob import of the enum brings them: lookups read the enum
+        return ("n", key[0], key[1])
     return ("macro", key)  # macros are looked up uncached
 
 
@@ -365,6 +400,7 @@ class RustIndex(MemoReferences):
         self.uses: dict[Mod, list[tuple[tuple[str, ...], str]]] = {}
         self.assoc: dict[tuple[str, str], list[DefRef]] = {}
         self.macros: dict[str, list[DefRef]] = {}
+        self.variants: dict[tuple[Mod, str, str], list[DefRef]] = {}  # (module, enum, variant) -> enums
         self.lib_crates: dict[str, str] = {}  # lib name -> crate id
         self.crate_deps: dict[str, dict[str, str]] = {}  # crate id -> {name in code: crate id}
         self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
@@ -640,6 +676,8 @@ class RustIndex(MemoReferences):
                 out.add(("macros", d.name, ref, d.name, None))
             if d.owner is None:
                 out.add(("items", (mod + d.scope, d.name), ref, d.name, d.kind))
+                if d.kind == "enum":  # what its glob imports bring (variant names can be looked up)
+                    out.update(("variants", (mod + d.scope, d.name, v), ref, v, None) for v in d.members)
         for scope, segs, bound in syms.uses:
             out.add(("uses", mod + scope, (segs, bound), bound if bound != "*" else None, None))
         return out
@@ -725,12 +763,13 @@ class RustIndex(MemoReferences):
         self._busy.add(key)
         try:
             out = self._named(mod, name, depth)
-            if not out:
+            if not out and not self._binds_std(mod, name):  # a name imported from std shadows globs
                 seen, queue = {mod}, [mod]
                 while queue:
                     for kind, target in self._globs(queue.pop(0), depth):
                         if kind == "def":
-                            out.append((kind, target))  # `use Enum::*` brings its variants
+                            if name in self.definition(target).members:
+                                out.append((kind, target))  # `use Enum::*` brings its variants
                         elif target not in seen:
                             seen.add(target)
                             done = self._cache.get((target, name))
@@ -768,6 +807,11 @@ class RustIndex(MemoReferences):
             if crate is not None:
                 out.append(("mod", (crate,)))
         return out
+
+    def _binds_std(self, mod: Mod, name: str) -> bool:
+        """Whether a ``use`` of ``mod`` binds ``name`` to something of the standard library
+        (read with the name: see _named)."""
+        return any(bound == name and segs[0] in _STD_CRATES for segs, bound in self.uses.get(mod, ()))
 
     def _globs(self, mod: Mod, depth: int) -> list[tuple[str, Any]]:
         """Where the glob imports of ``mod`` lead: modules, and enums (their variants)."""
@@ -925,7 +969,7 @@ class RustIndex(MemoReferences):
                             out.append(self._reference(member, 1, "method", f".{call}()", mod))
                 for member in impls:
                     md = self.definition(member)
-                    if member not in seen and calls.intersection(md.members) and not any(
+                    if member not in seen and not self._is_self(member, q) and calls.intersection(md.members) and not any(
                             m in seen for c in calls.intersection(md.members) for m in methods.get(c, ())):
                         seen.add(member)
                         out.append(self._reference(member, 1, "impl", f"impl of {d.name}", mod))
@@ -991,9 +1035,17 @@ class RustIndex(MemoReferences):
         """The unit itself, a unit it contains, or one containing it."""
         if ref[0] != q.path:
             return False
-        local = self.definition(ref).local
-        own = q.local_qualname
-        return local == own or local.startswith(own + "::") or own.startswith(local + "::")
+        d = self.definition(ref)
+        local, own = d.local, q.local_qualname
+        if local == own or local.startswith(own + "::"):
+            return True
+        if d.kind == "impl":
+            # its methods are named after its target (`Thing::walk` in `Thing#2`): of a type's
+            # impls in the file, the one whose lines hold the unit
+            return own.startswith(local.split("#", 1)[0] + "::") and (
+                q.lines is None or (d.lines[0] <= q.lines[1] and q.lines[0] <= d.lines[1]))
+        # a type shares its name with its inherent impl, but only the impl holds the methods
+        return d.kind in _CONTAINER_KINDS and own.startswith(local + "::")
 
     def _reference(self, ref: DefRef, count: int, tier: str, why: str, mod: Mod) -> Reference:
         d = self.definition(ref)

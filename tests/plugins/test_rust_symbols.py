@@ -254,3 +254,52 @@ def test_a_stored_summary_leaves_its_caches_behind():
     back = pickle.loads(pickle.dumps(syms, protocol=5))
     assert back._by_local is None
     assert back.by_local() == by_local and back.defs == syms.defs and back.uses == syms.uses
+
+
+GLOBS = {
+    "src/lib.rs": "mod token;\nmod printer;\nmod util;\n",
+    "src/token.rs": "pub enum Token {\n    /// one character\n    Literal(char),\n    Any,\n}\n",
+    "src/util.rs": "pub fn test() {}\npub fn Write() {}\n",
+    "src/printer.rs": (
+        "use crate::token::Token::{self, *};\nuse std::io::{self, Write};\nuse self::Writer::*;\n\n"
+        "pub enum Writer { Plain, Colored }\n\n"
+        "fn scan(t: Token) -> bool {\n    match t { Literal(c) => c.is_ascii(), _ => false }\n}\n\n"
+        "#[test]\nfn checks() {\n    assert!(true);\n}\n\n"
+        "fn emit(out: &mut dyn io::Write) {\n    let _ = Plain;\n}\n\n"
+        "pub struct Thing;\n\nimpl Thing {\n    pub fn walk(&self, n: u32) {\n        if n > 0 { self.walk(n - 1) }\n    }\n}\n"
+    ),
+}
+
+
+def test_glob_imports_of_enums_bring_variants_only_and_named_imports_shadow_globs():
+    lang = RustLanguage()
+    idx = _index(GLOBS, {"Cargo.toml": b'[package]\nname = "g"\n'})
+    refs = {qual: found for path, qual, found in _references(idx, lang, GLOBS) if path == "src/printer.rs"}
+    targets = lambda qual: {(r[1], r[4]) for r in refs[qual]}  # noqa: E731
+    # `Token` and its variant `Literal` (through the glob) both name the enum
+    assert [(r[1], r[3]) for r in refs["scan"]] == [("token::Token", 2)]
+    assert targets("checks") == set()  # `test` is neither a variant nor imported: no Token, no Writer
+    # `io::Write`: `io` is imported (from std), so the globs are not searched for it
+    assert targets("emit") == {("printer::Writer", "Plain")}
+    assert idx.definition(("src/token.rs", "Token")).members == ("Literal", "Any")
+
+
+def test_a_method_never_gets_its_own_impl_as_context():
+    lang = RustLanguage()
+    idx = _index(GLOBS, {"Cargo.toml": b'[package]\nname = "g"\n'})
+    refs = {qual: found for path, qual, found in _references(idx, lang, GLOBS) if path == "src/printer.rs"}
+    # the recursive call matches no other method: the impls of Thing are candidates, but not
+    # its own; the struct Thing (named by the header) is not the method's container
+    assert [(r[1], r[2]) for r in refs["Thing::walk"]] == [("printer::Thing", "direct")]
+    assert idx.definition(("src/printer.rs", "Thing#2")).kind == "impl"
+
+
+def test_enum_variants_skip_attributes_comments_fields_and_discriminants():
+    from plugins.rust_symbols import enum_variants
+
+    text = ('/// doc {x}\n#[derive(Debug)] // {\npub enum T<U: Into<u8>> where U: Copy {\n'
+            '    /// a { brace\n    #[serde(rename = "lit")]\n    Literal(char, Vec<U>),\n    Any,\n'
+            '    Class { negated: bool, ranges: Vec<(char, char)> },\n    Value = 1 << 2,\n'
+            '    r#Type = B as isize,\n    Last\n}')
+    assert enum_variants(text) == ("Literal", "Any", "Class", "Value", "Type", "Last")
+    assert enum_variants("enum Never {}") == ()
