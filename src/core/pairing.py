@@ -121,24 +121,46 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
 
 
 def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[PartChange]:
-    """Split a chunk pair into per-part changes, dropping parts that are equal on both sides."""
+    """Split a chunk pair into per-part changes, dropping parts that are equal on both sides.
+
+    Parts are numbered on the new side (on the old side for a deleted unit), one change per
+    part at most. When the unit still exists, old parts without a new counterpart are not
+    changes of their own (their new code would be empty): they join the old code of the
+    nearest new part, which then shows what was removed around it."""
     old_pieces = old.pieces if old is not None else []
     new_pieces = new.pieces if new is not None else []
     if len(old_pieces) <= 1 and len(new_pieces) <= 1:
         yield PartChange(change, old, new, old_pieces[0] if old_pieces else "", new_pieces[0] if new_pieces else "", 1, 1)
         return
-    parts = max(len(new_pieces), 1) if new is not None else len(old_pieces)
+    if new is None:  # every part deleted
+        for k, piece in enumerate(old_pieces):
+            yield PartChange(change, old, new, piece, "", k + 1, len(old_pieces))
+        return
+    if old is None:  # every part added
+        for k, piece in enumerate(new_pieces):
+            yield PartChange(change, old, new, "", piece, k + 1, len(new_pieces))
+        return
+    # new part index -> the old pieces it replaces, in their order
+    olds: dict[int, list[str]] = {}
     sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue
-        for k in range(max(i2 - i1, j2 - j1)):
-            has_old, has_new = i1 + k < i2, j1 + k < j2
-            if new is None:
-                part = i1 + k + 1
-            elif has_new:
-                part = j1 + k + 1
-            else:  # a part removed from a unit that still exists: numbered where it stood
-                part = min(j2 + 1, parts)
-            yield PartChange(change, old, new, old_pieces[i1 + k] if has_old else "",
-                             new_pieces[j1 + k] if has_new else "", part, parts)
+        if j1 == j2:  # removed parts: joined to the (unchanged) new part after them, or before
+            j = j1 if j1 < len(new_pieces) else j1 - 1
+            here = olds.get(j)
+            if here is None:
+                here = olds[j] = [new_pieces[j]]
+            if j == j1:
+                here[:0] = old_pieces[i1:i2]
+            else:
+                here += old_pieces[i1:i2]
+            continue
+        n_old, n_new = i2 - i1, j2 - j1
+        for k in range(n_new):
+            mine = old_pieces[i1 + k:i1 + k + 1]
+            if k == n_new - 1 and n_old > n_new:
+                mine = old_pieces[i1 + k:i2]  # the surplus old parts go with the last one
+            olds[j1 + k] = mine
+    for j in sorted(olds):
+        yield PartChange(change, old, new, "\n".join(olds[j]), new_pieces[j], j + 1, len(new_pieces))

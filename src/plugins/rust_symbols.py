@@ -143,6 +143,7 @@ class Def:
     text: str  # rendered skeleton
     lines: tuple[int, int]
     members: tuple[str, ...] = ()  # impls and traits: their methods' names; enums: their variants
+    exported: bool = False  # macros: #[macro_export]
 
 
 @dataclass(slots=True)
@@ -151,10 +152,11 @@ class FileSymbols:
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]]  # (scope, path, bound name or "*")
     mods: list[tuple[tuple[str, ...], str, str | None]]  # (scope, name, #[path] value)
     scopes: set[tuple[str, ...]] = field(default_factory=set)
+    macro_use: set[tuple[str, ...]] = field(default_factory=set)  # scope + name of `#[macro_use] mod`s
     _by_local: dict[str, Def] | None = None
 
-    def __reduce__(self) -> tuple:
-        return FileSymbols, (self.defs, self.uses, self.mods, self.scopes)  # stored without the cache
+    def __reduce__(self) -> tuple:  # stored without the cache
+        return FileSymbols, (self.defs, self.uses, self.mods, self.scopes, self.macro_use)
 
     def by_local(self) -> dict[str, Def]:
         if self._by_local is None:
@@ -256,10 +258,13 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             members.setdefault(u.parent, []).append(i)
     defs: list[Def] = []
     scopes: set[tuple[str, ...]] = {()}
+    macro_use: set[tuple[str, ...]] = set()
     for i, u in enumerate(units):
         scope = scope_of[i]
         if u.kind == "mod":
             scopes.add(scope + (u.name,))
+            if _has_attribute(u.text, "macro_use"):
+                macro_use.add(scope + (u.name,))
             continue
         owner = None
         parent = units[u.parent] if u.parent is not None else None
@@ -273,7 +278,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
         spans = [(k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids]
         text = render(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
         names = enum_variants(u.text) if u.kind == "enum" else tuple(k.name for k in kids)
-        defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names))
+        defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
+                        u.kind == "macro" and _has_attribute(u.text, "macro_export")))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
     mods: list[tuple[tuple[str, ...], str, str | None]] = []
     for kind, parent_idx, text, _line in parsed.decls:
@@ -291,7 +297,15 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             if m:
                 attr = _PATH_ATTR.search(text)
                 mods.append((scope, m.group(1), attr.group(1) if attr else None))
-    return FileSymbols(defs, uses, mods, scopes)
+                if _has_attribute(text, "macro_use"):
+                    macro_use.add(scope + (m.group(1),))
+    return FileSymbols(defs, uses, mods, scopes, macro_use)
+
+
+def _has_attribute(text: str, name: str) -> bool:
+    """Whether the outer attributes at the start of an item's text include ``#[name…]``."""
+    head = _ATTRS.match(text).group()
+    return name in head and re.search(r"#\[\s*" + name + r"\b", head) is not None
 
 
 # -- Cargo -------------------------------------------------------------------------------
@@ -401,6 +415,7 @@ class RustIndex(MemoReferences):
         self.assoc: dict[tuple[str, str], list[DefRef]] = {}
         self.macros: dict[str, list[DefRef]] = {}
         self.variants: dict[tuple[Mod, str, str], list[DefRef]] = {}  # (module, enum, variant) -> enums
+        self.macro_use: dict[Mod, list[str]] = {}  # modules declared `#[macro_use]` -> declaring files
         self.lib_crates: dict[str, str] = {}  # lib name -> crate id
         self.crate_deps: dict[str, dict[str, str]] = {}  # crate id -> {name in code: crate id}
         self.known: Counter[str] = Counter()  # every name a lookup can succeed on (a fast filter)
@@ -680,6 +695,8 @@ class RustIndex(MemoReferences):
                     out.update(("variants", (mod + d.scope, d.name, v), ref, v, None) for v in d.members)
         for scope, segs, bound in syms.uses:
             out.add(("uses", mod + scope, (segs, bound), bound if bound != "*" else None, None))
+        for scope in syms.macro_use:
+            out.add(("macro_use", mod + scope, path, None, None))
         return out
 
     def _change(self, old: set[tuple], new: set[tuple], dirty: set[tuple]) -> None:
@@ -934,7 +951,7 @@ class RustIndex(MemoReferences):
         direct: dict[DefRef, list] = {}
         for (segs, is_macro), count in paths.items():
             if is_macro:
-                targets = [("def", r) for r in self._macro(base[0], segs[-1])]
+                targets = [("def", r) for r in self._macro(mod, segs)]
                 why = f"{segs[-1]}!"
             else:
                 if segs[0] == "Self" and self_type:
@@ -1026,10 +1043,58 @@ class RustIndex(MemoReferences):
                 self._cache[key] = hit  # type: ignore[assignment]
         return hit  # type: ignore[return-value]
 
-    def _macro(self, crate: str, name: str) -> list[DefRef]:
-        refs = sorted(self.macros.get(name, ()))
-        same = [r for r in refs if self.file_mod.get(r[0], ("",))[0] == crate]
-        return same or refs[:1]
+    def _macro(self, mod: Mod, segs: tuple[str, ...]) -> list[DefRef]:
+        """The ``macro_rules!`` definitions ``segs!`` can mean in module ``mod``: of its own
+        crate, those whose textual scope holds ``mod`` (the defining module and the modules
+        in it, widened to the parent by ``#[macro_use] mod``), the innermost first, else its
+        ``#[macro_export]`` ones; then exported ones of the crates it depends on. ``a::m!``
+        names an exported macro of crate ``a`` (or ``crate``). Nothing else: std's macros
+        and macros of crates outside the repository are not guessed."""
+        refs = self.macros.get(segs[-1])
+        if not refs:
+            return []
+        crate = mod[0]
+        if len(segs) > 1:
+            owner = crate if segs[0] in ("crate", "$crate") else self._extern(crate, segs[0])
+            return sorted(r for r in refs if self.definition(r).exported
+                          and self.file_mod.get(r[0], ("",))[0] == owner)
+        scoped: list[tuple[int, DefRef]] = []
+        exported: list[DefRef] = []
+        from_deps: list[DefRef] = []
+        deps = self._dep_crates(crate)
+        for ref in sorted(refs):
+            where = self.file_mod.get(ref[0])
+            if where is None:
+                continue
+            d = self.definition(ref)
+            if where[0] == crate:
+                root = self._macro_scope(where + d.scope)
+                if mod[:len(root)] == root:
+                    scoped.append((len(root), ref))
+                elif d.exported:
+                    exported.append(ref)
+            elif d.exported and where[0] in deps:
+                from_deps.append(ref)
+        if scoped:
+            innermost = max(n for n, _ in scoped)
+            return [ref for n, ref in scoped if n == innermost]
+        return exported or from_deps
+
+    def _macro_scope(self, module: Mod) -> Mod:
+        """Where macros defined in ``module`` can be named: the module itself, or its parent
+        (and further up) while the module is declared ``#[macro_use]``."""
+        while len(module) > 1 and self.macro_use.get(module):
+            module = module[:-1]
+        return module
+
+    def _dep_crates(self, crate: str) -> set[str]:
+        deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
+        if deps is None and "#" in crate:
+            deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
+        out = set((deps or {}).values())
+        if "#" in crate and not crate.endswith("#lib"):
+            out.add(crate.split("#", 1)[0] + "#lib")  # a package's binaries, tests and examples use its library
+        return out
 
     def _is_self(self, ref: DefRef, q: UnitQuery) -> bool:
         """The unit itself, a unit it contains, or one containing it."""

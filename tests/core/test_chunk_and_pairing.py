@@ -133,3 +133,23 @@ def test_a_small_edit_to_an_oversize_unit_changes_few_parts():
     emitted = list(part_changes("modified", o, n))
     assert 1 <= len(emitted) <= 2  # boundaries resynchronise at the next content anchor
     assert any("Op::Extra" in p.new_code for p in emitted)
+
+
+def test_parts_removed_from_a_unit_that_still_exists_join_a_new_part():
+    # shrinking to one part: one change, its old code every old part, nothing with empty new code
+    old, new = long_fn(arms=120), long_fn(arms=5)
+    o, n = chunks(old, max_chars=1200)[0], chunks(new, max_chars=1200)[0]
+    assert len(o.pieces) >= 3 and len(n.pieces) == 1
+    (p,) = part_changes("modified", o, n)
+    assert (p.part, p.parts, p.new_code) == (1, 1, n.pieces[0])
+    assert p.old_code == "\n".join(o.pieces)
+    # a middle part removed: it shows up before the unchanged part that now follows it
+    lines = [f"        Op::Code{i} => run_step({i}, \"arm {i}\")," for i in range(200)]
+    body = lambda ls: "pub fn d(op: Op) -> u32 {\n    match op {\n" + "\n".join(ls) + "\n    }\n}\n"  # noqa: E731
+    o = chunks(body(lines), max_chars=1000)[0]
+    gone = o.pieces[2]
+    n = chunks(body([ln for ln in lines if ln not in gone]), max_chars=1000)[0]
+    emitted = list(part_changes("modified", o, n))
+    assert emitted and all(p.new_code for p in emitted)
+    assert len({p.part for p in emitted}) == len(emitted)  # one change per part
+    assert any(gone.split("\n", 2)[-1][:200] in p.old_code for p in emitted)

@@ -303,3 +303,39 @@ def test_enum_variants_skip_attributes_comments_fields_and_discriminants():
             '    r#Type = B as isize,\n    Last\n}')
     assert enum_variants(text) == ("Literal", "Any", "Class", "Value", "Type", "Last")
     assert enum_variants("enum Never {}") == ()
+
+
+MACROS = {
+    "crates/util/src/lib.rs": "#[macro_use]\nmod macros;\npub mod checks;\n",
+    "crates/util/src/macros.rs": ("macro_rules! debug {\n    ($($t:tt)*) => {};\n}\n\n"
+                                  "#[macro_export]\nmacro_rules! ensure {\n    ($e:expr) => {};\n}\n"),
+    "crates/util/src/checks.rs": ("#[cfg(test)]\nmod tests {\n    macro_rules! matches {\n        () => {};\n    }\n\n"
+                                  "    fn inner() {\n        matches!();\n    }\n}\n\npub fn outer() {\n    debug!(1);\n"
+                                  "    matches!(a, b);\n}\n"),
+    "crates/app/src/main.rs": ("fn main() {\n    ensure!(true);\n    util::ensure!(true);\n    debug!(x);\n"
+                               "    matches!(a, b);\n    writeln!(out);\n}\n"),
+    "crates/other/src/lib.rs": "pub fn g() {\n    ensure!(1);\n}\n",
+}
+MACRO_MANIFESTS = {
+    "crates/util/Cargo.toml": b'[package]\nname = "util"\n',
+    "crates/app/Cargo.toml": b'[package]\nname = "app"\n[dependencies]\nutil = { path = "../util" }\n',
+    "crates/other/Cargo.toml": b'[package]\nname = "other"\n',
+}
+
+
+def test_macros_resolve_within_their_textual_scope_or_exported_to_dependents():
+    lang = RustLanguage()
+    idx = _index(MACROS, MACRO_MANIFESTS)
+    refs = {(path.split("/")[1], qual): sorted({(r[0], r[1], r[4]) for r in found})
+            for path, qual, found in _references(idx, lang, MACROS)}
+    debug = ("crates/util/src/macros.rs", "util::macros::debug", "debug!")
+    ensure = ("crates/util/src/macros.rs", "util::macros::ensure", "ensure!")
+    # `#[macro_use] mod macros` widens its macros to the crate; the test module's own macro
+    # stays inside it
+    assert refs[("util", "outer")] == [debug]
+    assert refs[("util", "tests::inner")] == [("crates/util/src/checks.rs", "util::checks::tests::matches", "matches!")]
+    # another crate: only exported macros of its dependencies (std's macros are not guessed)
+    assert refs[("app", "main")] == [ensure]
+    assert refs[("other", "g")] == []  # util is not its dependency
+    main = {path: found for path, qual, found in _references(idx, lang, MACROS) if qual == "main"}
+    assert [r[3] for r in main["crates/app/src/main.rs"]] == [2]  # `ensure!` and `util::ensure!`
