@@ -27,7 +27,7 @@ from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "3"
+EXTRACTOR_VERSION = "4"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -388,7 +388,8 @@ def _item_name(node, source: bytes) -> str:
         trait = node.child_by_field_name("trait")
         if trait is not None:
             neg = "!" if any(c.type == "!" for c in node.children) else ""
-            return f"<{ty} as {neg}{_strip_generics(node_text(trait, source))}>"
+            # the trait's arguments tell impls apart: From<io::Error> and From<fmt::Error>
+            return f"<{ty} as {neg}{_norm(node_text(trait, source))}>"
         return ty or "impl"
     name = node.child_by_field_name("name")
     return node_text(name, source) if name is not None else node.type
@@ -416,6 +417,17 @@ def _leading_trivia_start(node, source: bytes) -> tuple[int, int]:
     return start, row
 
 
+def _leads_into(node, next_row: int, source: bytes) -> bool:
+    """Whether ``node`` is a comment or attribute that belongs with a sibling starting on ``next_row``."""
+    if node.type not in ("line_comment", "block_comment", "attribute_item"):
+        return False
+    if _is_outer_doc(node, source):
+        return True
+    end = node.end_point
+    last_row = end.row - 1 if end.column == 0 else end.row  # a line comment may end with its newline
+    return next_row <= last_row + 1
+
+
 MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
 
 
@@ -424,15 +436,18 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
 
     A cut before a child that starts a line moves back to the start of that line (only
     indentation lies between the previous sibling and it), so a piece starts with
-    whole lines; cuts never fall inside a token.
+    whole lines; cuts never fall inside a token. Nothing is cut from the comments and
+    attributes that lead into it: outer doc comments and attributes stay with the next
+    node (as rustc attaches them), other comments when no blank line separates them.
     """
-    prev_row = -1
+    prev = None
     for child in node.children:
         start = child.start_byte
         point = child.start_point
-        if prev_row >= 0:
+        if prev is not None and not _leads_into(prev, point.row, source):
+            prev_row = prev.end_point.row
             out.append(((start - point.column if point.row > prev_row else start) - base, depth))
-        prev_row = child.end_point.row
+        prev = child
         if child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH:
             _collect_cuts(child, source, depth + 1, base, out)
 

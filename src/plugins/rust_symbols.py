@@ -168,7 +168,7 @@ def _owner(impl_name: str) -> tuple[str, str | None]:
     """``<Mem as Store>`` -> ("Mem", "Store"); ``Mem`` -> ("Mem", None)."""
     if impl_name.startswith("<") and " as " in impl_name:
         ty, trait = impl_name[1:-1].split(" as ", 1)
-        t = _TYPE_NAME.search(trait.lstrip("!"))
+        t = _TYPE_NAME.search(trait.lstrip("!").split("<", 1)[0])  # From<io::Error> -> From
         return _last(ty), t.group(1) if t else None
     return _last(impl_name), None
 

@@ -153,3 +153,27 @@ def test_parts_removed_from_a_unit_that_still_exists_join_a_new_part():
     assert emitted and all(p.new_code for p in emitted)
     assert len({p.part for p in emitted}) == len(emitted)  # one change per part
     assert any(gone.split("\n", 2)[-1][:200] in p.old_code for p in emitted)
+
+
+def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
+    items = []
+    for i in range(40):
+        items.append(f"    /// Returns value {i},\n    /// in two lines.\n    #[inline]\n"
+                     f"    pub fn value_{i}(&self) -> u32 {{\n        // the constant\n        {i}\n    }}\n")
+    src = "impl Table {\n" + "\n".join(items) + "}\n"
+    (c,) = [c for c in chunks(src, max_chars=1000) if c.kind == "impl"]
+    header = "impl Table {\n"
+    assert len(c.pieces) >= 4
+    for piece in c.pieces[1:]:
+        body = piece[len(header):].lstrip("\n")
+        assert body.startswith("    /// Returns value") or body == "}", body[:80]  # never a lone `fn`, never mid-comment
+
+
+def test_trait_impls_with_different_arguments_have_different_names():
+    src = ("impl From<io::Error> for Error {\n    fn from(e: io::Error) -> Self { Error::Io(e) }\n}\n"
+           "impl From<fmt::Error> for Error {\n    fn from(e: fmt::Error) -> Self { Error::Fmt(e) }\n}\n")
+    names = [u.local_qualname for u in RUST.parse(src.encode()).units]
+    assert names == ["<Error as From<io::Error>>", "<Error as From<io::Error>>::from",
+                     "<Error as From<fmt::Error>>", "<Error as From<fmt::Error>>::from"]
+    # dropping one of them is the deletion of that one, not a change of the other
+    assert changes(src, src.split("impl From<fmt")[0]) == [("deleted", "m::<Error as From<fmt::Error>>::from", None)]
