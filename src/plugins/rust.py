@@ -27,7 +27,7 @@ from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "4"
+EXTRACTOR_VERSION = "5"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -66,6 +66,16 @@ def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip()
+
+
+_PAREN_SPACE = re.compile(r"\( | ?,? \)")
+
+
+def _signature(text: str) -> str:
+    """An item's text up to its body on one line: a parameter list laid out one per line
+    reads ``(&self, x: u32)``, not ``( &self, x: u32, )``."""
+    one_line = _norm(text).rstrip("=").rstrip()
+    return _PAREN_SPACE.sub(lambda m: "(" if m.group() == "( " else ")", one_line)
 
 
 class RustLanguage:
@@ -204,7 +214,7 @@ class RustLanguage:
             if ntype == "macro_definition":
                 signature = f"macro_rules! {name}"
             else:
-                signature = _norm(source[node.start_byte:sig_end].decode("utf-8", "replace")).rstrip("=").rstrip()
+                signature = _signature(source[node.start_byte:sig_end].decode("utf-8", "replace"))
             body_open = None
             if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
                 body_open = offsets.char(body.start_byte + 1) - c_start

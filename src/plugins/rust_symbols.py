@@ -185,7 +185,9 @@ def render(kind: str, text: str, signature: str, header: str | None,
 
     ``members`` are the (start, end, signature) spans in ``text`` of an impl's or a
     trait's methods: each becomes its signature (required trait items, associated
-    types and consts stay as written)."""
+    types and consts stay as written). Over ``max_item_chars``, comment and attribute
+    lines are left out; a trait's or impl's interface is kept whole even then, other
+    items become their signature."""
     if kind in ("fn", "method"):
         if bodies and len(text) <= bodies:
             return text if kind == "fn" else f"{header} {{\n{_indent(text)}\n}}"
@@ -197,16 +199,23 @@ def render(kind: str, text: str, signature: str, header: str | None,
             pieces.append(sig + ";")
             pos = end
         pieces.append(text[pos:])
-        return _BLANK_LINES.sub("\n", "".join(pieces))
+        skeleton = _BLANK_LINES.sub("\n", "".join(pieces))
+        if len(skeleton) > max_item_chars:  # docs go first; the interface itself is kept whole
+            skeleton = _without_docs(skeleton)
+        return skeleton
     if len(text) <= max_item_chars:
         return text
-    stripped = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("//", "#[")))
+    stripped = _without_docs(text)
     if len(stripped) <= max_item_chars:
         return stripped
     return signature + (";" if kind in ("const", "static", "type") else " { … }")
 
 
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
+
+
+def _without_docs(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("//", "#[")))
 
 
 def _indent(text: str) -> str:

@@ -339,3 +339,16 @@ def test_macros_resolve_within_their_textual_scope_or_exported_to_dependents():
     assert refs[("other", "g")] == []  # util is not its dependency
     main = {path: found for path, qual, found in _references(idx, lang, MACROS) if qual == "main"}
     assert [r[3] for r in main["crates/app/src/main.rs"]] == [2]  # `ensure!` and `util::ensure!`
+
+
+def test_long_trait_skeletons_drop_their_docs_and_signatures_read_on_one_line():
+    lang = RustLanguage()
+    required = "".join(f"    /// Returns part {i} of the capture, a long explanation follows here.\n"
+                       f"    fn part_{i}(&self, index: usize) -> Option<&str>;\n" for i in range(12))
+    provided = "    fn interpolate<F>(\n        &self,\n        x: u32,\n    ) -> u32 {\n        x\n    }\n"
+    parsed = lang.parse(f"pub trait Captures {{\n{required}{provided}}}\n".encode())
+    (trait,) = [d for d in summarize(parsed, 1200, 0).defs if d.kind == "trait"]
+    assert "///" not in trait.text and trait.text.count("fn part_") == 12  # the interface stays whole
+    assert "    fn interpolate<F>(&self, x: u32) -> u32;" in trait.text.splitlines()
+    (short,) = [d for d in summarize(parsed, 100_000, 0).defs if d.kind == "trait"]
+    assert "/// Returns part 0" in short.text  # under the limit docs stay
