@@ -18,6 +18,10 @@ from core.records import ParsedBlob
 # such unit into pieces that hold at least max_chars // 2 after their repeated header.
 CUT_UNIT = 1000
 CUT_MIN = CUT_UNIT // 2
+# Added to the depth of a cut that does not start a line: such a cut is taken only where a
+# segment has no line-start cut at any depth (a piece then never begins mid-statement
+# while a line break would do).
+CUT_MID_LINE = 1 << 16
 
 
 @dataclass(slots=True)
@@ -38,6 +42,8 @@ class Chunk:
     max_chars: int | None = None  # None: the chunk is never cut
     cuts: bytes = b""  # packed cut points (see pack_cuts)
     _pieces: list[str] | None = None
+    _spans: list[tuple[int, int]] | None = None  # each piece's span in text (its opening aside)
+    _opening: str = ""  # what pieces after the first start with
 
     @property
     def pieces(self) -> list[str]:
@@ -45,10 +51,22 @@ class Chunk:
         changed, since pairing never asks for the pieces of an unchanged one."""
         if self._pieces is None:
             if self.max_chars is None or len(self.text) <= self.max_chars:
-                self._pieces = [self.text]
+                self._spans, self._opening = [(0, len(self.text))], ""
             else:
-                self._pieces = split_at_cuts(self.text, unpack_cuts(self.cuts), self.max_chars, self.body_open)
+                self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
+                                                         self.body_open)
+            self._pieces = [self.text[a:b] if i == 0 else self._opening + self.text[a:b]
+                            for i, (a, b) in enumerate(self._spans)]
         return self._pieces
+
+    def joined(self, first: int, last: int) -> str:
+        """Pieces ``first`` to ``last`` (0-based, inclusive) as one text: the unit's text
+        they cover, with the opening of a later piece once."""
+        if self._spans is None:
+            self.pieces  # noqa: B018 - computes the spans
+        spans = self._spans
+        text = self.text[spans[first][0]:spans[last][1]]
+        return text if first == 0 else self._opening + text
 
 
 class Chunker(Protocol):
@@ -71,12 +89,34 @@ def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:
 
 
 def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:
-    """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries.
+    """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries (see
+    :func:`piece_spans`)."""
+    spans, opening = piece_spans(text, cuts, max_chars, body_open)
+    return [text[a:b] if i == 0 else opening + text[a:b] for i, (a, b) in enumerate(spans)]
+
+
+def opening(text: str, body_open: int | None) -> str:
+    """What pieces after the first repeat: the unit's text up to its body's ``{``, without
+    the comment lines it starts with (a long doc comment is not repeated in every piece)."""
+    if not body_open:
+        return ""
+    lines = text[:body_open].rstrip().split("\n")
+    k = 0
+    while k < len(lines) - 1 and lines[k].lstrip().startswith(("//", "/*", "*")):
+        k += 1
+    return "\n".join(lines[k:]) + "\n"
+
+
+def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int,
+                body_open: int | None) -> tuple[list[tuple[int, int]], str]:
+    """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries: the
+    pieces' spans in ``text`` (consecutive, covering it) and the opening that pieces after
+    the first start with.
 
     ``cuts`` are (offset, depth) pairs between sibling nodes in increasing offset
     order; shallower cuts are tried first and a segment still too long is cut at the
-    next depth. Pieces after the first repeat the unit's opening (up to its body's
-    ``{``) so each piece keeps its header. A segment with no cut inside (one huge token
+    next depth. Pieces after the first repeat the unit's opening (:func:`opening`)
+    so each piece keeps its header. A segment with no cut inside (one huge token
     or leaf) stays whole, over the limit, rather than being cut mid-token (the chunk
     stage counts such parts as oversize).
 
@@ -87,8 +127,8 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
     """
     n = len(text)
     if n <= max_chars:
-        return [text]
-    prefix = text[:body_open].rstrip() + "\n" if body_open else ""
+        return [(0, n)], ""
+    prefix = opening(text, body_open)
     if len(prefix) > max_chars // 2:
         prefix = ""
     budget = max_chars - len(prefix)
@@ -108,14 +148,14 @@ def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_o
             out.extend(segments(x, y) if y - x > budget else [(x, y)])
         return out
 
-    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
     start = end = 0
     for a, b in segments(0, n):
-        limit = max_chars if not pieces else budget
+        limit = max_chars if not spans else budget
         anchor = end - start >= limit // 2 and zlib.crc32(text[a:b].encode("utf-8", "surrogatepass")) % 4 == 0
         if end > start and (b - start > limit or anchor):
-            pieces.append(text[start:end] if not pieces else prefix + text[start:end])
+            spans.append((start, end))
             start = a
         end = b
-    pieces.append(text[start:end] if not pieces else prefix + text[start:end])
-    return pieces
+    spans.append((start, n))
+    return spans, prefix

@@ -26,6 +26,7 @@ class Segment:
     target: bool = False  # trained: its labels are kept
     drop_rank: int | None = None  # context items: dropped whole when over budget, highest rank first
     cuttable: bool = False  # may be cut (from its end) when over budget after all drops
+    bracket: bool = False  # opens or closes the droppable items (context start/end): gone when they all are
 
 
 class Format(Protocol):
@@ -55,8 +56,9 @@ class Built:
 
 def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequence[int]], tokenizer: Tokenizer,
              max_tokens: int, split: str, *, packed: bool = False) -> Built:
-    """Fit segments into ``max_tokens``: drop context items (lowest-ranked first), then cut
-    cuttable segments from their end; the target is never cut. ``encoded`` holds the
+    """Fit segments into ``max_tokens``: drop context items (lowest-ranked first; their
+    brackets too once none is left), then cut cuttable segments from their end; the
+    target is never cut. Segments without tokens get no span. ``encoded`` holds the
     token ids of every non-special segment, in order (lists of ints or int arrays).
 
     The example's ``input_ids``, ``attention_mask`` and ``labels`` are lists of ints, or
@@ -89,6 +91,11 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
                 break
             total -= lengths[i]
             lengths[i] = 0
+        if all(not lengths[i] for i, s in enumerate(segments) if s.drop_rank is not None):
+            for i, seg in enumerate(segments):  # nothing left between the brackets
+                if seg.bracket:
+                    total -= lengths[i]
+                    lengths[i] = 0
         for i, seg in enumerate(segments):
             if total <= max_tokens:
                 break
@@ -101,15 +108,14 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
     spans: list[list[Any]] = []
     pos = n_target = 0
     for seg, ids, n in zip(segments, ids_per, lengths):
-        if not n and not seg.special:
-            continue
+        if not n:
+            continue  # dropped, or empty text: no span
         spans.append([seg.name, pos, pos + n])
-        if n:
-            parts.append(_one_id(ids) if seg.special else ids[:n] if n < len(ids) else ids)
-            targets.append(seg.target)
-            if seg.target:
-                n_target += n
-            pos += n
+        parts.append(_one_id(ids) if seg.special else ids[:n] if n < len(ids) else ids)
+        targets.append(seg.target)
+        if seg.target:
+            n_target += n
+        pos += n
     input_ids = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.empty(0, dtype=np.int32)
     if n_target == total:
         labels = input_ids.copy()

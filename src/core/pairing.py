@@ -140,27 +140,26 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
         for k, piece in enumerate(new_pieces):
             yield PartChange(change, old, new, "", piece, k + 1, len(new_pieces))
         return
-    # new part index -> the old pieces it replaces, in their order
-    olds: dict[int, list[str]] = {}
+    # new part index -> the first and last old piece it replaces (a run of the old text)
+    olds: dict[int, tuple[int, int]] = {}
     sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue
-        if j1 == j2:  # removed parts: joined to the (unchanged) new part after them, or before
-            j = j1 if j1 < len(new_pieces) else j1 - 1
+        if j1 == j2:  # removed parts: joined to the unchanged part after them (old piece i2), or before
+            j, run = (j1, (i1, i2)) if j1 < len(new_pieces) else (j1 - 1, (i1 - 1, i2 - 1))
             here = olds.get(j)
-            if here is None:
-                here = olds[j] = [new_pieces[j]]
-            if j == j1:
-                here[:0] = old_pieces[i1:i2]
-            else:
-                here += old_pieces[i1:i2]
+            olds[j] = run if here is None else (min(here[0], run[0]), max(here[1], run[1]))
             continue
         n_old, n_new = i2 - i1, j2 - j1
         for k in range(n_new):
-            mine = old_pieces[i1 + k:i1 + k + 1]
-            if k == n_new - 1 and n_old > n_new:
-                mine = old_pieces[i1 + k:i2]  # the surplus old parts go with the last one
-            olds[j1 + k] = mine
+            if k >= n_old:
+                olds[j1 + k] = (-1, -1)  # an added part: no old code
+            elif k == n_new - 1 and n_old > n_new:
+                olds[j1 + k] = (i1 + k, i2 - 1)  # the surplus old parts go with the last one
+            else:
+                olds[j1 + k] = (i1 + k, i1 + k)
     for j in sorted(olds):
-        yield PartChange(change, old, new, "\n".join(olds[j]), new_pieces[j], j + 1, len(new_pieces))
+        first, last = olds[j]
+        old_code = "" if first < 0 else old_pieces[first] if first == last else old.joined(first, last)
+        yield PartChange(change, old, new, old_code, new_pieces[j], j + 1, len(new_pieces))

@@ -67,12 +67,12 @@ class CommitforgeFormat:
         if c.get("header"):
             segs += [tok("<|cf_header|>", "header_token"), Segment("header", c["header"], cuttable=True)]
         if c.get("context"):
-            segs.append(tok("<|cf_ctx_start|>", "context_token"))
+            segs.append(Segment("context_token", "<|cf_ctx_start|>", special=True, bracket=True))
             for rank, item in enumerate(c["context"]):
                 kind = kind_of(item["kind"])
                 segs += [Segment("context_kind", f"<|cf_ctx_{kind}|>", special=True, drop_rank=rank),
                          Segment("context", f"{item['path']}\n{item['text']}", drop_rank=rank)]
-            segs.append(tok("<|cf_ctx_end|>", "context_token"))
+            segs.append(Segment("context_token", "<|cf_ctx_end|>", special=True, bracket=True))
         segs += [tok("<|cf_old|>", "old_token"), Segment("old_code", c["old_code"], cuttable=True),
                  tok("<|cf_new|>", "new_token"), Segment("new_code", c["new_code"], target=True),
                  tok("<|cf_end|>", "end", target=True)]

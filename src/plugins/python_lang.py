@@ -36,13 +36,13 @@ from core.chunk import pack_cuts
 from core.hookspecs import hookimpl
 from core.records import ParsedBlob, Unit
 from plugins.python_symbols import FileSymbols, PythonIndex, summarize
-from core.chunk import CUT_MIN, CUT_UNIT
+from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"
 
 DEFINITIONS = {"function_definition", "class_definition"}
 # compound statements whose blocks are searched for definitions (conditional definitions)
@@ -346,7 +346,10 @@ def _collect_cuts(node, depth: int, base: int, out: list[tuple[int, int]]) -> No
         point = child.start_point
         if prev_row >= 0 and not (child.type == "comment" and point.row == prev_row):
             # (a comment that ends the line of the statement before stays with it)
-            out.append(((start - point.column if point.row > prev_row else start) - base, depth))
+            if point.row > prev_row:
+                out.append((start - point.column - base, depth))
+            else:  # inside a line: only where no line-start cut is
+                out.append((start - base, depth + CUT_MID_LINE))
         prev_row = child.end_point.row
         if child.end_byte - start > CUT_MIN and child.child_count and child.type not in ATOMIC:
             _collect_cuts(child, depth + 1, base, out)

@@ -136,13 +136,14 @@ def test_a_small_edit_to_an_oversize_unit_changes_few_parts():
 
 
 def test_parts_removed_from_a_unit_that_still_exists_join_a_new_part():
-    # shrinking to one part: one change, its old code every old part, nothing with empty new code
+    # shrinking to one part: one change, its old code the whole old unit (each line once),
+    # nothing with empty new code
     old, new = long_fn(arms=120), long_fn(arms=5)
     o, n = chunks(old, max_chars=1200)[0], chunks(new, max_chars=1200)[0]
     assert len(o.pieces) >= 3 and len(n.pieces) == 1
     (p,) = part_changes("modified", o, n)
     assert (p.part, p.parts, p.new_code) == (1, 1, n.pieces[0])
-    assert p.old_code == "\n".join(o.pieces)
+    assert p.old_code == o.text
     # a middle part removed: it shows up before the unchanged part that now follows it
     lines = [f"        Op::Code{i} => run_step({i}, \"arm {i}\")," for i in range(200)]
     body = lambda ls: "pub fn d(op: Op) -> u32 {\n    match op {\n" + "\n".join(ls) + "\n    }\n}\n"  # noqa: E731
@@ -153,6 +154,9 @@ def test_parts_removed_from_a_unit_that_still_exists_join_a_new_part():
     assert emitted and all(p.new_code for p in emitted)
     assert len({p.part for p in emitted}) == len(emitted)  # one change per part
     assert any(gone.split("\n", 2)[-1][:200] in p.old_code for p in emitted)
+    # joined old parts are a run of the old unit's text (after the opening of a later part)
+    for p in emitted:
+        assert p.old_code in o.text or p.old_code.split("\n", 1)[1] in o.text
 
 
 def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
@@ -177,3 +181,28 @@ def test_trait_impls_with_different_arguments_have_different_names():
                      "<Error as From<fmt::Error>>", "<Error as From<fmt::Error>>::from"]
     # dropping one of them is the deletion of that one, not a change of the other
     assert changes(src, src.split("impl From<fmt")[0]) == [("deleted", "m::<Error as From<fmt::Error>>::from", None)]
+
+
+def test_later_parts_repeat_the_signature_not_the_doc_comment():
+    doc = "".join(f"/// Line {i} of a long explanation of what dispatch does.\n" for i in range(6))
+    (c,) = chunks(doc + "#[inline]\n" + long_fn(), max_chars=1200)
+    assert len(c.pieces) >= 3 and c.pieces[0].startswith("/// Line 0")
+    for piece in c.pieces[1:]:
+        assert piece.startswith("#[inline]\npub fn dispatch(op: Op) -> u32 {\n") and "///" not in piece
+
+
+@pytest.mark.parametrize("src", [
+    # a macro body is a flat token tree: every token is a possible cut
+    "macro_rules! forward {\n    ($t:ty) => {\n" + "".join(
+        f"        #[inline]\n        fn get_{i}(&mut self) -> i32 {{ (**self).get_{i}() + {i} }}\n" for i in range(60))
+    + "    };\n}\n",
+    # long conditions: the cut between a condition and its block is inside a line
+    "fn check(x: u64) -> u64 {\n" + "".join(
+        f"    if x & (1 << {i}) == {i} && x.count_ones() > {i} && x.leading_zeros() < {i} {{ return {i}; }}\n"
+        for i in range(60)) + "    0\n}\n",
+])
+def test_parts_begin_at_line_starts_where_a_line_break_allows(src):
+    (c,) = chunks(src, max_chars=1000)
+    assert len(c.pieces) >= 4
+    starts = [a for a, _ in c._spans[1:]]
+    assert all(c.text[a - 1] == "\n" for a in starts), [c.text[a - 20:a + 20] for a in starts]

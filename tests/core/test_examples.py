@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from core.examples import IGNORE_INDEX, Built, Segment, assemble, encode_all, encode_layouts, unpack
 
-SPECIALS = ["<s>", "<ctx>", "<old>", "<new>", "</s>"]
+SPECIALS = ["<s>", "<ctx>", "<old>", "<new>", "</s>", "<ctx_start>", "<ctx_end>"]
 
 
 class FakeTokenizer:
@@ -68,6 +68,11 @@ def reference_assemble(change, segments, encoded, tokenizer, max_tokens, split) 
                 break
             total -= len(ids_per[i])
             ids_per[i] = []
+        if not any(ids for seg, ids in zip(segments, ids_per) if seg.drop_rank is not None):
+            for i, seg in enumerate(segments):
+                if seg.bracket:
+                    total -= len(ids_per[i])
+                    ids_per[i] = []
         for i, seg in enumerate(segments):
             if total <= max_tokens:
                 break
@@ -77,7 +82,7 @@ def reference_assemble(change, segments, encoded, tokenizer, max_tokens, split) 
                 total -= cut
     input_ids, labels, spans = [], [], []
     for seg, ids in zip(segments, ids_per):
-        if not ids and not seg.special:
+        if not ids:
             continue
         spans.append([seg.name, len(input_ids), len(input_ids) + len(ids)])
         input_ids.extend(ids)
@@ -100,9 +105,14 @@ TEXTS = st.sampled_from(["", "fn a() {}", "struct S;\n", "let x = 1;\n" * 7, "gr
 @st.composite
 def layout(draw) -> list[Segment]:
     segs = [Segment("repo_token", "<s>", special=True), Segment("repo", draw(TEXTS), cuttable=True)]
-    for rank in range(draw(st.integers(0, 4))):
+    items = draw(st.integers(0, 4))
+    if items:
+        segs.append(Segment("context_token", "<ctx_start>", special=True, bracket=True))
+    for rank in range(items):
         segs += [Segment("context_kind", "<ctx>", special=True, drop_rank=rank),
                  Segment("context", draw(TEXTS), drop_rank=rank)]
+    if items:
+        segs.append(Segment("context_token", "<ctx_end>", special=True, bracket=True))
     segs += [Segment("old_token", "<old>", special=True), Segment("old_code", draw(TEXTS), cuttable=True),
              Segment("new_token", "<new>", special=True), Segment("new_code", draw(TEXTS), target=True),
              Segment("end", "</s>", special=True, target=True)]
