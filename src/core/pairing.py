@@ -56,11 +56,11 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
     by_compare: dict[tuple[str, str], list[Chunk]] = {}
     for o in old:
         by_compare.setdefault((o.kind, o.compare), []).append(o)
-    new_keys = {n.key for n in new}
+    new_keys = {(n.key, n.kind) for n in new}
     pending: list[tuple[int, Chunk]] = []
     for i, n in enumerate(new):
         o = old_by_key.get(n.key)
-        if o is not None and o.compare == n.compare:
+        if o is not None and o.compare == n.compare and o.kind == n.kind:
             matched_old.add(o.key)
         else:
             pending.append((i, n))
@@ -68,16 +68,18 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
     for i, n in pending:
         # a twin must be free: not matched yet, and not still present under its own key
         twin = next((o for o in by_compare.get((n.kind, n.compare), ())
-                     if o.key not in matched_old and (o.key == n.key or o.key not in new_keys)), None)
+                     if o.key not in matched_old and (o.key == n.key or (o.key, o.kind) not in new_keys)), None)
         if twin is not None:
             matched_old.add(twin.key)
         else:
             unmatched_new.append((i, n))
-    # 2. modified: same key, other text
+    # 2. modified: same key and kind, other text (an inherent impl shares its type's name:
+    # when a namesake comes or goes, `Inner#2` may be the struct in one version and the
+    # impl in the other)
     still_new: list[tuple[int, Chunk]] = []
     for i, n in unmatched_new:
         o = old_by_key.get(n.key)
-        if o is not None and o.key not in matched_old:
+        if o is not None and o.key not in matched_old and o.kind == n.kind:
             matched_old.add(o.key)
             result.append((i, "modified", o, n))
         else:
@@ -103,7 +105,10 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
             used_o.add(oi)
             used_n.add(ni)
             idx, n = unmatched_new[ni]
-            result.append((idx, "renamed", unmatched_old[oi], n))
+            o = unmatched_old[oi]
+            # renumbered (`Inner#2` -> `Inner#3`) is not renamed
+            same_name = o.key.split("#", 1)[0] == n.key.split("#", 1)[0]
+            result.append((idx, "modified" if same_name else "renamed", o, n))
         unmatched_old = [o for k, o in enumerate(unmatched_old) if k not in used_o]
         unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
     # a container with member units is covered by its members when it appears or

@@ -229,7 +229,6 @@ _KEEP_EMAIL_SUFFIXES = (
     ".test",
     ".invalid",
     ".localhost",
-    ".local",
     ".example.com",
     ".example.org",
     ".example.net",

@@ -132,8 +132,9 @@ def _snapshot_row(run, rec, path: str, lang: str, kind: str, qualname: str, head
                   part: int, parts: int) -> dict[str, Any]:
     key = hashlib.blake2b(f"{rec.commit}\0{path}\0{qualname}\0{part}".encode("utf-8", "surrogateescape"),
                           digest_size=12).hexdigest()
+    # no commit message: the newest commit's subject says nothing about code at a snapshot
     return {"id": key, "repo": run.repo.name, "commit": rec.commit, "parent": None, "time": rec.committer_time,
-            "subject": rec.subject, "message": rec.message, "path": path, "old_path": None, "lang": lang,
+            "subject": "", "message": "", "path": path, "old_path": None, "lang": lang,
             "change": "added", "kind": kind, "qualname": qualname, "old_qualname": None, "header": header,
             "signature": None, "old_code": "", "new_code": code, "part": part, "parts": parts, "context": []}
 

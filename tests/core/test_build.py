@@ -171,6 +171,7 @@ def test_file_builder_uses_the_snapshot_at_the_newest_commit(repo, tmp_path, uni
     head = repo.git("rev-parse", "HEAD")
     assert exs and {e["commit"] for e in exs} == {head}
     assert all(e["change"] == "added" for e in exs)
+    assert not any(seg[0].startswith("message") for e in exs for seg in e["segments"])  # no commit subject
     if unit == "file":
         assert [e["qualname"] for e in exs] == ["app"]
     else:

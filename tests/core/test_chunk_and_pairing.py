@@ -206,3 +206,12 @@ def test_parts_begin_at_line_starts_where_a_line_break_allows(src):
     assert len(c.pieces) >= 4
     starts = [a for a, _ in c._spans[1:]]
     assert all(c.text[a - 1] == "\n" for a in starts), [c.text[a - 20:a + 20] for a in starts]
+
+
+def test_a_struct_and_an_impl_sharing_a_numbered_name_are_never_paired():
+    body = "".join(f"    pub fn f{i}(&self) -> u32 {{ {i} }}\n" for i in range(3))
+    old = "struct Inner { a: u32 }\n\nimpl Inner {\n" + body + "}\n"
+    # a second (cfg) definition of the struct arrives: the impl is now Inner#3, the new struct Inner#2
+    new = "#[cfg(unix)]\nstruct Inner { a: u32 }\n\n#[cfg(not(unix))]\nstruct Inner { a: u64 }\n\nimpl Inner {\n" + body + "}\n"
+    # the new struct is added, the old one modified (it gained an attribute), the impl unchanged
+    assert changes(old, new) == [("modified", "m::Inner", "m::Inner"), ("added", None, "m::Inner#2")]

@@ -237,6 +237,8 @@ def test_email():
     assert "Reported-by: Ana Lima <REDACTED_EMAIL_" in out and "<dev@example.com>" in out
     for kept in ("noreply@github.com", "git@github.com:org/repo.git", "user@localhost", "a@b.test", "icon@2x.png"):
         assert red(kept) == kept
+    # git's default address names the person and their machine: personal, not a placeholder
+    assert "REDACTED_EMAIL_" in red("Co-authored-by: Dana <dana@Danas-MacBook-Pro.local>")
 
 
 @pytest.mark.parametrize("secret, kind", [
