@@ -151,6 +151,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
                "resize_embeddings": bool(tok.added_tokens)}
     outputs = run.writer.write(run.run_dir, _writer_splits(run.writer, by_split), report)
+    save = getattr(tok, "save", None)
+    if save is not None:  # the tokenizer the ids belong to, special tokens included
+        outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import CommitforgeError
+from core.files import atomic_write
 from core.hookspecs import hookimpl
 
 BPE_EOS = "<|endoftext|>"
@@ -279,6 +280,24 @@ class _RustTokenizer:
                     f"{self.identity.get('name_or_path')!r}; choose special tokens this tokenizer cannot produce from text"
                 )
         return out
+
+    def save(self, directory: Path) -> list[str]:
+        """Write ``tokenizer.json`` to ``directory``: the tokenizer as loaded with the special
+        tokens it lacked appended at the ids the examples use, so they decode, and a model's
+        embeddings are resized to its vocabulary. Returns the names written."""
+        tokenizers = _import_tokenizers(self.plugin)
+        tok = tokenizers.Tokenizer.from_str(self._full_json)
+        appended = sorted(self._appended.items())
+        if appended:
+            tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for _, t in appended])
+            wrong = [(t, tid, tok.token_to_id(t)) for tid, t in appended if tok.token_to_id(t) != tid]
+            if wrong:
+                raise CommitforgeError(f"special tokens would not keep their ids in the saved tokenizer: {wrong[:3]}; "
+                                       "use a tokenizer whose vocabulary ids are contiguous")
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_write(directory / "tokenizer.json") as fh:
+            fh.write(tok.to_str().encode("utf-8"))
+        return ["tokenizer.json"]
 
     def token_id(self, token: str) -> int:
         try:

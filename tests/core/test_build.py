@@ -131,6 +131,22 @@ def test_build_is_byte_identical_for_any_worker_count(repo, tmp_path):
     # separate caches, so the same tokenizer was trained twice: identical apart from its cache path
     assert (a / "stats.json").read_text().replace(str(tmp_path / "a"), "") == \
         (b / "stats.json").read_text().replace(str(tmp_path / "b"), "")
+    assert (a / "tokenizer" / "tokenizer.json").read_bytes() == (b / "tokenizer" / "tokenizer.json").read_bytes()
+
+
+def test_the_run_saves_the_tokenizer_its_ids_belong_to(repo, tmp_path):
+    from tokenizers import Tokenizer
+
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}")
+    tok = Tokenizer.from_file(str(run_dir / "tokenizer" / "tokenizer.json"))
+    stats = json.loads((run_dir / "stats.json").read_text())
+    for token, tid in stats["special_token_ids"].items():
+        assert tok.token_to_id(token) == tid
+    assert tok.get_vocab_size(with_added_tokens=True) == stats["tokenizer"]["vocab_size"]
+    ex = examples(run_dir)[0]
+    text = tok.decode(ex["input_ids"], skip_special_tokens=False)
+    assert text.startswith("<|cf_repo|>") and "<|cf_new|>" in text and text.endswith("<|cf_end|>")
+    assert "tokenizer/tokenizer.json" in manifest(run_dir)["stages"]["build"]["outputs"]
 
 
 def test_parquet_writer_output_loads_with_datasets(repo, tmp_path):
