@@ -958,17 +958,24 @@ class RustIndex(MemoReferences):
                 segs = (text,)
             paths[(segs, bool(bang))] += count
         self_type = _owner(q.header.split(" for ", 1)[-1].split(" where ", 1)[0])[0] if q.header else None
+        impl_prefix = q.local_qualname.rsplit("::", 1)[0] + "::"  # a method's impl, as its items are named
         direct: dict[DefRef, list] = {}
         for (segs, is_macro), count in paths.items():
             if is_macro:
                 targets = [("def", r) for r in self._macro(mod, segs)]
                 why = f"{segs[-1]}!"
             else:
+                own_impl = segs[0] == "Self" and self_type and len(segs) > 1
                 if segs[0] == "Self" and self_type:
                     segs = (self_type, *segs[1:])
                 if segs[0] in local_uses:
                     segs = local_uses[segs[0]] + segs[1:]
                 targets = self.resolve(mod, segs)
+                if own_impl and len(targets) > 1:
+                    # `Self::Item` in an impl is that impl's item, not the one of another impl of the type
+                    mine = [t for t in targets if t[0] == "def" and t[1][0] == q.path
+                            and t[1][1].startswith(impl_prefix)]
+                    targets = mine or targets
                 if len(segs) > 1 and targets:  # `Type::new` names Type too
                     targets = targets + [t for t in self.resolve(mod, segs[:-1]) if t[0] == "def"]
                 why = "::".join(segs)

@@ -352,3 +352,17 @@ def test_long_trait_skeletons_drop_their_docs_and_signatures_read_on_one_line():
     assert "    fn interpolate<F>(&self, x: u32) -> u32;" in trait.text.splitlines()
     (short,) = [d for d in summarize(parsed, 100_000, 0).defs if d.kind == "trait"]
     assert "/// Returns part 0" in short.text  # under the limit docs stay
+
+
+def test_self_items_in_an_impl_are_that_impls_own():
+    lang = RustLanguage()
+    src = ("pub struct BytesMut;\npub trait IntoBuf {\n    type Buf;\n    fn into_buf(self) -> Self::Buf;\n}\n"
+           "pub struct Cursor;\n"
+           "impl IntoBuf for BytesMut {\n    type Buf = Cursor;\n    fn into_buf(self) -> Self::Buf {\n        Cursor\n    }\n}\n"
+           "impl<'a> IntoBuf for &'a BytesMut {\n    type Buf = Cursor;\n    fn into_buf(self) -> Self::Buf {\n"
+           "        Cursor\n    }\n}\n")
+    files = {"src/lib.rs": src}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "b"\n'})
+    refs = {qual: found for _, qual, found in _references(idx, lang, files)}
+    own = [r[1] for r in refs["<BytesMut as IntoBuf>::into_buf"] if r[1].endswith("::Buf")]
+    assert own == ["<BytesMut as IntoBuf>::Buf"]
