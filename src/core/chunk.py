@@ -50,23 +50,24 @@ class Chunk:
         """The text cut to ``max_chars`` (usually one piece); computed only for chunks that
         changed, since pairing never asks for the pieces of an unchanged one."""
         if self._pieces is None:
-            if self.max_chars is None or len(self.text) <= self.max_chars:
-                self._spans, self._opening = [(0, len(self.text))], ""
-            else:
-                self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
-                                                         self.body_open)
-            self._pieces = [self.text[a:b] if i == 0 else self._opening + self.text[a:b]
-                            for i, (a, b) in enumerate(self._spans)]
+            self._pieces = [self.joined(k, k) for k in range(len(self._cut()))]
         return self._pieces
 
     def joined(self, first: int, last: int) -> str:
         """Pieces ``first`` to ``last`` (0-based, inclusive) as one text: the unit's text
         they cover, with the opening of a later piece once."""
-        if self._spans is None:
-            self.pieces  # noqa: B018 - computes the spans
-        spans = self._spans
+        spans = self._cut()
         text = self.text[spans[first][0]:spans[last][1]]
         return text if first == 0 else self._opening + text
+
+    def _cut(self) -> list[tuple[int, int]]:
+        if self._spans is None:
+            if self.max_chars is None or len(self.text) <= self.max_chars:
+                self._spans, self._opening = [(0, len(self.text))], ""
+            else:
+                self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
+                                                         self.body_open)
+        return self._spans
 
 
 class Chunker(Protocol):
@@ -86,13 +87,6 @@ def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:
     flat = array("i")
     flat.frombytes(packed)
     return list(zip(flat[::2], flat[1::2]))
-
-
-def split_at_cuts(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None) -> list[str]:
-    """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries (see
-    :func:`piece_spans`)."""
-    spans, opening = piece_spans(text, cuts, max_chars, body_open)
-    return [text[a:b] if i == 0 else opening + text[a:b] for i, (a, b) in enumerate(spans)]
 
 
 def opening(text: str, body_open: int | None) -> str:

@@ -166,5 +166,5 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
                 olds[j1 + k] = (i1 + k, i1 + k)
     for j in sorted(olds):
         first, last = olds[j]
-        old_code = "" if first < 0 else old_pieces[first] if first == last else old.joined(first, last)
+        old_code = "" if first < 0 else old.joined(first, last)
         yield PartChange(change, old, new, old_code, new_pieces[j], j + 1, len(new_pieces))
