@@ -756,11 +756,17 @@ class RustIndex(MemoReferences):
     def definition(self, ref: DefRef) -> Def:
         return self.files[ref[0]].by_local()[ref[1]]
 
-    def _extern(self, crate: str, name: str) -> str | None:
-        self._read(("x", crate.split("#", 1)[0], name))
+    def _dependencies(self, crate: str) -> dict[str, str] | None:
+        """The dependencies of a crate (name in code -> crate id): its package's, for a
+        binary, test or example crate without a table of its own."""
         deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
         if deps is None and "#" in crate:
             deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
+        return deps
+
+    def _extern(self, crate: str, name: str) -> str | None:
+        self._read(("x", crate.split("#", 1)[0], name))
+        deps = self._dependencies(crate)
         if deps is not None and name in deps:
             return deps[name]
         self._read(("l", name))
@@ -1105,10 +1111,7 @@ class RustIndex(MemoReferences):
         return module
 
     def _dep_crates(self, crate: str) -> set[str]:
-        deps = self.crate_deps.get(crate.split(":", 1)[0] if "#bin:" in crate else crate)
-        if deps is None and "#" in crate:
-            deps = self.crate_deps.get(crate.split("#", 1)[0] + "#lib")
-        out = set((deps or {}).values())
+        out = set((self._dependencies(crate) or {}).values())
         if "#" in crate and not crate.endswith("#lib"):
             out.add(crate.split("#", 1)[0] + "#lib")  # a package's binaries, tests and examples use its library
         return out
