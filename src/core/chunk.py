@@ -146,8 +146,12 @@ def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int,
     start = end = 0
     for a, b in segments(0, n):
         limit = max_chars if not spans else budget
-        anchor = end - start >= limit // 2 and zlib.crc32(text[a:b].encode("utf-8", "surrogatepass")) % 4 == 0
-        if end > start and (b - start > limit or anchor):
+        # a short tail (a closing brace, a `;`) is no anchor, and joins a piece already over
+        # the limit (one huge segment) rather than make a piece of its own
+        tail = n - a < limit // 8
+        anchor = (end - start >= limit // 2 and not tail
+                  and zlib.crc32(text[a:b].encode("utf-8", "surrogatepass")) % 4 == 0)
+        if end > start and ((b - start > limit and not (tail and end - start > limit)) or anchor):
             spans.append((start, end))
             start = a
         end = b

@@ -27,7 +27,7 @@ from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "6"
+EXTRACTOR_VERSION = "7"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -207,21 +207,31 @@ class RustLanguage:
             local, header = _naming(name, parent, seen_names)
             body = node.child_by_field_name("body")
             sig_end = body.start_byte if body is not None else node.end_byte
+            opener = body.start_byte if body is not None and source[body.start_byte:body.start_byte + 1] == b"{" else None
             if ntype in ("const_item", "static_item"):
                 value = node.child_by_field_name("value")
                 if value is not None:
                     sig_end = value.start_byte
+                    # a table: `[`, `&[`, `{` or `(` opens it
+                    head = source[sig_end:sig_end + 2]
+                    k = 1 if head[:1] == b"&" else 0
+                    opener = sig_end + k if head[k:k + 1] in (b"[", b"{", b"(") else None
             if ntype == "macro_definition":
                 signature = f"macro_rules! {name}"
+                brace = next((c for c in node.children if c.type in ("{", "(", "[")), None)
+                sig_end = brace.start_byte if brace is not None else node.end_byte
+                opener = sig_end if brace is not None else None
             else:
                 signature = _signature(source[node.start_byte:sig_end].decode("utf-8", "replace"))
-            body_open = None
-            if body is not None and source[body.start_byte:body.start_byte + 1] == b"{":
-                body_open = offsets.char(body.start_byte + 1) - c_start
+            body_open = None if opener is None else offsets.char(opener + 1) - c_start
             cuts = b""
             if len(unit_text) > CUT_UNIT:
                 found: list[tuple[int, int]] = []
-                _collect_cuts(node, source, 0, start if offsets.ascii else 0, found)
+                base = start if offsets.ascii else 0
+                _collect_cuts(node, source, 0, base, found)
+                # nothing is cut out of the item's header (its docs and attributes, up to its
+                # body or value): every later piece repeats it
+                found = [(b, d) for b, d in found if b > sig_end - base]
                 if not offsets.ascii:
                     found = [(offsets.char(b) - c_start, d) for b, d in found]
                 cuts = pack_cuts(found)
@@ -438,6 +448,7 @@ def _leads_into(node, next_row: int, source: bytes) -> bool:
     return next_row <= last_row + 1
 
 
+_ATOMIC = frozenset({"string_literal", "raw_string_literal", "line_comment", "block_comment"})  # never cut inside
 MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
 
 
@@ -461,7 +472,8 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             else:
                 out.append((start - base, depth + CUT_MID_LINE))
         prev = child
-        if child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH:
+        if (child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH
+                and child.type not in _ATOMIC):
             _collect_cuts(child, source, depth + 1, base, out)
 
 

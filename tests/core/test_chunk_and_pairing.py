@@ -215,3 +215,22 @@ def test_a_struct_and_an_impl_sharing_a_numbered_name_are_never_paired():
     new = "#[cfg(unix)]\nstruct Inner { a: u32 }\n\n#[cfg(not(unix))]\nstruct Inner { a: u64 }\n\nimpl Inner {\n" + body + "}\n"
     # the new struct is added, the old one modified (it gained an attribute), the impl unchanged
     assert changes(old, new) == [("modified", "m::Inner", "m::Inner"), ("added", None, "m::Inner#2")]
+
+
+def test_string_literals_and_headers_are_never_cut_and_tables_repeat_their_opening():
+    usage = "const USAGE: &str = \"\\\n" + "".join(f"    --flag-{i}    does thing {i}\\n\\\n" for i in range(80)) + "\";\n"
+    (c,) = chunks(usage, max_chars=1000)
+    assert c.pieces == [c.text]  # one string literal: whole, over the limit, rather than cut inside
+    table = "pub const TABLE: &[(u32, &str)] = &[\n" + "".join(f"    ({i}, \"entry {i}\"),\n" for i in range(80)) + "];\n"
+    (t,) = chunks(table, max_chars=1000)
+    assert len(t.pieces) >= 3 and all(p.startswith("pub const TABLE: &[(u32, &str)] = &[\n") for p in t.pieces)
+    macro = "macro_rules! forward {\n" + "".join(f"    (get_{i}) => {{ self.get_{i}() }};\n" for i in range(60)) + "}\n"
+    (m,) = chunks(macro, max_chars=1000)
+    assert len(m.pieces) >= 3 and all(p.startswith("macro_rules! forward {\n") for p in m.pieces)
+
+
+def test_no_part_is_only_the_closing_brace_when_the_piece_before_has_room():
+    for arms in range(100, 140):
+        (c,) = chunks(long_fn(arms=arms), max_chars=1200)
+        assert not any(p.rstrip().endswith("{\n}") or p.split("\n", 1)[1].strip() in ("}", "}\n}") for p in c.pieces[1:]
+                       if len(c.pieces[-2]) + 2 <= 1200), arms
