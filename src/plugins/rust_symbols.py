@@ -677,9 +677,14 @@ class RustIndex(MemoReferences):
             return (crate, *_mod_names(inner))
         if parts[0] in ("tests", "examples", "benches") and len(parts) > 1:
             return (f"{pkg.dir}#{parts[0]}:{parts[1].rsplit('.', 1)[0]}", *_mod_names(parts[2:]))
-        base = posixpath.dirname(pkg.lib_path) if pkg.lib_path else ""
-        if base and rel.startswith(base + "/"):
-            return (f"{pkg.dir}#lib", *_mod_names(rel[len(base) + 1:].split("/")))
+        # under the directory of a target with its own path (`[lib] path`, `[[bin]] path =
+        # "crates/core/main.rs"`): a module of that target, the deepest directory first
+        roots = [(posixpath.dirname(posixpath.normpath(bpath)), f"{pkg.dir}#bin:{bname}") for bname, bpath in pkg.bins]
+        if pkg.lib_path:
+            roots.append((posixpath.dirname(posixpath.normpath(pkg.lib_path)), f"{pkg.dir}#lib"))
+        for base, crate in sorted(roots, key=lambda r: -len(r[0])):
+            if base and rel.startswith(base + "/"):
+                return (crate, *_mod_names(rel[len(base) + 1:].split("/")))
         return (f"{pkg.dir}#lib", *_mod_names(parts)) if stem not in ("build",) else (f"{pkg.dir}#build",)
 
     def _entries(self, path: str) -> set[tuple]:

@@ -65,6 +65,17 @@ def test_module_mapping_follows_cargo_targets_and_conventions():
     assert idx.lib_crates["a_lib"] == "a#lib"
 
 
+def test_modules_of_a_binary_with_its_own_path_belong_to_that_binary():
+    files = {"crates/core/main.rs": "mod flags;\nuse crate::flags::lowargs::LowArgs;\nfn main() { let _a: LowArgs; }\n",
+             "crates/core/flags/mod.rs": "pub(crate) mod lowargs;\n",
+             "crates/core/flags/lowargs.rs": "pub(crate) struct LowArgs { pub quiet: bool }\n"}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "ripgrep"\n[[bin]]\nname = "rg"\npath = "crates/core/main.rs"\n'})
+    assert idx.module_of("crates/core/main.rs") == ("#bin:rg",)
+    assert idx.module_of("crates/core/flags/lowargs.rs") == ("#bin:rg", "flags", "lowargs")
+    refs = {qual: found for _, qual, found in _references(idx, RustLanguage(), files)}
+    assert [(r[0], r[2]) for r in refs["main"]] == [("crates/core/flags/lowargs.rs", "direct")]
+
+
 def _state(idx: RustIndex):
     """Everything lookups read, order-insensitive."""
     norm = lambda table: {k: sorted(v) for k, v in table.items() if v}  # noqa: E731
