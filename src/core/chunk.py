@@ -66,7 +66,7 @@ class Chunk:
                 self._spans, self._opening = [(0, len(self.text))], ""
             else:
                 self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
-                                                         self.body_open)
+                                                         self.body_open, self.signature)
         return self._spans
 
 
@@ -89,20 +89,29 @@ def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:
     return list(zip(flat[::2], flat[1::2]))
 
 
-def opening(text: str, body_open: int | None) -> str:
+def opening(text: str, body_open: int | None, max_chars: int | None = None, signature: str | None = None) -> str:
     """What pieces after the first repeat: the unit's text up to its body's ``{``, without
-    the comment lines it starts with (a long doc comment is not repeated in every piece)."""
+    the comment lines it starts with (a long doc comment is not repeated in every piece).
+    Over ``max_chars // 2`` (a long decorator, say), it starts at the line that holds the
+    start of ``signature``; still over, there is none."""
     if not body_open:
         return ""
-    lines = text[:body_open].rstrip().split("\n")
+    head = text[:body_open].rstrip()
+    lines = head.split("\n")
     k = 0
     while k < len(lines) - 1 and lines[k].lstrip().startswith(("//", "/*", "*")):
         k += 1
-    return "\n".join(lines[k:]) + "\n"
+    out = "\n".join(lines[k:]) + "\n"
+    if max_chars is None or len(out) <= max_chars // 2:
+        return out
+    at = head.rfind(signature[:24]) if signature else -1
+    if at >= 0:
+        out = head[head.rfind("\n", 0, at) + 1:] + "\n"
+    return out if len(out) <= max_chars // 2 else ""
 
 
-def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int,
-                body_open: int | None) -> tuple[list[tuple[int, int]], str]:
+def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None,
+                signature: str | None = None) -> tuple[list[tuple[int, int]], str]:
     """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries: the
     pieces' spans in ``text`` (consecutive, covering it) and the opening that pieces after
     the first start with.
@@ -122,9 +131,7 @@ def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int,
     n = len(text)
     if n <= max_chars:
         return [(0, n)], ""
-    prefix = opening(text, body_open)
-    if len(prefix) > max_chars // 2:
-        prefix = ""
+    prefix = opening(text, body_open, max_chars, signature)
     budget = max_chars - len(prefix)
     offsets = [c[0] for c in cuts]
     depths = [c[1] for c in cuts]

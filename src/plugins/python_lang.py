@@ -42,7 +42,7 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 
-EXTRACTOR_VERSION = "2"
+EXTRACTOR_VERSION = "3"
 
 DEFINITIONS = {"function_definition", "class_definition"}
 # compound statements whose blocks are searched for definitions (conditional definitions)
@@ -196,7 +196,7 @@ class PythonLanguage:
         signature = _signature(source[definition.start_byte:sig_end].decode("utf-8", "replace"))
         body_open = offsets.char(colon.end_byte) - c_start if colon is not None else None
         unit_text = text[c_start:c_end]
-        cuts = _cuts(node, start, c_start, offsets) if len(unit_text) > CUT_UNIT else b""
+        cuts = _cuts(node, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""
         local = _local(name, parent, seen)
         return Unit(kind=kind, name=name, local_qualname=local,
                     header=parent.signature if parent is not None else None, signature=signature,
@@ -230,11 +230,14 @@ class PythonLanguage:
         sig_end = value.start_byte if value is not None else node.end_byte
         signature = _signature(text[offsets.char(node.start_byte):offsets.char(sig_end)]).rstrip("=").rstrip()
         unit_text = text[c_start:c_end]
-        cuts = _cuts(node, start, c_start, offsets) if len(unit_text) > CUT_UNIT else b""  # a large table
+        cuts = _cuts(node, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""  # a large table
+        body_open = None  # a table (`[`, `{`, `(`) repeats its opening in every later part
+        if value is not None and source[value.start_byte:value.start_byte + 1] in (b"[", b"{", b"("):
+            body_open = offsets.char(value.start_byte + 1) - c_start
         return Unit(kind=kind, name=name, local_qualname=_local(name, None, seen), header=None,
                     signature=signature, start_byte=start, end_byte=node.end_byte, start_line=start_row + 1,
                     end_line=node.end_point.row + 1, has_error=node.has_error, text=unit_text,
-                    char_start=c_start, char_end=c_end, parent=None, body_open=None, cuts=cuts)
+                    char_start=c_start, char_end=c_end, parent=None, body_open=body_open, cuts=cuts)
 
     @staticmethod
     def _imports(root, query: tree_sitter.Query, text: str, offsets: _Offsets, units: list[Unit]) -> list[list]:
@@ -324,10 +327,13 @@ def _skeletons(units: list[Unit]) -> None:
         parent.skeleton = _WS.sub("", "".join(pieces))
 
 
-def _cuts(node, start: int, c_start: int, offsets: _Offsets) -> bytes:
-    """Packed cut points of a unit (char offsets in its text), for units over CUT_UNIT."""
+def _cuts(node, start: int, c_start: int, offsets: _Offsets, header_end: int) -> bytes:
+    """Packed cut points of a unit (char offsets in its text), for units over CUT_UNIT; none
+    before byte ``header_end`` (decorators and the ``def`` line, or an assignment's target)."""
     found: list[tuple[int, int]] = []
-    _collect_cuts(node, 0, start if offsets.ascii else 0, found)
+    base = start if offsets.ascii else 0
+    _collect_cuts(node, 0, base, found)
+    found = [(b, d) for b, d in found if b > header_end - base]
     if not offsets.ascii:
         found = [(offsets.char(b) - c_start, d) for b, d in found]
     return pack_cuts(found)

@@ -27,7 +27,7 @@ from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import FileSymbols, RustIndex, summarize
 
-EXTRACTOR_VERSION = "7"
+EXTRACTOR_VERSION = "8"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -402,14 +402,26 @@ def _strip_generics(type_text: str) -> str:
     return _norm(type_text)
 
 
+_LIFETIME_ARG = re.compile(r"'[A-Za-z_]\w*\s*(?:,\s*)?")
+
+
+def _without_lifetimes(text: str) -> str:
+    """``IntoPy<'py>`` -> ``IntoPy``; ``From<&'a str>`` -> ``From<&str>``."""
+    if "'" not in text:
+        return text
+    text = _LIFETIME_ARG.sub("", text).replace(", >", ">").replace(",>", ">")
+    return text.replace("<>", "")
+
+
 def _item_name(node, source: bytes) -> str:
     if node.type == "impl_item":
         ty = _strip_generics(node_text(node.child_by_field_name("type"), source))
         trait = node.child_by_field_name("trait")
         if trait is not None:
             neg = "!" if any(c.type == "!" for c in node.children) else ""
-            # the trait's arguments tell impls apart: From<io::Error> and From<fmt::Error>
-            return f"<{ty} as {neg}{_norm(node_text(trait, source))}>"
+            # the trait's arguments tell impls apart (From<io::Error>, From<fmt::Error>); its
+            # lifetimes do not, and renaming one is no change of the impl
+            return f"<{ty} as {neg}{_without_lifetimes(_norm(node_text(trait, source)))}>"
         return ty or "impl"
     name = node.child_by_field_name("name")
     return node_text(name, source) if name is not None else node.type

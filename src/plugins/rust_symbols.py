@@ -1129,6 +1129,9 @@ class RustIndex(MemoReferences):
         local, own = d.local, q.local_qualname
         if local == own or local.startswith(own + "::"):
             return True
+        if "#" in own and local.startswith(own.split("#", 1)[0] + "::") and q.lines is not None:
+            # a member of the unit, a numbered impl (`Thing#2` holds `Thing::walk`): by its lines
+            return q.lines[0] <= d.lines[0] and d.lines[1] <= q.lines[1]
         if d.kind == "impl":
             # its methods are named after its target (`Thing::walk` in `Thing#2`): of a type's
             # impls in the file, the one whose lines hold the unit

@@ -234,3 +234,11 @@ def test_no_part_is_only_the_closing_brace_when_the_piece_before_has_room():
         (c,) = chunks(long_fn(arms=arms), max_chars=1200)
         assert not any(p.rstrip().endswith("{\n}") or p.split("\n", 1)[1].strip() in ("}", "}\n}") for p in c.pieces[1:]
                        if len(c.pieces[-2]) + 2 <= 1200), arms
+
+
+def test_renaming_a_lifetime_does_not_rename_a_trait_impl():
+    old = "impl<'a> From<&'a str> for Name<'a> {\n    fn from(s: &'a str) -> Self { Name(s) }\n}\n"
+    new = old.replace("'a", "'src")
+    assert [u.local_qualname for u in RUST.parse(old.encode()).units][0] == "<Name as From<&str>>"
+    impl, method = "m::<Name as From<&str>>", "m::<Name as From<&str>>::from"
+    assert changes(old, new) == [("modified", impl, impl), ("modified", method, method)]  # not renamed

@@ -502,3 +502,17 @@ def test_pipeline_pairs_units_and_follows_definitions_through_history(scripted_r
     ctx = manifest(run_dir)["context"]
     assert ctx["strategy"] == "imports" and ctx["refs"] >= 10
     assert ctx["recall"] == 1.0
+
+
+def test_python_parts_keep_decorators_whole_and_tables_repeat_their_opening():
+    lang = PythonLanguage()
+    chunker = AstChunker(AstChunkerConfig(max_chars=1000))
+    cases = "".join(f"        ({i}, 'case number {i}'),\n" for i in range(25))
+    body = "".join(f"    assert check({i}) == {i}\n" for i in range(40))
+    src = f"@pytest.mark.parametrize(\n    'n, label',\n    [\n{cases}    ],\n)\ndef test_cases(n, label):\n{body}"
+    (fn,) = [c for c in chunker.chunk(lang.parse(src.encode()), lang, "tests/t.py") if c.kind != "class"]
+    assert len(fn.pieces) >= 2
+    assert all(p.startswith("def test_cases(n, label):") for p in fn.pieces[1:])  # no part begins mid-decorator
+    table = "SCHEMA = [\n" + "".join(f"    {{'name': 'field_{i}', 'type': 'int'}},\n" for i in range(60)) + "]\n"
+    (t,) = chunker.chunk(lang.parse(table.encode()), lang, "s.py")
+    assert len(t.pieces) >= 3 and all(p.startswith("SCHEMA = [\n") for p in t.pieces[1:])

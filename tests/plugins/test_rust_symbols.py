@@ -377,3 +377,16 @@ def test_self_items_in_an_impl_are_that_impls_own():
     refs = {qual: found for _, qual, found in _references(idx, lang, files)}
     own = [r[1] for r in refs["<BytesMut as IntoBuf>::into_buf"] if r[1].endswith("::Buf")]
     assert own == ["<BytesMut as IntoBuf>::Buf"]
+
+
+def test_an_impl_block_never_gets_its_own_members_as_context():
+    lang = RustLanguage()
+    src = ("pub struct S;\nimpl S {\n    pub fn a(&self) {}\n}\n"
+           "impl S {\n    pub fn final_check(&self) {}\n    pub fn run(&self) {\n        self.final_check();\n"
+           "        self.a();\n    }\n}\n")
+    files = {"src/lib.rs": src}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "s"\n'})
+    refs = {qual: found for _, qual, found in _references(idx, lang, files)}
+    assert "S#3" in refs
+    # its own final_check is out; S::a, a method of the other impl block, is context
+    assert [r[1] for r in refs["S#3"] if r[2] == "method"] == ["S::a"]
