@@ -104,7 +104,8 @@ def opening(text: str, body_open: int | None, max_chars: int | None = None, sign
     out = "\n".join(lines[k:]) + "\n"
     if max_chars is None or len(out) <= max_chars // 2:
         return out
-    at = head.rfind(signature[:24]) if signature else -1
+    key = signature.split("(", 1)[0].split("<", 1)[0][:40].rstrip() if signature else ""  # `def name`, `pub fn name`
+    at = head.rfind(key) if key else -1
     if at >= 0:
         out = head[head.rfind("\n", 0, at) + 1:] + "\n"
     return out if len(out) <= max_chars // 2 else ""

@@ -509,10 +509,11 @@ def test_python_parts_keep_decorators_whole_and_tables_repeat_their_opening():
     chunker = AstChunker(AstChunkerConfig(max_chars=1000))
     cases = "".join(f"        ({i}, 'case number {i}'),\n" for i in range(25))
     body = "".join(f"    assert check({i}) == {i}\n" for i in range(40))
-    src = f"@pytest.mark.parametrize(\n    'n, label',\n    [\n{cases}    ],\n)\ndef test_cases(n, label):\n{body}"
+    src = f"@pytest.mark.parametrize(\n    'n, label',\n    [\n{cases}    ],\n)\ndef test_cases(\n    n,\n    label,\n):\n{body}"
     (fn,) = [c for c in chunker.chunk(lang.parse(src.encode()), lang, "tests/t.py") if c.kind != "class"]
     assert len(fn.pieces) >= 2
-    assert all(p.startswith("def test_cases(n, label):") for p in fn.pieces[1:])  # no part begins mid-decorator
+    # no part begins mid-decorator; later parts repeat the def (laid out over lines)
+    assert all(p.startswith("def test_cases(\n    n,\n    label,\n):\n") for p in fn.pieces[1:])
     table = "SCHEMA = [\n" + "".join(f"    {{'name': 'field_{i}', 'type': 'int'}},\n" for i in range(60)) + "]\n"
     (t,) = chunker.chunk(lang.parse(table.encode()), lang, "s.py")
     assert len(t.pieces) >= 3 and all(p.startswith("SCHEMA = [\n") for p in t.pieces[1:])
