@@ -78,6 +78,16 @@ class Chunker(Protocol):
         """The chunks of one file at ``path``, parsed by ``language``."""
 
 
+def cut_before(node, prev_end_row: int, base: int, depth: int) -> tuple[int, int]:
+    """The (offset - base, depth) cut before a syntax node whose previous sibling ends on
+    ``prev_end_row``: at the start of the node's line when it starts one (only indentation
+    lies before it), else at the node, ranked ``CUT_MID_LINE`` deeper."""
+    point = node.start_point
+    if point.row > prev_end_row:
+        return node.start_byte - point.column - base, depth
+    return node.start_byte - base, depth + CUT_MID_LINE
+
+
 def pack_cuts(cuts: list[tuple[int, int]]) -> bytes:
     """(offset, depth) pairs as int32 bytes: one object per unit in the cache, not one per cut."""
     return array("i", [v for pair in cuts for v in pair]).tobytes()

@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 import tree_sitter
 import tree_sitter_python
 
-from core.chunk import pack_cuts
+from core.chunk import CUT_MIN, CUT_UNIT, cut_before, pack_cuts
 from core.hookspecs import hookimpl
-from core.records import ParsedBlob, Unit
-from plugins.python_symbols import FileSymbols, PythonIndex, summarize
-from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
+from core.records import ParsedBlob, Unit
+from plugins.python_symbols import FileSymbols, PythonIndex, summarize
 from core.parsing import node_text, parse_with_deadline
 
 EXTRACTOR_VERSION = "3"
@@ -340,11 +339,9 @@ def _cuts(node, start: int, c_start: int, offsets: _Offsets, header_end: int) ->
 
 
 def _collect_cuts(node, depth: int, base: int, out: list[tuple[int, int]]) -> None:
-    """(byte offset - base, depth) between the children of large nodes, in increasing order.
-
-    A cut before a child that starts a line moves back to the start of that line (only
-    indentation lies between the previous sibling and it), so pieces hold whole lines and
-    statements with their trailing comments; strings are never entered.
+    """(byte offset - base, depth) between the children of large nodes, in increasing order
+    (:func:`core.chunk.cut_before`), so pieces hold whole lines and statements with their
+    trailing comments; strings are never entered.
     """
     prev_row = -1
     for child in node.children:
@@ -352,10 +349,7 @@ def _collect_cuts(node, depth: int, base: int, out: list[tuple[int, int]]) -> No
         point = child.start_point
         if prev_row >= 0 and not (child.type == "comment" and point.row == prev_row):
             # (a comment that ends the line of the statement before stays with it)
-            if point.row > prev_row:
-                out.append((start - point.column - base, depth))
-            else:  # inside a line: only where no line-start cut is
-                out.append((start - base, depth + CUT_MID_LINE))
+            out.append(cut_before(child, prev_row, base, depth))
         prev_row = child.end_point.row
         if child.end_byte - start > CUT_MIN and child.child_count and child.type not in ATOMIC:
             _collect_cuts(child, depth + 1, base, out)

@@ -19,7 +19,7 @@ import tree_sitter
 import tree_sitter_rust
 
 from core.hookspecs import hookimpl
-from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT, pack_cuts
+from core.chunk import CUT_MIN, CUT_UNIT, cut_before, pack_cuts
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
@@ -469,7 +469,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
 
     A cut before a child that starts a line moves back to the start of that line (only
     indentation lies between the previous sibling and it), so a piece starts with
-    whole lines; a cut inside a line ranks below every line-start cut (``CUT_MID_LINE``);
+    whole lines; a cut inside a line ranks below every line-start cut (``cut_before``);
     cuts never fall inside a token. Nothing is cut from the comments and
     attributes that lead into it: outer doc comments and attributes stay with the next
     node (as rustc attaches them), other comments when no blank line separates them.
@@ -479,10 +479,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
         start = child.start_byte
         point = child.start_point
         if prev is not None and not _leads_into(prev, point.row, source):
-            if point.row > prev.end_point.row:
-                out.append((start - point.column - base, depth))
-            else:
-                out.append((start - base, depth + CUT_MID_LINE))
+            out.append(cut_before(child, prev.end_point.row, base, depth))
         prev = child
         if (child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH
                 and child.type not in _ATOMIC):

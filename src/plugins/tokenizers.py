@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -94,12 +93,9 @@ def _producible(model: dict, token: str) -> bool:
     return False
 
 
-# cut before a line break that follows a non-space character
-_LINE_CUT = re.compile(r"(?<=\S)(?=\n)")
-
-
 def _cut_lines(text: str) -> list[str]:
-    """``_LINE_CUT.split(text)``, about 3x faster: a text of code has a cut on most lines."""
+    r"""``text`` cut before each line break that follows a non-space character (what
+    ``re.split(r"(?<=\S)(?=\n)", text)`` gives, about 3x faster)."""
     lines = text.split("\n")
     if len(lines) == 1:
         return lines
@@ -116,7 +112,7 @@ def _cut_lines(text: str) -> list[str]:
 
 
 def _line_pieces_exact(spec: dict) -> bool:
-    """Whether a text's ids are the concatenated ids of its pieces cut by ``_LINE_CUT``.
+    """Whether a text's ids are the concatenated ids of its pieces cut by ``_cut_lines``.
 
     True for a BPE behind GPT-2's byte-level split alone (the ``bpe`` plugin's recipe): no
     normalizer, no prefix space, nothing added around the text. Each of that regex's
