@@ -74,8 +74,11 @@ class Chunker(Protocol):
     #: whether unmatched chunks may be paired by signature similarity (renamed units)
     pairs_renames: bool
 
-    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
-        """The chunks of one file at ``path``, parsed by ``language``."""
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
+        """The chunks of one file at ``path``, parsed by ``language``. ``module`` is the
+        file's module path in its tree (``Language.module_paths``; optional: core passes it
+        only to a ``chunk`` that declares it), None when the language names modules from
+        paths alone (``language.module_path(path)``)."""
 
 
 def cut_before(node, prev_end_row: int, base: int, depth: int) -> tuple[int, int]:

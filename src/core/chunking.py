@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from core.parsing import ParseTimeout, hunk_edits
 from core.progress import progress
 from core.records import CommitRecord, ParsedBlob, UnitChange
 from core.report import scan_lines
-from core.snapshot import Snapshot, TreeSteps
+from core.snapshot import Snapshot, TreeSteps, apply_delta
 from core.stats import Counter
 
 BLOB_BATCH = 24
@@ -197,24 +197,49 @@ class ChunkJob:
 
     # -- phase 2 ---------------------------------------------------------------------
     def pair_commits(self, work: list[CommitRecord] | tuple[list[CommitRecord], TreeSteps | None]
+                     | tuple[list[CommitRecord], TreeSteps | None, TreeSteps | None]
                      ) -> list[tuple[bytes, int, dict[str, Any], tuple]]:
         """Each commit's UnitChange records as JSON lines (encoded here, in the worker), their
         count, the commit's counters and what the report reads of its lines (scanned here
         too: the main process only writes). With TreeSteps (a context strategy that reads
-        the repository's tree), the worker's snapshot follows the commits' trees."""
-        batch, steps = work if isinstance(work, tuple) else (work, None)
+        the repository's tree), the worker's snapshot follows the commits' trees; with
+        project TreeSteps (the commits' project files, ``project_steps``), units are named
+        by the languages' ``module_paths`` at each commit."""
+        batch, steps, projects_steps = (work, None, None) if not isinstance(work, tuple) else (
+            (*work, None) if len(work) == 2 else work)
         snapshot = None
         if steps is not None:
             snapshot = self._snapshot()
             snapshot.advance(steps.start)
+        projects: dict[str, str] = {}
+        if projects_steps is not None:
+            apply_delta(projects, projects_steps.start)
         out = []
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
+            if projects_steps is not None and i > 0:
+                apply_delta(projects, projects_steps.deltas[i - 1])
+            modules = self._module_paths(projects) if projects_steps is not None else {}
             stats = Counter()
-            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot)]
+            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot, modules)]
             out.append((b"".join(lines), len(lines), stats.to_dict(), scan_lines(lines).to_plain()))
         return out
+
+    def _module_paths(self, projects: dict[str, str]) -> dict[str, Callable[[str], str]]:
+        """Per language with ``module_paths``: its module path function in a tree whose
+        project files are ``projects`` (path -> blob). Kept for the next commits."""
+        key = (self.git_dir, frozenset(projects.items()))
+        hit = _MODULES.get(key)
+        if hit is not None:
+            _MODULES.move_to_end(key)
+            return hit
+        read = _reader(self.git_dir).read
+        hit = module_paths(self.languages, {path: read(blob) for path, blob in projects.items()})
+        _MODULES[key] = hit
+        if len(_MODULES) > 8:
+            _MODULES.popitem(last=False)
+        return hit
 
     def _snapshot(self) -> Snapshot:
         # a worker unpickles a new job, context object included, with every task: the snapshot
@@ -260,12 +285,12 @@ class ChunkJob:
             _LOADED.popitem(last=False)
         return result
 
-    def _chunks(self, blob, parsed: ParsedBlob, lang: Language, path: str) -> list:
+    def _chunks(self, blob, parsed: ParsedBlob, lang: Language, path: str, module: str | None = None) -> list:
         # a file's new version is the next commit's old version: chunk it once
-        key = (blob, lang.name, path)
+        key = (blob, lang.name, path, module)
         chunks = _CHUNKED.get(key)
         if chunks is None:
-            chunks = self.chunker.chunk(parsed, lang, path)
+            chunks = chunk_file(self.chunker, parsed, lang, path, module)
             _CHUNKED[key] = chunks
             if len(_CHUNKED) > LOADED_BLOBS:
                 _CHUNKED.popitem(last=False)
@@ -273,8 +298,8 @@ class ChunkJob:
             _CHUNKED.move_to_end(key)
         return chunks
 
-    def _pair_commit(self, rec: CommitRecord, stats: Counter, snapshot: Snapshot | None = None
-                     ) -> Iterator[dict[str, Any]]:
+    def _pair_commit(self, rec: CommitRecord, stats: Counter, snapshot: Snapshot | None = None,
+                     modules: dict[str, Callable[[str], str]] | None = None) -> Iterator[dict[str, Any]]:
         max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
         for fc in rec.files:
             lang = self.languages[fc.lang]  # type: ignore[index]
@@ -289,8 +314,11 @@ class ChunkJob:
                 continue
             if new is not None and new.has_error:
                 stats.add("files_with_syntax_errors")
-            old_chunks = self._chunks(fc.old_blob, old, lang, fc.old_path) if old else []
-            new_chunks = self._chunks(fc.new_blob, new, lang, fc.new_path) if new else []
+            module_of = modules.get(lang.name) if modules else None
+            old_chunks = self._chunks(fc.old_blob, old, lang, fc.old_path,
+                                      module_of(fc.old_path) if module_of else None) if old else []
+            new_chunks = self._chunks(fc.new_blob, new, lang, fc.new_path,
+                                      module_of(fc.new_path) if module_of else None) if new else []
             emitted = 0
             for change, o, n in pair_chunks(old_chunks, new_chunks, renames=self.chunker.pairs_renames,
                                              rename_similarity=self.rename_similarity):
@@ -318,7 +346,8 @@ class ChunkJob:
 
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
-_CHUNKED: OrderedDict[tuple[str, str, str], list] = OrderedDict()
+_CHUNKED: OrderedDict[tuple[str, str, str, str | None], list] = OrderedDict()
+_MODULES: OrderedDict[tuple, dict[str, Callable[[str], str]]] = OrderedDict()  # recent trees' module path functions
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
 _SNAPSHOTS: dict[tuple, Snapshot] = {}
@@ -421,6 +450,37 @@ def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | 
 
 
 _TAKES_EDITS: dict[Any, bool] = {}
+_TAKES_MODULE: dict[Any, bool] = {}
+
+
+def chunk_file(chunker: Chunker, parsed: ParsedBlob, lang: Language, path: str, module: str | None) -> list:
+    """``chunker.chunk``, given the file's module path when it has one and the chunker
+    takes it (``module`` is an optional parameter of the protocol)."""
+    if module is None:
+        return chunker.chunk(parsed, lang, path)
+    fn = getattr(chunker.chunk, "__func__", chunker.chunk)
+    takes = _TAKES_MODULE.get(fn)
+    if takes is None:
+        try:
+            takes = "module" in inspect.signature(chunker.chunk).parameters
+        except (TypeError, ValueError):
+            takes = False
+        _TAKES_MODULE[fn] = takes
+    return chunker.chunk(parsed, lang, path, module=module) if takes else chunker.chunk(parsed, lang, path)
+
+
+def module_paths(languages: dict[str, Language], projects: dict[str, bytes | None]
+                 ) -> dict[str, Callable[[str], str]]:
+    """Per language with ``module_paths``: its module path function for a tree whose
+    project files are ``projects`` (path -> bytes; None: unreadable, left out)."""
+    out = {}
+    for name, lang in languages.items():
+        make = getattr(lang, "module_paths", None)
+        wanted = set(getattr(lang, "project_files", ()))
+        if make is not None and wanted:
+            out[name] = make({p: data for p, data in projects.items()
+                              if data is not None and p.rsplit("/", 1)[-1] in wanted})
+    return out
 
 
 def _takes_edits(language: Language) -> bool:

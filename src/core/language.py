@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.parsing import Edit
@@ -31,7 +32,14 @@ class Language(Protocol):
         checked against both versions. The result must depend on neither."""
 
     def module_path(self, path: str) -> str:
-        """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty)."""
+        """The module path a file's units live in, e.g. ``ledger_core::store`` (may be empty),
+        from its path alone."""
+
+    # optional: module paths that read the tree's project files (crate names from Cargo.toml)
+    def module_paths(self, projects: dict[str, bytes]) -> Callable[[str], str]:
+        """``module_path`` for the files of a tree whose project files (``project_files``
+        by name) are ``projects`` (path -> bytes). The chunk stage calls it whenever a
+        commit changes them and names every unit of that commit with it."""
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""

@@ -304,6 +304,17 @@ class Run:
             steps = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], keep, at),
                                     [len(group) for group in work]))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
+        named: list[TreeSteps | None] = [None] * len(work)
+        project_names = {name for lang in self.languages.values() if hasattr(lang, "module_paths")
+                         for name in getattr(lang, "project_files", ())}
+        if project_names and todo:
+            # units are named by the project files of their commit's tree (crate names)
+            t_named = time.perf_counter()
+            order = [i for group in work for i in group]
+            is_project = lambda p: p.rsplit("/", 1)[-1] in project_names  # noqa: E731
+            named = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], is_project, "commit"),
+                                    [len(group) for group in work]))
+            stats.add("project_trees_ms", int(1000 * (time.perf_counter() - t_named)))
         if todo:
             blobs = unique_blobs([commits[i] for i in todo])
             stats.add("unique_blobs", len(blobs))
@@ -328,8 +339,8 @@ class Run:
             job.parse_all(self.executor, blobs, stats, hunks)
         parse_seconds = time.perf_counter() - t0
         rows = 0
-        results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st)
-                                                        for group, st in zip(work, steps)])
+        results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
+                                                        for group, st, ns in zip(work, steps, named)])
         pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too

@@ -12,7 +12,8 @@ from typing import Any
 
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
-from core.chunking import redact_row
+from core.chunking import chunk_file, module_paths, redact_row
+from core.gitio import BlobReader
 from core.hookspecs import hookimpl
 from core.progress import progress
 from core.language import file_extension
@@ -95,6 +96,8 @@ class FileBuilder(CommitBuilder):
             raise CommitforgeError("the file builder found no mined commit to snapshot; check source.rev and the filters")
         ext = run.extensions()
         files = []
+        project_names = {name for lang in run.languages.values() for name in getattr(lang, "project_files", ())}
+        projects: dict[str, str] = {}
         for entry in run.repo.run("ls-tree", "-r", "-z", "--full-tree", rec.commit).split("\0"):
             if not entry:
                 continue
@@ -103,6 +106,11 @@ class FileBuilder(CommitBuilder):
             lang = ext.get(file_extension(path))
             if kind == "blob" and mode != "120000" and lang and run.source.keeps_path(path):
                 files.append((blob, lang, path))
+            elif kind == "blob" and path.rsplit("/", 1)[-1] in project_names:
+                projects[path] = blob
+        # units are named as the chunk stage names them at that commit (crate names)
+        with BlobReader(run.repo.git_dir) as reader:
+            modules = module_paths(run.languages, {path: reader.read(blob) for path, blob in projects.items()})
         job = run.chunk_job()
         job.parse_all(run.executor, [(b, lang, None) for b, lang, _ in files], stats)
         rows = []
@@ -112,11 +120,11 @@ class FileBuilder(CommitBuilder):
                 stats.skip(f"file_{reason}")
                 continue
             lang = run.languages[lang_name]
+            module = modules[lang_name](path) if lang_name in modules else lang.module_path(path)
             if self.cfg.unit == "file":
-                module = lang.module_path(path)
                 rows.append(_snapshot_row(run, rec, path, lang_name, "file", module or path, None, parsed.text, 1, 1))
                 continue
-            for chunk in run.chunker.chunk(parsed, lang, path):
+            for chunk in chunk_file(run.chunker, parsed, lang, path, module if lang_name in modules else None):
                 if chunk.members:
                     continue  # containers are covered by their member units
                 for k, piece in enumerate(chunk.pieces, 1):

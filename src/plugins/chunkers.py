@@ -33,8 +33,9 @@ class AstChunker:
             raise CommitforgeError(f"chunker.max_chars={cfg.max_chars} is too small for the ast chunker; use at least {CUT_UNIT}")
         self.cfg = cfg
 
-    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
-        module = language.module_path(path)
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
+        if module is None:
+            module = language.module_path(path)
         parents = {u.parent for u in parsed.units if u.parent is not None}
         out = []
         for i, u in enumerate(parsed.units):
@@ -81,8 +82,8 @@ class WindowChunker:
             raise CommitforgeError(f"chunker.overlap={cfg.overlap} must be >= 0 and below max_chars={cfg.max_chars}")
         self.cfg = cfg
 
-    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
-        text = parsed.text
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
+        text = parsed.text  # windows are named by path, not by module
         size, step = self.cfg.max_chars, self.cfg.max_chars - self.cfg.overlap
         out = []
         line = 1

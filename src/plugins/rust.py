@@ -13,6 +13,7 @@ import bisect
 import functools
 import importlib.metadata
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tree_sitter
@@ -25,7 +26,7 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
-from plugins.rust_symbols import FileSymbols, RustIndex, summarize
+from plugins.rust_symbols import FileSymbols, RustIndex, cargo_crates, summarize
 
 EXTRACTOR_VERSION = "8"
 
@@ -112,6 +113,12 @@ class RustLanguage:
 
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
+
+    def module_paths(self, projects: Mapping[str, bytes]) -> Callable[[str], str]:
+        """``module_path`` in a tree whose ``Cargo.toml`` files are ``projects``: crates
+        are named after their packages."""
+        crates = cargo_crates(projects)
+        return functools.partial(rust_module_path, crates=crates) if crates else rust_module_path
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
@@ -486,37 +493,55 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
-@functools.lru_cache(maxsize=65536)
-def rust_module_path(path: str) -> str:
-    """Module path of a file from its path alone (Cargo conventions).
+def rust_module_path(path: str, crates: Mapping[str, str] | None = None) -> str:
+    """Module path of a file from its path (Cargo conventions) and, when given, the crate
+    names of the packages in its tree (``crates``: package directory -> crate name, see
+    ``cargo_crates``).
 
-    ``crates/ledger-core/src/store/mod.rs`` -> ``ledger_core::store``;
-    ``src/lib.rs`` and ``src/main.rs`` are the crate root; ``src/bin/x.rs``, tests,
-    examples and benches are their own crates. The crate name is the directory that
-    holds ``src`` (dashes become underscores); a file outside any ``src`` keeps its
-    directory path.
+    ``crates/store/src/log/mod.rs`` -> ``ledger_store::log`` when ``crates/store/Cargo.toml``
+    names package ``ledger-store`` (or its ``[lib] name``), ``store::log`` without it: then
+    the directory holding ``src`` names the crate (dashes become underscores). The root
+    package's files are named after it too (``src/lib.rs`` of package ``demo`` -> ``demo``),
+    unnamed without a package. ``src/lib.rs`` and ``src/main.rs`` are the crate root;
+    ``src/bin/x.rs`` is binary crate ``x``; tests, examples and benches are crates
+    ``<crate>_tests`` and so on; a file outside any ``src`` keeps its directory path.
     """
+    package, crate, suffix, mods = _module_parts(path)
+    if crates and package is not None:
+        crate = crates.get(package, crate)
+    if suffix:
+        crate = f"{crate}/{suffix}" if crate else suffix
+    head = [_ident(crate)] if crate else []
+    return "::".join(head + list(mods))
+
+
+@functools.lru_cache(maxsize=65536)
+def _module_parts(path: str) -> tuple[str | None, str, str, tuple[str, ...]]:
+    """(package directory or None when the crate is not the package's, crate name from the
+    path, crate suffix, module segments) of ``rust_module_path``."""
     parts = path.split("/")
     stem = parts[-1].rsplit(".", 1)[0]
     dirs = parts[:-1]
     for marker in ("src", "tests", "examples", "benches"):
         if marker in dirs:
             i = len(dirs) - 1 - dirs[::-1].index(marker)
+            package: str | None = "/".join(dirs[:i])
             crate = dirs[i - 1] if i > 0 else ""
             inner = dirs[i + 1:]
+            suffix = ""
             if marker == "src" and inner[:1] == ["bin"]:
                 # src/bin/x.rs and src/bin/x/main.rs are the root of binary crate x
+                package = None
                 if len(inner) == 1:
                     crate, inner, stem = stem, [], "main"
                 else:
                     crate, inner = inner[1], inner[2:]
             elif marker != "src":
-                crate = f"{crate}/{marker}" if crate else marker
+                suffix = marker
             mods = inner + ([] if stem in ("lib", "main", "mod") else [stem])
-            head = [_ident(crate)] if crate else []
-            return "::".join(head + [_ident(m) for m in mods])
+            return package, crate, suffix, tuple(_ident(m) for m in mods)
     mods = dirs + ([] if stem in ("lib", "main", "mod") else [stem])
-    return "::".join(_ident(m) for m in mods)
+    return None, "", "", tuple(_ident(m) for m in mods)
 
 
 def _ident(segment: str) -> str:

@@ -377,6 +377,19 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Packa
                    bins=tuple(bins), deps=tuple(sorted(deps.items())))
 
 
+def cargo_crates(projects: dict[str, bytes] | Any) -> dict[str, str]:
+    """Package directory -> crate name (``[lib] name``, else the package name with dashes
+    as underscores) of each ``Cargo.toml`` in ``projects`` (path -> bytes) that declares a
+    package."""
+    out = {}
+    for path, data in sorted(projects.items()):
+        if posixpath.basename(path) == "Cargo.toml" and data is not None:
+            pkg = parse_cargo(path, data, {})
+            if pkg is not None:
+                out[pkg.dir] = pkg.lib_name
+    return out
+
+
 def workspace_dependencies(data: bytes) -> dict[str, str]:
     """``[workspace.dependencies]`` renames: name -> package."""
     doc = _toml(data)
@@ -413,7 +426,10 @@ class RustIndex(MemoReferences):
     """Modules, items and imports of a Rust tree, updated file by file."""
 
     def __init__(self, module_path) -> None:
-        self.module_path = module_path  # path -> display module path (the unit qualname prefix)
+        # (path, crates) -> display module path (the unit qualname prefix), crates named
+        # after their packages as the chunk stage names them
+        self.module_path = module_path
+        self._lib_names: dict[str, str] = {}  # package dir -> crate name
         self.files: dict[str, FileSymbols] = {}
         self.manifests: dict[str, bytes] = {}
         self.packages: dict[str, Package] = {}  # dir -> package
@@ -631,6 +647,7 @@ class RustIndex(MemoReferences):
             for target_id in (f"{pkg.dir}#lib", f"{pkg.dir}#bin"):
                 self.crate_deps[target_id] = deps
         self._crate_names = set(self.lib_crates) | {n for d in self.crate_deps.values() for n in d}
+        self._lib_names = {pkg.dir: pkg.lib_name for pkg in self.packages.values()}
 
     def module_of(self, path: str) -> Mod:
         """The module a file is, from Cargo targets and file-path conventions."""
@@ -1154,7 +1171,7 @@ class RustIndex(MemoReferences):
             if len(self._distances) > 65536:
                 self._distances.clear()
             self._distances[(mod, dmod)] = distance
-        prefix = self.module_path(ref[0])
+        prefix = self.module_path(ref[0], self._lib_names)
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
 

@@ -259,7 +259,7 @@ def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_p
     assert out == ref
     # counters of the work done (parsing, cache use, timings) differ; those of the rows do not
     skip = {"commits_computed", "commits_reused", "unique_blobs", "context_tree_blobs", "parse_ms",
-            "context_trees_ms", "cache_lookup_ms", "claim_wait_ms", "hunks_ms", "bytes_parsed", "units_extracted"}
+            "context_trees_ms", "project_trees_ms", "cache_lookup_ms", "claim_wait_ms", "hunks_ms", "bytes_parsed", "units_extracted"}
     plain = lambda c: {k: v for k, v in c.items() if k not in skip and not k.startswith("blobs_")}  # noqa: E731
     assert plain(again["counts"]) == plain(cold["counts"]) and again["skips"] == cold["skips"]
 
@@ -274,12 +274,45 @@ def test_a_repository_with_two_languages_is_processed_with_languages(scripted_re
     rows = read_jsonl(run_dir / "chunks.jsonl")
     assert {row["lang"] for row in rows} == {"rust", "python"}
     ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in rows}
-    assert ctx["geo::origin"] == ["Point"]  # each language resolves within its own files
+    assert ctx["mix::geo::origin"] == ["mix::Point"]  # each language resolves within its own files
     assert ctx["tools.report::origin"] == ["tools.shapes::Point"]
     kinds = {e["kind"] for split in ("train", "val", "test") for e in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
     assert {"class", "fn"} <= kinds  # the build stage has a kind token for Python's kinds too
     with pytest.raises(CommitforgeError, match="extension '.py' is claimed by languages 'rust' and 'python'"):
         run_pipeline(tmp_path / "clash", f"repo={r.path}", "languages=[python]", "language.extensions=[.rs,.py]")
+
+
+def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scripted_repo, tmp_path):
+    # directories that are not crate names, as in many workspaces (`crates/searcher` is `grep-searcher`)
+    r = scripted_repo
+    r.commit("workspace", {
+        "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n',
+        "crates/store/Cargo.toml": '[package]\nname = "ledger-store"\n',
+        "crates/store/src/lib.rs": "pub mod log;\n",
+        "crates/store/src/log.rs": "pub struct Entry { pub id: u64 }\n",
+        "crates/core/Cargo.toml": '[package]\nname = "ledger-core"\n[dependencies]\nledger-store = { path = "../store" }\n',
+        "crates/core/src/lib.rs": "use ledger_store::log::Entry;\npub fn first() -> Entry { Entry { id: 0 } }\n"})
+    r.commit("rename the store package", {
+        "crates/store/Cargo.toml": '[package]\nname = "journal"\n',
+        "crates/store/src/log.rs": "pub struct Entry { pub id: u64, pub at: u64 }\n",
+        "crates/core/Cargo.toml": '[package]\nname = "ledger-core"\n[dependencies]\njournal = { path = "../store" }\n',
+        "crates/core/src/lib.rs": "use journal::log::Entry;\npub fn first() -> Entry { Entry { id: 0, at: 0 } }\n"})
+    for context in ("none", "imports"):
+        run_dir = run_pipeline(tmp_path / context, f"repo={r.path}", "stages=[mine,chunk]", f"context={context}")
+        rows = {(row["subject"], row["qualname"]): row for row in read_jsonl(run_dir / "chunks.jsonl")}
+        # the same qualnames whatever the context strategy: each commit's own Cargo.toml names them
+        assert sorted(rows) == [("rename the store package", "journal::log::Entry"),
+                                ("rename the store package", "ledger_core::first"),
+                                ("workspace", "ledger_core::first"),
+                                ("workspace", "ledger_store::log::Entry")]
+        if context == "imports":
+            assert [c["qualname"] for c in rows[("workspace", "ledger_core::first")]["context"]] == \
+                ["ledger_store::log::Entry"]
+            assert [c["qualname"] for c in rows[("rename the store package", "ledger_core::first")]["context"]] == \
+                ["journal::log::Entry"]
+    snapshot = run_pipeline(tmp_path / "file", f"repo={r.path}", "builder=file", "split=path", "dedup.near=false")
+    exs = [e for split in ("train", "val", "test") for e in read_jsonl(snapshot / "data" / f"{split}.jsonl")]
+    assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first"}
 
 
 def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):

@@ -78,8 +78,8 @@ def test_every_kind_of_secret_is_redacted_from_every_output(scripted_repo, tmp_p
     assert all("REDACTED_" in row["old_code"] for row in deleted)
     # the doc-comment commit changes connect only: the constants' redacted texts did not invent a diff
     second = [row["qualname"] for row in rows if row["subject"].startswith("rotate the token")]
-    assert second == ["config::connect"]
+    assert second == ["app::config::connect"]
     # one secret, one replacement: the same placeholder in the constant and in the context showing it
-    placeholder = next(row["new_code"] for row in rows if row["qualname"] == "config::TOKEN").split('"')[1]
+    placeholder = next(row["new_code"] for row in rows if row["qualname"] == "app::config::TOKEN").split('"')[1]
     assert placeholder.startswith("REDACTED_GITHUB_TOKEN_")
     assert "<|" not in decoded.replace("<|cf_", "")  # placeholders can never form special tokens

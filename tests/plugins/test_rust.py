@@ -158,6 +158,39 @@ def test_module_path_from_file_path(path, module):
     assert rust_module_path(path) == module
 
 
+CRATES = {"": "demo", "crates/store": "ledger_store", "tools/cli": "ledger_cli"}
+
+
+@pytest.mark.parametrize("path,module", [
+    ("src/lib.rs", "demo"),
+    ("src/net/mod.rs", "demo::net"),
+    ("crates/store/src/lib.rs", "ledger_store"),
+    ("crates/store/src/log/mod.rs", "ledger_store::log"),
+    ("crates/store/tests/it.rs", "ledger_store_tests::it"),
+    ("tools/cli/src/main.rs", "ledger_cli"),
+    ("crates/store/src/bin/dump.rs", "dump"),  # a binary is named by its file, not the package
+    ("crates/other-one/src/lib.rs", "other_one"),  # no package there: the directory names it
+    ("build.rs", "build"),
+])
+def test_module_path_names_crates_after_their_packages(path, module):
+    assert rust_module_path(path, CRATES) == module
+
+
+def test_module_paths_read_package_and_lib_names_from_cargo_manifests():
+    lang = RustLanguage()
+    name = lang.module_paths({
+        "Cargo.toml": b'[workspace]\nmembers = ["crates/*"]\n',  # virtual: names nothing
+        "crates/store/Cargo.toml": b'[package]\nname = "ledger-store"\n',
+        "crates/codec/Cargo.toml": b'[package]\nname = "ledger-codec"\n[lib]\nname = "codec2"\n',
+        "crates/broken/Cargo.toml": b'[package\nname = ',  # not TOML: the path names it
+    })
+    assert name("crates/store/src/log.rs") == "ledger_store::log"
+    assert name("crates/codec/src/lib.rs") == "codec2"
+    assert name("crates/broken/src/lib.rs") == "broken"
+    assert name("src/lib.rs") == ""
+    assert lang.module_paths({}) is rust_module_path
+
+
 INCREMENTAL_EDITS = [
     ("a + b", "a.saturating_add(b)"),
     ("pub type Id = u64;\n", ""),  # deletion

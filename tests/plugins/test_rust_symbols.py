@@ -288,10 +288,10 @@ def test_glob_imports_of_enums_bring_variants_only_and_named_imports_shadow_glob
     refs = {qual: found for path, qual, found in _references(idx, lang, GLOBS) if path == "src/printer.rs"}
     targets = lambda qual: {(r[1], r[4]) for r in refs[qual]}  # noqa: E731
     # `Token` and its variant `Literal` (through the glob) both name the enum
-    assert [(r[1], r[3]) for r in refs["scan"]] == [("token::Token", 2)]
+    assert [(r[1], r[3]) for r in refs["scan"]] == [("g::token::Token", 2)]
     assert targets("checks") == set()  # `test` is neither a variant nor imported: no Token, no Writer
     # `io::Write`: `io` is imported (from std), so the globs are not searched for it
-    assert targets("emit") == {("printer::Writer", "Plain")}
+    assert targets("emit") == {("g::printer::Writer", "Plain")}
     assert idx.definition(("src/token.rs", "Token")).members == ("Literal", "Any")
 
 
@@ -301,7 +301,7 @@ def test_a_method_never_gets_its_own_impl_as_context():
     refs = {qual: found for path, qual, found in _references(idx, lang, GLOBS) if path == "src/printer.rs"}
     # the recursive call matches no other method: the impls of Thing are candidates, but not
     # its own; the struct Thing (named by the header) is not the method's container
-    assert [(r[1], r[2]) for r in refs["Thing::walk"]] == [("printer::Thing", "direct")]
+    assert [(r[1], r[2]) for r in refs["Thing::walk"]] == [("g::printer::Thing", "direct")]
     assert idx.definition(("src/printer.rs", "Thing#2")).kind == "impl"
 
 
@@ -376,7 +376,7 @@ def test_self_items_in_an_impl_are_that_impls_own():
     idx = _index(files, {"Cargo.toml": b'[package]\nname = "b"\n'})
     refs = {qual: found for _, qual, found in _references(idx, lang, files)}
     own = [r[1] for r in refs["<BytesMut as IntoBuf>::into_buf"] if r[1].endswith("::Buf")]
-    assert own == ["<BytesMut as IntoBuf>::Buf"]
+    assert own == ["b::<BytesMut as IntoBuf>::Buf"]
 
 
 def test_an_impl_block_never_gets_its_own_members_as_context():
@@ -389,4 +389,4 @@ def test_an_impl_block_never_gets_its_own_members_as_context():
     refs = {qual: found for _, qual, found in _references(idx, lang, files)}
     assert "S#3" in refs
     # its own final_check is out; S::a, a method of the other impl block, is context
-    assert [r[1] for r in refs["S#3"] if r[2] == "method"] == ["S::a"]
+    assert [r[1] for r in refs["S#3"] if r[2] == "method"] == ["s::S::a"]
