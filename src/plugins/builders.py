@@ -10,13 +10,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.chunking import chunk_file, module_paths, redact_row
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
-from core.chunking import chunk_file, module_paths, redact_row
 from core.gitio import BlobReader
 from core.hookspecs import hookimpl
-from core.progress import progress
 from core.language import file_extension
+from core.progress import progress
 from core.stats import Counter
 
 

@@ -27,6 +27,7 @@ import bisect
 import functools
 import importlib.metadata
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tree_sitter
@@ -35,11 +36,15 @@ import tree_sitter_python
 from core.chunk import CUT_MIN, CUT_UNIT, cut_before, pack_cuts
 from core.hookspecs import hookimpl
 from core.parsing import ByteOffsets as _Offsets
-from core.parsing import Edit
+from core.parsing import Edit, node_text, parse_with_deadline
 from core.parsing import edited as _edited
 from core.records import ParsedBlob, Unit
-from plugins.python_symbols import FileSymbols, PythonIndex, summarize
-from core.parsing import node_text, parse_with_deadline
+from plugins.python_symbols import (
+    FileSymbols,
+    PythonIndex,
+    python_source_roots,
+    summarize,
+)
 
 EXTRACTOR_VERSION = "3"
 
@@ -86,7 +91,7 @@ def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
 
 class PythonLanguage:
     name = "python"
-    project_files: tuple[str, ...] = ()
+    project_files: tuple[str, ...] = ("pyproject.toml",)
 
     def __init__(self, cfg: PythonConfig | None = None):
         cfg = cfg or PythonConfig()
@@ -118,6 +123,12 @@ class PythonLanguage:
 
     def module_path(self, path: str) -> str:
         return python_module_path(path)
+
+    def module_paths(self, projects: Mapping[str, bytes]) -> Callable[[str], str]:
+        """``module_path`` in a tree whose ``pyproject.toml`` files are ``projects``: modules
+        are named from the source roots they declare."""
+        roots = python_source_roots(projects)
+        return functools.partial(python_module_path, roots=roots) if roots else python_module_path
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
@@ -360,19 +371,33 @@ def _versions() -> dict[str, str]:
     return {d: importlib.metadata.version(d) for d in ("tree-sitter", "tree-sitter-python")}
 
 
-@functools.lru_cache(maxsize=65536)
-def python_module_path(path: str) -> str:
-    """Dotted module name of a file from its path alone.
+def python_module_path(path: str, roots: tuple[str, ...] = ()) -> str:
+    """Dotted module name of a file from its path and, when given, the source roots of the
+    projects in its tree (``roots``, see ``python_source_roots``).
 
-    ``pkg/sub/mod.py`` -> ``pkg.sub.mod``; ``pkg/__init__.py`` -> ``pkg``; in a ``src/``
-    layout the part after the last ``src`` directory (``src/pkg/a.py`` -> ``pkg.a``).
+    ``pkg/sub/mod.py`` -> ``pkg.sub.mod``; ``pkg/__init__.py`` -> ``pkg``; under a source
+    root, the part after it (``python/pkg/a.py`` -> ``pkg.a`` when a ``pyproject.toml``
+    says ``python-source = "python"``); else in a ``src/`` layout the part after the last
+    ``src`` directory (``src/pkg/a.py`` -> ``pkg.a``).
     """
+    for root in roots:
+        if path.startswith(root + "/"):
+            return _dotted(path[len(root) + 1:].split("/"))
+    return _path_module(path)
+
+
+@functools.lru_cache(maxsize=65536)
+def _path_module(path: str) -> str:
     parts = path.split("/")
-    stem = parts[-1].rsplit(".", 1)[0]
     dirs = parts[:-1]
     if "src" in dirs:
-        dirs = dirs[len(dirs) - dirs[::-1].index("src"):]
-    return ".".join(dirs + ([] if stem == "__init__" else [stem]))
+        parts = parts[len(dirs) - dirs[::-1].index("src"):]
+    return _dotted(parts)
+
+
+def _dotted(parts: list[str]) -> str:
+    stem = parts[-1].rsplit(".", 1)[0]
+    return ".".join(parts[:-1] + ([] if stem == "__init__" else [stem]))
 
 
 @hookimpl

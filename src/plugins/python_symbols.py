@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import ast
 import keyword
+import posixpath
 import re
 import textwrap
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import tomllib
 
 from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob, Unit
@@ -301,11 +305,48 @@ def _common(a: str, b: str) -> int:
     return n
 
 
+def python_source_roots(projects: Mapping[str, bytes | None]) -> tuple[str, ...]:
+    """The source directories the ``pyproject.toml`` files of a tree declare, deepest first:
+    maturin's ``python-source``, setuptools' ``package-dir`` for ``""``, poetry's
+    ``packages`` ``from``. A root at the project's own directory names nothing new."""
+    roots = set()
+    for path, data in sorted(projects.items()):
+        if posixpath.basename(path) != "pyproject.toml" or data is None:
+            continue
+        try:
+            tool = tomllib.loads(data.decode("utf-8")).get("tool")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # a broken project file names nothing
+        if not isinstance(tool, dict):
+            continue
+        found = []
+        maturin, setuptools, poetry = (tool.get(k) if isinstance(tool.get(k), dict) else {}
+                                       for k in ("maturin", "setuptools", "poetry"))
+        found.append(maturin.get("python-source"))
+        package_dir = setuptools.get("package-dir")
+        if isinstance(package_dir, dict):
+            found.append(package_dir.get(""))
+        for pkg in poetry.get("packages") or () if isinstance(poetry.get("packages"), list) else ():
+            if isinstance(pkg, dict):
+                found.append(pkg.get("from"))
+        base = posixpath.dirname(path)
+        for rel in found:
+            if isinstance(rel, str) and rel:
+                root = posixpath.normpath(posixpath.join(base, rel))
+                if root not in (".", base) and not root.startswith("../"):
+                    roots.add(root)
+    return tuple(sorted(roots, key=lambda r: (-r.count("/"), r)))
+
+
 class PythonIndex(MemoReferences):
     """Modules, definitions and imports of a Python tree, updated file by file."""
 
     def __init__(self, module_path) -> None:
-        self.module_path = module_path  # path -> dotted module path (the unit qualname prefix)
+        # (path, source roots) -> dotted module path (the unit qualname prefix), named from the
+        # tree's pyproject.toml files as the chunk stage names them
+        self.module_path = module_path
+        self._projects: dict[str, bytes] = {}
+        self._roots: tuple[str, ...] = ()
         self.files: dict[str, FileSymbols] = {}
         self._layout: _Layout | None = None
         self._cache: dict[tuple[str, str], list[Target]] = {}
@@ -316,6 +357,13 @@ class PythonIndex(MemoReferences):
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], projects: dict[str, bytes | None]) -> None:
         self.forget_references()
+        if projects:
+            for path, data in projects.items():
+                if data is None:
+                    self._projects.pop(path, None)
+                else:
+                    self._projects[path] = data
+            self._roots = python_source_roots(self._projects)
         paths_changed = any((syms is None) == (path in self.files) for path, syms in files.items())
         same_shape = not paths_changed and all(
             syms is None or self.files[path].shape() == syms.shape() for path, syms in files.items())
@@ -642,7 +690,7 @@ class PythonIndex(MemoReferences):
             if x != y:
                 break
             common += 1
-        prefix = self.module_path(ref[0])
+        prefix = self.module_path(ref[0], self._roots)
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=(len(a) - common) + (len(b) - common), tier=tier,
                          why=why, name=d.name)

@@ -315,6 +315,17 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
     assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first"}
 
 
+def test_python_modules_are_named_from_the_source_root_of_pyproject(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("bindings", {"pyproject.toml": '[tool.maturin]\npython-source = "python"\n',
+                          "python/ledger/__init__.py": "",
+                          "python/ledger/schema.py": "class Entry:\n    id = 0\n",
+                          "python/ledger/api.py": "from ledger.schema import Entry\n\ndef first():\n    return Entry()\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}", "languages=[python]", "stages=[mine,chunk]", "context=imports")
+    ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in read_jsonl(run_dir / "chunks.jsonl")}
+    assert ctx["ledger.api::first"] == ["ledger.schema::Entry"]  # not python.ledger.api
+
+
 def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
     import plugins.rust
 

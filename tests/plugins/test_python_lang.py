@@ -212,6 +212,22 @@ def test_module_path_from_file_path(path, module):
     assert python_module_path(path) == module
 
 
+def test_module_paths_strip_the_source_roots_pyproject_files_declare():
+    name = PythonLanguage().module_paths({
+        "pyproject.toml": b'[tool.maturin]\npython-source = "python"\n',
+        "tools/pyproject.toml": b'[tool.poetry]\npackages = [{include = "kit", from = "lib"}]\n',
+        "legacy/pyproject.toml": b'[tool.setuptools.package-dir]\n"" = "code"\n',
+        "broken/pyproject.toml": b"[tool.maturin\n",  # not TOML: names nothing
+    })
+    assert name("python/pydantic_core/core_schema.py") == "pydantic_core.core_schema"
+    assert name("python/pydantic_core/__init__.py") == "pydantic_core"
+    assert name("tools/lib/kit/run.py") == "kit.run"
+    assert name("legacy/code/old/x.py") == "old.x"
+    assert name("tests/test_x.py") == "tests.test_x"  # outside every root: from its path
+    assert name("src/pkg/a.py") == "pkg.a"
+    assert PythonLanguage().module_paths({"pyproject.toml": b"[project]\nname = 'x'\n"}) is python_module_path
+
+
 def test_oversize_function_is_cut_at_statement_boundaries_by_the_ast_chunker():
     body = "\n".join(f"    value_{i} = compute({i}, 'café {i}')  # «{i}»" for i in range(120))
     src = f"# «header» ✓\n@trace\ndef big(a: int,\n        b: int) -> int:\n    \"\"\"{'x' * 700}\"\"\"\n{body}\n    return a\n\n\ndef small():\n    return 1\n"
