@@ -23,10 +23,10 @@ from core.context import UnitQuery, measure
 from core.files import record_line
 from core.gitio import BlobReader, Hunk
 from core.language import Language
-from core.pairing import pair_chunks, part_changes
+from core.pairing import pair_chunks, pair_moves, part_changes
 from core.parsing import ParseTimeout, hunk_edits
 from core.progress import progress
-from core.records import CommitRecord, ParsedBlob, UnitChange
+from core.records import CommitRecord, FileChange, ParsedBlob, UnitChange
 from core.report import scan_lines
 from core.snapshot import Snapshot, TreeSteps, apply_delta
 from core.stats import Counter
@@ -301,6 +301,8 @@ class ChunkJob:
     def _pair_commit(self, rec: CommitRecord, stats: Counter, snapshot: Snapshot | None = None,
                      modules: dict[str, Callable[[str], str]] | None = None) -> Iterator[dict[str, Any]]:
         max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
+        # per file: its pairs [change, old chunk, new chunk, index of the file the old chunk is from]
+        files: list[tuple[FileChange, Language, ParsedBlob | None, ParsedBlob | None, list[list]]] = []
         for fc in rec.files:
             lang = self.languages[fc.lang]  # type: ignore[index]
             old = new = None
@@ -319,17 +321,26 @@ class ChunkJob:
                                       module_of(fc.old_path) if module_of else None) if old else []
             new_chunks = self._chunks(fc.new_blob, new, lang, fc.new_path,
                                       module_of(fc.new_path) if module_of else None) if new else []
+            pairs = [[change, o, n, len(files)] for change, o, n in pair_chunks(
+                old_chunks, new_chunks, renames=self.chunker.pairs_renames, rename_similarity=self.rename_similarity)]
+            files.append((fc, lang, old, new, pairs))
+        if self.chunker.pairs_renames and len(files) > 1:
+            self._pair_moves(files, stats)
+        for fc, lang, old, new, pairs in files:
             emitted = 0
-            for change, o, n in pair_chunks(old_chunks, new_chunks, renames=self.chunker.pairs_renames,
-                                             rename_similarity=self.rename_similarity):
+            for change, o, n, source in pairs:
+                if change is None:
+                    continue  # a deletion that moved to another file
+                src_fc, src_old = files[source][0], files[source][2]
+                old_path = src_fc.old_path or src_fc.path
                 for pc in part_changes(change, o, n):
                     emitted += 1
                     stats.add(f"unit_changes_{pc.change}")
                     if max_chars is not None and len(pc.new_code or pc.old_code) > max_chars:
                         stats.add("oversize_parts")
-                    row = _unit_change(self.repo_name, rec, fc.path, fc.old_path, lang.name, pc)
+                    row = _unit_change(self.repo_name, rec, fc.path, old_path, lang.name, pc)
                     if self.context is not None:
-                        parsed, lines = (new, row.new_lines) if pc.new_code else (old, row.old_lines)
+                        parsed, lines = (new, row.new_lines) if pc.new_code else (src_old, row.old_lines)
                         unit = pc.new if pc.new is not None else pc.old
                         query = UnitQuery(path=fc.path, lang=lang.name, code=pc.new_code or pc.old_code,
                                           header=unit.header, qualname=row.qualname,
@@ -343,6 +354,35 @@ class ChunkJob:
             stats.add("unit_changes", emitted)
             if emitted == 0:
                 stats.add("files_without_unit_changes")
+
+    def _pair_moves(self, files: list, stats: Counter) -> None:
+        """Turn a unit deleted from one file and added to another (same language, kind and
+        local name, similar lines) into one change: ``modified`` from the old file's path
+        (``old_path``), or nothing when its text did not change."""
+        by_lang: dict[str, tuple[list, list, list, list]] = {}  # deleted, added, and their pairs
+        for fi, (_, lang, _, _, pairs) in enumerate(files):
+            for pair in pairs:
+                change, o, n, _ = pair
+                if change in ("deleted", "added"):
+                    deleted, added, at_d, at_a = by_lang.setdefault(lang.name, ([], [], [], []))
+                    if change == "deleted":
+                        deleted.append((fi, o))
+                        at_d.append(pair)
+                    else:
+                        added.append((fi, n))
+                        at_a.append(pair)
+        for deleted, added, at_d, at_a in by_lang.values():
+            if not deleted or not added:
+                continue
+            for di, ai, same in pair_moves(deleted, added, similarity=self.rename_similarity):
+                gone, came = at_d[di], at_a[ai]
+                gone[0] = None
+                if same:
+                    came[0] = None  # moved unchanged: no change, like the units of a renamed file
+                    stats.add("units_moved_unchanged")
+                else:
+                    came[0], came[1], came[3] = "modified", gone[1], deleted[di][0]
+                    stats.add("units_moved_changed")
 
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()

@@ -4,8 +4,10 @@ Chunks whose text is unchanged are matched first, by key (the local qualified na
 units of a renamed file still pair) or by identical text under another key (a unit moved
 or renumbered); then chunks by key (modified); then unmatched chunks of the same kind
 by the similarity of their lines with the unit's own name masked (renamed units). Pairs whose compared text is equal are
-unchanged and produce nothing. An oversize unit's parts are aligned with a sequence
-match so that only parts that changed are emitted.
+unchanged and produce nothing. Across the files of a commit, a unit deleted from one
+file and added to another under the same name is a move (``pair_moves``). An oversize
+unit's parts are aligned with a sequence match so that only parts that changed are
+emitted.
 """
 
 from __future__ import annotations
@@ -123,6 +125,43 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
         if not o.members:
             yield "deleted", o, None
 
+
+
+def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]], *, similarity: float
+               ) -> list[tuple[int, int, bool]]:
+    """Units a commit moved to another file: each deleted chunk (with the index of its file)
+    paired with an added chunk of another file that has the same kind and local qualified
+    name (``Store::open`` stays ``Store::open`` when its impl moves) and whose lines are at
+    least ``similarity`` alike. Returns (index in ``deleted``, index in ``added``, whether
+    the compared texts are equal), best pairs first, each chunk in one pair at most."""
+    by_name: dict[tuple[str, str], list[int]] = {}
+    for di, (_, o) in enumerate(deleted):
+        by_name.setdefault((o.kind, o.key.split("#", 1)[0]), []).append(di)
+    scored = []
+    bags: dict[int, collections.Counter[str]] = {}
+    for ai, (a_file, n) in enumerate(added):
+        for di in by_name.get((n.kind, n.key.split("#", 1)[0]), ()):
+            d_file, o = deleted[di]
+            if d_file == a_file:
+                continue
+            if o.compare == n.compare:
+                scored.append((-1.0, di, ai))
+                continue
+            if di not in bags:
+                bags[di] = _line_bag(o)
+            s = _similarity(bags[di], _line_bag(n))
+            if s >= similarity:
+                scored.append((-s, di, ai))
+    scored.sort()
+    out = []
+    used_d: set[int] = set()
+    used_a: set[int] = set()
+    for _, di, ai in scored:
+        if di not in used_d and ai not in used_a:
+            used_d.add(di)
+            used_a.add(ai)
+            out.append((di, ai, deleted[di][1].compare == added[ai][1].compare))
+    return out
 
 
 def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[PartChange]:

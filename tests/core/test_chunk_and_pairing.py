@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from core.errors import CommitforgeError
-from core.pairing import pair_chunks, part_changes
+from core.pairing import pair_chunks, pair_moves, part_changes
 from plugins.chunkers import AstChunker, AstChunkerConfig, WindowChunker, WindowChunkerConfig
 from plugins.rust import RustLanguage
+
+from ..conftest import manifest, read_jsonl, run_pipeline
 
 RUST = RustLanguage()
 
@@ -242,3 +244,45 @@ def test_renaming_a_lifetime_does_not_rename_a_trait_impl():
     assert [u.local_qualname for u in RUST.parse(old.encode()).units][0] == "<Name as From<&str>>"
     impl, method = "m::<Name as From<&str>>", "m::<Name as From<&str>>::from"
     assert changes(old, new) == [("modified", impl, impl), ("modified", method, method)]  # not renamed
+
+
+def test_units_moved_to_another_file_pair_by_kind_and_local_name():
+    old = chunks("impl Store {\n    pub fn open(path: &str) -> Store {\n        let f = load(path);\n        Store { f }\n    }\n}\n"
+                 "pub fn helper() -> u8 { 1 }\npub fn same_here() -> u8 { 2 }\n"
+                 "pub fn elsewhere() -> u8 {\n    compute_one_thing();\n    compute_another();\n    3\n}\n")
+    new = chunks("impl Store {\n    pub fn open(path: &str) -> Store {\n        let f = load(path);\n        check(&f);\n"
+                 "        Store { f }\n    }\n}\n"
+                 "pub fn helper() -> u8 { 1 }\npub fn same_here() -> u8 { 2 }\n"
+                 "pub fn elsewhere() -> u8 {\n    a_rewrite();\n    from_scratch();\n    of_it_all();\n    9\n}\n")
+    named = lambda cs, *names: [(0, c) for c in cs if c.key in names]  # noqa: E731
+    deleted = named(old, "Store::open", "helper", "same_here", "elsewhere")
+    added = [(1, c) for _, c in named(new, "Store::open", "helper", "elsewhere")]
+    added += [(0, c) for _, c in named(new, "same_here")]  # in its own file: not a move
+    moves = {(deleted[d][1].key, added[a][1].key, same) for d, a, same in pair_moves(deleted, added, similarity=0.5)}
+    # edited but alike: a move with a change; identical: a move without one; rewritten: none
+    assert moves == {("Store::open", "Store::open", False), ("helper", "helper", True)}
+
+
+def test_a_unit_moved_to_another_file_is_one_pair_not_a_deletion_and_an_addition(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("store", {"Cargo.toml": '[package]\nname = "kv"\n', "src/lib.rs": "pub mod store;\npub mod open;\n",
+                       "src/store.rs": ("pub struct Store { f: u8 }\n\nimpl Store {\n    pub fn open(path: &str) -> Store {\n"
+                                        "        let f = path.len() as u8;\n        Store { f }\n    }\n}\n\n"
+                                        "pub fn helper() -> u8 {\n    1\n}\n"),
+                       "src/open.rs": "pub fn unrelated() {}\n"})
+    r.commit("move opening out of store", {
+        "src/store.rs": "pub struct Store { pub f: u8 }\n",
+        "src/open.rs": ("use crate::store::Store;\n\npub fn unrelated() {}\n\nimpl Store {\n"
+                        "    pub fn open(path: &str) -> Store {\n        let f = path.len() as u8;\n"
+                        "        assert!(f > 0);\n        Store { f }\n    }\n}\n\npub fn helper() -> u8 {\n    1\n}\n")})
+    run_dir = run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]")
+    rows = [row for row in read_jsonl(run_dir / "chunks.jsonl") if row["subject"] == "move opening out of store"]
+    by_name = {row["qualname"]: row for row in rows}
+    opened = by_name["kv::open::Store::open"]
+    assert (opened["change"], opened["path"], opened["old_path"]) == ("modified", "src/open.rs", "src/store.rs")
+    assert opened["old_qualname"] == "kv::store::Store::open"
+    assert "assert!" not in opened["old_code"] and "assert!(f > 0);" in opened["new_code"]
+    assert "kv::open::helper" not in by_name and "kv::store::helper" not in by_name  # moved as it was
+    assert sorted(by_name) == ["kv::open::Store::open", "kv::store::Store"]
+    counts = manifest(run_dir)["stages"]["chunk"]["counts"]
+    assert (counts["units_moved_changed"], counts["units_moved_unchanged"]) == (1, 1)
