@@ -139,11 +139,13 @@ class ChunkJob:
         summarize = getattr(self.context, "snapshot", None) is not None and self.summary_key is not None
         options = getattr(self.context, "options", {})
         summaries: dict[str, dict[str, Any]] = {lang: {} for lang in todo}
+        wanted = [blob for blob, lang, _, _ in batch if blob in todo[lang]]
+        read = dict(zip(wanted, reader.read_many(wanted)))
         for blob, lang, prev, hunks in batch:
             if blob not in todo[lang]:  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
                 continue
-            data = reader.read(blob)
+            data = read[blob]
             if data is None:
                 skips[blob] = "missing_object"
                 continue
@@ -234,8 +236,12 @@ class ChunkJob:
         if hit is not None:
             _MODULES.move_to_end(key)
             return hit
-        read = _reader(self.git_dir).read
-        hit = module_paths(self.languages, {path: read(blob) for path, blob in projects.items()})
+        # project files change a few at a time: each version is read once
+        missing = [blob for blob in dict.fromkeys(projects.values()) if blob not in _PROJECT_BYTES]
+        _PROJECT_BYTES.update(zip(missing, _reader(self.git_dir).read_many(missing)))
+        while len(_PROJECT_BYTES) > 4096:
+            _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
+        hit = module_paths(self.languages, {path: _PROJECT_BYTES.get(blob) for path, blob in projects.items()})
         _MODULES[key] = hit
         if len(_MODULES) > 8:
             _MODULES.popitem(last=False)
@@ -388,6 +394,7 @@ class ChunkJob:
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str, str | None], list] = OrderedDict()
 _MODULES: OrderedDict[tuple, dict[str, Callable[[str], str]]] = OrderedDict()  # recent trees' module path functions
+_PROJECT_BYTES: dict[str, bytes | None] = {}  # project file blobs read
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
 _SNAPSHOTS: dict[tuple, Snapshot] = {}

@@ -384,10 +384,16 @@ def cargo_crates(projects: dict[str, bytes] | Any) -> dict[str, str]:
     out = {}
     for path, data in sorted(projects.items()):
         if posixpath.basename(path) == "Cargo.toml" and data is not None:
-            pkg = parse_cargo(path, data, {})
-            if pkg is not None:
-                out[pkg.dir] = pkg.lib_name
+            name = _lib_name(path, data)
+            if name is not None:
+                out[posixpath.dirname(path)] = name
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _lib_name(path: str, data: bytes) -> str | None:
+    pkg = parse_cargo(path, data, {})
+    return pkg.lib_name if pkg is not None else None
 
 
 def workspace_dependencies(data: bytes) -> dict[str, str]:
