@@ -199,49 +199,58 @@ class ChunkJob:
 
     # -- phase 2 ---------------------------------------------------------------------
     def pair_commits(self, work: list[CommitRecord] | tuple[list[CommitRecord], TreeSteps | None]
-                     | tuple[list[CommitRecord], TreeSteps | None, TreeSteps | None]
+                     | tuple[list[CommitRecord], TreeSteps | None, tuple[TreeSteps, TreeSteps] | None]
                      ) -> list[tuple[bytes, int, dict[str, Any], tuple]]:
         """Each commit's UnitChange records as JSON lines (encoded here, in the worker), their
         count, the commit's counters and what the report reads of its lines (scanned here
         too: the main process only writes). With TreeSteps (a context strategy that reads
-        the repository's tree), the worker's snapshot follows the commits' trees; with
-        project TreeSteps (the commits' project files, ``project_steps``), units are named
-        by the languages' ``module_paths`` at each commit."""
-        batch, steps, projects_steps = (work, None, None) if not isinstance(work, tuple) else (
+        the repository's tree), the worker's snapshot follows the commits' trees; with the
+        TreeSteps of the naming files (``naming_files``) at the commits and at their
+        parents, units are named by the languages' ``module_paths``: new code as its
+        commit names it, old code as the parent did."""
+        batch, steps, named = (work, None, None) if not isinstance(work, tuple) else (
             (*work, None) if len(work) == 2 else work)
         snapshot = None
         if steps is not None:
             snapshot = self._snapshot()
             snapshot.advance(steps.start)
-        projects: dict[str, str] = {}
-        if projects_steps is not None:
-            apply_delta(projects, projects_steps.start)
+        trees: tuple[dict[str, str], dict[str, str]] = ({}, {})  # naming files at the commit, at its parent
+        if named is not None:
+            for tree, st in zip(trees, named):
+                apply_delta(tree, st.start)
         out = []
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
-            if projects_steps is not None and i > 0:
-                apply_delta(projects, projects_steps.deltas[i - 1])
-            modules = self._module_paths(projects) if projects_steps is not None else {}
+            modules: tuple[dict, dict] = ({}, {})
+            if named is not None:
+                for tree, st in zip(trees, named):
+                    if i > 0:
+                        apply_delta(tree, st.deltas[i - 1])
+                modules = (self._module_paths(trees[0]), self._module_paths(trees[1]))
             stats = Counter()
-            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot, modules)]
+            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot, *modules)]
             out.append((b"".join(lines), len(lines), stats.to_dict(), scan_lines(lines).to_plain()))
         return out
 
-    def _module_paths(self, projects: dict[str, str]) -> dict[str, Callable[[str], str]]:
+    def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:
         """Per language with ``module_paths``: its module path function in a tree whose
-        project files are ``projects`` (path -> blob). Kept for the next commits."""
-        key = (self.git_dir, frozenset(projects.items()))
+        naming files are ``files`` (path -> blob). Kept for the next commits."""
+        names = {n for lang in self.languages.values() for n in getattr(lang, "project_files", ())}
+        read = {path: blob for path, blob in files.items() if path.rsplit("/", 1)[-1] in names}
+        # project files by content, the others by their presence only
+        key = (self.git_dir, frozenset(read.items()), frozenset(p for p in files if p not in read))
         hit = _MODULES.get(key)
         if hit is not None:
             _MODULES.move_to_end(key)
             return hit
         # project files change a few at a time: each version is read once
-        missing = [blob for blob in dict.fromkeys(projects.values()) if blob not in _PROJECT_BYTES]
+        missing = [blob for blob in dict.fromkeys(read.values()) if blob not in _PROJECT_BYTES]
         _PROJECT_BYTES.update(zip(missing, _reader(self.git_dir).read_many(missing)))
         while len(_PROJECT_BYTES) > 4096:
             _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
-        hit = module_paths(self.languages, {path: _PROJECT_BYTES.get(blob) for path, blob in projects.items()})
+        hit = module_paths(self.languages, {path: _PROJECT_BYTES.get(read[path]) if path in read else None
+                                            for path in files})
         _MODULES[key] = hit
         if len(_MODULES) > 8:
             _MODULES.popitem(last=False)
@@ -305,7 +314,8 @@ class ChunkJob:
         return chunks
 
     def _pair_commit(self, rec: CommitRecord, stats: Counter, snapshot: Snapshot | None = None,
-                     modules: dict[str, Callable[[str], str]] | None = None) -> Iterator[dict[str, Any]]:
+                     modules: dict[str, Callable[[str], str]] | None = None,
+                     old_modules: dict[str, Callable[[str], str]] | None = None) -> Iterator[dict[str, Any]]:
         max_chars = getattr(getattr(self.chunker, "cfg", None), "max_chars", None)
         # per file: its pairs [change, old chunk, new chunk, index of the file the old chunk is from]
         files: list[tuple[FileChange, Language, ParsedBlob | None, ParsedBlob | None, list[list]]] = []
@@ -323,8 +333,9 @@ class ChunkJob:
             if new is not None and new.has_error:
                 stats.add("files_with_syntax_errors")
             module_of = modules.get(lang.name) if modules else None
+            old_module_of = old_modules.get(lang.name) if old_modules else module_of
             old_chunks = self._chunks(fc.old_blob, old, lang, fc.old_path,
-                                      module_of(fc.old_path) if module_of else None) if old else []
+                                      old_module_of(fc.old_path) if old_module_of else None) if old else []
             new_chunks = self._chunks(fc.new_blob, new, lang, fc.new_path,
                                       module_of(fc.new_path) if module_of else None) if new else []
             pairs = [[change, o, n, len(files)] for change, o, n in pair_chunks(
@@ -516,17 +527,25 @@ def chunk_file(chunker: Chunker, parsed: ParsedBlob, lang: Language, path: str, 
     return chunker.chunk(parsed, lang, path, module=module) if takes else chunker.chunk(parsed, lang, path)
 
 
-def module_paths(languages: dict[str, Language], projects: dict[str, bytes | None]
+def naming_files(languages: dict[str, Language]) -> set[str]:
+    """Names of the files whose content or presence names modules (``module_paths``)."""
+    return {name for lang in languages.values() if hasattr(lang, "module_paths")
+            for name in (*getattr(lang, "project_files", ()), *getattr(lang, "module_files", ()))}
+
+
+def module_paths(languages: dict[str, Language], files: dict[str, bytes | None]
                  ) -> dict[str, Callable[[str], str]]:
     """Per language with ``module_paths``: its module path function for a tree whose
-    project files are ``projects`` (path -> bytes; None: unreadable, left out)."""
+    ``naming_files`` are ``files`` (path -> bytes, needed for project files only; None:
+    unread or unreadable)."""
     out = {}
     for name, lang in languages.items():
         make = getattr(lang, "module_paths", None)
         wanted = set(getattr(lang, "project_files", ()))
+        marks = set(getattr(lang, "module_files", ()))
         if make is not None and wanted:
-            out[name] = make({p: data for p, data in projects.items()
-                              if data is not None and p.rsplit("/", 1)[-1] in wanted})
+            out[name] = make({p: data for p, data in files.items() if data is not None and p.rsplit("/", 1)[-1] in wanted},
+                             frozenset(p for p in files if p.rsplit("/", 1)[-1] in marks))
     return out
 
 

@@ -36,10 +36,13 @@ class Language(Protocol):
         from its path alone."""
 
     # optional: module paths that read the tree's project files (crate names from Cargo.toml)
-    def module_paths(self, projects: dict[str, bytes]) -> Callable[[str], str]:
+    module_files: tuple[str, ...]  # optional: names of files whose presence ``module_paths`` reads
+
+    def module_paths(self, projects: dict[str, bytes], present: frozenset[str]) -> Callable[[str], str]:
         """``module_path`` for the files of a tree whose project files (``project_files``
-        by name) are ``projects`` (path -> bytes). The chunk stage calls it whenever a
-        commit changes them and names every unit of that commit with it."""
+        by name) are ``projects`` (path -> bytes) and whose files named in
+        ``module_files`` are at ``present``. The chunk stage names a commit's new code
+        with the function for its tree, its old code with the one for its parent's."""
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""

@@ -136,11 +136,11 @@ def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]],
     the compared texts are equal), best pairs first, each chunk in one pair at most."""
     by_name: dict[tuple[str, str], list[int]] = {}
     for di, (_, o) in enumerate(deleted):
-        by_name.setdefault((o.kind, o.key.split("#", 1)[0]), []).append(di)
+        by_name.setdefault((o.kind, _move_key(o.key)), []).append(di)
     scored = []
     bags: dict[int, collections.Counter[str]] = {}
     for ai, (a_file, n) in enumerate(added):
-        for di in by_name.get((n.kind, n.key.split("#", 1)[0]), ()):
+        for di in by_name.get((n.kind, _move_key(n.key)), ()):
             d_file, o = deleted[di]
             if d_file == a_file:
                 continue
@@ -162,6 +162,24 @@ def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]],
             used_a.add(ai)
             out.append((di, ai, deleted[di][1].compare == added[ai][1].compare))
     return out
+
+
+_PATH_PREFIX = re.compile(r"(?<![\w:])(?:\w+::)+(?=\w)")
+
+
+def _move_key(key: str) -> str:
+    """A chunk's key as files name it alike: without its ``#n`` number, and with the paths
+    inside a trait impl's name cut to their last segment (``<Buf as term::Terminal>::fg``
+    and ``<Buf as Terminal>::fg`` are one unit imported two ways)."""
+    key = key.split("#", 1)[0]
+    if not key.startswith("<"):
+        return key
+    depth = 0
+    for i, ch in enumerate(key):  # the impl's name is the bracketed head
+        depth += (ch == "<") - (ch == ">")
+        if depth == 0:
+            return _PATH_PREFIX.sub("", key[:i + 1]) + key[i + 1:]
+    return key
 
 
 def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[PartChange]:

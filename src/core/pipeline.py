@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, redact_counted, reset_memory,
+from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, redact_counted, reset_memory,
                             unique_blobs)
 from core.config import STAGES
 from core.context import summary as context_summary
@@ -304,16 +304,17 @@ class Run:
             steps = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], keep, at),
                                     [len(group) for group in work]))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
-        named: list[TreeSteps | None] = [None] * len(work)
-        project_names = {name for lang in self.languages.values() if hasattr(lang, "module_paths")
-                         for name in getattr(lang, "project_files", ())}
-        if project_names and todo:
-            # units are named by the project files of their commit's tree (crate names)
+        named: list[tuple[TreeSteps, TreeSteps] | None] = [None] * len(work)
+        names = naming_files(self.languages)
+        if names and todo:
+            # units are named by the project files of their tree (crate names): new code by its
+            # commit's, old code by its parent's
             t_named = time.perf_counter()
-            order = [i for group in work for i in group]
-            is_project = lambda p: p.rsplit("/", 1)[-1] in project_names  # noqa: E731
-            named = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], is_project, "commit"),
-                                    [len(group) for group in work]))
+            order = [commits[i] for group in work for i in group]
+            sizes = [len(group) for group in work]
+            is_named = lambda p: p.rsplit("/", 1)[-1] in names  # noqa: E731
+            named = list(zip(tree_steps(plan_trees(self.repo, order, is_named, "commit"), sizes),
+                             tree_steps(plan_trees(self.repo, order, is_named, "parent"), sizes)))
             stats.add("project_trees_ms", int(1000 * (time.perf_counter() - t_named)))
         if todo:
             blobs = unique_blobs([commits[i] for i in todo])

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.chunking import chunk_file, module_paths, redact_row
+from core.chunking import chunk_file, module_paths, naming_files, redact_row
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
@@ -96,7 +96,7 @@ class FileBuilder(CommitBuilder):
             raise CommitforgeError("the file builder found no mined commit to snapshot; check source.rev and the filters")
         ext = run.extensions()
         files = []
-        project_names = {name for lang in run.languages.values() for name in getattr(lang, "project_files", ())}
+        names = naming_files(run.languages)
         projects: dict[str, str] = {}
         for entry in run.repo.run("ls-tree", "-r", "-z", "--full-tree", rec.commit).split("\0"):
             if not entry:
@@ -106,7 +106,7 @@ class FileBuilder(CommitBuilder):
             lang = ext.get(file_extension(path))
             if kind == "blob" and mode != "120000" and lang and run.source.keeps_path(path):
                 files.append((blob, lang, path))
-            elif kind == "blob" and path.rsplit("/", 1)[-1] in project_names:
+            if kind == "blob" and path.rsplit("/", 1)[-1] in names:
                 projects[path] = blob
         # units are named as the chunk stage names them at that commit (crate names)
         with BlobReader(run.repo.git_dir) as reader:

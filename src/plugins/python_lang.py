@@ -124,7 +124,7 @@ class PythonLanguage:
     def module_path(self, path: str) -> str:
         return python_module_path(path)
 
-    def module_paths(self, projects: Mapping[str, bytes]) -> Callable[[str], str]:
+    def module_paths(self, projects: Mapping[str, bytes], present: frozenset[str] = frozenset()) -> Callable[[str], str]:
         """``module_path`` in a tree whose ``pyproject.toml`` files are ``projects``: modules
         are named from the source roots they declare."""
         roots = python_source_roots(projects)

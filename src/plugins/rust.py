@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.metadata
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
-from plugins.rust_symbols import FileSymbols, RustIndex, cargo_crates, summarize
+from plugins.rust_symbols import CrateNames, FileSymbols, RustIndex, cargo_crates, summarize
 
 EXTRACTOR_VERSION = "8"
 
@@ -82,6 +83,7 @@ def _signature(text: str) -> str:
 class RustLanguage:
     name = "rust"
     project_files = ("Cargo.toml",)
+    module_files = ("lib.rs",)  # whether a package has its library decides what src/ files belong to
 
     def __init__(self, cfg: RustConfig | None = None):
         cfg = cfg or RustConfig()
@@ -114,10 +116,10 @@ class RustLanguage:
     def module_path(self, path: str) -> str:
         return rust_module_path(path)
 
-    def module_paths(self, projects: Mapping[str, bytes]) -> Callable[[str], str]:
-        """``module_path`` in a tree whose ``Cargo.toml`` files are ``projects``: crates
-        are named after their packages."""
-        crates = cargo_crates(projects)
+    def module_paths(self, projects: Mapping[str, bytes], present: frozenset[str] = frozenset()) -> Callable[[str], str]:
+        """``module_path`` in a tree whose ``Cargo.toml`` files are ``projects`` and whose
+        ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
+        crates = cargo_crates(projects, present)
         return functools.partial(rust_module_path, crates=crates) if crates else rust_module_path
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
@@ -493,26 +495,79 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
-def rust_module_path(path: str, crates: Mapping[str, str] | None = None) -> str:
-    """Module path of a file from its path (Cargo conventions) and, when given, the crate
-    names of the packages in its tree (``crates``: package directory -> crate name, see
-    ``cargo_crates``).
+def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None) -> str:
+    """Module path of a file from its path (Cargo conventions) and, when given, how the
+    packages of its tree name their crates (``crates``: package directory ->
+    ``CrateNames``, see ``cargo_crates``).
 
-    ``crates/store/src/log/mod.rs`` -> ``ledger_store::log`` when ``crates/store/Cargo.toml``
-    names package ``ledger-store`` (or its ``[lib] name``), ``store::log`` without it: then
-    the directory holding ``src`` names the crate (dashes become underscores). The root
-    package's files are named after it too (``src/lib.rs`` of package ``demo`` -> ``demo``),
-    unnamed without a package. ``src/lib.rs`` and ``src/main.rs`` are the crate root;
-    ``src/bin/x.rs`` is binary crate ``x``; tests, examples and benches are crates
-    ``<crate>_tests`` and so on; a file outside any ``src`` keeps its directory path.
+    With ``crates``: ``crates/store/src/log/mod.rs`` of package ``ledger-store`` is
+    ``ledger_store::log`` (the library's name, ``[lib] name`` if set); ``src/main.rs`` and,
+    in a package without a library, the rest of ``src/`` belong to the binary (its
+    ``[[bin]] name``, else the package name); ``src/bin/x.rs`` is binary ``x`` unless a
+    ``[[bin]]`` with that path names it; a ``[[bin]] path`` outside these places roots a
+    binary whose modules are the files beside it (``crates/core/main.rs`` -> ``rg``,
+    ``crates/core/app.rs`` -> ``rg::app``). Without ``crates`` (or outside any package),
+    the directory holding ``src`` names the crate (dashes become underscores) and the
+    root package's files have no crate name. Tests, examples and benches are crates
+    ``<crate>_tests`` and so on; a file outside all of these keeps its directory path.
     """
     package, crate, suffix, mods = _module_parts(path)
-    if crates and package is not None:
-        crate = crates.get(package, crate)
+    if crates:
+        if package is not None:
+            names = crates.get(package)
+            if names is not None:
+                crate = _crate_name(names, path[len(package) + 1:] if package else path, suffix)
+        elif crate:  # src/bin/<x>: a [[bin]] may name it otherwise
+            crate = _declared_bin(path, crates) or crate
+        else:  # outside src/, tests/…: beside a [[bin]] path?
+            hit = _custom_bin(path, crates)
+            if hit is not None:
+                crate, mods = hit
     if suffix:
         crate = f"{crate}/{suffix}" if crate else suffix
     head = [_ident(crate)] if crate else []
     return "::".join(head + list(mods))
+
+
+def _crate_name(names: CrateNames, rel: str, suffix: str) -> str:
+    """The crate of a file at ``rel`` in a package, from src/ (or tests/… with ``suffix``)."""
+    if suffix:
+        return names.lib if names.has_lib else names.package
+    if rel == "src/main.rs" or not names.has_lib:
+        return next((name for name, bin_path in names.bins if bin_path == "src/main.rs"), names.package)
+    return names.lib
+
+
+def _declared_bin(path: str, crates: Mapping[str, CrateNames]) -> str | None:
+    """The ``[[bin]] name`` of a file under some package's src/bin/, if one declares its path."""
+    head, sep, rest = path.rpartition("src/bin/")
+    package = head.rstrip("/")
+    names = crates.get(package)
+    if not sep or names is None:
+        return None
+    first = rest.split("/", 1)[0]
+    for name, bin_path in names.bins:
+        if bin_path == "src/bin/" + rest or (bin_path.startswith(f"src/bin/{first}/") and "/" in rest):
+            return name
+    return None
+
+
+def _custom_bin(path: str, crates: Mapping[str, CrateNames]) -> tuple[str, tuple[str, ...]] | None:
+    """(binary name, modules) of a file beside a ``[[bin]] path`` outside src/."""
+    best = None
+    for package, names in crates.items():
+        for name, bin_path in names.bins:
+            main = f"{package}/{bin_path}" if package else bin_path
+            root = posixpath.dirname(main)
+            if path == main:
+                return name, ()
+            if root and path.startswith(root + "/") and (best is None or len(root) > len(best[1])):
+                best = (name, root)
+    if best is None:
+        return None
+    parts = path[len(best[1]) + 1:].split("/")
+    stem = parts[-1].rsplit(".", 1)[0]
+    return best[0], tuple(_ident(m) for m in parts[:-1] + ([] if stem in ("lib", "main", "mod") else [stem]))
 
 
 @functools.lru_cache(maxsize=65536)

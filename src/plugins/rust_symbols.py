@@ -25,6 +25,7 @@ import posixpath
 import re
 import tomllib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,23 +378,42 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Packa
                    bins=tuple(bins), deps=tuple(sorted(deps.items())))
 
 
-def cargo_crates(projects: dict[str, bytes] | Any) -> dict[str, str]:
-    """Package directory -> crate name (``[lib] name``, else the package name with dashes
-    as underscores) of each ``Cargo.toml`` in ``projects`` (path -> bytes) that declares a
-    package."""
+@dataclass(frozen=True)
+class CrateNames:
+    """How a package's crates are named in qualified names."""
+
+    lib: str  # the library's crate name: `[lib] name`, else the package name, as an identifier
+    package: str  # the package name as an identifier: the default binary's name
+    has_lib: bool  # a `[lib]` section or a src/lib.rs; without one, src/ holds the binary
+    bins: tuple[tuple[str, str], ...]  # `[[bin]]` (name as an identifier, normalised path in the package)
+
+
+def cargo_crates(projects: dict[str, bytes] | Any, present: Iterable[str] | None = None) -> dict[str, CrateNames]:
+    """Package directory -> how its crates are named, for each ``Cargo.toml`` in ``projects``
+    (path -> bytes) that declares a package. ``present`` holds the paths of the tree's
+    ``lib.rs`` files (None: every package is taken to have its library)."""
+    libs = None if present is None else set(present)
     out = {}
     for path, data in sorted(projects.items()):
         if posixpath.basename(path) == "Cargo.toml" and data is not None:
-            name = _lib_name(path, data)
-            if name is not None:
-                out[posixpath.dirname(path)] = name
+            pkg = _package(path, data)
+            if pkg is not None:
+                lib_rs = f"{pkg.dir}/src/lib.rs" if pkg.dir else "src/lib.rs"
+                out[pkg.dir] = _names(pkg, libs is None or lib_rs in libs)
     return out
 
 
 @functools.lru_cache(maxsize=4096)
-def _lib_name(path: str, data: bytes) -> str | None:
-    pkg = parse_cargo(path, data, {})
-    return pkg.lib_name if pkg is not None else None
+def _package(path: str, data: bytes) -> Package | None:
+    return parse_cargo(path, data, {})
+
+
+def _names(pkg: Package, lib_rs: bool) -> CrateNames:
+    ident = lambda name: re.sub(r"[^0-9A-Za-z_]", "_", name)  # noqa: E731
+    package = ident(pkg.name)
+    declared = pkg.lib_path is not None or pkg.lib_name != package  # a [lib] path or name
+    return CrateNames(lib=pkg.lib_name, package=package, has_lib=declared or lib_rs,
+                      bins=tuple((ident(name), posixpath.normpath(path)) for name, path in pkg.bins))
 
 
 def workspace_dependencies(data: bytes) -> dict[str, str]:
@@ -435,7 +455,7 @@ class RustIndex(MemoReferences):
         # (path, crates) -> display module path (the unit qualname prefix), crates named
         # after their packages as the chunk stage names them
         self.module_path = module_path
-        self._lib_names: dict[str, str] = {}  # package dir -> crate name
+        self._names: dict[str, CrateNames] | None = None  # package dir -> crate names (made on use)
         self.files: dict[str, FileSymbols] = {}
         self.manifests: dict[str, bytes] = {}
         self.packages: dict[str, Package] = {}  # dir -> package
@@ -499,6 +519,8 @@ class RustIndex(MemoReferences):
         remap = bool(moved_dirs)
         remap = remap or any(m[2] for p in files if p in self.files for m in self.files[p].mods)
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
+        if packages_changed or any((syms is None) == (path not in self.files) for path, syms in files.items()):
+            self._names = None  # a package or a file (a src/lib.rs) came or went
         before = {path: self._entries(path) for path in files if path in self.file_mod}
         for path, syms in files.items():
             if syms is None:
@@ -653,7 +675,6 @@ class RustIndex(MemoReferences):
             for target_id in (f"{pkg.dir}#lib", f"{pkg.dir}#bin"):
                 self.crate_deps[target_id] = deps
         self._crate_names = set(self.lib_crates) | {n for d in self.crate_deps.values() for n in d}
-        self._lib_names = {pkg.dir: pkg.lib_name for pkg in self.packages.values()}
 
     def module_of(self, path: str) -> Mod:
         """The module a file is, from Cargo targets and file-path conventions."""
@@ -1177,7 +1198,10 @@ class RustIndex(MemoReferences):
             if len(self._distances) > 65536:
                 self._distances.clear()
             self._distances[(mod, dmod)] = distance
-        prefix = self.module_path(ref[0], self._lib_names)
+        if self._names is None:
+            self._names = {pkg.dir: _names(pkg, f"{pkg.dir + '/' if pkg.dir else ''}src/lib.rs" in self.files)
+                           for pkg in self.packages.values()}
+        prefix = self.module_path(ref[0], self._names)
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
 

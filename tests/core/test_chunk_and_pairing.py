@@ -261,6 +261,12 @@ def test_units_moved_to_another_file_pair_by_kind_and_local_name():
     moves = {(deleted[d][1].key, added[a][1].key, same) for d, a, same in pair_moves(deleted, added, similarity=0.5)}
     # edited but alike: a move with a change; identical: a move without one; rewritten: none
     assert moves == {("Store::open", "Store::open", False), ("helper", "helper", True)}
+    # a trait imported another way in the new file names the same impl
+    old_impl = chunks("impl term::Terminal for Buf {\n    fn fg(&mut self) -> u8 {\n        self.set(1)\n    }\n}\n")
+    new_impl = chunks("impl Terminal for Buf {\n    fn fg(&mut self) -> u8 {\n        self.set(1)\n    }\n}\n")
+    fg = lambda cs: [c for c in cs if c.kind == "method"]  # noqa: E731
+    assert [(d, a, same) for d, a, same in pair_moves([(0, c) for c in fg(old_impl)], [(1, c) for c in fg(new_impl)],
+                                                      similarity=0.5)] == [(0, 0, True)]
 
 
 def test_a_unit_moved_to_another_file_is_one_pair_not_a_deletion_and_an_addition(scripted_repo, tmp_path):

@@ -107,7 +107,7 @@ def test_demo_repository_history_is_mined_and_paired(tmp_path):
         ("R", "crates/ledger-store/src/memory.rs", "crates/ledger-store/src/in_memory.rs")]
     # units of a renamed file pair with their old selves: no spurious added/deleted units
     assert not [r for r in rows if r["commit"] == rename["commit"] and r["change"] in ("added", "deleted")]
-    split = [r for r in rows if r["qualname"] == "ledger_cli::commands::run"]
+    split = [r for r in rows if r["qualname"] == "ledger::commands::run"]  # the binary, [[bin]] name = "ledger"
     assert split and all(r["parts"] > 1 and len(r["new_code"]) <= 4000 for r in split)
 
 
@@ -291,7 +291,11 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
         "crates/store/src/lib.rs": "pub mod log;\n",
         "crates/store/src/log.rs": "pub struct Entry { pub id: u64 }\n",
         "crates/core/Cargo.toml": '[package]\nname = "ledger-core"\n[dependencies]\nledger-store = { path = "../store" }\n',
-        "crates/core/src/lib.rs": "use ledger_store::log::Entry;\npub fn first() -> Entry { Entry { id: 0 } }\n"})
+        "crates/core/src/lib.rs": "use ledger_store::log::Entry;\npub fn first() -> Entry { Entry { id: 0 } }\n",
+        # a binary whose [[bin]] path lies outside src/: the files beside it are its modules
+        "crates/cli/Cargo.toml": '[package]\nname = "ledger-cli"\n[[bin]]\nname = "ldg"\npath = "main.rs"\n',
+        "crates/cli/main.rs": "mod cmd;\nfn main() { cmd::run() }\n",
+        "crates/cli/cmd.rs": "pub fn run() {}\n"})
     r.commit("rename the store package", {
         "crates/store/Cargo.toml": '[package]\nname = "journal"\n',
         "crates/store/src/log.rs": "pub struct Entry { pub id: u64, pub at: u64 }\n",
@@ -303,8 +307,12 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
         # the same qualnames whatever the context strategy: each commit's own Cargo.toml names them
         assert sorted(rows) == [("rename the store package", "journal::log::Entry"),
                                 ("rename the store package", "ledger_core::first"),
+                                ("workspace", "ldg::cmd::run"),
+                                ("workspace", "ldg::main"),
                                 ("workspace", "ledger_core::first"),
                                 ("workspace", "ledger_store::log::Entry")]
+        # the old code is named as its own commit named it
+        assert rows[("rename the store package", "journal::log::Entry")]["old_qualname"] == "ledger_store::log::Entry"
         if context == "imports":
             assert [c["qualname"] for c in rows[("workspace", "ledger_core::first")]["context"]] == \
                 ["ledger_store::log::Entry"]
@@ -312,7 +320,7 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
                 ["journal::log::Entry"]
     snapshot = run_pipeline(tmp_path / "file", f"repo={r.path}", "builder=file", "split=path", "dedup.near=false")
     exs = [e for split in ("train", "val", "test") for e in read_jsonl(snapshot / "data" / f"{split}.jsonl")]
-    assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first"}
+    assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first", "ldg::cmd::run", "ldg::main"}
 
 
 def test_python_modules_are_named_from_the_source_root_of_pyproject(scripted_repo, tmp_path):

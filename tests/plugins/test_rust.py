@@ -6,6 +6,7 @@ import pytest
 
 from core.chunk import unpack_cuts
 from plugins.rust import CUT_UNIT, RustLanguage, rust_module_path
+from plugins.rust_symbols import cargo_crates
 
 SOURCE = '''//! crate docs are not attached to any unit
 use std::fmt;
@@ -158,7 +159,13 @@ def test_module_path_from_file_path(path, module):
     assert rust_module_path(path) == module
 
 
-CRATES = {"": "demo", "crates/store": "ledger_store", "tools/cli": "ledger_cli"}
+CRATES = cargo_crates({
+    "Cargo.toml": b'[package]\nname = "demo"\n[[bin]]\nname = "dm"\npath = "tools/dm/main.rs"\n',
+    "crates/store/Cargo.toml": b'[package]\nname = "ledger-store"\n',
+    "tools/cli/Cargo.toml": b'[package]\nname = "ledger-cli"\n',  # a binary only: no src/lib.rs
+    "crates/kit/Cargo.toml": (b'[package]\nname = "kit-rs"\n[lib]\nname = "kit"\n[[bin]]\nname = "kt"\n'
+                              b'path = "src/main.rs"\n[[bin]]\nname = "kit-gen"\npath = "src/bin/gen.rs"\n'),
+}, present=["src/lib.rs", "crates/store/src/lib.rs"])
 
 
 @pytest.mark.parametrize("path,module", [
@@ -168,7 +175,13 @@ CRATES = {"": "demo", "crates/store": "ledger_store", "tools/cli": "ledger_cli"}
     ("crates/store/src/log/mod.rs", "ledger_store::log"),
     ("crates/store/tests/it.rs", "ledger_store_tests::it"),
     ("tools/cli/src/main.rs", "ledger_cli"),
-    ("crates/store/src/bin/dump.rs", "dump"),  # a binary is named by its file, not the package
+    ("tools/cli/src/args.rs", "ledger_cli::args"),  # no library: src/ is the binary's
+    ("crates/kit/src/lib.rs", "kit"),  # [lib] name
+    ("crates/kit/src/main.rs", "kt"),  # [[bin]] name of src/main.rs
+    ("crates/kit/src/bin/gen.rs", "kit_gen"),  # [[bin]] name of its path
+    ("crates/kit/src/bin/other.rs", "other"),  # an undeclared binary: its file names it
+    ("tools/dm/main.rs", "dm"),  # a [[bin]] path outside src/ roots the binary...
+    ("tools/dm/cmd/run.rs", "dm::cmd::run"),  # ...and the files beside it are its modules
     ("crates/other-one/src/lib.rs", "other_one"),  # no package there: the directory names it
     ("build.rs", "build"),
 ])
