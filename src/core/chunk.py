@@ -41,6 +41,7 @@ class Chunk:
     body_open: int | None = None
     max_chars: int | None = None  # None: the chunk is never cut
     cuts: bytes = b""  # packed cut points (see pack_cuts)
+    member_spans: tuple[tuple[int, int], ...] = ()  # a container's member units, as spans of text
     _pieces: list[str] | None = None
     _spans: list[tuple[int, int]] | None = None  # each piece's span in text (its opening aside)
     _opening: str = ""  # what pieces after the first start with
@@ -59,6 +60,22 @@ class Chunk:
         spans = self._cut()
         text = self.text[spans[first][0]:spans[last][1]]
         return text if first == 0 else self._opening + text
+
+    def own_pieces(self) -> list[str]:
+        """Each piece's own text: without the member units it holds (chunks of their own)
+        and without whitespace, as a container's ``compare`` is. Equal for two versions of
+        a piece that differ only in their members."""
+        out = []
+        for a, b in self._cut():
+            kept, pos = [], a
+            for s, e in self.member_spans:
+                if e <= pos or s >= b:
+                    continue
+                kept.append(self.text[pos:max(pos, s)])
+                pos = max(pos, e)
+            kept.append(self.text[pos:b] if pos < b else "")
+            out.append("".join("".join(kept).split()))
+        return out
 
     def _cut(self) -> list[tuple[int, int]]:
         if self._spans is None:

@@ -204,7 +204,12 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
         return
     # new part index -> the first and last old piece it replaces (a run of the old text)
     olds: dict[int, tuple[int, int]] = {}
-    sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
+    # a container's parts change by their own text only: a part whose members alone changed
+    # repeats what the members' own changes show
+    if old.member_spans or new.member_spans:
+        sm = difflib.SequenceMatcher(None, old.own_pieces(), new.own_pieces(), autojunk=False)
+    else:
+        sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue

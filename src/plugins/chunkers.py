@@ -36,7 +36,11 @@ class AstChunker:
     def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
         if module is None:
             module = language.module_path(path)
-        parents = {u.parent for u in parsed.units if u.parent is not None}
+        members: dict[int, list[tuple[int, int]]] = {}
+        for u in parsed.units:
+            if u.parent is not None:
+                start = parsed.units[u.parent].char_start
+                members.setdefault(u.parent, []).append((u.char_start - start, u.char_end - start))
         out = []
         for i, u in enumerate(parsed.units):
             out.append(Chunk(
@@ -51,7 +55,8 @@ class AstChunker:
                 compare=u.skeleton if u.skeleton is not None else u.text,
                 lines=(u.start_line, u.end_line),
                 has_error=u.has_error,
-                members=i in parents,
+                members=i in members,
+                member_spans=tuple(members.get(i, ())),
                 body_open=u.body_open,
                 max_chars=self.cfg.max_chars,
                 cuts=u.cuts,

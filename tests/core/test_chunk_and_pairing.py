@@ -292,3 +292,19 @@ def test_a_unit_moved_to_another_file_is_one_pair_not_a_deletion_and_an_addition
     assert sorted(by_name) == ["kv::open::Store::open", "kv::store::Store"]
     counts = manifest(run_dir)["stages"]["chunk"]["counts"]
     assert (counts["units_moved_changed"], counts["units_moved_unchanged"]) == (1, 1)
+
+
+def test_a_container_emits_only_the_parts_whose_own_text_changed():
+    body = lambda name, k: f"    fn {name}() -> u32 {{\n" + "".join(  # noqa: E731
+        f"        let v{i} = {k} + {i};\n" for i in range(60)) + "        0\n    }\n"
+    old_src = "mod tests {\n    use super::a;\n\n" + body("one", 1) + "\n" + body("two", 1) + "\n" + body("three", 1) + "}\n"
+    # `three` changes (its own row) and the module gains a `use` near its top
+    new_src = old_src.replace("    use super::a;\n", "    use super::a;\n    use super::b;\n").replace(
+        "fn three() -> u32 {\n        let v0 = 1", "fn three() -> u32 {\n        let v0 = 7")
+    pairs = {o.key: (o, n) for ch, o, n in pair_chunks(chunks(old_src, 2000), chunks(new_src, 2000),
+                                                       renames=True, rename_similarity=0.6)}
+    assert set(pairs) == {"tests", "tests::three"}
+    mod_parts = list(part_changes("modified", *pairs["tests"]))
+    # the module's part with the new `use` only: not the part holding `three`, which its own row shows
+    assert len(pairs["tests"][1].pieces) > 2 and len(mod_parts) == 1
+    assert "use super::b;" in mod_parts[0].new_code and "let v0 = 7" not in mod_parts[0].new_code
