@@ -206,14 +206,15 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
     olds: dict[int, tuple[int, int]] = {}
     # a container's parts change by their own text only: a part whose members alone changed
     # repeats what the members' own changes show
-    if old.member_spans or new.member_spans:
-        sm = difflib.SequenceMatcher(None, old.own_pieces(), new.own_pieces(), autojunk=False)
-    else:
-        sm = difflib.SequenceMatcher(None, old_pieces, new_pieces, autojunk=False)
+    container = bool(old.member_spans or new.member_spans)
+    old_seq, new_seq = (old.own_pieces(), new.own_pieces()) if container else (old_pieces, new_pieces)
+    sm = difflib.SequenceMatcher(None, old_seq, new_seq, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue
         if j1 == j2:  # removed parts: joined to the unchanged part after them (old piece i2), or before
+            if container and not any(old_seq[i1:i2]):
+                continue  # they held member units only
             j, run = (j1, (i1, i2)) if j1 < len(new_pieces) else (j1 - 1, (i1 - 1, i2 - 1))
             here = olds.get(j)
             olds[j] = run if here is None else (min(here[0], run[0]), max(here[1], run[1]))
@@ -221,6 +222,8 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
         n_old, n_new = i2 - i1, j2 - j1
         for k in range(n_new):
             if k >= n_old:
+                if container and not new_seq[j1 + k]:
+                    continue  # a part of member units only
                 olds[j1 + k] = (-1, -1)  # an added part: no old code
             elif k == n_new - 1 and n_old > n_new:
                 olds[j1 + k] = (i1 + k, i2 - 1)  # the surplus old parts go with the last one

@@ -308,3 +308,11 @@ def test_a_container_emits_only_the_parts_whose_own_text_changed():
     # the module's part with the new `use` only: not the part holding `three`, which its own row shows
     assert len(pairs["tests"][1].pieces) > 2 and len(mod_parts) == 1
     assert "use super::b;" in mod_parts[0].new_code and "let v0 = 7" not in mod_parts[0].new_code
+    # a new member that makes a part of its own: that part holds members only, and is no change
+    assert new_src.endswith("    }\n}\n")
+    grown = new_src[:-2] + "\n" + body("four", 2) + "}\n"
+    pairs = {o.key if o else n.key: (o, n) for ch, o, n in pair_chunks(
+        chunks(old_src, 2000), chunks(grown, 2000), renames=True, rename_similarity=0.6)}
+    assert len(pairs["tests"][1].pieces) > len(pairs["tests"][0].pieces)
+    mod_parts = list(part_changes("modified", *pairs["tests"]))
+    assert len(mod_parts) == 1 and mod_parts[0].old_code and "use super::b;" in mod_parts[0].new_code
