@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,17 +244,19 @@ class ChunkJob:
         if hit is not None:
             _MODULES.move_to_end(key)
             return hit
-        # project files change a few at a time: each version is read once
-        missing = [blob for blob in dict.fromkeys(read.values()) if blob not in _PROJECT_BYTES]
-        _PROJECT_BYTES.update(zip(missing, _reader(self.git_dir).read_many(missing)))
-        while len(_PROJECT_BYTES) > 4096:
-            _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
-        hit = module_paths(self.languages, {path: _PROJECT_BYTES.get(read[path]) if path in read else None
-                                            for path in files})
+        hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]))
         _MODULES[key] = hit
         if len(_MODULES) > 8:
             _MODULES.popitem(last=False)
         return hit
+
+    def _project_bytes(self, blob: str) -> bytes | None:
+        """A project file's bytes: each version is read once (they change a few at a time)."""
+        if blob not in _PROJECT_BYTES:
+            _PROJECT_BYTES[blob] = _reader(self.git_dir).read(blob)
+            while len(_PROJECT_BYTES) > 4096:
+                _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
+        return _PROJECT_BYTES[blob]
 
     def _snapshot(self) -> Snapshot:
         # a worker unpickles a new job, context object included, with every task: the snapshot
@@ -533,19 +535,44 @@ def naming_files(languages: dict[str, Language]) -> set[str]:
             for name in (*getattr(lang, "project_files", ()), *getattr(lang, "module_files", ()))}
 
 
-def module_paths(languages: dict[str, Language], files: dict[str, bytes | None]
+class LazyFiles(Mapping):
+    """Files by path, read when first looked at (``read``: path -> bytes, or None when
+    unreadable)."""
+
+    def __init__(self, paths: Iterable[str], read: Callable[[str], bytes | None]):
+        self._paths = sorted(paths)
+        self._keys = frozenset(self._paths)
+        self._read = read
+        self._data: dict[str, bytes | None] = {}
+
+    def __getitem__(self, path: str) -> bytes | None:
+        if path not in self._keys:
+            raise KeyError(path)
+        if path not in self._data:
+            self._data[path] = self._read(path)
+        return self._data[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Callable[[str], bytes | None]
                  ) -> dict[str, Callable[[str], str]]:
     """Per language with ``module_paths``: its module path function for a tree whose
-    ``naming_files`` are ``files`` (path -> bytes, needed for project files only; None:
-    unread or unreadable)."""
+    ``naming_files`` are at ``paths``; ``read`` gives a project file's bytes (None:
+    unreadable), asked only for the files a language looks at."""
+    paths = list(paths)
     out = {}
     for name, lang in languages.items():
         make = getattr(lang, "module_paths", None)
         wanted = set(getattr(lang, "project_files", ()))
         marks = set(getattr(lang, "module_files", ()))
         if make is not None and wanted:
-            out[name] = make({p: data for p, data in files.items() if data is not None and p.rsplit("/", 1)[-1] in wanted},
-                             frozenset(p for p in files if p.rsplit("/", 1)[-1] in marks))
+            out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read),
+                             frozenset(p for p in paths if p.rsplit("/", 1)[-1] in marks))
     return out
 
 

@@ -109,8 +109,11 @@ class FileBuilder(CommitBuilder):
             if kind == "blob" and path.rsplit("/", 1)[-1] in names:
                 projects[path] = blob
         # units are named as the chunk stage names them at that commit (crate names)
-        with BlobReader(run.repo.git_dir) as reader:
-            modules = module_paths(run.languages, {path: reader.read(blob) for path, blob in projects.items()})
+        with BlobReader(run.repo.git_dir) as reader:  # one tree: its project files read up front
+            project_names = {n for lang in run.languages.values() for n in getattr(lang, "project_files", ())}
+            data = {path: reader.read(blob) for path, blob in projects.items()
+                    if path.rsplit("/", 1)[-1] in project_names}
+        modules = module_paths(run.languages, projects, data.get)
         job = run.chunk_job()
         job.parse_all(run.executor, [(b, lang, None) for b, lang, _ in files], stats)
         rows = []

@@ -119,8 +119,9 @@ class RustLanguage:
     def module_paths(self, projects: Mapping[str, bytes], present: frozenset[str] = frozenset()) -> Callable[[str], str]:
         """``module_path`` in a tree whose ``Cargo.toml`` files are ``projects`` and whose
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
-        crates = cargo_crates(projects, present)
-        return functools.partial(rust_module_path, crates=crates) if crates else rust_module_path
+        if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
+            return rust_module_path
+        return functools.partial(rust_module_path, crates=cargo_crates(projects, present))
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
@@ -512,7 +513,7 @@ def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None) 
     ``<crate>_tests`` and so on; a file outside all of these keeps its directory path.
     """
     package, crate, suffix, mods = _module_parts(path)
-    if crates:
+    if crates is not None:
         if package is not None:
             names = crates.get(package)
             if names is not None:
@@ -555,7 +556,8 @@ def _declared_bin(path: str, crates: Mapping[str, CrateNames]) -> str | None:
 def _custom_bin(path: str, crates: Mapping[str, CrateNames]) -> tuple[str, tuple[str, ...]] | None:
     """(binary name, modules) of a file beside a ``[[bin]] path`` outside src/."""
     best = None
-    for package, names in crates.items():
+    with_bins = getattr(crates, "with_bins", None)  # a lazy mapping parses only manifests with [[bin]]
+    for package, names in (with_bins() if with_bins is not None else crates.items()):
         for name, bin_path in names.bins:
             main = f"{package}/{bin_path}" if package else bin_path
             root = posixpath.dirname(main)

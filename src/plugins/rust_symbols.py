@@ -25,7 +25,7 @@ import posixpath
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -388,24 +388,75 @@ class CrateNames:
     bins: tuple[tuple[str, str], ...]  # `[[bin]]` (name as an identifier, normalised path in the package)
 
 
-def cargo_crates(projects: dict[str, bytes] | Any, present: Iterable[str] | None = None) -> dict[str, CrateNames]:
+def cargo_crates(projects: Mapping[str, bytes | None], present: Iterable[str] | None = None) -> Mapping[str, CrateNames]:
     """Package directory -> how its crates are named, for each ``Cargo.toml`` in ``projects``
     (path -> bytes) that declares a package. ``present`` holds the paths of the tree's
-    ``lib.rs`` files (None: every package is taken to have its library)."""
-    libs = None if present is None else set(present)
-    out = {}
-    for path, data in sorted(projects.items()):
-        if posixpath.basename(path) == "Cargo.toml" and data is not None:
-            pkg = _package(path, data)
-            if pkg is not None:
-                lib_rs = f"{pkg.dir}/src/lib.rs" if pkg.dir else "src/lib.rs"
-                out[pkg.dir] = _names(pkg, libs is None or lib_rs in libs)
-    return out
+    ``lib.rs`` files (None: every package is taken to have its library). A manifest is
+    read and parsed when its package is first asked about: a commit names the files of
+    a few packages, and a workspace holds many."""
+    return _Crates(projects, None if present is None else frozenset(present))
+
+
+class _Crates(Mapping):
+    def __init__(self, projects: Mapping[str, bytes | None], libs: frozenset[str] | None):
+        self._projects = projects
+        self._libs = libs
+        self._manifests = {posixpath.dirname(p): p for p in projects if posixpath.basename(p) == "Cargo.toml"}
+        self._names: dict[str, CrateNames | None] = {}
+
+    def __getitem__(self, directory: str) -> CrateNames:
+        if directory not in self._names:
+            path = self._manifests[directory]  # KeyError: no manifest there
+            data = self._projects[path]
+            pkg = _package(path, data) if data is not None else None
+            lib_rs = f"{directory}/src/lib.rs" if directory else "src/lib.rs"
+            self._names[directory] = None if pkg is None else _names(pkg, self._libs is None or lib_rs in self._libs)
+        names = self._names[directory]
+        if names is None:
+            raise KeyError(directory)  # not a package (a virtual manifest, not TOML)
+        return names
+
+    def __iter__(self) -> Iterator[str]:
+        return (d for d in sorted(self._manifests) if self.get(d) is not None)
+
+    def with_bins(self) -> Iterator[tuple[str, CrateNames]]:
+        """The packages whose manifest has a ``[[bin]]`` table (the others are not parsed)."""
+        for d in sorted(self._manifests):
+            data = self._projects[self._manifests[d]]
+            if data is not None and b"[[bin]]" in data:
+                names = self.get(d)
+                if names is not None:
+                    yield d, names
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _package(path: str, data: bytes) -> Package | None:
+    """The package a manifest declares, as far as naming goes (its targets, not its
+    dependencies): parsed from its [package], [lib] and [[bin]] tables only, so the many
+    versions of a manifest that differ in dependencies alone are parsed once."""
+    tables = _target_tables(data)
+    if _toml(tables) is None:  # the tables alone do not parse (a string cut, say): the whole manifest
+        return parse_cargo(path, data, {})
+    return _targets(path, tables)
 
 
 @functools.lru_cache(maxsize=4096)
-def _package(path: str, data: bytes) -> Package | None:
-    return parse_cargo(path, data, {})
+def _targets(path: str, tables: bytes) -> Package | None:
+    return parse_cargo(path, tables, {})
+
+
+def _target_tables(data: bytes) -> bytes:
+    """The lines of a manifest's [package], [lib] and [[bin]] tables."""
+    keep, out = False, []
+    for line in data.splitlines(keepends=True):
+        head = line.lstrip()
+        if head.startswith(b"["):
+            keep = head.split(b"]", 1)[0].strip(b"[ \t") in (b"package", b"lib", b"bin")
+        if keep:
+            out.append(line)
+    return b"".join(out)
 
 
 def _names(pkg: Package, lib_rs: bool) -> CrateNames:
