@@ -507,6 +507,7 @@ class RustIndex(MemoReferences):
         # after their packages as the chunk stage names them
         self.module_path = module_path
         self._names: dict[str, CrateNames] | None = None  # package dir -> crate names (made on use)
+        self._prefixes: dict[str, str] = {}  # path -> its display module path, with _names
         self.files: dict[str, FileSymbols] = {}
         self.manifests: dict[str, bytes] = {}
         self.packages: dict[str, Package] = {}  # dir -> package
@@ -1252,7 +1253,10 @@ class RustIndex(MemoReferences):
         if self._names is None:
             self._names = {pkg.dir: _names(pkg, f"{pkg.dir + '/' if pkg.dir else ''}src/lib.rs" in self.files)
                            for pkg in self.packages.values()}
-        prefix = self.module_path(ref[0], self._names)
+            self._prefixes = {}
+        prefix = self._prefixes.get(ref[0])
+        if prefix is None:
+            prefix = self._prefixes[ref[0]] = self.module_path(ref[0], self._names)
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
 
