@@ -509,24 +509,28 @@ def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | 
     return [(blob, lang, prev[(blob, lang)]) for _, _, (blob, lang) in order]
 
 
-_TAKES_EDITS: dict[Any, bool] = {}
-_TAKES_MODULE: dict[Any, bool] = {}
+_TAKES: dict[tuple[Any, str], bool] = {}
+
+
+def _takes(method: Any, parameter: str) -> bool:
+    """Whether a plugin's method declares an optional parameter (checked once per function)."""
+    key = (getattr(method, "__func__", method), parameter)
+    known = _TAKES.get(key)
+    if known is None:
+        try:
+            known = parameter in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            known = False
+        _TAKES[key] = known
+    return known
 
 
 def chunk_file(chunker: Chunker, parsed: ParsedBlob, lang: Language, path: str, module: str | None) -> list:
     """``chunker.chunk``, given the file's module path when it has one and the chunker
     takes it (``module`` is an optional parameter of the protocol)."""
-    if module is None:
-        return chunker.chunk(parsed, lang, path)
-    fn = getattr(chunker.chunk, "__func__", chunker.chunk)
-    takes = _TAKES_MODULE.get(fn)
-    if takes is None:
-        try:
-            takes = "module" in inspect.signature(chunker.chunk).parameters
-        except (TypeError, ValueError):
-            takes = False
-        _TAKES_MODULE[fn] = takes
-    return chunker.chunk(parsed, lang, path, module=module) if takes else chunker.chunk(parsed, lang, path)
+    if module is not None and _takes(chunker.chunk, "module"):
+        return chunker.chunk(parsed, lang, path, module=module)
+    return chunker.chunk(parsed, lang, path)
 
 
 def naming_files(languages: dict[str, Language]) -> set[str]:
@@ -578,15 +582,7 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
 
 def _takes_edits(language: Language) -> bool:
     """Whether a language's ``parse`` accepts ``edits`` (an optional parameter)."""
-    fn = getattr(language.parse, "__func__", language.parse)
-    known = _TAKES_EDITS.get(fn)
-    if known is None:
-        try:
-            known = "edits" in inspect.signature(language.parse).parameters
-        except (TypeError, ValueError):
-            known = False
-        _TAKES_EDITS[fn] = known
-    return known
+    return _takes(language.parse, "edits")
 
 
 def batched(items: list, size: int) -> list[list]:
