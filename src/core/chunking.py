@@ -139,13 +139,11 @@ class ChunkJob:
         summarize = getattr(self.context, "snapshot", None) is not None and self.summary_key is not None
         options = getattr(self.context, "options", {})
         summaries: dict[str, dict[str, Any]] = {lang: {} for lang in todo}
-        wanted = [blob for blob, lang, _, _ in batch if blob in todo[lang]]
-        read = dict(zip(wanted, reader.read_many(wanted)))
         for blob, lang, prev, hunks in batch:
             if blob not in todo[lang]:  # the size cap is applied when entries are loaded
                 stats.add("blobs_cached")
                 continue
-            data = read[blob]
+            data = reader.read(blob)
             if data is None:
                 skips[blob] = "missing_object"
                 continue
@@ -512,7 +510,7 @@ def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | 
 _TAKES: dict[tuple[Any, str], bool] = {}
 
 
-def _takes(method: Any, parameter: str) -> bool:
+def takes(method: Any, parameter: str) -> bool:
     """Whether a plugin's method declares an optional parameter (checked once per function)."""
     key = (getattr(method, "__func__", method), parameter)
     known = _TAKES.get(key)
@@ -528,7 +526,7 @@ def _takes(method: Any, parameter: str) -> bool:
 def chunk_file(chunker: Chunker, parsed: ParsedBlob, lang: Language, path: str, module: str | None) -> list:
     """``chunker.chunk``, given the file's module path when it has one and the chunker
     takes it (``module`` is an optional parameter of the protocol)."""
-    if module is not None and _takes(chunker.chunk, "module"):
+    if module is not None and takes(chunker.chunk, "module"):
         return chunker.chunk(parsed, lang, path, module=module)
     return chunker.chunk(parsed, lang, path)
 
@@ -582,7 +580,7 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
 
 def _takes_edits(language: Language) -> bool:
     """Whether a language's ``parse`` accepts ``edits`` (an optional parameter)."""
-    return _takes(language.parse, "edits")
+    return takes(language.parse, "edits")
 
 
 def batched(items: list, size: int) -> list[list]:

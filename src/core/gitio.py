@@ -282,9 +282,6 @@ def _diff_tree_hunks(git_dir: Path, diffs: list[tuple[str, str]], pathspecs: lis
     return {pair: hunks for pair, hunks in out.items() if hunks}
 
 
-_PIPELINED = 256  # blob requests written at once: 256 ids and newlines, well under a pipe's buffer
-
-
 class BlobReader:
     """One long-lived ``git cat-file --batch`` process; read blobs by id."""
 
@@ -308,31 +305,6 @@ class BlobReader:
         data = proc.stdout.read(size)
         proc.stdout.read(1)  # trailing newline
         return data
-
-    def read_many(self, blobs: list[str]) -> list[bytes | None]:
-        """``read`` of each blob, in order, asked for in one go: one wait for git per group
-        of requests, not one per blob (each wait may cost a scheduling slice when every
-        core is busy)."""
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        out: list[bytes | None] = []
-        for i in range(0, len(blobs), _PIPELINED):
-            group = blobs[i:i + _PIPELINED]
-            # the requests fit the pipe's buffer: git never waits for us to read while we write
-            proc.stdin.write(b"".join(b.encode() + b"\n" for b in group))
-            proc.stdin.flush()
-            for blob in group:
-                header = proc.stdout.readline()
-                if not header:
-                    raise CommitforgeError(f"git cat-file ended unexpectedly while reading {blob}")
-                parts = header.split()
-                if len(parts) < 3 or parts[1] in (b"missing", b"ambiguous"):
-                    out.append(None)
-                    continue
-                size = int(parts[2])
-                out.append(proc.stdout.read(size))
-                proc.stdout.read(1)  # trailing newline
-        return out
 
     def close(self) -> None:
         proc = self._proc

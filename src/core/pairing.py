@@ -127,31 +127,48 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
 
 
 
-def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]], *, similarity: float
-               ) -> list[tuple[int, int, bool]]:
+def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]], *, similarity: float,
+               max_candidates: int = 64) -> list[tuple[int, int, bool]]:
     """Units a commit moved to another file: each deleted chunk (with the index of its file)
     paired with an added chunk of another file that has the same kind and local qualified
     name (``Store::open`` stays ``Store::open`` when its impl moves) and whose lines are at
     least ``similarity`` alike. Returns (index in ``deleted``, index in ``added``, whether
-    the compared texts are equal), best pairs first, each chunk in one pair at most."""
-    by_name: dict[tuple[str, str], list[int]] = {}
+    the compared texts are equal), best pairs first, each chunk in one pair at most. A
+    name shared by more than ``max_candidates`` squared pairs (``main`` of many files in
+    one reorganisation) pairs identical texts only."""
+    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
     for di, (_, o) in enumerate(deleted):
-        by_name.setdefault((o.kind, _move_key(o.key)), []).append(di)
+        groups.setdefault((o.kind, _move_key(o.key)), ([], []))[0].append(di)
+    for ai, (_, n) in enumerate(added):
+        group = groups.get((n.kind, _move_key(n.key)))
+        if group is not None:
+            group[1].append(ai)
     scored = []
-    bags: dict[int, collections.Counter[str]] = {}
-    for ai, (a_file, n) in enumerate(added):
-        for di in by_name.get((n.kind, _move_key(n.key)), ()):
-            d_file, o = deleted[di]
-            if d_file == a_file:
-                continue
-            if o.compare == n.compare:
-                scored.append((-1.0, di, ai))
-                continue
-            if di not in bags:
-                bags[di] = _line_bag(o)
-            s = _similarity(bags[di], _line_bag(n))
-            if s >= similarity:
-                scored.append((-s, di, ai))
+    for dis, ais in groups.values():
+        if not ais:
+            continue
+        by_text: dict[str, list[int]] = {}
+        for di in dis:
+            by_text.setdefault(deleted[di][1].compare, []).append(di)
+        for ai in ais:  # an identical text: the first one left in another file
+            free = by_text.get(added[ai][1].compare)
+            for k, di in enumerate(free or ()):
+                if deleted[di][0] != added[ai][0]:
+                    scored.append((-1.0, di, ai))
+                    del free[k]  # type: ignore[union-attr]
+                    break
+        if len(dis) * len(ais) > max_candidates ** 2:
+            continue
+        bags = {di: _line_bag(deleted[di][1]) for di in dis}
+        for ai in ais:
+            a_file, n = added[ai]
+            bag = _line_bag(n)
+            for di in dis:
+                d_file, o = deleted[di]
+                if d_file != a_file and o.compare != n.compare:
+                    s = _similarity(bags[di], bag)
+                    if s >= similarity:
+                        scored.append((-s, di, ai))
     scored.sort()
     out = []
     used_d: set[int] = set()

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, redact_counted, reset_memory,
-                            unique_blobs)
+                            takes, unique_blobs)
 from core.config import STAGES
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -305,7 +305,7 @@ class Run:
                                     [len(group) for group in work]))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
         named: list[tuple[TreeSteps, TreeSteps] | None] = [None] * len(work)
-        names = naming_files(self.languages)
+        names = naming_files(self.languages) if takes(self.chunker.chunk, "module") else set()
         if names and todo:
             # units are named by the project files of their tree (crate names): new code by its
             # commit's, old code by its parent's

@@ -87,8 +87,8 @@ class WindowChunker:
             raise CommitforgeError(f"chunker.overlap={cfg.overlap} must be >= 0 and below max_chars={cfg.max_chars}")
         self.cfg = cfg
 
-    def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
-        text = parsed.text  # windows are named by path, not by module
+    def chunk(self, parsed: ParsedBlob, language: Language, path: str) -> list[Chunk]:
+        text = parsed.text  # windows are named by path: no module names (none are looked up)
         size, step = self.cfg.max_chars, self.cfg.max_chars - self.cfg.overlap
         out = []
         line = 1

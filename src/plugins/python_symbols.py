@@ -26,6 +26,7 @@ resolve to nothing.
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import posixpath
 import re
@@ -310,32 +311,41 @@ def python_source_roots(projects: Mapping[str, bytes | None]) -> tuple[str, ...]
     maturin's ``python-source``, setuptools' ``package-dir`` for ``""``, poetry's
     ``packages`` ``from``. A root at the project's own directory names nothing new."""
     roots = set()
-    for path, data in sorted(projects.items()):
-        if posixpath.basename(path) != "pyproject.toml" or data is None:
-            continue
-        try:
-            tool = tomllib.loads(data.decode("utf-8")).get("tool")
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue  # a broken project file names nothing
-        if not isinstance(tool, dict):
-            continue
-        found = []
-        maturin, setuptools, poetry = (tool.get(k) if isinstance(tool.get(k), dict) else {}
-                                       for k in ("maturin", "setuptools", "poetry"))
-        found.append(maturin.get("python-source"))
-        package_dir = setuptools.get("package-dir")
-        if isinstance(package_dir, dict):
-            found.append(package_dir.get(""))
-        for pkg in poetry.get("packages") or () if isinstance(poetry.get("packages"), list) else ():
-            if isinstance(pkg, dict):
-                found.append(pkg.get("from"))
-        base = posixpath.dirname(path)
-        for rel in found:
-            if isinstance(rel, str) and rel:
-                root = posixpath.normpath(posixpath.join(base, rel))
-                if root not in (".", base) and not root.startswith("../"):
-                    roots.add(root)
+    for path in sorted(projects):
+        if posixpath.basename(path) == "pyproject.toml":
+            data = projects[path]
+            if data is not None:
+                roots.update(_source_roots(path, data))
     return tuple(sorted(roots, key=lambda r: (-r.count("/"), r)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_roots(path: str, data: bytes) -> tuple[str, ...]:
+    """The source roots one ``pyproject.toml`` declares (parsed once per version)."""
+    try:
+        tool = tomllib.loads(data.decode("utf-8")).get("tool")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ()  # a broken project file names nothing
+    if not isinstance(tool, dict):
+        return ()
+    found = []
+    maturin, setuptools, poetry = (tool.get(k) if isinstance(tool.get(k), dict) else {}
+                                   for k in ("maturin", "setuptools", "poetry"))
+    found.append(maturin.get("python-source"))
+    package_dir = setuptools.get("package-dir")
+    if isinstance(package_dir, dict):
+        found.append(package_dir.get(""))
+    for pkg in poetry.get("packages") or () if isinstance(poetry.get("packages"), list) else ():
+        if isinstance(pkg, dict):
+            found.append(pkg.get("from"))
+    base = posixpath.dirname(path)
+    roots = []
+    for rel in found:
+        if isinstance(rel, str) and rel:
+            root = posixpath.normpath(posixpath.join(base, rel))
+            if root not in (".", base) and not root.startswith("../"):
+                roots.append(root)
+    return tuple(roots)
 
 
 class PythonIndex(MemoReferences):

@@ -571,7 +571,7 @@ class RustIndex(MemoReferences):
         remap = bool(moved_dirs)
         remap = remap or any(m[2] for p in files if p in self.files for m in self.files[p].mods)
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
-        if packages_changed or any((syms is None) == (path not in self.files) for path, syms in files.items()):
+        if packages_changed or any((syms is None) != (path not in self.files) for path, syms in files.items()):
             self._names = None  # a package or a file (a src/lib.rs) came or went
         before = {path: self._entries(path) for path in files if path in self.file_mod}
         for path, syms in files.items():

@@ -97,16 +97,20 @@ class RandomSplit:
 
 class PathSplit(RandomSplit):
     """Files spread over the splits by a hash of their path: a file's history stays in one
-    split, across renames (changes come in commit order; a file keeps its first path)."""
+    split, across renames (changes come in commit order; a file keeps its first path). A
+    path is keyed when it first appears: by the path it came from when that row has an
+    ``old_path`` (a renamed file, or a new file a unit moved into), else by itself; a unit
+    moved into a file seen before leaves that file's key alone."""
 
     def keys(self, changes: list[dict[str, Any]]) -> list[str]:
-        first_path: dict[str, str] = {}
+        key_of: dict[str, str] = {}
         out = []
         for c in changes:
             path = c["path"]
-            if c.get("old_path"):
-                first_path[path] = first_path.get(c["old_path"], c["old_path"])
-            out.append(first_path.get(path, path))
+            if path not in key_of:
+                old = c.get("old_path")
+                key_of[path] = key_of.get(old, old) if old else path
+            out.append(key_of[path])
         return out
 
 

@@ -316,3 +316,14 @@ def test_a_container_emits_only_the_parts_whose_own_text_changed():
     assert len(pairs["tests"][1].pieces) > len(pairs["tests"][0].pieces)
     mod_parts = list(part_changes("modified", *pairs["tests"]))
     assert len(mod_parts) == 1 and mod_parts[0].old_code and "use super::b;" in mod_parts[0].new_code
+
+
+def test_a_name_shared_by_very_many_moved_units_pairs_identical_texts_only():
+    one = chunks("pub fn main() -> u8 {\n    setup();\n    1\n}\n")[0]
+    other = [chunks(f"pub fn main() -> u8 {{\n    setup();\n    {i}\n}}\n")[0] for i in range(300)]
+    deleted = [(i, one) for i in range(300)]
+    # 300 x 300 candidates over the cap: the one identical text (`1`), no similar-text guesses
+    moves = pair_moves(deleted, [(300 + i, c) for i, c in enumerate(other)], similarity=0.5, max_candidates=64)
+    assert moves == [(0, 1, True)]
+    few = pair_moves(deleted[:3], [(300 + i, c) for i, c in enumerate(other[:3])], similarity=0.5)
+    assert sorted(a for _, a, _ in few) == [0, 1, 2]  # under the cap, similar texts pair too

@@ -130,12 +130,6 @@ def test_blob_reader_reads_and_reports_missing(history):
         assert reader.read(blob) == b"pub fn a() -> u8 { 2 }\n"
         assert reader.read("0" * 39 + "1") is None
         assert reader.read(blob) == b"pub fn a() -> u8 { 2 }\n"  # the process is still usable
-        # requests sent together (more than one pipelined group) answer in order, misses included
-        first = commits[0].files[0].new_blob
-        asked = [blob, "0" * 40, first] * 100
-        assert reader.read_many(asked) == [reader.read(b) for b in asked]
-        assert reader.read_many(asked)[:3] == [b"pub fn a() -> u8 { 2 }\n", None, reader.read(first)]
-        assert reader.read_many([]) == []
 
 
 def test_repository_code_never_runs(scripted_repo, tmp_path):

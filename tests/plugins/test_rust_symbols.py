@@ -390,3 +390,15 @@ def test_an_impl_block_never_gets_its_own_members_as_context():
     assert "S#3" in refs
     # its own final_check is out; S::a, a method of the other impl block, is context
     assert [r[1] for r in refs["S#3"] if r[2] == "method"] == ["s::S::a"]
+
+
+def test_definitions_are_renamed_when_a_package_gains_its_library():
+    lang = RustLanguage()
+    idx = _index({"src/main.rs": "mod util;\nfn main() {}\n", "src/util.rs": "pub fn make() {}\n"},
+                 {"Cargo.toml": b'[package]\nname = "app"\n[[bin]]\nname = "app-cli"\npath = "src/main.rs"\n'})
+    name = lambda: idx.definitions("src/util.rs")[0].qualname  # noqa: E731
+    assert name() == "app_cli::util::make"  # src/ belongs to the binary while there is no library
+    idx.update({"src/util.rs": summarize(lang.parse(b"pub fn make() -> u8 { 1 }\n"), 1200, 0)}, {})
+    assert name() == "app_cli::util::make"
+    idx.update({"src/lib.rs": summarize(lang.parse(b"pub mod util;\n"), 1200, 0)}, {})
+    assert name() == "app::util::make"

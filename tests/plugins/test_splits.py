@@ -67,3 +67,12 @@ def test_path_split_follows_renames():
     for seed in range(20):
         got = PathSplit(PathSplitConfig(seed=seed)).assign(rows)
         assert len(set(got)) == 1
+
+
+def test_a_unit_moved_into_a_known_file_leaves_that_files_key_alone():
+    rows = [{"commit": f"c{i}", "time": "2024-01-01T00:00:00Z", "path": p, "old_path": o}
+            for i, (p, o) in enumerate([("src/a.rs", None), ("src/b.rs", None),
+                                        ("src/b.rs", "src/a.rs"),  # a unit moved from a.rs into b.rs
+                                        ("src/b.rs", None), ("src/c.rs", "src/a.rs")])]  # c.rs: new, made from a.rs
+    keys = PathSplit(PathSplitConfig(seed=0)).keys(rows)
+    assert keys == ["src/a.rs", "src/b.rs", "src/b.rs", "src/b.rs", "src/a.rs"]
