@@ -167,6 +167,11 @@ def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]],
                 d_file, o = deleted[di]
                 if d_file != a_file and o.compare != n.compare:
                     s = _similarity(bags[di], bag)
+                    if ("::" in n.key and sum(bag.values()) <= _SHORT_LINES
+                            and sum(bags[di].values()) <= _SHORT_LINES):
+                        # an item of a type (its owner names it apart from other files' items)
+                        # of a line or two: any edit changes every line, so compare characters
+                        s = difflib.SequenceMatcher(None, o.text, n.text, autojunk=False).ratio()
                     if s >= similarity:
                         scored.append((-s, di, ai))
     scored.sort()
@@ -179,6 +184,10 @@ def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]],
             used_a.add(ai)
             out.append((di, ai, deleted[di][1].compare == added[ai][1].compare))
     return out
+
+
+_SHORT_LINES = 2  # items of a type this short are compared by characters when moved (not top-level
+# ones: a `const STORE_PREFIX` of one module is no move of another module's)
 
 
 _PATH_PREFIX = re.compile(r"(?<![\w:])(?:\w+::)+(?=\w)")

@@ -267,6 +267,16 @@ def test_units_moved_to_another_file_pair_by_kind_and_local_name():
     fg = lambda cs: [c for c in cs if c.kind == "method"]  # noqa: E731
     assert [(d, a, same) for d, a, same in pair_moves([(0, c) for c in fg(old_impl)], [(1, c) for c in fg(new_impl)],
                                                       similarity=0.5)] == [(0, 0, True)]
+    # a one-line unit moved with an edit: alike by characters, though its one line changed
+    item = lambda src: [c for c in chunks(src) if c.kind == "type"]  # noqa: E731
+    old_item = item("impl Iterator for Walk {\n    type Item = io::Result<WalkEvent>;\n}\n")
+    new_item = item("impl Iterator for Walk {\n    type Item = walkdir::Result<WalkEvent>;\n}\n")
+    other = item("impl Iterator for Walk {\n    type Item = u8;\n}\n")
+    assert pair_moves([(0, c) for c in old_item], [(1, c) for c in new_item], similarity=0.6) == [(0, 0, False)]
+    assert pair_moves([(0, c) for c in old_item], [(1, c) for c in other], similarity=0.6) == []
+    # top-level one-liners share names across modules: lines decide, and an edited line is no match
+    const = lambda v: [(k, c) for k, c in enumerate(chunks(f'const STORE_PREFIX: &[u8] = b"{v}";\n'))]  # noqa: E731
+    assert pair_moves(const("pruning"), [(1, c) for _, c in const("utxo-diffs")], similarity=0.6) == []
 
 
 def test_a_unit_moved_to_another_file_is_one_pair_not_a_deletion_and_an_addition(scripted_repo, tmp_path):
