@@ -166,7 +166,7 @@ class ChunkJob:
                     stats.add("blobs_reparsed_by_hunks" if edits else "blobs_hunks_rejected")
                 try:
                     language = self.languages[lang]
-                    if edits and _takes_edits(language):
+                    if edits and takes(language.parse, "edits"):
                         parsed = language.parse(data, previous, edits=edits)
                     else:
                         parsed = language.parse(data, previous)
@@ -216,12 +216,13 @@ class ChunkJob:
         if named is not None:
             for tree, st in zip(trees, named):
                 apply_delta(tree, st.start)
+        modules: tuple[dict, dict] = ({}, {})
         out = []
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
-            modules: tuple[dict, dict] = ({}, {})
-            if named is not None:
+            if named is not None and (i == 0 or any(st.deltas[i - 1] for st in named)):
+                # naming files changed (they rarely do): the module path functions of the trees
                 for tree, st in zip(trees, named):
                     if i > 0:
                         apply_delta(tree, st.deltas[i - 1])
@@ -234,7 +235,7 @@ class ChunkJob:
     def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:
         """Per language with ``module_paths``: its module path function in a tree whose
         naming files are ``files`` (path -> blob). Kept for the next commits."""
-        names = {n for lang in self.languages.values() for n in getattr(lang, "project_files", ())}
+        names = project_file_names(self.languages)
         read = {path: blob for path, blob in files.items() if path.rsplit("/", 1)[-1] in names}
         # project files by content, the others by their presence only
         key = (self.git_dir, frozenset(read.items()), frozenset(p for p in files if p not in read))
@@ -531,10 +532,15 @@ def chunk_file(chunker: Chunker, parsed: ParsedBlob, lang: Language, path: str, 
     return chunker.chunk(parsed, lang, path)
 
 
+def project_file_names(languages: dict[str, Language]) -> set[str]:
+    """Names of the languages' project files (``project_files``: ``Cargo.toml``...)."""
+    return {name for lang in languages.values() for name in getattr(lang, "project_files", ())}
+
+
 def naming_files(languages: dict[str, Language]) -> set[str]:
     """Names of the files whose content or presence names modules (``module_paths``)."""
-    return {name for lang in languages.values() if hasattr(lang, "module_paths")
-            for name in (*getattr(lang, "project_files", ()), *getattr(lang, "module_files", ()))}
+    naming = {name: lang for name, lang in languages.items() if hasattr(lang, "module_paths")}
+    return project_file_names(naming) | {name for lang in naming.values() for name in getattr(lang, "module_files", ())}
 
 
 class LazyFiles(Mapping):
@@ -576,11 +582,6 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
             out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read),
                              frozenset(p for p in paths if p.rsplit("/", 1)[-1] in marks))
     return out
-
-
-def _takes_edits(language: Language) -> bool:
-    """Whether a language's ``parse`` accepts ``edits`` (an optional parameter)."""
-    return takes(language.parse, "edits")
 
 
 def batched(items: list, size: int) -> list[list]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, redact_counted, reset_memory,
-                            takes, unique_blobs)
+from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, project_file_names,
+                            redact_counted, reset_memory, takes, unique_blobs)
 from core.config import STAGES
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -298,7 +298,7 @@ class Run:
         if at is not None and todo:
             # the context strategy reads the whole tree at each commit
             t_trees = time.perf_counter()
-            projects = {name for lang in self.languages.values() for name in getattr(lang, "project_files", ())}
+            projects = project_file_names(self.languages)
             keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
             order = [i for group in work for i in group]
             steps = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], keep, at),

@@ -116,7 +116,8 @@ def snapshot_trees(repo: Repository, commits: list[CommitRecord], at: str) -> li
     return [tree_of.get(r, f"missing:{r}") if r else "" for r in revs]
 
 
-def apply_delta(tree: dict[str, str], delta: dict[str, str | None]) -> None:
+def apply_delta(tree: dict[str, Any], delta: dict[str, Any | None]) -> None:
+    """Set ``tree``'s paths to ``delta``'s values; a None value removes the path."""
     for path, blob in delta.items():
         if blob is None:
             tree.pop(path, None)

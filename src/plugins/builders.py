@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.chunking import chunk_file, module_paths, naming_files, redact_row
+from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
@@ -110,7 +110,7 @@ class FileBuilder(CommitBuilder):
                 projects[path] = blob
         # units are named as the chunk stage names them at that commit (crate names)
         with BlobReader(run.repo.git_dir) as reader:  # one tree: its project files read up front
-            project_names = {n for lang in run.languages.values() for n in getattr(lang, "project_files", ())}
+            project_names = project_file_names(run.languages)
             data = {path: reader.read(blob) for path, blob in projects.items()
                     if path.rsplit("/", 1)[-1] in project_names}
         modules = module_paths(run.languages, projects, data.get)

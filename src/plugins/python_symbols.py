@@ -40,6 +40,7 @@ import tomllib
 
 from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob, Unit
+from core.snapshot import apply_delta
 
 DefRef = tuple[str, int]  # (path, index into FileSymbols.defs)
 Target = tuple[str, Any]  # ("def", DefRef) or ("mod", module id: a file path, or a package's directory)
@@ -368,11 +369,7 @@ class PythonIndex(MemoReferences):
     def update(self, files: dict[str, FileSymbols | None], projects: dict[str, bytes | None]) -> None:
         self.forget_references()
         if projects:
-            for path, data in projects.items():
-                if data is None:
-                    self._projects.pop(path, None)
-                else:
-                    self._projects[path] = data
+            apply_delta(self._projects, projects)
             self._roots = python_source_roots(self._projects)
         paths_changed = any((syms is None) == (path in self.files) for path, syms in files.items())
         same_shape = not paths_changed and all(

@@ -31,6 +31,7 @@ from typing import Any
 
 from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob
+from core.snapshot import apply_delta
 
 Mod = tuple[str, ...]  # (crate id, module names...)
 DefRef = tuple[str, str]  # (path, local qualified name: unique in a file, kept across edits)
@@ -552,11 +553,7 @@ class RustIndex(MemoReferences):
         packages_changed = False
         moved_dirs: set[str] = set()
         if manifests:
-            for path, data in manifests.items():
-                if data is None:
-                    self.manifests.pop(path, None)
-                else:
-                    self.manifests[path] = data
+            apply_delta(self.manifests, manifests)
             packages = self._packages()
             if packages != self.packages:
                 # files under a package that appeared, went or changed may be other modules now
