@@ -510,8 +510,13 @@ def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None) 
     ``crates/core/app.rs`` -> ``rg::app``). Without ``crates`` (or outside any package),
     the directory holding ``src`` names the crate (dashes become underscores) and the
     root package's files have no crate name. Tests, examples and benches are crates
-    ``<crate>_tests`` and so on; a file outside all of these keeps its directory path.
+    ``<crate>_tests`` and so on, and with ``crates`` a package's ``build.rs`` is
+    ``<crate>_build``; a file outside all of these keeps its directory path.
     """
+    if crates is not None and path.rpartition("/")[2] == "build.rs":
+        names = crates.get(path.rpartition("/")[0])
+        if names is not None:  # a package's build script is a crate of its own
+            return _ident(f"{names.lib if names.has_lib else names.package}_build")
     package, crate, suffix, mods = _module_parts(path)
     if crates is not None:
         if package is not None:

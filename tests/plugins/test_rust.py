@@ -183,7 +183,10 @@ CRATES = cargo_crates({
     ("tools/dm/main.rs", "dm"),  # a [[bin]] path outside src/ roots the binary...
     ("tools/dm/cmd/run.rs", "dm::cmd::run"),  # ...and the files beside it are its modules
     ("crates/other-one/src/lib.rs", "other_one"),  # no package there: the directory names it
-    ("build.rs", "build"),
+    ("build.rs", "demo_build"),  # a package's build script is a crate of its own
+    ("crates/store/build.rs", "ledger_store_build"),
+    ("tools/cli/build.rs", "ledger_cli_build"),
+    ("crates/other-one/build.rs", "crates::other_one::build"),  # no package there
 ])
 def test_module_path_names_crates_after_their_packages(path, module):
     assert rust_module_path(path, CRATES) == module
