@@ -396,8 +396,18 @@ def _path_module(path: str) -> str:
 
 
 def _dotted(parts: list[str]) -> str:
+    """Module name of path segments; a segment that is no identifier (``.github``,
+    ``my-scripts``, ``2020``) has its other characters replaced by ``_``, so the name
+    stays a dotted name of identifiers."""
     stem = parts[-1].rsplit(".", 1)[0]
-    return ".".join(parts[:-1] + ([] if stem == "__init__" else [stem]))
+    return ".".join(_identifier(p) for p in parts[:-1] + ([] if stem == "__init__" else [stem]))
+
+
+def _identifier(segment: str) -> str:
+    if segment.isidentifier():
+        return segment
+    name = re.sub(r"\W", "_", segment)
+    return name if name[:1].isalpha() or name[:1] == "_" else "_" + name
 
 
 @hookimpl

@@ -207,6 +207,8 @@ def test_incremental_parse_gives_the_units_of_a_fresh_parse(old, new):
     ("libs/core/src/core_lib/__init__.py", "core_lib"),
     ("setup.py", "setup"),
     ("tests/test_x.py", "tests.test_x"),
+    (".github/scripts/bump.py", "_github.scripts.bump"),  # no identifier: still a dotted name
+    ("my-tools/2020/gen-docs.py", "my_tools._2020.gen_docs"),
 ])
 def test_module_path_from_file_path(path, module):
     assert python_module_path(path) == module
