@@ -217,7 +217,55 @@ _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
 
 
 def _without_docs(text: str) -> str:
-    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("//", "#[")))
+    """``text`` without its comments and attributes: a line comment, a block comment and an
+    attribute over several lines (``#[cfg_attr(\n    …,\n)]``) go whole; code after an
+    attribute on its line stays."""
+    out: list[str] = []
+    depth = 0  # open brackets of an attribute that goes on
+    in_comment = False
+    for ln in text.splitlines():
+        body = ln.lstrip()
+        if in_comment:
+            in_comment = "*/" not in body
+            continue
+        if depth == 0:
+            if body.startswith("//"):
+                continue
+            if body.startswith("/*"):
+                in_comment = "*/" not in body[2:]
+                continue
+            if not body.startswith("#[") and not body.startswith("#!["):
+                out.append(ln)
+                continue
+            body = body[1:]
+        depth, rest = _attribute_rest(body, depth)
+        if depth == 0 and rest.strip():
+            out.append(ln[:len(ln) - len(ln.lstrip())] + rest.lstrip())
+    return "\n".join(out)
+
+
+def _attribute_rest(text: str, depth: int) -> tuple[int, str]:
+    """(bracket depth after ``text``, the text after the attribute closes) for a line of an
+    attribute that is ``depth`` brackets deep at its start (string literals skipped)."""
+    quote = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quote = False
+        elif ch == '"':
+            quote = True
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                return 0, text[i + 1:]
+        i += 1
+    return depth, ""
 
 
 def _indent(text: str) -> str:

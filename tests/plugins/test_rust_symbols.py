@@ -8,7 +8,7 @@ import pytest
 
 from core.context import UnitQuery
 from plugins.rust import RustLanguage, rust_module_path
-from plugins.rust_symbols import RustIndex, parse_cargo, parse_use, summarize
+from plugins.rust_symbols import RustIndex, parse_cargo, parse_use, render, summarize
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -402,3 +402,24 @@ def test_definitions_are_renamed_when_a_package_gains_its_library():
     assert name() == "app_cli::util::make"
     idx.update({"src/lib.rs": summarize(lang.parse(b"pub mod util;\n"), 1200, 0)}, {})
     assert name() == "app::util::make"
+
+
+def test_a_skeleton_without_docs_drops_attributes_over_several_lines_whole():
+    text = (
+        "/// Docs\n"
+        "#[cfg_attr(\n"
+        "    not(no_diagnostic_namespace),\n"
+        '    diagnostic::on_unimplemented(note = "a ] b [", label = "x")\n'
+        ")]\n"
+        "pub trait Deserialize<'de>: Sized {\n"
+        "    /** block\n"
+        "     * doc */\n"
+        "    #[inline] fn a();\n"
+        "    fn deserialize<D>(d: D) -> Result<Self, D::Error>;\n"
+        "}"
+    )
+    got = render("trait", text, "pub trait Deserialize<'de>: Sized", None, [], max_item_chars=50, bodies=0)
+    assert got == ("pub trait Deserialize<'de>: Sized {\n"
+                   "    fn a();\n"
+                   "    fn deserialize<D>(d: D) -> Result<Self, D::Error>;\n"
+                   "}")
