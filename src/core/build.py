@@ -1,8 +1,8 @@
 """The ``build`` stage: split, deduplicate, tokenize and write the training examples.
 
-Deduplication runs on the target text before tokenizing (tokenizing is the expensive
-part, and most of a history's unit changes repeat), within each split and then across
-splits so nothing in train duplicates val or test.
+Deduplication runs before tokenizing (tokenizing is the expensive part, and much of a
+history repeats), on what each example's change does (``dedup_text``), within each
+split and then across splits so nothing in train duplicates val or test.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
 from core.dedup import deduplicate
+from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
 from core.stats import Counter
 
@@ -27,9 +28,32 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 
-def _target_text(change: dict[str, Any]) -> str:
-    # a deletion's "target" is the removal of its old code
-    return change["new_code"] if change["new_code"] else "\0deleted\0" + change["old_code"]
+DEDUP_COMPARE = ("edit", "code")
+
+
+def dedup_text(change: dict[str, Any], on: str) -> str:
+    """What deduplication compares of a unit change.
+
+    ``code``: the code the example ends with (a deletion: the removal of its old code).
+    ``edit``: what the change does: the unit's signature and the lines it removes and
+    adds, in order (an added unit: its new code). Two successive small edits of one
+    function end in nearly the same code, but are different edits: compared by their
+    code, the second would be dropped as a near duplicate of the first."""
+    old, new = change["old_code"], change["new_code"]
+    if not new:
+        return "\0deleted\0" + old
+    if on == "code" or not old:
+        return new
+    a, b = old.splitlines(), new.splitlines()
+    out = [change.get("signature") or ""]
+    for lines, other, sign in ((a, b, "-"), (b, a, "+")):
+        only = _Counter(lines)
+        only.subtract(other)
+        for line in lines:
+            if only[line] > 0:
+                only[line] -= 1
+                out.append(sign + line)
+    return "\n".join(out) if len(out) > 1 else new  # the same lines in another order
 
 
 def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
@@ -91,13 +115,16 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             kept_changes.append(c)
             kept_splits.append(sp)
     dcfg = run.cfg.dedup
-    result = deduplicate([_target_text(c) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
+    on = dcfg.compare or getattr(run.builder, "dedup_compare", "code")
+    if on not in DEDUP_COMPARE:
+        raise CommitforgeError(f"dedup.compare={on!r} must be one of {', '.join(DEDUP_COMPARE)} (or null: the builder's choice)")
+    result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
                          threshold=dcfg.threshold, num_perm=dcfg.num_perm,
                          threads=int(getattr(run.executor, "workers", 1) or 1))
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
-    dedup_report = dict(result.report)
+    dedup_report = {"compare": on, **result.report}
     # stats.json must be byte-identical across reruns: timings go to the manifest only
     stats.add("dedup_ms", int(1000 * dedup_report.pop("seconds", 0)))
     changes = [c for c, keep in zip(kept_changes, result.keep) if keep]

@@ -28,6 +28,8 @@ class CommitBuilderConfig:
 
 
 class CommitBuilder:
+    dedup_compare = "edit"  # two edits are duplicates when they remove and add the same lines
+
     def __init__(self, cfg: CommitBuilderConfig):
         if cfg.max_tokens < 16:
             raise CommitforgeError(f"builder.max_tokens={cfg.max_tokens} is too small; use e.g. 1024, 2048 or 4096")
@@ -84,6 +86,8 @@ class FileBuilder(CommitBuilder):
     file's chunks (``unit``) or whole files (``file``) laid out by the format as code that
     was added, with empty old code. All rows share one commit, so a temporal split puts
     them in one split: use ``split=path`` to hold out files."""
+
+    dedup_compare = "code"
 
     def __init__(self, cfg: FileBuilderConfig):
         if cfg.unit not in ("unit", "file"):
@@ -172,6 +176,7 @@ class FimBuilder:
     """
 
     special_tokens = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|endoftext|>"]
+    dedup_compare = "code"  # the examples hold the new code only
 
     def __init__(self, cfg: FimBuilderConfig):
         for key in ("fim_rate", "spm_rate"):

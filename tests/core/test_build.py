@@ -107,6 +107,44 @@ def test_dedup_removes_repeated_targets_and_leaks(scripted_repo, tmp_path):
     assert stats["dedup"]["exact_duplicate"] + stats["dedup"]["leak_exact"] == 9
 
 
+def test_successive_small_edits_of_one_function_are_different_examples(scripted_repo, tmp_path):
+    r = scripted_repo
+    lines = [f"    let v{i} = step({i});" for i in range(40)]
+    for k in range(12):  # each commit edits one line of a long function: the code stays 97% alike
+        lines[k] = f"    let v{k} = step({k}) + {k + 1};"
+        r.commit(f"tune {k}", {"crates/app/src/lib.rs": "pub fn tuned(x: u32) -> u32 {\n" + "\n".join(lines) + "\n    x\n}\n"})
+    by_edit = json.loads((run_pipeline(tmp_path / "edit", f"repo={r.path}") / "stats.json").read_text())
+    assert by_edit["dedup"]["compare"] == "edit"
+    assert by_edit["dedup"]["near_duplicate"] == by_edit["dedup"]["exact_duplicate"] == 0
+    assert sum(s["examples"] for s in by_edit["splits"].values()) == 12
+    # compared by the code they end with, the edits after the first of each split are near duplicates
+    by_code = json.loads((run_pipeline(tmp_path / "code", f"repo={r.path}", "dedup.compare=code")
+                          / "stats.json").read_text())
+    assert by_code["dedup"]["near_duplicate"] + by_code["dedup"]["leak_near"] >= 8
+
+
+def test_the_same_edit_twice_is_a_duplicate():
+    from core.build import dedup_text
+
+    edit = {"old_code": "fn f() {\n    a();\n    b();\n}", "new_code": "fn f() {\n    a();\n    c();\n}",
+            "signature": "fn f()"}
+    assert dedup_text(edit, "edit") == "fn f()\n-    b();\n+    c();"
+    assert dedup_text({**edit, "old_code": edit["old_code"].replace("a()", "z()")}, "edit") != dedup_text(edit, "edit")
+    assert dedup_text(edit, "code") == edit["new_code"]
+    assert dedup_text({**edit, "old_code": ""}, "edit") == edit["new_code"]  # an added unit: its code
+
+
+def test_an_unknown_dedup_comparison_is_one_clear_error(scripted_repo, tmp_path):
+    import subprocess
+    import sys
+
+    scripted_repo.commit("one", {"crates/app/src/lib.rs": "pub fn one() -> u32 { 1 }\n"})
+    proc = subprocess.run([sys.executable, "-m", "core", f"repo={scripted_repo.path}", f"out_dir={tmp_path / 'o'}",
+                           "dedup.compare=lines", "progress=false"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "dedup.compare='lines' must be one of edit, code" in proc.stderr
+
+
 @pytest.mark.parametrize("fmt,first_token,target_tokens", [
     ("starcoder1", "<reponame>", ["<commit_after>", "<|endoftext|>"]),
     ("starcoder2", "<repo_name>", ["<|endoftext|>"]),
