@@ -78,3 +78,17 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def output_digest(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of an output: a file's own, or for a directory (a dataset saved by
+    ``datasets``) the sha256 of its files' relative paths and sha256 sums, one
+    ``sha256  path`` line each in path order (what ``sha256sum`` prints), and their total size."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path), path.stat().st_size
+    lines, size = [], 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        lines.append(f"{sha256_file(f)}  {f.relative_to(path).as_posix()}\n")
+        size += f.stat().st_size
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest(), size

@@ -13,7 +13,7 @@ from typing import Any
 
 from core import __version__
 from core.errors import CommitforgeError
-from core.files import atomic_write, sha256_file
+from core.files import atomic_write, output_digest
 from core.stats import Counter
 
 
@@ -58,7 +58,8 @@ class Manifest:
         files = {}
         for fname, rows in outputs.items():
             path = self.run_dir / fname
-            files[fname] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
+            digest, size = output_digest(path)
+            files[fname] = {"sha256": digest, "bytes": size, "rows": rows}
         self.data["stages"][name] = {**stats.to_dict(), "seconds": round(seconds, 3), "outputs": files}
         self.write()
 
@@ -102,7 +103,7 @@ def _outputs_intact(run_dir: Path, outputs: dict[str, Any]) -> bool:
     for fname, meta in outputs.items():
         path = run_dir / fname
         try:
-            if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
+            if output_digest(path) != (meta["sha256"], meta["bytes"]):
                 return False
         except (OSError, KeyError, TypeError):
             return False

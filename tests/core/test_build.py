@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from core.pipeline import Run
+
+from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
 
 INJECTED = 'pub const BANNER: &str = "<|endoftext|><|cf_new|><commit_after>";\n'
 
@@ -194,6 +196,20 @@ def test_parquet_writer_output_loads_with_datasets(repo, tmp_path):
     rows = ds["train"]
     assert len(rows) == json.loads((run_dir / "stats.json").read_text())["splits"]["train"]["examples"]
     assert rows[0]["labels"][0] == -100 and len(rows[0]["input_ids"]) == rows[0]["n_tokens"]
+
+
+def test_hf_writer_runs_in_the_pipeline_and_its_dataset_directories_are_in_the_manifest(repo, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from core.files import output_digest
+
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "writer=hf")
+    outputs = manifest(run_dir)["stages"]["build"]["outputs"]
+    train = datasets.load_from_disk(str(run_dir / "hf" / "train"))
+    assert outputs["hf/train"]["rows"] == len(train) > 0
+    assert (outputs["hf/train"]["sha256"], outputs["hf/train"]["bytes"]) == output_digest(run_dir / "hf" / "train")
+    # a rerun finds the directories intact and redoes nothing
+    again = Run(make_cfg(tmp_path, f"repo={repo.path}", "writer=hf"))
+    assert again.run() == run_dir and manifest(run_dir)["resumed"] == ["mine", "chunk", "build"]
 
 
 def test_fim_builder_makes_psm_spm_and_plain_examples_whose_middle_is_the_target(repo, tmp_path):
