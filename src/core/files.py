@@ -17,11 +17,28 @@ except ImportError:  # a core dependency; json alone gives the same bytes, slowe
     _orjson = None
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def default_mode(path: Path | str, directory: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (``tempfile`` makes
+    files 0600 and directories 0700: outputs must be readable as the user's umask allows,
+    e.g. by the account that trains on them)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        default_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

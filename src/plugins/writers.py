@@ -49,7 +49,7 @@ from typing import Any
 
 from core.errors import CommitforgeError
 from core.examples import packed_rows
-from core.files import atomic_write, fast_json_line
+from core.files import atomic_write, default_mode, fast_json_line
 from core.hookspecs import hookimpl
 
 # The keys of every example, in column order.
@@ -281,6 +281,7 @@ class HfWriter:
             dd = ds.DatasetDict({split: ds.Dataset.from_dict(_arrow_columns(rows), features=features, split=split)
                                  for split, rows in splits.items()})
             tmp = Path(tempfile.mkdtemp(dir=out.out_dir, prefix=".hf.", suffix=".tmp"))
+            default_mode(tmp, directory=True)
             old = None
             try:
                 # datasets picks min(rows, ...) shards, so an empty split would get no file at all

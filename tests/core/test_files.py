@@ -56,3 +56,14 @@ def test_record_line_reads_back_as_the_record(obj):
     line = files.record_line(obj)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line) == json.loads(json_line(obj))
+
+
+def test_outputs_are_readable_as_the_umask_allows_not_private_to_their_owner(tmp_path, monkeypatch):
+    import stat
+
+    from core import files
+
+    monkeypatch.setattr(files, "_UMASK", 0o022)
+    with files.atomic_write(tmp_path / "out.jsonl") as fh:
+        fh.write(b"{}\n")
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o644
