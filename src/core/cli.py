@@ -26,6 +26,47 @@ def _handled(fn, *args):
             raise  # a sweep records the failed job and goes on with the others
         print(f"commitforge: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if os.environ.get("COMMITFORGE_TRACEBACK"):
+            raise
+        print("commitforge: interrupted; run the same command again to resume (finished stages "
+              "and chunk batches are kept)", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:  # a run directory or cache that cannot be written, a full disk
+        if os.environ.get("COMMITFORGE_TRACEBACK") or in_multirun() or exc.filename is None:
+            raise
+        print(f"commitforge: error: {exc.strerror or exc}: {exc.filename}; check that the path is a directory "
+              "you can write (out_dir=…, cache_dir=… or COMMITFORGE_CACHE)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _writable(value: str) -> str | None:
+    """Why directory ``value`` (which may not exist yet) cannot be written, or None."""
+    path = os.path.abspath(os.path.expanduser(value))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def _check_dirs(args: list[str]) -> None:
+    """out_dir= and cache_dir= given on the command line are checked before Hydra starts
+    (it would fail with a traceback configuring its log file in an unwritable out_dir)."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key in ("out_dir", "cache_dir") and value and value != "null" and "," not in value:
+            why = _writable(value)
+            if why is not None:
+                print(f"commitforge: error: {key}={value} cannot be used: {why}; choose a directory you can write",
+                      file=sys.stderr)
+                sys.exit(2)
 
 
 def list_plugins() -> None:
@@ -47,6 +88,7 @@ def main() -> None:
     if sys.argv[1:2] == ["plugins"]:
         _handled(list_plugins)
         return
+    _check_dirs(sys.argv[1:])
     register_schema()
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_task)
     app()

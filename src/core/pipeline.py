@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import gc
 import hashlib
@@ -18,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, project_file_names,
                             redact_counted, reset_memory, takes, unique_blobs)
-from core.config import STAGES
+from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
 from core.files import atomic_write, record_line
@@ -78,11 +80,40 @@ def _hydra_output_dir() -> str:
     return HydraConfig.get().runtime.output_dir
 
 
+def check_root(cfg: DictConfig) -> None:
+    """Keys outside the plugin groups that no schema knows (``+max_file_byte=5`` adds one
+    that Hydra accepts) and dedup settings the build stage would refuse only after
+    mining and chunking."""
+    from core.build import DEDUP_COMPARE
+
+    for where, schema in (("", RootConfig), ("dedup.", DedupConfig), ("pairing.", PairingConfig),
+                          ("redact.", RedactConfig)):
+        node = cfg if not where else cfg.get(where[:-1])
+        if node is None:
+            continue
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {where}{near[0]}? " if near else ""
+                raise CommitforgeError(f"unknown config key {where}{key}; {hint}known keys: {', '.join(known)}")
+    d = cfg.get("dedup")
+    if d is not None:
+        if not 0 < float(d.threshold) <= 1:
+            raise CommitforgeError(f"dedup.threshold={d.threshold} must lie in (0, 1], e.g. 0.85")
+        if int(d.num_perm) < 2:
+            raise CommitforgeError(f"dedup.num_perm={d.num_perm} must be at least 2, e.g. 128")
+        if d.compare is not None and d.compare not in DEDUP_COMPARE:
+            raise CommitforgeError(f"dedup.compare={d.compare!r} must be one of {', '.join(DEDUP_COMPARE)} "
+                                   "(or null: the builder's choice)")
+
+
 class Run:
     """One pipeline run: resolved plugins, a repository, a run directory."""
 
     def __init__(self, cfg: DictConfig, registry: PluginRegistry | None = None):
         self.cfg = cfg
+        check_root(cfg)
         self.registry = registry or PluginRegistry()
         self.stages = check_stages(cfg.stages)
         self.run_dir = Path(cfg.out_dir or _hydra_output_dir()).expanduser().resolve()

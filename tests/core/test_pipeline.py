@@ -122,6 +122,16 @@ def test_stages_prefix_and_errors(repo, tmp_path):
         Run(make_cfg(tmp_path, "+chunker.max_char=10"))
     with pytest.raises(CommitforgeError, match="unknown chunker 'semantic'; available: ast, window"):
         Run(make_cfg(tmp_path, "chunker.name=semantic"))
+    # keys outside the plugin groups that Hydra accepts with `+`
+    with pytest.raises(CommitforgeError, match="unknown config key max_file_byte; did you mean max_file_bytes?"):
+        Run(make_cfg(tmp_path, "+max_file_byte=5"))
+    with pytest.raises(CommitforgeError, match="unknown config key dedup.treshold; did you mean dedup.threshold?"):
+        Run(make_cfg(tmp_path, "+dedup.treshold=0.5"))
+    # settings the build stage reads are checked before mining
+    with pytest.raises(CommitforgeError, match=r"dedup.threshold=2.0 must lie in \(0, 1\]"):
+        Run(make_cfg(tmp_path, "dedup.threshold=2"))
+    with pytest.raises(CommitforgeError, match="dedup.num_perm=0 must be at least 2"):
+        Run(make_cfg(tmp_path, "dedup.num_perm=0"))
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -143,6 +153,33 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path):
                                                 "pass repo=PATH of a directory with a .git (or a bare repository)"]
     typo = cli("chunker.max_char=5", cwd=tmp_path)
     assert typo.returncode != 0 and "max_char" in typo.stderr
+    (tmp_path / "a-file").write_text("")
+    for bad in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
+        proc = cli(f"out_dir={bad}", cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [f"commitforge: error: out_dir={bad} cannot be used: "
+                                                    f"{tmp_path / 'a-file'} is not a directory; "
+                                                    "choose a directory you can write"]
+
+
+def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "COMMITFORGE_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "core", f"out_dir={tmp_path / 'run'}", "progress=false"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "run" / ".commitforge.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the run holds its directory: past Hydra's start-up
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt")
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("commitforge: interrupted; run the same command again to resume")
+    assert subprocess.run(args, cwd=tmp_path, env=env, capture_output=True).returncode == 0
 
 
 def test_cli_lists_plugins_with_provider(tmp_path):
