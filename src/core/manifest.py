@@ -30,7 +30,7 @@ def environment_versions(extra: dict[str, str]) -> dict[str, str | None]:
         "commitforge": __version__,
         "python": platform.python_version(),
         "git": git,
-        **{d: _version(d) for d in ("GitPython", "hydra-core", "omegaconf", "pluggy")},
+        **{d: _version(d) for d in ("GitPython", "hydra-core", "omegaconf", "pluggy", "tokenizers", "numpy")},
     }
     versions.update(extra)
     return dict(sorted(versions.items()))

@@ -516,6 +516,33 @@ def screen_summary(summary: dict[str, Any], run_dir: Path, report: Path) -> str:
     times = ", ".join(f"{name} {stage.get('seconds', 0):.1f} s" for name, stage in stages.items())
     lines.append(f"  time: {times}" + (f" ({reused} commits' chunks reused)" if reused else ""))
     if manifest.get("resumed"):
-        lines.append(f"  resumed: {', '.join(manifest['resumed'])} were complete in this run directory")
+        done = manifest["resumed"]
+        lines.append(f"  resumed: {', '.join(done)} {'was' if len(done) == 1 else 'were'} complete in this run directory")
+    lines += _warnings(manifest, summary, skips)
     lines.append(f"  report: {report}")
     return "\n".join(lines)
+
+
+TOO_LONG = ("target_too_long", "fixed_segments_too_long")
+
+
+def _warnings(manifest: dict[str, Any], summary: dict[str, Any], skips: dict[str, int]) -> list[str]:
+    """What a user should hear about before training on the output."""
+    out = []
+    cfg = manifest.get("config") or {}
+    if "mine" in manifest.get("stages", {}) and not summary.get("commits"):
+        langs = [cfg.get("language") or {}] + [{"name": n} for n in cfg.get("languages") or []]
+        names = ", ".join(f"{lang.get('name')} ({' '.join(lang.get('extensions') or [])})".replace(" ()", "")
+                          for lang in langs)
+        out.append(f"  warning: no commit in the range changes a file of {names}; for other code choose "
+                   "the language, e.g. language=python or languages=[python], or check source.rev and the filters")
+    examples = summary.get("examples")
+    too_long = sum(skips.get(k, 0) for k in TOO_LONG)
+    if examples is not None and too_long:
+        total = sum(examples.values()) + too_long
+        if too_long >= 0.1 * total:
+            max_tokens = (cfg.get("builder") or {}).get("max_tokens")
+            out.append(f"  warning: {too_long:,} of {total:,} examples ({too_long / total:.0%}) did not fit "
+                       f"builder.max_tokens={max_tokens} and were dropped; raise builder.max_tokens or lower "
+                       "chunker.max_chars")
+    return out

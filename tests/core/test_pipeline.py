@@ -491,3 +491,22 @@ def test_a_run_collects_cycles_less_often_and_restores_the_setting(scripted_repo
     before = gc.get_threshold()
     run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
     assert seen == [pipeline.GC_THRESHOLDS] and gc.get_threshold() == before
+
+
+def test_the_summary_warns_when_no_commit_has_code_of_the_language(scripted_repo, tmp_path, capsys):
+    from core.pipeline import run
+
+    scripted_repo.commit("python only", {"tool/a.py": "def f():\n    return 1\n"})
+    run(make_cfg(tmp_path, f"repo={scripted_repo.path}"))
+    out = capsys.readouterr().out
+    assert "warning: no commit in the range changes a file of rust (.rs); for other code choose the language" in out
+
+
+def test_the_summary_warns_when_many_examples_do_not_fit(scripted_repo, tmp_path, capsys):
+    from core.pipeline import run
+
+    long_fn = "pub fn long(x: u32) -> u32 {\n" + "".join(f"    let v{i} = x + {i};\n" for i in range(120)) + "    x\n}\n"
+    scripted_repo.commit("long", {"crates/app/src/lib.rs": long_fn})
+    run(make_cfg(tmp_path, f"repo={scripted_repo.path}", "builder.max_tokens=64"))
+    out = capsys.readouterr().out
+    assert re.search(r"warning: 1 of 1 examples \(100%\) did not fit builder.max_tokens=64 and were dropped", out)
