@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -108,6 +109,33 @@ def _outputs_intact(run_dir: Path, outputs: dict[str, Any]) -> bool:
         except (OSError, KeyError, TypeError):
             return False
     return True
+
+
+def remove_stale_outputs(run_dir: Path, kept: list[str]) -> list[str]:
+    """Remove the outputs an earlier run in ``run_dir`` recorded for stages other than
+    ``kept`` (those this run carries over): a rerun with another writer, or with fewer
+    stages, must not leave files behind that its manifest does not list. Returns the
+    removed paths (relative)."""
+    old = _read(run_dir)
+    removed = []
+    root = run_dir.resolve()
+    for name, entry in (old.get("stages") or {}).items():
+        if name in kept or not isinstance(entry, dict):
+            continue
+        for fname in entry.get("outputs") or {}:
+            path = (run_dir / fname).resolve()
+            if not path.is_relative_to(root) or path == root or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(fname)
+            parent = path.parent
+            while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):
+                parent.rmdir()  # a directory that held only stale outputs
+                parent = parent.parent
+    return removed
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -27,7 +27,8 @@ from core.files import atomic_write, record_line
 from core.gitio import Hunk, Repository, line_hunks
 from core.hookspecs import KINDS
 from core.language import file_extension
-from core.manifest import Manifest, RunLock, completed_stages, environment_versions, remove_stale_temporaries
+from core.manifest import (Manifest, RunLock, completed_stages, environment_versions, remove_stale_outputs,
+                           remove_stale_temporaries)
 from core.records import CommitRecord
 from core.redact import RedactConfig
 from core.progress import configure as configure_progress
@@ -198,6 +199,7 @@ class Run:
         resume_key = fingerprint(config, head, code_version(), manifest.data["versions"])
         manifest.set("resume_key", resume_key)
         done = completed_stages(self.run_dir, resume_key, self.stages)
+        remove_stale_outputs(self.run_dir, done)
         if done:
             manifest.resume(done)
         try:

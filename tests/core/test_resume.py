@@ -94,3 +94,19 @@ def test_two_runs_in_one_directory_at_once_are_refused(tmp_path):
                 pass
     with RunLock(tmp_path):  # released when the first run ends
         pass
+
+
+def test_a_rerun_with_another_writer_or_fewer_stages_leaves_no_stale_outputs(tmp_path):
+    from core.pipeline import Run
+
+    from ..conftest import make_cfg
+
+    out = tmp_path / "run"
+    Run(make_cfg(tmp_path, f"out_dir={out}")).run()
+    assert (out / "data" / "train.jsonl").exists()
+    Run(make_cfg(tmp_path, f"out_dir={out}", "writer=legacy")).run()
+    assert not (out / "data").exists()  # the jsonl files went with the stage that wrote them
+    assert (out / "training_data_enhanced_train.json").exists()
+    Run(make_cfg(tmp_path, f"out_dir={out}", "stages=[mine]")).run()
+    assert not (out / "chunks.jsonl").exists() and not (out / "training_data_enhanced_train.json").exists()
+    assert (out / "commits.jsonl").exists()
