@@ -52,8 +52,12 @@ _LOCAL_USE = re.compile(r"\buse\s+([^;{}]*(?:\{[^;]*\})?[^;{}]*);")
 _USE_TOKENS = re.compile(r"r#\w+|::|[{},*]|[A-Za-z_]\w*")
 _ATTRS = re.compile(r"^\s*(?:#!?\[[^\]]*\]\s*|//[^\n]*\n\s*|/\*.*?\*/\s*)*", re.S)
 _PATH_ATTR = re.compile(r'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
+# the name an associated type, a type alias or a const declares (`type Error = E;`, `type
+# Item: Clone;`, `const N: usize`), not a pointer's `*const T`: blanked before scanning
+_DECLARED = re.compile(r"(?<![\w*])(type\s+|const\s+(?=[A-Za-z_]\w*\s*:))[A-Za-z_]\w*")
 _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
+_USE_STARTS = frozenset({"crate", "self", "super"})  # `use` paths that start alike in every edition
 _STD_CRATES = frozenset({"std", "core", "alloc"})
 _CONTAINER_KINDS = frozenset({"impl", "trait", "mod", "fn", "method"})  # what can hold another unit
 
@@ -378,6 +382,9 @@ class Package:
     lib_path: str | None  # [lib] path, relative to dir
     bins: tuple[tuple[str, str], ...]  # ([[bin]] name, path)
     deps: tuple[tuple[str, str], ...]  # (name used in code, package name)
+    # `[package] edition` ("2015" when absent); None when inherited from a workspace whose
+    # `[workspace.package] edition` is unknown (taken as 2018 or later)
+    edition: str | None = "2015"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -390,9 +397,11 @@ def _toml(data: bytes) -> dict[str, Any] | None:
         return None
 
 
-def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Package | None:
+def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str],
+                workspace_edition: str | None = None) -> Package | None:
     """The package a ``Cargo.toml`` declares (None for a virtual workspace manifest or a
-    file that is not valid TOML)."""
+    file that is not valid TOML). ``workspace_edition`` is its workspace's
+    ``[workspace.package] edition``, for ``edition.workspace = true``."""
     doc = _toml(data)
     if doc is None:
         return None
@@ -421,10 +430,16 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str]) -> Packa
                 elif isinstance(spec.get("package"), str):
                     real = spec["package"]
             deps[key.replace("-", "_")] = real
+    edition = pkg.get("edition", "2015")
+    if isinstance(edition, dict):
+        edition = workspace_edition if edition.get("workspace") is True else None
+    elif isinstance(edition, int):
+        edition = str(edition)
     return Package(dir=posixpath.dirname(path), name=name,
                    lib_name=(lib.get("name") if isinstance(lib.get("name"), str) else name).replace("-", "_"),
                    lib_path=lib.get("path") if isinstance(lib.get("path"), str) else None,
-                   bins=tuple(bins), deps=tuple(sorted(deps.items())))
+                   bins=tuple(bins), deps=tuple(sorted(deps.items())),
+                   edition=edition if isinstance(edition, str) else None)
 
 
 @dataclass(frozen=True)
@@ -528,13 +543,31 @@ def workspace_dependencies(data: bytes) -> dict[str, str]:
     return out
 
 
+def workspace_root(data: bytes) -> tuple[bool, str | None]:
+    """Whether a manifest is a workspace root (has a ``[workspace]`` table), and its
+    ``[workspace.package] edition`` (what members' ``edition.workspace = true`` inherit)."""
+    doc = _toml(data)
+    ws = doc.get("workspace") if doc is not None else None
+    if not isinstance(ws, dict):
+        return False, None
+    edition = ws.get("package").get("edition") if isinstance(ws.get("package"), dict) else None
+    return True, str(edition) if isinstance(edition, (str, int)) else None
+
+
 # -- the index ---------------------------------------------------------------------------
+
+def _edition(pkg: Package | None) -> str | None:
+    """A package's edition as far as resolution goes: "2015", or None for 2018 and later
+    (and for files outside any package)."""
+    return "2015" if pkg is not None and pkg.edition == "2015" else None
+
 
 def _read_by(table: str, key: Any, value: Any) -> tuple:
     """What a lookup reads when it reads one table entry (the deps of cached lookups):
     ("n", module, name) what a module defines or imports by name, its child modules
     and an enum's variants included; ("g", module) its glob imports; ("a", crate, type)
-    a type's members."""
+    a type's members. Besides the tables, lookups read ("l", lib name) and ("x", package
+    dir, name) for crate names, and ("e", package dir) for its edition."""
     if table == "items":
         return ("n", key[0], key[1])
     if table == "modules":
@@ -607,6 +640,9 @@ class RustIndex(MemoReferences):
                 # files under a package that appeared, went or changed may be other modules now
                 moved_dirs.update(d for d in packages.keys() | self.packages.keys()
                                   if packages.get(d) != self.packages.get(d))
+                # a crate's edition decides where its `use` paths start (see _use_path)
+                dirty.update(("e", d) for d in packages.keys() | self.packages.keys()
+                             if _edition(packages.get(d)) != _edition(self.packages.get(d)))
                 self.packages = packages
                 packages_changed = True
         # what decides which module a file is: packages, crate roots, #[path] attributes
@@ -729,11 +765,22 @@ class RustIndex(MemoReferences):
                 memo[key] = workspace_dependencies(data)
             ws.update(memo[key])
         ws_key = tuple(sorted(ws.items()))
+        roots: dict[str, str | None] = {}  # workspace root dir -> its [workspace.package] edition
+        for path, data in self.manifests.items():
+            key = ("root", data)
+            if key not in memo:
+                memo[key] = workspace_root(data)
+            is_root, edition = memo[key]
+            if is_root:
+                roots[posixpath.dirname(path)] = edition
         out = {}
         for path, data in sorted(self.manifests.items()):
-            key = (path, data, ws_key)
+            d = posixpath.dirname(path)
+            while d not in roots and d:  # the nearest workspace root holding the package
+                d = posixpath.dirname(d)
+            key = (path, data, ws_key, roots.get(d))
             if key not in memo:
-                memo[key] = parse_cargo(path, data, ws)
+                memo[key] = parse_cargo(path, data, ws, roots.get(d))
             pkg = memo[key]
             if pkg is not None:
                 out[pkg.dir] = pkg
@@ -980,7 +1027,7 @@ class RustIndex(MemoReferences):
         if not out:
             for segs, bound in self.uses.get(mod, ()):
                 if bound == name:
-                    out += self.resolve(mod, segs, depth + 1)
+                    out += self._use_path(mod, segs, depth + 1)
         if not out:
             crate = self._extern(mod[0], name)
             if crate is not None:
@@ -1011,7 +1058,7 @@ class RustIndex(MemoReferences):
             out = []
             for segs, bound in self.uses.get(mod, ()):
                 if bound == "*":
-                    for kind, target in self.resolve(mod, segs, depth + 1):
+                    for kind, target in self._use_path(mod, segs, depth + 1):
                         if kind == "mod" or self.definition(target).kind == "enum":
                             out.append((kind, target))
         finally:
@@ -1041,6 +1088,20 @@ class RustIndex(MemoReferences):
                 self._resolved[key] = hit
             return hit
         return self._resolve(mod, segs, depth)
+
+    def _use_path(self, mod: Mod, segs: tuple[str, ...], depth: int) -> list[tuple[str, Any]]:
+        """What the path of a ``use`` declaration in ``mod`` means. In a crate of the 2015
+        edition it starts at the crate root (``use a::B`` is ``crate::a::B``, and so is
+        ``use ::a::B``); when that finds nothing, and in later editions, it is resolved in
+        ``mod`` as other paths are."""
+        if len(mod) > 1 and segs[0] not in _USE_STARTS:
+            package = mod[0].split("#", 1)[0]
+            self._read(("e", package))
+            if _edition(self.packages.get(package)) == "2015":
+                hit = self.resolve(mod[:1], segs, depth)
+                if hit:
+                    return hit
+        return self.resolve(mod, segs, depth)
 
     def _resolve(self, mod: Mod, segs: tuple[str, ...], depth: int) -> list[tuple[str, Any]]:
         first = segs[0]
@@ -1090,6 +1151,8 @@ class RustIndex(MemoReferences):
         mod = self._scope_of(base, q.local_qualname)
         code = _STRIP.sub(" ", q.code)
         scan = code if not q.header else q.header + "\n" + code
+        if "type" in scan or "const" in scan:
+            scan = _DECLARED.sub(r"\1", scan)  # `type Error = …;` declares Error, it names no other Error
         local_uses: dict[str, tuple[str, ...]] = {}
         for m in _LOCAL_USE.finditer(code) if "use" in code else ():
             for segs, bound in _bindings("use " + m.group(1) + ";"):
@@ -1099,6 +1162,8 @@ class RustIndex(MemoReferences):
         found: Counter[tuple[str, str]] = Counter(_PATH.findall(scan))
         paths: Counter[tuple[tuple[str, ...], bool]] = Counter()
         for (text, bang), count in found.items():
+            if text == "_":
+                continue  # `let _`, `_ =>`, `const _`: never a definition's name
             if "::" in text:
                 segs = tuple(s.strip() for s in text.split("::"))
                 first = segs[0]
@@ -1120,16 +1185,18 @@ class RustIndex(MemoReferences):
                 own_impl = segs[0] == "Self" and self_type and len(segs) > 1
                 if segs[0] == "Self" and self_type:
                     segs = (self_type, *segs[1:])
-                if segs[0] in local_uses:
+                path_of = self.resolve
+                if segs[0] in local_uses:  # a `use` in the unit's body: a `use` path
                     segs = local_uses[segs[0]] + segs[1:]
-                targets = self.resolve(mod, segs)
+                    path_of = self._use_path
+                targets = path_of(mod, segs, 0)
                 if own_impl and len(targets) > 1:
                     # `Self::Item` in an impl is that impl's item, not the one of another impl of the type
                     mine = [t for t in targets if t[0] == "def" and t[1][0] == q.path
                             and t[1][1].startswith(impl_prefix)]
                     targets = mine or targets
                 if len(segs) > 1 and targets:  # `Type::new` names Type too
-                    targets = targets + [t for t in self.resolve(mod, segs[:-1]) if t[0] == "def"]
+                    targets = targets + [t for t in path_of(mod, segs[:-1], 0) if t[0] == "def"]
                 why = "::".join(segs)
             for kind, ref in targets:
                 if kind == "def" and not self._is_self(ref, q):
@@ -1176,7 +1243,7 @@ class RustIndex(MemoReferences):
         kept = per_file.get(ref[1])
         hit = kept[1] if kept is not None and kept[0] == stamp else None
         if hit is None:
-            names = Counter(m.group(1) for m in _PATH.finditer(_STRIP.sub(" ", d.text))
+            names = Counter(m.group(1) for m in _PATH.finditer(_DECLARED.sub(r"\1", _STRIP.sub(" ", d.text)))
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
             hit = []
             frame: set[tuple] = set()
@@ -1263,13 +1330,18 @@ class RustIndex(MemoReferences):
         return out
 
     def _is_self(self, ref: DefRef, q: UnitQuery) -> bool:
-        """The unit itself, a unit it contains, or one containing it."""
+        """The unit itself, a unit it contains, one containing it, or its twin: a
+        definition of the same kind and local name but for the ``#n`` (the other branch of
+        ``#[cfg(…)] fn f`` / ``#[cfg(not(…))] fn f``, a ``macro_rules!`` defined twice)."""
         if ref[0] != q.path:
             return False
         d = self.definition(ref)
         local, own = d.local, q.local_qualname
         if local == own or local.startswith(own + "::"):
             return True
+        if (d.kind != "impl" and local.split("#", 1)[0] == own.split("#", 1)[0]
+                and self._kind_of(q) in (d.kind, None)):
+            return True  # a twin (impls of a type share its name, and each other's, without being twins)
         if "#" in own and local.startswith(own.split("#", 1)[0] + "::") and q.lines is not None:
             # a member of the unit, a numbered impl (`Thing#2` holds `Thing::walk`): by its lines
             return q.lines[0] <= d.lines[0] and d.lines[1] <= q.lines[1]
@@ -1280,6 +1352,16 @@ class RustIndex(MemoReferences):
                 q.lines is None or (d.lines[0] <= q.lines[1] and q.lines[0] <= d.lines[1]))
         # a type shares its name with its inherent impl, but only the impl holds the methods
         return d.kind in _CONTAINER_KINDS and own.startswith(local + "::")
+
+    def _kind_of(self, q: UnitQuery) -> str | None:
+        """The unit's kind: from the version of its file it comes from, else from the index."""
+        if q.parsed is not None:
+            for u in q.parsed.units:
+                if u.local_qualname == q.local_qualname:
+                    return u.kind
+        syms = self.files.get(q.path)
+        d = syms.by_local().get(q.local_qualname) if syms is not None else None
+        return d.kind if d is not None else None
 
     def _reference(self, ref: DefRef, count: int, tier: str, why: str, mod: Mod) -> Reference:
         d = self.definition(ref)

@@ -288,3 +288,28 @@ def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building
     assert any(row["context"] for row in rows)
     for row in rows:  # every item whole, the sum within the budget in the tokenizer's own tokens
         assert sum(count(f"{c['path']}\n{c['text']}") for c in row["context"]) <= 60
+
+
+LEGACY = {
+    "Cargo.toml": '[package]\nname = "legacy"\nversion = "0.1.0"\n',  # no `edition`: 2015
+    "src/lib.rs": "mod fragment;\npub mod de;\n",
+    "src/fragment.rs": "pub enum Fragment {\n    Expr,\n    Block,\n}\n",
+    "src/de/mod.rs": "mod fragment;\nuse fragment::Fragment;\n\npub fn body(f: Fragment) -> u8 {\n    1\n}\n",
+    "src/de/fragment.rs": "pub struct Fragment;\n",
+}
+
+
+def test_use_paths_follow_the_crates_edition_through_history(scripted_repo, tmp_path):
+    """In a 2015 crate `use fragment::Fragment` in `de` names the crate root's `fragment`;
+    once the manifest says 2018, the same line names `de::fragment` (the index built on the
+    first commit must not keep what it resolved then)."""
+    first = scripted_repo.commit("a 2015 crate", LEGACY)
+    second = scripted_repo.commit("edition 2018", {
+        "Cargo.toml": LEGACY["Cargo.toml"] + 'edition = "2018"\n',
+        "src/de/mod.rs": LEGACY["src/de/mod.rs"].replace("    1\n", "    2\n"),
+    })
+    rows = read_jsonl(run_pipeline(tmp_path, f"repo={scripted_repo.path}", "context=imports",
+                                   "stages=[mine,chunk]") / "chunks.jsonl")
+    old, new = ([c["qualname"] for c in _context(rows, "legacy::de::body", commit)] for commit in (first, second))
+    assert "legacy::fragment::Fragment" in old and "legacy::de::fragment::Fragment" not in old
+    assert "legacy::de::fragment::Fragment" in new and "legacy::fragment::Fragment" not in new

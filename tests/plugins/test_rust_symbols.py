@@ -166,7 +166,8 @@ def test_cached_resolution_is_dropped_exactly_where_an_update_reaches(seed):
     """Every step keeps the caches and drops only the entries that read what changed: a
     module that appears under a cached parent, a type that gains or loses methods, a
     re-export or glob that changes along a chain, a dependency on another workspace crate
-    added, renamed or removed, a crate's lib name changed."""
+    added, renamed or removed, a crate's lib name changed, its edition changed (where `use`
+    paths start)."""
     lang = RustLanguage()
     rng = random.Random(seed)
     versions = [
@@ -176,6 +177,8 @@ def test_cached_resolution_is_dropped_exactly_where_an_update_reaches(seed):
         "pub mod inner{i} {{ pub struct T{j}; }}\n",
         "pub use self::inner::*;\nmod inner {{ pub fn h{i}() {{ super::f{j}(); crate::m{i}::deep::d(); }} }}\n",
         "pub fn d() {{ super::S{i}::new().m(); }}\npub struct S{j} {{ pub e: E{i} }}\n",
+        # 2015: `top` and `m{j}` from the crate root, `deep` (found nowhere there) from the module
+        "use top;\nuse m{j}::g{j};\nuse deep::d as dd;\npub fn k{i}() {{ top(); g{j}(); dd(); }}\n",
         "",
     ]
     lib = ("pub mod m1;\npub mod m2;\npub use m{j}::S{i};\npub fn top() {{ m{i}::g{j}(); crate::m{j}::inner{i}::T{j}; "
@@ -204,8 +207,9 @@ def test_cached_resolution_is_dropped_exactly_where_an_update_reaches(seed):
             else:
                 tree[p] = t
         update_manifests = {}
-        if rng.random() < 0.2:
-            update_manifests = {"Cargo.toml": rng.choice(demo)}
+        if rng.random() < 0.3:
+            edition = rng.choice([b"", b'edition = "2018"\n'])  # none: 2015
+            update_manifests = {"Cargo.toml": rng.choice(demo).replace(b'"demo"\n', b'"demo"\n' + edition)}
         if rng.random() < 0.15:  # the crate name `util` comes and goes (a lib name is no dependency)
             update_manifests["util/Cargo.toml"] = rng.choice([b'[package]\nname = "util"\n',
                                                               b'[package]\nname = "util"\n[lib]\nname = "utl"\n'])
@@ -423,3 +427,151 @@ def test_a_skeleton_without_docs_drops_attributes_over_several_lines_whole():
                    "    fn a();\n"
                    "    fn deserialize<D>(d: D) -> Result<Self, D::Error>;\n"
                    "}")
+
+
+TWINS = """#[cfg(feature = "std")]
+fn seq_impl(n: u8) -> u8 {
+    helper(n) + seq_impl(n - 1)
+}
+
+#[cfg(not(feature = "std"))]
+fn seq_impl(n: u8) -> u8 {
+    helper(n)
+}
+
+fn helper(n: u8) -> u8 { n }
+
+#[cfg(feature = "std")]
+macro_rules! forward { () => { helper(1) }; }
+#[cfg(not(feature = "std"))]
+macro_rules! forward { () => { forward!() }; }
+
+pub struct Thing;
+
+impl Thing {
+    #[cfg(feature = "std")]
+    pub fn make() -> Thing { Thing::make() }
+    #[cfg(not(feature = "std"))]
+    pub fn make() -> Thing { Thing }
+}
+
+impl Thing {
+    pub fn other(&self) {}
+}
+
+const _: () = {
+    let _ = 1;
+    match 0 { _ => {} }
+};
+
+const _: () = {
+    let _x = Thing;
+};
+"""
+
+
+def test_cfg_twins_and_underscore_consts_are_no_context_of_each_other():
+    """The other branch of a `#[cfg]` pair (`seq_impl` / `seq_impl#2`, a macro defined twice,
+    a method twice in one impl) is near the answer's code, not context; `_` names nothing."""
+    lang = RustLanguage()
+    files = {"src/lib.rs": TWINS}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "t"\n'})
+    refs = {qual: [(r[1], r[2]) for r in found] for _, qual, found in _references(idx, lang, files)}
+    assert refs["seq_impl"] == refs["seq_impl#2"] == [("t::helper", "direct")]
+    assert refs["forward"] == [("t::helper", "direct")] and refs["forward#2"] == []
+    assert refs["Thing::make"] == refs["Thing::make#2"] == [("t::Thing", "direct")]
+    assert ("t::Thing", "direct") in refs["Thing#3"]  # an impl is no twin of its type (nor of other impls)
+    assert refs["_"] == [] and refs["_#2"] == [("t::Thing", "direct")]
+
+
+ASSOCIATED = """pub struct Error;
+pub struct E;
+pub struct S;
+pub const LIMIT: usize = 3;
+
+pub trait Source {
+    type Error;
+    const LIMIT: usize;
+    fn get(&self) -> Result<u8, Self::Error>;
+}
+
+impl Source for S {
+    type Error = E;
+    const LIMIT: usize = 1;
+    fn get(&self) -> Result<u8, E> { Err(E) }
+}
+
+pub fn pick(s: &dyn Source) -> u8 { 0 }
+
+pub fn raw(p: *const Error) {}
+"""
+
+
+def test_an_associated_type_or_const_declaration_names_no_other_definition():
+    lang = RustLanguage()
+    files = {"src/lib.rs": ASSOCIATED}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "t"\n'})
+    refs = {qual: {r[1] for r in found} for _, qual, found in _references(idx, lang, files)}
+    assert refs["<S as Source>"] == {"t::S", "t::Source", "t::E"}  # not the crate's Error nor LIMIT
+    assert refs["<S as Source>::Error"] == {"t::S", "t::Source", "t::E"}
+    assert refs["Source"] == set()
+    assert refs["pick"] == {"t::Source"}  # the trait's `type Error;` brings no related Error
+    assert refs["raw"] == {"t::Error"}  # a pointer's `*const Error` does name it
+
+
+def test_editions_come_from_the_package_or_its_workspace():
+    pkg = parse_cargo("Cargo.toml", b'[package]\nname = "a"\n', {})
+    assert pkg is not None and pkg.edition == "2015"  # no `edition` key: 2015
+    assert parse_cargo("Cargo.toml", b'[package]\nname = "a"\nedition = "2021"\n', {}).edition == "2021"
+    idx = _index({}, {
+        "Cargo.toml": b'[workspace]\nmembers = ["crates/*"]\n[workspace.package]\nedition = "2015"\n',
+        "crates/x/Cargo.toml": b'[package]\nname = "x"\nedition.workspace = true\n',
+        "crates/y/Cargo.toml": b'[package]\nname = "y"\nedition = "2018"\n',
+        "crates/z/Cargo.toml": b'[package]\nname = "z"\nedition.workspace = true\n[workspace]\n',
+    })
+    assert {d: p.edition for d, p in idx.packages.items()} == {"crates/x": "2015", "crates/y": "2018", "crates/z": None}
+
+
+EDITIONS = {
+    "src/lib.rs": "pub mod fragment;\npub mod de;\n",
+    "src/fragment.rs": "pub enum Fragment { Expr, Block }\npub struct Bar;\n",
+    "src/de/mod.rs": ("mod fragment;\nmod inner;\nuse fragment::Fragment;\nuse ::fragment::Bar as B;\n"
+                      "use crate::fragment::Fragment as Root;\nuse inner::Near;\n\n"
+                      "pub fn body(f: Fragment, b: B, r: Root, n: Near) {}\n\n"
+                      "pub fn local() {\n    use fragment::Bar;\n    let b = Bar;\n}\n"),
+    "src/de/fragment.rs": "pub struct Fragment;\n",
+    "src/de/inner.rs": "pub struct Near;\n",
+}
+
+
+def _edition(edition: str | None) -> dict[str, bytes]:
+    line = f'edition = "{edition}"\n' if edition else ""
+    return {"Cargo.toml": f'[package]\nname = "old"\n{line}'.encode()}
+
+
+@pytest.mark.parametrize("edition", [None, "2015", "2018", "2021"])
+def test_use_paths_of_the_2015_edition_start_at_the_crate_root(edition):
+    """2015: `use fragment::Fragment` in `de` is `crate::fragment::Fragment` (`::fragment` too),
+    and a path found nowhere from the root falls back to the module (`inner::Near`); 2018 and
+    later: `use` paths start in the module, as other paths do."""
+    lang = RustLanguage()
+    idx = _index(EDITIONS, _edition(edition))
+    refs = {qual: {r[1] for r in found} for _, qual, found in _references(idx, lang, EDITIONS)}
+    if edition in (None, "2015"):
+        assert refs["body"] == {"old::fragment::Fragment", "old::fragment::Bar", "old::de::inner::Near"}
+        assert refs["local"] == {"old::fragment::Bar"}
+    else:
+        assert refs["body"] == {"old::de::fragment::Fragment", "old::fragment::Fragment", "old::de::inner::Near"}
+        assert refs["local"] == set()
+
+
+def test_an_edition_change_drops_what_use_paths_resolved_to():
+    lang = RustLanguage()
+    idx = _index(EDITIONS, _edition("2018"))
+    for edition in ("2015", "2021", None, "2018"):
+        _references(idx, lang, EDITIONS)  # the caches hold what the edition before decided
+        idx.update({}, _edition(edition))
+        refs = _references(idx, lang, EDITIONS)
+        assert refs == _references(_index(EDITIONS, _edition(edition)), lang, EDITIONS), edition
+        body = {r[1] for _, qual, found in refs if qual == "body" for r in found}
+        assert ("old::de::fragment::Fragment" in body) == (edition not in (None, "2015"))
