@@ -48,7 +48,9 @@ class Language(Protocol):
         """Versions worth recording in the manifest (grammar, parser library...)."""
 
     # -- cross-file context (optional: a language without them supports context=same_file only)
-    project_files: tuple[str, ...]  # names of build files the index reads, e.g. ("Cargo.toml",)
+    # names of files read by content: build files the index reads (e.g. "Cargo.toml"), and
+    # files ``module_paths`` reads (Rust's crate roots "lib.rs", "main.rs" for their `mod` lines)
+    project_files: tuple[str, ...]
 
     def summarize(self, parsed: ParsedBlob, options: dict[str, Any]) -> Any:
         """What the symbol index keeps of one parsed file (cached per blob); ``options``

@@ -82,7 +82,9 @@ def _signature(text: str) -> str:
 
 class RustLanguage:
     name = "rust"
-    project_files = ("Cargo.toml",)
+    # Cargo.toml names crates; the crate roots' `mod` declarations say which modules belong to
+    # a binary beside a library, and where `#[path]` puts a module
+    project_files = ("Cargo.toml", "lib.rs", "main.rs")
     module_files = ("lib.rs",)  # whether a package has its library decides what src/ files belong to
 
     def __init__(self, cfg: RustConfig | None = None):
@@ -121,7 +123,7 @@ class RustLanguage:
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
         if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
             return rust_module_path
-        return functools.partial(rust_module_path, crates=cargo_crates(projects, present))
+        return functools.partial(rust_module_path, crates=cargo_crates(projects, present), roots=_Roots(projects))
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
@@ -496,7 +498,89 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
-def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None) -> str:
+# a top-level `mod name;` of a crate root, with the attribute and comment lines above it
+_MOD_DECL = re.compile(rb"^((?:(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?\n)*)(?:pub(?:\([^)\n]*\))?[ \t]+)?"
+                       rb"mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
+_PATH_ATTR = re.compile(rb'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
+
+
+@functools.lru_cache(maxsize=4096)
+def root_declarations(source: bytes) -> tuple[tuple[str, str | None], ...]:
+    """The file modules a crate root declares at its top level: (name, ``#[path]`` or None)."""
+    out = []
+    for m in _MOD_DECL.finditer(source):
+        attr = _PATH_ATTR.search(m.group(1))
+        out.append((m.group(2).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RootModules:
+    """What a package's crate roots (src/lib.rs, src/main.rs) say about its files' modules."""
+
+    bin_only: frozenset[str]  # top-level modules only src/main.rs declares, beside a library
+    paths: tuple[tuple[str, str, bool], ...]  # (`#[path]` file under src/, module name, declared by main.rs)
+
+
+def root_modules(lib: tuple[tuple[str, str | None], ...] | None,
+                 main: tuple[tuple[str, str | None], ...] | None) -> RootModules | None:
+    """RootModules from the top-level declarations of a package's src/lib.rs and
+    src/main.rs (None: no such file); None when they change nothing."""
+    bin_only = frozenset(n for n, _ in main or ()) - frozenset(n for n, _ in lib or ()) if lib is not None else frozenset()
+    paths = []
+    for decls, in_main in ((lib, False), (main, True)):
+        for name, target in decls or ():
+            if target is not None:
+                rel = posixpath.normpath(posixpath.join("src", target))
+                if rel.startswith("src/"):
+                    paths.append((rel, _ident(name), in_main))
+    return RootModules(bin_only, tuple(paths)) if bin_only or paths else None
+
+
+class _Roots:
+    """Package directory -> its RootModules (or None), from the crate roots' bytes in
+    ``projects`` (path -> bytes), read when the package is first asked about."""
+
+    def __init__(self, projects: Mapping[str, bytes | None]):
+        self._projects = projects
+        self._done: dict[str, RootModules | None] = {}
+
+    def get(self, package: str) -> RootModules | None:
+        if package not in self._done:
+            base = f"{package}/src/" if package else "src/"
+            lib, main = (self._projects.get(base + name) for name in ("lib.rs", "main.rs"))
+            self._done[package] = root_modules(None if lib is None else root_declarations(lib),
+                                               None if main is None else root_declarations(main))
+        return self._done[package]
+
+
+def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,
+                mods: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """(crate, modules) of a file at ``rel`` under a package's src/ after its crate roots'
+    declarations: a module at a ``#[path]`` file (and the modules in its directory when
+    it is a mod.rs) takes its declared name; a module only src/main.rs declares belongs
+    to the binary."""
+    for target, name, in_main in roots.paths:
+        if rel == target:
+            inner: tuple[str, ...] = ()
+        elif target.endswith("/mod.rs") and rel.startswith(target[:-len("mod.rs")]):
+            parts = rel[len(target) - len("mod.rs"):].split("/")
+            stem = parts[-1].rsplit(".", 1)[0]
+            inner = tuple(_ident(m) for m in parts[:-1] + ([] if stem == "mod" else [stem]))
+        else:
+            continue
+        return (_main_bin(names) if in_main and names.has_lib else crate), (name, *inner)
+    if mods and mods[0] in roots.bin_only:
+        return _main_bin(names), mods
+    return crate, mods
+
+
+def _main_bin(names: CrateNames) -> str:
+    """The crate of a package's src/main.rs: its ``[[bin]]`` name, else the package's."""
+    return next((name for name, bin_path in names.bins if bin_path == "src/main.rs"), names.package)
+
+
+def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None, roots: _Roots | None = None) -> str:
     """Module path of a file from its path (Cargo conventions) and, when given, how the
     packages of its tree name their crates (``crates``: package directory ->
     ``CrateNames``, see ``cargo_crates``).
@@ -522,7 +606,11 @@ def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None) 
         if package is not None:
             names = crates.get(package)
             if names is not None:
-                crate = _crate_name(names, path[len(package) + 1:] if package else path, suffix)
+                rel = path[len(package) + 1:] if package else path
+                crate = _crate_name(names, rel, suffix)
+                found = roots.get(package) if roots is not None and not suffix else None
+                if found is not None:
+                    crate, mods = _with_roots(found, names, rel, crate, mods)
         elif crate:  # src/bin/<x>: a [[bin]] may name it otherwise
             crate = _declared_bin(path, crates) or crate
         else:  # outside src/, tests/…: beside a [[bin]] path?
@@ -540,7 +628,7 @@ def _crate_name(names: CrateNames, rel: str, suffix: str) -> str:
     if suffix:
         return names.lib if names.has_lib else names.package
     if rel == "src/main.rs" or not names.has_lib:
-        return next((name for name, bin_path in names.bins if bin_path == "src/main.rs"), names.package)
+        return _main_bin(names)
     return names.lib
 
 

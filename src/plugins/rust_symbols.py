@@ -590,6 +590,7 @@ class RustIndex(MemoReferences):
         self.module_path = module_path
         self._names: dict[str, CrateNames] | None = None  # package dir -> crate names (made on use)
         self._prefixes: dict[str, str] = {}  # path -> its display module path, with _names
+        self._roots: _IndexRoots | None = None  # what crate roots declare, with _names
         self.files: dict[str, FileSymbols] = {}
         self.manifests: dict[str, bytes] = {}
         self.packages: dict[str, Package] = {}  # dir -> package
@@ -654,6 +655,9 @@ class RustIndex(MemoReferences):
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
         if packages_changed or any((syms is None) != (path not in self.files) for path, syms in files.items()):
             self._names = None  # a package or a file (a src/lib.rs) came or went
+        elif any(path.endswith(_ROOT_FILES) and _top_mods(syms) != _top_mods(self.files.get(path))
+                 for path, syms in files.items()):
+            self._names = None  # a crate root declares other file modules (RootModules)
         before = {path: self._entries(path) for path in files if path in self.file_mod}
         for path, syms in files.items():
             if syms is None:
@@ -1380,10 +1384,11 @@ class RustIndex(MemoReferences):
         if self._names is None:
             self._names = {pkg.dir: _names(pkg, f"{pkg.dir + '/' if pkg.dir else ''}src/lib.rs" in self.files)
                            for pkg in self.packages.values()}
+            self._roots = _IndexRoots(self.files)
             self._prefixes = {}
         prefix = self._prefixes.get(ref[0])
         if prefix is None:
-            prefix = self._prefixes[ref[0]] = self.module_path(ref[0], self._names)
+            prefix = self._prefixes[ref[0]] = self.module_path(ref[0], self._names, roots=self._roots)
         return Reference(path=ref[0], qualname=f"{prefix}::{d.local}" if prefix else d.local, kind=d.kind,
                          text=d.text, count=count, distance=distance, tier=tier, why=why, name=d.name)
 
@@ -1394,6 +1399,32 @@ class RustIndex(MemoReferences):
             return []
         mod = self.file_mod.get(path, ("",))
         return [self._reference((path, d.local), 0, "file", "defined", mod) for d in syms.defs]
+
+
+_ROOT_FILES = ("src/lib.rs", "src/main.rs")
+
+
+def _top_mods(syms: FileSymbols | None) -> tuple | None:
+    """A crate root's top-level file module declarations: (name, #[path] or None)."""
+    return None if syms is None else tuple((name, attr) for scope, name, attr in syms.mods if not scope)
+
+
+class _IndexRoots:
+    """``RootModules`` of each package (see ``plugins.rust.root_modules``), from the
+    summaries of its crate roots: display names follow the chunk stage's naming."""
+
+    def __init__(self, files: dict[str, FileSymbols]):
+        self._files = files
+        self._done: dict[str, Any] = {}
+
+    def get(self, package: str) -> Any:
+        if package not in self._done:
+            from plugins.rust import root_modules
+
+            base = f"{package}/src/" if package else "src/"
+            self._done[package] = root_modules(_top_mods(self._files.get(base + "lib.rs")),
+                                               _top_mods(self._files.get(base + "main.rs")))
+        return self._done[package]
 
 
 def _mod_names(parts: list[str]) -> tuple[str, ...]:

@@ -360,6 +360,25 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
     assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first", "ldg::cmd::run", "ldg::main"}
 
 
+def test_units_are_named_as_their_crate_roots_declare_them(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("serde-like", {
+        "Cargo.toml": '[package]\nname = "serde"\n[[bin]]\nname = "sd"\npath = "src/main.rs"\n',
+        "src/lib.rs": '#[doc(hidden)]\n#[path = "private/mod.rs"]\npub mod __private;\n',
+        "src/private/mod.rs": "pub mod de;\npub fn helper() -> u32 { 1 }\n",
+        "src/private/de.rs": "pub struct Content;\n",
+        "src/main.rs": "mod cli;\nfn main() { cli::run() }\n",
+        "src/cli.rs": "pub fn run() {}\n"})
+    r.commit("edit", {"src/private/mod.rs": "pub mod de;\npub fn helper() -> u32 { 2 }\n",
+                      "src/cli.rs": "pub fn run() { println!(); }\n"})
+    for context in ("none", "imports"):
+        run_dir = run_pipeline(tmp_path / context, f"repo={r.path}", "stages=[mine,chunk]", f"context={context}")
+        rows = {(row["subject"], row["qualname"]) for row in read_jsonl(run_dir / "chunks.jsonl")}
+        assert rows == {("serde-like", "serde::__private::helper"), ("serde-like", "serde::__private::de::Content"),
+                        ("serde-like", "sd::main"), ("serde-like", "sd::cli::run"),
+                        ("edit", "serde::__private::helper"), ("edit", "sd::cli::run")}
+
+
 def test_python_modules_are_named_from_the_source_root_of_pyproject(scripted_repo, tmp_path):
     r = scripted_repo
     r.commit("bindings", {"pyproject.toml": '[tool.maturin]\npython-source = "python"\n',

@@ -135,7 +135,8 @@ def test_imports_resolve_across_crates_modules_reexports_globs_aliases_and_path_
     assert area["geo_core::Area"]["text"] == ("/// Anything with an area.\npub trait Area {\n    fn area(&self) -> Meters;\n"
                                               "    fn describe(&self) -> String;\n}")
 
-    longest = {c["qualname"] for c in _context(rows, "geo_core::algo_impl::longest")}
+    # algo_impl.rs is the module `algo` (`#[path = "algo_impl.rs"] pub mod algo;`)
+    longest = {c["qualname"] for c in _context(rows, "geo_core::algo::longest")}
     # `#[path]` module: `crate::shapes::polygon::{self, Polygon}` and `polygon::perimeter`
     assert {"geo_core::shapes::polygon::Polygon", "geo_core::shapes::polygon::perimeter"} <= longest
     perimeter = {c["qualname"] for c in _context(rows, "geo_core::shapes::polygon::perimeter")}

@@ -192,6 +192,22 @@ def test_module_path_names_crates_after_their_packages(path, module):
     assert rust_module_path(path, CRATES) == module
 
 
+def test_module_paths_follow_what_crate_roots_declare():
+    name = RustLanguage().module_paths({
+        "serde/Cargo.toml": b'[package]\nname = "serde"\n',
+        "serde/src/lib.rs": b'//! doc\n#[doc(hidden)]\n#[path = "private/mod.rs"]\npub mod __private;\npub mod de;\n',
+        "bridge/Cargo.toml": b'[package]\nname = "kaspa-bridge"\n[[bin]]\nname = "bridge"\npath = "src/main.rs"\n',
+        "bridge/src/lib.rs": b"pub mod errors;\n",
+        "bridge/src/main.rs": b"mod cli;\nuse kaspa_bridge::errors;\n#[cfg(test)]\nmod tests;\n",
+    }, frozenset({"serde/src/lib.rs", "bridge/src/lib.rs"}))
+    assert name("serde/src/private/mod.rs") == "serde::__private"  # the #[path] file is the declared module
+    assert name("serde/src/private/de.rs") == "serde::__private::de"  # and so are the modules beside it
+    assert name("serde/src/de/mod.rs") == "serde::de"
+    assert name("bridge/src/cli.rs") == "bridge::cli"  # declared by main.rs only: the binary's module
+    assert name("bridge/src/tests.rs") == "bridge::tests"
+    assert name("bridge/src/errors.rs") == "kaspa_bridge::errors"  # the library's
+
+
 def test_module_paths_read_package_and_lib_names_from_cargo_manifests():
     lang = RustLanguage()
     name = lang.module_paths({

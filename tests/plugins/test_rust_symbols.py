@@ -575,3 +575,18 @@ def test_an_edition_change_drops_what_use_paths_resolved_to():
         assert refs == _references(_index(EDITIONS, _edition(edition)), lang, EDITIONS), edition
         body = {r[1] for _, qual, found in refs if qual == "body" for r in found}
         assert ("old::de::fragment::Fragment" in body) == (edition not in (None, "2015"))
+
+
+def test_context_items_are_named_as_the_crate_roots_declare_their_modules():
+    files = {"src/lib.rs": '#[doc(hidden)]\n#[path = "private/mod.rs"]\npub mod __private;\n'
+                           "pub fn user() { __private::helper(); }\n",
+             "src/private/mod.rs": "pub mod de;\npub fn helper() {}\n",
+             "src/private/de.rs": "pub struct Content;\n"}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "serde"\n'})
+    refs = {qual: found for _, qual, found in _references(idx, RustLanguage(), files)}
+    assert [r[1] for r in refs["user"]] == ["serde::__private::helper"]  # not serde::private::helper
+    # the declaration goes: the display names follow
+    plain = {"src/lib.rs": "pub mod private;\npub fn user() { private::helper(); }\n"}
+    idx.update({"src/lib.rs": summarize(RustLanguage().parse(plain["src/lib.rs"].encode()), 1200, 0)}, {})
+    refs = {qual: found for _, qual, found in _references(idx, RustLanguage(), plain)}
+    assert [r[1] for r in refs["user"]] == ["serde::private::helper"]
