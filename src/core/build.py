@@ -73,6 +73,16 @@ def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
 _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
 
 
+def _default_compare(run: Run) -> str:
+    """The builder's choice, except under a random split: a later edit of a unit may then
+    be in train while its old code is a val or test target, which only comparing code
+    catches as a leak (a temporal split keeps later edits out of train, a path split keeps
+    all of a file's edits in one split)."""
+    if str(getattr(run.cfg.split, "name", "")) == "random":
+        return "code"
+    return getattr(run.builder, "dedup_compare", "code")
+
+
 def read_changes(path: Path) -> list[dict[str, Any]]:
     """The rows of ``chunks.jsonl``. A context item's text repeats in every unit that uses
     it, a commit's message in each of its units, a unit's new code as the next change's old
@@ -115,7 +125,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             kept_changes.append(c)
             kept_splits.append(sp)
     dcfg = run.cfg.dedup
-    on = dcfg.compare or getattr(run.builder, "dedup_compare", "code")
+    on = dcfg.compare or _default_compare(run)
     if on not in DEDUP_COMPARE:
         raise CommitforgeError(f"dedup.compare={on!r} must be one of {', '.join(DEDUP_COMPARE)} (or null: the builder's choice)")
     result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,

@@ -31,7 +31,7 @@ class DedupConfig:
     near: bool = True  # MinHash LSH near-duplicates
     threshold: float = 0.85  # estimated Jaccard similarity of token 5-grams
     num_perm: int = 128
-    compare: str | None = None  # edit | code; null: the builder's choice (commit: edit, fim and file: code)
+    compare: str | None = None  # edit | code; null: the builder's choice (commit: edit, fim and file: code), code under split=random
 
 
 @dataclass

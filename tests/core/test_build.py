@@ -123,6 +123,9 @@ def test_successive_small_edits_of_one_function_are_different_examples(scripted_
     by_code = json.loads((run_pipeline(tmp_path / "code", f"repo={r.path}", "dedup.compare=code")
                           / "stats.json").read_text())
     assert by_code["dedup"]["near_duplicate"] + by_code["dedup"]["leak_near"] >= 8
+    # a random split compares code: a later edit in train would show a test example's answer
+    random = json.loads((run_pipeline(tmp_path / "random", f"repo={r.path}", "split=random") / "stats.json").read_text())
+    assert random["dedup"]["compare"] == "code"
 
 
 def test_the_same_edit_twice_is_a_duplicate():
