@@ -62,8 +62,9 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
     token ids of every non-special segment, in order (lists of ints or int arrays).
 
     The example's ``input_ids``, ``attention_mask`` and ``labels`` are lists of ints, or
-    with ``packed=True`` numpy arrays (int32; int8 for the mask), a fraction of the
-    memory: :func:`unpack` turns such an example into lists."""
+    with ``packed=True`` a fraction of the memory: the ids as an int32 array, the trained
+    ranges instead of the labels and no mask; :func:`materialize` makes the arrays,
+    :func:`unpack` lists."""
     ids_per: list[Any] = []  # a special segment's token id (int), or a content segment's ids
     lengths: list[int] = []
     it = iter(encoded)
@@ -104,7 +105,7 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
                 lengths[i] -= cut
                 total -= cut
     parts: list[Any] = []  # the kept ids of each segment, in order
-    targets: list[bool] = []
+    runs: list[list[int]] = []  # the trained token ranges, adjacent target segments merged
     spans: list[list[Any]] = []
     pos = n_target = 0
     for seg, ids, n in zip(segments, ids_per, lengths):
@@ -112,23 +113,21 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
             continue  # dropped, or empty text: no span
         spans.append([seg.name, pos, pos + n])
         parts.append(_one_id(ids) if seg.special else ids[:n] if n < len(ids) else ids)
-        targets.append(seg.target)
         if seg.target:
             n_target += n
+            if runs and runs[-1][1] == pos:
+                runs[-1][1] = pos + n
+            else:
+                runs.append([pos, pos + n])
         pos += n
     input_ids = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.empty(0, dtype=np.int32)
-    if n_target == total:
-        labels = input_ids.copy()
-    elif n_target:
-        labels = np.where(np.repeat(targets, [len(p) for p in parts]), input_ids, np.int32(IGNORE_INDEX))
-    else:
-        labels = np.full(total, IGNORE_INDEX, dtype=np.int32)
     example = {
         "id": change["id"],
         "split": split,
         "input_ids": input_ids,
-        "attention_mask": np.ones(total, dtype=np.int8),
-        "labels": labels,
+        # made when the example is read (``materialize``): a packed example keeps its token ids only
+        "attention_mask": None,
+        "labels": TrainedRuns(tuple((a, b) for a, b in runs)),
         "segments": spans,
         "n_tokens": total,
         "n_target_tokens": n_target,
@@ -141,6 +140,33 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
         "kind": change["kind"],
     }
     return Built(example if packed else unpack(example), None, truncated)
+
+
+class TrainedRuns(tuple):
+    """The token ranges of a packed example whose labels are its ids (-100 elsewhere)."""
+
+    __slots__ = ()
+
+    def labels(self, input_ids: np.ndarray) -> np.ndarray:
+        if len(self) == 1 and self[0] == (0, len(input_ids)):
+            return input_ids.copy()
+        labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
+        for a, b in self:
+            labels[a:b] = input_ids[a:b]
+        return labels
+
+
+def materialize(example: dict[str, Any]) -> dict[str, Any]:
+    """A packed example (see :func:`assemble`) with its ``attention_mask`` and ``labels``
+    arrays made (a copy; the stored example keeps its token ids only); any other as is."""
+    runs = example.get("labels")
+    if not isinstance(runs, TrainedRuns):
+        return example
+    out = dict(example)
+    ids = np.asarray(out["input_ids"])
+    out["attention_mask"] = np.ones(len(ids), dtype=np.int8)
+    out["labels"] = runs.labels(ids)
+    return out
 
 
 _ONE_ID: dict[int, np.ndarray] = {}
@@ -161,7 +187,9 @@ SEQUENCE_FIELDS = ("input_ids", "attention_mask", "labels")
 def unpack(example: dict[str, Any]) -> dict[str, Any]:
     """An example whose token sequences are lists of ints (what writers receive): a packed
     one (numpy arrays, see :func:`assemble`) is copied with lists, any other returned as is."""
-    if not any(isinstance(example.get(f), np.ndarray) for f in SEQUENCE_FIELDS):
+    if isinstance(example.get("labels"), TrainedRuns):
+        example = materialize(example)
+    elif not any(isinstance(example.get(f), np.ndarray) for f in SEQUENCE_FIELDS):
         return example
     out = dict(example)
     for f in SEQUENCE_FIELDS:
@@ -193,9 +221,10 @@ class ExampleRows(Sequence):
             yield unpack(r)
 
     def packed(self) -> Iterator[dict[str, Any]]:
-        """The examples as stored, token sequences as numpy arrays (not copied): for a
-        writer that serialises arrays itself. The rows are shared: do not modify them."""
-        return iter(self._rows)
+        """The examples with their token sequences as numpy arrays (the ids not copied;
+        mask and labels made per row, see :func:`materialize`): for a writer that
+        serialises arrays itself. The ids are shared: do not modify them."""
+        return map(materialize, self._rows)
 
     def __repr__(self) -> str:
         return f"ExampleRows({len(self._rows)} examples)"
