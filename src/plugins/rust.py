@@ -27,7 +27,8 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
-from plugins.rust_symbols import CrateNames, FileSymbols, RustIndex, cargo_crates, summarize
+from plugins.rust_symbols import (CrateNames, FileSymbols, RootModules, RustIndex, _mod_names, cargo_crates,
+                                  root_declarations, root_modules, summarize)
 
 EXTRACTOR_VERSION = "8"
 
@@ -498,45 +499,6 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
-# a top-level `mod name;` of a crate root, with the attribute and comment lines above it
-_MOD_DECL = re.compile(rb"^((?:(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?\n)*)(?:pub(?:\([^)\n]*\))?[ \t]+)?"
-                       rb"mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
-_PATH_ATTR = re.compile(rb'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
-
-
-@functools.lru_cache(maxsize=4096)
-def root_declarations(source: bytes) -> tuple[tuple[str, str | None], ...]:
-    """The file modules a crate root declares at its top level: (name, ``#[path]`` or None)."""
-    out = []
-    for m in _MOD_DECL.finditer(source):
-        attr = _PATH_ATTR.search(m.group(1))
-        out.append((m.group(2).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class RootModules:
-    """What a package's crate roots (src/lib.rs, src/main.rs) say about its files' modules."""
-
-    bin_only: frozenset[str]  # top-level modules only src/main.rs declares, beside a library
-    paths: tuple[tuple[str, str, bool], ...]  # (`#[path]` file under src/, module name, declared by main.rs)
-
-
-def root_modules(lib: tuple[tuple[str, str | None], ...] | None,
-                 main: tuple[tuple[str, str | None], ...] | None) -> RootModules | None:
-    """RootModules from the top-level declarations of a package's src/lib.rs and
-    src/main.rs (None: no such file); None when they change nothing."""
-    bin_only = frozenset(n for n, _ in main or ()) - frozenset(n for n, _ in lib or ()) if lib is not None else frozenset()
-    paths = []
-    for decls, in_main in ((lib, False), (main, True)):
-        for name, target in decls or ():
-            if target is not None:
-                rel = posixpath.normpath(posixpath.join("src", target))
-                if rel.startswith("src/"):
-                    paths.append((rel, _ident(name), in_main))
-    return RootModules(bin_only, tuple(paths)) if bin_only or paths else None
-
-
 class _Roots:
     """Package directory -> its RootModules (or None), from the crate roots' bytes in
     ``projects`` (path -> bytes), read when the package is first asked about."""
@@ -564,9 +526,7 @@ def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,
         if rel == target:
             inner: tuple[str, ...] = ()
         elif target.endswith("/mod.rs") and rel.startswith(target[:-len("mod.rs")]):
-            parts = rel[len(target) - len("mod.rs"):].split("/")
-            stem = parts[-1].rsplit(".", 1)[0]
-            inner = tuple(_ident(m) for m in parts[:-1] + ([] if stem == "mod" else [stem]))
+            inner = _mod_names(rel[len(target) - len("mod.rs"):].split("/"))
         else:
             continue
         return (_main_bin(names) if in_main and names.has_lib else crate), (name, *inner)

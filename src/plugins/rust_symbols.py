@@ -1401,6 +1401,45 @@ class RustIndex(MemoReferences):
         return [self._reference((path, d.local), 0, "file", "defined", mod) for d in syms.defs]
 
 
+# a top-level `mod name;` of a crate root, with the attribute and comment lines above it
+_MOD_DECL = re.compile(rb"^((?:(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?\n)*)(?:pub(?:\([^)\n]*\))?[ \t]+)?"
+                       rb"mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
+_PATH_ATTR_BYTES = re.compile(rb'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
+
+
+@functools.lru_cache(maxsize=4096)
+def root_declarations(source: bytes) -> tuple[tuple[str, str | None], ...]:
+    """The file modules a crate root declares at its top level: (name, ``#[path]`` or None)."""
+    out = []
+    for m in _MOD_DECL.finditer(source):
+        attr = _PATH_ATTR_BYTES.search(m.group(1))
+        out.append((m.group(2).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RootModules:
+    """What a package's crate roots (src/lib.rs, src/main.rs) say about its files' modules."""
+
+    bin_only: frozenset[str]  # top-level modules only src/main.rs declares, beside a library
+    paths: tuple[tuple[str, str, bool], ...]  # (`#[path]` file under src/, module name, declared by main.rs)
+
+
+def root_modules(lib: tuple[tuple[str, str | None], ...] | None,
+                 main: tuple[tuple[str, str | None], ...] | None) -> RootModules | None:
+    """RootModules from the top-level declarations of a package's src/lib.rs and
+    src/main.rs (None: no such file); None when they change nothing."""
+    bin_only = frozenset(n for n, _ in main or ()) - frozenset(n for n, _ in lib or ()) if lib is not None else frozenset()
+    paths = []
+    for decls, in_main in ((lib, False), (main, True)):
+        for name, target in decls or ():
+            if target is not None:
+                rel = posixpath.normpath(posixpath.join("src", target))
+                if rel.startswith("src/"):
+                    paths.append((rel, _mod_names([name])[0], in_main))
+    return RootModules(bin_only, tuple(paths)) if bin_only or paths else None
+
+
 _ROOT_FILES = ("src/lib.rs", "src/main.rs")
 
 
@@ -1415,12 +1454,10 @@ class _IndexRoots:
 
     def __init__(self, files: dict[str, FileSymbols]):
         self._files = files
-        self._done: dict[str, Any] = {}
+        self._done: dict[str, RootModules | None] = {}
 
-    def get(self, package: str) -> Any:
+    def get(self, package: str) -> RootModules | None:
         if package not in self._done:
-            from plugins.rust import root_modules
-
             base = f"{package}/src/" if package else "src/"
             self._done[package] = root_modules(_top_mods(self._files.get(base + "lib.rs")),
                                                _top_mods(self._files.get(base + "main.rs")))
