@@ -125,9 +125,10 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             kept_changes.append(c)
             kept_splits.append(sp)
     dcfg = run.cfg.dedup
-    on = dcfg.compare or _default_compare(run)
+    on = dcfg.compare or _default_compare(run)  # dedup.compare itself is checked with the config (check_root)
     if on not in DEDUP_COMPARE:
-        raise CommitforgeError(f"dedup.compare={on!r} must be one of {', '.join(DEDUP_COMPARE)} (or null: the builder's choice)")
+        raise CommitforgeError(f"builder {run.cfg.builder.name!r} asks dedup to compare {on!r}; its dedup_compare "
+                               f"must be one of {', '.join(DEDUP_COMPARE)}")
     result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
                          threshold=dcfg.threshold, num_perm=dcfg.num_perm,
                          threads=int(getattr(run.executor, "workers", 1) or 1))

@@ -27,8 +27,8 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
-from plugins.rust_symbols import (CrateNames, FileSymbols, RootModules, RustIndex, _mod_names, cargo_crates,
-                                  root_declarations, root_modules, summarize)
+from plugins.rust_symbols import (CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex, _mod_names,
+                                  cargo_crates, root_declarations, summarize)
 
 EXTRACTOR_VERSION = "8"
 
@@ -124,7 +124,7 @@ class RustLanguage:
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
         if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
             return rust_module_path
-        return functools.partial(rust_module_path, crates=cargo_crates(projects, present), roots=_Roots(projects))
+        return functools.partial(rust_module_path, crates=cargo_crates(projects, present), roots=CrateRoots(lambda path: _declarations(projects.get(path))))
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))
@@ -499,21 +499,8 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
             _collect_cuts(child, source, depth + 1, base, out)
 
 
-class _Roots:
-    """Package directory -> its RootModules (or None), from the crate roots' bytes in
-    ``projects`` (path -> bytes), read when the package is first asked about."""
-
-    def __init__(self, projects: Mapping[str, bytes | None]):
-        self._projects = projects
-        self._done: dict[str, RootModules | None] = {}
-
-    def get(self, package: str) -> RootModules | None:
-        if package not in self._done:
-            base = f"{package}/src/" if package else "src/"
-            lib, main = (self._projects.get(base + name) for name in ("lib.rs", "main.rs"))
-            self._done[package] = root_modules(None if lib is None else root_declarations(lib),
-                                               None if main is None else root_declarations(main))
-        return self._done[package]
+def _declarations(source: bytes | None) -> tuple[tuple[str, str | None], ...] | None:
+    return None if source is None else root_declarations(source)
 
 
 def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,
@@ -540,7 +527,7 @@ def _main_bin(names: CrateNames) -> str:
     return next((name for name, bin_path in names.bins if bin_path == "src/main.rs"), names.package)
 
 
-def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None, roots: _Roots | None = None) -> str:
+def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None, roots: CrateRoots | None = None) -> str:
     """Module path of a file from its path (Cargo conventions) and, when given, how the
     packages of its tree name their crates (``crates``: package directory ->
     ``CrateNames``, see ``cargo_crates``).
@@ -560,7 +547,7 @@ def rust_module_path(path: str, crates: Mapping[str, CrateNames] | None = None, 
     if crates is not None and path.rpartition("/")[2] == "build.rs":
         names = crates.get(path.rpartition("/")[0])
         if names is not None:  # a package's build script is a crate of its own
-            return _ident(f"{names.lib if names.has_lib else names.package}_build")
+            return _ident(_crate_name(names, "build.rs", "build") + "_build")
     package, crate, suffix, mods = _module_parts(path)
     if crates is not None:
         if package is not None:

@@ -25,7 +25,7 @@ import posixpath
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -590,7 +590,7 @@ class RustIndex(MemoReferences):
         self.module_path = module_path
         self._names: dict[str, CrateNames] | None = None  # package dir -> crate names (made on use)
         self._prefixes: dict[str, str] = {}  # path -> its display module path, with _names
-        self._roots: _IndexRoots | None = None  # what crate roots declare, with _names
+        self._roots: CrateRoots | None = None  # what crate roots declare, with _names
         self.files: dict[str, FileSymbols] = {}
         self.manifests: dict[str, bytes] = {}
         self.packages: dict[str, Package] = {}  # dir -> package
@@ -1384,7 +1384,7 @@ class RustIndex(MemoReferences):
         if self._names is None:
             self._names = {pkg.dir: _names(pkg, f"{pkg.dir + '/' if pkg.dir else ''}src/lib.rs" in self.files)
                            for pkg in self.packages.values()}
-            self._roots = _IndexRoots(self.files)
+            self._roots = CrateRoots(lambda path: _top_mods(self.files.get(path)))
             self._prefixes = {}
         prefix = self._prefixes.get(ref[0])
         if prefix is None:
@@ -1448,19 +1448,21 @@ def _top_mods(syms: FileSymbols | None) -> tuple | None:
     return None if syms is None else tuple((name, attr) for scope, name, attr in syms.mods if not scope)
 
 
-class _IndexRoots:
-    """``RootModules`` of each package (see ``plugins.rust.root_modules``), from the
-    summaries of its crate roots: display names follow the chunk stage's naming."""
+class CrateRoots:
+    """Package directory -> its ``RootModules`` (or None), made when first asked for from
+    the top-level declarations of its crate roots: ``declarations(path)`` gives those of
+    the file at ``path`` (see ``root_declarations``), or None when there is no such file.
+    The chunk stage reads them from the files' bytes, the index from their summaries."""
 
-    def __init__(self, files: dict[str, FileSymbols]):
-        self._files = files
+    def __init__(self, declarations: Callable[[str], tuple[tuple[str, str | None], ...] | None]):
+        self._declarations = declarations
         self._done: dict[str, RootModules | None] = {}
 
     def get(self, package: str) -> RootModules | None:
         if package not in self._done:
             base = f"{package}/src/" if package else "src/"
-            self._done[package] = root_modules(_top_mods(self._files.get(base + "lib.rs")),
-                                               _top_mods(self._files.get(base + "main.rs")))
+            self._done[package] = root_modules(self._declarations(base + "lib.rs"),
+                                               self._declarations(base + "main.rs"))
         return self._done[package]
 
 
