@@ -293,7 +293,7 @@ class Run:
         # commits whose rows are copied from a kept output (base_output)
         done: dict[int, tuple[bytes | None, int, dict[str, Any], Any]] = {}
         keys: list[str] = []
-        base_output, copied, copied_bytes = None, 0, 0
+        base_output, copied_ends = None, []
         if cache is not None:
             # a commit's rows depend on the settings, its record and (for a context strategy that
             # reads the repository) the tree its context is read from, which a git tree id names
@@ -303,14 +303,14 @@ class Run:
             keys = [commit_key(base, line, tree) for line, tree in zip(lines, trees)]
             kept = cache.open_output(base, keys)
             if kept is not None:  # an earlier output starts with these commits: copy its bytes
-                meta = cache.get_meta(keys[:kept[1]])
-                if len(meta) == kept[1] and all(m[2] is not None for m in meta.values()):
-                    base_output, copied, copied_bytes = kept
-                    done = {i: (None, *meta[keys[i]]) for i in range(copied)}
+                meta = cache.get_meta(keys[:len(kept[1])])
+                if len(meta) == len(kept[1]) and all(m[2] is not None for m in meta.values()):
+                    base_output, copied_ends = kept
+                    done = {i: (None, *meta[keys[i]]) for i in range(len(copied_ends))}
                 else:
                     kept[0].close()
-            hits = cache.get_many(keys[copied:])
-            done.update({i: hits[key] for i, key in enumerate(keys) if i >= copied and key in hits})
+            hits = cache.get_many(keys[len(copied_ends):])
+            done.update({i: hits[key] for i, key in enumerate(keys) if i >= len(copied_ends) and key in hits})
             stats.add("cache_lookup_ms", int(1000 * (time.perf_counter() - t_keys)))
         if cache is not None and len(done) < len(commits):
             # one run at a time computes rows for these settings: a sweep job started next to
@@ -378,14 +378,14 @@ class Run:
         pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
-        ends: list[int] = []
-        size = 0
+        # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
+        ends: list[int] = list(copied_ends)
+        size = copied_ends[-1] if copied_ends else 0
         with atomic_write(self.run_dir / "chunks.jsonl") as fh:
             if base_output is not None:
                 with base_output:
-                    copy_prefix(base_output, fh, copied_bytes)
-                size = copied_bytes
-                stats.add("chunk_bytes_copied", copied_bytes)
+                    copy_prefix(base_output, fh, size)
+                stats.add("chunk_bytes_copied", size)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)
                 if hit is None:
@@ -401,7 +401,8 @@ class Run:
                 if data is not None:
                     fh.write(data)
                     size += len(data)
-                ends.append(size)
+                if i >= len(copied_ends):
+                    ends.append(size)
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
         self.chunk_scan = scan

@@ -124,8 +124,9 @@ class StageCache:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
                              "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)")  # rowid: large rows
-                conn.execute("CREATE TABLE IF NOT EXISTS outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
+                conn.execute("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
                              "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")
+                self._forget_old_outputs(conn)
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
                                        "choose another cache_dir=DIR or run with reuse=false") from None
@@ -187,6 +188,18 @@ class StageCache:
                     pass
         return out
 
+    def _forget_old_outputs(self, conn: sqlite3.Connection) -> None:
+        """Outputs kept in the table this one replaces (``outputs``) may record wrong row ends
+        for the commits a run had copied: they are dropped with their files."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outputs'").fetchone() is None:
+            return
+        try:
+            for (name,) in conn.execute("SELECT name FROM outputs").fetchall():
+                (self._outputs_dir() / name).unlink(missing_ok=True)
+            conn.execute("DROP TABLE IF EXISTS outputs")
+        except sqlite3.OperationalError:
+            pass  # another process dropped it first
+
     # -- whole outputs ---------------------------------------------------------------
     # The chunk stage's output of a run is kept (a hard link, no copy) with the keys of its
     # commits: a later run whose commits start with the same keys copies that prefix of the
@@ -207,21 +220,21 @@ class StageCache:
         except OSError:
             return  # another file system, or no hard links: nothing is kept
         conn = self._conn()
-        conn.execute("INSERT OR REPLACE INTO outputs (name, base, keys, ends, stat, used) VALUES (?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, stat, used) VALUES (?, ?, ?, ?, ?, ?)",
                      (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
-        old = [n for (n,) in conn.execute("SELECT name FROM outputs ORDER BY used DESC LIMIT -1 OFFSET ?",
+        old = [n for (n,) in conn.execute("SELECT name FROM kept_outputs ORDER BY used DESC LIMIT -1 OFFSET ?",
                                           (OUTPUTS_KEPT,))]
         for n in old:
-            conn.execute("DELETE FROM outputs WHERE name = ?", (n,))
+            conn.execute("DELETE FROM kept_outputs WHERE name = ?", (n,))
             (folder / n).unlink(missing_ok=True)
 
-    def open_output(self, base: str, keys: list[str]) -> tuple[Any, int, int] | None:
+    def open_output(self, base: str, keys: list[str]) -> tuple[Any, list[int]] | None:
         """The kept output whose commits' keys are the longest prefix of ``keys``: an open
-        file, the number of commits and the bytes of theirs it holds (None when none fits)."""
+        file and where each of those commits' rows end in it (None when none fits)."""
         conn = self._conn()
         candidates: list[tuple[int, float, str, list[int], str]] = []
         for name, kept, ends, stat, used in conn.execute(
-                "SELECT name, keys, ends, stat, used FROM outputs WHERE base = ?", (base,)):
+                "SELECT name, keys, ends, stat, used FROM kept_outputs WHERE base = ?", (base,)):
             try:
                 kept, ends = marshal.loads(kept), marshal.loads(ends)
             except (ValueError, EOFError, TypeError):
@@ -241,11 +254,11 @@ class StageCache:
                 continue
             if _stat(path, fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
                 fh.close()
-                conn.execute("DELETE FROM outputs WHERE name = ?", (name,))
+                conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
                 path.unlink(missing_ok=True)
                 continue
-            conn.execute("UPDATE outputs SET used = ? WHERE name = ?", (time.time(), name))
-            return fh, n, ends[n - 1]
+            conn.execute("UPDATE kept_outputs SET used = ? WHERE name = ?", (time.time(), name))
+            return fh, ends[:n]
         return None
 
     def close(self) -> None:

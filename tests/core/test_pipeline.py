@@ -265,6 +265,10 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
     fresh, out5 = chunk_counts("e", "reuse=false")
     assert "commits_reused" in fresh and fresh["commits_reused"] == 0 and out5 == out4
     assert fresh["unit_changes"] == grown["unit_changes"] and fresh["context_refs"] == grown["context_refs"]
+    # an earlier part of the history: a prefix of the kept outputs, up to the end of its last commit
+    older, out6 = chunk_counts("f", "source.rev='HEAD~3'")
+    _, reference = chunk_counts("g", "source.rev='HEAD~3'", "reuse=false")
+    assert older["chunk_bytes_copied"] == len(reference) < len(out1) and out6 == reference
 
 
 @pytest.mark.parametrize("snapshot", ["commit", "parent"])
@@ -454,6 +458,29 @@ def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
         fh.write(b"Y")
     third, out3 = chunks("c")
     assert "chunk_bytes_copied" not in third and out3.read_bytes() == reference
+
+
+def test_outputs_kept_in_the_old_table_are_dropped_with_their_files(tmp_path):
+    """The old table recorded every copied commit as ending where the copy ended, so a later
+    run reading a shorter prefix of such an output would have copied other commits' rows."""
+    import sqlite3
+
+    from core.stage_cache import StageCache
+
+    cache = StageCache(tmp_path)
+    folder = cache._outputs_dir()
+    folder.mkdir(parents=True)
+    (folder / "old.jsonl").write_text("{}\n")
+    conn = sqlite3.connect(cache.path)
+    conn.execute("CREATE TABLE outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, keys BLOB NOT NULL, "
+                 "ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")
+    conn.execute("INSERT INTO outputs VALUES ('old.jsonl', 'b', x'', x'', '', 0)")
+    conn.commit()
+    conn.close()
+    assert cache.open_output("b", ["k"]) is None
+    cache.close()
+    tables = {n for (n,) in sqlite3.connect(cache.path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "outputs" not in tables and "kept_outputs" in tables and not (folder / "old.jsonl").exists()
 
 
 def test_a_claim_on_chunk_settings_makes_a_second_run_wait(tmp_path):
