@@ -69,6 +69,50 @@ def _check_dirs(args: list[str]) -> None:
                 sys.exit(2)
 
 
+_NOT_PLAIN = set("()[]{}'\"$*\\")  # sweep functions, lists, quoting, interpolation: Hydra reads these
+
+
+def _choices(args: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(argument, group, options) of each ``group=option`` override (``+group=``, sweeps
+    ``group=a,b``): a key without dots, which may name a config group."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key or key.startswith("~") or "." in key or "@" in key or not value:
+            continue
+        if value == "null" or _NOT_PLAIN & set(value):
+            continue
+        out.append((arg, key, value.split(",")))
+    return out
+
+
+def _check_choices(args: list[str]) -> None:
+    """A config group option that does not exist (``+experiment=ctx400``) ends with one
+    line naming it and the group's options; Hydra would print a page with its search path."""
+    wanted = _choices(args)
+    if not wanted:
+        return
+    import difflib
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()  # the search path plugins' configs included
+        for arg, group, values in wanted:
+            options = loader.get_group_options(group)
+            if not options:
+                continue  # not a group: a plain setting, checked with the config
+            for value in values:
+                if value not in options:
+                    near = difflib.get_close_matches(value, options, n=1)
+                    hint = f"did you mean {group}={near[0]}? " if near else ""
+                    print(f"commitforge: error: {arg}: {group} has no option {value!r}; {hint}"
+                          f"choose one of {', '.join(options)}", file=sys.stderr)
+                    sys.exit(2)
+
+
 def list_plugins() -> None:
     from core.registry import PluginRegistry
 
@@ -90,5 +134,6 @@ def main() -> None:
         return
     _check_dirs(sys.argv[1:])
     register_schema()
+    _check_choices(sys.argv[1:])
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_task)
     app()

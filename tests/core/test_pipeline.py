@@ -153,6 +153,13 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path):
                                                 "pass repo=PATH of a directory with a .git (or a bare repository)"]
     typo = cli("chunker.max_char=5", cwd=tmp_path)
     assert typo.returncode != 0 and "max_char" in typo.stderr
+    for args, line in ((["+experiment=ctx400"], "+experiment=ctx400: experiment has no option 'ctx400'; did you mean "
+                        "experiment=ctx4000? choose one of baseline, ctx2000, ctx4000, ctx8000, fim, format_commitforge, "
+                        "format_starcoder1, format_starcoder2"),
+                       (["-m", "context=none,imprts"], "context=none,imprts: context has no option 'imprts'; did you "
+                        "mean context=imports? choose one of imports, none, repomap, same_file")):
+        proc = cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"commitforge: error: {line}"]
     (tmp_path / "a-file").write_text("")
     for bad in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
         proc = cli(f"out_dir={bad}", cwd=tmp_path)

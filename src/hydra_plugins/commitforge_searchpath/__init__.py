@@ -121,6 +121,9 @@ def is_commitforge_search_path(search_path: ConfigSearchPath) -> bool:
     return False
 
 
+_WARNED: set[tuple[str, str]] = set()  # the search path is built more than once per process
+
+
 class CommitforgeSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         if not is_commitforge_search_path(search_path):
@@ -128,6 +131,9 @@ class CommitforgeSearchPathPlugin(SearchPathPlugin):
         for dist, package in config_packages():
             problem = _problem(package)
             if problem is not None:
+                if (dist, package) in _WARNED:
+                    continue
+                _WARNED.add((dist, package))
                 print(f"commitforge: warning: config package {package!r} of plugin package {dist!r} {problem}; "
                       f"its configs are skipped (fix or uninstall {dist}, or exclude it with {ALLOW_ENV})",
                       file=sys.stderr)
