@@ -30,7 +30,7 @@ from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex, _mod_names,
                                   cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "8"
+EXTRACTOR_VERSION = "9"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -149,7 +149,7 @@ class RustLanguage:
         tree = None
         # error recovery can differ between an incremental and a fresh parse: files with
         # syntax errors (either version) are always parsed from scratch
-        if previous is not None and previous[1].tree is not None and not previous[1].has_error:
+        if previous is not None and previous[1].tree is not None and not previous[1].tree.root_node.has_error:
             old_source, old_parsed = previous
             edited, applied = _edited(old_source, old_parsed.tree, source, edits)
             tree = self._parse(parser, source, edited)
@@ -192,7 +192,8 @@ class RustLanguage:
 
         visit(root, None, None, 0)
         self._skeletons(units, [u.char_start for u in units])
-        return ParsedBlob(lang=self.name, text=text, units=units, has_error=root.has_error, decls=decls, tree=tree)
+        return ParsedBlob(lang=self.name, text=text, units=units, has_error=_syntax_error(root, source), decls=decls,
+                          tree=tree)
 
     def _parse(self, parser: tree_sitter.Parser, source: bytes, old_tree: tree_sitter.Tree | None = None):
         return parse_with_deadline(parser, source, old_tree, self.cfg.parse_timeout_s)
@@ -258,7 +259,7 @@ class RustLanguage:
             end_byte=node.end_byte,
             start_line=start_row + 1,
             end_line=node.end_point.row + 1,
-            has_error=node.has_error,
+            has_error=_syntax_error(node, source),
             text=unit_text,
             char_start=c_start,
             char_end=c_end,
@@ -438,6 +439,25 @@ def _item_name(node, source: bytes) -> str:
         return ty or "impl"
     name = node.child_by_field_name("name")
     return node_text(name, source) if name is not None else node.type
+
+
+def _syntax_error(node, source: bytes) -> bool:
+    """Whether a node holds a syntax error. The grammar knows ``try`` only as the keyword
+    of later editions: the 2015 edition's ``try!(expr)`` macro parses as an ``ERROR``
+    node ``try!`` before a parenthesized expression, which is no error of the code."""
+    if not node.has_error:
+        return False
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.is_missing:
+            return True
+        if n.type == "ERROR":
+            if source[n.start_byte:n.end_byte] != b"try!" or source[n.end_byte:n.end_byte + 1] != b"(":
+                return True
+            continue
+        stack.extend(c for c in n.children if c.has_error or c.is_missing)
+    return False
 
 
 def _is_outer_doc(node, source: bytes) -> bool:

@@ -123,6 +123,16 @@ def test_syntax_error_is_flagged_on_the_unit_only():
     assert any(flags.values())
 
 
+def test_the_2015_try_macro_is_no_syntax_error():
+    """The grammar parses edition-2015 ``try!(…)`` as an ERROR node; the code is valid."""
+    src = (b"fn read(p: &str) -> io::Result<u32> {\n    let n = try!(open(p)).len();\n    Ok(try!(parse(n)))\n}\n"
+           b"fn broken() { let x = try!{g()}; }\nfn missing() -> u32 { let y = ; 1 }\n")
+    parsed = RustLanguage().parse(src)
+    flags = {u.name: u.has_error for u in parsed.units}
+    assert flags == {"read": False, "broken": True, "missing": True} and parsed.has_error
+    assert not RustLanguage().parse(src[:src.index(b"fn broken")]).has_error
+
+
 def test_cut_points_lie_between_tokens_at_line_starts():
     body = "\n".join(f"    let v{i} = compute({i}, \"s{i}\");" for i in range(80))
     src = f"/// doc «ü»\n#[inline]\nfn big() {{\n{body}\n}}\n".encode()
