@@ -230,6 +230,7 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
         return
     # new part index -> the first and last old piece it replaces (a run of the old text)
     olds: dict[int, tuple[int, int]] = {}
+    aligned: dict[int, str] = {}  # new part index -> its old code, cut from a run of old parts by lines
     # a container's parts change by their own text only: a part whose members alone changed
     # repeats what the members' own changes show
     container = bool(old.member_spans or new.member_spans)
@@ -246,6 +247,12 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
             olds[j] = run if here is None else (min(here[0], run[0]), max(here[1], run[1]))
             continue
         n_old, n_new = i2 - i1, j2 - j1
+        if not container and n_old and n_new > 1:
+            # the old text of the run, cut where a line diff puts the new parts' boundaries:
+            # a new part shows the old lines it replaces, wherever the old cuts fell
+            for k, text in enumerate(_aligned_old(old, new, i1, i2, j1, j2)):
+                aligned[j1 + k] = text
+            continue
         for k in range(n_new):
             if k >= n_old:
                 if container and not new_seq[j1 + k]:
@@ -255,7 +262,51 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
                 olds[j1 + k] = (i1 + k, i2 - 1)  # the surplus old parts go with the last one
             else:
                 olds[j1 + k] = (i1 + k, i1 + k)
-    for j in sorted(olds):
-        first, last = olds[j]
-        old_code = "" if first < 0 else old.joined(first, last)
+    for j in sorted({*olds, *aligned}):
+        if j in aligned:
+            old_code = aligned[j]
+            if old_code == new_pieces[j]:
+                continue  # the lines moved to another part, unchanged
+        else:
+            first, last = olds[j]
+            old_code = "" if first < 0 else old.joined(first, last)
         yield PartChange(change, old, new, old_code, new_pieces[j], j + 1, len(new_pieces))
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their ``\n`` (only ``\n`` breaks a line), joining back to ``text``."""
+    parts = text.split("\n")
+    out = [line + "\n" for line in parts[:-1]]
+    if parts[-1]:
+        out.append(parts[-1])
+    return out
+
+
+def _aligned_old(old: Chunk, new: Chunk, i1: int, i2: int, j1: int, j2: int) -> list[str]:
+    """The old code of each new part ``j1..j2-1`` that replaces old pieces ``i1..i2-1``:
+    the old pieces' text cut at lines where a line diff of the two runs maps the new parts'
+    first lines. In order, every old line once; a part that is new gets none ("").
+    Like the parts themselves, a text that does not start the unit starts with its opening."""
+    ospans, nspans = old._cut(), new._cut()
+    old_lines = _lines(old.text[ospans[i1][0]:ospans[i2 - 1][1]])
+    start = nspans[j1][0]
+    new_text = new.text[start:nspans[j2 - 1][1]]
+    ops = difflib.SequenceMatcher(None, old_lines, _lines(new_text), autojunk=False).get_opcodes()
+
+    def to_old(n: int) -> int:
+        for tag, a1, a2, b1, b2 in ops:
+            if b1 <= n < b2:
+                if tag == "equal":
+                    return a1 + (n - b1)
+                return a1 + (n - b1) * (a2 - a1) // (b2 - b1)  # replaced lines: in proportion
+        return len(old_lines)
+
+    bounds = [0]
+    for k in range(j1 + 1, j2):
+        bounds.append(max(bounds[-1], to_old(new_text.count("\n", 0, nspans[k][0] - start))))
+    bounds.append(len(old_lines))
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        text = "".join(old_lines[a:b])
+        out.append("" if not text else text if (i1 == 0 and a == 0) else old._opening + text)
+    return out

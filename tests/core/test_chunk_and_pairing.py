@@ -161,6 +161,25 @@ def test_parts_removed_from_a_unit_that_still_exists_join_a_new_part():
         assert p.old_code in o.text or p.old_code.split("\n", 1)[1] in o.text
 
 
+def test_a_part_shows_the_old_lines_it_replaces_when_the_cuts_move():
+    """An edit of every line moves the cut points: the new parts are paired with the old
+    lines a line diff matches them to, not by position (where a third new part had no
+    old partner and looked written from scratch)."""
+    body = lambda field: "".join(f"    let v{i} = self.{field}.get({i}).unwrap_or(&{i});\n" for i in range(40))  # noqa: E731
+    old_src, new_src = (f"pub fn sum(&self) -> u32 {{\n{body(f)}    0\n}}\n" for f in ("0", "inner_table_ref"))
+    o, n = chunks(old_src, max_chars=1200)[0], chunks(new_src, max_chars=1200)[0]
+    assert len(n.pieces) > len(o.pieces) >= 2
+    emitted = list(part_changes("modified", o, n))
+    assert [p.part for p in emitted] == list(range(1, len(n.pieces) + 1))
+    seen = []
+    for p in emitted:
+        lets = [ln for ln in p.new_code.splitlines() if ln.startswith("    let")]
+        olds = [ln for ln in p.old_code.splitlines() if ln.startswith("    let")]
+        assert lets and [ln.replace("inner_table_ref", "0") for ln in lets] == olds
+        seen += olds
+    assert seen == [ln for ln in old_src.splitlines() if ln.startswith("    let")]  # every old line once
+
+
 def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
     items = []
     for i in range(40):
