@@ -56,6 +56,8 @@ _PATH_ATTR = re.compile(r'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
 # Item: Clone;`, `const N: usize`), not a pointer's `*const T`: blanked before scanning
 _DECLARED = re.compile(r"(?<![\w*])(type\s+|const\s+(?=[A-Za-z_]\w*\s*:))[A-Za-z_]\w*")
 _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
+# the name an item declares (`fn parse`, `struct Parser`): the first in a unit's code is its own
+_DECL_NAME = re.compile(r"(?<![\w*])(?:fn|struct|enum|union|trait|mod|static(?:\s+mut)?|macro_rules\s*!)\s+([A-Za-z_]\w*)")
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
 _USE_STARTS = frozenset({"crate", "self", "super"})  # `use` paths that start alike in every edition
 _STD_CRATES = frozenset({"std", "core", "alloc"})
@@ -1154,6 +1156,11 @@ class RustIndex(MemoReferences):
         base = self.file_mod.get(q.path) or self.module_of(q.path)
         mod = self._scope_of(base, q.local_qualname)
         code = _STRIP.sub(" ", q.code)
+        own = _DECL_NAME.search(code)
+        if own is not None and own.group(1) == q.local_qualname.split("#", 1)[0].rsplit("::", 1)[-1]:
+            # the unit's own name (`fn parse` of `Parser::parse`) names nothing else, such as a
+            # free `parse` of its module
+            code = code[:own.start(1)] + " " * len(own.group(1)) + code[own.end(1):]
         scan = code if not q.header else q.header + "\n" + code
         if "type" in scan or "const" in scan:
             scan = _DECLARED.sub(r"\1", scan)  # `type Error = …;` declares Error, it names no other Error

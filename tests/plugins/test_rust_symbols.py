@@ -519,6 +519,35 @@ def test_an_associated_type_or_const_declaration_names_no_other_definition():
     assert refs["raw"] == {"t::Error"}  # a pointer's `*const Error` does name it
 
 
+OWN_NAMES = """pub struct Parser;
+
+impl Parser {
+    pub fn parse(&self) -> u8 { 0 }
+    pub fn twice(&self) -> u8 { parse(&[]) + parse(&[]) }
+}
+
+pub fn parse(args: &[u8]) -> u8 { Parser.parse() }
+
+pub mod other {
+    pub fn run() {}
+}
+
+pub fn run() { other::run() }
+"""
+
+
+def test_a_unit_s_own_name_refers_to_nothing_else():
+    """``fn parse`` of ``Parser::parse`` names no other ``parse``; a call of it does."""
+    lang = RustLanguage()
+    files = {"src/lib.rs": OWN_NAMES}
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "t"\n'})
+    refs = {qual: {r[1] for r in found} for _, qual, found in _references(idx, lang, files)}
+    assert refs["Parser::parse"] == {"t::Parser"}  # its impl's type, not the free fn parse
+    assert refs["Parser::twice"] == {"t::Parser", "t::parse"}
+    assert refs["parse"] == {"t::Parser", "t::Parser::parse"}  # the method it calls
+    assert refs["run"] == {"t::other::run"}  # its own name is not itself; the path names the other
+
+
 def test_editions_come_from_the_package_or_its_workspace():
     pkg = parse_cargo("Cargo.toml", b'[package]\nname = "a"\n', {})
     assert pkg is not None and pkg.edition == "2015"  # no `edition` key: 2015
