@@ -564,6 +564,22 @@ def _edition(pkg: Package | None) -> str | None:
     return "2015" if pkg is not None and pkg.edition == "2015" else None
 
 
+_OWN_TARGETS = ("#tests:", "#examples:", "#benches:")
+
+
+def _sibling_target(crate: str, name: str) -> str | None:
+    """``tests/util.rs`` as module ``util`` of the test crate ``tests/misc.rs``. Each file
+    of a package's tests/ (examples/, benches/) is a crate of its own here, yet it is also
+    the module the crate root declares with ``mod util;``, as ``tests/common/mod.rs`` is
+    for ``mod common;``, and one ``[[test]]`` root may hold all the others: its modules
+    then reach each other as ``crate::util``."""
+    for kind in _OWN_TARGETS:
+        at = crate.find(kind)
+        if at >= 0:
+            return crate[:at + len(kind)] + name
+    return None
+
+
 def _read_by(table: str, key: Any, value: Any) -> tuple:
     """What a lookup reads when it reads one table entry (the deps of cached lookups):
     ("n", module, name) what a module defines or imports by name, its child modules
@@ -1038,6 +1054,12 @@ class RustIndex(MemoReferences):
             crate = self._extern(mod[0], name)
             if crate is not None:
                 out.append(("mod", (crate,)))
+        if not out and len(mod) == 1:
+            sibling = _sibling_target(mod[0], name)
+            if sibling is not None:
+                self._read(("n", (), sibling))
+                if (sibling,) in self.modules:
+                    out.append(("mod", (sibling,)))
         return out
 
     def _binds_std(self, mod: Mod, name: str) -> bool:

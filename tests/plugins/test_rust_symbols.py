@@ -548,6 +548,26 @@ def test_a_unit_s_own_name_refers_to_nothing_else():
     assert refs["run"] == {"t::other::run"}  # its own name is not itself; the path names the other
 
 
+def test_files_of_tests_reach_each_other_as_modules_of_a_test_crate():
+    """``tests/misc.rs`` naming ``crate::util::Dir`` (one ``[[test]]`` root declaring both) and
+    ``mod common; use common::setup;`` (each file its own test crate) find their definitions."""
+    lang = RustLanguage()
+    files = {"tests/misc.rs": "use crate::util::Dir;\n\nfn sorts() { let d = Dir::new(); }\n",
+             "tests/util.rs": "pub struct Dir;\n\nimpl Dir {\n    pub fn new() -> Dir { Dir }\n}\n",
+             "tests/api.rs": "mod common;\nuse common::setup;\n\nfn works() { setup(); }\n",
+             "tests/common/mod.rs": "pub fn setup() {}\n",
+             "src/lib.rs": "pub fn setup() {}\n"}
+    manifests = {"Cargo.toml": b'[package]\nname = "t"\n'}
+    idx = _index(files, manifests)
+    refs = {qual: {r[1] for r in found} for _, qual, found in _references(idx, lang, files)}
+    assert {"t_tests::util::Dir", "t_tests::util::Dir::new"} <= refs["sorts"]
+    assert refs["works"] == {"t_tests::common::setup"}  # not the library's setup
+    # the dependency is tracked: the sibling file gone, the cached answer goes with it
+    idx.update({"tests/util.rs": None}, manifests)
+    refs = {qual: {r[1] for r in found} for _, qual, found in _references(idx, lang, files) if qual == "sorts"}
+    assert refs["sorts"] == set()
+
+
 def test_editions_come_from_the_package_or_its_workspace():
     pkg = parse_cargo("Cargo.toml", b'[package]\nname = "a"\n', {})
     assert pkg is not None and pkg.edition == "2015"  # no `edition` key: 2015
