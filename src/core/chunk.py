@@ -42,6 +42,7 @@ class Chunk:
     max_chars: int | None = None  # None: the chunk is never cut
     cuts: bytes = b""  # packed cut points (see pack_cuts)
     member_spans: tuple[tuple[int, int], ...] = ()  # a container's member units, as spans of text
+    indent: str = ""  # the whitespace before the unit on its first line: every piece starts with it
     _pieces: list[str] | None = None
     _spans: list[tuple[int, int]] | None = None  # each piece's span in text (its opening aside)
     _opening: str = ""  # what pieces after the first start with
@@ -56,10 +57,11 @@ class Chunk:
 
     def joined(self, first: int, last: int) -> str:
         """Pieces ``first`` to ``last`` (0-based, inclusive) as one text: the unit's text
-        they cover, with the opening of a later piece once."""
+        they cover, with the opening of a later piece once, after the unit's indentation
+        (a method's code is whole lines, as its later lines are)."""
         spans = self._cut()
         text = self.text[spans[first][0]:spans[last][1]]
-        return text if first == 0 else self._opening + text
+        return self.indent + text if first == 0 else self._opening + text
 
     def own_pieces(self) -> list[str]:
         """Each piece's own text: without the member units it holds (chunks of their own)
@@ -84,6 +86,9 @@ class Chunk:
             else:
                 self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
                                                          self.body_open, self.signature)
+                if self.indent and self._opening and self.text.startswith(self._opening.split("\n", 1)[0]):
+                    # it starts with the unit's first line, the one line of the text without its indentation
+                    self._opening = self.indent + self._opening
         return self._spans
 
 

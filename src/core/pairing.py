@@ -286,7 +286,8 @@ def _aligned_old(old: Chunk, new: Chunk, i1: int, i2: int, j1: int, j2: int) -> 
     """The old code of each new part ``j1..j2-1`` that replaces old pieces ``i1..i2-1``:
     the old pieces' text cut at lines where a line diff of the two runs maps the new parts'
     first lines. In order, every old line once; a part that is new gets none ("").
-    Like the parts themselves, a text that does not start the unit starts with its opening."""
+    Like the parts themselves, a text that does not start the unit starts with its opening
+    (the unit's start, its indentation first)."""
     ospans, nspans = old._cut(), new._cut()
     old_lines = _lines(old.text[ospans[i1][0]:ospans[i2 - 1][1]])
     start = nspans[j1][0]
@@ -308,5 +309,5 @@ def _aligned_old(old: Chunk, new: Chunk, i1: int, i2: int, j1: int, j2: int) -> 
     out = []
     for a, b in zip(bounds, bounds[1:]):
         text = "".join(old_lines[a:b])
-        out.append("" if not text else text if (i1 == 0 and a == 0) else old._opening + text)
+        out.append("" if not text else old.indent + text if (i1 == 0 and a == 0) else old._opening + text)
     return out

@@ -42,7 +42,9 @@ class AstChunker:
                 start = parsed.units[u.parent].char_start
                 members.setdefault(u.parent, []).append((u.char_start - start, u.char_end - start))
         out = []
+        text = parsed.text
         for i, u in enumerate(parsed.units):
+            lead = text[text.rfind("\n", 0, u.char_start) + 1:u.char_start]
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
@@ -60,6 +62,7 @@ class AstChunker:
                 body_open=u.body_open,
                 max_chars=self.cfg.max_chars,
                 cuts=u.cuts,
+                indent=lead if not lead.strip(" \t") else "",
             ))
         return out
 

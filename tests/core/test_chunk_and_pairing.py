@@ -180,6 +180,27 @@ def test_a_part_shows_the_old_lines_it_replaces_when_the_cuts_move():
     assert seen == [ln for ln in old_src.splitlines() if ln.startswith("    let")]  # every old line once
 
 
+@pytest.mark.parametrize("doc", ["    /// Sums.\n", ""])
+def test_a_nested_unit_s_code_is_whole_lines_of_its_file(doc):
+    """A method's first line keeps its indentation, as its other lines do; so does every
+    later part (its opening repeats the signature) and the old code of a change."""
+    body = "".join(f"        let v{i} = self.table.get({i}).copied().unwrap_or_default();\n" for i in range(40))
+    src = f"impl Store {{\n{doc}    pub fn sum(&self) -> u32 {{\n{body}        0\n    }}\n}}\n"
+    (method,) = [c for c in chunks(src, max_chars=1200) if c.kind == "method"]
+    assert len(method.pieces) >= 3
+    lines = src.splitlines(keepends=True)
+    assert method.pieces[0] == "".join(lines[1:1 + method.pieces[0].count("\n")]) + method.pieces[0].rsplit("\n", 1)[1]
+    for piece in method.pieces[1:]:
+        assert piece.startswith("    pub fn sum(&self) -> u32 {\n        let v")
+    edited = chunks(src.replace("unwrap_or_default()", "unwrap_or(0)"), max_chars=1200)
+    (new,) = [c for c in edited if c.kind == "method"]
+    for p in part_changes("modified", method, new):
+        assert p.old_code.startswith("    ") and p.new_code.startswith("    ")
+        assert all(ln.startswith("    ") for ln in (p.old_code + p.new_code).splitlines())
+    (top,) = [c for c in chunks("fn f() {}\n") if c.kind == "fn"]
+    assert top.pieces == ["fn f() {}"]
+
+
 def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
     items = []
     for i in range(40):
