@@ -27,10 +27,10 @@ from core.parsing import Edit
 from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
-from plugins.rust_symbols import (CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex, _mod_names,
-                                  cargo_crates, root_declarations, summarize)
+from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
+                                  _mod_names, cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "9"
+EXTRACTOR_VERSION = "10"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -44,6 +44,11 @@ ITEM_KINDS = {
     "const_item": "const",
     "static_item": "static",
     "type_item": "type",
+    # a macro called where items go (`lazy_static! { … }`, `rgtest!(name, |dir| { … });`): the
+    # code it is given changes as an item's does; at a file's top level with a `;` the call
+    # is an expression statement
+    "macro_invocation": "macro_call",
+    "expression_statement": "macro_call",
 }
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
 # declarations that are not units but that context resolution reads (ParsedBlob.decls)
@@ -64,7 +69,9 @@ def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
     """The grammar and the item query, compiled once per process: compiling the query takes
     ~4 ms, and a worker unpickles a fresh RustLanguage with every task it is sent."""
     lang = tree_sitter.Language(tree_sitter_rust.language())
-    return lang, tree_sitter.Query(lang, "[" + " ".join(f"({k})" for k in (*ITEM_KINDS, *DECL_KINDS)) + "] @item")
+    kinds = [k for k in (*ITEM_KINDS, *DECL_KINDS) if k != "expression_statement"]
+    patterns = " ".join(f"({k})" for k in kinds) + " (expression_statement (macro_invocation))"
+    return lang, tree_sitter.Query(lang, f"[{patterns}] @item")
 
 
 def _norm(text: str) -> str:
@@ -235,6 +242,13 @@ class RustLanguage:
                 brace = next((c for c in node.children if c.type in ("{", "(", "[")), None)
                 sig_end = brace.start_byte if brace is not None else node.end_byte
                 opener = sig_end if brace is not None else None
+            elif kind == "macro_call":
+                signature = name
+                call = _macro_call(node)
+                args = call.child_by_field_name("arguments") if call is not None else None
+                args = args if args is not None else next((c for c in (call.children if call else ()) if c.type == "token_tree"), None)
+                sig_end = opener = args.start_byte if args is not None else None
+                sig_end = sig_end if sig_end is not None else node.end_byte
             else:
                 signature = _signature(source[node.start_byte:sig_end].decode("utf-8", "replace"))
             body_open = None if opener is None else offsets.char(opener + 1) - c_start
@@ -427,7 +441,34 @@ def _without_lifetimes(text: str) -> str:
     return text.replace("<>", "")
 
 
+def _macro_call(node):
+    """The ``macro_invocation`` of a macro-call unit (the node itself, or in its statement)."""
+    if node.type == "macro_invocation":
+        return node
+    return next((c for c in node.children if c.type == "macro_invocation"), None)
+
+
+def _macro_call_name(node, source: bytes) -> str:
+    """``name!(first)``: the macro's name and the first identifier it is given that is no
+    keyword (``rgtest!(sorts)`` for ``rgtest!(sorts, |dir, cmd| …)``, ``lazy_static!(RE)``
+    for ``lazy_static! { static ref RE: … }``); ``name!`` when there is none."""
+    call = _macro_call(node)
+    if call is None:
+        return "macro_call"
+    macro = call.child_by_field_name("macro")
+    name = node_text(macro, source).rsplit("::", 1)[-1].strip() if macro is not None else "macro"
+    args = next((c for c in call.children if c.type == "token_tree"), None)
+    for child in args.children if args is not None else ():
+        if child.type == "identifier":
+            ident = node_text(child, source)
+            if ident not in KEYWORDS:
+                return f"{name}!({ident})"
+    return f"{name}!"
+
+
 def _item_name(node, source: bytes) -> str:
+    if node.type in ("macro_invocation", "expression_statement"):
+        return _macro_call_name(node, source)
     if node.type == "impl_item":
         ty = _strip_generics(node_text(node.child_by_field_name("type"), source))
         trait = node.child_by_field_name("trait")

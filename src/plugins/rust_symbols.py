@@ -332,6 +332,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             if _has_attribute(u.text, "macro_use"):
                 macro_use.add(scope + (u.name,))
             continue
+        if u.kind == "macro_call":
+            continue  # a macro's call defines nothing the index can name
         owner = None
         parent = units[u.parent] if u.parent is not None else None
         if parent is not None and parent.kind == "impl":

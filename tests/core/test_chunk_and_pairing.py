@@ -201,6 +201,40 @@ def test_a_nested_unit_s_code_is_whole_lines_of_its_file(doc):
     assert top.pieces == ["fn f() {}"]
 
 
+MACRO_CALLS = """rgtest!(sorts, |dir: Dir, mut cmd: TestCommand| {
+    dir.create("a", "b");
+});
+
+lazy_static! {
+    static ref RE: Regex = Regex::new("x").unwrap();
+}
+
+include!("gen.rs");
+
+impl Store {
+    forward!(len, usize);
+
+    fn get(&self) -> u8 { 0 }
+}
+
+fn body() { println!("x"); }
+"""
+
+
+def test_macros_called_where_items_go_are_units():
+    """Integration tests written as ``rgtest!(name, …)`` and tables in ``lazy_static!`` change
+    as items do; a call inside a function body is part of the function."""
+    names = [(c.kind, c.qualname) for c in chunks(MACRO_CALLS)]
+    assert names == [("macro_call", "m::rgtest!(sorts)"), ("macro_call", "m::lazy_static!(RE)"),
+                     ("macro_call", "m::include!"), ("impl", "m::Store"), ("macro_call", "m::Store::forward!(len)"),
+                     ("method", "m::Store::get"), ("fn", "m::body")]
+    edited = MACRO_CALLS.replace('"a", "b"', '"a", "c"').replace("len, usize", "len, u64")
+    assert changes(MACRO_CALLS, edited) == [("modified", "m::rgtest!(sorts)", "m::rgtest!(sorts)"),
+                                            ("modified", "m::Store::forward!(len)", "m::Store::forward!(len)")]
+    (call,) = [c for c in chunks(edited) if c.name == "rgtest!(sorts)"]
+    assert call.text.startswith("rgtest!(sorts,") and call.text.endswith("});")
+
+
 def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
     items = []
     for i in range(40):
