@@ -109,10 +109,13 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
             idx, n = unmatched_new[ni]
             o = unmatched_old[oi]
             # renumbered (`Inner#2` -> `Inner#3`) is not renamed
-            same_name = o.key.split("#", 1)[0] == n.key.split("#", 1)[0]
+            same_name = o.key.split("#", 1)[0] == n.key.split("#", 1)[0] or (
+                o.kind in CONTENT_NAMED and o.name.split("!", 1)[0] == n.name.split("!", 1)[0])
             result.append((idx, "modified" if same_name else "renamed", o, n))
         unmatched_old = [o for k, o in enumerate(unmatched_old) if k not in used_o]
         unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
+    if renames and unmatched_old and unmatched_new and any(n.kind in CONTENT_NAMED for _, n in unmatched_new):
+        unmatched_old, unmatched_new = _pair_content_named(unmatched_old, unmatched_new, result, max_rename_candidates)
     # a container with member units is covered by its members when it appears or
     # disappears as a whole
     for i, n in unmatched_new:
@@ -125,6 +128,44 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
         if not o.members:
             yield "deleted", o, None
 
+
+
+# kinds named after their content (a macro call, by what it is given on its first line): an
+# edit there renames the unit, so the same macro's calls are paired by their text
+CONTENT_NAMED = frozenset({"macro_call"})
+CONTENT_SIMILARITY = 0.7
+
+
+def _pair_content_named(old: list[Chunk], new: list[tuple[int, Chunk]], result: list, max_candidates: int
+                        ) -> tuple[list[Chunk], list[tuple[int, Chunk]]]:
+    """Pair what is left of the content-named kinds: calls of the same macro whose texts are
+    at least CONTENT_SIMILARITY alike (difflib ratio), the most alike first, as modified."""
+    macro = lambda c: c.name.split("!", 1)[0]  # noqa: E731
+    scored = []
+    for oi, o in enumerate(old):
+        if o.kind not in CONTENT_NAMED:
+            continue
+        candidates = [(ni, n) for ni, (_, n) in enumerate(new) if n.kind == o.kind and macro(n) == macro(o)]
+        if len(candidates) > max_candidates:
+            continue
+        for ni, n in candidates:
+            sm = difflib.SequenceMatcher(None, o.text, n.text, autojunk=False)
+            if sm.real_quick_ratio() >= CONTENT_SIMILARITY and sm.quick_ratio() >= CONTENT_SIMILARITY:
+                s = sm.ratio()
+                if s >= CONTENT_SIMILARITY:
+                    scored.append((-s, oi, ni))
+    if not scored:
+        return old, new
+    scored.sort()
+    used_o: set[int] = set()
+    used_n: set[int] = set()
+    for _, oi, ni in scored:
+        if oi in used_o or ni in used_n:
+            continue
+        used_o.add(oi)
+        used_n.add(ni)
+        result.append((new[ni][0], "modified", old[oi], new[ni][1]))
+    return ([o for k, o in enumerate(old) if k not in used_o], [x for k, x in enumerate(new) if k not in used_n])
 
 
 def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]], *, similarity: float,

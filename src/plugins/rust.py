@@ -30,7 +30,7 @@ from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
                                   _mod_names, cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "10"
+EXTRACTOR_VERSION = "11"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -448,17 +448,38 @@ def _macro_call(node):
     return next((c for c in node.children if c.type == "macro_invocation"), None)
 
 
+_PATH_PREFIXES = re.compile(r"(?:[A-Za-z_]\w*\s*)?::\s*")
+MACRO_CALL_NAME_CHARS = 80
+
+
 def _macro_call_name(node, source: bytes) -> str:
-    """``name!(first)``: the macro's name and the first identifier it is given that is no
-    keyword (``rgtest!(sorts)`` for ``rgtest!(sorts, |dir, cmd| …)``, ``lazy_static!(RE)``
-    for ``lazy_static! { static ref RE: … }``); ``name!`` when there is none."""
+    """A macro call's name: what it is given up to its first line's end or the first block
+    in braces, on one line without path prefixes (``try_from!(item: &Msg, Request)`` for
+    ``try_from!(item: &proto::Msg, core::Request, { … })``, ``rgtest!(sorts, |dir, cmd|)``),
+    so that the calls of one macro in a file keep apart; when that is empty, the first
+    identifier it is given that is no keyword (``lazy_static!(RE)`` for ``lazy_static! {
+    static ref RE: … }``), or the macro's name alone (``name!``)."""
     call = _macro_call(node)
     if call is None:
         return "macro_call"
     macro = call.child_by_field_name("macro")
     name = node_text(macro, source).rsplit("::", 1)[-1].strip() if macro is not None else "macro"
     args = next((c for c in call.children if c.type == "token_tree"), None)
-    for child in args.children if args is not None else ():
+    if args is None or args.child_count < 2:
+        return f"{name}!"
+    end = args.children[-1].start_byte
+    for child in args.children[1:-1]:
+        if child.type == "token_tree" and source[child.start_byte:child.start_byte + 1] == b"{":
+            end = min(end, child.start_byte)
+            break
+    head = source[args.children[0].end_byte:end].decode("utf-8", "replace")
+    head = _WS.sub(" ", _PATH_PREFIXES.sub("", head.split("\n", 1)[0])).strip().rstrip(",").strip()
+    head = head.replace("#", "").replace("::", "")
+    if head:
+        if len(head) > MACRO_CALL_NAME_CHARS:
+            head = head[:MACRO_CALL_NAME_CHARS].rstrip() + "…"
+        return f"{name}!({head})"
+    for child in args.children:
         if child.type == "identifier":
             ident = node_text(child, source)
             if ident not in KEYWORDS:

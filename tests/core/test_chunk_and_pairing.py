@@ -225,14 +225,23 @@ def test_macros_called_where_items_go_are_units():
     """Integration tests written as ``rgtest!(name, …)`` and tables in ``lazy_static!`` change
     as items do; a call inside a function body is part of the function."""
     names = [(c.kind, c.qualname) for c in chunks(MACRO_CALLS)]
-    assert names == [("macro_call", "m::rgtest!(sorts)"), ("macro_call", "m::lazy_static!(RE)"),
-                     ("macro_call", "m::include!"), ("impl", "m::Store"), ("macro_call", "m::Store::forward!(len)"),
-                     ("method", "m::Store::get"), ("fn", "m::body")]
-    edited = MACRO_CALLS.replace('"a", "b"', '"a", "c"').replace("len, usize", "len, u64")
-    assert changes(MACRO_CALLS, edited) == [("modified", "m::rgtest!(sorts)", "m::rgtest!(sorts)"),
-                                            ("modified", "m::Store::forward!(len)", "m::Store::forward!(len)")]
-    (call,) = [c for c in chunks(edited) if c.name == "rgtest!(sorts)"]
+    test = "rgtest!(sorts, |dir: Dir, mut cmd: TestCommand|)"
+    assert names == [("macro_call", f"m::{test}"), ("macro_call", "m::lazy_static!(RE)"),
+                     ("macro_call", 'm::include!("gen.rs")'), ("impl", "m::Store"),
+                     ("macro_call", "m::Store::forward!(len, usize)"), ("method", "m::Store::get"), ("fn", "m::body")]
+    edited = MACRO_CALLS.replace('"a", "b"', '"a", "c"').replace("static ref RE: Regex", "static ref RE: Rx")
+    assert changes(MACRO_CALLS, edited) == [("modified", f"m::{test}", f"m::{test}"),
+                                            ("modified", "m::lazy_static!(RE)", "m::lazy_static!(RE)")]
+    (call,) = [c for c in chunks(edited) if c.name == test]
     assert call.text.startswith("rgtest!(sorts,") and call.text.endswith("});")
+    # calls of one macro are told apart by what they are given on their first line, paths aside
+    calls = "".join(f"try_from!(item: &proto::{t}Message, core::{t}, {{\n    Self {{ a: 1 }}\n}});\n" for t in ("Get", "Set"))
+    assert [c.name for c in chunks(calls)] == ["try_from!(item: &GetMessage, Get)", "try_from!(item: &SetMessage, Set)"]
+    assert changes(calls, calls.replace("a: 1 }\n});\ntry", "a: 2 }\n});\ntry")) == [
+        ("modified", "m::try_from!(item: &GetMessage, Get)", "m::try_from!(item: &GetMessage, Get)")]
+    # an edit of its first line renames a call: the same macro's most alike call is its old version
+    assert changes(calls, calls.replace("core::Set,", "core::Result<Set>,")) == [
+        ("modified", "m::try_from!(item: &SetMessage, Set)", "m::try_from!(item: &SetMessage, Result<Set>)")]
 
 
 def test_cuts_keep_comments_and_attributes_with_what_they_lead_into():
