@@ -272,7 +272,9 @@ class Run:
             rename_similarity=float(self.cfg.pairing.rename_similarity),
             context=self.context,
             redactor=self.redactor,
-            summary_key=fingerprint("summary", code_version(), getattr(self.context, "options", None))[:32],
+            # a stored summary stands for a blob the run may read: one over max_file_bytes has none
+            summary_key=fingerprint("summary", code_version(), getattr(self.context, "options", None),
+                                    int(self.cfg.max_file_bytes))[:32],
         )
 
     def _chunk(self, manifest: Manifest, commits: list[CommitRecord], lines: list[bytes]) -> None:

@@ -467,6 +467,23 @@ def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
     assert "chunk_bytes_copied" not in third and out3.read_bytes() == reference
 
 
+def test_a_file_over_max_file_bytes_gives_no_context_even_when_a_summary_of_it_is_stored(scripted_repo, tmp_path):
+    r = scripted_repo
+    big = "pub struct Big {\n" + "".join(f"    pub f{i}: u32,\n" for i in range(200)) + "}\n"
+    r.commit("c0", {"src/lib.rs": "pub mod big;\npub fn size(b: &big::Big) -> u32 { b.f0 }\n", "src/big.rs": big})
+    r.commit("c1", {"src/lib.rs": "pub mod big;\npub fn size(b: &big::Big) -> u32 { b.f1 }\n"})
+
+    def context(name: str, cache: str, *overrides: str) -> list:
+        run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / cache}",
+                               "stages=[mine,chunk]", "context=imports", *overrides)
+        return [(row["qualname"], [c["qualname"] for c in row["context"]]) for row in read_jsonl(run_dir / "chunks.jsonl")]
+
+    assert ("size", ["big::Big"]) in context("large", "cache")
+    capped = context("capped", "cache", f"max_file_bytes={len(big) - 1}")
+    assert capped == context("fresh", "fresh-cache", f"max_file_bytes={len(big) - 1}", "reuse=false")
+    assert ("size", []) in capped
+
+
 def test_outputs_kept_in_the_old_table_are_dropped_with_their_files(tmp_path):
     """The old table recorded every copied commit as ending where the copy ended, so a later
     run reading a shorter prefix of such an output would have copied other commits' rows."""
