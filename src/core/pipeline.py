@@ -195,8 +195,10 @@ class Run:
                                     "head": head, "rev": self.source.cfg.rev,
                                     "shallow": bool(self.repo.shallow_commits())})
         # a run interrupted (or finished) before in this directory with the same config, code and
-        # repository state: the stages whose outputs still match the manifest are not redone
-        resume_key = fingerprint(config, head, code_version(), manifest.data["versions"])
+        # commits (the source's revision: its range's ends as they resolve now; HEAD for a
+        # source that does not say): the stages whose outputs still match the manifest are not redone
+        revision = self.source.revision(self.repo) if hasattr(self.source, "revision") else head
+        resume_key = fingerprint(config, revision, code_version(), manifest.data["versions"])
         manifest.set("resume_key", resume_key)
         done = completed_stages(self.run_dir, resume_key, self.stages)
         remove_stale_outputs(self.run_dir, done)

@@ -13,6 +13,7 @@ Merge policy (``source.merges``):
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,23 @@ class GitSource:
         if cfg.max_commits:
             args.append(f"--max-count={cfg.max_commits}")
         return args + repo.resolve_range(cfg.rev) + ["--"]
+
+    def revision(self, repo: Repository) -> list[str]:
+        """What the configured commits resolve to now: the commit id of each end of
+        ``rev`` and git's timestamps for ``since``/``until`` (a relative date such as
+        "2 weeks ago" moves with the clock). A run resumes finished stages only when this
+        is what it was."""
+        cfg = self.cfg
+        out = []
+        ends = [p for p in re.split(r"\.\.\.?", cfg.rev) if p] if ".." in cfg.rev else [cfg.rev]
+        for end in ends:
+            found = repo.run("rev-parse", "--verify", "-q", "--end-of-options", f"{end}^{{commit}}", check=False)
+            out.append(f"{end}={found.strip()}")
+        for key in ("since", "until"):
+            value = getattr(cfg, key)
+            if value:
+                out.append(repo.run("rev-parse", f"--{key}={value}", check=False).strip())
+        return out
 
     def keeps_path(self, path: str) -> bool:
         """Whether the include/exclude globs keep ``path``."""

@@ -484,6 +484,24 @@ def test_a_file_over_max_file_bytes_gives_no_context_even_when_a_summary_of_it_i
     assert ("size", []) in capped
 
 
+def test_a_rerun_resumes_only_when_the_mined_range_resolves_as_before(scripted_repo, tmp_path):
+    """A branch moved (HEAD unchanged): the rerun in the same out_dir mines it again."""
+    r = scripted_repo
+    first = r.commit("c0", {"src/lib.rs": "pub fn a() {}\n"})
+    r.commit("c1", {"src/lib.rs": "pub fn a() {}\npub fn b() {}\n"})
+    r.git("branch", "feat", first)
+
+    def run() -> dict:
+        run_dir = run_pipeline(tmp_path / "out", f"repo={r.path}", "source.rev=feat", "stages=[mine,chunk]")
+        return manifest(run_dir)
+
+    assert run()["stages"]["mine"]["counts"]["commits"] == 1
+    assert run().get("resumed") == ["mine", "chunk"]
+    r.git("branch", "-f", "feat", "HEAD")
+    again = run()
+    assert "resumed" not in again and again["stages"]["mine"]["counts"]["commits"] == 2
+
+
 def test_outputs_kept_in_the_old_table_are_dropped_with_their_files(tmp_path):
     """The old table recorded every copied commit as ending where the copy ended, so a later
     run reading a shorter prefix of such an output would have copied other commits' rows."""
