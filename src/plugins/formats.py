@@ -15,6 +15,8 @@ then old code and long free text are cut from their end; the target is never cut
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,16 @@ from core.examples import Segment
 from core.hookspecs import hookimpl
 
 UNIT_KINDS = ("fn", "method", "struct", "enum", "union", "trait", "impl", "mod", "macro", "const", "static",
-              "type", "window", "file", "class", "assign", "other")
+              "type", "window", "file", "class", "assign", "macro_call", "other")
+
+
+_NUMBERED = re.compile(r"#\d+(?=::|$)")
+
+
+def plain_qualname(qualname: str) -> str:
+    """A qualified name as code would write it: without the ``#n`` that tells apart units of
+    one name in a file (``#[cfg]`` variants, repeated impl blocks)."""
+    return _NUMBERED.sub("", qualname) if "#" in qualname else qualname
 
 
 def kind_of(kind: str) -> str:
@@ -63,7 +74,7 @@ class CommitforgeFormat:
             segs += [tok("<|cf_msg|>", "message_token"),
                      Segment("message", message, target=self.cfg.train_on_message, cuttable=not self.cfg.train_on_message)]
         segs += [tok(f"<|cf_{c['change']}|>", "change_token"), tok(f"<|cf_kind_{kind_of(c['kind'])}|>", "kind_token"),
-                 tok("<|cf_qualname|>", "qualname_token"), Segment("qualname", c["qualname"])]
+                 tok("<|cf_qualname|>", "qualname_token"), Segment("qualname", plain_qualname(c["qualname"]))]
         if c.get("header"):
             segs += [tok("<|cf_header|>", "header_token"), Segment("header", c["header"], cuttable=True)]
         if c.get("context"):

@@ -59,7 +59,7 @@ def test_examples_have_masks_segments_and_temporal_splits(repo, tmp_path):
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["splits"]["train"]["examples"] == len(examples(run_dir, "train"))
     assert 0 < stats["splits"]["train"]["trained_token_share"] < 1
-    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 49
+    assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 51
     build = manifest(run_dir)["stages"]["build"]
     assert build["outputs"]["data/train.jsonl"]["rows"] == len(examples(run_dir, "train"))
 
@@ -309,3 +309,17 @@ def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_p
     assert got[0]["new_code"] is got[1]["old_code"] and got[0]["subject"] is got[2]["subject"]
     monkeypatch.setattr(build, "orjson", None)
     assert build.read_changes(path) == rows
+
+
+def test_the_commitforge_format_writes_qualnames_as_code_would_and_has_a_token_per_kind():
+    from plugins.formats import CommitforgeFormat, CommitforgeFormatConfig
+
+    fmt = CommitforgeFormat(CommitforgeFormatConfig())
+    row = {"repo": "r", "path": "src/lib.rs", "subject": "s", "message": "s", "change": "modified",
+           "kind": "macro_call", "qualname": "app::Path#2::from_path#3", "header": None, "context": [],
+           "old_code": "a", "new_code": "b"}
+    segs = {s.name: s.text for s in fmt.segments(row)}
+    assert segs["qualname"] == "app::Path::from_path"  # the #n of cfg variants is for chunks.jsonl only
+    assert segs["kind_token"] == "<|cf_kind_macro_call|>" and segs["kind_token"] in fmt.special_tokens
+    row["qualname"] = "app::<T as From<[u8; 2]>>"
+    assert {s.name: s.text for s in fmt.segments(row)}["qualname"] == row["qualname"]
