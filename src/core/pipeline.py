@@ -115,6 +115,9 @@ class Run:
     def __init__(self, cfg: DictConfig, registry: PluginRegistry | None = None):
         self.cfg = cfg
         check_root(cfg)
+        # the code is hashed before the plugins are imported: a source file saved while a run
+        # starts must not have its cached work filed under the new code's hash
+        code_version()
         self.registry = registry or PluginRegistry()
         self.stages = check_stages(cfg.stages)
         self.run_dir = Path(cfg.out_dir or _hydra_output_dir()).expanduser().resolve()
