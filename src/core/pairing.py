@@ -98,20 +98,15 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
                     s = _similarity(old_bag, new_bags[ni])
                     if s >= rename_similarity:
                         scored.append((-s, oi, ni))
-        scored.sort()
-        used_o: set[int] = set()
-        used_n: set[int] = set()
-        for _, oi, ni in scored:
-            if oi in used_o or ni in used_n:
-                continue
-            used_o.add(oi)
-            used_n.add(ni)
+        chosen = _best_first(scored)
+        for oi, ni in chosen:
             idx, n = unmatched_new[ni]
             o = unmatched_old[oi]
             # renumbered (`Inner#2` -> `Inner#3`) is not renamed
             same_name = o.key.split("#", 1)[0] == n.key.split("#", 1)[0] or (
                 o.kind in CONTENT_NAMED and o.name.split("!", 1)[0] == n.name.split("!", 1)[0])
             result.append((idx, "modified" if same_name else "renamed", o, n))
+        used_o, used_n = {oi for oi, _ in chosen}, {ni for _, ni in chosen}
         unmatched_old = [o for k, o in enumerate(unmatched_old) if k not in used_o]
         unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
     if renames and unmatched_old and unmatched_new and any(n.kind in CONTENT_NAMED for _, n in unmatched_new):
@@ -154,18 +149,24 @@ def _pair_content_named(old: list[Chunk], new: list[tuple[int, Chunk]], result: 
                 s = sm.ratio()
                 if s >= CONTENT_SIMILARITY:
                     scored.append((-s, oi, ni))
-    if not scored:
-        return old, new
-    scored.sort()
+    chosen = _best_first(scored)
+    for oi, ni in chosen:
+        result.append((new[ni][0], "modified", old[oi], new[ni][1]))
+    used_o, used_n = {oi for oi, _ in chosen}, {ni for _, ni in chosen}
+    return ([o for k, o in enumerate(old) if k not in used_o], [x for k, x in enumerate(new) if k not in used_n])
+
+
+def _best_first(scored: list[tuple[float, int, int]]) -> list[tuple[int, int]]:
+    """(old, new) index pairs from (-score, old, new) candidates: the best first, each index once."""
     used_o: set[int] = set()
     used_n: set[int] = set()
-    for _, oi, ni in scored:
-        if oi in used_o or ni in used_n:
-            continue
-        used_o.add(oi)
-        used_n.add(ni)
-        result.append((new[ni][0], "modified", old[oi], new[ni][1]))
-    return ([o for k, o in enumerate(old) if k not in used_o], [x for k, x in enumerate(new) if k not in used_n])
+    out = []
+    for _, oi, ni in sorted(scored):
+        if oi not in used_o and ni not in used_n:
+            used_o.add(oi)
+            used_n.add(ni)
+            out.append((oi, ni))
+    return out
 
 
 def pair_moves(deleted: list[tuple[int, Chunk]], added: list[tuple[int, Chunk]], *, similarity: float,
