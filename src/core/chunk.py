@@ -63,6 +63,21 @@ class Chunk:
         text = self.text[spans[first][0]:spans[last][1]]
         return self.indent + text if first == 0 else self._opening + text
 
+    def repeated_opening(self) -> str:
+        """What a piece after the first starts with, also for a chunk short enough to be one
+        piece (its old version, say, when the new one is cut)."""
+        spans = self._cut()
+        if len(spans) > 1 or self.max_chars is None:
+            return self._opening
+        return self._indented(opening(self.text, self.body_open, self.max_chars, self.signature))
+
+    def _indented(self, head: str) -> str:
+        """``head`` after the unit's indentation when it starts at the unit's first line (the
+        one line of the text without its indentation)."""
+        if self.indent and head and self.text.startswith(head.split("\n", 1)[0]):
+            return self.indent + head
+        return head
+
     def own_pieces(self) -> list[str]:
         """Each piece's own text: without the member units it holds (chunks of their own)
         and without whitespace, as a container's ``compare`` is. Equal for two versions of
@@ -84,11 +99,9 @@ class Chunk:
             if self.max_chars is None or len(self.text) <= self.max_chars:
                 self._spans, self._opening = [(0, len(self.text))], ""
             else:
-                self._spans, self._opening = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
-                                                         self.body_open, self.signature)
-                if self.indent and self._opening and self.text.startswith(self._opening.split("\n", 1)[0]):
-                    # it starts with the unit's first line, the one line of the text without its indentation
-                    self._opening = self.indent + self._opening
+                self._spans, opening_ = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
+                                                    self.body_open, self.signature)
+                self._opening = self._indented(opening_)
         return self._spans
 
 

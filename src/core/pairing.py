@@ -351,5 +351,5 @@ def _aligned_old(old: Chunk, new: Chunk, i1: int, i2: int, j1: int, j2: int) -> 
     out = []
     for a, b in zip(bounds, bounds[1:]):
         text = "".join(old_lines[a:b])
-        out.append("" if not text else old.indent + text if (i1 == 0 and a == 0) else old._opening + text)
+        out.append("" if not text else old.indent + text if (i1 == 0 and a == 0) else old.repeated_opening() + text)
     return out

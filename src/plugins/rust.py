@@ -16,6 +16,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import tree_sitter
 import tree_sitter_rust
@@ -30,7 +31,7 @@ from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
                                   _mod_names, cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "11"
+EXTRACTOR_VERSION = "12"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -213,8 +214,14 @@ class RustLanguage:
         if ntype == "function_item" and container is not None and container.type in ("impl_item", "trait_item"):
             kind = "method"
         start, start_row = _leading_trivia_start(node, source)
+        end_byte, end_row = node.end_byte, node.end_point.row
+        if kind == "macro_call":
+            # in a body, the `;` after a call is a node of its own: the unit ends with it
+            after = node.next_sibling
+            if after is not None and after.type == "empty_statement" and after.start_byte == end_byte:
+                end_byte, end_row = after.end_byte, after.end_point.row
         c_start = offsets.char(start)
-        c_end = offsets.char(node.end_byte)
+        c_end = offsets.char(end_byte)
         unit_text = text[c_start:c_end]
         parent = units[parent_idx] if parent_idx is not None else None
         # the same text in the previous version (a unit moved by an edit elsewhere in the
@@ -244,11 +251,11 @@ class RustLanguage:
                 opener = sig_end if brace is not None else None
             elif kind == "macro_call":
                 signature = name
-                call = _macro_call(node)
-                args = call.child_by_field_name("arguments") if call is not None else None
-                args = args if args is not None else next((c for c in (call.children if call else ()) if c.type == "token_tree"), None)
-                sig_end = opener = args.start_byte if args is not None else None
-                sig_end = sig_end if sig_end is not None else node.end_byte
+                _, args, block = _macro_parts(node, source)
+                # later pieces repeat the call up to its block (`rgtest!(name, |dir, cmd| {`)
+                opened = block if block is not None else args
+                sig_end = opener = opened.start_byte if opened is not None else None  # type: ignore[assignment]
+                sig_end = sig_end if sig_end is not None else end_byte
             else:
                 signature = _signature(source[node.start_byte:sig_end].decode("utf-8", "replace"))
             body_open = None if opener is None else offsets.char(opener + 1) - c_start
@@ -270,9 +277,9 @@ class RustLanguage:
             header=header,
             signature=signature,
             start_byte=start,
-            end_byte=node.end_byte,
+            end_byte=end_byte,
             start_line=start_row + 1,
-            end_line=node.end_point.row + 1,
+            end_line=end_row + 1,
             has_error=_syntax_error(node, source),
             text=unit_text,
             char_start=c_start,
@@ -452,28 +459,36 @@ _PATH_PREFIXES = re.compile(r"(?:[A-Za-z_]\w*\s*)?::\s*")
 MACRO_CALL_NAME_CHARS = 80
 
 
-def _macro_call_name(node, source: bytes) -> str:
-    """A macro call's name: what it is given up to its first line's end or the first block
-    in braces, on one line without path prefixes (``try_from!(item: &Msg, Request)`` for
-    ``try_from!(item: &proto::Msg, core::Request, { … })``, ``rgtest!(sorts, |dir, cmd|)``),
-    so that the calls of one macro in a file keep apart; when that is empty, the first
-    identifier it is given that is no keyword (``lazy_static!(RE)`` for ``lazy_static! {
-    static ref RE: … }``), or the macro's name alone (``name!``)."""
+def _macro_parts(node, source: bytes) -> tuple[str, Any, Any]:
+    """(macro name, its arguments' token tree, the first block in braces within them) of a
+    macro call: ``("rgtest", (sorts, |dir, cmd| {…}), {…})``; a part it lacks is None."""
     call = _macro_call(node)
     if call is None:
-        return "macro_call"
+        return "macro", None, None
     macro = call.child_by_field_name("macro")
     name = node_text(macro, source).rsplit("::", 1)[-1].strip() if macro is not None else "macro"
     args = next((c for c in call.children if c.type == "token_tree"), None)
+    block = None
+    if args is not None:
+        block = next((c for c in args.children[1:-1]
+                      if c.type == "token_tree" and source[c.start_byte:c.start_byte + 1] == b"{"), None)
+    return name, args, block
+
+
+def _macro_call_name(node, source: bytes) -> str:
+    """A macro call's name: the first line of what it is given, up to the first block in
+    braces, on one line without path prefixes (``try_from!(item: &Msg, Request)`` for
+    ``try_from!(item: &proto::Msg, core::Request, { … })``, ``rgtest!(sorts, |dir, cmd|)``,
+    ``lazy_static!(static ref RE: Regex = new("x").unwrap();)``), so that the calls of one
+    macro in a file keep apart; else the first identifier it is given that is no keyword,
+    or the macro's name alone (``name!``)."""
+    name, args, block = _macro_parts(node, source)
     if args is None or args.child_count < 2:
         return f"{name}!"
-    end = args.children[-1].start_byte
-    for child in args.children[1:-1]:
-        if child.type == "token_tree" and source[child.start_byte:child.start_byte + 1] == b"{":
-            end = min(end, child.start_byte)
-            break
-    head = source[args.children[0].end_byte:end].decode("utf-8", "replace")
-    head = _WS.sub(" ", _PATH_PREFIXES.sub("", head.split("\n", 1)[0])).strip().rstrip(",").strip()
+    end = block.start_byte if block is not None else args.children[-1].start_byte
+    lines = source[args.children[0].end_byte:end].decode("utf-8", "replace").split("\n")
+    head = next((line for line in lines if line.strip()), "")
+    head = _WS.sub(" ", _PATH_PREFIXES.sub("", head)).strip().rstrip(",").strip()
     head = head.replace("#", "").replace("::", "")
     if head:
         if len(head) > MACRO_CALL_NAME_CHARS:

@@ -221,19 +221,40 @@ fn body() { println!("x"); }
 """
 
 
+def test_later_parts_of_a_unit_that_was_one_piece_repeat_its_opening_on_the_old_side():
+    """The old version fits one piece, the new one is cut: a later new part's old code
+    starts with the old unit's opening (indented), as the part itself does."""
+    body = lambda n: "".join(f"        let v{i} = self.table.get({i}).copied().unwrap_or({i});\n" for i in range(n))  # noqa: E731
+    src = lambda n: f"impl Store {{\n    pub fn sum(&self) -> u32 {{\n{body(n)}        0\n    }}\n}}\n"  # noqa: E731
+    (o,) = [c for c in chunks(src(12), max_chars=1200) if c.kind == "method"]
+    (n,) = [c for c in chunks(src(40), max_chars=1200) if c.kind == "method"]
+    assert len(o.pieces) == 1 and len(n.pieces) >= 3
+    for p in part_changes("modified", o, n):
+        if p.part > 1 and p.old_code:
+            assert p.old_code.startswith("    pub fn sum(&self) -> u32 {\n")
+
+
 def test_macros_called_where_items_go_are_units():
     """Integration tests written as ``rgtest!(name, …)`` and tables in ``lazy_static!`` change
     as items do; a call inside a function body is part of the function."""
     names = [(c.kind, c.qualname) for c in chunks(MACRO_CALLS)]
     test = "rgtest!(sorts, |dir: Dir, mut cmd: TestCommand|)"
-    assert names == [("macro_call", f"m::{test}"), ("macro_call", "m::lazy_static!(RE)"),
+    statics = 'lazy_static!(static ref RE: Regex = new("x").unwrap();)'
+    assert names == [("macro_call", f"m::{test}"), ("macro_call", f"m::{statics}"),
                      ("macro_call", 'm::include!("gen.rs")'), ("impl", "m::Store"),
                      ("macro_call", "m::Store::forward!(len, usize)"), ("method", "m::Store::get"), ("fn", "m::body")]
-    edited = MACRO_CALLS.replace('"a", "b"', '"a", "c"').replace("static ref RE: Regex", "static ref RE: Rx")
+    edited = MACRO_CALLS.replace('"a", "b"', '"a", "c"').replace("len, usize", "len, u64")
     assert changes(MACRO_CALLS, edited) == [("modified", f"m::{test}", f"m::{test}"),
-                                            ("modified", "m::lazy_static!(RE)", "m::lazy_static!(RE)")]
+                                            ("modified", "m::Store::forward!(len, usize)", "m::Store::forward!(len, u64)")]
     (call,) = [c for c in chunks(edited) if c.name == test]
     assert call.text.startswith("rgtest!(sorts,") and call.text.endswith("});")
+    (fwd,) = [c for c in chunks(edited) if c.kind == "macro_call" and c.name.startswith("forward")]
+    assert fwd.pieces == ["    forward!(len, u64);"]  # whole lines: in a body the `;` is a node of its own
+    long_call = "rgtest!(sorts, |dir: Dir, mut cmd: TestCommand| {\n" + "".join(
+        f"    dir.create(\"f{i}\", \"some contents for file {i}\");\n" for i in range(40)) + "});\n"
+    (big,) = chunks(long_call, max_chars=1200)
+    assert len(big.pieces) >= 2 and all(p.startswith("rgtest!(sorts, |dir: Dir, mut cmd: TestCommand| {\n    dir.")
+                                        for p in big.pieces)
     # calls of one macro are told apart by what they are given on their first line, paths aside
     calls = "".join(f"try_from!(item: &proto::{t}Message, core::{t}, {{\n    Self {{ a: 1 }}\n}});\n" for t in ("Get", "Set"))
     assert [c.name for c in chunks(calls)] == ["try_from!(item: &GetMessage, Get)", "try_from!(item: &SetMessage, Set)"]
