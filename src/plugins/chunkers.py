@@ -43,8 +43,10 @@ class AstChunker:
                 members.setdefault(u.parent, []).append((u.char_start - start, u.char_end - start))
         out = []
         text = parsed.text
+        comments = tuple(getattr(language, "comment_prefixes", ()))
         for i, u in enumerate(parsed.units):
             lead = text[text.rfind("\n", 0, u.char_start) + 1:u.char_start]
+            code = u.text + _trailing_comment(text, u.char_end, comments)  # whole lines: `X = 30  # seconds`
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
@@ -53,8 +55,8 @@ class AstChunker:
                 qualname=f"{module}::{u.local_qualname}" if module else u.local_qualname,
                 header=u.header,
                 signature=u.signature,
-                text=u.text,
-                compare=u.skeleton if u.skeleton is not None else u.text,
+                text=code,
+                compare=u.skeleton if u.skeleton is not None else code,
                 lines=(u.start_line, u.end_line),
                 has_error=u.has_error,
                 members=i in members,
@@ -65,6 +67,15 @@ class AstChunker:
                 indent=lead if not lead.strip(" \t") else "",
             ))
         return out
+
+
+def _trailing_comment(text: str, end: int, prefixes: tuple[str, ...]) -> str:
+    """The rest of the line after offset ``end`` when it is a comment (spaces first), else ""."""
+    if not prefixes:
+        return ""
+    stop = text.find("\n", end)
+    rest = text[end:stop if stop >= 0 else len(text)].rstrip("\r")
+    return rest if rest.lstrip(" \t").startswith(prefixes) else ""
 
 
 @dataclass

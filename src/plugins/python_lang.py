@@ -92,6 +92,7 @@ def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
 class PythonLanguage:
     name = "python"
     project_files: tuple[str, ...] = ("pyproject.toml",)
+    comment_prefixes = ("#",)  # a comment after a unit on its last line belongs to its code
 
     def __init__(self, cfg: PythonConfig | None = None):
         cfg = cfg or PythonConfig()

@@ -31,7 +31,7 @@ from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
                                   _mod_names, cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "12"
+EXTRACTOR_VERSION = "13"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -95,6 +95,7 @@ class RustLanguage:
     # a binary beside a library, and where `#[path]` puts a module
     project_files = ("Cargo.toml", "lib.rs", "main.rs")
     module_files = ("lib.rs",)  # whether a package has its library decides what src/ files belong to
+    comment_prefixes = ("//", "/*")  # a comment after a unit on its last line belongs to its code
 
     def __init__(self, cfg: RustConfig | None = None):
         cfg = cfg or RustConfig()
@@ -487,7 +488,7 @@ def _macro_call_name(node, source: bytes) -> str:
         return f"{name}!"
     end = block.start_byte if block is not None else args.children[-1].start_byte
     lines = source[args.children[0].end_byte:end].decode("utf-8", "replace").split("\n")
-    head = next((line for line in lines if line.strip()), "")
+    head = next((line for line in lines if line.strip() and not line.lstrip().startswith(("//", "/*", "*"))), "")
     head = _WS.sub(" ", _PATH_PREFIXES.sub("", head)).strip().rstrip(",").strip()
     head = head.replace("#", "").replace("::", "")
     if head:

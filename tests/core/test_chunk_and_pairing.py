@@ -234,6 +234,14 @@ def test_later_parts_of_a_unit_that_was_one_piece_repeat_its_opening_on_the_old_
             assert p.old_code.startswith("    pub fn sum(&self) -> u32 {\n")
 
 
+def test_a_comment_after_a_unit_on_its_last_line_is_part_of_its_code():
+    src = "impl T for N {\n    type Input = u8; // never read\n}\nconst X: u8 = 1; /* bits */\nfn f() {}\n"
+    pieces = {c.name: c.pieces for c in chunks(src)}
+    assert pieces["Input"] == ["    type Input = u8; // never read"] and pieces["X"] == ["const X: u8 = 1; /* bits */"]
+    assert pieces["f"] == ["fn f() {}"]
+    assert ("modified", "m::<N as T>::Input", "m::<N as T>::Input") in changes(src, src.replace("never read", "read once"))
+
+
 def test_macros_called_where_items_go_are_units():
     """Integration tests written as ``rgtest!(name, …)`` and tables in ``lazy_static!`` change
     as items do; a call inside a function body is part of the function."""
@@ -255,7 +263,8 @@ def test_macros_called_where_items_go_are_units():
     (big,) = chunks(long_call, max_chars=1200)
     assert len(big.pieces) >= 2 and all(p.startswith("rgtest!(sorts, |dir: Dir, mut cmd: TestCommand| {\n    dir.")
                                         for p in big.pieces)
-    # calls of one macro are told apart by what they are given on their first line, paths aside
+    # calls of one macro are told apart by what they are given on their first line, paths and comments aside
+    assert [c.name for c in chunks("errors!(\n    // ---\n    NoSuchField { name: String },\n);\n")] == ["errors!(NoSuchField)"]
     calls = "".join(f"try_from!(item: &proto::{t}Message, core::{t}, {{\n    Self {{ a: 1 }}\n}});\n" for t in ("Get", "Set"))
     assert [c.name for c in chunks(calls)] == ["try_from!(item: &GetMessage, Get)", "try_from!(item: &SetMessage, Set)"]
     assert changes(calls, calls.replace("a: 1 }\n});\ntry", "a: 2 }\n});\ntry")) == [

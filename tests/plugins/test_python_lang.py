@@ -535,3 +535,14 @@ def test_python_parts_keep_decorators_whole_and_tables_repeat_their_opening():
     table = "SCHEMA = [\n" + "".join(f"    {{'name': 'field_{i}', 'type': 'int'}},\n" for i in range(60)) + "]\n"
     (t,) = chunker.chunk(lang.parse(table.encode()), lang, "s.py")
     assert len(t.pieces) >= 3 and all(p.startswith("SCHEMA = [\n") for p in t.pieces[1:])
+
+
+def test_a_comment_after_a_unit_on_its_last_line_is_part_of_its_code():
+    src = b"TIMEOUT = 30  # seconds\n\nclass A:\n    def f(self):\n        return 1\n"
+    lang = PythonLanguage()
+    chunks = {c.name: c for c in AstChunker(AstChunkerConfig()).chunk(lang.parse(src), lang, "pkg/m.py")}
+    assert chunks["TIMEOUT"].pieces == ["TIMEOUT = 30  # seconds"]  # whole lines
+    edited = {c.name: c for c in AstChunker(AstChunkerConfig()).chunk(
+        lang.parse(src.replace(b"# seconds", b"# minutes")), lang, "pkg/m.py")}
+    assert edited["TIMEOUT"].compare != chunks["TIMEOUT"].compare  # the comment's edit is a change
+    assert edited["A"].compare == chunks["A"].compare
