@@ -13,6 +13,7 @@ emitted.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterator
@@ -111,17 +112,52 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
         unmatched_new = [x for k, x in enumerate(unmatched_new) if k not in used_n]
     if renames and unmatched_old and unmatched_new and any(n.kind in CONTENT_NAMED for _, n in unmatched_new):
         unmatched_old, unmatched_new = _pair_content_named(unmatched_old, unmatched_new, result, max_rename_candidates)
-    # a container with member units is covered by its members when it appears or
-    # disappears as a whole
+    # a container with member units that appears or disappears as a whole is covered by its
+    # members, and by its own code without them when that is more than its header
     for i, n in unmatched_new:
-        if not n.members:
-            result.append((i, "added", None, n))
+        own = own_code(n) if n.members else n
+        if own is not None:
+            result.append((i, "added", None, own))
     result.sort(key=lambda r: r[0])
     for _, change, o, n in result:
         yield change, o, n
     for o in unmatched_old:
-        if not o.members:
-            yield "deleted", o, None
+        own = own_code(o) if o.members else o
+        if own is not None:
+            yield "deleted", own, None
+
+
+_CLOSING = re.compile(r"[\s{}()\[\];,:]*")
+
+
+def own_code(c: Chunk) -> Chunk | None:
+    """A container's code without the lines of its member units (a class's decorators,
+    docstring and attributes; a trait's required methods), as a chunk of its own, or None
+    when nothing but its header, ``use`` lines, comments and closing brackets is left."""
+    text = c.text
+    kept, pos = [], 0
+    for s, e in sorted(c.member_spans):
+        line_start = text.rfind("\n", 0, s) + 1
+        a = line_start if not text[line_start:s].strip() else s  # the member's whole lines
+        floor = max(pos, c.body_open or 0)
+        while a > floor and text[a - 1] == "\n":  # and the blank lines before it
+            prev = text.rfind("\n", 0, a - 1) + 1
+            if prev < floor or text[prev:a].strip():
+                break
+            a = prev
+        stop = text.find("\n", e)
+        b = (len(text) if stop < 0 else stop + 1) if not text[e:stop if stop >= 0 else len(text)].strip() else e
+        if a > pos:
+            kept.append(text[pos:a])
+        pos = max(pos, b)
+    kept.append(text[pos:])
+    own = "".join(kept).rstrip("\n")
+    head = c.body_open if c.body_open is not None else own.find("\n") + 1
+    if not any(line.strip() and not _CLOSING.fullmatch(line) and not line.lstrip().startswith(("use ", "//", "#"))
+               for line in own[head:].split("\n")):
+        return None
+    return dataclasses.replace(c, text=own, compare=own, members=False, member_spans=(), max_chars=None, cuts=b"",
+                               _pieces=None, _spans=None, _opening="")
 
 
 

@@ -121,6 +121,19 @@ def test_a_container_gaining_its_first_member_is_not_itself_changed():
     assert changes("", "impl Marker for E {}\n") == [("added", None, "m::<E as Marker>")]
 
 
+def test_a_container_that_appears_with_members_brings_its_own_code_without_them():
+    """A new trait's required methods are its own code; an impl or a test module with only
+    `use` lines besides its members has none."""
+    src = ("pub trait Store {\n    fn get(&self, k: u32) -> Option<u32>;\n\n"
+           "    fn has(&self, k: u32) -> bool { self.get(k).is_some() }\n}\n"
+           "impl Foo {\n    fn a(&self) {}\n}\n#[cfg(test)]\nmod tests {\n    use super::*;\n    fn t() {}\n}\n")
+    assert changes("", src) == [("added", None, "m::Store"), ("added", None, "m::Store::has"),
+                                ("added", None, "m::Foo::a"), ("added", None, "m::tests::t")]
+    (store,) = [n for ch, o, n in pair_chunks([], chunks(src), renames=True, rename_similarity=0.6) if n.name == "Store"]
+    assert store.pieces == ["pub trait Store {\n    fn get(&self, k: u32) -> Option<u32>;\n}"]
+    assert changes(src, "")[0] == ("deleted", "m::Store", None)
+
+
 def test_a_unit_moved_within_its_file_is_unchanged():
     a, b = "fn a() -> u8 { 1 }\n", "fn b() -> u8 { 2 }\n"
     assert changes(a + b, b + a) == []

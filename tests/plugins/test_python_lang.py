@@ -546,3 +546,16 @@ def test_a_comment_after_a_unit_on_its_last_line_is_part_of_its_code():
         lang.parse(src.replace(b"# seconds", b"# minutes")), lang, "pkg/m.py")}
     assert edited["TIMEOUT"].compare != chunks["TIMEOUT"].compare  # the comment's edit is a change
     assert edited["A"].compare == chunks["A"].compare
+
+
+def test_a_new_class_brings_its_decorators_docstring_and_attributes_without_its_methods():
+    from core.pairing import pair_chunks
+
+    src = (b"@dataclass\nclass Added(Base):\n    \"\"\"doc\"\"\"\n    field_a: int = 0\n\n    def method(self):\n"
+           b"        return 1\n\nclass Plain:\n    def f(self):\n        return 2\n")
+    lang = PythonLanguage()
+    new = AstChunker(AstChunkerConfig()).chunk(lang.parse(src), lang, "pkg/m.py")
+    rows = [(ch, n.qualname, n.pieces) for ch, _, n in pair_chunks([], new, renames=True, rename_similarity=0.6)]
+    assert rows == [("added", "pkg.m::Added", ['@dataclass\nclass Added(Base):\n    """doc"""\n    field_a: int = 0']),
+                    ("added", "pkg.m::Added.method", ["    def method(self):\n        return 1"]),
+                    ("added", "pkg.m::Plain.f", ["    def f(self):\n        return 2"])]
