@@ -192,7 +192,10 @@ class Run:
         for lang in self.languages.values():
             versions.update(lang.versions())
         manifest.set("versions", environment_versions(versions))
-        manifest.set("plugins", {k: self.cfg[k].name for k in KINDS if self.cfg.get(k) is not None})
+        plugins = {k: self.cfg[k].name for k in KINDS if self.cfg.get(k) is not None}
+        if len(self.languages) > 1:  # `languages=[rust,python]`: every language the run chunks
+            plugins["language"] = ",".join(self.languages)
+        manifest.set("plugins", plugins)
         head = self.repo.head()
         manifest.set("repository", {"path": str(self.repo.path.resolve()), "name": self.repo.name,
                                     "head": head, "rev": self.source.cfg.rev,

@@ -326,6 +326,7 @@ def test_a_repository_with_two_languages_is_processed_with_languages(scripted_re
     assert ctx["tools.report::origin"] == ["tools.shapes::Point"]
     kinds = {e["kind"] for split in ("train", "val", "test") for e in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
     assert {"class", "fn"} <= kinds  # the build stage has a kind token for Python's kinds too
+    assert manifest(run_dir)["plugins"]["language"] == "rust,python"  # every language the run chunked
     with pytest.raises(CommitforgeError, match="extension '.py' is claimed by languages 'rust' and 'python'"):
         run_pipeline(tmp_path / "clash", f"repo={r.path}", "languages=[python]", "language.extensions=[.rs,.py]")
 
