@@ -36,17 +36,18 @@ class AstChunker:
     def chunk(self, parsed: ParsedBlob, language: Language, path: str, module: str | None = None) -> list[Chunk]:
         if module is None:
             module = language.module_path(path)
-        members: dict[int, list[tuple[int, int]]] = {}
-        for u in parsed.units:
-            if u.parent is not None:
-                start = parsed.units[u.parent].char_start
-                members.setdefault(u.parent, []).append((u.char_start - start, u.char_end - start))
-        out = []
         text = parsed.text
         comments = tuple(getattr(language, "comment_prefixes", ()))
-        for i, u in enumerate(parsed.units):
+        # whole lines: a comment after a unit on its last line is its code (`X = 30  # seconds`)
+        codes = [u.text + _trailing_comment(text, u.char_end, comments) for u in parsed.units]
+        members: dict[int, list[tuple[int, int]]] = {}
+        for u, code in zip(parsed.units, codes):
+            if u.parent is not None:
+                start = parsed.units[u.parent].char_start
+                members.setdefault(u.parent, []).append((u.char_start - start, u.char_start + len(code) - start))
+        out = []
+        for i, (u, code) in enumerate(zip(parsed.units, codes)):
             lead = text[text.rfind("\n", 0, u.char_start) + 1:u.char_start]
-            code = u.text + _trailing_comment(text, u.char_end, comments)  # whole lines: `X = 30  # seconds`
             out.append(Chunk(
                 key=u.local_qualname,
                 kind=u.kind,
