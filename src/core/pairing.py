@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from core.chunk import Chunk
+from core.chunk import Chunk, pack_cuts
 
 
 @dataclass(slots=True)
@@ -127,7 +127,9 @@ def pair_chunks(old: list[Chunk], new: list[Chunk], *, renames: bool, rename_sim
             yield "deleted", own, None
 
 
-_CLOSING = re.compile(r"[\s{}()\[\];,:]*")
+# what a container's own code may hold without being worth a row of its own: comments and
+# attributes, `use` declarations, brackets and blanks (what is left after its header)
+_NOT_OWN_CODE = re.compile(r"//[^\n]*|/\*.*?\*/|#[^\n]*|\b(?:pub(?:\([^)]*\))?\s+)?use\s[^;]*;|[\s{}()\[\];,:]+", re.S)
 
 
 def own_code(c: Chunk) -> Chunk | None:
@@ -153,10 +155,11 @@ def own_code(c: Chunk) -> Chunk | None:
     kept.append(text[pos:])
     own = "".join(kept).rstrip("\n")
     head = c.body_open if c.body_open is not None else own.find("\n") + 1
-    if not any(line.strip() and not _CLOSING.fullmatch(line) and not line.lstrip().startswith(("use ", "//", "#"))
-               for line in own[head:].split("\n")):
+    if not _NOT_OWN_CODE.sub("", own[head:]):
         return None
-    return dataclasses.replace(c, text=own, compare=own, members=False, member_spans=(), max_chars=None, cuts=b"",
+    # cut, when it is long, at its line starts after the header
+    cuts = pack_cuts([(m.end(), 0) for m in re.finditer("\n", own) if m.end() > head])
+    return dataclasses.replace(c, text=own, compare=own, members=False, member_spans=(), cuts=cuts,
                                _pieces=None, _spans=None, _opening="")
 
 

@@ -76,7 +76,10 @@ def _trailing_comment(text: str, end: int, prefixes: tuple[str, ...]) -> str:
         return ""
     stop = text.find("\n", end)
     rest = text[end:stop if stop >= 0 else len(text)].rstrip("\r")
-    return rest if rest.lstrip(" \t").startswith(prefixes) else ""
+    comment = rest.lstrip(" \t")
+    if not comment.startswith(prefixes) or (comment.startswith("/*") and "*/" not in comment):
+        return ""  # a block comment that goes on to later lines is not the unit's
+    return rest
 
 
 @dataclass

@@ -132,6 +132,14 @@ def test_a_container_that_appears_with_members_brings_its_own_code_without_them(
     (store,) = [n for ch, o, n in pair_chunks([], chunks(src), renames=True, rename_similarity=0.6) if n.name == "Store"]
     assert store.pieces == ["pub trait Store {\n    fn get(&self, k: u32) -> Option<u32>;\n}"]
     assert changes(src, "")[0] == ("deleted", "m::Store", None)
+    # `pub use` and multi-line `use` lines, comments and a comment after the closing brace are no own code
+    only_uses = ("pub mod m {\n    pub use std::collections::HashMap;\n    pub(crate) use std::{\n        fmt,\n"
+                 "        io,\n    };\n    /* fn old() {} */\n    // a note\n    pub fn h() {}\n} // end m\n")
+    assert changes("", only_uses) == [("added", None, "m::m::h")]
+    long = "pub trait Big {\n" + "".join(f"    fn f{i}(&self, x: u32) -> u32;\n" for i in range(60)) + "    fn d(&self) {}\n}\n"
+    (big,) = [n for ch, o, n in pair_chunks([], chunks(long, max_chars=1000), renames=True, rename_similarity=0.6)
+              if n.name == "Big"]
+    assert len(big.pieces) > 1 and all(len(p) <= 1000 and p.startswith("pub trait Big {\n") for p in big.pieces)
 
 
 def test_a_unit_moved_within_its_file_is_unchanged():
@@ -249,8 +257,9 @@ def test_later_parts_of_a_unit_that_was_one_piece_repeat_its_opening_on_the_old_
 
 def test_a_comment_after_a_unit_on_its_last_line_is_part_of_its_code():
     src = "impl T for N {\n    type Input = u8; // never read\n}\nconst X: u8 = 1; /* bits */\nfn f() {}\n"
-    pieces = {c.name: c.pieces for c in chunks(src)}
+    pieces = {c.name: c.pieces for c in chunks(src + "const Y: u8 = 2; /* goes\n on */\n")}
     assert pieces["Input"] == ["    type Input = u8; // never read"] and pieces["X"] == ["const X: u8 = 1; /* bits */"]
+    assert pieces["Y"] == ["const Y: u8 = 2;"]  # a block comment that goes on is not the unit's
     assert pieces["f"] == ["fn f() {}"]
     assert ("modified", "m::<N as T>::Input", "m::<N as T>::Input") in changes(src, src.replace("never read", "read once"))
 
