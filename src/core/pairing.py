@@ -351,7 +351,16 @@ def part_changes(change: str, old: Chunk | None, new: Chunk | None) -> Iterator[
         else:
             first, last = olds[j]
             old_code = "" if first < 0 else old.joined(first, last)
+        if j > 0 and _same_after_opening(old, new, old_code, new_pieces[j]):
+            continue  # only the signature every later part repeats changed: part 1 shows it
         yield PartChange(change, old, new, old_code, new_pieces[j], j + 1, len(new_pieces))
+
+
+def _same_after_opening(old: Chunk, new: Chunk, old_code: str, new_code: str) -> bool:
+    """Whether a later part's old and new code differ only in the opening they repeat."""
+    old_open, new_open = old.repeated_opening(), new.repeated_opening()
+    return (bool(old_code) and old_open != new_open and old_code.startswith(old_open) and new_code.startswith(new_open)
+            and old_code[len(old_open):] == new_code[len(new_open):])
 
 
 def _lines(text: str) -> list[str]:

@@ -242,6 +242,19 @@ fn body() { println!("x"); }
 """
 
 
+def test_a_signature_change_is_one_part_not_every_part_that_repeats_the_signature():
+    old = long_fn(arms=120)
+    new = old.replace("pub fn dispatch(op: Op) -> u32 {", "pub fn dispatch(op: &Op) -> u64 {")
+    o, n = chunks(old, max_chars=1200)[0], chunks(new, max_chars=1200)[0]
+    assert len(n.pieces) >= 3
+    (p,) = part_changes("modified", o, n)
+    assert p.part == 1 and "op: &Op" in p.new_code
+    # a later part that also changed is still emitted
+    both = new.replace("run_step(100 + 1,", "run_step(100 + 2,")
+    parts = [p.part for p in part_changes("modified", o, chunks(both, max_chars=1200)[0])]
+    assert parts[0] == 1 and len(parts) == 2
+
+
 def test_later_parts_of_a_unit_that_was_one_piece_repeat_its_opening_on_the_old_side():
     """The old version fits one piece, the new one is cut: a later new part's old code
     starts with the old unit's opening (indented), as the part itself does."""
