@@ -31,7 +31,7 @@ from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
                                   _mod_names, cargo_crates, root_declarations, summarize)
 
-EXTRACTOR_VERSION = "13"
+EXTRACTOR_VERSION = "14"
 
 ITEM_KINDS = {
     "function_item": "fn",
@@ -487,8 +487,15 @@ def _macro_call_name(node, source: bytes) -> str:
     if args is None or args.child_count < 2:
         return f"{name}!"
     end = block.start_byte if block is not None else args.children[-1].start_byte
-    lines = source[args.children[0].end_byte:end].decode("utf-8", "replace").split("\n")
-    head = next((line for line in lines if line.strip() and not line.lstrip().startswith(("//", "/*", "*"))), "")
+    head, pos = "", args.children[0].end_byte
+    while pos < end:  # the first line that is no comment (a huge table is not decoded whole)
+        stop = source.find(b"\n", pos, end)
+        stop = end if stop < 0 else stop
+        line = source[pos:stop].strip()
+        if line and not line.startswith((b"//", b"/*", b"*")):
+            head = line.decode("utf-8", "replace")
+            break
+        pos = stop + 1
     head = _WS.sub(" ", _PATH_PREFIXES.sub("", head)).strip().rstrip(",").strip()
     head = head.replace("#", "").replace("::", "")
     if head:
