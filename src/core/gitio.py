@@ -96,14 +96,19 @@ class Repository:
             raise CommitforgeError(f"repository {str(self.path)!r} has no commits yet; nothing to mine")
         if rev.startswith("-"):
             raise CommitforgeError(f"revision {rev!r} looks like an option; give a revision or range such as HEAD or v1.0..HEAD")
-        parts = [p for p in re.split(r"\.\.\.?", rev) if p] if ".." in rev else [rev]
-        for part in parts:
-            ok = self.run("rev-parse", "--verify", "-q", "--end-of-options", f"{part}^{{commit}}", check=False).strip()
-            if not ok:
+        for part, commit in self.range_ends(rev):
+            if not commit:
                 raise CommitforgeError(
                     f"unknown revision {part!r} in source.rev={rev!r}; use a branch, tag or commit id of {str(self.path)!r}"
                 )
         return [rev]
+
+    def range_ends(self, rev: str) -> list[tuple[str, str]]:
+        """Each end of a revision or range (``a..b``, ``a...b``) with the commit id it names
+        now ("" for none)."""
+        parts = [p for p in re.split(r"\.\.\.?", rev) if p] if ".." in rev else [rev]
+        return [(part, self.run("rev-parse", "--verify", "-q", "--end-of-options", f"{part}^{{commit}}",
+                                check=False).strip()) for part in parts]
 
     def shallow_commits(self) -> set[str]:
         shallow = self.git_dir / "shallow"

@@ -13,7 +13,6 @@ Merge policy (``source.merges``):
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -76,11 +75,7 @@ class GitSource:
         "2 weeks ago" moves with the clock). A run resumes finished stages only when this
         is what it was."""
         cfg = self.cfg
-        out = []
-        ends = [p for p in re.split(r"\.\.\.?", cfg.rev) if p] if ".." in cfg.rev else [cfg.rev]
-        for end in ends:
-            found = repo.run("rev-parse", "--verify", "-q", "--end-of-options", f"{end}^{{commit}}", check=False)
-            out.append(f"{end}={found.strip()}")
+        out = [f"{end}={commit}" for end, commit in repo.range_ends(cfg.rev)]
         for key in ("since", "until"):
             value = getattr(cfg, key)
             if value:
