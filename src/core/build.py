@@ -2,24 +2,33 @@
 
 Deduplication runs before tokenizing (tokenizing is the expensive part, and much of a
 history repeats), on what each example's change does (``dedup_text``), within each
-split and then across splits so nothing in train duplicates val or test.
+split and then across splits so nothing in train duplicates val or test. Examples an
+earlier build assembled from the same rows with the same settings come from the example
+memo (core.example_memo) instead of the tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter as _Counter
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
 
 try:
     import orjson
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
+from core.chunking import takes
 from core.dedup import deduplicate
+from core.example_memo import EXAMPLE_MEMO_FORMAT, ExampleMemo
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
+from core.stage_cache import fingerprint
 from core.stats import Counter
 
 if TYPE_CHECKING:
@@ -83,16 +92,19 @@ def _default_compare(run: Run) -> str:
     return getattr(run.builder, "dedup_compare", "code")
 
 
-def read_changes(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``chunks.jsonl``. A context item's text repeats in every unit that uses
+def read_changes(path: Path, digests: list[bytes] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``chunks.jsonl`` (and into ``digests``, the sha1 of each line). A context item's text repeats in every unit that uses
     it, a commit's message in each of its units, a unit's new code as the next change's old
     code: each distinct text is kept once (the rows hold a fraction of the memory). Lines
     orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by json."""
     shared: dict[str, str] = {}
     one = shared.setdefault
     changes = []
+    sha1 = hashlib.sha1
     with open(path, "rb") as fh:
         for line in fh:
+            if digests is not None:
+                digests.append(sha1(line).digest())
             try:
                 row = orjson.loads(line)
             except (AttributeError, ValueError):  # no orjson; orjson.JSONDecodeError is a ValueError
@@ -111,19 +123,25 @@ def read_changes(path: Path) -> list[dict[str, Any]]:
 
 
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
+    digests: list[bytes] | None = None
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
     else:
-        changes = read_changes(run.run_dir / "chunks.jsonl")
+        memo = bool(run.cfg.reuse) and takes(run.builder.build, "memo")
+        digests = [] if memo else None
+        changes = read_changes(run.run_dir / "chunks.jsonl", digests)
     stats.add("unit_changes", len(changes))
     splits = run.split.assign(changes)
-    kept_changes, kept_splits = [], []
-    for c, sp in zip(changes, splits):
+    kept_changes, kept_splits, kept_digests = [], [], []
+    for k, (c, sp) in enumerate(zip(changes, splits)):
         if sp is None:
             stats.skip("split_gap")
         else:
             kept_changes.append(c)
             kept_splits.append(sp)
+            if digests is not None:
+                kept_digests.append(digests[k])
+    del digests
     dcfg = run.cfg.dedup
     on = dcfg.compare or _default_compare(run)  # dedup.compare itself is checked with the config (check_root)
     if on not in DEDUP_COMPARE:
@@ -140,6 +158,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     stats.add("dedup_ms", int(1000 * dedup_report.pop("seconds", 0)))
     changes = [c for c, keep in zip(kept_changes, result.keep) if keep]
     splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
+    rows = [d for d, keep in zip(kept_digests, result.keep) if keep]
 
     def training_texts():
         for c, sp in zip(changes, splits):
@@ -150,9 +169,16 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
-    examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
+    if len(rows) == len(changes) and changes:
+        store = ExampleMemo(run.cache_dir, _memo_base(run, special))
+        try:
+            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats, memo=(store, rows))
+        finally:
+            store.close()
+    else:
+        examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
     # the unit changes are done with: free them before the examples are written
-    del changes, splits, kept_changes, kept_splits, result, training_texts
+    del changes, splits, kept_changes, kept_splits, kept_digests, rows, result, training_texts
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for ex in examples:
         by_split[ex["split"]].append(ex)
@@ -193,6 +219,25 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
+
+
+def _memo_base(run: Run, special: list[str]) -> str:
+    """What a kept example depends on besides its row (see core.example_memo)."""
+    from core.pipeline import code_version, plugin_code
+
+    def plain(group: str) -> Any:
+        return OmegaConf.to_container(run.cfg[group], resolve=True)
+
+    versions = {}
+    for dist in ("tokenizers", "transformers"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    tok = run.tokenizer
+    plugins = [plugin_code(run.registry.get(kind, run.cfg[kind].name)) for kind in ("format", "builder", "tokenizer")]
+    return fingerprint("examples", EXAMPLE_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
+                       tok.identity, list(tok.added_tokens), special, versions)
 
 
 def _writer_splits(writer: Any, by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -121,15 +121,23 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
                 runs.append([pos, pos + n])
         pos += n
     input_ids = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.empty(0, dtype=np.int32)
-    example = {
+    example = packed_example(change, split, input_ids, TrainedRuns(tuple((a, b) for a, b in runs)), spans, total,
+                             n_target)
+    return Built(example if packed else unpack(example), None, truncated)
+
+
+def packed_example(change: dict[str, Any], split: str, input_ids: np.ndarray, runs: TrainedRuns,
+                   spans: list[list[Any]], n_tokens: int, n_target: int) -> dict[str, Any]:
+    """A packed example (see :func:`assemble`) of ``change``: its tokens and where it comes from."""
+    return {
         "id": change["id"],
         "split": split,
         "input_ids": input_ids,
         # made when the example is read (``materialize``): a packed example keeps its token ids only
         "attention_mask": None,
-        "labels": TrainedRuns(tuple((a, b) for a, b in runs)),
+        "labels": runs,
         "segments": spans,
-        "n_tokens": total,
+        "n_tokens": n_tokens,
         "n_target_tokens": n_target,
         "repo": change["repo"],
         "commit": change["commit"],
@@ -139,7 +147,6 @@ def assemble(change: dict[str, Any], segments: list[Segment], encoded: list[Sequ
         "change": change["change"],
         "kind": change["kind"],
     }
-    return Built(example if packed else unpack(example), None, truncated)
 
 
 class TrainedRuns(tuple):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
 from core.errors import CommitforgeError
+from core.example_memo import ExampleMemo, decode
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
 from core.hookspecs import hookimpl
@@ -36,40 +37,63 @@ class CommitBuilder:
         self.cfg = cfg
 
     def build(self, changes: list[dict[str, Any]], splits: list[str], fmt: Format, tokenizer: Tokenizer,
-              stats: Counter) -> list[dict[str, Any]]:
+              stats: Counter, memo: Memo | None = None) -> list[dict[str, Any]]:
         wanted = None if self.cfg.train_on is None else set(self.cfg.train_on)
-        names: set[str] = set()
 
-        def layouts() -> Iterator[list[Segment]]:  # made as they are encoded: never all at once
-            for c in changes:
-                layout = fmt.segments(c)
-                if wanted is not None:
-                    for seg in layout:
-                        names.add(seg.name)
-                        seg.target = seg.name in wanted
-                yield layout
+        def layout(change: dict[str, Any]) -> list[Segment]:
+            segments = fmt.segments(change)
+            if wanted is not None:
+                for seg in segments:
+                    seg.target = seg.name in wanted
+            return segments
 
-        examples = _assemble_all(changes, splits, layouts(), tokenizer, self.cfg.max_tokens, stats)
-        if wanted is not None and changes and not wanted & names:
-            raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
-                                   f"segments are: {', '.join(sorted(names))}")
-        return examples
+        if wanted is not None and changes:  # every row of a format has the same segment names
+            names = {seg.name for seg in fmt.segments(changes[0])}
+            if not wanted & names:
+                raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
+                                       f"segments are: {', '.join(sorted(names))}")
+        return assemble_all(changes, splits, lambda i: layout(changes[i]), tokenizer, self.cfg.max_tokens, stats,
+                             memo)
 
 
-def _assemble_all(changes: list[dict[str, Any]], splits: list[str], layouts: Iterable[list[Segment]],
-                  tokenizer: Tokenizer, max_tokens: int, stats: Counter) -> list[dict[str, Any]]:
-    """Encode every layout in large batches and fit each into ``max_tokens``; count what
-    was skipped or truncated. The examples are packed (numpy token arrays)."""
+# (the example memo, the rows' keys in it), see core.example_memo; the build stage passes
+# it to a builder whose ``build`` takes ``memo``
+Memo = tuple[ExampleMemo, list[bytes]]
+
+
+def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Callable[[int], list[Segment]],
+                  tokenizer: Tokenizer, max_tokens: int, stats: Counter, memo: Memo | None = None
+                  ) -> list[dict[str, Any]]:
+    """Encode the layout of every change (``layout(i)``: that of ``changes[i]``) in large
+    batches and fit each into ``max_tokens``; count what was skipped or truncated. The examples are packed (numpy token arrays).
+    With a ``memo``, rows assembled by an earlier build with the same settings are read
+    from it, and the others are kept in it."""
+    store, keys = memo if memo is not None else (None, None)
+    kept = store.get_many(keys) if store is not None else {}
+    todo = [i for i in range(len(changes)) if keys is None or keys[i] not in kept]
+    fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))
+    made: list[tuple[bytes, Any]] = []
     out = []
-    rows = zip(changes, splits, encode_layouts(tokenizer, layouts))
-    for change, split, (layout, encoded) in progress(rows, total=len(changes), desc="examples", unit="ex"):
-        built = assemble(change, layout, encoded, tokenizer, max_tokens, split, packed=True)
+    for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
+        change, split = changes[i], splits[i]
+        row = keys[i] if keys is not None else None
+        if row is not None and row in kept:
+            built = decode(kept[row], change, split)
+        else:
+            segments, encoded = next(fresh)
+            built = assemble(change, segments, encoded, tokenizer, max_tokens, split, packed=True)
+            if row is not None:
+                made.append((row, built))
         if built.example is None:
             stats.skip(built.skip or "unknown")
             continue
         if built.truncated:
             stats.add(f"truncated_{split}")
         out.append(built.example)
+    if store is not None:
+        stats.add("rows_encoded", len(todo))
+        stats.add("rows_reused", len(changes) - len(todo))
+        store.put_many(made)
     return out
 
 
@@ -202,16 +226,18 @@ class FimBuilder:
                 tok("<fim_middle>"), Segment("middle", middle, target=True), eos], "psm"
 
     def build(self, changes: list[dict[str, Any]], splits: list[str], fmt: Format, tokenizer: Tokenizer,
-              stats: Counter) -> list[dict[str, Any]]:
-        rows = [(c, sp) for c, sp in zip(changes, splits) if c["new_code"]]
-        stats.skip("no_code_after_commit", len(changes) - len(rows))
+              stats: Counter, memo: Memo | None = None) -> list[dict[str, Any]]:
+        picked = [i for i, c in enumerate(changes) if c["new_code"]]
+        stats.skip("no_code_after_commit", len(changes) - len(picked))
         layouts = []
-        for c, _ in rows:
-            layout, mode = self.layout(c)
+        for i in picked:
+            layout, mode = self.layout(changes[i])
             stats.add(f"fim_{mode}")
             layouts.append(layout)
-        return _assemble_all([c for c, _ in rows], [sp for _, sp in rows], layouts, tokenizer,
-                             self.cfg.max_tokens, stats)
+        if memo is not None:
+            memo = (memo[0], [memo[1][i] for i in picked])
+        return assemble_all([changes[i] for i in picked], [splits[i] for i in picked], layouts.__getitem__,
+                             tokenizer, self.cfg.max_tokens, stats, memo)
 
 
 @hookimpl

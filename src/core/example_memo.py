@@ -1,0 +1,132 @@
+"""Assembled training examples kept by what they are made of, so that a build whose unit
+changes mostly repeat an earlier build's encodes only the rows it has not seen: a
+repository brought up to date after a new commit, a rerun with another split, dedup or
+writer setting.
+
+An example depends on its ``chunks.jsonl`` row (the line's bytes), on the build
+settings (format, builder, the tokenizer's identity and added tokens, the versions of the
+code and of ``tokenizers``) and on its split only through the ``split`` field, which is
+set when the example is read back. ``base`` is a fingerprint of the settings; a row is
+named by the sha1 of its line. What is kept is the result of fitting the row into
+``max_tokens``: the skip reason, or the token ids (uint16 when the vocabulary allows),
+trained ranges, segment spans and token counts; the provenance fields come from the row.
+
+The store is one SQLite database (WAL) beside the stage cache, shared by parallel runs;
+the examples of the ``BASES_KEPT`` settings used last are kept. ``reuse=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.blob_cache import _enable_wal
+from core.errors import CommitforgeError
+from core.examples import Built, TrainedRuns, packed_example
+
+EXAMPLE_MEMO_FORMAT = 1
+BASES_KEPT = 8
+_BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
+_CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
+_DTYPES = {1: np.uint16, 2: np.int32}
+
+
+class ExampleMemo:
+    def __init__(self, root: str | Path, base: str):
+        self.path = Path(root) / f"examples-f{EXAMPLE_MEMO_FORMAT}.sqlite"
+        self.base = base
+        self._base_id: int | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        key = (os.getpid(), str(self.path))
+        conn = _CONNECTIONS.get(key)
+        if conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+                _enable_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY, base TEXT UNIQUE NOT NULL, "
+                             "used REAL NOT NULL)")
+                conn.execute("CREATE TABLE IF NOT EXISTS examples (base INTEGER NOT NULL, row BLOB NOT NULL, "
+                             "meta BLOB NOT NULL, ids BLOB NOT NULL, PRIMARY KEY (base, row))")
+            except (sqlite3.DatabaseError, OSError) as exc:
+                raise CommitforgeError(f"the example cache {str(self.path)!r} cannot be used ({exc}); delete it, "
+                                       "choose another cache_dir=DIR or run with reuse=false") from None
+            _CONNECTIONS[key] = conn
+        return conn
+
+    def _id(self) -> int:
+        """This base's id, marked as used now; the examples of bases used longest ago
+        beyond ``BASES_KEPT`` are dropped."""
+        if self._base_id is None:
+            conn = self._conn()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO bases (base, used) VALUES (?, ?) ON CONFLICT(base) DO UPDATE SET "
+                             "used = excluded.used", (self.base, time.time()))
+                self._base_id = conn.execute("SELECT id FROM bases WHERE base = ?", (self.base,)).fetchone()[0]
+                old = [r[0] for r in conn.execute("SELECT id FROM bases ORDER BY used DESC, id DESC LIMIT -1 OFFSET ?",
+                                                  (BASES_KEPT,))]
+                for base_id in old:
+                    conn.execute("DELETE FROM examples WHERE base = ?", (base_id,))
+                    conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
+        return self._base_id
+
+    def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        """The kept (meta, ids) of the rows (sha1 digests of their lines) that have them."""
+        base_id, conn, out = self._id(), self._conn(), {}
+        wanted = list(dict.fromkeys(rows))
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start:start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            for row, meta, ids in conn.execute(f"SELECT row, meta, ids FROM examples WHERE base = ? AND row IN ({marks})",
+                                               (base_id, *batch)):
+                out[row] = (meta, ids)
+        return out
+
+    def put_many(self, entries: list[tuple[bytes, Built]]) -> None:
+        """Keep each row's result (a skip or a packed example, see :func:`core.examples.assemble`)."""
+        if not entries:
+            return
+        base_id, conn = self._id(), self._conn()
+        values = [(base_id, row, *encode(built)) for row, built in entries]
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO examples (base, row, meta, ids) VALUES (?, ?, ?, ?)", values)
+
+    def close(self) -> None:
+        conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
+        if conn is not None:
+            conn.close()
+
+
+def encode(built: Built) -> tuple[bytes, bytes]:
+    """(meta, ids) of a result of ``assemble(..., packed=True)``."""
+    ex = built.example
+    if ex is None:
+        return marshal.dumps((0, built.skip or "unknown")), b""
+    ids = ex["input_ids"]
+    small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
+    code = 1 if small else 2
+    meta = (code, bool(built.truncated), tuple(tuple(r) for r in ex["labels"]),
+            [tuple(s) for s in ex["segments"]], int(ex["n_tokens"]), int(ex["n_target_tokens"]))
+    return marshal.dumps(meta), ids.astype(_DTYPES[code], copy=False).tobytes()
+
+
+def decode(kept: tuple[bytes, bytes], change: dict[str, Any], split: str) -> Built:
+    """The :class:`Built` that ``assemble`` made of ``change`` in ``split``, from what was kept."""
+    meta = marshal.loads(kept[0])
+    if meta[0] == 0:
+        return Built(None, meta[1])
+    code, truncated, runs, spans, n_tokens, n_target = meta
+    ids = np.frombuffer(kept[1], dtype=_DTYPES[code])
+    ids = ids.astype(np.int32) if code != 2 else ids  # a read-only view for int32: ids are never modified
+    example = packed_example(change, split, ids, TrainedRuns(runs), [list(s) for s in spans], n_tokens, n_target)
+    return Built(example, None, truncated)

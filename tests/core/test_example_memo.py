@@ -1,0 +1,126 @@
+"""Examples kept by the build stage: a rebuild encodes only rows it has not seen, and its
+outputs are byte for byte those of a build that encodes everything."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from core import example_memo
+from core.example_memo import ExampleMemo, decode, encode
+from core.examples import Built, TrainedRuns
+
+from ..conftest import ScriptedRepo, manifest, run_pipeline
+
+
+def body(name: str, n: int, k: int) -> str:
+    lines = "\n".join(f"    let v{i} = {name}_step({i}, {k});" for i in range(n))
+    return f"pub fn {name}(x: u32) -> u32 {{\n{lines}\n    x\n}}\n"
+
+
+def commit_round(r: ScriptedRepo, k: int) -> str:
+    return r.commit(f"tune step {k}", {"crates/app/src/lib.rs": "".join(body(f"f{j}", 3 + j, k) for j in range(5)),
+                                "crates/app/src/big.rs": body("big", 400 + k, k)})  # over 256 tokens
+
+
+@pytest.fixture
+def repo(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    for k in range(8):
+        commit_round(scripted_repo, k)
+    return scripted_repo
+
+
+def counts(run_dir) -> dict:
+    return manifest(run_dir)["stages"]["build"]["counts"]
+
+
+def same_outputs(a, b, cache_a, cache_b) -> None:
+    for name in ("train", "val", "test"):
+        assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes(), name
+    # the tokenizer's cache path aside, the stats (truncations, skips, lengths) are the same
+    assert (a / "stats.json").read_text().replace(str(cache_a), "") == \
+        (b / "stats.json").read_text().replace(str(cache_b), "")
+
+
+@pytest.mark.parametrize("builder", ["commit", "fim"])
+def test_a_rebuild_reuses_every_example_and_writes_what_a_fresh_build_writes(repo, tmp_path, builder):
+    # the tokenizer learns from the first commits only, so it stays the same when the split moves
+    settings = [f"repo={repo.path}", f"builder={builder}", "builder.max_tokens=256", "dedup.near=false",
+                "tokenizer.max_training_chars=20000"]
+    first = run_pipeline(tmp_path / "a", *settings, f"cache_dir={tmp_path / 'shared'}")
+    c = counts(first)
+    assert c["rows_encoded"] > 0 and c["rows_reused"] == 0
+    skips = manifest(first)["stages"]["build"]["skips"]
+    assert c.get("truncated_train", 0) + skips.get("target_too_long", 0) > 0  # big.rs does not fit
+    # other split fractions move rows between splits: the kept examples take their new split
+    moved = [*settings, "split.fractions=[0.5,0.25,0.25]"]
+    again = run_pipeline(tmp_path / "b", *moved, f"cache_dir={tmp_path / 'shared'}")
+    c = counts(again)
+    assert c["rows_encoded"] == 0 and c["rows_reused"] > 0
+    fresh = run_pipeline(tmp_path / "c", *moved, "reuse=false")
+    assert "rows_reused" not in counts(fresh)
+    same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    assert json.loads((again / "stats.json").read_text())["splits"]["test"]["examples"] > 0
+
+
+@pytest.mark.parametrize("change", ["builder.max_tokens=512", "format=starcoder2", "tokenizer.vocab_size=400"])
+def test_examples_are_not_reused_across_settings_that_change_them(repo, tmp_path, change):
+    shared = f"cache_dir={tmp_path / 'shared'}"
+    run_pipeline(tmp_path / "a", f"repo={repo.path}", "builder.max_tokens=256", shared)
+    other = run_pipeline(tmp_path / "b", f"repo={repo.path}", "builder.max_tokens=256", change, shared)
+    assert counts(other)["rows_reused"] == 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "builder.max_tokens=256", change)
+    same_outputs(other, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_a_new_commit_encodes_only_its_own_rows(repo, tmp_path):
+    # a tokenizer trained on the train split's first characters, which the new commit leaves alone
+    shared = [f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    before = run_pipeline(tmp_path / "a", f"repo={repo.path}", *shared)
+    head = commit_round(repo, 99)
+    after = run_pipeline(tmp_path / "b", f"repo={repo.path}", *shared)
+    new = [r for r in map(json.loads, (after / "chunks.jsonl").read_text().splitlines()) if r["commit"] == head]
+    c = counts(after)
+    assert 0 < c["rows_encoded"] <= len(new)
+    assert c["rows_reused"] > counts(before)["rows_encoded"] // 2
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", shared[1])
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_kept_results_round_trip_examples_and_skips():
+    change = {"id": "x1", "repo": "r", "commit": "c", "time": 5, "path": "a.rs", "qualname": "a::f",
+              "change": "modified", "kind": "fn"}
+    for ids in (np.array([3, 70000, 5], dtype=np.int32), np.array([1, 2, 65535], dtype=np.int32),
+                np.empty(0, dtype=np.int32)):
+        example = {"input_ids": ids, "labels": TrainedRuns(((1, 3),)), "segments": [["new_code", 0, 3]],
+                   "n_tokens": len(ids), "n_target_tokens": 2}
+        back = decode(encode(Built(example, None, True)), change, "val")
+        assert back.truncated and back.skip is None
+        ex = back.example
+        assert ex["input_ids"].dtype == np.int32 and ex["input_ids"].tolist() == ids.tolist()
+        assert ex["labels"] == ((1, 3),) and isinstance(ex["labels"], TrainedRuns)
+        assert ex["segments"] == [["new_code", 0, 3]] and ex["split"] == "val" and ex["qualname"] == "a::f"
+    skipped = decode(encode(Built(None, "target_too_long")), change, "train")
+    assert skipped.example is None and skipped.skip == "target_too_long" and not skipped.truncated
+
+
+def test_only_the_examples_of_the_settings_used_last_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(example_memo, "BASES_KEPT", 2)
+    change = {"id": "x", "repo": "r", "commit": "c", "time": 1, "path": "p", "qualname": "q", "change": "added",
+              "kind": "fn"}
+    built = Built({"input_ids": np.array([1, 2], dtype=np.int32), "labels": TrainedRuns(((0, 2),)),
+                   "segments": [["code", 0, 2]], "n_tokens": 2, "n_target_tokens": 2})
+    for base in ("one", "two", "three"):
+        memo = ExampleMemo(tmp_path, base)
+        memo.put_many([(b"row", built)])
+        memo.close()
+    with sqlite3.connect(tmp_path / f"examples-f{example_memo.EXAMPLE_MEMO_FORMAT}.sqlite") as conn:
+        held = dict(conn.execute("SELECT bases.base, count(*) FROM examples JOIN bases ON bases.id = examples.base "
+                                 "GROUP BY bases.base"))
+    assert held == {"two": 1, "three": 1}  # "one" went when "three" was first used
+    kept = ExampleMemo(tmp_path, "two").get_many([b"row", b"other"])
+    assert list(kept) == [b"row"]
+    assert decode(kept[b"row"], change, "test").example["input_ids"].tolist() == [1, 2]
