@@ -4,13 +4,14 @@ Deduplication runs before tokenizing (tokenizing is the expensive part, and much
 history repeats), on what each example's change does (``dedup_text``), within each
 split and then across splits so nothing in train duplicates val or test. Examples an
 earlier build assembled from the same rows with the same settings come from the example
-memo (core.example_memo) instead of the tokenizer.
+memo (core.build_memo) instead of the tokenizer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter as _Counter
 from importlib import metadata
 from pathlib import Path
@@ -24,8 +25,8 @@ except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
 from core.chunking import takes
-from core.dedup import deduplicate
-from core.example_memo import EXAMPLE_MEMO_FORMAT, ExampleMemo
+from core.build_memo import BUILD_MEMO_FORMAT, BuildMemo, dedup_entries, merge_features
+from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
 from core.stage_cache import fingerprint
@@ -127,8 +128,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
     else:
-        memo = bool(run.cfg.reuse) and takes(run.builder.build, "memo")
-        digests = [] if memo else None
+        digests = [] if run.cfg.reuse else None  # rows are known again by their lines' digests
         changes = read_changes(run.run_dir / "chunks.jsonl", digests)
     stats.add("unit_changes", len(changes))
     splits = run.split.assign(changes)
@@ -141,15 +141,23 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             kept_splits.append(sp)
             if digests is not None:
                 kept_digests.append(digests[k])
-    del digests
     dcfg = run.cfg.dedup
     on = dcfg.compare or _default_compare(run)  # dedup.compare itself is checked with the config (check_root)
     if on not in DEDUP_COMPARE:
         raise CommitforgeError(f"builder {run.cfg.builder.name!r} asks dedup to compare {on!r}; its dedup_compare "
                                f"must be one of {', '.join(DEDUP_COMPARE)}")
-    result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact, near=dcfg.near,
-                         threshold=dcfg.threshold, num_perm=dcfg.num_perm,
-                         threads=int(getattr(run.executor, "workers", 1) or 1))
+    threads = int(getattr(run.executor, "workers", 1) or 1)
+    t_features = time.perf_counter()
+    if digests is not None and (dcfg.exact or dcfg.near):
+        given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
+        t_features = time.perf_counter() - t_features
+        result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
+                             num_perm=dcfg.num_perm, given=given)
+        result.report["seconds"] += t_features
+        del given
+    else:
+        result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
+                             near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
@@ -159,6 +167,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     changes = [c for c, keep in zip(kept_changes, result.keep) if keep]
     splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
     rows = [d for d, keep in zip(kept_digests, result.keep) if keep]
+    digests_known = digests is not None
 
     def training_texts():
         for c, sp in zip(changes, splits):
@@ -169,8 +178,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
-    if len(rows) == len(changes) and changes:
-        store = ExampleMemo(run.cache_dir, _memo_base(run, special))
+    del digests
+    if digests_known and changes and takes(run.builder.build, "memo"):
+        store = BuildMemo(run.cache_dir, _examples_base(run, special))
         try:
             examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats, memo=(store, rows))
         finally:
@@ -183,6 +193,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     for ex in examples:
         by_split[ex["split"]].append(ex)
     del examples
+    run.example_commits = {name: _Counter(r["commit"] for r in rows) for name, rows in by_split.items()}
     max_tokens = int(getattr(run.builder.cfg, "max_tokens", 2048))
     split_stats = {}
     for name, rows in by_split.items():
@@ -221,8 +232,27 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     return outputs, summary
 
 
-def _memo_base(run: Run, special: list[str]) -> str:
-    """What a kept example depends on besides its row (see core.example_memo)."""
+def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,
+                    stats: Counter) -> Features:
+    """What dedup compares of each row: kept by an earlier build, or computed (and kept)."""
+    from core.pipeline import code_version
+
+    dcfg = run.cfg.dedup
+    settings = dict(exact=bool(dcfg.exact), near=bool(dcfg.near), num_perm=int(dcfg.num_perm))
+    store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on, settings))
+    try:
+        kept = store.get_many(rows)
+        todo = [i for i, row in enumerate(rows) if row not in kept]
+        computed = features([dedup_text(changes[i], on) for i in todo], threads=threads, **settings)
+        store.put_many(dedup_entries([rows[i] for i in todo], computed))
+    finally:
+        store.close()
+    stats.add("dedup_rows_computed", len(todo))
+    return merge_features(rows, kept, todo, computed, **settings)
+
+
+def _examples_base(run: Run, special: list[str]) -> str:
+    """What a kept example depends on besides its row (see core.build_memo)."""
     from core.pipeline import code_version, plugin_code
 
     def plain(group: str) -> Any:
@@ -236,7 +266,7 @@ def _memo_base(run: Run, special: list[str]) -> str:
             versions[dist] = None
     tok = run.tokenizer
     plugins = [plugin_code(run.registry.get(kind, run.cfg[kind].name)) for kind in ("format", "builder", "tokenizer")]
-    return fingerprint("examples", EXAMPLE_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
+    return fingerprint("examples", BUILD_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
                        tok.identity, list(tok.added_tokens), special, versions)
 
 

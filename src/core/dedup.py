@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DedupResult", "REASONS", "deduplicate", "lsh_params", "normalize"]
+__all__ = ["DedupResult", "Features", "REASONS", "deduplicate", "features", "lsh_params", "normalize"]
 
 REASONS = ("exact_duplicate", "near_duplicate", "leak_exact", "leak_near")
 
@@ -304,8 +304,32 @@ def _pool(buckets: dict[tuple[int, int], list[int]], keys: list[int]) -> set[int
     return pool
 
 
+@dataclass
+class Features:
+    """What deduplication compares of each item: the digest of its normalized text
+    (``keys``, None when exact matching is off) and its MinHash signature (``sig``, one
+    row per item, and ``has``: whether it has shingles; empty when near matching is off).
+    An item's features depend on its text and (``num_perm``, ``ngram``, ``seed``) only, so
+    they can be kept and reused per item."""
+
+    keys: list[bytes] | None
+    sig: np.ndarray
+    has: np.ndarray
+
+
+def features(texts: list[str], *, exact: bool = True, near: bool = True, num_perm: int = 128, ngram: int = 5,
+             seed: int = 0, threads: int = 1) -> Features:
+    n = len(texts)
+    keys = [_exact_key(t) for t in texts] if exact else None
+    if near:
+        sig, has = _signatures(texts, list(range(n)), num_perm, ngram, seed, threads)
+    else:
+        sig, has = np.zeros((n, 0), dtype=np.uint64), np.zeros(n, dtype=bool)
+    return Features(keys, sig, has)
+
+
 def deduplicate(
-    texts: list[str],
+    texts: list[str] | None,
     splits: list[str],
     *,
     exact: bool = True,
@@ -316,13 +340,22 @@ def deduplicate(
     seed: int = 0,
     precedence: tuple[str, ...] = ("test", "val", "train"),
     threads: int = 1,
+    given: Features | None = None,
 ) -> DedupResult:
     """Drop exact / near duplicates within splits and leaks across splits (see module doc).
-    ``threads`` compute MinHash signatures in parallel; the result is the same for any number."""
+    ``threads`` compute MinHash signatures in parallel; the result is the same for any number.
+    ``given``: the items' features (see :func:`features`, with the same switches and
+    parameters) instead of their ``texts``."""
     t0 = time.perf_counter()
-    n = len(texts)
+    if given is None and texts is None:
+        raise ValueError("deduplicate needs the texts or their features")
+    n = len(texts) if given is None else len(splits)
     if len(splits) != n:
         raise ValueError(f"texts and splits differ in length: {n} != {len(splits)}")
+    if given is not None and ((exact and (given.keys is None or len(given.keys) != n))
+                              or (near and (given.sig.shape != (n, num_perm) or len(given.has) != n))):
+        raise ValueError(f"the given features are not those of {n} items with exact={exact}, near={near}, "
+                         f"num_perm={num_perm}")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if num_perm < 1 or ngram < 1:
@@ -349,10 +382,11 @@ def deduplicate(
     # 1. exact, within split
     keys: list[bytes | None] = [None] * n
     if exact:
+        known = given.keys if given is not None else None
         for s in present:
             first: dict[bytes, int] = {}
             for i in members[s]:
-                k = keys[i] = _exact_key(texts[i])
+                k = keys[i] = known[i] if known is not None else _exact_key(texts[i])  # type: ignore[index]
                 r = first.setdefault(k, i)
                 if r != i:
                     drop(i, "exact_duplicate")
@@ -361,7 +395,11 @@ def deduplicate(
     # 2. near, within split (greedy in input order against kept items)
     bands, rows = lsh_params(threshold, num_perm)
     if near:
-        sig, has = _signatures(texts, [i for i in range(n) if keep[i]], num_perm, ngram, seed, threads)
+        if given is not None:
+            sig, has = given.sig, given.has
+        else:
+            todo = [i for i in range(n) if keep[i]]
+            sig, has = _signatures(texts, todo, num_perm, ngram, seed, threads)  # type: ignore[arg-type]
         bk = _band_keys(sig, bands, rows)
         for s in present:
             idx = np.asarray([i for i in members[s] if keep[i] and has[i]], dtype=np.int64)

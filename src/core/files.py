@@ -34,19 +34,92 @@ def default_mode(path: Path | str, directory: bool = False) -> None:
 
 
 @contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
+def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file put at ``path`` when the block ends without error. ``background``:
+    a file-like object with ``write`` only, whose bytes a thread hashes and writes while
+    the caller makes the next ones; the sha256 is then remembered for :func:`output_digest`
+    (the manifest does not read the file again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         default_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
-            yield fh
+            if background:
+                with _BackgroundWrites(fh) as out:
+                    yield out  # type: ignore[misc]
+                digest = out.digest
+            else:
+                yield fh
+                digest = None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if digest is not None:
+            _DIGESTS[os.path.abspath(path)] = (_stat_key(path), *digest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# sha256 and size of outputs this process wrote in the background, by absolute path, with
+# the inode, size and mtime they had: a file changed since is hashed again
+_DIGESTS: dict[str, tuple[str, str, int]] = {}
+
+
+def _stat_key(path: Path | str) -> str:
+    st = os.stat(path)
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class _BackgroundWrites:
+    """Writes gathered into blocks of ``BLOCK`` bytes that one thread hashes and writes to
+    ``fh`` (hashing and the kernel's copy release the GIL), at most two blocks behind."""
+
+    BLOCK = 4 << 20
+
+    def __init__(self, fh: IO[bytes]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._fh = fh
+        self._hash = hashlib.sha256()
+        self._parts: list[bytes] = []
+        self._size = self._total = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="commitforge-write")
+        self._pending: list[Any] = []
+        self.digest: tuple[str, int] | None = None
+
+    def _put(self, block: bytes) -> None:
+        self._hash.update(block)
+        self._fh.write(block)
+
+    def _submit(self) -> None:
+        block = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        self._pending.append(self._pool.submit(self._put, block))
+        while len(self._pending) > 2:
+            self._pending.pop(0).result()
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(data)
+        self._size += len(data)
+        self._total += len(data)
+        if self._size >= self.BLOCK:
+            self._submit()
+        return len(data)
+
+    def __enter__(self) -> _BackgroundWrites:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        try:
+            if kind is None and self._parts:
+                self._submit()
+            for pending in self._pending:
+                pending.result()  # raises what the thread met (a full disk)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if kind is None:
+            self.digest = (self._hash.hexdigest(), self._total)
 
 
 def _as_list(value: Any) -> Any:
@@ -103,6 +176,9 @@ def output_digest(path: Path) -> tuple[str, int]:
     ``sha256  path`` line each in path order (what ``sha256sum`` prints), and their total size."""
     path = Path(path)
     if not path.is_dir():
+        known = _DIGESTS.get(os.path.abspath(path))
+        if known is not None and known[0] == _stat_key(path):
+            return known[1], known[2]
         return sha256_file(path), path.stat().st_size
     lines, size = [], 0
     for f in sorted(p for p in path.rglob("*") if p.is_file()):

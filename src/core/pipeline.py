@@ -171,6 +171,8 @@ class Run:
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
         self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks.jsonl, when this run wrote it
+        # examples per commit per split, when this run built them (the report's, without reading them back)
+        self.example_commits: dict[str, dict[str, int]] | None = None
 
     def extensions(self) -> dict[str, str]:
         ext: dict[str, str] = {}
@@ -494,7 +496,7 @@ def _fewer_collections() -> Iterator[None]:
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:
     r = Run(cfg, registry)
     run_dir = r.run()
-    report = write_report(run_dir, r.chunk_scan)
+    report = write_report(run_dir, r.chunk_scan, r.example_commits)
     print(screen_summary(r.summary, run_dir, report))
     print(f"run directory: {run_dir}")
     return run_dir

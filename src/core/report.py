@@ -978,9 +978,11 @@ def _stage_tables(info: RunInfo) -> str:
     return "".join(out)
 
 
-def render_report(run_dir: Path, scan: ChunkScan | None = None) -> str:
+def render_report(run_dir: Path, scan: ChunkScan | None = None,
+                  examples: dict[str, Counter[str]] | None = None) -> str:
     """The report's HTML text (see :func:`write_report`); ``scan`` is the scan of the run's
-    chunks.jsonl when the caller has it already (the chunk stage does)."""
+    chunks.jsonl and ``examples`` the examples per commit per split when the caller has them
+    already (the chunk and build stages do)."""
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
     row = summary_row(run_dir)
@@ -995,8 +997,11 @@ def render_report(run_dir: Path, scan: ChunkScan | None = None) -> str:
     if scan is not None:  # unit changes of commits commits.jsonl does not list (or there is none)
         known = {c.commit for c in commits}
         commits += [CommitInfo(c, _epoch(t), t) for c, t in scan.commit_time.items() if c not in known]
-    examples, ex_notes = scan_examples(run_dir, info.split_names() or SPLITS) if info.ran("build") else ({}, [])
-    notes += ex_notes
+    if not info.ran("build"):
+        examples = {}
+    elif examples is None:
+        examples, ex_notes = scan_examples(run_dir, info.split_names() or SPLITS)
+        notes += ex_notes
     name = _dict(info.manifest.get("repository")).get("name") or run_dir.name
     body = [f"<h1>commitforge run report — {esc(name)}</h1>",
             f'<p class="note mono">{esc(str(run_dir))}</p>']
@@ -1022,11 +1027,12 @@ def render_report(run_dir: Path, scan: ChunkScan | None = None) -> str:
     return page(f"commitforge report — {name}", "\n".join(b for b in body if b))
 
 
-def write_report(run_dir: Path, scan: ChunkScan | None = None) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path (``scan``: see
-    :func:`render_report`)."""
+def write_report(run_dir: Path, scan: ChunkScan | None = None,
+                 examples: dict[str, Counter[str]] | None = None) -> Path:
+    """Write ``run_dir/report.html`` (atomically) and return its path (``scan``,
+    ``examples``: see :func:`render_report`)."""
     run_dir = Path(run_dir)
-    text = render_report(run_dir, scan)
+    text = render_report(run_dir, scan, examples)
     path = run_dir / REPORT_FILE
     with atomic_write(path) as fh:
         fh.write(text.encode("utf-8", "backslashreplace"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
 from core.errors import CommitforgeError
-from core.example_memo import ExampleMemo, decode
+from core.build_memo import BuildMemo, decode, encode
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
 from core.hookspecs import hookimpl
@@ -56,9 +56,9 @@ class CommitBuilder:
                              memo)
 
 
-# (the example memo, the rows' keys in it), see core.example_memo; the build stage passes
+# (the memo of examples, the rows' keys in it), see core.build_memo; the build stage passes
 # it to a builder whose ``build`` takes ``memo``
-Memo = tuple[ExampleMemo, list[bytes]]
+Memo = tuple[BuildMemo, list[bytes]]
 
 
 def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Callable[[int], list[Segment]],
@@ -72,7 +72,7 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     kept = store.get_many(keys) if store is not None else {}
     todo = [i for i in range(len(changes)) if keys is None or keys[i] not in kept]
     fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))
-    made: list[tuple[bytes, Any]] = []
+    made: list[tuple[bytes, bytes, bytes]] = []
     out = []
     for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
         change, split = changes[i], splits[i]
@@ -83,7 +83,10 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
             segments, encoded = next(fresh)
             built = assemble(change, segments, encoded, tokenizer, max_tokens, split, packed=True)
             if row is not None:
-                made.append((row, built))
+                made.append((row, *encode(built)))
+                if len(made) >= 2000:  # stored as they come: never all of a history's examples twice
+                    store.put_many(made)  # type: ignore[union-attr]
+                    made = []
         if built.example is None:
             stats.skip(built.skip or "unknown")
             continue

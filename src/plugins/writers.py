@@ -126,9 +126,10 @@ class _Outputs:
         self.placed: list[Path] = []
 
     @contextmanager
-    def file(self, rel: str, rows: int) -> Iterator[Any]:
+    def file(self, rel: str, rows: int, background: bool = False) -> Iterator[Any]:
+        """An output file (see ``core.files.atomic_write``; ``background``: write-only)."""
         path = self.out_dir / rel
-        with atomic_write(path) as fh:
+        with atomic_write(path, background) as fh:
             yield fh
         self.placed.append(path)
         self.rows[rel] = rows
@@ -180,7 +181,7 @@ class JsonlWriter:
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
-                with out.file(f"data/{split}.jsonl", len(rows)) as fh:
+                with out.file(f"data/{split}.jsonl", len(rows), background=True) as fh:
                     for row in packed_rows(rows):  # orjson writes the arrays as lists
                         fh.write(fast_json_line(row))
             out.stats(stats)
@@ -367,7 +368,7 @@ class LegacyWriter:
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
-                with out.file(LEGACY_DATA.format(split=split), len(rows)) as fh:
+                with out.file(LEGACY_DATA.format(split=split), len(rows), background=True) as fh:
                     # streamed: one example per line inside the array
                     fh.write(b"[")
                     for i, row in enumerate(packed_rows(rows)):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 
 import pytest
 
-from core.dedup import REASONS, deduplicate, lsh_params, normalize
+from core.dedup import REASONS, deduplicate, features, lsh_params, normalize
 
 # --- realistic Rust snippets, generated -------------------------------------------------------
 
@@ -338,3 +339,21 @@ def test_empty_and_whitespace_texts():
 def test_mismatched_lengths_rejected():
     with pytest.raises(ValueError):
         deduplicate([BASE, NEAR], ["train"])
+
+
+def test_given_features_deduplicate_as_the_texts_do():
+    rng = random.Random(7)
+    words = [f"w{k}" for k in range(40)]
+    base = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(30)]
+    texts = base + [t + " extra" for t in base[:10]] + base[:5] + ["", "   ", "x"]
+    splits = [rng.choice(["train", "val", "test"]) for _ in texts]
+    for exact, near in ((True, True), (True, False), (False, True)):
+        want = deduplicate(texts, splits, exact=exact, near=near, threshold=0.7, num_perm=64)
+        given = features(texts, exact=exact, near=near, num_perm=64, threads=2)
+        got = deduplicate(None, splits, exact=exact, near=near, threshold=0.7, num_perm=64, given=given)
+        assert got.keep == want.keep and got.reasons == want.reasons
+        assert {k: v for k, v in got.report.items() if k != "seconds"} == \
+            {k: v for k, v in want.report.items() if k != "seconds"}
+    assert sum(r is not None for r in want.reasons) > 5
+    with pytest.raises(ValueError, match="features are not those of"):
+        deduplicate(None, splits, num_perm=128, given=features(texts, num_perm=64))

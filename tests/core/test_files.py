@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,32 @@ def test_outputs_are_readable_as_the_umask_allows_not_private_to_their_owner(tmp
     with files.atomic_write(tmp_path / "out.jsonl") as fh:
         fh.write(b"{}\n")
     assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o644
+
+
+def test_background_writes_put_every_byte_in_order_and_give_the_files_sha256(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)  # many blocks in flight
+    path = tmp_path / "out" / "data.jsonl"
+    parts = [f"{i:05d} ".encode() * (i % 37) + b"\n" for i in range(3000)]
+    with files.atomic_write(path, background=True) as fh:
+        for p in parts:
+            fh.write(p)
+    assert path.read_bytes() == b"".join(parts)
+    assert files.output_digest(path) == (files.sha256_file(path), path.stat().st_size)
+    assert files._DIGESTS[str(path)][1] == files.sha256_file(path)
+    path.write_bytes(b"changed since\n")  # a file changed after it was written is hashed again
+    assert files.output_digest(path) == (files.sha256_file(path), 14)
+
+
+def test_a_failed_background_write_raises_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 10)
+
+    def full_disk(self, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files._BackgroundWrites, "_put", full_disk)
+    path = tmp_path / "data.jsonl"
+    with pytest.raises(OSError, match="No space left"):
+        with files.atomic_write(path, background=True) as fh:
+            for _ in range(100):
+                fh.write(b"0123456789\n")
+    assert not path.exists() and list(tmp_path.iterdir()) == []

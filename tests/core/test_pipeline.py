@@ -446,6 +446,16 @@ def test_the_report_scan_kept_per_commit_equals_a_scan_of_chunks_jsonl(tmp_path,
     assert strip(render_report(run_dir, r.chunk_scan)) == strip(render_report(run_dir))
 
 
+def test_the_examples_per_commit_the_build_keeps_are_those_the_report_reads_back(tmp_path):
+    from core.report import render_report, scan_examples
+
+    r = Run(make_cfg(tmp_path, "context=imports"))
+    run_dir = r.run()
+    assert r.example_commits is not None and sum(map(len, r.example_commits.values())) > 5
+    assert r.example_commits == scan_examples(run_dir, ("train", "val", "test"))[0]
+    assert render_report(run_dir, r.chunk_scan, r.example_commits) == render_report(run_dir)
+
+
 def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
     r = scripted_repo
     for i in range(3):

@@ -1,18 +1,24 @@
-"""Assembled training examples kept by what they are made of, so that a build whose unit
-changes mostly repeat an earlier build's encodes only the rows it has not seen: a
-repository brought up to date after a new commit, a rerun with another split, dedup or
-writer setting.
+"""What the build stage computed per ``chunks.jsonl`` row, kept by what it depends on, so
+that a build whose unit changes mostly repeat an earlier build's works only on the rows it
+has not seen (a repository brought up to date after a new commit, a rerun with other
+split or writer settings): each row's assembled example, and what deduplication compares
+of it (the digest of its normalized text and its MinHash signature).
+
+Entries are ``(row, a, b)``: the sha1 of the row's line in ``chunks.jsonl`` and two byte
+strings, under a ``base``, a fingerprint of the settings they depend on.
 
 An example depends on its ``chunks.jsonl`` row (the line's bytes), on the build
 settings (format, builder, the tokenizer's identity and added tokens, the versions of the
 code and of ``tokenizers``) and on its split only through the ``split`` field, which is
-set when the example is read back. ``base`` is a fingerprint of the settings; a row is
-named by the sha1 of its line. What is kept is the result of fitting the row into
+set when the example is read back. What is kept is the result of fitting the row into
 ``max_tokens``: the skip reason, or the token ids (uint16 when the vocabulary allows),
 trained ranges, segment spans and token counts; the provenance fields come from the row.
 
+Dedup features depend on the row's dedup text (what ``dedup.compare`` compares) and the
+MinHash parameters.
+
 The store is one SQLite database (WAL) beside the stage cache, shared by parallel runs;
-the examples of the ``BASES_KEPT`` settings used last are kept. ``reuse=false`` turns it off.
+the entries of the ``BASES_KEPT`` bases used last are kept. ``reuse=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -28,18 +34,19 @@ import numpy as np
 
 from core.blob_cache import _enable_wal
 from core.errors import CommitforgeError
+from core.dedup import Features
 from core.examples import Built, TrainedRuns, packed_example
 
-EXAMPLE_MEMO_FORMAT = 1
-BASES_KEPT = 8
+BUILD_MEMO_FORMAT = 1
+BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 _DTYPES = {1: np.uint16, 2: np.int32}
 
 
-class ExampleMemo:
+class BuildMemo:
     def __init__(self, root: str | Path, base: str):
-        self.path = Path(root) / f"examples-f{EXAMPLE_MEMO_FORMAT}.sqlite"
+        self.path = Path(root) / f"build-f{BUILD_MEMO_FORMAT}.sqlite"
         self.base = base
         self._base_id: int | None = None
 
@@ -54,16 +61,16 @@ class ExampleMemo:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY, base TEXT UNIQUE NOT NULL, "
                              "used REAL NOT NULL)")
-                conn.execute("CREATE TABLE IF NOT EXISTS examples (base INTEGER NOT NULL, row BLOB NOT NULL, "
-                             "meta BLOB NOT NULL, ids BLOB NOT NULL, PRIMARY KEY (base, row))")
+                conn.execute("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
+                             "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")
             except (sqlite3.DatabaseError, OSError) as exc:
-                raise CommitforgeError(f"the example cache {str(self.path)!r} cannot be used ({exc}); delete it, "
+                raise CommitforgeError(f"the build cache {str(self.path)!r} cannot be used ({exc}); delete it, "
                                        "choose another cache_dir=DIR or run with reuse=false") from None
             _CONNECTIONS[key] = conn
         return conn
 
     def _id(self) -> int:
-        """This base's id, marked as used now; the examples of bases used longest ago
+        """This base's id, marked as used now; the entries of bases used longest ago
         beyond ``BASES_KEPT`` are dropped."""
         if self._base_id is None:
             conn = self._conn()
@@ -75,31 +82,31 @@ class ExampleMemo:
                 old = [r[0] for r in conn.execute("SELECT id FROM bases ORDER BY used DESC, id DESC LIMIT -1 OFFSET ?",
                                                   (BASES_KEPT,))]
                 for base_id in old:
-                    conn.execute("DELETE FROM examples WHERE base = ?", (base_id,))
+                    conn.execute("DELETE FROM entries WHERE base = ?", (base_id,))
                     conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        """The kept (meta, ids) of the rows (sha1 digests of their lines) that have them."""
+        """The kept (a, b) of the rows that have them."""
         base_id, conn, out = self._id(), self._conn(), {}
         wanted = list(dict.fromkeys(rows))
         for start in range(0, len(wanted), _BATCH):
             batch = wanted[start:start + _BATCH]
             marks = ",".join("?" * len(batch))
-            for row, meta, ids in conn.execute(f"SELECT row, meta, ids FROM examples WHERE base = ? AND row IN ({marks})",
-                                               (base_id, *batch)):
-                out[row] = (meta, ids)
+            for row, a, b in conn.execute(f"SELECT row, a, b FROM entries WHERE base = ? AND row IN ({marks})",
+                                         (base_id, *batch)):
+                out[row] = (a, b)
         return out
 
-    def put_many(self, entries: list[tuple[bytes, Built]]) -> None:
-        """Keep each row's result (a skip or a packed example, see :func:`core.examples.assemble`)."""
+    def put_many(self, entries: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Keep ``(row, a, b)`` entries."""
         if not entries:
             return
         base_id, conn = self._id(), self._conn()
-        values = [(base_id, row, *encode(built)) for row, built in entries]
+        values = [(base_id, row, a, b) for row, a, b in entries]
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO examples (base, row, meta, ids) VALUES (?, ?, ?, ?)", values)
+            conn.executemany("INSERT OR REPLACE INTO entries (base, row, a, b) VALUES (?, ?, ?, ?)", values)
 
     def close(self) -> None:
         conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
@@ -108,7 +115,7 @@ class ExampleMemo:
 
 
 def encode(built: Built) -> tuple[bytes, bytes]:
-    """(meta, ids) of a result of ``assemble(..., packed=True)``."""
+    """The entry (meta, ids) of a result of ``assemble(..., packed=True)``."""
     ex = built.example
     if ex is None:
         return marshal.dumps((0, built.skip or "unknown")), b""
@@ -130,3 +137,42 @@ def decode(kept: tuple[bytes, bytes], change: dict[str, Any], split: str) -> Bui
     ids = ids.astype(np.int32) if code != 2 else ids  # a read-only view for int32: ids are never modified
     example = packed_example(change, split, ids, TrainedRuns(runs), [list(s) for s in spans], n_tokens, n_target)
     return Built(example, None, truncated)
+
+
+
+def dedup_entries(rows: list[bytes], computed: Features) -> list[tuple[bytes, bytes, bytes]]:
+    """The entries of rows whose dedup features were computed (``computed``, in order):
+    the digest of the normalized text and the signature as uint32s (empty without shingles
+    or without near matching)."""
+    keys, near = computed.keys, computed.sig.shape[1] > 0
+    return [(row, keys[k] if keys is not None else b"",
+             computed.sig[k].astype(np.uint32).tobytes() if near and computed.has[k] else b"")
+            for k, row in enumerate(rows)]
+
+
+def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], todo: list[int], computed: Features,
+                   *, exact: bool, near: bool, num_perm: int) -> Features:
+    """The dedup features of every row: ``computed`` for the rows ``todo`` (in order), the
+    kept entries for the others."""
+    n = len(rows)
+    keys: list[bytes] | None = [b""] * n if exact else None
+    sig = np.full((n, num_perm if near else 0), np.iinfo(np.uint64).max, dtype=np.uint64)
+    has = np.zeros(n, dtype=bool)
+    for k, i in enumerate(todo):
+        if keys is not None:
+            keys[i] = computed.keys[k]  # type: ignore[index]
+    if near and todo:
+        at = np.asarray(todo, dtype=np.int64)
+        sig[at] = computed.sig
+        has[at] = computed.has
+    fresh = set(todo)
+    for i, row in enumerate(rows):
+        if i in fresh:
+            continue
+        key, packed = kept[row]
+        if keys is not None:
+            keys[i] = key
+        if near and packed:
+            sig[i] = np.frombuffer(packed, dtype=np.uint32)
+            has[i] = True
+    return Features(keys, sig, has)

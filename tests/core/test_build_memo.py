@@ -1,5 +1,5 @@
-"""Examples kept by the build stage: a rebuild encodes only rows it has not seen, and its
-outputs are byte for byte those of a build that encodes everything."""
+"""What the build stage keeps per row: a rebuild encodes and deduplicates only rows it has
+not seen, and its outputs are byte for byte those of a build that computes everything."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from core import example_memo
-from core.example_memo import ExampleMemo, decode, encode
+from core import build_memo
+from core.build_memo import BuildMemo, decode, encode
 from core.examples import Built, TrainedRuns
 
 from ..conftest import ScriptedRepo, manifest, run_pipeline
@@ -108,19 +108,36 @@ def test_kept_results_round_trip_examples_and_skips():
 
 
 def test_only_the_examples_of_the_settings_used_last_are_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(example_memo, "BASES_KEPT", 2)
+    monkeypatch.setattr(build_memo, "BASES_KEPT", 2)
     change = {"id": "x", "repo": "r", "commit": "c", "time": 1, "path": "p", "qualname": "q", "change": "added",
               "kind": "fn"}
     built = Built({"input_ids": np.array([1, 2], dtype=np.int32), "labels": TrainedRuns(((0, 2),)),
                    "segments": [["code", 0, 2]], "n_tokens": 2, "n_target_tokens": 2})
     for base in ("one", "two", "three"):
-        memo = ExampleMemo(tmp_path, base)
-        memo.put_many([(b"row", built)])
+        memo = BuildMemo(tmp_path, base)
+        memo.put_many([(b"row", *encode(built))])
         memo.close()
-    with sqlite3.connect(tmp_path / f"examples-f{example_memo.EXAMPLE_MEMO_FORMAT}.sqlite") as conn:
-        held = dict(conn.execute("SELECT bases.base, count(*) FROM examples JOIN bases ON bases.id = examples.base "
+    with sqlite3.connect(tmp_path / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
+        held = dict(conn.execute("SELECT bases.base, count(*) FROM entries JOIN bases ON bases.id = entries.base "
                                  "GROUP BY bases.base"))
     assert held == {"two": 1, "three": 1}  # "one" went when "three" was first used
-    kept = ExampleMemo(tmp_path, "two").get_many([b"row", b"other"])
+    kept = BuildMemo(tmp_path, "two").get_many([b"row", b"other"])
     assert list(kept) == [b"row"]
     assert decode(kept[b"row"], change, "test").example["input_ids"].tolist() == [1, 2]
+
+
+def test_dedup_features_are_reused_across_thresholds_and_give_the_fresh_result(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    first = run_pipeline(tmp_path / "a", *shared, "dedup.threshold=0.9")
+    assert counts(first)["dedup_rows_computed"] == counts(first)["unit_changes"]
+    again = run_pipeline(tmp_path / "b", *shared, "dedup.threshold=0.5")
+    assert counts(again)["dedup_rows_computed"] == 0
+    skips = manifest(again)["stages"]["build"]["skips"]
+    assert skips.get("near_duplicate", 0) > manifest(first)["stages"]["build"]["skips"].get("near_duplicate", 0)
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000",
+                         "dedup.threshold=0.5")
+    assert "dedup_rows_computed" not in counts(fresh)
+    same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    # another comparison is other features
+    other = run_pipeline(tmp_path / "d", *shared, "dedup.compare=code")
+    assert counts(other)["dedup_rows_computed"] == counts(other)["unit_changes"]
