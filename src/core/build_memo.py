@@ -27,6 +27,7 @@ import marshal
 import os
 import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class BuildMemo:
         self.path = Path(root) / f"build-f{BUILD_MEMO_FORMAT}.sqlite"
         self.base = base
         self._base_id: int | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def _conn(self) -> sqlite3.Connection:
         key = (os.getpid(), str(self.path))
@@ -64,8 +67,7 @@ class BuildMemo:
                 conn.execute("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
                              "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")
             except (sqlite3.DatabaseError, OSError) as exc:
-                raise CommitforgeError(f"the build cache {str(self.path)!r} cannot be used ({exc}); delete it, "
-                                       "choose another cache_dir=DIR or run with reuse=false") from None
+                raise self._unusable(exc) from None
             _CONNECTIONS[key] = conn
         return conn
 
@@ -88,30 +90,62 @@ class BuildMemo:
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
         """The kept (a, b) of the rows that have them."""
-        base_id, conn, out = self._id(), self._conn(), {}
-        wanted = list(dict.fromkeys(rows))
-        for start in range(0, len(wanted), _BATCH):
-            batch = wanted[start:start + _BATCH]
-            marks = ",".join("?" * len(batch))
-            for row, a, b in conn.execute(f"SELECT row, a, b FROM entries WHERE base = ? AND row IN ({marks})",
-                                         (base_id, *batch)):
-                out[row] = (a, b)
+        self._wait()
+        out: dict[bytes, tuple[bytes, bytes]] = {}
+        try:
+            base_id, conn = self._id(), self._conn()
+            wanted = list(dict.fromkeys(rows))
+            for start in range(0, len(wanted), _BATCH):
+                batch = wanted[start:start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                for row, a, b in conn.execute(f"SELECT row, a, b FROM entries WHERE base = ? AND row IN ({marks})",
+                                             (base_id, *batch)):
+                    out[row] = (a, b)
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
         return out
 
     def put_many(self, entries: list[tuple[bytes, bytes, bytes]]) -> None:
-        """Keep ``(row, a, b)`` entries."""
+        """Keep ``(row, a, b)`` entries. They are written by a thread while the caller goes
+        on (SQLite releases the GIL); :meth:`close` waits for them and raises what failed."""
         if not entries:
             return
         base_id, conn = self._id(), self._conn()
         values = [(base_id, row, a, b) for row, a, b in entries]
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO entries (base, row, a, b) VALUES (?, ?, ?, ?)", values)
+
+        def put() -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO entries (base, row, a, b) VALUES (?, ?, ?, ?)", values)
+
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
+        self._pending.append(self._writer.submit(put))
+        while len(self._pending) > 2:  # bounded: at most a few batches wait in memory
+            self._pending.pop(0).result()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            for done in pending:
+                done.result()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: Exception) -> CommitforgeError:
+        return CommitforgeError(f"the build cache {str(self.path)!r} cannot be used ({exc}); delete it, "
+                                "choose another cache_dir=DIR or run with reuse=false")
 
     def close(self) -> None:
-        conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
-        if conn is not None:
-            conn.close()
+        try:
+            self._wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+            conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
+            if conn is not None:
+                conn.close()
 
 
 def encode(built: Built) -> tuple[bytes, bytes]:
@@ -145,8 +179,8 @@ def dedup_entries(rows: list[bytes], computed: Features) -> list[tuple[bytes, by
     the digest of the normalized text and the signature as uint32s (empty without shingles
     or without near matching)."""
     keys, near = computed.keys, computed.sig.shape[1] > 0
-    return [(row, keys[k] if keys is not None else b"",
-             computed.sig[k].astype(np.uint32).tobytes() if near and computed.has[k] else b"")
+    sig = computed.sig.astype(np.uint32) if near else None  # a signature's entries are below 2**32 - 5
+    return [(row, keys[k] if keys is not None else b"", sig[k].tobytes() if sig is not None and computed.has[k] else b"")
             for k, row in enumerate(rows)]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from core import build_memo
 from core.build_memo import BuildMemo, decode, encode
+from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
 
 from ..conftest import ScriptedRepo, manifest, run_pipeline
@@ -141,3 +142,24 @@ def test_dedup_features_are_reused_across_thresholds_and_give_the_fresh_result(r
     # another comparison is other features
     other = run_pipeline(tmp_path / "d", *shared, "dedup.compare=code")
     assert counts(other)["dedup_rows_computed"] == counts(other)["unit_changes"]
+
+
+def test_a_failed_background_store_is_raised_when_the_memo_closes(tmp_path):
+    memo = BuildMemo(tmp_path, "settings")
+    memo.get_many([b"row"])  # creates the tables
+    conn = sqlite3.connect(memo.path)
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'store refused'); END")
+    conn.commit()
+    conn.close()
+    memo.put_many([(b"row", b"a", b"b")])
+    with pytest.raises(CommitforgeError, match=r"the build cache .* cannot be used \(store refused\).*reuse=false"):
+        memo.close()
+
+
+def test_a_corrupt_build_cache_is_one_clear_error(repo, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite").write_bytes(b"not a database, " * 1000)
+    with pytest.raises(CommitforgeError, match=r"the build cache .* cannot be used .*delete it"):
+        run_pipeline(tmp_path, f"repo={repo.path}", f"cache_dir={cache}")
+    assert run_pipeline(tmp_path / "off", f"repo={repo.path}", f"cache_dir={cache}", "reuse=false").is_dir()
