@@ -62,8 +62,10 @@ class BuildMemo:
                 conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY, base TEXT UNIQUE NOT NULL, "
-                             "used REAL NOT NULL)")
+                # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
+                # that another run dropped meanwhile can never pass for another base's
+                conn.execute("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)")
                 conn.execute("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
                              "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")
             except (sqlite3.DatabaseError, OSError) as exc:
@@ -84,8 +86,9 @@ class BuildMemo:
                 old = [r[0] for r in conn.execute("SELECT id FROM bases ORDER BY used DESC, id DESC LIMIT -1 OFFSET ?",
                                                   (BASES_KEPT,))]
                 for base_id in old:
-                    conn.execute("DELETE FROM entries WHERE base = ?", (base_id,))
                     conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
+                if old:  # with the entries of any base dropped earlier, stored late by another run
+                    conn.execute("DELETE FROM entries WHERE base NOT IN (SELECT id FROM bases)")
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:

@@ -114,15 +114,26 @@ def test_only_the_examples_of_the_settings_used_last_are_kept(tmp_path, monkeypa
               "kind": "fn"}
     built = Built({"input_ids": np.array([1, 2], dtype=np.int32), "labels": TrainedRuns(((0, 2),)),
                    "segments": [["code", 0, 2]], "n_tokens": 2, "n_target_tokens": 2})
+    stale = BuildMemo(tmp_path, "one")  # a run that started first and stores last
+    stale.get_many([b"row"])
     for base in ("one", "two", "three"):
         memo = BuildMemo(tmp_path, base)
         memo.put_many([(b"row", *encode(built))])
         memo.close()
+    stale.put_many([(b"late", *encode(built))])  # for a base dropped meanwhile
+    stale.close()
+    memo = BuildMemo(tmp_path, "three")
+    assert memo.get_many([b"late"]) == {}  # its id is never given to another base
+    memo.close()
     with sqlite3.connect(tmp_path / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
         held = dict(conn.execute("SELECT bases.base, count(*) FROM entries JOIN bases ON bases.id = entries.base "
                                  "GROUP BY bases.base"))
     assert held == {"two": 1, "three": 1}  # "one" went when "three" was first used
-    kept = BuildMemo(tmp_path, "two").get_many([b"row", b"other"])
+    BuildMemo(tmp_path, "four").get_many([])  # drops "two", and what was stored late for "one"
+    with sqlite3.connect(tmp_path / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM entries WHERE base NOT IN (SELECT id FROM bases)").fetchone() == (0,)
+        assert [b for (b,) in conn.execute("SELECT base FROM bases ORDER BY id")] == ["three", "four"]
+    kept = BuildMemo(tmp_path, "three").get_many([b"row", b"other"])
     assert list(kept) == [b"row"]
     assert decode(kept[b"row"], change, "test").example["input_ids"].tolist() == [1, 2]
 
