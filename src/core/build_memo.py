@@ -192,6 +192,8 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
     """The dedup features of every row: ``computed`` for the rows ``todo`` (in order), the
     kept entries for the others."""
     n = len(rows)
+    if len(todo) == n:  # nothing was kept (todo is every row, in order)
+        return computed
     keys: list[bytes] | None = [b""] * n if exact else None
     sig = np.full((n, num_perm if near else 0), np.iinfo(np.uint64).max, dtype=np.uint64)
     has = np.zeros(n, dtype=bool)
