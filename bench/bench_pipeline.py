@@ -7,7 +7,8 @@ and bringing an already-processed repository up to date after one new commit.
    of the run's processes (main process and workers, from ``getrusage``).
 2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
    processed again with the same cache, both for the whole pipeline and for
-   ``stages=[mine,chunk]``: wall seconds of the second run.
+   ``stages=[mine,chunk]``: wall seconds of the second run, and how much of its chunk
+   and build stages came from the caches.
 
 Each run is a separate ``python -m core`` process, so peak RSS is per run.
 """
@@ -50,7 +51,10 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str) -> dict:
             "context_recall": (manifest.get("context") or {}).get("recall"),
             # how much of the chunk stage came from the stage cache (commits, bytes of a kept output)
             "chunk_reuse": {k: v for k, v in manifest["stages"].get("chunk", {}).get("counts", {}).items()
-                            if k in ("commits_reused", "commits_computed", "chunk_bytes_copied")}}
+                            if k in ("commits_reused", "commits_computed", "chunk_bytes_copied")},
+            # and how much of the build stage came from the build cache (examples, dedup features)
+            "build_reuse": {k: v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
+                            if k in ("rows_reused", "rows_encoded", "dedup_rows_computed")}}
 
 
 def git(repo: Path, *args: str) -> str:
