@@ -32,18 +32,28 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = _CONNECTIONS.get(key)
     if conn is None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
             # a rowid table: entries are large (tens of KB), and SQLite stores a WITHOUT ROWID
             # table's rows in the key's B-tree, where they make reads about 5x slower
-            conn.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL)")
+            conn = open_database(path, ["CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL)"])
         except (sqlite3.DatabaseError, OSError) as exc:
             raise CommitforgeError(
                 f"the unit cache {str(path)!r} cannot be used ({exc}); delete it or choose another cache_dir=DIR"
             ) from None
         _CONNECTIONS[key] = conn
+    return conn
+
+
+def open_database(path: Path, schema: list[str]) -> sqlite3.Connection:
+    """A new connection to the cache database at ``path`` (made with its directory when
+    missing) in WAL mode, its tables made by the ``schema`` statements. Connections must
+    not cross a fork: callers keep one per process. Raises ``sqlite3.DatabaseError`` or
+    ``OSError`` for callers to name their cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
+    _enable_wal(conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for statement in schema:
+        conn.execute(statement)
     return conn
 
 

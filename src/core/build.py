@@ -24,8 +24,8 @@ try:
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
-from core.chunking import takes
 from core.build_memo import BUILD_MEMO_FORMAT, BuildMemo, dedup_entries, merge_features
+from core.chunking import takes
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
@@ -238,7 +238,7 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
     from core.pipeline import code_version
 
     dcfg = run.cfg.dedup
-    settings = dict(exact=bool(dcfg.exact), near=bool(dcfg.near), num_perm=int(dcfg.num_perm))
+    settings = {"exact": bool(dcfg.exact), "near": bool(dcfg.near), "num_perm": int(dcfg.num_perm)}
     store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on, settings))
     try:
         kept = store.get_many(rows)

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from core.blob_cache import _enable_wal
-from core.errors import CommitforgeError
+from core.blob_cache import open_database
 from core.dedup import Features
+from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
 
 BUILD_MEMO_FORMAT = 1
@@ -58,16 +58,13 @@ class BuildMemo:
         conn = _CONNECTIONS.get(key)
         if conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-                _enable_wal(conn)
-                conn.execute("PRAGMA synchronous=NORMAL")
                 # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
                 # that another run dropped meanwhile can never pass for another base's
-                conn.execute("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                             "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)")
-                conn.execute("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
-                             "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")
+                conn = open_database(self.path, [
+                    ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
+                    ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
+                     "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")])
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise self._unusable(exc) from None
             _CONNECTIONS[key] = conn

@@ -107,10 +107,10 @@ class _BackgroundWrites:
             self._submit()
         return len(data)
 
-    def __enter__(self) -> _BackgroundWrites:
+    def __enter__(self) -> _BackgroundWrites:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
-    def __exit__(self, kind: Any, *_: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
             if kind is None and self._parts:
                 self._submit()

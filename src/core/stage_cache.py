@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.blob_cache import _enable_wal
+from core.blob_cache import open_database
 from core.errors import CommitforgeError
 
 STAGE_CACHE_FORMAT = 4
@@ -118,14 +118,11 @@ class StageCache:
         conn = _CONNECTIONS.get(key)
         if conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-                _enable_wal(conn)
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
-                             "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)")  # rowid: large rows
-                conn.execute("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
-                             "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")
+                conn = open_database(self.path, [
+                    ("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
+                     "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
+                    ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
+                     "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")])
                 self._forget_old_outputs(conn)
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "

@@ -92,8 +92,7 @@ def test_a_failed_background_write_raises_and_leaves_no_file(tmp_path, monkeypat
 
     monkeypatch.setattr(files._BackgroundWrites, "_put", full_disk)
     path = tmp_path / "data.jsonl"
-    with pytest.raises(OSError, match="No space left"):
-        with files.atomic_write(path, background=True) as fh:
-            for _ in range(100):
-                fh.write(b"0123456789\n")
+    with pytest.raises(OSError, match="No space left"), files.atomic_write(path, background=True) as fh:
+        for _ in range(100):
+            fh.write(b"0123456789\n")
     assert not path.exists() and list(tmp_path.iterdir()) == []
