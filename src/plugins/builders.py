@@ -47,13 +47,13 @@ class CommitBuilder:
                     seg.target = seg.name in wanted
             return segments
 
-        if wanted is not None and changes:  # every row of a format has the same segment names
-            names = {seg.name for seg in fmt.segments(changes[0])}
-            if not wanted & names:
-                raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
-                                       f"segments are: {', '.join(sorted(names))}")
-        return assemble_all(changes, splits, lambda i: layout(changes[i]), tokenizer, self.cfg.max_tokens, stats,
-                             memo)
+        names: set[str] = set()
+        examples = assemble_all(changes, splits, lambda i: layout(changes[i]), tokenizer, self.cfg.max_tokens, stats,
+                                memo, names)
+        if wanted is not None and changes and not wanted & names:
+            raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
+                                   f"segments are: {', '.join(sorted(names))}")
+        return examples
 
 
 # (the memo of examples, the rows' keys in it), see core.build_memo; the build stage passes
@@ -62,12 +62,14 @@ Memo = tuple[BuildMemo, list[bytes]]
 
 
 def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Callable[[int], list[Segment]],
-                  tokenizer: Tokenizer, max_tokens: int, stats: Counter, memo: Memo | None = None
-                  ) -> list[dict[str, Any]]:
+                 tokenizer: Tokenizer, max_tokens: int, stats: Counter, memo: Memo | None = None,
+                 names: set[str] | None = None) -> list[dict[str, Any]]:
     """Encode the layout of every change (``layout(i)``: that of ``changes[i]``) in large
-    batches and fit each into ``max_tokens``; count what was skipped or truncated. The examples are packed (numpy token arrays).
+    batches and fit each into ``max_tokens``; count what was skipped or truncated. The
+    examples are packed (numpy token arrays).
     With a ``memo``, rows assembled by an earlier build with the same settings are read
-    from it, and the others are kept in it."""
+    from it, and the others are kept in it. ``names`` gathers the names of the segments
+    (of the layouts made, and the spans of the examples read from the memo)."""
     store, keys = memo if memo is not None else (None, None)
     kept = store.get_many(keys) if store is not None else {}
     todo = [i for i in range(len(changes)) if keys is None or keys[i] not in kept]
@@ -79,8 +81,12 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
         row = keys[i] if keys is not None else None
         if row is not None and row in kept:
             built = decode(kept[row], change, split)
+            if names is not None and built.example is not None:
+                names.update(span[0] for span in built.example["segments"])
         else:
             segments, encoded = next(fresh)
+            if names is not None:
+                names.update(seg.name for seg in segments)
             built = assemble(change, segments, encoded, tokenizer, max_tokens, split, packed=True)
             if row is not None:
                 made.append((row, *encode(built)))

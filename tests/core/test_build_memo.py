@@ -14,7 +14,7 @@ from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
 
-from ..conftest import ScriptedRepo, manifest, run_pipeline
+from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
 
 
 def body(name: str, n: int, k: int) -> str:
@@ -174,3 +174,23 @@ def test_a_corrupt_build_cache_is_one_clear_error(repo, tmp_path):
     with pytest.raises(CommitforgeError, match=r"the build cache .* cannot be used .*delete it"):
         run_pipeline(tmp_path, f"repo={repo.path}", f"cache_dir={cache}")
     assert run_pipeline(tmp_path / "off", f"repo={repo.path}", f"cache_dir={cache}", "reuse=false").is_dir()
+
+
+def test_train_on_a_segment_only_some_rows_have_is_checked_over_every_row(scripted_repo, tmp_path):
+    r = scripted_repo
+    r.commit("add", {"crates/app/src/lib.rs": "pub mod a;\n", "crates/app/src/a.rs": body("f", 3, 0)})
+    for k in range(1, 6):
+        r.commit(f"tune {k}", {"crates/app/src/a.rs": body("f", 3, k)})
+    r.commit("move a to b", {"crates/app/src/lib.rs": "pub mod b;\n",
+                             "crates/app/src/b.rs": body("f", 3, 5) + "pub fn g() -> u8 {\n    1\n}\n"},
+             renames={"crates/app/src/a.rs": "crates/app/src/b.rs"})
+    shared = [f"repo={r.path}", f"cache_dir={tmp_path / 'shared'}", "split.fractions=[0.9,0,0.1]"]
+    for name in ("a", "b"):  # computed, then every example from the build cache
+        run_dir = run_pipeline(tmp_path / name, *shared, "builder.train_on=[old_path]")
+    assert counts(run_dir)["rows_encoded"] == 0
+    # only the rows of the moved file have an old path: the other rows train on nothing
+    test = read_jsonl(run_dir / "data" / "test.jsonl")
+    assert any(e["path"] == "crates/app/src/b.rs" and e["n_target_tokens"] for e in test)
+    for name in ("c", "d"):
+        with pytest.raises(CommitforgeError, match=r"builder.train_on=\['nope'\] names no segment"):
+            run_pipeline(tmp_path / name, *shared, "builder.train_on=[nope]")
