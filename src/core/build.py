@@ -248,6 +248,8 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
     finally:
         store.close()
     stats.add("dedup_rows_computed", len(todo))
+    if store.damaged:
+        stats.add("build_cache_damaged", store.damaged)
     return merge_features(rows, kept, todo, computed, **settings)
 
 
@@ -265,9 +267,12 @@ def _examples_base(run: Run, special: list[str]) -> str:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     tok = run.tokenizer
+    identity = dict(tok.identity)
+    if identity.get("sha256"):  # the tokenizer's content names it: not where it lies (a cache path)
+        identity.pop("name_or_path", None)
     plugins = [plugin_code(run.registry.get(kind, run.cfg[kind].name)) for kind in ("format", "builder", "tokenizer")]
     return fingerprint("examples", BUILD_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
-                       tok.identity, list(tok.added_tokens), special, versions)
+                       identity, list(tok.added_tokens), special, versions)
 
 
 def _writer_splits(writer: Any, by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ split or writer settings): each row's assembled example, and what deduplication 
 of it (the digest of its normalized text and its MinHash signature).
 
 Entries are ``(row, a, b)``: the sha1 of the row's line in ``chunks.jsonl`` and two byte
-strings, under a ``base``, a fingerprint of the settings they depend on.
+strings, under a ``base``, a fingerprint of the settings they depend on, with a crc32 of
+the three: an entry damaged on disk is taken as missing and made again.
 
 An example depends on its ``chunks.jsonl`` row (the line's bytes), on the build
 settings (format, builder, the tokenizer's identity and added tokens, the versions of the
@@ -27,6 +28,7 @@ import marshal
 import os
 import sqlite3
 import time
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from core.dedup import Features
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
 
-BUILD_MEMO_FORMAT = 1
+BUILD_MEMO_FORMAT = 2  # 2: entries carry a checksum
 BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
 _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
@@ -52,6 +54,7 @@ class BuildMemo:
         self._base_id: int | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self.damaged = 0  # entries found damaged (their checksum disagrees), taken as missing
 
     def _conn(self) -> sqlite3.Connection:
         key = (os.getpid(), str(self.path))
@@ -64,7 +67,7 @@ class BuildMemo:
                     ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                      "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
                     ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
-                     "a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (base, row))")])
+                     "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))")])
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise self._unusable(exc) from None
             _CONNECTIONS[key] = conn
@@ -98,9 +101,12 @@ class BuildMemo:
             for start in range(0, len(wanted), _BATCH):
                 batch = wanted[start:start + _BATCH]
                 marks = ",".join("?" * len(batch))
-                for row, a, b in conn.execute(f"SELECT row, a, b FROM entries WHERE base = ? AND row IN ({marks})",
-                                             (base_id, *batch)):
-                    out[row] = (a, b)
+                for row, a, b, total in conn.execute(
+                        f"SELECT row, a, b, sum FROM entries WHERE base = ? AND row IN ({marks})", (base_id, *batch)):
+                    if _checksum(row, a, b) == total:
+                        out[row] = (a, b)
+                    else:  # damaged on disk: made again (and stored again)
+                        self.damaged += 1
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from None
         return out
@@ -111,12 +117,12 @@ class BuildMemo:
         if not entries:
             return
         base_id, conn = self._id(), self._conn()
-        values = [(base_id, row, a, b) for row, a, b in entries]
+        values = [(base_id, row, a, b, _checksum(row, a, b)) for row, a, b in entries]
 
         def put() -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR REPLACE INTO entries (base, row, a, b) VALUES (?, ?, ?, ?)", values)
+                conn.executemany("INSERT OR REPLACE INTO entries (base, row, a, b, sum) VALUES (?, ?, ?, ?, ?)", values)
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
@@ -146,6 +152,12 @@ class BuildMemo:
             conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
             if conn is not None:
                 conn.close()
+
+
+def _checksum(row: bytes, a: bytes, b: bytes) -> int:
+    """crc32 of an entry, its row included (bytes changed on disk, or an entry moved to
+    another row, are caught)."""
+    return zlib.crc32(b, zlib.crc32(a, zlib.crc32(row)))
 
 
 def encode(built: Built) -> tuple[bytes, bytes]:

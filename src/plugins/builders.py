@@ -100,6 +100,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
             stats.add(f"truncated_{split}")
         out.append(built.example)
     if store is not None:
+        if store.damaged:
+            stats.add("build_cache_damaged", store.damaged)
         stats.add("rows_encoded", len(todo))
         stats.add("rows_reused", len(changes) - len(todo))
         store.put_many(made)

@@ -194,3 +194,28 @@ def test_train_on_a_segment_only_some_rows_have_is_checked_over_every_row(script
     for name in ("c", "d"):
         with pytest.raises(CommitforgeError, match=r"builder.train_on=\['nope'\] names no segment"):
             run_pipeline(tmp_path / name, *shared, "builder.train_on=[nope]")
+
+
+def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}"]
+    first = run_pipeline(tmp_path / "a", *shared)
+    path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
+    with sqlite3.connect(path) as conn:  # one byte of one example's token ids, one dedup key
+        rowid, ids = conn.execute("SELECT rowid, b FROM entries WHERE length(b) > 8 AND length(a) > 40 "
+                                  "ORDER BY rowid LIMIT 1").fetchone()
+        conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
+        rowid, key = conn.execute("SELECT rowid, a FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
+        conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
+    again = run_pipeline(tmp_path / "b", *shared)
+    assert counts(again)["build_cache_damaged"] == 2
+    assert counts(again)["rows_encoded"] == 1 and counts(again)["dedup_rows_computed"] == 1
+    same_outputs(again, first, tmp_path / "shared", tmp_path / "shared")
+
+
+def test_a_cache_named_another_way_or_moved_still_gives_its_examples(repo, tmp_path):
+    run_pipeline(tmp_path / "a", f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "shared").rename(tmp_path / "elsewhere" / "cache")
+    spelled = tmp_path / "elsewhere" / ".." / "elsewhere" / "cache"
+    moved = run_pipeline(tmp_path / "b", f"repo={repo.path}", f"cache_dir={spelled}")
+    assert counts(moved)["rows_encoded"] == 0 and counts(moved)["rows_reused"] > 0
