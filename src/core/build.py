@@ -29,6 +29,7 @@ from core.chunking import takes
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
+from core.files import record_line
 from core.stage_cache import fingerprint
 from core.stats import Counter
 
@@ -127,6 +128,8 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     digests: list[bytes] | None = None
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
+        if run.cfg.reuse:  # known again by the digests of their JSON lines
+            digests = [hashlib.sha1(record_line(row)).digest() for row in changes]
     else:
         digests = [] if run.cfg.reuse else None  # rows are known again by their lines' digests
         changes = read_changes(run.run_dir / "chunks.jsonl", digests)

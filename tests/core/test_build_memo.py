@@ -219,3 +219,13 @@ def test_a_cache_named_another_way_or_moved_still_gives_its_examples(repo, tmp_p
     spelled = tmp_path / "elsewhere" / ".." / "elsewhere" / "cache"
     moved = run_pipeline(tmp_path / "b", f"repo={repo.path}", f"cache_dir={spelled}")
     assert counts(moved)["rows_encoded"] == 0 and counts(moved)["rows_reused"] > 0
+
+
+@pytest.mark.parametrize("unit", ["unit", "file"])
+def test_the_file_builder_reuses_the_examples_of_its_snapshot_rows(repo, tmp_path, unit):
+    settings = [f"repo={repo.path}", "builder=file", f"builder.unit={unit}", "split=path"]
+    run_pipeline(tmp_path / "a", *settings, f"cache_dir={tmp_path / 'shared'}")
+    again = run_pipeline(tmp_path / "b", *settings, f"cache_dir={tmp_path / 'shared'}")
+    assert counts(again)["rows_encoded"] == 0 and counts(again)["rows_reused"] > 0
+    fresh = run_pipeline(tmp_path / "c", *settings, "reuse=false")
+    same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
