@@ -15,7 +15,7 @@ import marshal
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,36 @@ _CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        # a rowid table: entries are large (tens of KB), and SQLite stores a WITHOUT ROWID
+        # table's rows in the key's B-tree, where they make reads about 5x slower
+        return connection(path, ["CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL)"])
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise CommitforgeError(
+            f"the unit cache {str(path)!r} cannot be used ({exc}); delete it or choose another cache_dir=DIR"
+        ) from None
+
+
+def connection(path: Path, schema: list[str],
+               on_open: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
+    """This process's connection to the cache database at ``path``, opened on first use
+    (``open_database``, then ``on_open``). Raises ``sqlite3.DatabaseError`` or ``OSError``
+    for callers to name their cache."""
     key = (os.getpid(), str(path))
     conn = _CONNECTIONS.get(key)
     if conn is None:
-        try:
-            # a rowid table: entries are large (tens of KB), and SQLite stores a WITHOUT ROWID
-            # table's rows in the key's B-tree, where they make reads about 5x slower
-            conn = open_database(path, ["CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL)"])
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise CommitforgeError(
-                f"the unit cache {str(path)!r} cannot be used ({exc}); delete it or choose another cache_dir=DIR"
-            ) from None
+        conn = open_database(path, schema)
+        if on_open is not None:
+            on_open(conn)
         _CONNECTIONS[key] = conn
     return conn
+
+
+def forget_connection(path: Path) -> None:
+    """Close this process's connection to the database at ``path``, if it has one."""
+    conn = _CONNECTIONS.pop((os.getpid(), str(path)), None)
+    if conn is not None:
+        conn.close()
 
 
 def open_database(path: Path, schema: list[str]) -> sqlite3.Connection:

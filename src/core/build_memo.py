@@ -25,7 +25,6 @@ the entries of the ``BASES_KEPT`` bases used last are kept. ``reuse=false`` turn
 from __future__ import annotations
 
 import marshal
-import os
 import sqlite3
 import time
 import zlib
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from core.blob_cache import open_database
+from core.blob_cache import connection, forget_connection
 from core.dedup import Features
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
@@ -43,7 +42,6 @@ from core.examples import Built, TrainedRuns, packed_example
 BUILD_MEMO_FORMAT = 2  # 2: entries carry a checksum
 BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
-_CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 _DTYPES = {1: np.uint16, 2: np.int32}
 
 
@@ -57,21 +55,16 @@ class BuildMemo:
         self.damaged = 0  # entries found damaged (their checksum disagrees), taken as missing
 
     def _conn(self) -> sqlite3.Connection:
-        key = (os.getpid(), str(self.path))
-        conn = _CONNECTIONS.get(key)
-        if conn is None:
-            try:
-                # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
-                # that another run dropped meanwhile can never pass for another base's
-                conn = open_database(self.path, [
-                    ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                     "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
-                    ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
-                     "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))")])
-            except (sqlite3.DatabaseError, OSError) as exc:
-                raise self._unusable(exc) from None
-            _CONNECTIONS[key] = conn
-        return conn
+        try:
+            # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
+            # that another run dropped meanwhile can never pass for another base's
+            return connection(self.path, [
+                ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                 "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
+                ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
+                 "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))")])
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise self._unusable(exc) from None
 
     def _id(self) -> int:
         """This base's id, marked as used now; the entries of bases used longest ago
@@ -149,9 +142,7 @@ class BuildMemo:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-            conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
-            if conn is not None:
-                conn.close()
+            forget_connection(self.path)
 
 
 def _checksum(row: bytes, a: bytes, b: bytes) -> int:

@@ -31,11 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.blob_cache import open_database
+from core.blob_cache import connection, forget_connection
 from core.errors import CommitforgeError
 
 STAGE_CACHE_FORMAT = 4
-_CONNECTIONS: dict[tuple[int, str], sqlite3.Connection] = {}
 
 
 def fingerprint(*parts: Any) -> str:
@@ -114,21 +113,16 @@ class StageCache:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _conn(self) -> sqlite3.Connection:
-        key = (os.getpid(), str(self.path))
-        conn = _CONNECTIONS.get(key)
-        if conn is None:
-            try:
-                conn = open_database(self.path, [
-                    ("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
-                     "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
-                    ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
-                     "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")])
-                self._forget_old_outputs(conn)
-            except (sqlite3.DatabaseError, OSError) as exc:
-                raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
-                                       "choose another cache_dir=DIR or run with reuse=false") from None
-            _CONNECTIONS[key] = conn
-        return conn
+        try:
+            return connection(self.path, [
+                ("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
+                 "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
+                ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
+                 "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")],
+                self._forget_old_outputs)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
+                                   "choose another cache_dir=DIR or run with reuse=false") from None
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any], Any]]:
         """The stored (data, rows, stats, scan) of each key that has a usable entry; ``scan`` is
@@ -259,6 +253,4 @@ class StageCache:
         return None
 
     def close(self) -> None:
-        conn = _CONNECTIONS.pop((os.getpid(), str(self.path)), None)
-        if conn is not None:
-            conn.close()
+        forget_connection(self.path)
