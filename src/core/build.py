@@ -2,9 +2,9 @@
 
 Deduplication runs before tokenizing (tokenizing is the expensive part, and much of a
 history repeats), on what each example's change does (``dedup_text``), within each
-split and then across splits so nothing in train duplicates val or test. Examples an
-earlier build assembled from the same rows with the same settings come from the example
-memo (core.build_memo) instead of the tokenizer.
+split and then across splits so nothing in train duplicates val or test. What an earlier
+build computed for the same rows with the same settings (dedup features, assembled
+examples) comes from the build cache (core.build_memo) instead.
 """
 
 from __future__ import annotations
@@ -95,10 +95,11 @@ def _default_compare(run: Run) -> str:
 
 
 def read_changes(path: Path, digests: list[bytes] | None = None) -> list[dict[str, Any]]:
-    """The rows of ``chunks.jsonl`` (and into ``digests``, the sha1 of each line). A context item's text repeats in every unit that uses
-    it, a commit's message in each of its units, a unit's new code as the next change's old
-    code: each distinct text is kept once (the rows hold a fraction of the memory). Lines
-    orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by json."""
+    """The rows of ``chunks.jsonl``, and into ``digests`` the sha1 of each line. A context
+    item's text repeats in every unit that uses it, a commit's message in each of its
+    units, a unit's new code as the next change's old code: each distinct text is kept once
+    (the rows hold a fraction of the memory). Lines orjson refuses (lone surrogate escapes
+    of non-UTF-8 paths) are read by json."""
     shared: dict[str, str] = {}
     one = shared.setdefault
     changes = []
@@ -150,13 +151,13 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         raise CommitforgeError(f"builder {run.cfg.builder.name!r} asks dedup to compare {on!r}; its dedup_compare "
                                f"must be one of {', '.join(DEDUP_COMPARE)}")
     threads = int(getattr(run.executor, "workers", 1) or 1)
-    t_features = time.perf_counter()
     if digests is not None and (dcfg.exact or dcfg.near):
+        t0 = time.perf_counter()
         given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
-        t_features = time.perf_counter() - t_features
+        features_seconds = time.perf_counter() - t0
         result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
                              num_perm=dcfg.num_perm, given=given)
-        result.report["seconds"] += t_features
+        result.report["seconds"] += features_seconds
         del given
     else:
         result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
@@ -169,8 +170,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     stats.add("dedup_ms", int(1000 * dedup_report.pop("seconds", 0)))
     changes = [c for c, keep in zip(kept_changes, result.keep) if keep]
     splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
-    rows = [d for d, keep in zip(kept_digests, result.keep) if keep]
-    digests_known = digests is not None
+    # the digests of the rows kept, by which the build cache knows them (None: no cache)
+    rows = [d for d, keep in zip(kept_digests, result.keep) if keep] if digests is not None else None
+    del digests, kept_digests
 
     def training_texts():
         for c, sp in zip(changes, splits):
@@ -181,8 +183,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
-    del digests
-    if digests_known and changes and takes(run.builder.build, "memo"):
+    if rows is not None and changes and takes(run.builder.build, "memo"):
         store = BuildMemo(run.cache_dir, _examples_base(run, special))
         try:
             examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats, memo=(store, rows))
@@ -191,7 +192,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     else:
         examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
     # the unit changes are done with: free them before the examples are written
-    del changes, splits, kept_changes, kept_splits, kept_digests, rows, result, training_texts
+    del changes, splits, kept_changes, kept_splits, rows, result, training_texts
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for ex in examples:
         by_split[ex["split"]].append(ex)

@@ -204,7 +204,7 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
         rowid, ids = conn.execute("SELECT rowid, b FROM entries WHERE length(b) > 8 AND length(a) > 40 "
                                   "ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
-        rowid, key = conn.execute("SELECT rowid, a FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
+        (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
     again = run_pipeline(tmp_path / "b", *shared)
     assert counts(again)["build_cache_damaged"] == 2
