@@ -115,7 +115,9 @@ class _BackgroundWrites:
             if kind is None and self._parts:
                 self._submit()
             for pending in self._pending:
-                pending.result()  # raises what the thread met (a full disk)
+                error = pending.exception()  # what the thread met (a full disk)
+                if error is not None and kind is None:  # the caller's own error goes first
+                    raise error
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if kind is None:

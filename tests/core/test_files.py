@@ -96,3 +96,16 @@ def test_a_failed_background_write_raises_and_leaves_no_file(tmp_path, monkeypat
         for _ in range(100):
             fh.write(b"0123456789\n")
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_callers_error_is_not_hidden_by_a_failed_background_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 10)
+
+    def full_disk(self, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files._BackgroundWrites, "_put", full_disk)
+    with pytest.raises(KeyError, match="bad row"), files.atomic_write(tmp_path / "data.jsonl", background=True) as fh:
+        fh.write(b"0123456789\n" * 3)
+        raise KeyError("bad row")
+    assert list(tmp_path.iterdir()) == []
