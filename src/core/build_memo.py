@@ -176,7 +176,6 @@ def decode(kept: tuple[bytes, bytes], change: dict[str, Any], split: str) -> Bui
     return Built(example, None, truncated)
 
 
-
 def dedup_entries(rows: list[bytes], computed: Features) -> list[tuple[bytes, bytes, bytes]]:
     """The entries of rows whose dedup features were computed (``computed``, in order):
     the digest of the normalized text and the signature as uint32s (empty without shingles

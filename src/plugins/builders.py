@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.build_memo import BuildMemo, decode, encode
 from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
 from core.errors import CommitforgeError
-from core.build_memo import BuildMemo, decode, encode
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
 from core.hookspecs import hookimpl
@@ -47,9 +47,9 @@ class CommitBuilder:
                     seg.target = seg.name in wanted
             return segments
 
-        names: set[str] = set()
+        names: set[str] = set()  # gathered only to check train_on
         examples = assemble_all(changes, splits, lambda i: layout(changes[i]), tokenizer, self.cfg.max_tokens, stats,
-                                memo, names)
+                                memo, names if wanted is not None else None)
         if wanted is not None and changes and not wanted & names:
             raise CommitforgeError(f"builder.train_on={sorted(wanted)} names no segment of this format; "
                                    f"segments are: {', '.join(sorted(names))}")
