@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from array import array
+from itertools import chain
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,7 +129,7 @@ def cut_before(node, prev_end_row: int, base: int, depth: int) -> tuple[int, int
 
 def pack_cuts(cuts: list[tuple[int, int]]) -> bytes:
     """(offset, depth) pairs as int32 bytes: one object per unit in the cache, not one per cut."""
-    return array("i", [v for pair in cuts for v in pair]).tobytes()
+    return array("i", chain.from_iterable(cuts)).tobytes()
 
 
 def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:

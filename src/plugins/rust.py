@@ -22,7 +22,7 @@ import tree_sitter
 import tree_sitter_rust
 
 from core.hookspecs import hookimpl
-from core.chunk import CUT_MIN, CUT_UNIT, cut_before, pack_cuts
+from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT, pack_cuts
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
@@ -76,7 +76,7 @@ def _grammar() -> tuple[tree_sitter.Language, tree_sitter.Query]:
 
 
 def _norm(text: str) -> str:
-    return _WS.sub(" ", text).strip()
+    return " ".join(text.split())  # str.split() splits at what re's \s matches
 
 
 _PAREN_SPACE = re.compile(r"\( | ?,? \)")
@@ -86,6 +86,8 @@ def _signature(text: str) -> str:
     """An item's text up to its body on one line: a parameter list laid out one per line
     reads ``(&self, x: u32)``, not ``( &self, x: u32, )``."""
     one_line = _norm(text).rstrip("=").rstrip()
+    if "( " not in one_line and " )" not in one_line:  # what _PAREN_SPACE matches starts or ends so
+        return one_line
     return _PAREN_SPACE.sub(lambda m: "(" if m.group() == "( " else ")", one_line)
 
 
@@ -309,7 +311,7 @@ class RustLanguage:
                 pieces.append(parent.text[pos:at])
                 pos = at + len(units[k].text)
             pieces.append(parent.text[pos:])
-            parent.skeleton = _WS.sub("", "".join(pieces))  # whitespace never makes a change
+            parent.skeleton = "".join("".join(pieces).split())  # whitespace never makes a change
 
 
 def _naming(name: str, parent: Unit | None, seen_names: dict[str, int]) -> tuple[str, str | None]:
@@ -470,9 +472,10 @@ def _macro_parts(node, source: bytes) -> tuple[str, Any, Any]:
     name = node_text(macro, source).rsplit("::", 1)[-1].strip() if macro is not None else "macro"
     args = next((c for c in call.children if c.type == "token_tree"), None)
     block = None
-    if args is not None:
+    if args is not None:  # its children are every token of the call: compared by kind id
+        trees = _kind_ids(frozenset({"token_tree"}))
         block = next((c for c in args.children[1:-1]
-                      if c.type == "token_tree" and source[c.start_byte:c.start_byte + 1] == b"{"), None)
+                      if c.kind_id in trees and source[c.start_byte:c.start_byte + 1] == b"{"), None)
     return name, args, block
 
 
@@ -486,8 +489,8 @@ def _macro_call_name(node, source: bytes) -> str:
     name, args, block = _macro_parts(node, source)
     if args is None or args.child_count < 2:
         return f"{name}!"
-    end = block.start_byte if block is not None else args.children[-1].start_byte
-    head, pos = "", args.children[0].end_byte
+    end = block.start_byte if block is not None else args.child(args.child_count - 1).start_byte
+    head, pos = "", args.child(0).end_byte
     while pos < end:  # the first line that is no comment (a huge table is not decoded whole)
         stop = source.find(b"\n", pos, end)
         stop = end if stop < 0 else stop
@@ -579,7 +582,15 @@ def _leads_into(node, next_row: int, source: bytes) -> bool:
 
 
 _ATOMIC = frozenset({"string_literal", "raw_string_literal", "line_comment", "block_comment"})  # never cut inside
+_TRIVIA = frozenset({"line_comment", "block_comment", "attribute_item"})  # may lead into the next node
 MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
+
+
+@functools.cache
+def _kind_ids(names: frozenset[str]) -> frozenset[int]:
+    """Every node kind id the grammar names with one of ``names`` (aliases share names)."""
+    lang = _grammar()[0]
+    return frozenset(i for i in range(lang.node_kind_count) if lang.node_kind_for_id(i) in names)
 
 
 def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
@@ -587,20 +598,25 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
 
     A cut before a child that starts a line moves back to the start of that line (only
     indentation lies between the previous sibling and it), so a piece starts with
-    whole lines; a cut inside a line ranks below every line-start cut (``cut_before``);
-    cuts never fall inside a token. Nothing is cut from the comments and
-    attributes that lead into it: outer doc comments and attributes stay with the next
-    node (as rustc attaches them), other comments when no blank line separates them.
+    whole lines; a cut inside a line ranks below every line-start cut (see
+    ``cut_before``); cuts never fall inside a token. Nothing is cut from the comments
+    and attributes that lead into it: outer doc comments and attributes stay with the
+    next node (as rustc attaches them), other comments when no blank line separates them.
+
+    It visits every child of every large node, so it reads byte offsets and kind ids only
+    (a node's type name and points are objects made anew on each access): whether a
+    child starts a line is whether a newline lies between its previous sibling and it.
     """
+    trivia, atomic = _kind_ids(_TRIVIA), _kind_ids(_ATOMIC)
     prev = None
+    prev_end = 0
     for child in node.children:
-        start = child.start_byte
-        point = child.start_point
-        if prev is not None and not _leads_into(prev, point.row, source):
-            out.append(cut_before(child, prev.end_point.row, base, depth))
-        prev = child
-        if (child.end_byte - start > CUT_MIN and child.child_count and depth < MAX_CUT_DEPTH
-                and child.type not in _ATOMIC):
+        start, end = child.start_byte, child.end_byte
+        if prev is not None and (prev.kind_id not in trivia or not _leads_into(prev, child.start_point.row, source)):
+            newline = source.rfind(b"\n", prev_end, start)
+            out.append((newline + 1 - base, depth) if newline >= 0 else (start - base, depth + CUT_MID_LINE))
+        prev, prev_end = child, end
+        if end - start > CUT_MIN and depth < MAX_CUT_DEPTH and child.child_count and child.kind_id not in atomic:
             _collect_cuts(child, source, depth + 1, base, out)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.chunk import unpack_cuts
+from core.chunk import CUT_MID_LINE, unpack_cuts
 from plugins.rust import CUT_UNIT, RustLanguage, rust_module_path
 from plugins.rust_symbols import cargo_crates
 
@@ -151,6 +151,46 @@ def test_cut_points_lie_between_tokens_at_line_starts():
         # no cut splits an identifier, number or string literal
         assert not (big.text[off - 1].isalnum() and big.text[off].isalnum())
         assert big.text[:off].count('"') % 2 == 0
+
+
+def _cuts_by_points(node, source: bytes, depth: int, base: int, out: list) -> None:
+    """The definition of cut points read from node rows and columns (slow: every access
+    makes objects): what ``_collect_cuts`` must find from byte offsets."""
+    from core.chunk import CUT_MIN
+    from plugins.rust import _ATOMIC, _leads_into
+
+    prev = None
+    for child in node.children:
+        if prev is not None and not _leads_into(prev, child.start_point.row, source):
+            if child.start_point.row > prev.end_point.row:
+                out.append((child.start_byte - child.start_point.column - base, depth))
+            else:
+                out.append((child.start_byte - base, depth + CUT_MID_LINE))
+        prev = child
+        if (child.end_byte - child.start_byte > CUT_MIN and child.child_count and child.type not in _ATOMIC):
+            _cuts_by_points(child, source, depth + 1, base, out)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_cut_points_equal_their_definition_by_rows_and_columns(newline):
+    from plugins.rust import _collect_cuts
+    lines = ["/// «doc»", "#[test]", "fn big() {"]
+    for i in range(40):
+        lines += [f"    // step {i} ✓", f"    let v{i} = f({i}, \"s{i}\"); let w{i} = g(v{i}, [1, 2, 3, {i}]); /* x */",
+                  "", f"    #[allow(unused)] let z{i} = h(|a| {{ a + {i} }},", f"        {i});"]
+    lines += ["    " + " + ".join(f"term_{i}(x)" for i in range(60)) + ";", "}", ""]
+    source = newline.join(lines).encode()
+    lang = RustLanguage()
+    tree = lang._ensure()[0].parse(source)
+    fn = tree.root_node.named_children[-1]
+    assert fn.type == "function_item"
+    for base in (0, fn.start_byte):
+        fast: list = []
+        slow: list = []
+        _collect_cuts(fn, source, 0, base, fast)
+        _cuts_by_points(fn, source, 0, base, slow)
+        assert fast == slow and len(fast) > 200
+    assert any(d >= CUT_MID_LINE for _, d in fast)  # the long last line has cuts inside it
 
 
 @pytest.mark.parametrize("path,module", [
