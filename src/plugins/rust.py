@@ -269,7 +269,7 @@ class RustLanguage:
                 _collect_cuts(node, source, 0, base, found)
                 # nothing is cut out of the item's header (its docs and attributes, up to its
                 # body or value): every later piece repeats it
-                found = [(b, d) for b, d in found if b > sig_end - base]
+                found = found[bisect.bisect_left(found, (sig_end - base + 1,)):]  # in offset order
                 if not offsets.ascii:
                     found = [(offsets.char(b) - c_start, d) for b, d in found]
                 cuts = pack_cuts(found)
@@ -473,9 +473,8 @@ def _macro_parts(node, source: bytes) -> tuple[str, Any, Any]:
     args = next((c for c in call.children if c.type == "token_tree"), None)
     block = None
     if args is not None:  # its children are every token of the call: compared by kind id
-        trees = _kind_ids(frozenset({"token_tree"}))
         block = next((c for c in args.children[1:-1]
-                      if c.kind_id in trees and source[c.start_byte:c.start_byte + 1] == b"{"), None)
+                      if c.kind_id in _TOKEN_TREE_IDS and source[c.start_byte:c.start_byte + 1] == b"{"), None)
     return name, args, block
 
 
@@ -548,10 +547,29 @@ def _syntax_error(node, source: bytes) -> bool:
     return False
 
 
+_ATOMIC = frozenset({"string_literal", "raw_string_literal", "line_comment", "block_comment"})  # never cut inside
+_TRIVIA = frozenset({"line_comment", "block_comment", "attribute_item"})  # may lead into the next node
+MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
+
+
+def _kind_ids(names: frozenset[str]) -> frozenset[int]:
+    """Every node kind id the grammar names with one of ``names`` (aliases share a name,
+    such as the two ``token_tree`` kinds). Hot loops compare ids: ``node.type`` makes a
+    new string on every access."""
+    lang = tree_sitter.Language(tree_sitter_rust.language())
+    return frozenset(i for i in range(lang.node_kind_count) if lang.node_kind_for_id(i) in names)
+
+
+_ATOMIC_IDS, _TRIVIA_IDS = _kind_ids(_ATOMIC), _kind_ids(_TRIVIA)
+_COMMENT_IDS, _ATTRIBUTE_IDS = _kind_ids(frozenset({"line_comment", "block_comment"})), _kind_ids(frozenset({"attribute_item"}))
+_TOKEN_TREE_IDS = _kind_ids(frozenset({"token_tree"}))
+
+
 def _is_outer_doc(node, source: bytes) -> bool:
-    if node.type == "attribute_item":
+    kind = node.kind_id
+    if kind in _ATTRIBUTE_IDS:
         return True
-    if node.type in ("line_comment", "block_comment"):
+    if kind in _COMMENT_IDS:
         t = source[node.start_byte:node.start_byte + 4]
         return (t.startswith(b"///") and not t.startswith(b"////")) or (t.startswith(b"/**") and not t.startswith(b"/***"))
     return False
@@ -572,25 +590,13 @@ def _leading_trivia_start(node, source: bytes) -> tuple[int, int]:
 
 def _leads_into(node, next_row: int, source: bytes) -> bool:
     """Whether ``node`` is a comment or attribute that belongs with a sibling starting on ``next_row``."""
-    if node.type not in ("line_comment", "block_comment", "attribute_item"):
+    if node.kind_id not in _TRIVIA_IDS:
         return False
     if _is_outer_doc(node, source):
         return True
     end = node.end_point
     last_row = end.row - 1 if end.column == 0 else end.row  # a line comment may end with its newline
     return next_row <= last_row + 1
-
-
-_ATOMIC = frozenset({"string_literal", "raw_string_literal", "line_comment", "block_comment"})  # never cut inside
-_TRIVIA = frozenset({"line_comment", "block_comment", "attribute_item"})  # may lead into the next node
-MAX_CUT_DEPTH = 200  # deeper syntax (machine-made nesting) gets no finer cut points, and no deep recursion
-
-
-@functools.cache
-def _kind_ids(names: frozenset[str]) -> frozenset[int]:
-    """Every node kind id the grammar names with one of ``names`` (aliases share names)."""
-    lang = _grammar()[0]
-    return frozenset(i for i in range(lang.node_kind_count) if lang.node_kind_for_id(i) in names)
 
 
 def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
@@ -607,7 +613,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
     (a node's type name and points are objects made anew on each access): whether a
     child starts a line is whether a newline lies between its previous sibling and it.
     """
-    trivia, atomic = _kind_ids(_TRIVIA), _kind_ids(_ATOMIC)
+    trivia, atomic = _TRIVIA_IDS, _ATOMIC_IDS
     prev = None
     prev_end = 0
     for child in node.children:

@@ -485,3 +485,27 @@ def test_a_name_shared_by_very_many_moved_units_pairs_identical_texts_only():
     assert moves == [(0, 1, True)]
     few = pair_moves(deleted[:3], [(300 + i, c) for i, c in enumerate(other[:3])], similarity=0.5)
     assert sorted(a for _, a, _ in few) == [0, 1, 2]  # under the cap, similar texts pair too
+
+
+def test_pairing_similarity_is_difflibs():
+    """Pairing's SequenceMatcher (compiled when cydifflib is installed) decides renames and
+    part alignments by difflib's figures: same ratios, same opcodes."""
+    import difflib
+    import random
+
+    from core import pairing
+
+    rnd = random.Random(7)
+    words = ["fn", "let", "x", "y", "=", "(", ")", "{", "}", "é", "→", "\n", "    ", "Some", "None", ";"]
+    for _ in range(60):
+        a = "".join(rnd.choice(words) for _ in range(rnd.randrange(0, 300)))
+        b = list(a)
+        for _ in range(rnd.randrange(0, 20)):
+            b.insert(rnd.randrange(0, len(b) + 1), rnd.choice(words))
+        b = "".join(b)
+        ours = pairing.SequenceMatcher(None, a, b, autojunk=False)
+        ref = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        assert ours.ratio() == ref.ratio()
+        lines_a, lines_b = a.splitlines(), b.splitlines()
+        assert (pairing.SequenceMatcher(None, lines_a, lines_b, autojunk=False).get_opcodes()
+                == difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False).get_opcodes())
