@@ -139,11 +139,10 @@ class ChunkJob:
         summarize = getattr(self.context, "snapshot", None) is not None and self.summary_key is not None
         options = getattr(self.context, "options", {})
         summaries: dict[str, dict[str, Any]] = {lang: {} for lang in todo}
-        for blob, lang, prev, hunks in batch:
-            if blob not in todo[lang]:  # the size cap is applied when entries are loaded
-                stats.add("blobs_cached")
-                continue
-            data = reader.read(blob)
+        wanted = [item for item in batch if item[0] in todo[item[1]]]
+        if len(wanted) < len(batch):  # the size cap is applied when entries are loaded
+            stats.add("blobs_cached", len(batch) - len(wanted))
+        for (blob, lang, prev, hunks), data in zip(wanted, reader.read_many([item[0] for item in wanted])):
             if data is None:
                 skips[blob] = "missing_object"
                 continue

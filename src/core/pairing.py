@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,11 +38,18 @@ class PartChange:
     parts: int
 
 
+@functools.lru_cache(maxsize=8192)
+def _name_pattern(name: str) -> re.Pattern[str]:
+    """A unit's name as a whole word (compiled once: a history names more units than re's
+    own cache of 512 patterns holds)."""
+    return re.compile(rf"\b{re.escape(name)}\b")
+
+
 def _line_bag(chunk: Chunk) -> collections.Counter[str]:
     """The chunk's non-blank lines, stripped, with the unit's own name masked."""
     text = chunk.text
     if chunk.name:
-        text = re.sub(rf"\b{re.escape(chunk.name)}\b", "\0", text)
+        text = _name_pattern(chunk.name).sub("\0", text)
     return collections.Counter(line.strip() for line in text.splitlines() if line.strip())
 
 

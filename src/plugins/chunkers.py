@@ -38,35 +38,27 @@ class AstChunker:
             module = language.module_path(path)
         text = parsed.text
         comments = tuple(getattr(language, "comment_prefixes", ()))
-        # whole lines: a comment after a unit on its last line is its code (`X = 30  # seconds`)
-        codes = [u.text + _trailing_comment(text, u.char_end, comments) for u in parsed.units]
+        prefix = f"{module}::" if module else ""
+        max_chars = self.cfg.max_chars
+        units = parsed.units
+        out: list[Chunk] = []
         members: dict[int, list[tuple[int, int]]] = {}
-        for u, code in zip(parsed.units, codes):
-            if u.parent is not None:
-                start = parsed.units[u.parent].char_start
+        for u in units:
+            # whole lines: a comment after a unit on its last line is its code (`X = 30  # seconds`)
+            code = u.text + _trailing_comment(text, u.char_end, comments)
+            if u.parent is not None:  # a member: its container comes first
+                start = units[u.parent].char_start
                 members.setdefault(u.parent, []).append((u.char_start - start, u.char_start + len(code) - start))
-        out = []
-        for i, (u, code) in enumerate(zip(parsed.units, codes)):
             lead = text[text.rfind("\n", 0, u.char_start) + 1:u.char_start]
-            out.append(Chunk(
-                key=u.local_qualname,
-                kind=u.kind,
-                name=u.name,
-                local_qualname=u.local_qualname,
-                qualname=f"{module}::{u.local_qualname}" if module else u.local_qualname,
-                header=u.header,
-                signature=u.signature,
-                text=code,
-                compare=u.skeleton if u.skeleton is not None else code,
-                lines=(u.start_line, u.end_line),
-                has_error=u.has_error,
-                members=i in members,
-                member_spans=tuple(members.get(i, ())),
-                body_open=u.body_open,
-                max_chars=self.cfg.max_chars,
-                cuts=u.cuts,
-                indent=lead if not lead.strip(" \t") else "",
-            ))
+            # positional, in Chunk's field order (this runs for every unit of every file version
+            # a commit touches, and a call by keywords costs three times as much)
+            out.append(Chunk(u.local_qualname, u.kind, u.name, u.local_qualname, prefix + u.local_qualname,
+                             u.header, u.signature, code, u.skeleton if u.skeleton is not None else code,
+                             (u.start_line, u.end_line), u.has_error, False, u.body_open, max_chars, u.cuts, (),
+                             lead if not lead.strip(" \t") else ""))
+        for i, spans in members.items():
+            out[i].members = True
+            out[i].member_spans = tuple(spans)
         return out
 
 

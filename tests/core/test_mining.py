@@ -132,6 +132,24 @@ def test_blob_reader_reads_and_reports_missing(history):
         assert reader.read(blob) == b"pub fn a() -> u8 { 2 }\n"  # the process is still usable
 
 
+def test_blob_reader_reads_many_in_order_and_stays_in_step_when_left_early(scripted_repo):
+    r = scripted_repo
+    r.commit("many", {f"src/m{i}.rs": f"pub fn m{i}() -> u32 {{ {i} }}\n" * (i + 1) for i in range(150)})
+    commits, _ = mine(r.path)
+    blobs = {fc.path: fc.new_blob for fc in commits[0].files}
+    order = [blobs[f"src/m{i}.rs"] for i in range(150)]
+    missing = "0" * 39 + "1"
+    with BlobReader(Repository(r.path).git_dir) as reader:
+        # more blobs than requests in flight, a missing one among them
+        got = list(reader.read_many([*order[:70], missing, *order[70:]], ahead=16))
+        assert got[70] is None
+        assert [g.decode() for g in got[:70] + got[71:]] == [f"pub fn m{i}() -> u32 {{ {i} }}\n" * (i + 1) for i in range(150)]
+        many = reader.read_many(order, ahead=16)
+        assert next(many) == b"pub fn m0() -> u32 { 0 }\n"
+        many.close()  # left with answers still due: they are read, not taken for the next blob's
+        assert reader.read(order[5]) == b"pub fn m5() -> u32 { 5 }\n" * 6
+
+
 def test_repository_code_never_runs(scripted_repo, tmp_path):
     """fsmonitor, hooks and filter drivers configured in the mined repository stay inert."""
     r = scripted_repo
