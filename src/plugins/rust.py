@@ -234,7 +234,8 @@ class RustLanguage:
             name, signature, body_open, cuts = same.name, same.signature, same.body_open, same.cuts
             local, header = _naming(name, parent, seen_names)
         else:
-            name = _item_name(node, source)
+            parts = _macro_parts(node, source) if kind == "macro_call" else None
+            name = _macro_call_name(node, source, parts) if parts else _item_name(node, source)
             local, header = _naming(name, parent, seen_names)
             body = node.child_by_field_name("body")
             sig_end = body.start_byte if body is not None else node.end_byte
@@ -254,7 +255,7 @@ class RustLanguage:
                 opener = sig_end if brace is not None else None
             elif kind == "macro_call":
                 signature = name
-                _, args, block = _macro_parts(node, source)
+                _, args, block = parts  # type: ignore[misc]
                 # later pieces repeat the call up to its block (`rgtest!(name, |dir, cmd| {`)
                 opened = block if block is not None else args
                 sig_end = opener = opened.start_byte if opened is not None else None  # type: ignore[assignment]
@@ -472,20 +473,28 @@ def _macro_parts(node, source: bytes) -> tuple[str, Any, Any]:
     name = node_text(macro, source).rsplit("::", 1)[-1].strip() if macro is not None else "macro"
     args = next((c for c in call.children if c.type == "token_tree"), None)
     block = None
-    if args is not None:  # its children are every token of the call: compared by kind id
-        block = next((c for c in args.children[1:-1]
-                      if c.kind_id in _TOKEN_TREE_IDS and source[c.start_byte:c.start_byte + 1] == b"{"), None)
+    if args is not None:
+        # its children are every token of the call (a table may hold thousands): walked up
+        # to the first block, between the delimiters
+        cursor = args.walk()
+        if cursor.goto_first_child():
+            while cursor.goto_next_sibling():
+                c = cursor.node
+                if c.kind_id in _TOKEN_TREE_IDS and source[c.start_byte:c.start_byte + 1] == b"{":
+                    if cursor.goto_next_sibling():  # not the last child (the closing delimiter's place)
+                        block = c
+                    break
     return name, args, block
 
 
-def _macro_call_name(node, source: bytes) -> str:
+def _macro_call_name(node, source: bytes, parts: tuple[str, Any, Any] | None = None) -> str:
     """A macro call's name: the first line of what it is given, up to the first block in
     braces, on one line without path prefixes (``try_from!(item: &Msg, Request)`` for
     ``try_from!(item: &proto::Msg, core::Request, { … })``, ``rgtest!(sorts, |dir, cmd|)``,
     ``lazy_static!(static ref RE: Regex = new("x").unwrap();)``), so that the calls of one
     macro in a file keep apart; else the first identifier it is given that is no keyword,
     or the macro's name alone (``name!``)."""
-    name, args, block = _macro_parts(node, source)
+    name, args, block = parts or _macro_parts(node, source)
     if args is None or args.child_count < 2:
         return f"{name}!"
     end = block.start_byte if block is not None else args.child(args.child_count - 1).start_byte
@@ -578,6 +587,16 @@ def _is_outer_doc(node, source: bytes) -> bool:
 def _leading_trivia_start(node, source: bytes) -> tuple[int, int]:
     """Start (byte, row) of the doc comments and attributes attached to an item."""
     start, row = node.start_byte, node.start_point.row
+    # what precedes the item, up to its last line that is not blank: an attribute ends with
+    # `]`, a block comment with `*/`, a line comment's line holds `//`; when it is none of
+    # these, no sibling is looked for (which walks the parent's children from the first)
+    lo = max(0, start - 512)
+    before = source[lo:start].rstrip()
+    newline = before.rfind(b"\n")
+    if newline >= 0 or lo == 0:
+        line = before[newline + 1:]
+        if not (line.endswith((b"]", b"*/")) or b"//" in line):
+            return start, row
     prev = node.prev_sibling
     # as in rustc, outer doc comments and attributes belong to the next item even across
     # blank lines; any other node (a plain comment, another item) ends the run
