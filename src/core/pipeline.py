@@ -393,7 +393,9 @@ class Run:
         # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
         ends: list[int] = list(copied_ends)
         size = copied_ends[-1] if copied_ends else 0
-        with atomic_write(self.run_dir / "chunks.jsonl") as fh:
+        # written and hashed by a thread while the workers pair commits (the manifest does not
+        # read it back), unless a kept output's bytes are copied in the kernel first
+        with atomic_write(self.run_dir / "chunks.jsonl", background=base_output is None) as fh:
             if base_output is not None:
                 with base_output:
                     copy_prefix(base_output, fh, size)
