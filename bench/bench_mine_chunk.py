@@ -1,12 +1,13 @@
 """Benchmark: mining + chunking of a repository's full history, and HEAD-only chunking.
 
-    python bench/bench_mine_chunk.py REPO [--workers N] [--repeat 3]
+    python bench/bench_mine_chunk.py REPO [--workers N] [--repeat 3] [--head-repeat 5]
 
-Prints, per repeat (cold cache each time): wall seconds, commits/s, MB/s of parsed
-source, unit changes, and peak RSS of this process and its workers. Then HEAD-only
-chunking (parse + extract units + cut every unit of every .rs blob at HEAD) on one
-worker and on N workers, against tree-sitter parsing alone of the same bytes on one
-core, in the same run, as medians of 5 and a ratio.
+Prints, per repeat (cold cache each time): wall seconds, CPU seconds of the process and
+its workers (steadier than wall on a shared machine), commits/s, MB/s of parsed source,
+unit changes, and peak RSS of this process and its workers. Then HEAD-only chunking
+(parse + extract units + cut every unit of every .rs blob at HEAD) on one worker and on
+N workers, against tree-sitter parsing alone of the same bytes on one core, in the same
+rounds, as medians of ``--head-repeat`` rounds and a ratio.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
         overrides.append(f"executor.workers={workers}")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     run = Run(cfg)
     run.run()
     wall = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
     manifest = json.loads((out / "MANIFEST.json").read_text())
     chunk = manifest["stages"]["chunk"]["counts"]
     commits = manifest["stages"]["mine"]["counts"].get("commits", 0)
     return {
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),  # this process and its workers (user + system): steadier than wall here
         "mine_s": manifest["stages"]["mine"]["seconds"],
         "chunk_s": manifest["stages"]["chunk"]["seconds"],
         "parse_phase_s": chunk.get("parse_ms", 0) / 1000,
@@ -60,6 +63,12 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
         "unit_changes": chunk.get("unit_changes"),
         "skips": manifest["stages"]["chunk"]["skips"],
     }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (the run's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 _HEAD_SOURCES: list[bytes] = []
@@ -77,7 +86,7 @@ def _chunk_batch(indices: list[int]) -> int:
     return n
 
 
-def head_only(repo_path: str, workers: int) -> dict:
+def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     from plugins.executors import LocalExecutor, LocalExecutorConfig
     from plugins.rust import RustLanguage
 
@@ -91,7 +100,7 @@ def head_only(repo_path: str, workers: int) -> dict:
     batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
-    for _ in range(5):
+    for _ in range(repeat):
         t0 = time.perf_counter()
         for src in _HEAD_SOURCES:
             parser.parse(src)
@@ -115,6 +124,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-head", action="store_true")
+    ap.add_argument("--head-repeat", type=int, default=5, help="HEAD-only rounds (parse, 1 worker, N workers each)")
     args = ap.parse_args()
     runs = []
     for i in range(args.repeat):
@@ -127,10 +137,11 @@ def main() -> None:
         runs.append(r)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s; "
+    print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s, "
+          f"CPU {statistics.median(r['cpu_s'] for r in runs):.2f} s; "
           f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
     if not args.skip_head:
-        print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1))}")
+        print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1, args.head_repeat))}")
     git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"repository: {args.repo} at {git}; python {sys.version.split()[0]}")
 
