@@ -135,7 +135,17 @@ class RustLanguage:
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
         if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
             return rust_module_path
-        return functools.partial(rust_module_path, crates=cargo_crates(projects, present), roots=CrateRoots(lambda path: _declarations(projects.get(path))))
+        crates = cargo_crates(projects, present)
+        roots = CrateRoots(lambda path: _declarations(projects.get(path)))
+        known: dict[str, str] = {}  # the chunk stage asks for a file's old and new path at each change
+
+        def module_path(path: str) -> str:
+            hit = known.get(path)
+            if hit is None:
+                hit = known[path] = rust_module_path(path, crates=crates, roots=roots)
+            return hit
+
+        return module_path
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
         return summarize(parsed, int(options.get("max_item_chars", 1200)), int(options.get("bodies", 0)))

@@ -500,6 +500,7 @@ class _Crates(Mapping):
         return sum(1 for _ in self)
 
 
+@functools.lru_cache(maxsize=4096)
 def _package(path: str, data: bytes) -> Package | None:
     """The package a manifest declares, as far as naming goes (its targets, not its
     dependencies): parsed from its [package], [lib] and [[bin]] tables only, so the many
@@ -1456,6 +1457,7 @@ class RootModules:
     paths: tuple[tuple[str, str, bool], ...]  # (`#[path]` file under src/, module name, declared by main.rs)
 
 
+@functools.lru_cache(maxsize=4096)
 def root_modules(lib: tuple[tuple[str, str | None], ...] | None,
                  main: tuple[tuple[str, str | None], ...] | None) -> RootModules | None:
     """RootModules from the top-level declarations of a package's src/lib.rs and
