@@ -20,7 +20,9 @@ are counted as unresolved.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 import posixpath
 import re
 import tomllib
@@ -153,6 +155,12 @@ class Def:
     lines: tuple[int, int]
     members: tuple[str, ...] = ()  # impls and traits: their methods' names; enums: their variants
     exported: bool = False  # macros: #[macro_export]
+
+    def __reduce__(self) -> tuple:  # a constructor call: summaries load twice as fast as slot by slot
+        return Def, _def_fields(self)
+
+
+_def_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Def)))
 
 
 @dataclass(slots=True)
