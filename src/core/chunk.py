@@ -53,7 +53,10 @@ class Chunk:
         """The text cut to ``max_chars`` (usually one piece); computed only for chunks that
         changed, since pairing never asks for the pieces of an unchanged one."""
         if self._pieces is None:
-            self._pieces = [self.joined(k, k) for k in range(len(self._cut()))]
+            if self.max_chars is None or len(self.text) <= self.max_chars:
+                self._pieces = [self.indent + self.text]  # one piece: what joined(0, 0) gives
+            else:
+                self._pieces = [self.joined(k, k) for k in range(len(self._cut()))]
         return self._pieces
 
     def joined(self, first: int, last: int) -> str:
