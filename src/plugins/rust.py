@@ -597,16 +597,6 @@ def _is_outer_doc(node, source: bytes) -> bool:
 def _leading_trivia_start(node, source: bytes) -> tuple[int, int]:
     """Start (byte, row) of the doc comments and attributes attached to an item."""
     start, row = node.start_byte, node.start_point.row
-    # what precedes the item, up to its last line that is not blank: an attribute ends with
-    # `]`, a block comment with `*/`, a line comment's line holds `//`; when it is none of
-    # these, no sibling is looked for (which walks the parent's children from the first)
-    lo = max(0, start - 512)
-    before = source[lo:start].rstrip()
-    newline = before.rfind(b"\n")
-    if newline >= 0 or lo == 0:
-        line = before[newline + 1:]
-        if not (line.endswith((b"]", b"*/")) or b"//" in line):
-            return start, row
     prev = node.prev_sibling
     # as in rustc, outer doc comments and attributes belong to the next item even across
     # blank lines; any other node (a plain comment, another item) ends the run
