@@ -120,14 +120,14 @@ class Chunker(Protocol):
         paths alone (``language.module_path(path)``)."""
 
 
-def cut_before(node, prev_end_row: int, base: int, depth: int) -> tuple[int, int]:
-    """The (offset - base, depth) cut before a syntax node whose previous sibling ends on
-    ``prev_end_row``: at the start of the node's line when it starts one (only indentation
-    lies before it), else at the node, ranked ``CUT_MID_LINE`` deeper."""
-    point = node.start_point
-    if point.row > prev_end_row:
-        return node.start_byte - point.column - base, depth
-    return node.start_byte - base, depth + CUT_MID_LINE
+def cut_before(source: bytes, prev_end: int, start: int, base: int, depth: int) -> tuple[int, int]:
+    """The (offset - base, depth) cut before a syntax node that starts at byte ``start``,
+    its previous sibling ending at ``prev_end``: at the start of the node's line when it
+    starts one (a newline lies between the two), else at the node, ranked
+    ``CUT_MID_LINE`` deeper. Byte offsets only: a node's points are objects made anew on
+    every access, and cut points are collected for every child of every large node."""
+    newline = source.rfind(b"\n", prev_end, start)
+    return (newline + 1 - base, depth) if newline >= 0 else (start - base, depth + CUT_MID_LINE)
 
 
 def pack_cuts(cuts: list[tuple[int, int]]) -> bytes:

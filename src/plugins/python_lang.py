@@ -207,7 +207,7 @@ class PythonLanguage:
         signature = _signature(source[definition.start_byte:sig_end].decode("utf-8", "replace"))
         body_open = offsets.char(colon.end_byte) - c_start if colon is not None else None
         unit_text = text[c_start:c_end]
-        cuts = _cuts(node, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""
+        cuts = _cuts(node, source, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""
         local = _local(name, parent, seen)
         return Unit(kind=kind, name=name, local_qualname=local,
                     header=parent.signature if parent is not None else None, signature=signature,
@@ -241,7 +241,7 @@ class PythonLanguage:
         sig_end = value.start_byte if value is not None else node.end_byte
         signature = _signature(text[offsets.char(node.start_byte):offsets.char(sig_end)]).rstrip("=").rstrip()
         unit_text = text[c_start:c_end]
-        cuts = _cuts(node, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""  # a large table
+        cuts = _cuts(node, source, start, c_start, offsets, sig_end) if len(unit_text) > CUT_UNIT else b""  # a large table
         body_open = None  # a table (`[`, `{`, `(`) repeats its opening in every later part
         if value is not None and source[value.start_byte:value.start_byte + 1] in (b"[", b"{", b"("):
             body_open = offsets.char(value.start_byte + 1) - c_start
@@ -338,33 +338,32 @@ def _skeletons(units: list[Unit]) -> None:
         parent.skeleton = _WS.sub("", "".join(pieces))
 
 
-def _cuts(node, start: int, c_start: int, offsets: _Offsets, header_end: int) -> bytes:
+def _cuts(node, source: bytes, start: int, c_start: int, offsets: _Offsets, header_end: int) -> bytes:
     """Packed cut points of a unit (char offsets in its text), for units over CUT_UNIT; none
     before byte ``header_end`` (decorators and the ``def`` line, or an assignment's target)."""
     found: list[tuple[int, int]] = []
     base = start if offsets.ascii else 0
-    _collect_cuts(node, 0, base, found)
+    _collect_cuts(node, source, 0, base, found)
     found = [(b, d) for b, d in found if b > header_end - base]
     if not offsets.ascii:
         found = [(offsets.char(b) - c_start, d) for b, d in found]
     return pack_cuts(found)
 
 
-def _collect_cuts(node, depth: int, base: int, out: list[tuple[int, int]]) -> None:
+def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
     """(byte offset - base, depth) between the children of large nodes, in increasing order
     (:func:`core.chunk.cut_before`), so pieces hold whole lines and statements with their
     trailing comments; strings are never entered.
     """
-    prev_row = -1
+    prev_end = -1
     for child in node.children:
-        start = child.start_byte
-        point = child.start_point
-        if prev_row >= 0 and not (child.type == "comment" and point.row == prev_row):
-            # (a comment that ends the line of the statement before stays with it)
-            out.append(cut_before(child, prev_row, base, depth))
-        prev_row = child.end_point.row
-        if child.end_byte - start > CUT_MIN and child.child_count and child.type not in ATOMIC:
-            _collect_cuts(child, depth + 1, base, out)
+        start, end = child.start_byte, child.end_byte
+        # (a comment that ends the line of the statement before stays with it)
+        if prev_end >= 0 and not (child.type == "comment" and source.rfind(b"\n", prev_end, start) < 0):
+            out.append(cut_before(source, prev_end, start, base, depth))
+        prev_end = end
+        if end - start > CUT_MIN and child.child_count and child.type not in ATOMIC:
+            _collect_cuts(child, source, depth + 1, base, out)
 
 
 @functools.cache

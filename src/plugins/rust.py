@@ -624,13 +624,12 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
     A cut before a child that starts a line moves back to the start of that line (only
     indentation lies between the previous sibling and it), so a piece starts with
     whole lines; a cut inside a line ranks below every line-start cut (see
-    ``cut_before``); cuts never fall inside a token. Nothing is cut from the comments
+    ``core.chunk.cut_before``); cuts never fall inside a token. Nothing is cut from the comments
     and attributes that lead into it: outer doc comments and attributes stay with the
     next node (as rustc attaches them), other comments when no blank line separates them.
 
     It visits every child of every large node, so it reads byte offsets and kind ids only
-    (a node's type name and points are objects made anew on each access): whether a
-    child starts a line is whether a newline lies between its previous sibling and it.
+    (a node's type name and points are objects made anew on each access).
     """
     trivia, atomic = _TRIVIA_IDS, _ATOMIC_IDS
     prev = None
@@ -638,7 +637,7 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
     for child in node.children:
         start, end = child.start_byte, child.end_byte
         if prev is not None and (prev.kind_id not in trivia or not _leads_into(prev, child.start_point.row, source)):
-            newline = source.rfind(b"\n", prev_end, start)
+            newline = source.rfind(b"\n", prev_end, start)  # core.chunk.cut_before, inlined: it runs per child
             out.append((newline + 1 - base, depth) if newline >= 0 else (start - base, depth + CUT_MID_LINE))
         prev, prev_end = child, end
         if end - start > CUT_MIN and depth < MAX_CUT_DEPTH and child.child_count and child.kind_id not in atomic:

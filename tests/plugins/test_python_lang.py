@@ -230,6 +230,42 @@ def test_module_paths_strip_the_source_roots_pyproject_files_declare():
     assert PythonLanguage().module_paths({"pyproject.toml": b"[project]\nname = 'x'\n"}) is python_module_path
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_cut_points_equal_their_definition_by_rows_and_columns(newline):
+    """The cut collector reads byte offsets; its cuts are those rows and columns define: at
+    a line's start before a node that starts one, else at the node ranked CUT_MID_LINE
+    deeper, and none before a comment on the line where the statement before it ends."""
+    from core.chunk import CUT_MID_LINE, CUT_MIN
+    from plugins.python_lang import ATOMIC, _collect_cuts
+
+    def by_points(node, depth, out):
+        prev = None
+        for child in node.children:
+            if prev is not None and not (child.type == "comment" and child.start_point.row == prev.end_point.row):
+                if child.start_point.row > prev.end_point.row:
+                    out.append((child.start_byte - child.start_point.column, depth))
+                else:
+                    out.append((child.start_byte, depth + CUT_MID_LINE))
+            prev = child
+            if child.end_byte - child.start_byte > CUT_MIN and child.child_count and child.type not in ATOMIC:
+                by_points(child, depth + 1, out)
+
+    lines = ["def big(a, b):"]
+    for i in range(40):
+        lines += [f"    x{i} = f({i}, a, [b, {i}])  # note {i}", f"    # about y{i}",
+                  f"    y{i} = g(x{i}); z{i} = h(y{i}, \\", f"        {i})", ""]
+    lines += ["    return " + " + ".join(f"t{i}(a)" for i in range(60)), ""]
+    source = newline.join(lines).encode()
+    tree = PythonLanguage()._ensure()[0].parse(source)
+    fn = tree.root_node.named_children[0]
+    fast: list = []
+    slow: list = []
+    _collect_cuts(fn, source, 0, 0, fast)
+    by_points(fn, 0, slow)
+    assert fast == slow and len(fast) > 200
+    assert any(d >= CUT_MID_LINE for _, d in fast)
+
+
 def test_oversize_function_is_cut_at_statement_boundaries_by_the_ast_chunker():
     body = "\n".join(f"    value_{i} = compute({i}, 'café {i}')  # «{i}»" for i in range(120))
     src = f"# «header» ✓\n@trace\ndef big(a: int,\n        b: int) -> int:\n    \"\"\"{'x' * 700}\"\"\"\n{body}\n    return a\n\n\ndef small():\n    return 1\n"
