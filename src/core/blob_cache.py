@@ -33,9 +33,15 @@ def _connect(path: Path) -> sqlite3.Connection:
         # table's rows in the key's B-tree, where they make reads about 5x slower
         return connection(path, ["CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, entry BLOB NOT NULL)"])
     except (sqlite3.DatabaseError, OSError) as exc:
-        raise CommitforgeError(
-            f"the unit cache {str(path)!r} cannot be used ({exc}); delete it or choose another cache_dir=DIR"
-        ) from None
+        raise unusable("unit cache", path, exc, reuse=False) from None
+
+
+def unusable(name: str, path: Path, exc: BaseException, reuse: bool = True) -> CommitforgeError:
+    """The one-line error for a cache database that cannot be opened, read or written
+    (``reuse``: whether ``reuse=false`` does without it)."""
+    fix = "delete it, choose another cache_dir=DIR or run with reuse=false" if reuse else \
+        "delete it or choose another cache_dir=DIR"
+    return CommitforgeError(f"the {name} {str(path)!r} cannot be used ({exc}); {fix}")
 
 
 def connection(path: Path, schema: list[str],

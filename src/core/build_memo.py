@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from core.blob_cache import connection, forget_connection
+from core.blob_cache import connection, forget_connection, unusable
 from core.dedup import Features
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
@@ -132,8 +132,7 @@ class BuildMemo:
             raise self._unusable(exc) from None
 
     def _unusable(self, exc: Exception) -> CommitforgeError:
-        return CommitforgeError(f"the build cache {str(self.path)!r} cannot be used ({exc}); delete it, "
-                                "choose another cache_dir=DIR or run with reuse=false")
+        return unusable("build cache", self.path, exc)
 
     def close(self) -> None:
         try:

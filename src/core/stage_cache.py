@@ -31,8 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.blob_cache import connection, forget_connection
-from core.errors import CommitforgeError
+from core.blob_cache import connection, forget_connection, unusable
 
 STAGE_CACHE_FORMAT = 4
 
@@ -121,8 +120,7 @@ class StageCache:
                  "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")],
                 self._forget_old_outputs)
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise CommitforgeError(f"the stage cache {str(self.path)!r} cannot be used ({exc}); delete it, "
-                                   "choose another cache_dir=DIR or run with reuse=false") from None
+            raise unusable("stage cache", self.path, exc) from None
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any], Any]]:
         """The stored (data, rows, stats, scan) of each key that has a usable entry; ``scan`` is
