@@ -22,7 +22,7 @@ import tree_sitter
 import tree_sitter_rust
 
 from core.hookspecs import hookimpl
-from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT, pack_cuts
+from core.chunk import CUT_MID_LINE, CUT_MIN, CUT_UNIT, pack_flat_cuts
 from core.parsing import ByteOffsets as _Offsets
 from core.parsing import Edit
 from core.parsing import edited as _edited
@@ -54,7 +54,6 @@ ITEM_KINDS = {
 CONTAINERS = {"impl_item", "trait_item", "mod_item"}
 # declarations that are not units but that context resolution reads (ParsedBlob.decls)
 DECL_KINDS = {"use_declaration": "use", "extern_crate_declaration": "extern_crate"}
-_WS = re.compile(r"\s+")
 
 
 @dataclass
@@ -275,15 +274,16 @@ class RustLanguage:
             body_open = None if opener is None else offsets.char(opener + 1) - c_start
             cuts = b""
             if len(unit_text) > CUT_UNIT:
-                found: list[tuple[int, int]] = []
+                found: list[int] = []
                 base = start if offsets.ascii else 0
                 _collect_cuts(node, source, 0, base, found)
                 # nothing is cut out of the item's header (its docs and attributes, up to its
                 # body or value): every later piece repeats it
-                found = found[bisect.bisect_left(found, (sig_end - base + 1,)):]  # in offset order
+                del found[:2 * bisect.bisect_left(found[::2], sig_end - base + 1)]  # in offset order
                 if not offsets.ascii:
-                    found = [(offsets.char(b) - c_start, d) for b, d in found]
-                cuts = pack_cuts(found)
+                    char = offsets.char
+                    found[::2] = [char(b) - c_start for b in found[::2]]
+                cuts = pack_flat_cuts(found)
         return Unit(
             kind=kind,
             name=name,
@@ -517,7 +517,9 @@ def _macro_call_name(node, source: bytes, parts: tuple[str, Any, Any] | None = N
             head = line.decode("utf-8", "replace")
             break
         pos = stop + 1
-    head = _WS.sub(" ", _PATH_PREFIXES.sub("", head)).strip().rstrip(",").strip()
+    if "::" in head:
+        head = _PATH_PREFIXES.sub("", head)
+    head = " ".join(head.split()).rstrip(",").strip()  # str.split splits where \s matches
     head = head.replace("#", "").replace("::", "")
     if head:
         if len(head) > MACRO_CALL_NAME_CHARS:
@@ -618,8 +620,9 @@ def _leads_into(node, next_row: int, source: bytes) -> bool:
     return next_row <= last_row + 1
 
 
-def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[int, int]]) -> None:
-    """(offset - base, depth) between the children of large nodes, in increasing order.
+def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[int]) -> None:
+    """Cut points between the children of large nodes, in increasing order, appended to
+    ``out`` flat: offset - base, depth, offset - base, depth, ... (see ``pack_flat_cuts``).
 
     A cut before a child that starts a line moves back to the start of that line (only
     indentation lies between the previous sibling and it), so a piece starts with
@@ -638,7 +641,10 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[tuple[in
         start, end = child.start_byte, child.end_byte
         if prev is not None and (prev.kind_id not in trivia or not _leads_into(prev, child.start_point.row, source)):
             newline = source.rfind(b"\n", prev_end, start)  # core.chunk.cut_before, inlined: it runs per child
-            out.append((newline + 1 - base, depth) if newline >= 0 else (start - base, depth + CUT_MID_LINE))
+            if newline >= 0:
+                out += (newline + 1 - base, depth)
+            else:
+                out += (start - base, depth + CUT_MID_LINE)
         prev, prev_end = child, end
         if end - start > CUT_MIN and depth < MAX_CUT_DEPTH and child.child_count and child.kind_id not in atomic:
             _collect_cuts(child, source, depth + 1, base, out)

@@ -173,6 +173,7 @@ def _cuts_by_points(node, source: bytes, depth: int, base: int, out: list) -> No
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_cut_points_equal_their_definition_by_rows_and_columns(newline):
+    from core.chunk import pack_cuts, pack_flat_cuts
     from plugins.rust import _collect_cuts
     lines = ["/// «doc»", "#[test]", "fn big() {"]
     for i in range(40):
@@ -189,8 +190,10 @@ def test_cut_points_equal_their_definition_by_rows_and_columns(newline):
         slow: list = []
         _collect_cuts(fn, source, 0, base, fast)
         _cuts_by_points(fn, source, 0, base, slow)
-        assert fast == slow and len(fast) > 200
-    assert any(d >= CUT_MID_LINE for _, d in fast)  # the long last line has cuts inside it
+        pairs = list(zip(fast[::2], fast[1::2]))
+        assert pairs == slow and len(pairs) > 200 and len(fast) == 2 * len(pairs)
+        assert pack_flat_cuts(fast) == pack_cuts(slow)
+    assert any(d >= CUT_MID_LINE for _, d in pairs)  # the long last line has cuts inside it
 
 
 def test_leading_docs_and_attributes_are_found_whatever_precedes_the_item():
