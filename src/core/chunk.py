@@ -104,7 +104,7 @@ class Chunk:
             if self.max_chars is None or len(self.text) <= self.max_chars:
                 self._spans, self._opening = [(0, len(self.text))], ""
             else:
-                self._spans, opening_ = piece_spans(self.text, unpack_cuts(self.cuts), self.max_chars,
+                self._spans, opening_ = piece_spans(self.text, self.cuts, self.max_chars,
                                                     self.body_open, self.signature)
                 self._opening = self._indented(opening_)
         return self._spans
@@ -170,14 +170,14 @@ def opening(text: str, body_open: int | None, max_chars: int | None = None, sign
     return out if len(out) <= max_chars // 2 else ""
 
 
-def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int, body_open: int | None,
+def piece_spans(text: str, cuts: bytes, max_chars: int, body_open: int | None,
                 signature: str | None = None) -> tuple[list[tuple[int, int]], str]:
     """Cut ``text`` into pieces of at most ``max_chars`` at syntax-tree boundaries: the
     pieces' spans in ``text`` (consecutive, covering it) and the opening that pieces after
     the first start with.
 
-    ``cuts`` are (offset, depth) pairs between sibling nodes in increasing offset
-    order; shallower cuts are tried first and a segment still too long is cut at the
+    ``cuts`` are packed (``pack_cuts``) (offset, depth) pairs between sibling nodes in
+    increasing offset order; shallower cuts are tried first and a segment still too long is cut at the
     next depth. Pieces after the first repeat the unit's opening (:func:`opening`)
     so each piece keeps its header. A segment with no cut inside (one huge token
     or leaf) stays whole, over the limit, rather than being cut mid-token (the chunk
@@ -193,8 +193,10 @@ def piece_spans(text: str, cuts: list[tuple[int, int]], max_chars: int, body_ope
         return [(0, n)], ""
     prefix = opening(text, body_open, max_chars, signature)
     budget = max_chars - len(prefix)
-    offsets = [c[0] for c in cuts]
-    depths = [c[1] for c in cuts]
+    flat = array("i")
+    flat.frombytes(cuts)
+    pairs = flat.tolist()
+    offsets, depths = pairs[::2], pairs[1::2]
 
     def segments(a: int, b: int) -> list[tuple[int, int]]:
         lo, hi = bisect.bisect_right(offsets, a), bisect.bisect_left(offsets, b)
