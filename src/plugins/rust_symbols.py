@@ -1441,19 +1441,28 @@ class RustIndex(MemoReferences):
         return [self._reference((path, d.local), 0, "file", "defined", mod) for d in syms.defs]
 
 
-# a top-level `mod name;` of a crate root, with the attribute and comment lines above it
-_MOD_DECL = re.compile(rb"^((?:(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?\n)*)(?:pub(?:\([^)\n]*\))?[ \t]+)?"
-                       rb"mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
+# a top-level `mod name;` line, and one of the attribute or comment lines that lead into it
+_MOD_LINE = re.compile(rb"^(?:pub(?:\([^)\n]*\))?[ \t]+)?mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
+_LEAD_LINE = re.compile(rb"(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?")
 _PATH_ATTR_BYTES = re.compile(rb'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
 
 
 @functools.lru_cache(maxsize=4096)
 def root_declarations(source: bytes) -> tuple[tuple[str, str | None], ...]:
-    """The file modules a crate root declares at its top level: (name, ``#[path]`` or None)."""
+    """The file modules a crate root declares at its top level: (name, ``#[path]`` or None).
+
+    The attribute and comment lines just above each ``mod`` line are read backwards from
+    it, so a long run of comment lines (a crate's doc) is read once, not once per line."""
     out = []
-    for m in _MOD_DECL.finditer(source):
-        attr = _PATH_ATTR_BYTES.search(m.group(1))
-        out.append((m.group(2).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
+    for m in _MOD_LINE.finditer(source):
+        lead = m.start()
+        while lead > 0:
+            above = source.rfind(b"\n", 0, lead - 1) + 1
+            if not _LEAD_LINE.fullmatch(source, above, lead - 1):
+                break
+            lead = above
+        attr = _PATH_ATTR_BYTES.search(source, lead, m.start()) if lead < m.start() else None
+        out.append((m.group(1).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
     return tuple(out)
 
 

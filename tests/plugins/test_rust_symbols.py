@@ -639,3 +639,30 @@ def test_context_items_are_named_as_the_crate_roots_declare_their_modules():
     idx.update({"src/lib.rs": summarize(RustLanguage().parse(plain["src/lib.rs"].encode()), 1200, 0)}, {})
     refs = {qual: found for _, qual, found in _references(idx, RustLanguage(), plain)}
     assert [r[1] for r in refs["user"]] == ["serde::private::helper"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_root_declarations_read_the_attribute_and_comment_lines_above_each_mod(newline):
+    from plugins.rust_symbols import root_declarations
+    doc = [f"//! line {i} of a long crate doc, mod fake{i};" for i in range(300)]
+    lines = doc + [
+        "#![forbid(unsafe_code)]",
+        "mod plain;",
+        "#[path = \"sys/unix.rs\"]",
+        "// a comment between the attribute and its module",
+        "#[cfg(unix)] ",
+        "pub(crate) mod sys;",
+        "mod after_sys;",  # the path above belongs to `sys` only
+        "",
+        "#[path = \"far.rs\"]",
+        "",
+        "mod past_a_blank_line;",  # a blank line ends the lines that lead into a module
+        "    mod indented;",  # not at the top level
+        "mod inline { mod inner; }",
+        "pub mod r#type;",
+        "fn f() {} mod same_line;",
+        "// mod commented_out;",
+    ]
+    source = newline.join(lines).encode()
+    assert root_declarations(source) == (("plain", None), ("sys", "sys/unix.rs"), ("after_sys", None),
+                                         ("past_a_blank_line", None), ("type", None))
