@@ -27,7 +27,7 @@ from core.pairing import pair_chunks, pair_moves, part_changes
 from core.parsing import ParseTimeout, hunk_edits
 from core.progress import progress
 from core.records import CommitRecord, FileChange, ParsedBlob, UnitChange
-from core.report import scan_lines
+from core.report import scan_rows
 from core.snapshot import Snapshot, TreeSteps, apply_delta
 from core.stats import Counter
 
@@ -227,8 +227,9 @@ class ChunkJob:
                         apply_delta(tree, st.deltas[i - 1])
                 modules = (self._module_paths(trees[0]), self._module_paths(trees[1]))
             stats = Counter()
-            lines = [record_line(row) for row in self._pair_commit(rec, stats, snapshot, *modules)]
-            out.append((b"".join(lines), len(lines), stats.to_dict(), scan_lines(lines).to_plain()))
+            rows = list(self._pair_commit(rec, stats, snapshot, *modules))
+            lines = [record_line(row) for row in rows]
+            out.append((b"".join(lines), len(lines), stats.to_dict(), scan_rows(rows).to_plain()))
         return out
 
     def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:

@@ -354,17 +354,16 @@ def scan_chunks(path: Path) -> ChunkScan:
 def scan_lines(lines: Iterable[bytes], scan: ChunkScan | None = None) -> ChunkScan:
     """Add lines of ``chunks.jsonl`` to ``scan`` (a new one by default) and return it."""
     scan = ChunkScan() if scan is None else scan
-    per_commit, commit_time = scan.per_commit, scan.commit_time
     for line in lines:
         if not line.strip():
             continue
-        scan.rows += 1
         mc, mt = _COMMIT.search(line), _TIME.search(line)
         found, ctx = _value_at(line, _CONTEXT_KEY, last=True)
         recall: Any = None
         if mc is None or mt is None or not found or not isinstance(ctx, list):
             slow = _slow_fields(line)
             if slow is None:
+                scan.rows += 1
                 scan.malformed += 1
                 continue
             commit, time, ctx, recall = slow
@@ -373,26 +372,40 @@ def scan_lines(lines: Iterable[bytes], scan: ChunkScan | None = None) -> ChunkSc
             time = mt.group(1).decode("utf-8", "replace")
             if _RECALL_KEY in line:
                 recall = _value_at(line, _RECALL_KEY)[1]
-        if commit in per_commit:
-            per_commit[commit] += 1
-        else:
-            per_commit[commit] = 1
-            commit_time[commit] = time
-        items = ctx if isinstance(ctx, list) else []
-        scan.context_counts[len(items)] += 1
-        if items:
-            scan.context_items += len(items)
-            for it in items:
-                if isinstance(it, dict):
-                    # "tier: detail" (e.g. "direct: Amount"): count by tier
-                    scan.context_why[str(it.get("why") or "?").split(":", 1)[0]] += 1
-                    text = it.get("text")
-                    if isinstance(text, str):
-                        scan.context_chars += len(text)
-        r = recall_value(recall)
-        if r is not None:
-            scan.recall.append(r)
+        _add_row(scan, commit, time, ctx, recall)
     return scan
+
+
+def scan_rows(rows: Iterable[dict[str, Any]], scan: ChunkScan | None = None) -> ChunkScan:
+    """``scan_lines`` of rows not yet written: the same scan, read from the dicts."""
+    scan = ChunkScan() if scan is None else scan
+    for row in rows:
+        _add_row(scan, str(row.get("commit", "")), str(row.get("time", "")), row.get("context"),
+                 row.get("context_recall"))
+    return scan
+
+
+def _add_row(scan: ChunkScan, commit: str, time: str, ctx: Any, recall: Any) -> None:
+    scan.rows += 1
+    if commit in scan.per_commit:
+        scan.per_commit[commit] += 1
+    else:
+        scan.per_commit[commit] = 1
+        scan.commit_time[commit] = time
+    items = ctx if isinstance(ctx, list) else []
+    scan.context_counts[len(items)] += 1
+    if items:
+        scan.context_items += len(items)
+        for it in items:
+            if isinstance(it, dict):
+                # "tier: detail" (e.g. "direct: Amount"): count by tier
+                scan.context_why[str(it.get("why") or "?").split(":", 1)[0]] += 1
+                text = it.get("text")
+                if isinstance(text, str):
+                    scan.context_chars += len(text)
+    r = recall_value(recall)
+    if r is not None:
+        scan.recall.append(r)
 
 
 def scan_examples(run_dir: Path, split_names: Iterable[str]) -> tuple[dict[str, Counter[str]], list[str]]:

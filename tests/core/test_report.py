@@ -15,6 +15,8 @@ from core.report import (
     fmt,
     render_report,
     scan_chunks,
+    scan_lines,
+    scan_rows,
     summary_row,
     write_report,
 )
@@ -159,3 +161,12 @@ def test_scan_chunks_reads_only_what_it_needs_but_the_same_as_json(tmp_path):
     assert scan.context_items == 4 and scan.context_chars == len("struct A;") + 3 * len("fn b();")
     assert dict(scan.context_why) == {"direct": 1, "same_file": 3}
     assert scan.recall == [0.5]
+    # the chunk stage's workers scan their rows before writing them: the same scan
+    assert scan_rows(rows).to_plain() == scan.to_plain()
+
+
+def test_workers_scan_of_rows_equals_the_scan_of_the_written_lines(demo_run):
+    lines = (demo_run / "chunks.jsonl").read_bytes().splitlines(keepends=True)
+    rows = [json.loads(line) for line in lines]
+    assert any(r.get("context") for r in rows) and len({r["commit"] for r in rows}) > 3
+    assert scan_rows(rows).to_plain() == scan_lines(lines).to_plain()
