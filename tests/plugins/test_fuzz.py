@@ -175,5 +175,6 @@ REFERENCES = st.lists(st.builds(
 @given(REFERENCES, st.integers(0, 80))
 def test_packing_references_equals_packing_their_items(refs, budget):
     """pack_references makes items of the packed references only: same choice, same order."""
-    count = CharCounter(3.2)
-    assert pack_references(refs, budget, count) == pack([to_item(r) for r in refs], budget, count)
+    # characters (counted from lengths), and a tokenizer's count of the joined text
+    for count in (CharCounter(3.2), lambda text: len(text.split()) + text.count("\n")):
+        assert pack_references(refs, budget, count) == pack([to_item(r) for r in refs], budget, count)
