@@ -399,7 +399,7 @@ class Package:
     edition: str | None = "2015"
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _toml(data: bytes) -> dict[str, Any] | None:
     """A manifest's TOML document (read only), parsed once per content: a history has
     few distinct versions of each Cargo.toml, and every package change re-reads them all."""
@@ -427,21 +427,14 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str],
         if isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("path"), str):
             bins.append((b["name"], b["path"]))
     deps: dict[str, str] = {}
-    tables = [doc.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
-    for target in (doc.get("target") or {}).values() if isinstance(doc.get("target"), dict) else ():
-        if isinstance(target, dict):
-            tables += [target.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
-    for table in tables:
-        if not isinstance(table, dict):
-            continue
-        for key, spec in table.items():
-            real = key
-            if isinstance(spec, dict):
-                if spec.get("workspace") is True:
-                    real = workspace_deps.get(key, key)
-                elif isinstance(spec.get("package"), str):
-                    real = spec["package"]
-            deps[key.replace("-", "_")] = real
+    for key, spec in _dependency_specs(doc):
+        real = key
+        if isinstance(spec, dict):
+            if spec.get("workspace") is True:
+                real = workspace_deps.get(key, key)
+            elif isinstance(spec.get("package"), str):
+                real = spec["package"]
+        deps[key.replace("-", "_")] = real
     edition = pkg.get("edition", "2015")
     if isinstance(edition, dict):
         edition = workspace_edition if edition.get("workspace") is True else None
@@ -452,6 +445,27 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str],
                    lib_path=lib.get("path") if isinstance(lib.get("path"), str) else None,
                    bins=tuple(bins), deps=tuple(sorted(deps.items())),
                    edition=edition if isinstance(edition, str) else None)
+
+
+def _dependency_specs(doc: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(name, spec) of a manifest's dependencies of every kind, its per-target ones included."""
+    tables = [doc.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
+    for target in (doc.get("target") or {}).values() if isinstance(doc.get("target"), dict) else ():
+        if isinstance(target, dict):
+            tables += [target.get(t) for t in ("dependencies", "dev-dependencies", "build-dependencies")]
+    for table in tables:
+        if isinstance(table, dict):
+            yield from table.items()
+
+
+def inherited_dependencies(data: bytes) -> tuple[str, ...]:
+    """The dependencies a manifest takes from its workspace (``name.workspace = true``):
+    all that ``parse_cargo`` reads of the workspace's dependencies."""
+    doc = _toml(data)
+    if doc is None:
+        return ()
+    return tuple(sorted({key for key, spec in _dependency_specs(doc)
+                         if isinstance(spec, dict) and spec.get("workspace") is True}))
 
 
 @dataclass(frozen=True)
@@ -790,20 +804,20 @@ class RustIndex(MemoReferences):
         return True
 
     def _packages(self) -> dict[str, Package]:
+        """The packages of the tree's manifests. It runs again whenever a manifest changes,
+        over all of them (a workspace of hundreds of crates): what it reads of each
+        manifest is kept by content, and each package by its manifest, its workspace's
+        edition and the entries of the workspace's dependencies it inherits."""
         memo = self._manifest_cache
         ws: dict[str, str] = {}
-        for data in self.manifests.values():
-            key = ("ws", data)
-            if key not in memo:
-                memo[key] = workspace_dependencies(data)
-            ws.update(memo[key])
-        ws_key = tuple(sorted(ws.items()))
         roots: dict[str, str | None] = {}  # workspace root dir -> its [workspace.package] edition
         for path, data in self.manifests.items():
-            key = ("root", data)
-            if key not in memo:
-                memo[key] = workspace_root(data)
-            is_root, edition = memo[key]
+            key = ("ws", data)
+            hit = memo.get(key)
+            if hit is None:
+                hit = memo[key] = (workspace_dependencies(data), workspace_root(data), inherited_dependencies(data))
+            ws.update(hit[0])
+            is_root, edition = hit[1]
             if is_root:
                 roots[posixpath.dirname(path)] = edition
         out = {}
@@ -811,13 +825,14 @@ class RustIndex(MemoReferences):
             d = posixpath.dirname(path)
             while d not in roots and d:  # the nearest workspace root holding the package
                 d = posixpath.dirname(d)
-            key = (path, data, ws_key, roots.get(d))
-            if key not in memo:
-                memo[key] = parse_cargo(path, data, ws, roots.get(d))
-            pkg = memo[key]
+            inherited = memo[("ws", data)][2]
+            key = (path, data, roots.get(d), tuple(ws.get(name) for name in inherited))
+            pkg = memo.get(key, memo)
+            if pkg is memo:
+                pkg = memo[key] = parse_cargo(path, data, ws, roots.get(d))
             if pkg is not None:
                 out[pkg.dir] = pkg
-        if len(memo) > 4096:
+        if len(memo) > 65536:
             memo.clear()
         return out
 

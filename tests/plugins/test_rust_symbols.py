@@ -581,6 +581,27 @@ def test_editions_come_from_the_package_or_its_workspace():
     assert {d: p.edition for d, p in idx.packages.items()} == {"crates/x": "2015", "crates/y": "2018", "crates/z": None}
 
 
+
+def test_packages_follow_changes_of_what_they_inherit_from_their_workspace():
+    """Packages are kept across updates by what they read of their workspace: a change of
+    an inherited dependency or of the workspace edition reaches them, others do not."""
+    root = '[workspace]\nmembers = ["crates/*"]\n[workspace.package]\nedition = "{ed}"\n[workspace.dependencies]\n' \
+           'geo = {{ path = "crates/{geo}", package = "{geo}" }}\nother = "1"\n'
+    app = b'[package]\nname = "app"\nedition.workspace = true\n[dependencies]\ngeo = { workspace = true }\n'
+    manifests = {"Cargo.toml": root.format(ed="2018", geo="geo-core").encode(), "crates/app/Cargo.toml": app,
+                 "crates/geo-core/Cargo.toml": b'[package]\nname = "geo-core"\n',
+                 "crates/geo-alt/Cargo.toml": b'[package]\nname = "geo-alt"\n'}
+    idx = _index({}, manifests)
+    before = idx.packages["crates/app"]
+    assert idx.crate_deps["crates/app#lib"]["geo"] == "crates/geo-core#lib" and before.edition == "2018"
+    idx.update({}, {"Cargo.toml": root.format(ed="2018", geo="geo-core").encode().replace(b'"1"', b'"2"')})
+    assert idx.packages["crates/app"] is before  # nothing it inherits changed: the same package
+    idx.update({}, {"Cargo.toml": root.format(ed="2018", geo="geo-alt").encode()})
+    assert idx.crate_deps["crates/app#lib"]["geo"] == "crates/geo-alt#lib"
+    idx.update({}, {"Cargo.toml": root.format(ed="2015", geo="geo-alt").encode()})
+    assert idx.packages["crates/app"].edition == "2015"
+    assert idx.packages["crates/app"] == parse_cargo("crates/app/Cargo.toml", app, {"geo": "geo-alt", "other": "other"}, "2015")
+
 EDITIONS = {
     "src/lib.rs": "pub mod fragment;\npub mod de;\n",
     "src/fragment.rs": "pub enum Fragment { Expr, Block }\npub struct Bar;\n",
