@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +34,9 @@ from core.stats import Counter
 
 BLOB_BATCH = 24
 COMMIT_BATCH = 24
+# with a context strategy that reads the tree: at most this many commits per unit of work
+# (see commit_batch); a unit's rows wait in the main process until those before it are written
+CONTEXT_BATCH = 128
 INLINE_BLOBS = 96  # at most this many blobs to parse: no worker processes
 LOADED_BLOBS = 256  # per worker: a file's new version is usually the next change's old one
 _BINARY_SNIFF = 8000
@@ -582,6 +586,22 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
             out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read),
                              frozenset(p for p in paths if p.rsplit("/", 1)[-1] in marks))
     return out
+
+
+def commit_batch(commits: int, workers: int, follows_trees: bool) -> int:
+    """Commits per unit of work of the chunk stage: ``COMMIT_BATCH`` (small units keep both
+    cores busy to the end), but with a context strategy that reads the tree
+    (``follows_trees``) as few runs as the workers and ``CONTEXT_BATCH`` allow. A worker's
+    snapshot and symbol index follow the history through the commits it pairs, and the
+    commits between two of its runs must be applied too: with 24-commit runs on two
+    workers, each worker's index followed nearly the whole history. On rusty-kaspa (471
+    commits, two workers) the workers' snapshot upkeep took 7.3 s in all with 24-commit
+    runs and 4.3 s with 118-commit ones; runs of 236 commits took 2.8 s, but held twice
+    the rows in memory."""
+    if not follows_trees:
+        return COMMIT_BATCH
+    runs = max(1, workers, math.ceil(commits / CONTEXT_BATCH))
+    return max(COMMIT_BATCH, math.ceil(commits / runs))
 
 
 def batched(items: list, size: int) -> list[list]:

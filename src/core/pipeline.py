@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (COMMIT_BATCH, ChunkJob, batched, close_readers, naming_files, project_file_names,
+from core.chunking import (ChunkJob, batched, commit_batch, close_readers, naming_files, project_file_names,
                             redact_counted, reset_memory, takes, unique_blobs)
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
@@ -335,10 +335,11 @@ class Run:
         todo = [i for i in range(len(commits)) if i not in done]
         stats.add("commits_reused", len(done))
         stats.add("commits_computed", len(todo))
-        # the unit of work is a run of up to COMMIT_BATCH commits by position; a run computes
+        # the unit of work is a run of commits by position (see commit_batch); a run computes
         # only its commits that are not in the cache
-        work = [group for group in ([i for i in range(s, min(s + COMMIT_BATCH, len(commits))) if i not in done]
-                                    for s in range(0, len(commits), COMMIT_BATCH)) if group]
+        size = commit_batch(len(commits), getattr(self.executor, "workers", 1) or 1, at is not None)
+        work = [group for group in ([i for i in range(s, min(s + size, len(commits))) if i not in done]
+                                    for s in range(0, len(commits), size)) if group]
         steps: list[TreeSteps | None] = [None] * len(work)
         if at is not None and todo:
             # the context strategy reads the whole tree at each commit

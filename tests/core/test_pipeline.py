@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -84,13 +85,29 @@ def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
 
 @pytest.mark.parametrize("context", ["none", "imports", "repomap"])
 def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch):
-    import core.pipeline
+    import core.chunking
 
-    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 3)  # several batches: workers see different histories
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 3)
+    monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 3)  # several batches: workers see different histories
     one = run_pipeline(tmp_path / "a", "executor.workers=1", f"context={context}", "reuse=false")
     two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "reuse=false")
     assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
+
+
+
+def test_context_runs_give_each_worker_long_runs_of_commits():
+    """A worker's snapshot follows every commit between two of its units of work: with a
+    context strategy, as many runs as workers, as long as CONTEXT_BATCH allows."""
+    from core.chunking import COMMIT_BATCH, CONTEXT_BATCH, commit_batch
+
+    assert commit_batch(471, 2, follows_trees=False) == COMMIT_BATCH  # no snapshot: small units
+    assert commit_batch(CONTEXT_BATCH, 2, follows_trees=True) == CONTEXT_BATCH // 2  # one run per worker
+    assert commit_batch(10, 4, follows_trees=True) == COMMIT_BATCH  # never below COMMIT_BATCH
+    for commits in (471, 5_000, 50_001):
+        size = commit_batch(commits, 2, follows_trees=True)
+        runs = math.ceil(commits / size)
+        assert COMMIT_BATCH < size <= CONTEXT_BATCH and runs == max(2, math.ceil(commits / CONTEXT_BATCH))
 
 
 def test_demo_repository_history_is_mined_and_paired(tmp_path):
@@ -244,9 +261,10 @@ def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
 
 
 def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch):
-    import core.pipeline
+    import core.chunking
 
-    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 2)
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 2)
+    monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 2)
     r = scripted_repo
     for i in range(5):
         r.commit(f"c{i}", {f"src/m{i}.rs": f"pub fn f{i}() -> u32 {{ crate::N + {i} }}\n",
@@ -283,10 +301,11 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
 def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_path, monkeypatch, snapshot, workers):
     import sqlite3
 
-    import core.pipeline
+    import core.chunking
     from core.stage_cache import StageCache
 
-    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 4)  # misses inside and across batches
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 4)
+    monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 4)  # misses inside and across batches
     cache = tmp_path / "cache"
 
     def chunks(name: str, *overrides: str) -> tuple[dict, bytes]:
@@ -431,10 +450,11 @@ def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
 
 
 def test_the_report_scan_kept_per_commit_equals_a_scan_of_chunks_jsonl(tmp_path, monkeypatch):
-    import core.pipeline
+    import core.chunking
     from core.report import render_report, scan_chunks
 
-    monkeypatch.setattr(core.pipeline, "COMMIT_BATCH", 3)
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 3)
+    monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 3)
     cache = tmp_path / "cache"
     for name in ("cold", "warm"):  # computed, then every commit's scan from the stage cache
         r = Run(make_cfg(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports"))
