@@ -667,6 +667,8 @@ class RustIndex(MemoReferences):
         self._frames: list[tuple[set, set]] = []
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
         self._distances: dict[tuple[Mod, Mod], int] = {}  # module distance of two modules
+        # path -> (its summary, its module, _entries of the two): an update reads a file's old entries
+        self._entry_sets: dict[str, tuple[FileSymbols, Mod, set[tuple]]] = {}
 
     # -- maintenance ---------------------------------------------------------------------
     def update(self, files: dict[str, FileSymbols | None], manifests: dict[str, bytes | None]) -> None:
@@ -706,6 +708,7 @@ class RustIndex(MemoReferences):
             if syms is None:
                 self.files.pop(path, None)
                 self.file_mod.pop(path, None)
+                self._entry_sets.pop(path, None)
             else:
                 self.files[path] = syms
         if packages_changed:
@@ -927,6 +930,9 @@ class RustIndex(MemoReferences):
         """What one file puts in the tables, as (table, key, value, name a lookup can now
         succeed on or None, what lookups read of the definition)."""
         syms, mod = self.files[path], self.file_mod[path]
+        kept = self._entry_sets.get(path)
+        if kept is not None and kept[0] is syms and kept[1] == mod:
+            return kept[2]  # callers only compare entry sets, never change them
         crate = mod[0]
         out: set[tuple] = set()
         for scope in syms.scopes:
@@ -948,6 +954,7 @@ class RustIndex(MemoReferences):
             out.add(("uses", mod + scope, (segs, bound), bound if bound != "*" else None, None))
         for scope in syms.macro_use:
             out.add(("macro_use", mod + scope, path, None, None))
+        self._entry_sets[path] = (syms, mod, out)
         return out
 
     def _change(self, old: set[tuple], new: set[tuple], dirty: set[tuple]) -> None:
