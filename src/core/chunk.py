@@ -143,9 +143,14 @@ def pack_flat_cuts(flat: list[int]) -> bytes:
 
 
 def unpack_cuts(packed: bytes) -> list[tuple[int, int]]:
+    flat = _unpack_flat(packed)
+    return list(zip(flat[::2], flat[1::2]))
+
+
+def _unpack_flat(packed: bytes) -> list[int]:
     flat = array("i")
     flat.frombytes(packed)
-    return list(zip(flat[::2], flat[1::2]))
+    return flat.tolist()
 
 
 def opening(text: str, body_open: int | None, max_chars: int | None = None, signature: str | None = None) -> str:
@@ -176,9 +181,9 @@ def piece_spans(text: str, cuts: bytes, max_chars: int, body_open: int | None,
     pieces' spans in ``text`` (consecutive, covering it) and the opening that pieces after
     the first start with.
 
-    ``cuts`` are packed (``pack_cuts``) (offset, depth) pairs between sibling nodes in
-    increasing offset order; shallower cuts are tried first and a segment still too long is cut at the
-    next depth. Pieces after the first repeat the unit's opening (:func:`opening`)
+    ``cuts`` are (offset, depth) pairs between sibling nodes in increasing offset order,
+    packed (``pack_cuts``); shallower cuts are tried first and a segment still too long
+    is cut at the next depth. Pieces after the first repeat the unit's opening (:func:`opening`)
     so each piece keeps its header. A segment with no cut inside (one huge token
     or leaf) stays whole, over the limit, rather than being cut mid-token (the chunk
     stage counts such parts as oversize).
@@ -193,10 +198,8 @@ def piece_spans(text: str, cuts: bytes, max_chars: int, body_open: int | None,
         return [(0, n)], ""
     prefix = opening(text, body_open, max_chars, signature)
     budget = max_chars - len(prefix)
-    flat = array("i")
-    flat.frombytes(cuts)
-    pairs = flat.tolist()
-    offsets, depths = pairs[::2], pairs[1::2]
+    flat = _unpack_flat(cuts)
+    offsets, depths = flat[::2], flat[1::2]
 
     def segments(a: int, b: int) -> list[tuple[int, int]]:
         lo, hi = bisect.bisect_right(offsets, a), bisect.bisect_left(offsets, b)
