@@ -103,19 +103,23 @@ def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[st
 
 
 def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
-    """``pack`` of the references' items (``to_item``), making items of the packed ones only.
-
-    It runs for every unit change: ``_fit`` and ``to_item`` inlined, each score computed
-    once, and a ``CharCounter`` counts from lengths without joining path and text."""
+    """``pack`` of the references' items (``to_item``), making items of the packed ones only."""
     ranked = sorted([(-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)])
+    return [to_item(r) for r in _fit([x[-1] for x in ranked], max_tokens, count)]
+
+
+def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:
+    """The first of ``ranked`` (items or references: path, qualname, text) that fit. It
+    runs for every unit change: a ``CharCounter`` counts from lengths, without joining
+    path and text."""
     per_token = count.chars_per_token if type(count) is CharCounter else None
-    out: list[ContextItem] = []
+    out: list = []
     seen: set[tuple[str, str]] = set()
     texts: set[str] = set()
     left = max_tokens
-    for neg_score, path, qualname, _, r in ranked:
-        text = r.text
-        key = (path, qualname)
+    for item in ranked:
+        path, text = item.path, item.text
+        key = (path, item.qualname)
         if key in seen or text in texts:
             continue
         cost = math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
@@ -123,29 +127,6 @@ def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[
             continue
         seen.add(key)
         texts.add(text)
-        left -= cost
-        out.append(ContextItem(path=path, qualname=qualname, kind=r.kind, text=text, score=-neg_score,
-                               why=f"{r.tier}: {r.why}"))
-        if left <= 0:
-            break
-    return out
-
-
-def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:
-    """The first of ``ranked`` (items or references: path, qualname, text) that fit."""
-    out: list = []
-    seen: set[tuple[str, str]] = set()
-    texts: set[str] = set()
-    left = max_tokens
-    for item in ranked:
-        key = (item.path, item.qualname)
-        if key in seen or item.text in texts:
-            continue
-        cost = count(f"{item.path}\n{item.text}")
-        if cost > left:
-            continue
-        seen.add(key)
-        texts.add(item.text)
         left -= cost
         out.append(item)
         if left <= 0:
