@@ -814,11 +814,13 @@ class RustIndex(MemoReferences):
         memo = self._manifest_cache
         ws: dict[str, str] = {}
         roots: dict[str, str | None] = {}  # workspace root dir -> its [workspace.package] edition
+        inherits: dict[str, tuple[str, ...]] = {}  # manifest path -> the dependencies it inherits
         for path, data in self.manifests.items():
             key = ("ws", data)
             hit = memo.get(key)
             if hit is None:
                 hit = memo[key] = (workspace_dependencies(data), workspace_root(data), inherited_dependencies(data))
+            inherits[path] = hit[2]
             ws.update(hit[0])
             is_root, edition = hit[1]
             if is_root:
@@ -828,8 +830,7 @@ class RustIndex(MemoReferences):
             d = posixpath.dirname(path)
             while d not in roots and d:  # the nearest workspace root holding the package
                 d = posixpath.dirname(d)
-            inherited = memo[("ws", data)][2]
-            key = (path, data, roots.get(d), tuple(ws.get(name) for name in inherited))
+            key = (path, data, roots.get(d), tuple(ws.get(name) for name in inherits[path]))
             pkg = memo.get(key, memo)
             if pkg is memo:
                 pkg = memo[key] = parse_cargo(path, data, ws, roots.get(d))
