@@ -247,7 +247,7 @@ class ChunkJob:
         if hit is not None:
             _MODULES.move_to_end(key)
             return hit
-        hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]))
+        hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]), read)
         _MODULES[key] = hit
         if len(_MODULES) > 8:
             _MODULES.popitem(last=False)
@@ -549,13 +549,21 @@ def naming_files(languages: dict[str, Language]) -> set[str]:
 
 class LazyFiles(Mapping):
     """Files by path, read when first looked at (``read``: path -> bytes, or None when
-    unreadable)."""
+    unreadable). ``content_key(path)`` names a file's content without reading it (its
+    blob id, from ``blobs``): a plugin may keep what it derives from a file's bytes by
+    that key, across trees and commits."""
 
-    def __init__(self, paths: Iterable[str], read: Callable[[str], bytes | None]):
+    def __init__(self, paths: Iterable[str], read: Callable[[str], bytes | None],
+                 blobs: Mapping[str, str] | None = None):
         self._paths = sorted(paths)
         self._keys = frozenset(self._paths)
         self._read = read
+        self._blobs = blobs or {}
         self._data: dict[str, bytes | None] = {}
+
+    def content_key(self, path: str) -> str | None:
+        """The blob id of the file at ``path`` (equal ids: equal bytes), or None when unknown."""
+        return self._blobs.get(path) if path in self._keys else None
 
     def __getitem__(self, path: str) -> bytes | None:
         if path not in self._keys:
@@ -571,11 +579,12 @@ class LazyFiles(Mapping):
         return len(self._paths)
 
 
-def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Callable[[str], bytes | None]
-                 ) -> dict[str, Callable[[str], str]]:
+def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Callable[[str], bytes | None],
+                 blobs: Mapping[str, str] | None = None) -> dict[str, Callable[[str], str]]:
     """Per language with ``module_paths``: its module path function for a tree whose
     ``naming_files`` are at ``paths``; ``read`` gives a project file's bytes (None:
-    unreadable), asked only for the files a language looks at."""
+    unreadable), asked only for the files a language looks at; ``blobs`` (path -> blob
+    id) names their contents (``LazyFiles.content_key``)."""
     paths = list(paths)
     out = {}
     for name, lang in languages.items():
@@ -583,7 +592,7 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
         wanted = set(getattr(lang, "project_files", ()))
         marks = set(getattr(lang, "module_files", ()))
         if make is not None and wanted:
-            out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read),
+            out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read, blobs),
                              frozenset(p for p in paths if p.rsplit("/", 1)[-1] in marks))
     return out
 

@@ -152,7 +152,7 @@ class FileBuilder(CommitBuilder):
             project_names = project_file_names(run.languages)
             data = {path: reader.read(blob) for path, blob in projects.items()
                     if path.rsplit("/", 1)[-1] in project_names}
-        modules = module_paths(run.languages, projects, data.get)
+        modules = module_paths(run.languages, projects, data.get, projects)
         job = run.chunk_job()
         job.parse_all(run.executor, [(b, lang, None) for b, lang, _ in files], stats)
         rows = []

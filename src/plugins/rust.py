@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import posixpath
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
-                                  _mod_names, cargo_crates, root_declarations, summarize)
+                                  _mod_names, _package, cargo_crates, root_declarations, summarize)
 
 EXTRACTOR_VERSION = "14"
 
@@ -134,8 +135,14 @@ class RustLanguage:
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
         if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
             return rust_module_path
+        key = _naming_key(projects, present)
+        if key is not None:
+            hit = _NAMERS.get(key)
+            if hit is not None:
+                _NAMERS.move_to_end(key)
+                return hit
         crates = cargo_crates(projects, present)
-        roots = CrateRoots(lambda path: _declarations(projects.get(path)))
+        roots = CrateRoots(_declarations_of(projects))
         known: dict[str, str] = {}  # the chunk stage asks for a file's old and new path at each change
 
         def module_path(path: str) -> str:
@@ -144,6 +151,10 @@ class RustLanguage:
                 hit = known[path] = rust_module_path(path, crates=crates, roots=roots)
             return hit
 
+        if key is not None:
+            _NAMERS[key] = module_path
+            if len(_NAMERS) > 16:
+                _NAMERS.popitem(last=False)
         return module_path
 
     def summarize(self, parsed: ParsedBlob, options: dict) -> FileSymbols:
@@ -652,6 +663,74 @@ def _collect_cuts(node, source: bytes, depth: int, base: int, out: list[int]) ->
 
 def _declarations(source: bytes | None) -> tuple[tuple[str, str | None], ...] | None:
     return None if source is None else root_declarations(source)
+
+
+# module path functions by what they read of their trees (``_naming_key``): most commits
+# that edit a manifest or a crate root change neither its targets nor its `mod` lines
+_NAMERS: OrderedDict[tuple, Callable[[str], str]] = OrderedDict()
+# (path, blob id) of a project file -> a small number for what naming reads of it
+_NAMING_IDS: dict[tuple[str, str], int] = {}
+_NAMING_VALUES: dict[Any, int] = {}
+
+
+def _naming_key(projects: Mapping[str, bytes | None], present: frozenset[str]) -> tuple | None:
+    """What ``module_paths`` reads of a tree, when the mapping names its files' contents
+    (``content_key``): each manifest's targets (``[package]`` name, ``[lib]``, ``[[bin]]``),
+    each crate root's top-level `mod` declarations, and the ``lib.rs`` files present. Two
+    trees with the same key name every file alike. None: not known without reading all."""
+    content_key = getattr(projects, "content_key", None)
+    if content_key is None:
+        return None
+    if len(_NAMING_IDS) + len(projects) > _ROOT_DECLS_MAX:  # the numbers start again: so do the functions
+        _NAMING_IDS.clear()
+        _NAMING_VALUES.clear()
+        _NAMERS.clear()
+    parts = []
+    for path in projects:
+        blob = content_key(path)
+        if blob is None:
+            return None
+        ident = _NAMING_IDS.get((path, blob))
+        if ident is None:
+            if path.rsplit("/", 1)[-1] == "Cargo.toml":
+                data = projects.get(path)
+                pkg = _package(path, data) if data is not None else None
+                value: Any = ("package", None if pkg is None else (pkg.name, pkg.lib_name, pkg.lib_path, pkg.bins))
+            else:  # lib.rs, main.rs: naming reads their `mod` lines only (when they are crate roots)
+                value = ("root", _root_declarations(blob, projects, path))
+            ident = _NAMING_IDS[path, blob] = _NAMING_VALUES.setdefault(value, len(_NAMING_VALUES))
+        parts.append((path, ident))
+    return tuple(parts), present
+
+
+# crate-root declarations by blob id: a commit that edits one crate root (or a manifest)
+# names modules afresh, and the other crate roots of the tree are the same blobs as before
+_ROOT_DECLS: dict[str, tuple[tuple[str, str | None], ...] | None] = {}
+_ROOT_DECLS_MAX = 65536
+
+
+def _declarations_of(projects: Mapping[str, bytes | None]) -> Callable[[str], tuple | None]:
+    """``declarations(path)`` for CrateRoots over a tree's project files, kept by content
+    when the mapping names it (``content_key``, see core.chunking.LazyFiles): then a file
+    is read (and scanned) once per version, not once per tree it is in."""
+    key = getattr(projects, "content_key", None)
+
+    def declarations(path: str) -> tuple[tuple[str, str | None], ...] | None:
+        blob = key(path) if key is not None else None
+        return _declarations(projects.get(path)) if blob is None else _root_declarations(blob, projects, path)
+
+    return declarations
+
+
+def _root_declarations(blob: str, projects: Mapping[str, bytes | None], path: str) -> tuple | None:
+    """``_declarations`` of the file at ``path``, whose blob id is ``blob``, kept by blob."""
+    try:
+        return _ROOT_DECLS[blob]
+    except KeyError:
+        if len(_ROOT_DECLS) >= _ROOT_DECLS_MAX:
+            _ROOT_DECLS.clear()
+        found = _ROOT_DECLS[blob] = _declarations(projects.get(path))
+        return found
 
 
 def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,

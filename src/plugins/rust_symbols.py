@@ -1464,8 +1464,11 @@ class RustIndex(MemoReferences):
         return [self._reference((path, d.local), 0, "file", "defined", mod) for d in syms.defs]
 
 
-# a top-level `mod name;` line, and one of the attribute or comment lines that lead into it
-_MOD_LINE = re.compile(rb"^(?:pub(?:\([^)\n]*\))?[ \t]+)?mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;", re.M)
+# a `mod name;` declaration, what may come before it on its line for it to be a top-level
+# one (searched from the literal "mod", which the regex engine finds fast, then checked
+# from the line's start), and one of the attribute or comment lines that lead into it
+_MOD_DECL = re.compile(rb"mod[ \t]+(?:r#)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*;")
+_MOD_PREFIX = re.compile(rb"(?:pub(?:\([^)\n]*\))?[ \t]+)?")
 _LEAD_LINE = re.compile(rb"(?:#!?\[[^\n]*\]|//[^\n]*)[ \t]*\r?")
 _PATH_ATTR_BYTES = re.compile(rb'#\[\s*path\s*=\s*"([^"]+)"\s*\]')
 
@@ -1477,14 +1480,17 @@ def root_declarations(source: bytes) -> tuple[tuple[str, str | None], ...]:
     The attribute and comment lines just above each ``mod`` line are read backwards from
     it, so a long run of comment lines (a crate's doc) is read once, not once per line."""
     out = []
-    for m in _MOD_LINE.finditer(source):
-        lead = m.start()
+    for m in _MOD_DECL.finditer(source):
+        line = source.rfind(b"\n", 0, m.start()) + 1
+        if line < m.start() and not _MOD_PREFIX.fullmatch(source, line, m.start()):
+            continue  # not at the start of its line (`pub` aside): nested, or not a declaration
+        lead = line
         while lead > 0:
             above = source.rfind(b"\n", 0, lead - 1) + 1
             if not _LEAD_LINE.fullmatch(source, above, lead - 1):
                 break
             lead = above
-        attr = _PATH_ATTR_BYTES.search(source, lead, m.start()) if lead < m.start() else None
+        attr = _PATH_ATTR_BYTES.search(source, lead, line) if lead < line else None
         out.append((m.group(1).decode(), attr.group(1).decode("utf-8", "replace") if attr else None))
     return tuple(out)
 

@@ -302,6 +302,45 @@ def test_module_paths_read_package_and_lib_names_from_cargo_manifests():
     assert lang.module_paths({}) is rust_module_path
 
 
+def test_module_paths_are_shared_by_trees_that_name_files_alike():
+    """Module path functions are kept by what they read of a tree (manifest targets, crate
+    roots' `mod` lines, lib.rs presence), given the files' blob ids: an edit that changes
+    neither (a dependency bump, a new function in lib.rs) reuses them; one that does, not."""
+    import hashlib
+
+    from core.chunking import LazyFiles
+
+    def tree(files):
+        blobs = {path: hashlib.sha1(data).hexdigest() for path, data in files.items()}
+        return LazyFiles(files, files.get, blobs)
+
+    libs = frozenset({"store/src/lib.rs"})
+    base = {"Cargo.toml": b'[workspace]\nmembers = ["store"]\n',
+            "store/Cargo.toml": b'[package]\nname = "ledger-store"\n',
+            "store/src/lib.rs": b"pub mod log;\n",
+            "store/src/main.rs": b"mod cli;\nfn main() {}\n"}
+    lang = RustLanguage()
+    first = lang.module_paths(tree(base), libs)
+    assert first("store/src/log.rs") == "ledger_store::log"
+    assert first("store/src/cli.rs") == "ledger_store::cli"  # declared by main.rs only
+    same = {**base, "store/Cargo.toml": base["store/Cargo.toml"] + b'[dependencies]\nserde = "1"\n',
+            "store/src/lib.rs": b"pub mod log;\npub fn open() {}\n"}
+    assert lang.module_paths(tree(same), libs) is first
+    moved = {**same, "store/src/lib.rs": b'pub mod log;\n#[path = "v2/log.rs"]\npub mod log2;\n'}
+    named = lang.module_paths(tree(moved), libs)
+    assert named is not first and named("store/src/v2/log.rs") == "ledger_store::log2"
+    renamed = {**same, "store/Cargo.toml": b'[package]\nname = "ledger-store"\n[lib]\nname = "store"\n'}
+    assert lang.module_paths(tree(renamed), libs)("store/src/log.rs") == "store::log"
+    no_lib = lang.module_paths(tree({k: v for k, v in same.items() if k != "store/src/lib.rs"}), frozenset())
+    assert no_lib("store/src/log.rs") == "ledger_store::log" and no_lib is not first
+    # the same answers as functions made from the bytes alone
+    for files, present in ((same, libs), (moved, libs), (renamed, libs)):
+        plain = lang.module_paths(dict(files), present)
+        keyed = lang.module_paths(tree(files), present)
+        for path in ("store/src/log.rs", "store/src/cli.rs", "store/src/v2/log.rs", "store/tests/it.rs"):
+            assert keyed(path) == plain(path), (path, files)
+
+
 INCREMENTAL_EDITS = [
     ("a + b", "a.saturating_add(b)"),
     ("pub type Id = u64;\n", ""),  # deletion

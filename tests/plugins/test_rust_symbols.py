@@ -683,7 +683,10 @@ def test_root_declarations_read_the_attribute_and_comment_lines_above_each_mod(n
         "pub mod r#type;",
         "fn f() {} mod same_line;",
         "// mod commented_out;",
+        "mod first; mod second_on_its_line;",
+        "pub(in crate::a) mod scoped;",
     ]
     source = newline.join(lines).encode()
     assert root_declarations(source) == (("plain", None), ("sys", "sys/unix.rs"), ("after_sys", None),
-                                         ("past_a_blank_line", None), ("type", None))
+                                         ("past_a_blank_line", None), ("type", None), ("first", None),
+                                         ("scoped", None))
