@@ -42,7 +42,9 @@ class Language(Protocol):
         """``module_path`` for the files of a tree whose project files (``project_files``
         by name) are ``projects`` (path -> bytes) and whose files named in
         ``module_files`` are at ``present``. The chunk stage names a commit's new code
-        with the function for its tree, its old code with the one for its parent's."""
+        with the function for its tree, its old code with the one for its parent's. Its
+        ``projects`` has ``content_key(path)`` (the file's blob id): what a plugin derives
+        from a file's bytes may be kept by it across trees."""
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""

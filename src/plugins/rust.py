@@ -30,7 +30,7 @@ from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
-                                  _mod_names, _package, cargo_crates, root_declarations, summarize)
+                                  _mod_names, _names, _package, cargo_crates, root_declarations, summarize)
 
 EXTRACTOR_VERSION = "14"
 
@@ -135,14 +135,18 @@ class RustLanguage:
         ``lib.rs`` files are ``present``: crates are named after their packages' targets."""
         if not any(path.rsplit("/", 1)[-1] == "Cargo.toml" for path in projects):
             return rust_module_path
-        key = _naming_key(projects, present)
-        if key is not None:
+        read = _naming_inputs(projects, present)
+        if read is not None:
+            key, values = read
             hit = _NAMERS.get(key)
             if hit is not None:
                 _NAMERS.move_to_end(key)
                 return hit
-        crates = cargo_crates(projects, present)
-        roots = CrateRoots(_declarations_of(projects))
+            # made from what the key holds: the function reads no file later (nor keeps the tree)
+            crates, roots = _crates_from(values, present)
+        else:
+            crates = cargo_crates(projects, present)
+            roots = CrateRoots(lambda path: _declarations(projects.get(path)))
         known: dict[str, str] = {}  # the chunk stage asks for a file's old and new path at each change
 
         def module_path(path: str) -> str:
@@ -151,7 +155,7 @@ class RustLanguage:
                 hit = known[path] = rust_module_path(path, crates=crates, roots=roots)
             return hit
 
-        if key is not None:
+        if read is not None:
             _NAMERS[key] = module_path
             if len(_NAMERS) > 16:
                 _NAMERS.popitem(last=False)
@@ -665,72 +669,64 @@ def _declarations(source: bytes | None) -> tuple[tuple[str, str | None], ...] | 
     return None if source is None else root_declarations(source)
 
 
-# module path functions by what they read of their trees (``_naming_key``): most commits
+# module path functions by what they read of their trees (``_naming_inputs``): most commits
 # that edit a manifest or a crate root change neither its targets nor its `mod` lines
 _NAMERS: OrderedDict[tuple, Callable[[str], str]] = OrderedDict()
-# (path, blob id) of a project file -> a small number for what naming reads of it
-_NAMING_IDS: dict[tuple[str, str], int] = {}
+# (path, blob id) of a project file -> (a small number for what naming reads of it, that value)
+_NAMING_IDS: dict[tuple[str, str], tuple[int, Any]] = {}
 _NAMING_VALUES: dict[Any, int] = {}
+_NAMING_MAX = 65536
 
 
-def _naming_key(projects: Mapping[str, bytes | None], present: frozenset[str]) -> tuple | None:
+def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]) -> tuple[tuple, list] | None:
     """What ``module_paths`` reads of a tree, when the mapping names its files' contents
-    (``content_key``): each manifest's targets (``[package]`` name, ``[lib]``, ``[[bin]]``),
-    each crate root's top-level `mod` declarations, and the ``lib.rs`` files present. Two
-    trees with the same key name every file alike. None: not known without reading all."""
+    (``content_key``, see core.chunking.LazyFiles): the package of each manifest (from its
+    ``[package]``, ``[lib]`` and ``[[bin]]`` tables), the top-level `mod` declarations of
+    each ``lib.rs`` and ``main.rs``, and the ``lib.rs`` files present. Returns a key (two
+    trees with the same key name every file alike) and the values, (path, value) in
+    path order; a file's value is computed once per version. None: the mapping does not
+    name contents."""
     content_key = getattr(projects, "content_key", None)
     if content_key is None:
         return None
-    if len(_NAMING_IDS) + len(projects) > _ROOT_DECLS_MAX:  # the numbers start again: so do the functions
+    if len(_NAMING_IDS) + len(projects) > _NAMING_MAX:  # the numbers start again: so do the functions
         _NAMING_IDS.clear()
         _NAMING_VALUES.clear()
         _NAMERS.clear()
-    parts = []
+    idents, values = [], []
     for path in projects:
         blob = content_key(path)
         if blob is None:
             return None
-        ident = _NAMING_IDS.get((path, blob))
-        if ident is None:
+        hit = _NAMING_IDS.get((path, blob))
+        if hit is None:
+            data = projects.get(path)
             if path.rsplit("/", 1)[-1] == "Cargo.toml":
-                data = projects.get(path)
-                pkg = _package(path, data) if data is not None else None
-                value: Any = ("package", None if pkg is None else (pkg.name, pkg.lib_name, pkg.lib_path, pkg.bins))
-            else:  # lib.rs, main.rs: naming reads their `mod` lines only (when they are crate roots)
-                value = ("root", _root_declarations(blob, projects, path))
-            ident = _NAMING_IDS[path, blob] = _NAMING_VALUES.setdefault(value, len(_NAMING_VALUES))
-        parts.append((path, ident))
-    return tuple(parts), present
+                value: Any = _package(path, data) if data is not None else None
+            else:  # lib.rs, main.rs: naming reads their `mod` lines (when they are crate roots)
+                value = _declarations(data)
+            hit = _NAMING_IDS[path, blob] = (_NAMING_VALUES.setdefault(value, len(_NAMING_VALUES)), value)
+        idents.append((path, hit[0]))
+        values.append((path, hit[1]))
+    return (tuple(idents), present), values
 
 
-# crate-root declarations by blob id: a commit that edits one crate root (or a manifest)
-# names modules afresh, and the other crate roots of the tree are the same blobs as before
-_ROOT_DECLS: dict[str, tuple[tuple[str, str | None], ...] | None] = {}
-_ROOT_DECLS_MAX = 65536
-
-
-def _declarations_of(projects: Mapping[str, bytes | None]) -> Callable[[str], tuple | None]:
-    """``declarations(path)`` for CrateRoots over a tree's project files, kept by content
-    when the mapping names it (``content_key``, see core.chunking.LazyFiles): then a file
-    is read (and scanned) once per version, not once per tree it is in."""
-    key = getattr(projects, "content_key", None)
-
-    def declarations(path: str) -> tuple[tuple[str, str | None], ...] | None:
-        blob = key(path) if key is not None else None
-        return _declarations(projects.get(path)) if blob is None else _root_declarations(blob, projects, path)
-
-    return declarations
-
-
-def _root_declarations(blob: str, projects: Mapping[str, bytes | None], path: str) -> tuple | None:
-    """``_declarations`` of the file at ``path``, whose blob id is ``blob``, kept by blob."""
-    try:
-        return _ROOT_DECLS[blob]
-    except KeyError:
-        if len(_ROOT_DECLS) >= _ROOT_DECLS_MAX:
-            _ROOT_DECLS.clear()
-        found = _ROOT_DECLS[blob] = _declarations(projects.get(path))
-        return found
+def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[dict[str, CrateNames], CrateRoots]:
+    """``cargo_crates`` and the CrateRoots of a tree from its ``_naming_inputs`` values:
+    packages by directory, in directory order (as ``cargo_crates`` iterates them)."""
+    crates: dict[str, CrateNames] = {}
+    declared: dict[str, Any] = {}
+    manifests = []
+    for path, value in values:
+        if path.rsplit("/", 1)[-1] == "Cargo.toml":
+            manifests.append((posixpath.dirname(path), value))
+        else:
+            declared[path] = value
+    for directory, pkg in sorted(manifests, key=lambda m: m[0]):
+        if pkg is not None:  # None: a virtual manifest, not TOML, or unreadable
+            lib_rs = f"{directory}/src/lib.rs" if directory else "src/lib.rs"
+            crates[directory] = _names(pkg, lib_rs in present)
+    return crates, CrateRoots(declared.get)
 
 
 def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,

@@ -306,7 +306,9 @@ def test_module_paths_are_shared_by_trees_that_name_files_alike():
     """Module path functions are kept by what they read of a tree (manifest targets, crate
     roots' `mod` lines, lib.rs presence), given the files' blob ids: an edit that changes
     neither (a dependency bump, a new function in lib.rs) reuses them; one that does, not."""
+    import gc
     import hashlib
+    import weakref
 
     from core.chunking import LazyFiles
 
@@ -320,7 +322,12 @@ def test_module_paths_are_shared_by_trees_that_name_files_alike():
             "store/src/lib.rs": b"pub mod log;\n",
             "store/src/main.rs": b"mod cli;\nfn main() {}\n"}
     lang = RustLanguage()
-    first = lang.module_paths(tree(base), libs)
+    files = tree(base)
+    first = lang.module_paths(files, libs)
+    gone = weakref.ref(files)
+    del files
+    gc.collect()
+    assert gone() is None  # a kept function holds what it read, not the tree (nor the repository's reader)
     assert first("store/src/log.rs") == "ledger_store::log"
     assert first("store/src/cli.rs") == "ledger_store::cli"  # declared by main.rs only
     same = {**base, "store/Cargo.toml": base["store/Cargo.toml"] + b'[dependencies]\nserde = "1"\n',
