@@ -238,19 +238,20 @@ class ChunkJob:
 
     def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:
         """Per language with ``module_paths``: its module path function in a tree whose
-        naming files are ``files`` (path -> blob). Kept for the next commits."""
-        names = project_file_names(self.languages)
-        read = {path: blob for path, blob in files.items() if path.rsplit("/", 1)[-1] in names}
-        # project files by content, the others by their presence only
-        key = (self.git_dir, frozenset(read.items()), frozenset(p for p in files if p not in read))
-        hit = _MODULES.get(key)
-        if hit is not None:
-            _MODULES.move_to_end(key)
-            return hit
-        hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]), read)
-        _MODULES[key] = hit
-        if len(_MODULES) > 8:
-            _MODULES.popitem(last=False)
+        naming files are ``files`` (path -> blob). Kept for the next commits: the parent's
+        tree of a commit is usually the tree of the commit paired before it. Trees are
+        compared as dicts (in C): this runs whenever a commit changes a naming file."""
+        for k, (git_dir, tree, hit) in enumerate(_MODULES):
+            if git_dir == self.git_dir and tree == files:
+                if k:
+                    _MODULES.insert(0, _MODULES.pop(k))
+                return hit
+        named = _named(files, project_file_names(self.languages))
+        read = files if len(named) == len(files) else {path: files[path] for path in named}
+        hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]), read,
+                           lambda paths: self._project_bytes_many([read[path] for path in paths]))
+        _MODULES.insert(0, (self.git_dir, dict(files), hit))
+        del _MODULES[8:]
         return hit
 
     def _project_bytes(self, blob: str) -> bytes | None:
@@ -260,6 +261,17 @@ class ChunkJob:
             while len(_PROJECT_BYTES) > 4096:
                 _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
         return _PROJECT_BYTES[blob]
+
+    def _project_bytes_many(self, blobs: list[str]) -> list[bytes | None]:
+        """``_project_bytes`` of several blobs, those not read yet asked of git together."""
+        got = {blob: _PROJECT_BYTES[blob] for blob in blobs if blob in _PROJECT_BYTES}
+        todo = list(dict.fromkeys(blob for blob in blobs if blob not in got))
+        got.update(zip(todo, _reader(self.git_dir).read_many(todo)))
+        for blob in todo:
+            _PROJECT_BYTES[blob] = got[blob]
+        while len(_PROJECT_BYTES) > 4096:
+            _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
+        return [got[blob] for blob in blobs]
 
     def _snapshot(self) -> Snapshot:
         # a worker unpickles a new job, context object included, with every task: the snapshot
@@ -409,7 +421,7 @@ class ChunkJob:
 
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str, str | None], list] = OrderedDict()
-_MODULES: OrderedDict[tuple, dict[str, Callable[[str], str]]] = OrderedDict()  # recent trees' module path functions
+_MODULES: list[tuple[str, dict[str, str], dict[str, Callable[[str], str]]]] = []  # recent trees' module path functions
 _PROJECT_BYTES: dict[str, bytes | None] = {}  # project file blobs read
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
@@ -554,16 +566,28 @@ class LazyFiles(Mapping):
     that key, across trees and commits."""
 
     def __init__(self, paths: Iterable[str], read: Callable[[str], bytes | None],
-                 blobs: Mapping[str, str] | None = None):
+                 blobs: Mapping[str, str] | None = None,
+                 read_many: Callable[[list[str]], list[bytes | None]] | None = None):
         self._paths = sorted(paths)
         self._keys = frozenset(self._paths)
         self._read = read
+        self._read_many = read_many
         self._blobs = blobs or {}
         self._data: dict[str, bytes | None] = {}
+
+    def prefetch(self, paths: Iterable[str]) -> None:
+        """Read these files now, all in one go (``read_many``) when they are many."""
+        todo = [p for p in paths if p in self._keys and p not in self._data]
+        if self._read_many is not None and len(todo) > 1:
+            self._data.update(zip(todo, self._read_many(todo)))
 
     def content_key(self, path: str) -> str | None:
         """The blob id of the file at ``path`` (equal ids: equal bytes), or None when unknown."""
         return self._blobs.get(path) if path in self._keys else None
+
+    def content_keys(self) -> list[str | None]:
+        """``content_key`` of every file, in path order (the order of iteration)."""
+        return list(map(self._blobs.get, self._paths))
 
     def __getitem__(self, path: str) -> bytes | None:
         if path not in self._keys:
@@ -580,11 +604,13 @@ class LazyFiles(Mapping):
 
 
 def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Callable[[str], bytes | None],
-                 blobs: Mapping[str, str] | None = None) -> dict[str, Callable[[str], str]]:
+                 blobs: Mapping[str, str] | None = None,
+                 read_many: Callable[[list[str]], list[bytes | None]] | None = None) -> dict[str, Callable[[str], str]]:
     """Per language with ``module_paths``: its module path function for a tree whose
     ``naming_files`` are at ``paths``; ``read`` gives a project file's bytes (None:
     unreadable), asked only for the files a language looks at; ``blobs`` (path -> blob
-    id) names their contents (``LazyFiles.content_key``)."""
+    id) names their contents (``LazyFiles.content_key``); ``read_many`` reads several
+    files at once (``LazyFiles.prefetch``)."""
     paths = list(paths)
     out = {}
     for name, lang in languages.items():
@@ -592,9 +618,16 @@ def module_paths(languages: dict[str, Language], paths: Iterable[str], read: Cal
         wanted = set(getattr(lang, "project_files", ()))
         marks = set(getattr(lang, "module_files", ()))
         if make is not None and wanted:
-            out[name] = make(LazyFiles((p for p in paths if p.rsplit("/", 1)[-1] in wanted), read, blobs),
-                             frozenset(p for p in paths if p.rsplit("/", 1)[-1] in marks))
+            out[name] = make(LazyFiles(_named(paths, wanted), read, blobs, read_many), frozenset(_named(paths, marks)))
     return out
+
+
+def _named(paths: Iterable[str], names: Iterable[str]) -> list[str]:
+    """The paths, in order, whose file name is one of ``names`` (this runs over a tree's
+    naming files whenever a commit changes one of them)."""
+    names = tuple(names)
+    ends = tuple("/" + name for name in names)
+    return [p for p in paths if p.endswith(ends) or p in names]
 
 
 def commit_batch(commits: int, workers: int, follows_trees: bool) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.metadata
+import operator
 import posixpath
 import re
 from collections import OrderedDict
@@ -143,7 +144,7 @@ class RustLanguage:
                 _NAMERS.move_to_end(key)
                 return hit
             # made from what the key holds: the function reads no file later (nor keeps the tree)
-            crates, roots = _crates_from(values, present)
+            crates, roots = _crates_from(values(), present)
         else:
             crates = cargo_crates(projects, present)
             roots = CrateRoots(lambda path: _declarations(projects.get(path)))
@@ -678,37 +679,40 @@ _NAMING_VALUES: dict[Any, int] = {}
 _NAMING_MAX = 65536
 
 
-def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]) -> tuple[tuple, list] | None:
+def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]) -> tuple[tuple, Callable] | None:
     """What ``module_paths`` reads of a tree, when the mapping names its files' contents
-    (``content_key``, see core.chunking.LazyFiles): the package of each manifest (from its
+    (``content_keys``, see core.chunking.LazyFiles): the package of each manifest (from its
     ``[package]``, ``[lib]`` and ``[[bin]]`` tables), the top-level `mod` declarations of
     each ``lib.rs`` and ``main.rs``, and the ``lib.rs`` files present. Returns a key (two
-    trees with the same key name every file alike) and the values, (path, value) in
-    path order; a file's value is computed once per version. None: the mapping does not
-    name contents."""
-    content_key = getattr(projects, "content_key", None)
-    if content_key is None:
+    trees with the same key name every file alike) and a function giving the values,
+    (path, value) in path order; a file's value is computed once per version. None: the
+    mapping does not name contents. It runs whenever a commit changes a naming file, over
+    all of them: the loops over the tree's files are in C."""
+    content_keys = getattr(projects, "content_keys", None)
+    blobs = content_keys() if content_keys is not None else None
+    if blobs is None or None in blobs:
         return None
-    if len(_NAMING_IDS) + len(projects) > _NAMING_MAX:  # the numbers start again: so do the functions
+    if len(_NAMING_IDS) + len(blobs) > _NAMING_MAX:  # the numbers start again: so do the functions
         _NAMING_IDS.clear()
         _NAMING_VALUES.clear()
         _NAMERS.clear()
-    idents, values = [], []
-    for path in projects:
-        blob = content_key(path)
-        if blob is None:
-            return None
-        hit = _NAMING_IDS.get((path, blob))
+    paths = list(projects)
+    files = list(zip(paths, blobs))
+    hits = list(map(_NAMING_IDS.get, files))
+    prefetch = getattr(projects, "prefetch", None)
+    if prefetch is not None:  # the versions not seen yet, read together
+        prefetch([paths[k] for k, hit in enumerate(hits) if hit is None])
+    for k, hit in enumerate(hits):
         if hit is None:
+            path = paths[k]
             data = projects.get(path)
             if path.rsplit("/", 1)[-1] == "Cargo.toml":
                 value: Any = _package(path, data) if data is not None else None
             else:  # lib.rs, main.rs: naming reads their `mod` lines (when they are crate roots)
                 value = _declarations(data)
-            hit = _NAMING_IDS[path, blob] = (_NAMING_VALUES.setdefault(value, len(_NAMING_VALUES)), value)
-        idents.append((path, hit[0]))
-        values.append((path, hit[1]))
-    return (tuple(idents), present), values
+            hits[k] = _NAMING_IDS[files[k]] = (_NAMING_VALUES.setdefault(value, len(_NAMING_VALUES)), value)
+    key = (tuple(paths), tuple(map(operator.itemgetter(0), hits)), present)
+    return key, lambda: list(zip(paths, map(operator.itemgetter(1), hits)))
 
 
 def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[dict[str, CrateNames], CrateRoots]:

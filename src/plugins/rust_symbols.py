@@ -550,6 +550,7 @@ def _target_tables(data: bytes) -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=8192)
 def _names(pkg: Package, lib_rs: bool) -> CrateNames:
     ident = lambda name: re.sub(r"[^0-9A-Za-z_]", "_", name)  # noqa: E731
     package = ident(pkg.name)
