@@ -193,10 +193,13 @@ _BASE64_RUN_RE = re.compile(r"(?<!\\)[A-Za-z0-9+/=]+")
 _AWS_ACCESS_RE = re.compile(r"A(?<![A-Za-z0-9]A)(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
 _GCP_API_RE = re.compile(r"A(?<![A-Za-z0-9_-]A)Iza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])")
 _GITHUB_TRIGGERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
+# whether one of the triggers occurs, in one scan
+_GITHUB_TRIGGER = re.compile("|".join(re.escape(t) for t in _GITHUB_TRIGGERS))
 _GITHUB_RE = re.compile(
     r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,251}|ithub_pat_[A-Za-z0-9_]{22,251})(?![A-Za-z0-9_])"
 )
 _GITLAB_TRIGGERS = ("glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "glsoat-", "glffct-")
+_GITLAB_TRIGGER = re.compile("|".join(re.escape(t) for t in _GITLAB_TRIGGERS))
 _GITLAB_RE = re.compile(r"g(?<![A-Za-z0-9_]g)l(?:pat|dt|rt|ptt|cbt|soat|ffct)-[A-Za-z0-9_-]{20,250}(?![A-Za-z0-9_-])")
 _SLACK_RE = re.compile(
     r"x(?<![A-Za-z0-9_]x)(?:ox[abposr]|app)-[A-Za-z0-9-]{10,250}(?![A-Za-z0-9_-])"
@@ -460,9 +463,9 @@ class Redactor:
             yield from ((m.start(), m.end(), "aws_access_key") for m in _AWS_ACCESS_RE.finditer(text))
         if "gcp_api_key" in kinds and "AIza" in text:
             yield from ((m.start(), m.end(), "gcp_api_key") for m in _GCP_API_RE.finditer(text))
-        if "github_token" in kinds and any(t in text for t in _GITHUB_TRIGGERS):
+        if "github_token" in kinds and _GITHUB_TRIGGER.search(text):
             yield from ((m.start(), m.end(), "github_token") for m in _GITHUB_RE.finditer(text))
-        if "gitlab_token" in kinds and any(t in text for t in _GITLAB_TRIGGERS):
+        if "gitlab_token" in kinds and _GITLAB_TRIGGER.search(text):
             yield from ((m.start(), m.end(), "gitlab_token") for m in _GITLAB_RE.finditer(text))
         if "slack_token" in kinds and ("xox" in text or "xapp-" in text or "hooks.slack.com" in text):
             for m in _SLACK_RE.finditer(text):
