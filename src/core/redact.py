@@ -191,6 +191,7 @@ _PEM_MIN_BODY = 16  # base64 characters a cut-off block needs to count as a key
 _BASE64_RUN_RE = re.compile(r"(?<!\\)[A-Za-z0-9+/=]+")
 
 _AWS_ACCESS_RE = re.compile(r"A(?<![A-Za-z0-9]A)(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
+_AWS_TRIGGER = re.compile("A(?:KIA|SIA|BIA|CCA)")  # one scan for "A" instead of four
 _GCP_API_RE = re.compile(r"A(?<![A-Za-z0-9_-]A)Iza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])")
 _GITHUB_TRIGGERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 # whether one of the triggers occurs, in one scan
@@ -459,7 +460,7 @@ class Redactor:
             for m in _GCP_SA_RE.finditer(text):
                 group = "id" if m.group("id") is not None else "key"
                 yield m.start(group), m.end(group), "gcp_service_account"
-        if "aws_access_key" in kinds and ("AKIA" in text or "ASIA" in text or "ABIA" in text or "ACCA" in text):
+        if "aws_access_key" in kinds and _AWS_TRIGGER.search(text):
             yield from ((m.start(), m.end(), "aws_access_key") for m in _AWS_ACCESS_RE.finditer(text))
         if "gcp_api_key" in kinds and "AIza" in text:
             yield from ((m.start(), m.end(), "gcp_api_key") for m in _GCP_API_RE.finditer(text))
