@@ -43,8 +43,10 @@ class Language(Protocol):
         by name) are ``projects`` (path -> bytes) and whose files named in
         ``module_files`` are at ``present``. The chunk stage names a commit's new code
         with the function for its tree, its old code with the one for its parent's. Its
-        ``projects`` has ``content_key(path)`` (the file's blob id): what a plugin derives
-        from a file's bytes may be kept by it across trees."""
+        ``projects`` (a ``core.chunking.LazyFiles``) also names each file's content by its
+        blob id (``content_key(path)``, ``content_keys()``) and reads several files at once
+        (``prefetch``): what a plugin derives from a file's bytes may be kept by blob id
+        across trees, and a function made for one tree may serve another that reads the same."""
 
     def versions(self) -> dict[str, str]:
         """Versions worth recording in the manifest (grammar, parser library...)."""
