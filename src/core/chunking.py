@@ -259,7 +259,7 @@ class ChunkJob:
         if blob not in _PROJECT_BYTES:
             _PROJECT_BYTES[blob] = _reader(self.git_dir).read(blob)
             while len(_PROJECT_BYTES) > 4096:
-                _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
+                _PROJECT_BYTES.popitem(last=False)
         return _PROJECT_BYTES[blob]
 
     def _project_bytes_many(self, blobs: list[str]) -> list[bytes | None]:
@@ -270,7 +270,7 @@ class ChunkJob:
         for blob in todo:
             _PROJECT_BYTES[blob] = got[blob]
         while len(_PROJECT_BYTES) > 4096:
-            _PROJECT_BYTES.pop(next(iter(_PROJECT_BYTES)))
+            _PROJECT_BYTES.popitem(last=False)
         return [got[blob] for blob in blobs]
 
     def _snapshot(self) -> Snapshot:
@@ -422,7 +422,7 @@ class ChunkJob:
 _LOADED: OrderedDict[tuple[str, str], tuple[ParsedBlob | None, str | None]] = OrderedDict()
 _CHUNKED: OrderedDict[tuple[str, str, str, str | None], list] = OrderedDict()
 _MODULES: list[tuple[str, dict[str, str], dict[str, Callable[[str], str]]]] = []  # recent trees' module path functions
-_PROJECT_BYTES: dict[str, bytes | None] = {}  # project file blobs read
+_PROJECT_BYTES: OrderedDict[str, bytes | None] = OrderedDict()  # project file blobs read, oldest first
 _TREES: OrderedDict[str, tuple[bytes, ParsedBlob]] = OrderedDict()  # recent versions, for incremental parsing
 _CACHES: dict[tuple[str, str], BlobCache] = {}
 _SNAPSHOTS: dict[tuple, Snapshot] = {}
@@ -464,16 +464,19 @@ def _unit_change(repo: str, rec: CommitRecord, path: str, old_path: str | None, 
 REDACTED_FIELDS = ("subject", "message", "header", "signature", "old_code", "new_code")
 
 
-def redact_counted(redactor: Any, text: str, stats: Counter, memo: dict[str, tuple[str, Any]] | None = None) -> str:
+def redact_counted(redactor: Any, text: str, stats: Counter,
+                   memo: OrderedDict[str, tuple[str, Any]] | None = None) -> str:
     """``text`` with its secrets replaced, counted by kind in ``stats``; ``memo`` keeps the
-    results of texts seen before (counted again each time they occur)."""
+    results of texts seen before (counted again each time they occur), the oldest dropped
+    past 32,768. (An OrderedDict: dropping a plain dict's first key with ``next(iter(d))``
+    walks over the slots of the keys dropped before, 17 us a text here.)"""
     hit = memo.get(text) if memo is not None else None
     if hit is None:
         hit = redactor.redact(text)
         if memo is not None:
             memo[text] = hit
             if len(memo) > 32768:
-                memo.pop(next(iter(memo)))
+                memo.popitem(last=False)
     for kind, n in hit[1].items():
         stats.add(f"redacted_{kind}", n)
     return hit[0]
@@ -488,7 +491,7 @@ def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
     # and signatures repeat, context items are the same definitions): redact each text once
     memo = _REDACTED.get(redactor)
     if memo is None:
-        memo = _REDACTED[redactor] = {}
+        memo = _REDACTED[redactor] = OrderedDict()
     for name in REDACTED_FIELDS:
         if row.get(name):
             row[name] = redact_counted(redactor, row[name], stats, memo)
@@ -497,7 +500,7 @@ def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
 
 
 # per process and redactor: text -> (redacted text, counts)
-_REDACTED: dict[Any, dict[str, tuple[str, Any]]] = {}
+_REDACTED: dict[Any, OrderedDict[str, tuple[str, Any]]] = {}
 
 
 def unique_blobs(commits: Iterable[CommitRecord]) -> list[tuple[str, str, str | None]]:
