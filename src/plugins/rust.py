@@ -395,6 +395,9 @@ class _Reuse:
             shifts.append((db, dc, dl))
         ranges = sorted((r.start_byte, r.end_byte) for r in changed)
         range_starts = [a for a, _ in ranges]
+        reach = [-1]  # reach[k]: the furthest end of the first k ranges
+        for _, b in ranges:
+            reach.append(max(reach[-1], b))
         # carriable units by the end byte of their new place: (index, byte, char, line delta)
         self.at: dict[int, tuple[int, int, int, int]] = {}
         j = 0  # edits[:j] end at or before the unit's start (pre-order: starts never decrease)
@@ -406,9 +409,8 @@ class _Reuse:
                 continue  # the next edit starts inside the unit (edits are sorted and disjoint)
             shift = shifts[j]
             new_s, new_e = s + shift[0], e + shift[0]
-            k = bisect.bisect_left(range_starts, new_e)
-            if any(b > new_s for _, b in ranges[:k]):
-                continue  # its syntax changed
+            if reach[bisect.bisect_left(range_starts, new_e)] > new_s:
+                continue  # a range that starts before its end ends after its start: its syntax changed
             self.at[new_e] = (i, *shift)
 
     def same_text(self, text: str) -> Unit | None:
