@@ -51,7 +51,7 @@ Edit = tuple[int, int, int, int]  # byte spans: old start, old end, new start, n
 def hunk_edits(old: bytes, new: bytes, hunks: list[tuple[int, int, int, int]]) -> list[Edit] | None:
     """git's line hunks (old start, old count, new start, new count; ``-U0``) as byte
     spans, or None unless the bytes outside them are the same in both versions."""
-    so, sn = _LineStarts(old), _LineStarts(new)
+    so, sn = _line_starts(old), _line_starts(new)
     edits: list[Edit] = []
     po = pn = 0
     try:
@@ -70,6 +70,21 @@ def hunk_edits(old: bytes, new: bytes, hunks: list[tuple[int, int, int, int]]) -
     if old[po:] != new[pn:] or not edits:
         return None
     return edits
+
+
+_RECENT_STARTS: list[tuple[bytes, _LineStarts]] = []  # the last two blobs' line starts
+
+
+def _line_starts(data: bytes) -> _LineStarts:
+    """``_LineStarts`` of a blob, kept for the last two: the versions of a file are
+    reparsed in order, so a version's line starts serve again as the next one's old."""
+    for seen, starts in _RECENT_STARTS:
+        if seen is data:
+            return starts
+    starts = _LineStarts(data)
+    _RECENT_STARTS.insert(0, (data, starts))
+    del _RECENT_STARTS[2:]
+    return starts
 
 
 class _LineStarts:
