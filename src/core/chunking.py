@@ -246,8 +246,8 @@ class ChunkJob:
                 if k:
                     _MODULES.insert(0, _MODULES.pop(k))
                 return hit
-        named = _named(files, project_file_names(self.languages))
-        read = files if len(named) == len(files) else {path: files[path] for path in named}
+        # a copy: the caller changes ``files`` in place as it walks the commits
+        read = {path: files[path] for path in _named(files, project_file_names(self.languages))}
         hit = module_paths(self.languages, files, lambda path: self._project_bytes(read[path]), read,
                            lambda paths: self._project_bytes_many([read[path] for path in paths]))
         _MODULES.insert(0, (self.git_dir, dict(files), hit))

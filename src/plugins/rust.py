@@ -16,7 +16,7 @@ import operator
 import posixpath
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -708,19 +708,35 @@ def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]
         if hit is None:
             path = paths[k]
             data = projects.get(path)
-            if path.rsplit("/", 1)[-1] == "Cargo.toml":
-                value: Any = _package(path, data) if data is not None else None
-            else:  # lib.rs, main.rs: naming reads their `mod` lines (when they are crate roots)
-                value = _declarations(data)
+            try:
+                if path.rsplit("/", 1)[-1] == "Cargo.toml":
+                    # the package, and whether ``with_bins`` looks at it (the literal table name)
+                    value: Any = (_package(path, data), b"[[bin]]" in data) if data is not None else None
+                else:  # lib.rs, main.rs: naming reads their `mod` lines (when they are crate roots)
+                    value = _declarations(data)
+            except Exception:  # noqa: BLE001 - read when asked for instead, where it fails as it always did
+                return None
             hits[k] = _NAMING_IDS[files[k]] = (_NAMING_VALUES.setdefault(value, len(_NAMING_VALUES)), value)
     key = (tuple(paths), tuple(map(operator.itemgetter(0), hits)), present)
     return key, lambda: list(zip(paths, map(operator.itemgetter(1), hits)))
 
 
-def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[dict[str, CrateNames], CrateRoots]:
+class _CrateTable(dict):
+    """Package directory -> CrateNames, in directory order, with ``with_bins`` as
+    ``cargo_crates`` gives it (the packages whose manifest names a ``[[bin]]`` table)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.binaries: list[str] = []
+
+    def with_bins(self) -> Iterator[tuple[str, CrateNames]]:
+        return ((directory, self[directory]) for directory in self.binaries)
+
+
+def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[_CrateTable, CrateRoots]:
     """``cargo_crates`` and the CrateRoots of a tree from its ``_naming_inputs`` values:
     packages by directory, in directory order (as ``cargo_crates`` iterates them)."""
-    crates: dict[str, CrateNames] = {}
+    crates = _CrateTable()
     declared: dict[str, Any] = {}
     manifests = []
     for path, value in values:
@@ -728,10 +744,13 @@ def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tupl
             manifests.append((posixpath.dirname(path), value))
         else:
             declared[path] = value
-    for directory, pkg in sorted(manifests, key=lambda m: m[0]):
+    for directory, value in sorted(manifests, key=lambda m: m[0]):
+        pkg, bins = value if value is not None else (None, False)
         if pkg is not None:  # None: a virtual manifest, not TOML, or unreadable
             lib_rs = f"{directory}/src/lib.rs" if directory else "src/lib.rs"
             crates[directory] = _names(pkg, lib_rs in present)
+            if bins:
+                crates.binaries.append(directory)
     return crates, CrateRoots(declared.get)
 
 

@@ -348,6 +348,28 @@ def test_module_paths_are_shared_by_trees_that_name_files_alike():
             assert keyed(path) == plain(path), (path, files)
 
 
+def test_module_paths_given_blob_ids_name_files_as_the_bytes_alone_do():
+    """The kept functions (made from what naming reads of each file) agree with the ones
+    made from the bytes: a ``[[bin]]`` table spelled with spaces, and a manifest that
+    tomllib cannot read at all (it fails only for its own package's files, as before)."""
+    import hashlib
+
+    from core.chunking import LazyFiles
+
+    def keyed(files, present=frozenset()):
+        blobs = {path: hashlib.sha1(data).hexdigest() for path, data in files.items()}
+        return RustLanguage().module_paths(LazyFiles(files, files.get, blobs), present)
+
+    spaced = {"Cargo.toml": b'[package]\nname = "tool"\n\n[[ bin ]]\nname = "rg"\npath = "crates/core/main.rs"\n',
+              "crates/core/main.rs": b"mod app;\n"}
+    plain = RustLanguage().module_paths(dict(spaced), frozenset())
+    for path in ("crates/core/main.rs", "crates/core/app.rs", "src/lib.rs"):
+        assert keyed(spaced)(path) == plain(path), path
+    deep = {"Cargo.toml": b'[package]\nname = "ok"\n',
+            "weird/Cargo.toml": b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n"}
+    assert keyed(deep)("src/a.rs") == "ok::a"
+
+
 INCREMENTAL_EDITS = [
     ("a + b", "a.saturating_add(b)"),
     ("pub type Id = u64;\n", ""),  # deletion
