@@ -255,18 +255,15 @@ class ChunkJob:
         return hit
 
     def _project_bytes(self, blob: str) -> bytes | None:
-        """A project file's bytes: each version is read once (they change a few at a time)."""
-        if blob not in _PROJECT_BYTES:
-            _PROJECT_BYTES[blob] = _reader(self.git_dir).read(blob)
-            while len(_PROJECT_BYTES) > 4096:
-                _PROJECT_BYTES.popitem(last=False)
-        return _PROJECT_BYTES[blob]
+        return self._project_bytes_many([blob])[0]
 
     def _project_bytes_many(self, blobs: list[str]) -> list[bytes | None]:
-        """``_project_bytes`` of several blobs, those not read yet asked of git together."""
+        """Project files' bytes: each version is read once (they change a few at a time),
+        those not read yet asked of git together."""
         got = {blob: _PROJECT_BYTES[blob] for blob in blobs if blob in _PROJECT_BYTES}
         todo = list(dict.fromkeys(blob for blob in blobs if blob not in got))
-        got.update(zip(todo, _reader(self.git_dir).read_many(todo)))
+        if todo:
+            got.update(zip(todo, _reader(self.git_dir).read_many(todo)))
         for blob in todo:
             _PROJECT_BYTES[blob] = got[blob]
         while len(_PROJECT_BYTES) > 4096:
@@ -579,9 +576,9 @@ class LazyFiles(Mapping):
         self._data: dict[str, bytes | None] = {}
 
     def prefetch(self, paths: Iterable[str]) -> None:
-        """Read these files now, all in one go (``read_many``) when they are many."""
+        """Read these files now, all in one go (``read_many``)."""
         todo = [p for p in paths if p in self._keys and p not in self._data]
-        if self._read_many is not None and len(todo) > 1:
+        if self._read_many is not None and todo:
             self._data.update(zip(todo, self._read_many(todo)))
 
     def content_key(self, path: str) -> str | None:

@@ -16,7 +16,7 @@ import operator
 import posixpath
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ from core.parsing import edited as _edited
 from core.parsing import node_text, parse_with_deadline
 from core.records import ParsedBlob, Unit
 from plugins.rust_symbols import (KEYWORDS, CrateNames, CrateRoots, FileSymbols, RootModules, RustIndex,
-                                  _mod_names, _names, _package, cargo_crates, root_declarations, summarize)
+                                  _mod_names, cargo_crates, crates_from_targets, manifest_targets,
+                                  root_declarations, summarize)
 
 EXTRACTOR_VERSION = "14"
 
@@ -710,8 +711,7 @@ def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]
             data = projects.get(path)
             try:
                 if path.rsplit("/", 1)[-1] == "Cargo.toml":
-                    # the package, and whether ``with_bins`` looks at it (the literal table name)
-                    value: Any = (_package(path, data), b"[[bin]]" in data) if data is not None else None
+                    value: Any = manifest_targets(path, data)
                 else:  # lib.rs, main.rs: naming reads their `mod` lines (when they are crate roots)
                     value = _declarations(data)
             except Exception:  # noqa: BLE001 - read when asked for instead, where it fails as it always did
@@ -721,37 +721,11 @@ def _naming_inputs(projects: Mapping[str, bytes | None], present: frozenset[str]
     return key, lambda: list(zip(paths, map(operator.itemgetter(1), hits)))
 
 
-class _CrateTable(dict):
-    """Package directory -> CrateNames, in directory order, with ``with_bins`` as
-    ``cargo_crates`` gives it (the packages whose manifest names a ``[[bin]]`` table)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.binaries: list[str] = []
-
-    def with_bins(self) -> Iterator[tuple[str, CrateNames]]:
-        return ((directory, self[directory]) for directory in self.binaries)
-
-
-def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[_CrateTable, CrateRoots]:
-    """``cargo_crates`` and the CrateRoots of a tree from its ``_naming_inputs`` values:
-    packages by directory, in directory order (as ``cargo_crates`` iterates them)."""
-    crates = _CrateTable()
-    declared: dict[str, Any] = {}
-    manifests = []
-    for path, value in values:
-        if path.rsplit("/", 1)[-1] == "Cargo.toml":
-            manifests.append((posixpath.dirname(path), value))
-        else:
-            declared[path] = value
-    for directory, value in sorted(manifests, key=lambda m: m[0]):
-        pkg, bins = value if value is not None else (None, False)
-        if pkg is not None:  # None: a virtual manifest, not TOML, or unreadable
-            lib_rs = f"{directory}/src/lib.rs" if directory else "src/lib.rs"
-            crates[directory] = _names(pkg, lib_rs in present)
-            if bins:
-                crates.binaries.append(directory)
-    return crates, CrateRoots(declared.get)
+def _crates_from(values: list[tuple[str, Any]], present: frozenset[str]) -> tuple[Mapping[str, CrateNames], CrateRoots]:
+    """``cargo_crates`` and the CrateRoots of a tree from its ``_naming_inputs`` values."""
+    manifests = {path: value for path, value in values if path.rsplit("/", 1)[-1] == "Cargo.toml"}
+    declared = {path: value for path, value in values if path not in manifests}
+    return crates_from_targets(manifests, present), CrateRoots(declared.get)
 
 
 def _with_roots(roots: RootModules, names: CrateNames, rel: str, crate: str,

@@ -484,21 +484,46 @@ def cargo_crates(projects: Mapping[str, bytes | None], present: Iterable[str] | 
     ``lib.rs`` files (None: every package is taken to have its library). A manifest is
     read and parsed when its package is first asked about: a commit names the files of
     a few packages, and a workspace holds many."""
-    return _Crates(projects, None if present is None else frozenset(present))
+
+    def package(path: str) -> Package | None:
+        data = projects[path]
+        return _package(path, data) if data is not None else None
+
+    def has_bins(path: str) -> bool:
+        data = projects[path]
+        return data is not None and b"[[bin]]" in data
+
+    return _Crates(projects, package, has_bins, None if present is None else frozenset(present))
+
+
+def manifest_targets(path: str, data: bytes | None) -> tuple[Package | None, bool] | None:
+    """All that ``cargo_crates`` reads of one manifest: its package (targets only) and
+    whether it names a ``[[bin]]`` table; None when it cannot be read."""
+    return None if data is None else (_package(path, data), b"[[bin]]" in data)
+
+
+def crates_from_targets(targets: Mapping[str, tuple[Package | None, bool] | None],
+                        present: Iterable[str]) -> Mapping[str, CrateNames]:
+    """``cargo_crates`` of a tree from its manifests' ``manifest_targets`` (by path),
+    without their bytes."""
+    def value(path: str) -> tuple[Package | None, bool]:
+        return targets[path] or (None, False)
+
+    return _Crates(targets, lambda path: value(path)[0], lambda path: value(path)[1], frozenset(present))
 
 
 class _Crates(Mapping):
-    def __init__(self, projects: Mapping[str, bytes | None], libs: frozenset[str] | None):
-        self._projects = projects
+    def __init__(self, paths: Iterable[str], package: Callable[[str], Package | None],
+                 has_bins: Callable[[str], bool], libs: frozenset[str] | None):
+        self._package = package  # manifest path -> its package (None: not a package)
+        self._has_bins = has_bins  # manifest path -> whether it names a [[bin]] table
         self._libs = libs
-        self._manifests = {posixpath.dirname(p): p for p in projects if posixpath.basename(p) == "Cargo.toml"}
+        self._manifests = {posixpath.dirname(p): p for p in paths if posixpath.basename(p) == "Cargo.toml"}
         self._names: dict[str, CrateNames | None] = {}
 
     def __getitem__(self, directory: str) -> CrateNames:
         if directory not in self._names:
-            path = self._manifests[directory]  # KeyError: no manifest there
-            data = self._projects[path]
-            pkg = _package(path, data) if data is not None else None
+            pkg = self._package(self._manifests[directory])  # KeyError: no manifest there
             lib_rs = f"{directory}/src/lib.rs" if directory else "src/lib.rs"
             self._names[directory] = None if pkg is None else _names(pkg, self._libs is None or lib_rs in self._libs)
         names = self._names[directory]
@@ -512,8 +537,7 @@ class _Crates(Mapping):
     def with_bins(self) -> Iterator[tuple[str, CrateNames]]:
         """The packages whose manifest has a ``[[bin]]`` table (the others are not parsed)."""
         for d in sorted(self._manifests):
-            data = self._projects[self._manifests[d]]
-            if data is not None and b"[[bin]]" in data:
+            if self._has_bins(self._manifests[d]):
                 names = self.get(d)
                 if names is not None:
                     yield d, names
