@@ -95,7 +95,6 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
 
 
-
 def test_context_runs_give_each_worker_long_runs_of_commits():
     """A worker's snapshot follows every commit between two of its units of work: with a
     context strategy, as many runs as workers, as long as CONTEXT_BATCH allows."""
