@@ -8,6 +8,14 @@ unit changes, and peak RSS of this process and its workers. Then HEAD-only chunk
 (parse + extract units + cut every unit of every .rs blob at HEAD) on one worker and on
 N workers, against tree-sitter parsing alone of the same bytes on one core, in the same
 rounds, as medians of ``--head-repeat`` rounds and a ratio.
+
+The speed of this shared machine drifts (tree-sitter alone has parsed the same bytes at 6
+to 12 MB/s on one core here on different hours), so each full-history run is bracketed by
+two rounds of parsing the HEAD blobs alone on one core, and its wall time is also given
+scaled to a reference parse speed (``--reference-mb-s``, default 12 MB/s: the speed the
+targets were set at): ``wall_at_reference_s = wall_s * parse_mb_s / reference``. A run
+whose neighbouring parse rounds disagree by more than 15% was taken while the machine
+changed speed; it is flagged (``steady: false``) and left out of the scaled median.
 """
 
 from __future__ import annotations
@@ -74,6 +82,27 @@ def _cpu_seconds() -> float:
 _HEAD_SOURCES: list[bytes] = []
 
 
+def load_head(repo_path: str) -> float:
+    """Read the .rs blobs at HEAD into ``_HEAD_SOURCES``; their size in MB."""
+    repo = Repository(repo_path)
+    listing = repo.run("ls-tree", "-r", "-z", "HEAD").split("\0")
+    blobs = [e.split()[2] for e in listing if e.endswith(".rs") and e.split()[1] == "blob"]
+    with BlobReader(repo.git_dir) as reader:
+        _HEAD_SOURCES[:] = [d for d in (reader.read(b) for b in blobs) if d is not None]
+    return sum(map(len, _HEAD_SOURCES)) / 1e6
+
+
+def parse_seconds() -> float:
+    """Seconds to parse every HEAD blob with tree-sitter alone, on this process's core."""
+    from plugins.rust import RustLanguage
+
+    parser, _ = RustLanguage()._ensure()
+    t0 = time.perf_counter()
+    for src in _HEAD_SOURCES:
+        parser.parse(src)
+    return time.perf_counter() - t0
+
+
 def _chunk_batch(indices: list[int]) -> int:
     """Parse, extract and cut (materialising every piece) the HEAD blobs at ``indices``."""
     from plugins.chunkers import AstChunker, AstChunkerConfig
@@ -88,23 +117,13 @@ def _chunk_batch(indices: list[int]) -> int:
 
 def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     from plugins.executors import LocalExecutor, LocalExecutorConfig
-    from plugins.rust import RustLanguage
 
-    repo = Repository(repo_path)
-    listing = repo.run("ls-tree", "-r", "-z", "HEAD").split("\0")
-    blobs = [e.split()[2] for e in listing if e.endswith(".rs") and e.split()[1] == "blob"]
-    with BlobReader(repo.git_dir) as reader:
-        _HEAD_SOURCES[:] = [d for d in (reader.read(b) for b in blobs) if d is not None]
-    total_mb = sum(map(len, _HEAD_SOURCES)) / 1e6
-    parser, _ = RustLanguage()._ensure()
+    total_mb = load_head(repo_path)
     batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for src in _HEAD_SOURCES:
-            parser.parse(src)
-        parse_t.append(time.perf_counter() - t0)
+        parse_t.append(parse_seconds())
         t0 = time.perf_counter()
         pieces = sum(map(_chunk_batch, batches))
         one_t.append(time.perf_counter() - t0)
@@ -125,14 +144,24 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-head", action="store_true")
     ap.add_argument("--head-repeat", type=int, default=5, help="HEAD-only rounds (parse, 1 worker, N workers each)")
+    ap.add_argument("--reference-mb-s", type=float, default=12.0,
+                    help="parse speed (MB/s on one core) to scale full-history wall times to")
     args = ap.parse_args()
+    head_mb = load_head(args.repo)
     runs = []
+    before = parse_seconds()
     for i in range(args.repeat):
         tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))
         try:
             r = full_history(args.repo, args.workers, tmp / "run", tmp / "cache")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        after = parse_seconds()  # also the next run's "before"
+        speed = head_mb / ((before + after) / 2)
+        r["parse_mb_s"] = round(speed, 2)
+        r["steady"] = max(before, after) / min(before, after) <= 1.15
+        r["wall_at_reference_s"] = round(r["wall_s"] * speed / args.reference_mb_s, 2)
+        before = after
         print(f"full history #{i + 1}: {json.dumps(r)}", flush=True)
         runs.append(r)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -140,6 +169,9 @@ def main() -> None:
     print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s, "
           f"CPU {statistics.median(r['cpu_s'] for r in runs):.2f} s; "
           f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
+    steady = [r["wall_at_reference_s"] for r in runs if r["steady"]]
+    print(f"scaled to {args.reference_mb_s:g} MB/s parsing: median wall "
+          + (f"{statistics.median(steady):.2f} s over {len(steady)} steady run(s)" if steady else "n/a (no steady run)"))
     if not args.skip_head:
         print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1, args.head_repeat))}")
     git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
