@@ -24,12 +24,13 @@ try:
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
-from core.build_memo import BUILD_MEMO_FORMAT, BuildMemo, dedup_entries, merge_features
+from core.build_memo import BUILD_MEMO_FORMAT, BuildMemo, Memo, dedup_entries, merge_features
 from core.chunking import takes
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
 from core.files import record_line
+from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import fingerprint
 from core.stats import Counter
 
@@ -183,10 +184,18 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
+    lines = None
     if rows is not None and changes and takes(run.builder.build, "memo"):
-        store = BuildMemo(run.cache_dir, _examples_base(run, special))
+        base = _examples_base(run, special)
+        store = BuildMemo(run.cache_dir, base)
+        lines = _kept_lines(run, base)
         try:
-            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats, memo=(store, rows))
+            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
+                                         memo=Memo(store, rows, lines))
+        except BaseException:
+            if lines is not None:
+                lines.close()
+            raise
         finally:
             store.close()
     else:
@@ -229,7 +238,17 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     }
     summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
                "resize_embeddings": bool(tok.added_tokens)}
-    outputs = run.writer.write(run.run_dir, _writer_splits(run.writer, by_split), report)
+    try:
+        given = _writer_splits(run.writer, by_split)
+        outputs = run.writer.write(run.run_dir, given, report)
+        if lines is not None:  # each split's lines, for the next build to copy
+            for name, rows in given.items():
+                ends = getattr(rows, "line_ends", None)
+                if ends is not None:
+                    lines.keep(run.run_dir / run.writer.line_files.format(split=name), name, by_split[name], ends)
+    finally:
+        if lines is not None:
+            lines.close()
     save = getattr(tok, "save", None)
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
@@ -277,6 +296,19 @@ def _examples_base(run: Run, special: list[str]) -> str:
     plugins = [plugin_code(run.registry.get(kind, run.cfg[kind].name)) for kind in ("format", "builder", "tokenizer")]
     return fingerprint("examples", BUILD_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
                        identity, list(tok.added_tokens), special, versions)
+
+
+def _kept_lines(run: Run, examples_base: str) -> KeptLines | None:
+    """The example lines earlier builds wrote with these settings and this writer, when
+    the writer writes lines (see core.kept_lines)."""
+    from core.pipeline import plugin_code
+
+    writer = run.writer
+    if not getattr(writer, "line_files", None) or not getattr(writer, "lazy_rows", False):
+        return None
+    base = fingerprint("lines", KEPT_LINES_FORMAT, examples_base, plugin_code(run.registry.get("writer", run.cfg.writer.name)),
+                       OmegaConf.to_container(run.cfg.writer, resolve=True), writer.line_files)
+    return KeptLines(run.cache_dir, base)
 
 
 def _writer_splits(writer: Any, by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from core.blob_cache import connection, forget_connection, unusable
 from core.dedup import Features
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
+from core.kept_lines import KeptLines
 
 BUILD_MEMO_FORMAT = 2  # 2: entries carry a checksum
 BASES_KEPT = 12
@@ -142,6 +143,16 @@ class BuildMemo:
                 self._writer.shutdown(wait=True)
                 self._writer = None
             forget_connection(self.path)
+
+
+class Memo(NamedTuple):
+    """What the build stage hands a builder whose ``build`` takes ``memo``: the store of
+    examples, each change's row key in it, and the example lines an earlier build wrote
+    (None unless the writer writes lines; see core.kept_lines), copied instead of built."""
+
+    store: BuildMemo
+    rows: list[bytes]
+    lines: KeptLines | None = None
 
 
 def _checksum(row: bytes, a: bytes, b: bytes) -> int:

@@ -9,11 +9,13 @@ source code can never become a special token; special segments map to one id eac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from core.kept_lines import KeptExample
 
 IGNORE_INDEX = -100
 
@@ -166,6 +168,8 @@ class TrainedRuns(tuple):
 def materialize(example: dict[str, Any]) -> dict[str, Any]:
     """A packed example (see :func:`assemble`) with its ``attention_mask`` and ``labels``
     arrays made (a copy; the stored example keeps its token ids only); any other as is."""
+    if type(example) is KeptExample:  # an earlier build's line, read back (lists, not arrays)
+        return example.load()
     runs = example.get("labels")
     if not isinstance(runs, TrainedRuns):
         return example
@@ -193,7 +197,10 @@ SEQUENCE_FIELDS = ("input_ids", "attention_mask", "labels")
 
 def unpack(example: dict[str, Any]) -> dict[str, Any]:
     """An example whose token sequences are lists of ints (what writers receive): a packed
-    one (numpy arrays, see :func:`assemble`) is copied with lists, any other returned as is."""
+    one (numpy arrays, see :func:`assemble`) is copied with lists, a kept one (see
+    core.kept_lines) read back, any other returned as is."""
+    if type(example) is KeptExample:
+        return example.load()
     if isinstance(example.get("labels"), TrainedRuns):
         example = materialize(example)
     elif not any(isinstance(example.get(f), np.ndarray) for f in SEQUENCE_FIELDS):
@@ -214,6 +221,7 @@ class ExampleRows(Sequence):
 
     def __init__(self, rows: list[dict[str, Any]]):
         self._rows = rows
+        self.line_ends: list[int] | None = None  # set by write_lines
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -232,6 +240,40 @@ class ExampleRows(Sequence):
         mask and labels made per row, see :func:`materialize`): for a writer that
         serialises arrays itself. The ids are shared: do not modify them."""
         return map(materialize, self._rows)
+
+    def write_lines(self, out: Any, line: Callable[[dict[str, Any]], bytes]) -> list[int]:
+        """Write each example to ``out`` as one line, ``line(example)`` of the packed
+        example (see :meth:`packed`), except that the line an earlier build wrote of a
+        kept example (:class:`core.kept_lines.KeptExample`) is copied. Returns, and keeps
+        in ``line_ends``, the offset where each line ends."""
+        ends: list[int] = []
+        pos = 0
+        runs: list[tuple[int, int, int]] = []  # kept lines to copy, contiguous ones merged
+        keeper = None
+        for r in self._rows:
+            if type(r) is KeptExample:
+                f, start, end = r.line
+                if runs and r.keeper is keeper and runs[-1][0] == f and runs[-1][2] == start:
+                    runs[-1] = (f, runs[-1][1], end)  # the next line of the same file
+                else:
+                    if runs and r.keeper is not keeper:
+                        keeper.copy(runs, out)  # type: ignore[union-attr]
+                        runs = []
+                    runs.append((f, start, end))
+                    keeper = r.keeper
+                pos += end - start
+            else:
+                if runs:
+                    keeper.copy(runs, out)  # type: ignore[union-attr]
+                    runs = []
+                data = line(materialize(r))
+                out.write(data)
+                pos += len(data)
+            ends.append(pos)
+        if runs:
+            keeper.copy(runs, out)  # type: ignore[union-attr]
+        self.line_ends = ends
+        return ends
 
     def __repr__(self) -> str:
         return f"ExampleRows({len(self._rows)} examples)"

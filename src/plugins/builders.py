@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.build_memo import BuildMemo, decode, encode
+from core.build_memo import Memo, decode, encode
 from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
@@ -56,29 +56,40 @@ class CommitBuilder:
         return examples
 
 
-# (the memo of examples, the rows' keys in it), see core.build_memo; the build stage passes
-# it to a builder whose ``build`` takes ``memo``
-Memo = tuple[BuildMemo, list[bytes]]
-
-
 def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Callable[[int], list[Segment]],
                  tokenizer: Tokenizer, max_tokens: int, stats: Counter, memo: Memo | None = None,
                  names: set[str] | None = None) -> list[dict[str, Any]]:
     """Encode the layout of every change (``layout(i)``: that of ``changes[i]``) in large
     batches and fit each into ``max_tokens``; count what was skipped or truncated. The
     examples are packed (numpy token arrays).
-    With a ``memo``, rows assembled by an earlier build with the same settings are read
-    from it, and the others are kept in it. ``names`` gathers the names of the segments
-    (of the layouts made, and the spans of the examples read from the memo)."""
-    store, keys = memo if memo is not None else (None, None)
-    kept = store.get_many(keys) if store is not None else {}
-    todo = [i for i in range(len(changes)) if keys is None or keys[i] not in kept]
+    With a ``memo`` (see core.build_memo.Memo), rows assembled by an earlier build with
+    the same settings are read from it, and the others are kept in it; a row whose line
+    the writer wrote before in the same split is a kept example (copied when written,
+    see core.kept_lines). ``names`` gathers the names of the segments (of the layouts
+    made, and the spans of the examples read from the memo)."""
+    store, keys, lines = memo if memo is not None else (None, None, None)
+    if names is not None:
+        lines = None  # segment names are read from each example
+    copied: dict[int, tuple[dict[str, Any], bool]] = {}
+    if lines is not None:
+        for i, (row, split) in enumerate(zip(keys, splits)):  # type: ignore[arg-type]
+            hit = lines.find(row, split, changes[i])
+            if hit is not None:
+                copied[i] = hit
+    kept = store.get_many([k for i, k in enumerate(keys) if i not in copied]) if store is not None else {}  # type: ignore[arg-type]
+    todo = [i for i in range(len(changes)) if i not in copied and (keys is None or keys[i] not in kept)]
     fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))
     made: list[tuple[bytes, bytes, bytes]] = []
     out = []
     for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
         change, split = changes[i], splits[i]
         row = keys[i] if keys is not None else None
+        if i in copied:
+            example, truncated = copied[i]
+            if truncated:
+                stats.add(f"truncated_{split}")
+            out.append(example)
+            continue
         if row is not None and row in kept:
             built = decode(kept[row], change, split)
             if names is not None and built.example is not None:
@@ -98,7 +109,11 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
             continue
         if built.truncated:
             stats.add(f"truncated_{split}")
+        if lines is not None:
+            lines.note(built.example, row, built.truncated)  # type: ignore[arg-type]
         out.append(built.example)
+    if copied:
+        stats.add("example_lines_copied", len(copied))
     if store is not None:
         if store.damaged:
             stats.add("build_cache_damaged", store.damaged)
@@ -246,7 +261,7 @@ class FimBuilder:
             stats.add(f"fim_{mode}")
             layouts.append(layout)
         if memo is not None:
-            memo = (memo[0], [memo[1][i] for i in picked])
+            memo = memo._replace(rows=[memo.rows[i] for i in picked])
         return assemble_all([changes[i] for i in picked], [splits[i] for i in picked], layouts.__getitem__,
                              tokenizer, self.cfg.max_tokens, stats, memo)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.examples import packed_rows
+from core.examples import ExampleRows, packed_rows
 from core.files import atomic_write, default_mode, fast_json_line
 from core.hookspecs import hookimpl
 
@@ -174,6 +174,9 @@ class JsonlWriter:
     """``data/{split}.jsonl``: one example per line, every key."""
 
     lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
+    # each split's file is its examples' lines in order: the build stage keeps them, and
+    # copies the line of an example built before (see core.kept_lines)
+    line_files = "data/{split}.jsonl"
 
     def __init__(self, cfg: JsonlWriterConfig | None = None):
         self.cfg = cfg or JsonlWriterConfig()
@@ -181,9 +184,12 @@ class JsonlWriter:
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
-                with out.file(f"data/{split}.jsonl", len(rows), background=True) as fh:
-                    for row in packed_rows(rows):  # orjson writes the arrays as lists
-                        fh.write(fast_json_line(row))
+                with out.file(self.line_files.format(split=split), len(rows), background=True) as fh:
+                    if isinstance(rows, ExampleRows):  # orjson writes the arrays as lists
+                        rows.write_lines(fh, fast_json_line)
+                    else:
+                        for row in rows:
+                            fh.write(fast_json_line(row))
             out.stats(stats)
 
         return _writing(out_dir, splits, body)

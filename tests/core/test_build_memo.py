@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from core import build_memo
+from core import build_memo, kept_lines
 from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
@@ -206,6 +206,9 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
         (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
+    # without the example lines kept from the first run, which would be copied unread
+    with sqlite3.connect(tmp_path / "shared" / f"lines-f{kept_lines.KEPT_LINES_FORMAT}.sqlite") as conn:
+        conn.execute("DELETE FROM kept_lines")
     again = run_pipeline(tmp_path / "b", *shared)
     assert counts(again)["build_cache_damaged"] == 2
     assert counts(again)["rows_encoded"] == 1 and counts(again)["dedup_rows_computed"] == 1

@@ -1,0 +1,198 @@
+"""Example lines written by earlier builds, kept so that a later build copies them.
+
+A writer with ``line_files`` (``jsonl``: ``data/{split}.jsonl``) writes each example of a
+split as one line, in order. After it wrote them, the build stage keeps each split's file
+(a hard link in the cache, no copy) with, per line, the row it was built from (the sha1
+of the row's line in ``chunks.jsonl``), where the line ends, and what the stats need of it
+(token counts, whether it was truncated). A later build with the same settings (the
+build cache's example settings, the writer's code and settings: ``base``) that puts the
+same row in the same split (the split is part of the line) copies those bytes instead of
+reading the example back from the build cache, unpacking its arrays and serialising them
+again. A repository brought up to date after a new commit builds the new commit's rows
+only; the rest of each file is copied.
+
+A kept file changed since (its inode, size or modification time differ) is never used
+and is forgotten. The ``KEPT_FILES`` files used last are kept; ``reuse=false`` keeps none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from core.blob_cache import connection, forget_connection, unusable
+
+KEPT_LINES_FORMAT = 1
+KEPT_FILES = 6  # two runs' three splits
+_ROW = 20  # bytes of a row's key (sha1)
+_COPY_BLOCK = 8 << 20
+
+
+def _stat(fd: int) -> str:
+    st = os.fstat(fd)
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class KeptExample(dict):
+    """An example whose line an earlier build wrote: the fields the build stage's stats
+    read (``split``, ``commit``, ``change``, token counts), and ``line``, where its bytes
+    are (see :meth:`KeptLines.read`)."""
+
+    __slots__ = ("keeper", "line")
+
+    def __init__(self, fields: dict[str, Any], keeper: KeptLines, line: tuple[int, int, int]):
+        super().__init__(fields)
+        self.keeper = keeper
+        self.line = line  # (kept file, start, end)
+
+    def load(self) -> dict[str, Any]:
+        """The whole example, read back from its line (lists of ints)."""
+        import orjson
+
+        return orjson.loads(self.keeper.read(*self.line))
+
+
+class KeptLines:
+    """The kept lines of one ``base`` (see the module's docstring), found by row and split;
+    :meth:`note` records what a build made, :meth:`keep` keeps a written file."""
+
+    def __init__(self, root: str | Path, base: str):
+        self.path = Path(root) / f"lines-f{KEPT_LINES_FORMAT}.sqlite"
+        self.folder = Path(root) / f"lines-f{KEPT_LINES_FORMAT}"
+        self.base = base
+        self._files: list[int] = []  # open descriptors of the kept files in use
+        self._index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] | None = None
+        self._made: dict[int, tuple[bytes, bool]] = {}  # id(example) -> (row, truncated)
+
+    def _conn(self) -> sqlite3.Connection:
+        try:
+            return connection(self.path, [
+                ("CREATE TABLE IF NOT EXISTS kept_lines (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
+                 "split TEXT NOT NULL, rows BLOB NOT NULL, ends BLOB NOT NULL, meta BLOB NOT NULL, "
+                 "stat TEXT NOT NULL, used REAL NOT NULL)")])
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise unusable("build cache", self.path, exc) from None
+
+    def _load(self) -> dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]]:
+        """split -> row -> (file, start, end, n_tokens, n_target_tokens, truncated), from
+        every usable kept file of this base (the most recently used wins)."""
+        if self._index is not None:
+            return self._index
+        index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] = {}
+        try:
+            conn = self._conn()
+            found = conn.execute("SELECT name, split, rows, ends, meta, stat FROM kept_lines WHERE base = ? "
+                                 "ORDER BY used", (self.base,)).fetchall()
+            for name, split, rows, ends, meta, stat in found:
+                try:
+                    fd = os.open(self.folder / name, os.O_RDONLY)
+                except OSError:
+                    conn.execute("DELETE FROM kept_lines WHERE name = ?", (name,))
+                    continue
+                n = len(rows) // _ROW
+                stops = np.frombuffer(ends, dtype=np.int64)
+                counts = np.frombuffer(meta, dtype=np.int32)
+                if _stat(fd) != stat or len(stops) != n or len(counts) != 3 * n:
+                    os.close(fd)  # changed since it was kept: never used again
+                    conn.execute("DELETE FROM kept_lines WHERE name = ?", (name,))
+                    (self.folder / name).unlink(missing_ok=True)
+                    continue
+                conn.execute("UPDATE kept_lines SET used = ? WHERE name = ?", (time.time(), name))
+                f = len(self._files)
+                self._files.append(fd)
+                starts = [0, *stops[:-1].tolist()]
+                stops_l, counts_l = stops.tolist(), counts.tolist()
+                into = index.setdefault(split, {})
+                for i in range(n):
+                    into[rows[i * _ROW:(i + 1) * _ROW]] = (f, starts[i], stops_l[i], counts_l[3 * i],
+                                                           counts_l[3 * i + 1], bool(counts_l[3 * i + 2]))
+        except sqlite3.DatabaseError as exc:
+            raise unusable("build cache", self.path, exc) from None
+        self._index = index
+        return index
+
+    def find(self, row: bytes, split: str, change: dict[str, Any]) -> tuple[KeptExample, bool] | None:
+        """The kept example of ``row`` in ``split`` (``change``: the row) and whether it
+        was truncated, or None."""
+        hit = self._load().get(split, {}).get(row)
+        if hit is None:
+            return None
+        f, start, end, n_tokens, n_target, truncated = hit
+        example = KeptExample({"id": change["id"], "split": split, "n_tokens": n_tokens, "n_target_tokens": n_target,
+                               "commit": change["commit"], "change": change["change"]}, self, (f, start, end))
+        self._made[id(example)] = (row, truncated)
+        return example, truncated
+
+    def note(self, example: dict[str, Any], row: bytes, truncated: bool) -> None:
+        """Record that ``example`` (an object the build keeps until it is written) was
+        made from ``row``."""
+        self._made[id(example)] = (row, truncated)
+
+    def read(self, f: int, start: int, end: int) -> bytes:
+        return os.pread(self._files[f], end - start, start)
+
+    def copy(self, runs: list[tuple[int, int, int]], out: IO[bytes]) -> None:
+        """Write the kept bytes of each (file, start, end) to ``out``."""
+        for f, start, end in runs:
+            fd = self._files[f]
+            while start < end:
+                block = os.pread(fd, min(end - start, _COPY_BLOCK), start)
+                if not block:
+                    raise OSError(f"a kept example file in {self.folder} is shorter than it was")
+                out.write(block)
+                start += len(block)
+
+    def keep(self, path: Path, split: str, examples: list[dict[str, Any]], ends: list[int]) -> bool:
+        """Keep ``path`` (a finished output, ``examples``' lines ending at ``ends``) for
+        later builds; False when it cannot be (an example this build did not note, another
+        file system, no hard links)."""
+        made = self._made
+        if len(ends) != len(examples) or any(id(ex) not in made for ex in examples):
+            return False
+        rows = b"".join(made[id(ex)][0] for ex in examples)
+        if len(rows) != _ROW * len(examples):
+            return False
+        meta = np.array([(ex["n_tokens"], ex["n_target_tokens"], made[id(ex)][1]) for ex in examples],
+                        dtype=np.int32).reshape(-1)
+        name = hashlib.sha256(f"{self.base}:{split}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24] + ".jsonl"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            os.link(path, self.folder / name)
+            fd = os.open(self.folder / name, os.O_RDONLY)
+            try:
+                stat = _stat(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        try:
+            conn = self._conn()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO kept_lines (name, base, split, rows, ends, meta, stat, used) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (name, self.base, split, rows, np.asarray(ends, dtype=np.int64).tobytes(),
+                              meta.tobytes(), stat, time.time()))
+                old = [n for (n,) in conn.execute("SELECT name FROM kept_lines ORDER BY used DESC LIMIT -1 OFFSET ?",
+                                                  (KEPT_FILES,))]
+                for n in old:
+                    conn.execute("DELETE FROM kept_lines WHERE name = ?", (n,))
+        except sqlite3.DatabaseError as exc:
+            (self.folder / name).unlink(missing_ok=True)
+            raise unusable("build cache", self.path, exc) from None
+        for n in old:
+            (self.folder / n).unlink(missing_ok=True)
+        return True
+
+    def close(self) -> None:
+        for fd in self._files:
+            os.close(fd)
+        self._files = []
+        self._index = None
+        forget_connection(self.path)

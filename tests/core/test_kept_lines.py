@@ -1,0 +1,124 @@
+"""Example lines an earlier build wrote are copied by a later build that puts the same
+rows in the same splits: its outputs are byte for byte those of a build that computes
+everything, and a kept file changed since is never used."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+
+from core.examples import ExampleRows
+from core.files import fast_json_line
+from core.kept_lines import KeptExample, KeptLines
+
+from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from .test_build_memo import commit_round, counts, same_outputs
+
+SHARED = "tokenizer.max_training_chars=20000"  # the bpe tokenizer learns from commits every split keeps in train
+
+
+@pytest.fixture
+def repo(scripted_repo: ScriptedRepo) -> ScriptedRepo:
+    for k in range(8):
+        commit_round(scripted_repo, k)
+    return scripted_repo
+
+
+def examples(run_dir) -> dict[str, int]:
+    return {s: counts(run_dir)[f"examples_{s}"] for s in ("train", "val", "test")}
+
+
+def written(run_dir) -> set[tuple[str, str, str]]:
+    return {(e["id"], e["split"], e["commit"]) for s in ("train", "val", "test")
+            for e in read_jsonl(run_dir / "data" / f"{s}.jsonl")}
+
+
+def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+    before = run_pipeline(tmp_path / "a", *shared)
+    assert "example_lines_copied" not in counts(before)
+    commit_round(repo, 99)
+    after = run_pipeline(tmp_path / "b", *shared)
+    c = counts(after)
+    # every example written before in the same split is copied: all but the new commit's
+    # and those of the commits whose split moved (the first of val, the first of test)
+    assert c["rows_encoded"] > 0 and c["example_lines_copied"] == len(written(after) & written(before))
+    assert c["example_lines_copied"] > sum(examples(after).values()) // 2
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    # the manifest's digests are those of the files as written, copied lines included
+    for name, entry in manifest(after)["stages"]["build"]["outputs"].items():
+        if name.startswith("data/"):
+            assert entry["sha256"] == hashlib.sha256((after / name).read_bytes()).hexdigest(), name
+
+
+def test_a_row_is_copied_only_into_the_split_it_was_written_in(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+    run_pipeline(tmp_path / "a", *shared, "split.fractions=[0.8,0.1,0.1]")
+    moved = run_pipeline(tmp_path / "b", *shared, "split.fractions=[0.5,0.25,0.25]")
+    c = counts(moved)
+    # the rows of commits that left train are built again (from the build cache), the rest copied
+    assert 0 < c["example_lines_copied"] < sum(examples(moved).values())
+    assert c["rows_encoded"] == 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, "split.fractions=[0.5,0.25,0.25]")
+    same_outputs(moved, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_an_output_changed_after_it_was_kept_is_not_copied(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+    first = run_pipeline(tmp_path / "a", *shared)
+    with open(first / "data" / "train.jsonl", "ab") as fh:  # the kept file is the same file
+        fh.write(b'{"edited": true}\n')
+    again = run_pipeline(tmp_path / "b", *shared)
+    n = examples(again)
+    assert n["train"] > 0 and counts(again)["example_lines_copied"] == n["val"] + n["test"]
+    # the first run kept three files: the changed one is forgotten, the second run keeps three
+    assert len(list((tmp_path / "shared" / "lines-f1").iterdir())) == 5
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
+    same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_writers_without_line_files_keep_no_lines(repo, tmp_path):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, "writer=parquet"]
+    run_pipeline(tmp_path / "a", *shared)
+    again = run_pipeline(tmp_path / "b", *shared)
+    assert "example_lines_copied" not in counts(again) and counts(again)["rows_encoded"] == 0
+    assert not (tmp_path / "shared" / "lines-f1").exists()
+
+
+def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
+    rows = [{"id": f"x{i}", "split": "train", "input_ids": [i, i + 1], "n_tokens": 2, "n_target_tokens": 1,
+             "commit": "c", "change": "added"} for i in range(4)]
+    lines = [fast_json_line(r) for r in rows]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"".join(lines))
+    keys = [bytes([i]) * 20 for i in range(4)]
+    keeper = KeptLines(tmp_path / "cache", "base")
+    for r, k in zip(rows, keys):
+        keeper.note(r, k, truncated=(k == keys[2]))
+    ends = [sum(map(len, lines[:i + 1])) for i in range(4)]
+    assert keeper.keep(path, "train", rows, ends)
+    keeper.close()
+
+    later = KeptLines(tmp_path / "cache", "base")
+    assert later.find(keys[0], "val", rows[0]) is None  # kept for train only
+    assert KeptLines(tmp_path / "cache", "other").find(keys[0], "train", rows[0]) is None
+    hits = [later.find(k, "train", r) for k, r in zip(keys, rows)]
+    assert [truncated for _, truncated in hits] == [False, False, True, False]
+    kept = [example for example, _ in hits]
+    assert all(type(e) is KeptExample for e in kept) and kept[1]["n_tokens"] == 2
+    fresh = {"id": "new", "split": "train", "input_ids": [9], "n_tokens": 1, "n_target_tokens": 1,
+             "commit": "d", "change": "modified"}
+    # lines 0-1 are one run, then a new example, then lines 3 and 2 (out of their order)
+    seq = ExampleRows([kept[0], kept[1], fresh, kept[3], kept[2]])
+    out = io.BytesIO()
+    ends = seq.write_lines(out, fast_json_line)
+    written = [lines[0], lines[1], fast_json_line(fresh), lines[3], lines[2]]
+    assert out.getvalue() == b"".join(written)
+    assert ends == [sum(map(len, written[:i + 1])) for i in range(5)] and seq.line_ends == ends
+    # a writer that reads rows gets each kept example whole
+    assert list(seq)[3] == json.loads(lines[3]) and seq[0] == rows[0]
+    later.close()
