@@ -311,6 +311,26 @@ def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_p
     assert build.read_changes(path) == rows
 
 
+def test_read_changes_reads_a_row_whole_only_when_a_later_field_is_read(tmp_path):
+    from core import build
+    from core.files import record_line
+
+    # the bytes the head ends at, inside a subject and after a message ending in a backslash
+    rows = [{"id": str(i), "repo": "r", "commit": f"c{i}", "time": "2024-01-01T00:00:00+00:00",
+             "subject": 'say ,"old_qualname":"x"', "message": "ends with \\", "path": "a.rs", "change": "added",
+             "kind": "fn", "qualname": f"a::f{i}", "old_qualname": None, "old_code": "", "new_code": f"fn f{i}() {{}}",
+             "context": [{"path": "b.rs", "text": "struct B;"}]} for i in range(3)]
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(b"".join(record_line(r) for r in rows))
+    got = build.read_changes(path)
+    assert [(c["commit"], c["qualname"], c["subject"], c["message"]) for c in got] == \
+        [(r["commit"], r["qualname"], r["subject"], r["message"]) for r in rows]
+    assert all(c._row is None for c in got)  # the code and context were not read
+    assert got[1].get("new_code") == "fn f1() {}" and got[1]._row is not None and got[0]._row is None
+    assert "old_qualname" in got[2] and got[2].get("nope") is None
+    assert got == rows and dict(got[0]) == rows[0] and got[0]["context"][0]["text"] is got[2]["context"][0]["text"]
+
+
 def test_the_commitforge_format_writes_qualnames_as_code_would_and_has_a_token_per_kind():
     from plugins.formats import CommitforgeFormat, CommitforgeFormatConfig
 
