@@ -72,8 +72,9 @@ def _stat_key(path: Path | str) -> str:
 
 
 class _BackgroundWrites:
-    """Writes gathered into blocks of ``BLOCK`` bytes that one thread hashes and writes to
-    ``fh`` (hashing and the kernel's copy release the GIL), at most two blocks behind."""
+    """Writes gathered into blocks of ``BLOCK`` bytes that one thread hashes while another
+    writes them to ``fh`` (hashing and the kernel's copy release the GIL), at most two
+    blocks behind."""
 
     BLOCK = 4 << 20
 
@@ -84,19 +85,22 @@ class _BackgroundWrites:
         self._hash = hashlib.sha256()
         self._parts: list[bytes] = []
         self._size = self._total = 0
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="commitforge-write")
+        # one thread each, so blocks are hashed in order and written in order
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="commitforge-hash")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-write")
         self._pending: list[Any] = []
         self.digest: tuple[str, int] | None = None
 
     def _put(self, block: bytes) -> None:
-        self._hash.update(block)
         self._fh.write(block)
 
     def _submit(self) -> None:
-        block = b"".join(self._parts)
+        parts = self._parts
+        block = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts, self._size = [], 0
-        self._pending.append(self._pool.submit(self._put, block))
-        while len(self._pending) > 2:
+        self._pending.append(self._hasher.submit(self._hash.update, block))
+        self._pending.append(self._writer.submit(self._put, block))
+        while len(self._pending) > 4:
             self._pending.pop(0).result()
 
     def write(self, data: bytes) -> int:
@@ -119,7 +123,8 @@ class _BackgroundWrites:
                 if error is not None and kind is None:  # the caller's own error goes first
                     raise error
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._hasher.shutdown(wait=True, cancel_futures=True)
+            self._writer.shutdown(wait=True, cancel_futures=True)
         if kind is None:
             self.digest = (self._hash.hexdigest(), self._total)
 
