@@ -60,13 +60,16 @@ def dedup_text(change: dict[str, Any], on: str) -> str:
         return new
     a, b = old.splitlines(), new.splitlines()
     out = [change.get("signature") or ""]
-    for lines, other, sign in ((a, b, "-"), (b, a, "+")):
-        only = _Counter(lines)
-        only.subtract(other)
-        for line in lines:
-            if only[line] > 0:
-                only[line] -= 1
-                out.append(sign + line)
+    count_a, count_b = _Counter(a), _Counter(b)
+    for lines, mine, other, sign in ((a, count_a, count_b, "-"), (b, count_b, count_a, "+")):
+        # how many of each line this side has beyond the other's: the first ones are listed
+        left = {line: n - other[line] for line, n in mine.items() if n > other[line]}
+        if left:
+            for line in lines:
+                k = left.get(line)
+                if k:
+                    left[line] = k - 1
+                    out.append(sign + line)
     return "\n".join(out) if len(out) > 1 else new  # the same lines in another order
 
 
