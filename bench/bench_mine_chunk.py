@@ -116,25 +116,32 @@ def _chunk_batch(indices: list[int]) -> int:
 
 
 def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
+    """HEAD-only chunking against parsing alone, in the same rounds. Chunking runs with the
+    collector settings of a pipeline run (``core.pipeline._fewer_collections``, inherited
+    by the forked workers), as the chunk stage does; the ratio is the median of each
+    round's ratio."""
+    from core.pipeline import _fewer_collections
     from plugins.executors import LocalExecutor, LocalExecutorConfig
 
     total_mb = load_head(repo_path)
     batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
-    for _ in range(repeat):
-        parse_t.append(parse_seconds())
-        t0 = time.perf_counter()
-        pieces = sum(map(_chunk_batch, batches))
-        one_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        assert sum(LocalExecutor(LocalExecutorConfig(workers=workers)).map(_chunk_batch, batches)) == pieces
-        many_t.append(time.perf_counter() - t0)
+    with _fewer_collections():
+        for _ in range(repeat):
+            parse_t.append(parse_seconds())
+            t0 = time.perf_counter()
+            pieces = sum(map(_chunk_batch, batches))
+            one_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert sum(LocalExecutor(LocalExecutorConfig(workers=workers)).map(_chunk_batch, batches)) == pieces
+            many_t.append(time.perf_counter() - t0)
     p, one, many = (statistics.median(x) for x in (parse_t, one_t, many_t))
     return {"files": len(_HEAD_SOURCES), "mb": round(total_mb, 1), "parse_only_1_core_mb_s": round(total_mb / p, 1),
             "chunking_1_worker_mb_s": round(total_mb / one, 1),
             f"chunking_{workers}_workers_mb_s": round(total_mb / many, 1),
-            "chunking_vs_parse_1_core": round(p / many, 2), "pieces": pieces}
+            "chunking_vs_parse_1_core": round(statistics.median(a / b for a, b in zip(parse_t, many_t)), 2),
+            "pieces": pieces}
 
 
 def main() -> None:
@@ -166,12 +173,13 @@ def main() -> None:
         runs.append(r)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s, "
-          f"CPU {statistics.median(r['cpu_s'] for r in runs):.2f} s; "
-          f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
-    steady = [r["wall_at_reference_s"] for r in runs if r["steady"]]
-    print(f"scaled to {args.reference_mb_s:g} MB/s parsing: median wall "
-          + (f"{statistics.median(steady):.2f} s over {len(steady)} steady run(s)" if steady else "n/a (no steady run)"))
+    if runs:
+        print(f"full history median wall: {statistics.median(r['wall_s'] for r in runs):.2f} s, "
+              f"CPU {statistics.median(r['cpu_s'] for r in runs):.2f} s; "
+              f"peak RSS main {rss_self:.0f} MB, largest child {rss_children:.0f} MB")
+        steady = [r["wall_at_reference_s"] for r in runs if r["steady"]]
+        print(f"scaled to {args.reference_mb_s:g} MB/s parsing: median wall "
+              + (f"{statistics.median(steady):.2f} s over {len(steady)} steady run(s)" if steady else "n/a (no steady run)"))
     if not args.skip_head:
         print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1, args.head_repeat))}")
     git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
