@@ -71,6 +71,30 @@ def _stat_key(path: Path | str) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def copy_prefix(src: Any, dst: Any, size: int) -> None:
+    """Copy the first ``size`` bytes of file ``src`` to ``dst`` at its position (both open
+    binary files; ``dst`` flushed), in the kernel where the platform allows."""
+    dst.flush()
+    src.seek(0)
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), left)
+            if n <= 0:
+                break
+            left -= n
+    except (AttributeError, OSError):
+        pass  # not available here: copied below
+    src.seek(size - left)
+    dst.seek(0, os.SEEK_END)
+    while left > 0:
+        block = src.read(min(left, 1 << 20))
+        if not block:
+            raise OSError(f"{src.name} is shorter than it was")
+        dst.write(block)
+        left -= len(block)
+
+
 class _BackgroundWrites:
     """Writes gathered into blocks of ``BLOCK`` bytes that one thread hashes while another
     writes them to ``fh`` (hashing and the kernel's copy release the GIL), at most two
@@ -93,6 +117,27 @@ class _BackgroundWrites:
 
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
+
+    def _hash_file(self, fd: int, size: int) -> None:
+        at = 0
+        while at < size:
+            block = os.pread(fd, min(size - at, self.BLOCK), at)
+            if not block:
+                raise OSError(f"a file being copied is shorter than {size} bytes")
+            self._hash.update(block)
+            at += len(block)
+
+    def copy(self, src: IO[bytes], size: int) -> None:
+        """Append the first ``size`` bytes of file ``src`` (open, binary; keep it open until
+        the writes end): the writing thread copies them, in the kernel where the platform
+        allows, while the hashing thread reads them."""
+        if self._parts:
+            self._submit()
+        self._pending.append(self._hasher.submit(self._hash_file, src.fileno(), size))
+        self._pending.append(self._writer.submit(copy_prefix, src, self._fh, size))
+        self._total += size
+        while len(self._pending) > 4:
+            self._pending.pop(0).result()
 
     def _submit(self) -> None:
         parts = self._parts

@@ -12,7 +12,7 @@ import inspect
 import json
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from core.progress import progress
 from core.registry import PluginRegistry
 from core.report import ChunkScan, scan_lines, write_report
 from core.snapshot import TreeSteps, plan_trees, snapshot_trees, tree_steps
-from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, copy_prefix, fingerprint
+from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, fingerprint
 from core.stats import Counter
 
 
@@ -394,12 +394,11 @@ class Run:
         # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
         ends: list[int] = list(copied_ends)
         size = copied_ends[-1] if copied_ends else 0
-        # written and hashed by a thread while the workers pair commits (the manifest does not
-        # read it back), unless a kept output's bytes are copied in the kernel first
-        with atomic_write(self.run_dir / "chunks.jsonl", background=base_output is None) as fh:
+        # written and hashed by threads while the workers pair commits (the manifest does not
+        # read it back); a kept output's bytes are copied first, in the kernel where it can be
+        with base_output or nullcontext(), atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh:
             if base_output is not None:
-                with base_output:
-                    copy_prefix(base_output, fh, size)
+                fh.copy(base_output, size)
                 stats.add("chunk_bytes_copied", size)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)

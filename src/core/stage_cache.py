@@ -52,30 +52,6 @@ def _stat(path: Path, fd: int | None = None) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def copy_prefix(src: Any, dst: Any, size: int) -> None:
-    """Copy the first ``size`` bytes of file ``src`` to ``dst`` at its position (both open
-    binary files; ``dst`` flushed), in the kernel where the platform allows."""
-    dst.flush()
-    src.seek(0)
-    left = size
-    try:
-        while left > 0:
-            n = os.copy_file_range(src.fileno(), dst.fileno(), left)
-            if n <= 0:
-                break
-            left -= n
-    except (AttributeError, OSError):
-        pass  # not available here: copied below
-    src.seek(size - left)
-    dst.seek(0, os.SEEK_END)
-    while left > 0:
-        block = src.read(min(left, 1 << 20))
-        if not block:
-            raise OSError(f"{src.name} is shorter than it was")
-        dst.write(block)
-        left -= len(block)
-
-
 def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
     """The key of one commit's chunk-stage rows: ``base`` (a fingerprint of the settings
     and code), the commit's line in commits.jsonl and the tree id its context reads."""

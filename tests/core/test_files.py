@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 
 import pytest
@@ -82,6 +84,24 @@ def test_background_writes_put_every_byte_in_order_and_give_the_files_sha256(tmp
     assert files._DIGESTS[str(path)][1] == files.sha256_file(path)
     path.write_bytes(b"changed since\n")  # a file changed after it was written is hashed again
     assert files.output_digest(path) == (files.sha256_file(path), 14)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_a_copied_prefix_goes_between_the_writes_around_it_and_into_the_digest(tmp_path, monkeypatch, kernel_copy):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)  # the copy is hashed in many blocks
+    if not kernel_copy:
+        monkeypatch.delattr(files.os, "copy_file_range")
+    source = tmp_path / "kept.jsonl"
+    source.write_bytes(b"".join(f"{i:06d} kept\n".encode() for i in range(5000)))
+    path = tmp_path / "out.jsonl"
+    with open(source, "rb") as src, files.atomic_write(path, background=True) as fh:
+        fh.write(b"before\n" * 300)
+        fh.copy(src, 12_345)
+        for i in range(200):
+            fh.write(f"after {i}\n".encode())
+    want = b"before\n" * 300 + source.read_bytes()[:12_345] + b"".join(f"after {i}\n".encode() for i in range(200))
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
 
 
 def test_a_failed_background_write_raises_and_leaves_no_file(tmp_path, monkeypatch):

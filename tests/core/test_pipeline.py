@@ -269,9 +269,12 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
         r.commit(f"c{i}", {f"src/m{i}.rs": f"pub fn f{i}() -> u32 {{ crate::N + {i} }}\n",
                            "src/lib.rs": f"pub const N: u32 = {i};\n"})
 
+    digests = {}
+
     def chunk_counts(name: str, *overrides: str) -> tuple[dict, bytes]:
         run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / 'cache'}",
                                "stages=[mine,chunk]", "context=imports", *overrides)
+        digests[name] = manifest(run_dir)["stages"]["chunk"]["outputs"]["chunks.jsonl"]["sha256"]
         return manifest(run_dir)["stages"]["chunk"]["counts"], (run_dir / "chunks.jsonl").read_bytes()
 
     first, out1 = chunk_counts("a")
@@ -286,6 +289,8 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
     assert (grown["commits_reused"], grown["commits_computed"]) == (5, 1)  # only the new commit
     assert out4.startswith(out1) and len(out4) > len(out1)
     assert grown["chunk_bytes_copied"] == len(out1)  # the earlier output's bytes, copied whole
+    # the manifest's digest is of the file as written, copied bytes and new rows together
+    assert digests["d"] == hashlib.sha256(out4).hexdigest()
     fresh, out5 = chunk_counts("e", "reuse=false")
     assert "commits_reused" in fresh and fresh["commits_reused"] == 0 and out5 == out4
     assert fresh["unit_changes"] == grown["unit_changes"] and fresh["context_refs"] == grown["context_refs"]
