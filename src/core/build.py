@@ -26,7 +26,13 @@ try:
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
-from core.build_memo import BUILD_MEMO_FORMAT, BuildMemo, Memo, dedup_entries, merge_features
+from core.build_memo import (
+    BUILD_MEMO_FORMAT,
+    BuildMemo,
+    Memo,
+    dedup_entries,
+    merge_features,
+)
 from core.chunking import takes
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
