@@ -10,21 +10,12 @@ examples) comes from the build cache (core.build_memo) instead.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from collections import Counter as _Counter
-from collections.abc import Iterator, Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
-
-try:
-    import orjson
-except ImportError:  # a core dependency; json reads the same rows, slower
-    orjson = None
 
 from core.build_memo import (
     BUILD_MEMO_FORMAT,
@@ -33,6 +24,7 @@ from core.build_memo import (
     dedup_entries,
     merge_features,
 )
+from core.changes import forget_shared_texts, read_changes
 from core.chunking import takes
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
@@ -92,10 +84,6 @@ def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
     return {"edges": edges, "counts": counts}
 
 
-# texts that repeat across the rows of chunks.jsonl: one string object each
-_SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
-
-
 def _default_compare(run: Run) -> str:
     """The builder's choice, except under a random split: a later edit of a unit may then
     be in train while its old code is a val or test target, which only comparing code
@@ -104,125 +92,6 @@ def _default_compare(run: Run) -> str:
     if str(getattr(run.cfg.split, "name", "")) == "random":
         return "code"
     return getattr(run.builder, "dedup_compare", "code")
-
-
-class _ChangesFile:
-    """``chunks.jsonl`` open while its rows are read: each row whole when it is needed,
-    each distinct text kept once (see :func:`read_changes`)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        shared: dict[str, str] = {}
-        self.one = shared.setdefault
-
-    def line(self, at: int, size: int) -> bytes:
-        line = os.pread(self.fd, size, at)
-        if len(line) != size:
-            raise CommitforgeError(f"{self.path} changed while the build stage read it; run again")
-        return line
-
-    def row(self, line: bytes) -> dict[str, Any]:
-        try:
-            row = orjson.loads(line)
-        except (AttributeError, ValueError):  # no orjson; orjson.JSONDecodeError is a ValueError
-            row = json.loads(line.decode("utf-8"))
-        one = self.one
-        for key in _SHARED_FIELDS:
-            value = row.get(key)
-            if type(value) is str and value:
-                row[key] = one(value, value)
-        for item in row.get("context") or ():
-            for key in ("path", "text"):
-                value = item.get(key)
-                if type(value) is str:
-                    item[key] = one(value, value)
-        return row
-
-    def __del__(self) -> None:
-        fd, self.fd = getattr(self, "fd", -1), -1
-        if fd >= 0:
-            os.close(fd)
-
-
-# a chunks.jsonl row starts with the fields a split and the stats read; each key is written
-# bare once (a quote inside a string is escaped), so what comes before this is a whole
-# JSON object of the first fields once closed
-_HEAD_END = b',"old_qualname":'
-
-
-class Change(Mapping):
-    """A read-only row of ``chunks.jsonl`` read in two steps: the fields before
-    ``old_qualname`` (id, repo, commit, time, subject, message, path, change, kind,
-    qualname, ...) when the file is read, the whole row when another field is first read.
-    A build that copies most of its examples' lines (core.kept_lines) never reads their
-    code and context. ``dict(change)`` is a plain dict of the whole row."""
-
-    __slots__ = ("_at", "_file", "_head", "_row", "_size")
-
-    def __init__(self, file: _ChangesFile, at: int, line: bytes):
-        self._file, self._at, self._size = file, at, len(line)
-        self._row: dict[str, Any] | None = None
-        self._head: dict[str, Any] | None = None
-        end = line.find(_HEAD_END)
-        if end > 0 and orjson is not None:
-            try:
-                head = orjson.loads(line[:end] + b"}")
-            except ValueError:  # lone surrogate escapes: read whole with json
-                head = None
-            if type(head) is dict:
-                one = file.one
-                for key in ("subject", "message"):
-                    value = head.get(key)
-                    if type(value) is str and value:
-                        head[key] = one(value, value)
-                self._head = head
-        if self._head is None:
-            self._row = file.row(line)
-
-    def _whole(self) -> dict[str, Any]:
-        row = self._row
-        if row is None:
-            row = self._row = self._file.row(self._file.line(self._at, self._size))
-            self._head = None
-        return row
-
-    def __getitem__(self, key: str) -> Any:
-        if self._row is None:
-            try:
-                return self._head[key]  # type: ignore[index]
-            except KeyError:
-                pass
-        return self._whole()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._whole())
-
-    def __len__(self) -> int:
-        return len(self._whole())
-
-    def __repr__(self) -> str:
-        return f"Change({self._whole()!r})"
-
-
-def read_changes(path: Path, digests: list[bytes] | None = None) -> list[Change]:
-    """The rows of ``chunks.jsonl`` (:class:`Change`, read whole when first needed), and
-    into ``digests`` the sha1 of each line. A context item's text repeats in every unit
-    that uses it, a commit's message in each of its units, a unit's new code as the next
-    change's old code: each distinct text is kept once (the rows hold a fraction of the
-    memory). Lines orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by
-    json."""
-    file = _ChangesFile(path)
-    changes = []
-    sha1 = hashlib.sha1
-    at = 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if digests is not None:
-                digests.append(sha1(line).digest())
-            changes.append(Change(file, at, line))
-            at += len(line)
-    return changes
 
 
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
@@ -273,6 +142,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the digests of the rows kept, by which the build cache knows them (None: no cache)
     rows = [d for d, keep in zip(kept_digests, result.keep) if keep] if digests is not None else None
     del digests, kept_digests
+    # the rows dropped here, and the texts only they hold, are freed before tokenizing
+    forget_shared_texts(kept_changes)
+    del kept_changes, kept_splits, result
 
     def training_texts():
         for c, sp in zip(changes, splits):
@@ -283,61 +155,60 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     run.tokenizer.prepare(special, training_texts, run.cache_dir)
-    lines = None
-    if rows is not None and changes and takes(run.builder.build, "memo"):
-        base = _examples_base(run, special)
-        store = BuildMemo(run.cache_dir, base)
-        lines = _kept_lines(run, base)
-        try:
-            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
-                                         memo=Memo(store, rows, lines))
-        except BaseException:
-            if lines is not None:
-                lines.close()
-            raise
-        finally:
-            store.close()
-    else:
-        examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
-    # the unit changes are done with: free them before the examples are written
-    del changes, splits, kept_changes, kept_splits, rows, result, training_texts
-    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    for ex in examples:
-        by_split[ex["split"]].append(ex)
-    del examples
-    run.example_commits = {name: _Counter(r["commit"] for r in rows) for name, rows in by_split.items()}
-    max_tokens = int(getattr(run.builder.cfg, "max_tokens", 2048))
-    split_stats = {}
-    for name, rows in by_split.items():
-        tokens = sum(r["n_tokens"] for r in rows)
-        target = sum(r["n_target_tokens"] for r in rows)
-        split_stats[name] = {
-            "examples": len(rows),
-            "commits": len({r["commit"] for r in rows}),
-            "tokens": tokens,
-            "target_tokens": target,
-            "trained_token_share": round(target / tokens, 4) if tokens else 0.0,
-            "truncated": stats.counts.get(f"truncated_{name}", 0),
-            "changes": dict(sorted(_Counter(r["change"] for r in rows).items())),
-            "length_histogram": _histogram([r["n_tokens"] for r in rows], max_tokens),
-        }
-        stats.add(f"examples_{name}", len(rows))
-    tok = run.tokenizer
-    report = {
-        "splits": split_stats,
-        "skips": dict(sorted(stats.skips.items())),
-        "dedup": dedup_report,
-        "tokenizer": tok.identity,
-        "format": run.cfg.format.name,
-        "builder": run.cfg.builder.name,
-        "special_tokens_added": len(tok.added_tokens),
-        "special_token_ids": {t: tok.token_id(t) for t in special},
-        "resize_embeddings": bool(tok.added_tokens),
-        "max_tokens": max_tokens,
-    }
-    summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
-               "resize_embeddings": bool(tok.added_tokens)}
+    lines = None  # the example lines earlier builds wrote (core.kept_lines), open while in use
     try:
+        if rows is not None and changes and takes(run.builder.build, "memo"):
+            base = _examples_base(run, special)
+            store = BuildMemo(run.cache_dir, base)
+            if getattr(run.builder, "examples_as_assembled", False):
+                lines = _kept_lines(run, base)
+            try:
+                examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
+                                             memo=Memo(store, rows, lines))
+            finally:
+                store.close()
+        else:
+            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
+        # the unit changes are done with: free them before the examples are written
+        changes.clear()
+        splits.clear()
+        del rows, training_texts
+        by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        for ex in examples:
+            by_split[ex["split"]].append(ex)
+        del examples
+        run.example_commits = {name: _Counter(r["commit"] for r in rows) for name, rows in by_split.items()}
+        max_tokens = int(getattr(run.builder.cfg, "max_tokens", 2048))
+        split_stats = {}
+        for name, rows in by_split.items():
+            tokens = sum(r["n_tokens"] for r in rows)
+            target = sum(r["n_target_tokens"] for r in rows)
+            split_stats[name] = {
+                "examples": len(rows),
+                "commits": len({r["commit"] for r in rows}),
+                "tokens": tokens,
+                "target_tokens": target,
+                "trained_token_share": round(target / tokens, 4) if tokens else 0.0,
+                "truncated": stats.counts.get(f"truncated_{name}", 0),
+                "changes": dict(sorted(_Counter(r["change"] for r in rows).items())),
+                "length_histogram": _histogram([r["n_tokens"] for r in rows], max_tokens),
+            }
+            stats.add(f"examples_{name}", len(rows))
+        tok = run.tokenizer
+        report = {
+            "splits": split_stats,
+            "skips": dict(sorted(stats.skips.items())),
+            "dedup": dedup_report,
+            "tokenizer": tok.identity,
+            "format": run.cfg.format.name,
+            "builder": run.cfg.builder.name,
+            "special_tokens_added": len(tok.added_tokens),
+            "special_token_ids": {t: tok.token_id(t) for t in special},
+            "resize_embeddings": bool(tok.added_tokens),
+            "max_tokens": max_tokens,
+        }
+        summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
+                   "resize_embeddings": bool(tok.added_tokens)}
         given = _writer_splits(run.writer, by_split)
         outputs = run.writer.write(run.run_dir, given, report)
         if lines is not None:  # each split's lines, for the next build to copy

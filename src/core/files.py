@@ -141,7 +141,8 @@ class _BackgroundWrites:
 
     def _submit(self) -> None:
         parts = self._parts
-        block = parts[0] if len(parts) == 1 else b"".join(parts)
+        # a copy unless it is one immutable bytes object: both threads read the block later
+        block = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
         self._parts, self._size = [], 0
         self._pending.append(self._hasher.submit(self._hash.update, block))
         self._pending.append(self._writer.submit(self._put, block))

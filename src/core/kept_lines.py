@@ -18,6 +18,7 @@ and is forgotten. The ``KEPT_FILES`` files used last are kept; ``reuse=false`` k
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -53,9 +54,13 @@ class KeptExample(dict):
 
     def load(self) -> dict[str, Any]:
         """The whole example, read back from its line (lists of ints)."""
-        import orjson
+        line = self.keeper.read(*self.line)
+        try:
+            import orjson
 
-        return orjson.loads(self.keeper.read(*self.line))
+            return orjson.loads(line)
+        except (ImportError, ValueError):  # lone surrogate escapes (non-UTF-8 paths): json reads them
+            return json.loads(line.decode("utf-8"))
 
 
 class KeptLines:
@@ -155,6 +160,13 @@ class KeptLines:
         made = self._made
         if len(ends) != len(examples) or any(id(ex) not in made for ex in examples):
             return False
+        if any(b < a for a, b in zip([0, *ends], ends)):
+            return False
+        try:
+            if path.stat().st_size != (ends[-1] if ends else 0):
+                return False  # the file holds more than the lines (a header): nothing to copy from
+        except OSError:
+            return False
         rows = b"".join(made[id(ex)][0] for ex in examples)
         if len(rows) != _ROW * len(examples):
             return False
@@ -188,7 +200,20 @@ class KeptLines:
             raise unusable("build cache", self.path, exc) from None
         for n in old:
             (self.folder / n).unlink(missing_ok=True)
+        self._forget_strays()
         return True
+
+    def _forget_strays(self) -> None:
+        """Remove files of the folder the index does not name (a run killed between linking
+        a file and recording it) once they are an hour old: a run may be between the two now."""
+        try:
+            named = {n for (n,) in self._conn().execute("SELECT name FROM kept_lines")}
+            now = time.time()
+            for path in self.folder.iterdir():
+                if path.name not in named and now - path.lstat().st_ctime > 3600:
+                    path.unlink(missing_ok=True)
+        except (OSError, sqlite3.DatabaseError):
+            pass
 
     def close(self) -> None:
         for fd in self._files:

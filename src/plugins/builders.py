@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.build_memo import Memo, decode, encode
-from core.chunking import chunk_file, module_paths, naming_files, project_file_names, redact_row
+from core.changes import whole
+from core.chunking import (
+    chunk_file,
+    module_paths,
+    naming_files,
+    project_file_names,
+    redact_row,
+)
 from core.errors import CommitforgeError
 from core.examples import Format, Segment, Tokenizer, assemble, encode_layouts
 from core.gitio import BlobReader
@@ -30,6 +37,9 @@ class CommitBuilderConfig:
 
 class CommitBuilder:
     dedup_compare = "edit"  # two edits are duplicates when they remove and add the same lines
+    # its examples are assemble_all's, unchanged: a row whose line the writer wrote before
+    # may come back as a kept example (see core.kept_lines); so are the fim and file builders'
+    examples_as_assembled = True
 
     def __init__(self, cfg: CommitBuilderConfig):
         if cfg.max_tokens < 16:
@@ -41,7 +51,7 @@ class CommitBuilder:
         wanted = None if self.cfg.train_on is None else set(self.cfg.train_on)
 
         def layout(change: dict[str, Any]) -> list[Segment]:
-            segments = fmt.segments(change)
+            segments = fmt.segments(whole(change))  # formats get plain dicts
             if wanted is not None:
                 for seg in segments:
                     seg.target = seg.name in wanted
@@ -67,7 +77,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     the writer wrote before in the same split is a kept example (copied when written,
     see core.kept_lines). ``names`` gathers the names of the segments (of the layouts
     made, and the spans of the examples read from the memo)."""
-    store, keys, lines = memo if memo is not None else (None, None, None)
+    store, keys = (memo[0], memo[1]) if memo is not None else (None, None)
+    lines = memo[2] if memo is not None and len(memo) > 2 else None  # a (store, keys) pair has none
     if names is not None:
         lines = None  # segment names are read from each example
     copied: dict[int, tuple[dict[str, Any], bool]] = {}
@@ -261,7 +272,7 @@ class FimBuilder:
             stats.add(f"fim_{mode}")
             layouts.append(layout)
         if memo is not None:
-            memo = memo._replace(rows=[memo.rows[i] for i in picked])
+            memo = Memo(memo[0], [memo[1][i] for i in picked], *memo[2:3])
         return assemble_all([changes[i] for i in picked], [splits[i] for i in picked], layouts.__getitem__,
                              tokenizer, self.cfg.max_tokens, stats, memo)
 

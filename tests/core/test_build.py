@@ -291,7 +291,7 @@ def test_file_builder_keeps_memberless_containers_and_drops_containers_of_member
 
 
 def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_path, monkeypatch):
-    from core import build
+    from core import changes as build
     from core.files import json_line
 
     odd = b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")
@@ -312,7 +312,7 @@ def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_p
 
 
 def test_read_changes_reads_a_row_whole_only_when_a_later_field_is_read(tmp_path):
-    from core import build
+    from core import changes as build
     from core.files import record_line
 
     # the bytes the head ends at, inside a subject and after a message ending in a backslash
@@ -329,6 +329,26 @@ def test_read_changes_reads_a_row_whole_only_when_a_later_field_is_read(tmp_path
     assert got[1].get("new_code") == "fn f1() {}" and got[1]._row is not None and got[0]._row is None
     assert "old_qualname" in got[2] and got[2].get("nope") is None
     assert got == rows and dict(got[0]) == rows[0] and got[0]["context"][0]["text"] is got[2]["context"][0]["text"]
+
+
+def test_a_copied_or_pickled_change_is_a_plain_dict_that_shares_no_open_file(tmp_path):
+    import copy
+    import gc
+    import pickle
+
+    from core.changes import read_changes, whole
+    from core.files import record_line
+
+    rows = [{"id": str(i), "commit": "c", "old_qualname": None, "new_code": f"fn f{i}() {{}}"} for i in range(3)]
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(b"".join(record_line(r) for r in rows))
+    got = read_changes(path)
+    for c in (copy.deepcopy(got[0]), copy.copy(got[0]), pickle.loads(pickle.dumps(got[0]))):
+        assert type(c) is dict and c == rows[0]
+    del c
+    gc.collect()  # copies gone: the rows still read from the file
+    assert got[2]["new_code"] == "fn f2() {}" and type(whole(got[1])) is dict and whole(got[1]) == rows[1]
+    assert whole(rows[0]) is rows[0]
 
 
 def test_the_commitforge_format_writes_qualnames_as_code_would_and_has_a_token_per_kind():

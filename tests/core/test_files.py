@@ -103,6 +103,37 @@ def test_a_copied_prefix_goes_between_the_writes_around_it_and_into_the_digest(t
     assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
 
 
+def test_a_buffer_changed_after_it_was_written_does_not_change_the_file_or_its_digest(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 10)
+    changed = threading.Event()  # the threads hash and write only once the caller changed its buffer
+    put, sha256 = files._BackgroundWrites._put, hashlib.sha256
+
+    class LateHash:
+        def __init__(self):
+            self.h = sha256()
+
+        def update(self, data):
+            changed.wait(5)
+            self.h.update(data)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(files._BackgroundWrites, "_put", lambda self, block: (changed.wait(5), put(self, block)))
+    monkeypatch.setattr(files.hashlib, "sha256", LateHash)
+    path = tmp_path / "out.jsonl"
+    buf = bytearray(b"0123456789abcdef\n")
+    with files.atomic_write(path, background=True) as fh:
+        fh.write(buf)  # a whole block in one buffer
+        buf[:] = b"X" * len(buf)
+        changed.set()
+    monkeypatch.setattr(files.hashlib, "sha256", sha256)
+    assert path.read_bytes() == b"0123456789abcdef\n"
+    assert files.output_digest(path)[0] == hashlib.sha256(b"0123456789abcdef\n").hexdigest()
+
+
 def test_a_failed_background_write_raises_and_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 10)
 

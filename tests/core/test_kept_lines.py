@@ -122,3 +122,55 @@ def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
     # a writer that reads rows gets each kept example whole
     assert list(seq)[3] == json.loads(lines[3]) and seq[0] == rows[0]
     later.close()
+
+
+def test_a_builder_that_changes_the_examples_it_assembled_gets_no_kept_lines(repo, tmp_path, monkeypatch):
+    from plugins.builders import CommitBuilder
+
+    assembled = CommitBuilder.build
+
+    def stamped(self, changes, splits, fmt, tokenizer, stats, memo=None):
+        examples = assembled(self, changes, splits, fmt, tokenizer, stats, memo)
+        return [{**ex, "kind": f"{ex['kind']}/{len(examples)}"} for ex in examples]  # depends on every row
+
+    monkeypatch.setattr(CommitBuilder, "build", stamped)
+    monkeypatch.setattr(CommitBuilder, "examples_as_assembled", False)
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+    run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    after = run_pipeline(tmp_path / "b", *shared)
+    assert "example_lines_copied" not in counts(after) and counts(after)["rows_reused"] > 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_a_file_holding_more_than_its_lines_is_not_kept(tmp_path):
+    rows = [{"id": "a", "n_tokens": 1, "n_target_tokens": 1}, {"id": "b", "n_tokens": 2, "n_target_tokens": 1}]
+    lines = [fast_json_line(r) for r in rows]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"# header\n" + b"".join(lines))
+    keeper = KeptLines(tmp_path / "cache", "base")
+    for i, r in enumerate(rows):
+        keeper.note(r, bytes([i]) * 20, truncated=False)
+    assert not keeper.keep(path, "train", rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
+    path.write_bytes(b"".join(lines))
+    assert keeper.keep(path, "train", rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
+    keeper.close()
+
+
+def test_a_kept_example_of_a_path_that_is_not_utf8_reads_back(tmp_path):
+    from core.files import json_line
+
+    odd = b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")
+    row = {"id": "a", "path": odd, "n_tokens": 1, "n_target_tokens": 1, "commit": "c", "change": "added"}
+    line = json_line(row)
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(line)
+    keeper = KeptLines(tmp_path / "cache", "base")
+    keeper.note(row, b"k" * 20, truncated=False)
+    assert keeper.keep(path, "train", [row], [len(line)])
+    keeper.close()
+    later = KeptLines(tmp_path / "cache", "base")
+    kept, _ = later.find(b"k" * 20, "train", row)
+    assert kept.load()["path"] == odd and ExampleRows([kept])[0] == row
+    later.close()

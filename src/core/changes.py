@@ -1,0 +1,174 @@
+"""The rows of ``chunks.jsonl`` as the build stage reads them."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+try:
+    import orjson
+except ImportError:  # a core dependency; json reads the same rows, slower
+    orjson = None
+
+from core.errors import CommitforgeError
+
+# texts that repeat across the rows of chunks.jsonl: one string object each
+_SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
+
+
+class _ChangesFile:
+    """``chunks.jsonl`` open while its rows are read: each row whole when it is needed,
+    each distinct text kept once (see :func:`read_changes`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.forget_shared()
+
+    def forget_shared(self) -> None:
+        shared: dict[str, str] = {}
+        self.one = shared.setdefault
+
+    def line(self, at: int, size: int) -> bytes:
+        line = os.pread(self.fd, size, at)
+        if len(line) != size:
+            raise CommitforgeError(f"{self.path} changed while the build stage read it; run again")
+        return line
+
+    def row(self, line: bytes) -> dict[str, Any]:
+        try:
+            row = orjson.loads(line)
+        except (AttributeError, ValueError):  # no orjson; orjson.JSONDecodeError is a ValueError
+            row = json.loads(line.decode("utf-8"))
+        one = self.one
+        for key in _SHARED_FIELDS:
+            value = row.get(key)
+            if type(value) is str and value:
+                row[key] = one(value, value)
+        for item in row.get("context") or ():
+            for key in ("path", "text"):
+                value = item.get(key)
+                if type(value) is str:
+                    item[key] = one(value, value)
+        return row
+
+    def __del__(self) -> None:
+        fd, self.fd = getattr(self, "fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+
+# a chunks.jsonl row starts with the fields a split and the stats read; each key is written
+# bare once (a quote inside a string is escaped), so what comes before this is a whole
+# JSON object of the first fields once closed
+_HEAD_END = b',"old_qualname":'
+
+
+class Change(Mapping):
+    """A read-only row of ``chunks.jsonl`` read in two steps: the fields before
+    ``old_qualname`` (id, repo, commit, time, subject, message, path, change, kind,
+    qualname, ...) when the file is read, the whole row when another field is first read.
+    A build that copies most of its examples' lines (core.kept_lines) never reads their
+    code and context. ``dict(change)`` is a plain dict of the whole row."""
+
+    __slots__ = ("_at", "_file", "_head", "_row", "_size")
+
+    def __init__(self, file: _ChangesFile, at: int, line: bytes):
+        self._file, self._at, self._size = file, at, len(line)
+        self._row: dict[str, Any] | None = None
+        self._head: dict[str, Any] | None = None
+        end = line.find(_HEAD_END)
+        if end > 0 and orjson is not None:
+            try:
+                head = orjson.loads(line[:end] + b"}")
+            except ValueError:  # lone surrogate escapes: read whole with json
+                head = None
+            if type(head) is dict:
+                one = file.one
+                for key in ("subject", "message"):
+                    value = head.get(key)
+                    if type(value) is str and value:
+                        head[key] = one(value, value)
+                self._head = head
+        if self._head is None:
+            self._row = file.row(line)
+
+    def _whole(self) -> dict[str, Any]:
+        row = self._row
+        if row is None:
+            row = self._row = self._file.row(self._file.line(self._at, self._size))
+            self._head = None
+        return row
+
+    def __getitem__(self, key: str) -> Any:
+        if self._row is None:
+            try:
+                return self._head[key]  # type: ignore[index]
+            except KeyError:
+                pass
+        return self._whole()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._whole())
+
+    def __len__(self) -> int:
+        return len(self._whole())
+
+    def whole(self) -> dict[str, Any]:
+        """The whole row as a plain dict (read now if it was not): the object the rows read
+        share, not a copy."""
+        return self._whole()
+
+    def __repr__(self) -> str:
+        return f"Change({self._whole()!r})"
+
+    # a copy or a pickle is a plain dict of the whole row: it shares no open file
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self._whole())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(self._whole(), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (self._whole(),)
+
+
+def whole(change: Mapping[str, Any]) -> dict[str, Any]:
+    """A unit change as a plain dict: the whole row of a :class:`Change`, any other as is."""
+    return change.whole() if type(change) is Change else change  # type: ignore[return-value]
+
+
+def forget_shared_texts(changes: list[Any]) -> None:
+    """Stop sharing texts with rows read from now on: the texts of rows read so far stay
+    alive only as long as those rows do (the build stage calls it once deduplication has
+    dropped what it drops)."""
+    files = {id(c._file): c._file for c in changes if type(c) is Change}
+    for file in files.values():
+        file.forget_shared()
+
+
+def read_changes(path: Path, digests: list[bytes] | None = None) -> list[Change]:
+    """The rows of ``chunks.jsonl`` (:class:`Change`, read whole when first needed), and
+    into ``digests`` the sha1 of each line. A context item's text repeats in every unit
+    that uses it, a commit's message in each of its units, a unit's new code as the next
+    change's old code: each distinct text is kept once (the rows hold a fraction of the
+    memory). Lines orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by
+    json."""
+    file = _ChangesFile(path)
+    changes = []
+    sha1 = hashlib.sha1
+    at = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if digests is not None:
+                digests.append(sha1(line).digest())
+            changes.append(Change(file, at, line))
+            at += len(line)
+    return changes
+
+
