@@ -71,28 +71,28 @@ def _stat_key(path: Path | str) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def copy_prefix(src: Any, dst: Any, size: int) -> None:
-    """Copy the first ``size`` bytes of file ``src`` to ``dst`` at its position (both open
-    binary files; ``dst`` flushed), in the kernel where the platform allows."""
+def copy_range(fd: int, start: int, size: int, dst: Any) -> None:
+    """Append ``size`` bytes of the file open as ``fd``, from offset ``start``, to ``dst``
+    (an open binary file, written at its end), in the kernel where the platform allows."""
     dst.flush()
-    src.seek(0)
-    left = size
+    left, at = size, start
     try:
         while left > 0:
-            n = os.copy_file_range(src.fileno(), dst.fileno(), left)
+            n = os.copy_file_range(fd, dst.fileno(), left, at)
             if n <= 0:
                 break
             left -= n
+            at += n
     except (AttributeError, OSError):
-        pass  # not available here: copied below
-    src.seek(size - left)
+        pass  # not available here (or across these file systems): copied below
     dst.seek(0, os.SEEK_END)
     while left > 0:
-        block = src.read(min(left, 1 << 20))
+        block = os.pread(fd, min(left, 1 << 20), at)
         if not block:
-            raise OSError(f"{src.name} is shorter than it was")
+            raise OSError(f"a file being copied is shorter than {start + size} bytes")
         dst.write(block)
         left -= len(block)
+        at += len(block)
 
 
 class _BackgroundWrites:
@@ -118,23 +118,23 @@ class _BackgroundWrites:
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
 
-    def _hash_file(self, fd: int, size: int) -> None:
-        at = 0
-        while at < size:
-            block = os.pread(fd, min(size - at, self.BLOCK), at)
+    def _hash_range(self, fd: int, start: int, size: int) -> None:
+        at, end = start, start + size
+        while at < end:
+            block = os.pread(fd, min(end - at, self.BLOCK), at)
             if not block:
-                raise OSError(f"a file being copied is shorter than {size} bytes")
+                raise OSError(f"a file being copied is shorter than {end} bytes")
             self._hash.update(block)
             at += len(block)
 
-    def copy(self, src: IO[bytes], size: int) -> None:
-        """Append the first ``size`` bytes of file ``src`` (open, binary; keep it open until
-        the writes end): the writing thread copies them, in the kernel where the platform
-        allows, while the hashing thread reads them."""
+    def copy_range(self, fd: int, start: int, size: int) -> None:
+        """Append ``size`` bytes of the file open as ``fd`` from offset ``start`` (keep it
+        open until the writes end): the writing thread copies them, in the kernel where the
+        platform allows, while the hashing thread reads them."""
         if self._parts:
             self._submit()
-        self._pending.append(self._hasher.submit(self._hash_file, src.fileno(), size))
-        self._pending.append(self._writer.submit(copy_prefix, src, self._fh, size))
+        self._pending.append(self._hasher.submit(self._hash_range, fd, start, size))
+        self._pending.append(self._writer.submit(copy_range, fd, start, size, self._fh))
         self._total += size
         while len(self._pending) > 4:
             self._pending.pop(0).result()

@@ -143,9 +143,15 @@ class KeptLines:
         return os.pread(self._files[f], end - start, start)
 
     def copy(self, runs: list[tuple[int, int, int]], out: IO[bytes]) -> None:
-        """Write the kept bytes of each (file, start, end) to ``out``."""
+        """Write the kept bytes of each (file, start, end) to ``out``: copied in the kernel
+        when ``out`` can (``copy_range``, see core.files.atomic_write), else read and written.
+        The kept files stay open until :meth:`close`."""
+        copy_range = getattr(out, "copy_range", None)
         for f, start, end in runs:
             fd = self._files[f]
+            if copy_range is not None:
+                copy_range(fd, start, end - start)
+                continue
             while start < end:
                 block = os.pread(fd, min(end - start, _COPY_BLOCK), start)
                 if not block:

@@ -398,7 +398,7 @@ class Run:
         # read it back); a kept output's bytes are copied first, in the kernel where it can be
         with base_output or nullcontext(), atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh:
             if base_output is not None:
-                fh.copy(base_output, size)
+                fh.copy_range(base_output.fileno(), 0, size)
                 stats.add("chunk_bytes_copied", size)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)

@@ -86,7 +86,7 @@ def test_background_writes_put_every_byte_in_order_and_give_the_files_sha256(tmp
 
 
 @pytest.mark.parametrize("kernel_copy", [True, False])
-def test_a_copied_prefix_goes_between_the_writes_around_it_and_into_the_digest(tmp_path, monkeypatch, kernel_copy):
+def test_copied_ranges_go_between_the_writes_around_them_and_into_the_digest(tmp_path, monkeypatch, kernel_copy):
     monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)  # the copy is hashed in many blocks
     if not kernel_copy:
         monkeypatch.delattr(files.os, "copy_file_range")
@@ -95,10 +95,14 @@ def test_a_copied_prefix_goes_between_the_writes_around_it_and_into_the_digest(t
     path = tmp_path / "out.jsonl"
     with open(source, "rb") as src, files.atomic_write(path, background=True) as fh:
         fh.write(b"before\n" * 300)
-        fh.copy(src, 12_345)
+        fh.copy_range(src.fileno(), 0, 12_345)
+        fh.write(b"middle\n")
+        fh.copy_range(src.fileno(), 20_000, 7_001)
         for i in range(200):
             fh.write(f"after {i}\n".encode())
-    want = b"before\n" * 300 + source.read_bytes()[:12_345] + b"".join(f"after {i}\n".encode() for i in range(200))
+    kept = source.read_bytes()
+    want = (b"before\n" * 300 + kept[:12_345] + b"middle\n" + kept[20_000:27_001]
+            + b"".join(f"after {i}\n".encode() for i in range(200)))
     assert path.read_bytes() == want
     assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
 
