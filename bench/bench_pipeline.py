@@ -65,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("repo", type=Path)
     ap.add_argument("--experiment", default="ctx4000")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="cold runs (0: only the update)")
     args = ap.parse_args()
     exp = f"+experiment={args.experiment}"
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-pipe-"))
@@ -75,7 +75,8 @@ def main() -> None:
             shutil.rmtree(tmp / "cache", ignore_errors=True)
             cold.append(run(args.repo, tmp / f"cold{i}", tmp / "cache", exp))
             print(json.dumps({"cold": cold[-1]}), flush=True)
-        print(json.dumps({"cold_wall_s_median": statistics.median(c["wall_s"] for c in cold)}), flush=True)
+        if cold:  # --repeat 0: the update only
+            print(json.dumps({"cold_wall_s_median": statistics.median(c["wall_s"] for c in cold)}), flush=True)
 
         # update after one new commit: a clone one commit behind, processed, then advanced
         clone = tmp / "clone"

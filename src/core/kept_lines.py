@@ -12,7 +12,9 @@ again. A repository brought up to date after a new commit builds the new commit'
 only; the rest of each file is copied.
 
 A kept file changed since (its inode, size or modification time differ) is never used
-and is forgotten. The ``KEPT_FILES`` files used last are kept; ``reuse=false`` keeps none.
+and is forgotten; as with the chunk stage's kept outputs, an edit in place that keeps the
+file's size and modification time is not seen. The ``KEPT_FILES`` files used last are
+kept; ``reuse=false`` keeps none.
 """
 
 from __future__ import annotations
