@@ -300,35 +300,59 @@ def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch
     Content is encoded with special-token matching off, so a text's ids do not depend on
     what surrounds it: each distinct text is encoded once (``memo``, text -> ids, shared by
     every layout; context items and old code repeat across thousands of unit changes), in
-    batches of about ``batch_chars`` characters of text not seen before."""
+    batches of about ``batch_chars`` characters of text not seen before. A thread encodes
+    the next batch (the tokenizer's own code, which releases the GIL) while the caller
+    goes through the layouts of the one before and the next layouts are made."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     memo = {} if memo is None else memo
     encode = getattr(tokenizer, "encode_arrays", None) or (
         lambda texts: [np.array(ids, dtype=np.int32) for ids in tokenizer.encode(texts)])
-    pending: list[list[Segment]] = []
-    new: dict[str, None] = {}  # texts of the pending layouts not in the memo, in order
-    size = 0
 
-    def flush() -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
-        if new:
-            texts = list(new)
-            for text, arr in zip(texts, encode([_tokenizable(t) for t in texts])):
+    def encoded(texts: list[str]) -> list[np.ndarray]:
+        return encode([_tokenizable(t) for t in texts])
+
+    # batches submitted, oldest first: (their layouts, their new texts, the encoding of those)
+    batches: deque[tuple[list[list[Segment]], list[str], Future | None]] = deque()
+    submitted: set[str] = set()  # texts of batches not settled yet
+
+    def settle() -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
+        pending, texts, done = batches.popleft()
+        if done is not None:
+            for text, arr in zip(texts, done.result()):
                 arr.flags.writeable = False  # shared by every layout with this text
                 memo[text] = arr
-            new.clear()
+            submitted.difference_update(texts)
         for layout in pending:
             yield layout, [memo[s.text] for s in layout if not s.special]
 
-    for layout in layouts:
-        pending.append(layout)
-        for s in layout:
-            if not s.special and s.text not in memo and s.text not in new:
-                new[s.text] = None
-                size += len(s.text)
-        if size >= batch_chars:
-            yield from flush()
-            pending, size = [], 0
-    if pending:
-        yield from flush()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="commitforge-encode")
+    try:
+        pending: list[list[Segment]] = []
+        new: dict[str, None] = {}  # texts of the pending layouts not in the memo, in order
+        size = 0
+        for layout in layouts:
+            pending.append(layout)
+            for s in layout:
+                if not s.special and s.text not in memo and s.text not in submitted and s.text not in new:
+                    new[s.text] = None
+                    size += len(s.text)
+            if size >= batch_chars:
+                texts = list(new)
+                submitted.update(texts)
+                batches.append((pending, texts, pool.submit(encoded, texts)))
+                pending, new, size = [], {}, 0
+                while len(batches) > 1:  # the newest batch encodes while the one before is read
+                    yield from settle()
+        if pending:
+            texts = list(new)
+            submitted.update(texts)
+            batches.append((pending, texts, pool.submit(encoded, texts) if texts else None))
+        while batches:
+            yield from settle()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _tokenizable(text: str) -> str:
