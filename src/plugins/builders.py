@@ -236,6 +236,8 @@ class FimBuilder:
     format plugin does not apply: these are the builder's own tokens.
     """
 
+    examples_as_assembled = True  # assemble_all's, unchanged (see CommitBuilder)
+
     special_tokens = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|endoftext|>"]
     dedup_compare = "code"  # the examples hold the new code only
 

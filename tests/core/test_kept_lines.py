@@ -36,8 +36,9 @@ def written(run_dir) -> set[tuple[str, str, str]]:
             for e in read_jsonl(run_dir / "data" / f"{s}.jsonl")}
 
 
-def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path):
-    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+@pytest.mark.parametrize("builder", ["commit", "fim"])
+def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path, builder):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, f"builder={builder}"]
     before = run_pipeline(tmp_path / "a", *shared)
     assert "example_lines_copied" not in counts(before)
     commit_round(repo, 99)
@@ -47,7 +48,7 @@ def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path)
     # and those of the commits whose split moved (the first of val, the first of test)
     assert c["rows_encoded"] > 0 and c["example_lines_copied"] == len(written(after) & written(before))
     assert c["example_lines_copied"] > sum(examples(after).values()) // 2
-    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, f"builder={builder}")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
     # the manifest's digests are those of the files as written, copied lines included
     for name, entry in manifest(after)["stages"]["build"]["outputs"].items():
