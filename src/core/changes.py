@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
 from core.errors import CommitforgeError
+from core.files import read_line
 
 # texts that repeat across the rows of chunks.jsonl: one string object each
 _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
@@ -41,10 +41,7 @@ class _ChangesFile:
         return line
 
     def row(self, line: bytes) -> dict[str, Any]:
-        try:
-            row = orjson.loads(line)
-        except (AttributeError, ValueError):  # no orjson; orjson.JSONDecodeError is a ValueError
-            row = json.loads(line.decode("utf-8"))
+        row = read_line(line)
         one = self.one
         for key in _SHARED_FIELDS:
             value = row.get(key)
@@ -163,7 +160,7 @@ def read_changes(path: Path, digests: list[bytes] | None = None) -> list[Change]
     changes = []
     sha1 = hashlib.sha1
     at = 0
-    with open(path, "rb") as fh:
+    with open(file.fd, "rb", closefd=False) as fh:  # the file the rows are read back from
         for line in fh:
             if digests is not None:
                 digests.append(sha1(line).digest())

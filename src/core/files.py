@@ -55,7 +55,7 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         if digest is not None:
-            _DIGESTS[os.path.abspath(path)] = (_stat_key(path), *digest)
+            _DIGESTS[os.path.abspath(path)] = (stat_key(path), *digest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -66,8 +66,10 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
 _DIGESTS: dict[str, tuple[str, str, int]] = {}
 
 
-def _stat_key(path: Path | str) -> str:
-    st = os.stat(path)
+def stat_key(file: Path | str | int) -> str:
+    """What tells a file's versions apart without reading it (a path, or an open
+    descriptor): its inode, size and modification time."""
+    st = os.stat(file)
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -215,6 +217,17 @@ def record_line(obj: Any) -> bytes:
     return json_line(obj)
 
 
+def read_line(line: bytes) -> Any:
+    """A line written by :func:`record_line` or :func:`json_line`, read back: orjson, or
+    json for what orjson refuses (lone surrogate escapes of non-UTF-8 paths)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(line)
+        except ValueError:  # orjson.JSONDecodeError
+            pass
+    return json.loads(line.decode("utf-8"))
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -230,7 +243,7 @@ def output_digest(path: Path) -> tuple[str, int]:
     path = Path(path)
     if not path.is_dir():
         known = _DIGESTS.get(os.path.abspath(path))
-        if known is not None and known[0] == _stat_key(path):
+        if known is not None and known[0] == stat_key(path):
             return known[1], known[2]
         return sha256_file(path), path.stat().st_size
     lines, size = [], 0

@@ -20,7 +20,6 @@ kept; ``reuse=false`` keeps none.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import time
@@ -30,16 +29,12 @@ from typing import IO, Any
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
+from core.files import read_line, stat_key
 
 KEPT_LINES_FORMAT = 1
 KEPT_FILES = 6  # two runs' three splits
 _ROW = 20  # bytes of a row's key (sha1)
 _COPY_BLOCK = 8 << 20
-
-
-def _stat(fd: int) -> str:
-    st = os.fstat(fd)
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 class KeptExample(dict):
@@ -56,13 +51,7 @@ class KeptExample(dict):
 
     def load(self) -> dict[str, Any]:
         """The whole example, read back from its line (lists of ints)."""
-        line = self.keeper.read(*self.line)
-        try:
-            import orjson
-
-            return orjson.loads(line)
-        except (ImportError, ValueError):  # lone surrogate escapes (non-UTF-8 paths): json reads them
-            return json.loads(line.decode("utf-8"))
+        return read_line(self.keeper.read(*self.line))
 
 
 class KeptLines:
@@ -105,7 +94,7 @@ class KeptLines:
                 n = len(rows) // _ROW
                 stops = np.frombuffer(ends, dtype=np.int64)
                 counts = np.frombuffer(meta, dtype=np.int32)
-                if _stat(fd) != stat or len(stops) != n or len(counts) != 3 * n:
+                if stat_key(fd) != stat or len(stops) != n or len(counts) != 3 * n:
                     os.close(fd)  # changed since it was kept: never used again
                     conn.execute("DELETE FROM kept_lines WHERE name = ?", (name,))
                     (self.folder / name).unlink(missing_ok=True)
@@ -186,7 +175,7 @@ class KeptLines:
             os.link(path, self.folder / name)
             fd = os.open(self.folder / name, os.O_RDONLY)
             try:
-                stat = _stat(fd)
+                stat = stat_key(fd)
             finally:
                 os.close(fd)
         except OSError:

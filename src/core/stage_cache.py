@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from core.blob_cache import connection, forget_connection, unusable
+from core.files import stat_key
 
 STAGE_CACHE_FORMAT = 4
 
@@ -45,11 +46,6 @@ def fingerprint(*parts: Any) -> str:
 
 
 OUTPUTS_KEPT = 4
-
-
-def _stat(path: Path, fd: int | None = None) -> str:
-    st = os.fstat(fd) if fd is not None else os.stat(path)
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
@@ -181,7 +177,7 @@ class StageCache:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             os.link(path, folder / name)
-            stat = _stat(folder / name)
+            stat = stat_key(folder / name)
         except OSError:
             return  # another file system, or no hard links: nothing is kept
         conn = self._conn()
@@ -217,7 +213,7 @@ class StageCache:
                 fh = open(path, "rb")
             except OSError:
                 continue
-            if _stat(path, fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
+            if stat_key(fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
                 fh.close()
                 conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
                 path.unlink(missing_ok=True)

@@ -307,7 +307,10 @@ def test_read_changes_gives_the_rows_json_gives_with_repeated_texts_shared(tmp_p
     assert got[1]["path"] == odd
     assert got[0]["context"][0]["text"] is got[3]["context"][0]["text"]
     assert got[0]["new_code"] is got[1]["old_code"] and got[0]["subject"] is got[2]["subject"]
-    monkeypatch.setattr(build, "orjson", None)
+    from core import files
+
+    monkeypatch.setattr(build, "orjson", None)  # the leading fields, then whole rows, read by json
+    monkeypatch.setattr(files, "_orjson", None)
     assert build.read_changes(path) == rows
 
 
