@@ -123,7 +123,7 @@ def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     from core.pipeline import _fewer_collections
     from plugins.executors import LocalExecutor, LocalExecutorConfig
 
-    total_mb = load_head(repo_path)
+    total_mb = sum(map(len, _HEAD_SOURCES)) / 1e6 if _HEAD_SOURCES else load_head(repo_path)  # main read them
     batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
