@@ -9,6 +9,7 @@ import gc
 import hashlib
 import importlib
 import inspect
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (ChunkJob, batched, commit_batch, close_readers, naming_files, project_file_names,
-                            redact_counted, reset_memory, takes, unique_blobs)
+from core.chunking import (ChunkJob, batched, close_readers, commit_batch, context_runs, naming_files,
+                            project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -342,13 +343,22 @@ class Run:
                                     for s in range(0, len(commits), size)) if group]
         steps: list[TreeSteps | None] = [None] * len(work)
         if at is not None and todo:
-            # the context strategy reads the whole tree at each commit
+            # the context strategy reads the whole tree at each commit; the commits to compute are
+            # cut into runs of about equal work (context_runs)
             t_trees = time.perf_counter()
             projects = project_file_names(self.languages)
             keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
-            order = [i for group in work for i in group]
-            steps = list(tree_steps(plan_trees(self.repo, [commits[i] for i in order], keep, at),
-                                    [len(group) for group in work]))
+            deltas = plan_trees(self.repo, [commits[i] for i in todo], keep, at)
+            trees: list[int] = []
+            present: set[str] = set()
+            for delta in deltas:
+                present.update(path for path, blob in delta.items() if blob)
+                present.difference_update(path for path, blob in delta.items() if not blob)
+                trees.append(len(present))
+            changed = [sum(1 for fc in commits[i].files if fc.lang) for i in todo]
+            sizes = context_runs(changed, trees, getattr(self.executor, "workers", 1) or 1)
+            work = [todo[s:s + n] for s, n in zip(itertools.accumulate([0] + sizes), sizes)]
+            steps = list(tree_steps(deltas, sizes))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
         named: list[tuple[TreeSteps, TreeSteps] | None] = [None] * len(work)
         names = naming_files(self.languages) if takes(self.chunker.chunk, "module") else set()

@@ -1158,6 +1158,10 @@ class RustIndex(MemoReferences):
 
     def resolve(self, mod: Mod, segs: tuple[str, ...], depth: int = 0) -> list[tuple[str, Any]]:
         """What path ``segs`` means in module ``mod``."""
+        if len(segs) == 1 and segs[0] not in _USE_STARTS:
+            # a single name is its lookup, which is cached with its deps already: a path entry
+            # of its own would repeat it (most paths a unit names are single names)
+            return self.lookup(mod, segs[0], depth)
         if depth == 0:
             key = (mod, segs)
             hit = self._resolved.get(key)

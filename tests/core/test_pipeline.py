@@ -109,6 +109,25 @@ def test_context_runs_give_each_worker_long_runs_of_commits():
         assert COMMIT_BATCH < size <= CONTEXT_BATCH and runs == max(2, math.ceil(commits / CONTEXT_BATCH))
 
 
+def test_context_runs_hold_about_equal_work():
+    """Runs are cut by work, not by commit count: a commit weighs more the more files it
+    changes and the larger the tree it is paired at."""
+    from core.chunking import CONTEXT_BATCH, context_runs
+
+    flat = context_runs([3] * 100, [50] * 100, 2)
+    assert flat == [50, 50]
+    growing = context_runs([3] * 100, list(range(1, 101)), 2)  # later commits resolve in larger trees
+    assert sum(growing) == 100 and len(growing) == 2 and growing[0] > 55
+    busy_start = context_runs([40] * 10 + [1] * 90, [50] * 100, 2)  # the first commits change the most
+    assert sum(busy_start) == 100 and busy_start[0] < 30
+    many = context_runs([1] * (3 * CONTEXT_BATCH), [10] * (3 * CONTEXT_BATCH), 2)
+    assert len(many) == 3 and all(n > 0 for n in many) and sum(many) == 3 * CONTEXT_BATCH
+    # one commit outweighs all others: no run is left empty
+    skewed = context_runs([0] * 99 + [10_000], [1] * 100, 2)
+    assert sum(skewed) == 100 and all(n > 0 for n in skewed)
+    assert context_runs([2], [5], 2) == [1] and context_runs([], [], 2) == []
+
+
 def test_demo_repository_history_is_mined_and_paired(tmp_path):
     run_dir = run_pipeline(tmp_path)
     rows = read_jsonl(run_dir / "chunks.jsonl")
