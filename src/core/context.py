@@ -103,9 +103,36 @@ def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[st
 
 
 def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
-    """``pack`` of the references' items (``to_item``), making items of the packed ones only."""
-    ranked = sorted([(-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)])
-    return [to_item(r) for r in _fit([x[-1] for x in ranked], max_tokens, count)]
+    """``pack`` of the references' items (``to_item``), making items of the packed ones only.
+
+    It runs for every unit change with a dozen references each: scores are computed once
+    (``score``, inlined), and with a ``CharCounter`` the fitting is done here as ``_fit``
+    does it, from lengths."""
+    tiers = TIER_SCORE
+    ranked = sorted([(-round(tiers.get(r.tier, 0.0) + 2.0 * min(r.count, 20) - 0.5 * min(r.distance, 10), 3),
+                      r.path, r.qualname, i, r) for i, r in enumerate(refs)])
+    if type(count) is not CharCounter:
+        return [to_item(r) for r in _fit([x[-1] for x in ranked], max_tokens, count)]
+    per_token = count.chars_per_token
+    out: list[ContextItem] = []
+    seen: set[tuple[str, str]] = set()
+    texts: set[str] = set()
+    left = max_tokens
+    for neg, path, qualname, _, r in ranked:
+        text = r.text
+        key = (path, qualname)
+        if key in seen or text in texts:
+            continue
+        cost = math.ceil((len(path) + 1 + len(text)) / per_token)
+        if cost > left:
+            continue
+        seen.add(key)
+        texts.add(text)
+        left -= cost
+        out.append(ContextItem(path, qualname, r.kind, text, -neg, f"{r.tier}: {r.why}"))
+        if left <= 0:
+            break
+    return out
 
 
 def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:

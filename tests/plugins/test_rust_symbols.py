@@ -80,7 +80,8 @@ def _state(idx: RustIndex):
     """Everything lookups read, order-insensitive."""
     norm = lambda table: {k: sorted(v) for k, v in table.items() if v}  # noqa: E731
     items = {(m, n): sorted(v) for m, names in idx.items.items() for n, v in names.items() if v}
-    return (items, norm(idx.uses), norm(idx.assoc), norm(idx.macros), norm(idx.modules), dict(idx.file_mod))
+    uses = {(m, n): sorted(v) for m, names in idx.uses.items() for n, v in names.items() if v}
+    return (items, uses, norm(idx.assoc), norm(idx.macros), norm(idx.modules), dict(idx.file_mod))
 
 
 @pytest.mark.parametrize("seed", [7, 11, 23, 42])
