@@ -74,7 +74,9 @@ class SymbolIndex(Protocol):
         definitions around them (methods called, impl blocks, types in their signatures)."""
 
     def definitions(self, path: str) -> list[Reference]:
-        """Every definition of one file (tier ``file``)."""
+        """Every definition of one file (tier ``file``). An index whose qualified names
+        depend on more than the file's blob has an int ``naming`` that changes whenever
+        they may have (what is kept of definitions across updates is keyed by it)."""
 
 
 def file_extension(path: str) -> str:

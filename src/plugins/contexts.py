@@ -252,14 +252,17 @@ class _Graph:
         self.mentioners: dict[str, set[str]] = {}  # name -> paths using it
         self.rows: dict[str, dict[str, float]] = {}
         self._ident_cache = LRU(16384)  # blob -> identifier counts
-        self._defs_cache = LRU(16384)  # (path, blob) -> definitions
+        self._defs_cache = LRU(16384)  # (path, blob, index naming) -> definitions
         self._ranks: dict[str, list[tuple[str, float]]] = {}
         self._norm: dict[str, tuple[list[str], list[float]]] = {}  # path -> out-edge targets, weights
         self._arrays: tuple | None = None
 
     def definitions(self, snapshot: Any, path: str) -> list[Reference]:
-        blob = snapshot.files.get(path)
-        return self._defs_cache.get_or((path, blob), lambda: snapshot.index(self.lang).definitions(path))
+        # a file's definitions are named by the crates of the tree too (a package renamed in
+        # Cargo.toml renames them, blob unchanged): an index says when by its ``naming``
+        index = snapshot.index(self.lang)
+        key = (path, snapshot.files.get(path), getattr(index, "naming", 0))
+        return self._defs_cache.get_or(key, lambda: index.definitions(path))
 
     def _file_idents(self, snapshot: Any, blob: str) -> Counter:
         def make() -> Counter:

@@ -659,6 +659,9 @@ class RustIndex(MemoReferences):
         # after their packages as the chunk stage names them
         self.module_path = module_path
         self._names: dict[str, CrateNames] | None = None  # package dir -> crate names (made on use)
+        # changes whenever the module paths definitions are shown under (qualname prefixes)
+        # may have changed: what is kept of ``definitions`` across updates must be keyed by it
+        self.naming = 0
         self._prefixes: dict[str, str] = {}  # path -> its display module path, with _names
         self._static: dict[DefRef, tuple] = {}  # definition -> what references to it show (_static_of)
         self._roots: CrateRoots | None = None  # what crate roots declare, with _names
@@ -731,9 +734,11 @@ class RustIndex(MemoReferences):
         remap = remap or any(m[2] for syms in files.values() if syms for m in syms.mods)
         if packages_changed or any((syms is None) != (path not in self.files) for path, syms in files.items()):
             self._names = None  # a package or a file (a src/lib.rs) came or went
+            self.naming += 1
         elif any(path.endswith(_ROOT_FILES) and _top_mods(syms) != _top_mods(self.files.get(path))
                  for path, syms in files.items()):
             self._names = None  # a crate root declares other file modules (RootModules)
+            self.naming += 1
         before = {path: self._entries(path) for path in files if path in self.file_mod}
         for path, syms in files.items():
             if syms is None:

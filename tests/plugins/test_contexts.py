@@ -314,3 +314,23 @@ def test_use_paths_follow_the_crates_edition_through_history(scripted_repo, tmp_
     old, new = ([c["qualname"] for c in _context(rows, "legacy::de::body", commit)] for commit in (first, second))
     assert "legacy::fragment::Fragment" in old and "legacy::de::fragment::Fragment" not in old
     assert "legacy::de::fragment::Fragment" in new and "legacy::fragment::Fragment" not in new
+
+
+@pytest.mark.parametrize("strategy", ["imports", "repomap"])
+def test_context_names_definitions_as_their_commit_names_them(scripted_repo, tmp_path, strategy):
+    """A package renamed in Cargo.toml renames the definitions of its files, blobs unchanged:
+    a worker that saw them under the old name must not show that name at a later commit."""
+    first = scripted_repo.commit("alpha", {
+        "Cargo.toml": '[package]\nname = "alpha"\nversion = "0.1.0"\n',
+        "src/lib.rs": "pub mod shapes;\npub mod make;\n",
+        "src/shapes.rs": "pub struct Square { pub side: f64 }\n",
+        "src/make.rs": "use crate::shapes::Square;\npub fn unit() -> Square { Square { side: 1.0 } }\n"})
+    scripted_repo.commit("renamed to beta", {
+        "Cargo.toml": '[package]\nname = "beta"\nversion = "0.1.0"\n',
+        "src/make.rs": "use crate::shapes::Square;\npub fn twice() -> Square { Square { side: 2.0 } }\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", f"context={strategy}", "stages=[mine,chunk]",
+                           "executor.workers=1")
+    rows = read_jsonl(run_dir / "chunks.jsonl")
+    assert [c["qualname"] for c in _context(rows, "alpha::make::unit", first)
+            if c["kind"] == "struct"] == ["alpha::shapes::Square"]
+    assert [c["qualname"] for c in _context(rows, "beta::make::twice") if c["kind"] == "struct"] == ["beta::shapes::Square"]
