@@ -251,8 +251,8 @@ class _Graph:
         self.definers: dict[str, set[str]] = {}  # name -> paths
         self.mentioners: dict[str, set[str]] = {}  # name -> paths using it
         self.rows: dict[str, dict[str, float]] = {}
-        self._ident_cache = LRU(16384)  # blob -> identifier counts
-        self._defs_cache = LRU(16384)  # (path, blob, index naming) -> definitions
+        self._ident_cache = LRU(1024)  # blob -> identifier counts
+        self._defs_cache = LRU(4096)  # (path, blob, index naming) -> definitions
         self._ranks: dict[str, list[tuple[str, float]]] = {}
         self._norm: dict[str, tuple[list[str], list[float]]] = {}  # path -> out-edge targets, weights
         self._arrays: tuple | None = None
