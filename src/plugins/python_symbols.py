@@ -358,6 +358,7 @@ class PythonIndex(MemoReferences):
         self.module_path = module_path
         self._projects: dict[str, bytes] = {}
         self._roots: tuple[str, ...] = ()
+        self.naming = 0  # changes with the source roots (see SymbolIndex.definitions)
         self.files: dict[str, FileSymbols] = {}
         self._layout: _Layout | None = None
         self._cache: dict[tuple[str, str], list[Target]] = {}
@@ -370,7 +371,10 @@ class PythonIndex(MemoReferences):
         self.forget_references()
         if projects:
             apply_delta(self._projects, projects)
-            self._roots = python_source_roots(self._projects)
+            roots = python_source_roots(self._projects)
+            if roots != self._roots:
+                self.naming += 1  # module paths, so the qualified names of definitions, follow the roots
+            self._roots = roots
         paths_changed = any((syms is None) == (path in self.files) for path, syms in files.items())
         same_shape = not paths_changed and all(
             syms is None or self.files[path].shape() == syms.shape() for path, syms in files.items())

@@ -334,3 +334,22 @@ def test_context_names_definitions_as_their_commit_names_them(scripted_repo, tmp
     assert [c["qualname"] for c in _context(rows, "alpha::make::unit", first)
             if c["kind"] == "struct"] == ["alpha::shapes::Square"]
     assert [c["qualname"] for c in _context(rows, "beta::make::twice") if c["kind"] == "struct"] == ["beta::shapes::Square"]
+
+
+@pytest.mark.parametrize("strategy", ["imports", "repomap"])
+def test_python_context_follows_source_roots_that_rename_unchanged_files(scripted_repo, tmp_path, strategy):
+    """A pyproject.toml that declares a source root renames modules whose blobs did not
+    change: the context at that commit names them as the unit is named."""
+    scripted_repo.commit("flat", {
+        "pyproject.toml": '[project]\nname = "pkg"\n',
+        "python/pkg/__init__.py": "",
+        "python/pkg/shapes.py": "class Square:\n    side = 1.0\n",
+        "python/pkg/make.py": "from pkg.shapes import Square\n\ndef unit():\n    return Square()\n"})
+    scripted_repo.commit("src layout", {
+        "pyproject.toml": '[project]\nname = "pkg"\n[tool.setuptools]\npackage-dir = {"" = "python"}\n',
+        "python/pkg/make.py": "from pkg.shapes import Square\n\ndef twice():\n    return Square()\n"})
+    run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", f"context={strategy}", "stages=[mine,chunk]",
+                           "executor.workers=1", "language=python")
+    twice = [r for r in read_jsonl(run_dir / "chunks.jsonl") if r["qualname"].endswith("twice")][-1]
+    squares = [c["qualname"] for c in twice["context"] if c["qualname"].endswith("Square")]
+    assert twice["qualname"] == "pkg.make::twice" and squares == ["pkg.shapes::Square"]
