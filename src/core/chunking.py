@@ -8,8 +8,10 @@ return their results in input order, so the output is identical for any worker c
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import inspect
+import itertools
 import math
 import os
 from collections import OrderedDict
@@ -34,9 +36,9 @@ from core.stats import Counter
 
 BLOB_BATCH = 24
 COMMIT_BATCH = 24
-# with a context strategy that reads the tree: at most this many commits per unit of work
-# (see commit_batch, context_runs); a unit's rows wait in the main process until those
-# before it are written
+# with a context strategy that reads the tree: this many commits per unit of work on
+# average (context_runs cuts them by work, see commit_batch); a unit's rows wait in the
+# main process until those before it are written
 CONTEXT_BATCH = 256
 INLINE_BLOBS = 96  # at most this many blobs to parse: no worker processes
 LOADED_BLOBS = 256  # per worker: a file's new version is usually the next change's old one
@@ -655,8 +657,10 @@ def context_runs(files: list[int], trees: list[int], workers: int) -> list[int]:
     one run per worker each index follows its own part only, but two runs of equal length
     left one worker idle for 3.4 s of 14: a commit's work grows with what it changes and
     with the tree it resolves names in, and a later run builds its index from scratch. A
-    commit weighs ``(files + 1) * (1 + tree / largest tree)``. On rusty-kaspa this cuts
-    at commit 252 of 471; the workers ended 0.3 s apart, with 2.6 s less CPU in all, and
+    commit weighs ``(files + 1) * (1 + tree / largest tree)``, and each cut is the commit
+    boundary nearest its share of the weight (so a heavy commit goes to the run it fits
+    best, and uneven work gives runs far longer than CONTEXT_BATCH). On rusty-kaspa this
+    cuts at commit 252 of 471; the workers ended 0.3 s apart, with 2.6 s less CPU in all, and
     the stage (warm unit cache) took 13.15 s against 14.27 s with four 118-commit runs
     (medians of 2 and 4 runs). Each worker's peak RSS grew from 641 to 723 MB."""
     n = len(files)
@@ -664,19 +668,20 @@ def context_runs(files: list[int], trees: list[int], workers: int) -> list[int]:
     if runs <= 1:
         return [n] if n else []
     largest = max(trees) or 1
-    weights = [(f + 1) * (1 + t / largest) for f, t in zip(files, trees)]
-    total = sum(weights)
-    sizes: list[int] = []
-    acc, start = 0.0, 0
-    for i, w in enumerate(weights):
-        acc += w
-        # cut once this run holds its share, leaving at least one commit per run to come
-        left = runs - len(sizes) - 1
-        if left and acc >= total * (len(sizes) + 1) / runs and n - (i + 1) >= left:
-            sizes.append(i + 1 - start)
-            start = i + 1
-    sizes.append(n - start)
-    return sizes
+    ends = list(itertools.accumulate((f + 1) * (1 + t / largest) for f, t in zip(files, trees)))
+    total = ends[-1]
+    cuts = [0]
+    for k in range(1, runs):
+        # the commit boundary nearest to k/runs of the work, after the last cut and leaving
+        # a commit for each run to come (a heavy commit goes to the run it fits best)
+        target = total * k / runs
+        i = bisect.bisect_left(ends, target)  # ends[i] is the first end at or past the target
+        before = ends[i - 1] if i > 0 else 0.0
+        cut = i if target - before <= ends[min(i, n - 1)] - target else i + 1
+        cut = min(max(cut, cuts[-1] + 1), n - (runs - k))
+        cuts.append(cut)
+    cuts.append(n)
+    return [b - a for a, b in zip(cuts, cuts[1:])]
 
 
 def batched(items: list, size: int) -> list[list]:

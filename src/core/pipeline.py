@@ -349,14 +349,14 @@ class Run:
             projects = project_file_names(self.languages)
             keep = lambda p: file_extension(p) in ext or p.rsplit("/", 1)[-1] in projects  # noqa: E731
             deltas = plan_trees(self.repo, [commits[i] for i in todo], keep, at)
-            trees: list[int] = []
+            tree_sizes: list[int] = []
             present: set[str] = set()
             for delta in deltas:
                 present.update(path for path, blob in delta.items() if blob)
                 present.difference_update(path for path, blob in delta.items() if not blob)
-                trees.append(len(present))
+                tree_sizes.append(len(present))
             changed = [sum(1 for fc in commits[i].files if fc.lang) for i in todo]
-            sizes = context_runs(changed, trees, getattr(self.executor, "workers", 1) or 1)
+            sizes = context_runs(changed, tree_sizes, getattr(self.executor, "workers", 1) or 1)
             work = [todo[s:s + n] for s, n in zip(itertools.accumulate([0] + sizes), sizes)]
             steps = list(tree_steps(deltas, sizes))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))

@@ -122,9 +122,9 @@ def test_context_runs_hold_about_equal_work():
     assert sum(busy_start) == 100 and busy_start[0] < 30
     many = context_runs([1] * (3 * CONTEXT_BATCH), [10] * (3 * CONTEXT_BATCH), 2)
     assert len(many) == 3 and all(n > 0 for n in many) and sum(many) == 3 * CONTEXT_BATCH
-    # one commit outweighs all others: no run is left empty
-    skewed = context_runs([0] * 99 + [10_000], [1] * 100, 2)
-    assert sum(skewed) == 100 and all(n > 0 for n in skewed)
+    # one commit outweighs all others: it gets a run of its own, the other worker the rest
+    assert context_runs([1] * 59 + [300], [500] * 60, 2) == [59, 1]
+    assert context_runs([1] * 58 + [300, 1], [500] * 60, 2) == [58, 2]
     assert context_runs([2], [5], 2) == [1] and context_runs([], [], 2) == []
 
 
