@@ -685,7 +685,7 @@ def context_runs(files: list[int], trees: list[int], workers: int) -> list[int]:
         cut = min(max(cut, cuts[-1] + 1), n - (runs - k))
         cuts.append(cut)
     cuts.append(n)
-    return [b - a for a, b in zip(cuts, cuts[1:])]
+    return [b - a for a, b in itertools.pairwise(cuts)]
 
 
 def batched(items: list, size: int) -> list[list]:
