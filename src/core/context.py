@@ -99,52 +99,27 @@ class CharCounter:
 def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
     """Best-scored items that fit ``max_tokens`` whole (an item that does not fit is
     skipped, a smaller one after it may still fit); no path+qualname or text twice."""
-    return _fit(sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname)), max_tokens, count)
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname))
+    return [ranked[k] for k in _fit(ranked, max_tokens, count)]
 
 
 def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
-    """``pack`` of the references' items (``to_item``), making items of the packed ones only.
-
-    It runs for every unit change with a dozen references each: scores are computed once
-    (``score``, inlined), and with a ``CharCounter`` the fitting is done here as ``_fit``
-    does it, from lengths."""
-    tiers = TIER_SCORE
-    ranked = sorted([(-round(tiers.get(r.tier, 0.0) + 2.0 * min(r.count, 20) - 0.5 * min(r.distance, 10), 3),
-                      r.path, r.qualname, i, r) for i, r in enumerate(refs)])
-    if type(count) is not CharCounter:
-        return [to_item(r) for r in _fit([x[-1] for x in ranked], max_tokens, count)]
-    per_token = count.chars_per_token
-    out: list[ContextItem] = []
-    seen: set[tuple[str, str]] = set()
-    texts: set[str] = set()
-    left = max_tokens
-    for neg, path, qualname, _, r in ranked:
-        text = r.text
-        key = (path, qualname)
-        if key in seen or text in texts:
-            continue
-        cost = math.ceil((len(path) + 1 + len(text)) / per_token)
-        if cost > left:
-            continue
-        seen.add(key)
-        texts.add(text)
-        left -= cost
-        out.append(ContextItem(path, qualname, r.kind, text, -neg, f"{r.tier}: {r.why}"))
-        if left <= 0:
-            break
-    return out
+    """``pack`` of the references' items (``to_item``), making items of the packed ones only
+    (it runs for every unit change: each score is computed once)."""
+    ranked = sorted([(-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)])
+    return [to_item(ranked[k][-1], -ranked[k][0]) for k in _fit([x[-1] for x in ranked], max_tokens, count)]
 
 
-def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:
-    """The first of ``ranked`` (items or references: path, qualname, text) that fit. It
-    runs for every unit change: a ``CharCounter`` counts from lengths, without joining
-    path and text."""
+def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list[int]:
+    """The positions in ``ranked`` (items or references: path, qualname, text) of the first
+    that fit. It runs for every unit change: a ``CharCounter`` counts from lengths, without
+    joining path and text."""
     per_token = count.chars_per_token if type(count) is CharCounter else None
-    out: list = []
+    out: list[int] = []
     seen: set[tuple[str, str]] = set()
     texts: set[str] = set()
     left = max_tokens
-    for item in ranked:
+    for k, item in enumerate(ranked):
         path, text = item.path, item.text
         key = (path, item.qualname)
         if key in seen or text in texts:
@@ -155,15 +130,16 @@ def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list:
         seen.add(key)
         texts.add(text)
         left -= cost
-        out.append(item)
+        out.append(k)
         if left <= 0:
             break
     return out
 
 
-def to_item(ref: Reference) -> ContextItem:
-    return ContextItem(path=ref.path, qualname=ref.qualname, kind=ref.kind, text=ref.text,
-                       score=round(score(ref), 3), why=f"{ref.tier}: {ref.why}")
+def to_item(ref: Reference, value: float | None = None) -> ContextItem:
+    """A reference as a context item; ``value``: its score (rounded) when already known."""
+    return ContextItem(ref.path, ref.qualname, ref.kind, ref.text,
+                       round(score(ref), 3) if value is None else value, f"{ref.tier}: {ref.why}")
 
 
 RECALL_BUCKETS = 10
