@@ -1050,8 +1050,7 @@ class RustIndex(MemoReferences):
         if known is None:
             known = self._crate_info[crate] = (crate.split("#", 1)[0], self._dependencies(crate))
         package, deps = known
-        if self._frames:
-            self._frames[-1][0].add(("x", package, name))
+        self._read(("x", package, name))
         if deps is not None and name in deps:
             return deps[name]
         self._read(("l", name))
@@ -1495,7 +1494,6 @@ class RustIndex(MemoReferences):
                            for pkg in self.packages.values()}
             self._roots = CrateRoots(lambda path: _top_mods(self.files.get(path)))
             self._prefixes = {}
-            self._static = {}
         prefix = self._prefixes.get(ref[0])
         if prefix is None:
             prefix = self._prefixes[ref[0]] = self.module_path(ref[0], self._names, roots=self._roots)
