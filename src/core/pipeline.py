@@ -336,12 +336,8 @@ class Run:
         todo = [i for i in range(len(commits)) if i not in done]
         stats.add("commits_reused", len(done))
         stats.add("commits_computed", len(todo))
-        # the unit of work is a run of commits by position (see commit_batch); a run computes
-        # only its commits that are not in the cache
-        size = commit_batch(len(commits), getattr(self.executor, "workers", 1) or 1, at is not None)
-        work = [group for group in ([i for i in range(s, min(s + size, len(commits))) if i not in done]
-                                    for s in range(0, len(commits), size)) if group]
-        steps: list[TreeSteps | None] = [None] * len(work)
+        workers = getattr(self.executor, "workers", 1) or 1
+        steps: list[TreeSteps | None]
         if at is not None and todo:
             # the context strategy reads the whole tree at each commit; the commits to compute are
             # cut into runs of about equal work (context_runs)
@@ -356,10 +352,17 @@ class Run:
                 present.difference_update(path for path, blob in delta.items() if not blob)
                 tree_sizes.append(len(present))
             changed = [sum(1 for fc in commits[i].files if fc.lang) for i in todo]
-            sizes = context_runs(changed, tree_sizes, getattr(self.executor, "workers", 1) or 1)
+            sizes = context_runs(changed, tree_sizes, workers)
             work = [todo[s:s + n] for s, n in zip(itertools.accumulate([0] + sizes), sizes)]
             steps = list(tree_steps(deltas, sizes))
             stats.add("context_trees_ms", int(1000 * (time.perf_counter() - t_trees)))
+        else:
+            # the unit of work is a run of commits by position (see commit_batch); a run computes
+            # only its commits that are not in the cache
+            size = commit_batch(len(commits), workers, False)
+            work = [group for group in ([i for i in range(s, min(s + size, len(commits))) if i not in done]
+                                        for s in range(0, len(commits), size)) if group]
+            steps = [None] * len(work)
         named: list[tuple[TreeSteps, TreeSteps] | None] = [None] * len(work)
         names = naming_files(self.languages) if takes(self.chunker.chunk, "module") else set()
         if names and todo:
