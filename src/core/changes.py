@@ -40,13 +40,18 @@ class _ChangesFile:
             raise CommitforgeError(f"{self.path} changed while the build stage read it; run again")
         return line
 
-    def row(self, line: bytes) -> dict[str, Any]:
-        row = read_line(line)
+    def share(self, row: dict[str, Any], keys: tuple[str, ...] = _SHARED_FIELDS) -> None:
+        """Replace the texts of ``row`` under ``keys`` by the one object kept for each."""
         one = self.one
-        for key in _SHARED_FIELDS:
+        for key in keys:
             value = row.get(key)
             if type(value) is str and value:
                 row[key] = one(value, value)
+
+    def row(self, line: bytes) -> dict[str, Any]:
+        row = read_line(line)
+        self.share(row)
+        one = self.one
         for item in row.get("context") or ():
             for key in ("path", "text"):
                 value = item.get(key)
@@ -86,11 +91,7 @@ class Change(Mapping):
             except ValueError:  # lone surrogate escapes: read whole with json
                 head = None
             if type(head) is dict:
-                one = file.one
-                for key in ("subject", "message"):
-                    value = head.get(key)
-                    if type(value) is str and value:
-                        head[key] = one(value, value)
+                file.share(head, ("subject", "message"))
                 self._head = head
         if self._head is None:
             self._row = file.row(line)

@@ -29,12 +29,11 @@ from typing import IO, Any
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
-from core.files import read_line, stat_key
+from core.files import copy_range, read_line, stat_key
 
 KEPT_LINES_FORMAT = 1
 KEPT_FILES = 6  # two runs' three splits
 _ROW = 20  # bytes of a row's key (sha1)
-_COPY_BLOCK = 8 << 20
 
 
 class KeptExample(dict):
@@ -134,21 +133,15 @@ class KeptLines:
         return os.pread(self._files[f], end - start, start)
 
     def copy(self, runs: list[tuple[int, int, int]], out: IO[bytes]) -> None:
-        """Write the kept bytes of each (file, start, end) to ``out``: copied in the kernel
-        when ``out`` can (``copy_range``, see core.files.atomic_write), else read and written.
-        The kept files stay open until :meth:`close`."""
-        copy_range = getattr(out, "copy_range", None)
+        """Write the kept bytes of each (file, start, end) to ``out``: by ``out``'s own
+        ``copy_range`` when it has one (a background writer, see core.files.atomic_write),
+        else by core.files.copy_range. The kept files stay open until :meth:`close`."""
+        own = getattr(out, "copy_range", None)
         for f, start, end in runs:
-            fd = self._files[f]
-            if copy_range is not None:
-                copy_range(fd, start, end - start)
-                continue
-            while start < end:
-                block = os.pread(fd, min(end - start, _COPY_BLOCK), start)
-                if not block:
-                    raise OSError(f"a kept example file in {self.folder} is shorter than it was")
-                out.write(block)
-                start += len(block)
+            if own is not None:
+                own(self._files[f], start, end - start)
+            else:
+                copy_range(self._files[f], start, end - start, out)
 
     def keep(self, path: Path, split: str, examples: list[dict[str, Any]], ends: list[int]) -> bool:
         """Keep ``path`` (a finished output, ``examples``' lines ending at ``ends``) for
