@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -124,14 +126,20 @@ def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     from plugins.executors import LocalExecutor, LocalExecutorConfig
 
     total_mb = sum(map(len, _HEAD_SOURCES)) / 1e6 if _HEAD_SOURCES else load_head(repo_path)  # main read them
-    batches = [list(range(i, len(_HEAD_SOURCES), 16)) for i in range(16)]
+    # 32 batches per worker: handed out one at a time, the last ones end about together
+    n = 32 * workers
+    batches = [list(range(i, len(_HEAD_SOURCES), n)) for i in range(n)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
     with _fewer_collections():
         for _ in range(repeat):
             parse_t.append(parse_seconds())
+            # one worker is a forked process too, as the N workers are (and as the chunk
+            # stage's are): chunking in this process would leave its heap grown by the
+            # garbage the collector settings keep, which every later fork pays for
             t0 = time.perf_counter()
-            pieces = sum(map(_chunk_batch, batches))
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                pieces = sum(pool.map(_chunk_batch, batches))
             one_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             assert sum(LocalExecutor(LocalExecutorConfig(workers=workers)).map(_chunk_batch, batches)) == pieces
