@@ -14,11 +14,13 @@ import inspect
 import itertools
 import math
 import os
+import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.blob_cache import BlobCache, SummaryCache, close_connections
 from core.chunk import Chunker
@@ -76,6 +78,40 @@ def close_readers() -> None:
     close_connections()
 
 
+class SpooledRows(NamedTuple):
+    """A commit's rows (JSON lines) that a worker wrote to a spool file instead of sending
+    them back through the executor: ``size`` bytes at ``start`` of the file at ``path``,
+    and with ``ChunkJob.spool_packed`` the same bytes zlib-compressed (level 1) for the
+    stage cache, else None."""
+
+    path: str
+    start: int
+    size: int
+    packed: bytes | None
+
+
+class _Spool:
+    """One task's spool file. A run of commits (with context, a worker's whole share of the
+    history) returned as one result went through the executor's pipe after the run ended,
+    and was compressed for the stage cache in the main process: both idle the workers. The
+    file is written as the rows are made, the compression is done here, and the pipe
+    carries the compressed bytes only."""
+
+    def __init__(self, directory: str, packed: bool):
+        fd, self.path = tempfile.mkstemp(dir=directory, prefix="rows-", suffix=".jsonl")
+        self.fh = os.fdopen(fd, "wb")
+        self.packed = packed
+        self.size = 0
+
+    def add(self, data: bytes) -> SpooledRows:
+        self.fh.write(data)
+        start, self.size = self.size, self.size + len(data)
+        return SpooledRows(self.path, start, len(data), zlib.compress(data, 1) if self.packed else None)
+
+    def close(self) -> None:
+        self.fh.close()  # written before the result is returned: the main process reads it next
+
+
 @dataclass
 class ChunkJob:
     git_dir: str
@@ -89,6 +125,10 @@ class ChunkJob:
     redactor: Any = None  # a core.redact.Redactor, or None
     summary_key: str | None = None  # code and context options: with the language's cache key, names summaries
     blob_skips: dict[str, str] = field(default_factory=dict)
+    # a directory the main process reads (see SpooledRows): pair_commits writes its rows
+    # there instead of returning them; and whether it also compresses them for the stage cache
+    spool_dir: str | None = None
+    spool_packed: bool = False
 
     def _cache(self, lang: str) -> BlobCache:
         key = (self.cache_root, self.languages[lang].cache_key)  # the key covers extraction settings
@@ -223,7 +263,8 @@ class ChunkJob:
             for tree, st in zip(trees, named):
                 apply_delta(tree, st.start)
         modules: tuple[dict, dict] = ({}, {})
-        out = []
+        out: list[tuple[Any, int, dict[str, Any], tuple]] = []
+        spool = _Spool(self.spool_dir, self.spool_packed) if self.spool_dir is not None else None
         for i, rec in enumerate(batch):
             if snapshot is not None and i > 0:
                 snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
@@ -236,7 +277,11 @@ class ChunkJob:
             stats = Counter()
             rows = list(self._pair_commit(rec, stats, snapshot, *modules))
             lines = [record_line(row) for row in rows]
-            out.append((b"".join(lines), len(lines), stats.to_dict(), scan_rows(rows).to_plain()))
+            data = b"".join(lines)
+            out.append((data if spool is None else spool.add(data), len(lines), stats.to_dict(),
+                        scan_rows(rows).to_plain()))
+        if spool is not None:
+            spool.close()
         return out
 
     def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:

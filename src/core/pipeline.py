@@ -11,6 +11,8 @@ import importlib
 import inspect
 import itertools
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -19,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (ChunkJob, batched, close_readers, commit_batch, context_runs, naming_files,
+from core.chunking import (ChunkJob, SpooledRows, batched, close_readers, commit_batch, context_runs, naming_files,
                             project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
@@ -399,8 +401,17 @@ class Run:
             job.parse_all(self.executor, blobs, stats, hunks)
         parse_seconds = time.perf_counter() - t0
         rows = 0
+        spool = self.run_dir / ".spool"
+        shutil.rmtree(spool, ignore_errors=True)  # of a run that crashed
+        if len(work) > 1 and workers > 1 and getattr(self.executor, "same_machine", False):
+            # workers write their rows to files here (core.chunking.SpooledRows), compressed
+            # for the cache too: the main process copies them into chunks.jsonl in the kernel
+            spool.mkdir()
+            job.spool_dir, job.spool_packed = str(spool), cache is not None
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
                                                         for group, st, ns in zip(work, steps, named)])
+        spooled: dict[str, int] = {}  # spool file -> its descriptor, open until chunks.jsonl is written
+        copy: list[int] | None = None  # [descriptor, start, size] of spooled rows still to copy
         pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
@@ -409,7 +420,8 @@ class Run:
         size = copied_ends[-1] if copied_ends else 0
         # written and hashed by threads while the workers pair commits (the manifest does not
         # read it back); a kept output's bytes are copied first, in the kernel where it can be
-        with base_output or nullcontext(), atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh:
+        with (_closing_spool(spool, spooled), base_output or nullcontext(),
+              atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
             if base_output is not None:
                 fh.copy_range(base_output.fileno(), 0, size)
                 stats.add("chunk_bytes_copied", size)
@@ -425,13 +437,30 @@ class Run:
                     hit = pending.pop()
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
-                if data is not None:
+                if type(data) is SpooledRows:
+                    fd = spooled.get(data.path)
+                    if fd is None:
+                        fd = spooled[data.path] = os.open(data.path, os.O_RDONLY)
+                    if copy is not None and copy[0] == fd and copy[1] + copy[2] == data.start:
+                        copy[2] += data.size  # a worker's commits follow each other: one copy per run
+                    else:
+                        if copy is not None:
+                            fh.copy_range(*copy)
+                        copy = [fd, data.start, data.size]
+                    size += data.size
+                    data = None  # its lines are scanned in the worker (commit_scan)
+                elif data is not None:
+                    if copy is not None:
+                        fh.copy_range(*copy)
+                        copy = None
                     fh.write(data)
                     size += len(data)
                 if i >= len(copied_ends):
                     ends.append(size)
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
+            if copy is not None:
+                fh.copy_range(*copy)
         self.chunk_scan = scan
         if cache is not None and commits:
             cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)
@@ -495,6 +524,18 @@ class Run:
 # default thresholds it took about 6% of a ctx4000 run's CPU (and 19% of following the
 # index through a history). Objects here rarely form cycles; memory stays bounded.
 GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+@contextmanager
+def _closing_spool(spool: Path, descriptors: dict[str, int]) -> Iterator[None]:
+    """Close the spool files read (``descriptors``) and remove the spool directory, once
+    the writes that copy from them are done (the context entered after this one)."""
+    try:
+        yield
+    finally:
+        for fd in descriptors.values():
+            os.close(fd)
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 @contextmanager

@@ -119,7 +119,9 @@ class StageCache:
         if not entries:
             return
         conn = self._conn()
-        values = [(key, rows, json.dumps(stats, sort_keys=True), zlib.compress(data, 1),
+        # ``data``: the rows, or a core.chunking.SpooledRows whose ``packed`` holds them compressed
+        values = [(key, rows, json.dumps(stats, sort_keys=True),
+                   zlib.compress(data, 1) if type(data) is bytes else data.packed,
                    None if scan is None else marshal.dumps(scan))
                   for key, data, rows, stats, scan in entries]
         conn.execute("BEGIN IMMEDIATE")

@@ -26,6 +26,8 @@ class LocalExecutor:
     and debugging free of process start-up.
     """
 
+    same_machine = True  # workers read and write this machine's files
+
     def __init__(self, cfg: LocalExecutorConfig):
         if cfg.workers is not None and cfg.workers < 1:
             raise CommitforgeError(f"executor.workers={cfg.workers} must be at least 1 (or null for all cores)")

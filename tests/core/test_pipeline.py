@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -93,6 +94,50 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
     two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "reuse=false")
     assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
+
+
+@pytest.mark.parametrize("context", ["none", "imports"])
+def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
+    """Worker processes write their rows to spool files and send them compressed for the
+    stage cache: chunks.jsonl and the cache entries are what one in-process worker makes,
+    and no spool file is left."""
+    import sqlite3
+    import zlib
+    from collections import Counter
+
+    import core.chunking
+    import core.pipeline
+
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 3)
+    copied: list[int] = []
+    closing = core.pipeline._closing_spool
+
+    @contextlib.contextmanager
+    def counting(spool, descriptors):
+        with closing(spool, descriptors):
+            yield
+            copied.append(len(descriptors))  # the spool files the chunk stage copied from
+
+    monkeypatch.setattr(core.pipeline, "_closing_spool", counting)
+    one = run_pipeline(tmp_path / "a", "executor.workers=1", f"context={context}", "stages=[mine,chunk]")
+    two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "stages=[mine,chunk]")
+    assert copied[0] == 0 and copied[1] >= 2  # one worker in process: no spool; two: one file per run
+    rows = (two / "chunks.jsonl").read_bytes()
+    assert rows == (one / "chunks.jsonl").read_bytes()
+    assert not (two / ".spool").exists()
+
+    def entries(cache: Path) -> Counter:
+        with sqlite3.connect(next(cache.glob("stages-*.sqlite"))) as db:
+            return Counter(zlib.decompress(data) for (data,) in db.execute("SELECT data FROM commits"))
+
+    by_commit: dict[str, bytes] = {}
+    for line in rows.splitlines(keepends=True):
+        commit = json.loads(line)["commit"]
+        by_commit[commit] = by_commit.get(commit, b"") + line
+    spooled = entries(tmp_path / "b" / "cache")
+    assert spooled == entries(tmp_path / "a" / "cache")
+    del spooled[b""]  # commits without unit changes
+    assert spooled == Counter(by_commit.values())  # each commit's rows, compressed by its worker
 
 
 def test_context_runs_give_each_worker_long_runs_of_commits():
