@@ -18,6 +18,7 @@ import tempfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -108,7 +109,10 @@ class _Spool:
         start, self.size = self.size, self.size + len(data)
         return SpooledRows(self.path, start, len(data), zlib.compress(data, 1) if self.packed else None)
 
-    def close(self) -> None:
+    def __enter__(self) -> _Spool:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *_: object) -> None:
         self.fh.close()  # written before the result is returned: the main process reads it next
 
 
@@ -264,24 +268,22 @@ class ChunkJob:
                 apply_delta(tree, st.start)
         modules: tuple[dict, dict] = ({}, {})
         out: list[tuple[Any, int, dict[str, Any], tuple]] = []
-        spool = _Spool(self.spool_dir, self.spool_packed) if self.spool_dir is not None else None
-        for i, rec in enumerate(batch):
-            if snapshot is not None and i > 0:
-                snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
-            if named is not None and (i == 0 or any(st.deltas[i - 1] for st in named)):
-                # naming files changed (they rarely do): the module path functions of the trees
-                for tree, st in zip(trees, named):
-                    if i > 0:
-                        apply_delta(tree, st.deltas[i - 1])
-                modules = (self._module_paths(trees[0]), self._module_paths(trees[1]))
-            stats = Counter()
-            rows = list(self._pair_commit(rec, stats, snapshot, *modules))
-            lines = [record_line(row) for row in rows]
-            data = b"".join(lines)
-            out.append((data if spool is None else spool.add(data), len(lines), stats.to_dict(),
-                        scan_rows(rows).to_plain()))
-        if spool is not None:
-            spool.close()
+        with _Spool(self.spool_dir, self.spool_packed) if self.spool_dir is not None else nullcontext() as spool:
+            for i, rec in enumerate(batch):
+                if snapshot is not None and i > 0:
+                    snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
+                if named is not None and (i == 0 or any(st.deltas[i - 1] for st in named)):
+                    # naming files changed (they rarely do): the module path functions of the trees
+                    for tree, st in zip(trees, named):
+                        if i > 0:
+                            apply_delta(tree, st.deltas[i - 1])
+                    modules = (self._module_paths(trees[0]), self._module_paths(trees[1]))
+                stats = Counter()
+                rows = list(self._pair_commit(rec, stats, snapshot, *modules))
+                lines = [record_line(row) for row in rows]
+                data = b"".join(lines)
+                out.append((data if spool is None else spool.add(data), len(lines), stats.to_dict(),
+                            scan_rows(rows).to_plain()))
         return out
 
     def _module_paths(self, files: dict[str, str]) -> dict[str, Callable[[str], str]]:

@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -137,6 +138,33 @@ class _BackgroundWrites:
             self._submit()
         self._pending.append(self._hasher.submit(self._hash_range, fd, start, size))
         self._pending.append(self._writer.submit(copy_range, fd, start, size, self._fh))
+        self._total += size
+        while len(self._pending) > 4:
+            self._pending.pop(0).result()
+
+    def copy_file(self, path: str, start: int, size: int, remove: bool = False) -> None:
+        """:meth:`copy_range` from the file at ``path``, which each thread opens for its
+        read (the caller holds no descriptor); with ``remove``, the file is unlinked once
+        both have read it (the last range taken from it: each thread works in order)."""
+        if self._parts:
+            self._submit()
+        left = [2]
+        lock = threading.Lock()
+
+        def read(job: Callable[[int], None]) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                job(fd)
+            finally:
+                os.close(fd)
+                with lock:
+                    left[0] -= 1
+                    last = not left[0]
+                if last and remove:
+                    os.unlink(path)
+
+        self._pending.append(self._hasher.submit(read, lambda fd: self._hash_range(fd, start, size)))
+        self._pending.append(self._writer.submit(read, lambda fd: copy_range(fd, start, size, self._fh)))
         self._total += size
         while len(self._pending) > 4:
             self._pending.pop(0).result()

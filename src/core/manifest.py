@@ -140,11 +140,16 @@ def remove_stale_outputs(run_dir: Path, kept: list[str]) -> list[str]:
     return removed
 
 
+SPOOL = ".spool"  # where the chunk stage's workers leave their rows for the main process
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files a killed run left behind (``atomic_write`` names them ``.NAME.*.tmp``)."""
+    """Temporary files a killed run left behind: ``atomic_write`` names them ``.NAME.*.tmp``,
+    and the chunk stage's spool directory."""
     for path in run_dir.rglob(".*.tmp"):
         if path.is_file():
             path.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / SPOOL, ignore_errors=True)
 
 
 class RunLock:

@@ -11,7 +11,6 @@ import importlib
 import inspect
 import itertools
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from core.files import atomic_write, record_line
 from core.gitio import Hunk, Repository, line_hunks
 from core.hookspecs import KINDS
 from core.language import file_extension
-from core.manifest import (Manifest, RunLock, completed_stages, environment_versions, remove_stale_outputs,
+from core.manifest import (SPOOL, Manifest, RunLock, completed_stages, environment_versions, remove_stale_outputs,
                            remove_stale_temporaries)
 from core.records import CommitRecord
 from core.redact import RedactConfig
@@ -401,17 +400,20 @@ class Run:
             job.parse_all(self.executor, blobs, stats, hunks)
         parse_seconds = time.perf_counter() - t0
         rows = 0
-        spool = self.run_dir / ".spool"
-        shutil.rmtree(spool, ignore_errors=True)  # of a run that crashed
+        spool = self.run_dir / SPOOL  # a killed run's was removed when this run started
         if len(work) > 1 and workers > 1 and getattr(self.executor, "same_machine", False):
             # workers write their rows to files here (core.chunking.SpooledRows), compressed
             # for the cache too: the main process copies them into chunks.jsonl in the kernel
-            spool.mkdir()
+            spool.mkdir(exist_ok=True)
             job.spool_dir, job.spool_packed = str(spool), cache is not None
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
                                                         for group, st, ns in zip(work, steps, named)])
-        spooled: dict[str, int] = {}  # spool file -> its descriptor, open until chunks.jsonl is written
-        copy: list[int] | None = None  # [descriptor, start, size] of spooled rows still to copy
+        spool_ends: dict[str, int] = {}  # where each spool file's rows end
+        copy: list[Any] | None = None  # [path, start, size] of spooled rows still to copy
+
+        def copy_spooled() -> None:
+            path, start, size = copy  # type: ignore[misc]
+            fh.copy_file(path, start, size, remove=start + size == spool_ends[path])
         pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
@@ -420,7 +422,9 @@ class Run:
         size = copied_ends[-1] if copied_ends else 0
         # written and hashed by threads while the workers pair commits (the manifest does not
         # read it back); a kept output's bytes are copied first, in the kernel where it can be
-        with (_closing_spool(spool, spooled), base_output or nullcontext(),
+        # on an error the executor's tasks are cancelled (and the running ones end) before the
+        # spool directory they write to is removed
+        with (_removing(spool), _closing(results), base_output or nullcontext(),
               atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
             if base_output is not None:
                 fh.copy_range(base_output.fileno(), 0, size)
@@ -433,25 +437,25 @@ class Run:
                         pending = next(results)
                         if cache is not None:  # a rerun after a crash resumes here
                             cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
+                        for r in pending:
+                            if type(r[0]) is SpooledRows:
+                                spool_ends[r[0].path] = max(spool_ends.get(r[0].path, 0), r[0].start + r[0].size)
                         pending.reverse()
                     hit = pending.pop()
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
                 if type(data) is SpooledRows:
-                    fd = spooled.get(data.path)
-                    if fd is None:
-                        fd = spooled[data.path] = os.open(data.path, os.O_RDONLY)
-                    if copy is not None and copy[0] == fd and copy[1] + copy[2] == data.start:
+                    if copy is not None and copy[0] == data.path and copy[1] + copy[2] == data.start:
                         copy[2] += data.size  # a worker's commits follow each other: one copy per run
                     else:
                         if copy is not None:
-                            fh.copy_range(*copy)
-                        copy = [fd, data.start, data.size]
+                            copy_spooled()
+                        copy = [data.path, data.start, data.size]
                     size += data.size
                     data = None  # its lines are scanned in the worker (commit_scan)
                 elif data is not None:
                     if copy is not None:
-                        fh.copy_range(*copy)
+                        copy_spooled()
                         copy = None
                     fh.write(data)
                     size += len(data)
@@ -460,7 +464,7 @@ class Run:
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
             if copy is not None:
-                fh.copy_range(*copy)
+                copy_spooled()
         self.chunk_scan = scan
         if cache is not None and commits:
             cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)
@@ -527,15 +531,24 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 
 
 @contextmanager
-def _closing_spool(spool: Path, descriptors: dict[str, int]) -> Iterator[None]:
-    """Close the spool files read (``descriptors``) and remove the spool directory, once
-    the writes that copy from them are done (the context entered after this one)."""
+def _removing(directory: Path) -> Iterator[None]:
+    """Remove ``directory`` (the chunk stage's spool) when the block ends, however it ends."""
     try:
         yield
     finally:
-        for fd in descriptors.values():
-            os.close(fd)
-        shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def _closing(results: Iterator[Any]) -> Iterator[None]:
+    """Close an executor's result iterator when the block ends: a generator such as the
+    ``local`` executor's cancels the tasks not started and waits for the running ones."""
+    try:
+        yield
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 @contextmanager

@@ -121,7 +121,7 @@ class StageCache:
         conn = self._conn()
         # ``data``: the rows, or a core.chunking.SpooledRows whose ``packed`` holds them compressed
         values = [(key, rows, json.dumps(stats, sort_keys=True),
-                   zlib.compress(data, 1) if type(data) is bytes else data.packed,
+                   data.packed if hasattr(data, "packed") else zlib.compress(data, 1),
                    None if scan is None else marshal.dumps(scan))
                   for key, data, rows, stats, scan in entries]
         conn.execute("BEGIN IMMEDIATE")

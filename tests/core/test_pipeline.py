@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import marshal
 import math
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import time
+import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -96,48 +101,96 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
 
 
+def _cache_db(cache: Path) -> sqlite3.Connection:
+    return sqlite3.connect(next(cache.glob("stages-*.sqlite")))
+
+
 @pytest.mark.parametrize("context", ["none", "imports"])
 def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
     """Worker processes write their rows to spool files and send them compressed for the
-    stage cache: chunks.jsonl and the cache entries are what one in-process worker makes,
-    and no spool file is left."""
-    import sqlite3
-    import zlib
-    from collections import Counter
-
+    stage cache: chunks.jsonl, the cache entries and the kept output's commit ends are what
+    one in-process worker makes, also with cached commits between the spooled ones; no
+    spool file is left."""
     import core.chunking
-    import core.pipeline
+    import core.files
 
-    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 3)
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 2)  # several tasks without context too
     copied: list[int] = []
-    closing = core.pipeline._closing_spool
+    copy_file = core.files._BackgroundWrites.copy_file
 
-    @contextlib.contextmanager
-    def counting(spool, descriptors):
-        with closing(spool, descriptors):
-            yield
-            copied.append(len(descriptors))  # the spool files the chunk stage copied from
+    def counting(self, path, start, size, remove=False):
+        copied.append(size)
+        return copy_file(self, path, start, size, remove)
 
-    monkeypatch.setattr(core.pipeline, "_closing_spool", counting)
-    one = run_pipeline(tmp_path / "a", "executor.workers=1", f"context={context}", "stages=[mine,chunk]")
-    two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "stages=[mine,chunk]")
-    assert copied[0] == 0 and copied[1] >= 2  # one worker in process: no spool; two: one file per run
+    monkeypatch.setattr(core.files._BackgroundWrites, "copy_file", counting)
+    overrides = (f"context={context}", "stages=[mine,chunk]")
+    one = run_pipeline(tmp_path / "a", "executor.workers=1", *overrides)
+    assert not copied  # one worker runs in this process: nothing is spooled
+    two = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides)
     rows = (two / "chunks.jsonl").read_bytes()
+    assert len(copied) >= 2 and sum(copied) == len(rows)
     assert rows == (one / "chunks.jsonl").read_bytes()
     assert not (two / ".spool").exists()
 
-    def entries(cache: Path) -> Counter:
-        with sqlite3.connect(next(cache.glob("stages-*.sqlite"))) as db:
-            return Counter(zlib.decompress(data) for (data,) in db.execute("SELECT data FROM commits"))
-
-    by_commit: dict[str, bytes] = {}
+    order = [json.loads(line)["commit"] for line in (two / "commits.jsonl").read_text().splitlines()]
+    by_commit: dict[str, bytes] = dict.fromkeys(order, b"")
     for line in rows.splitlines(keepends=True):
-        commit = json.loads(line)["commit"]
-        by_commit[commit] = by_commit.get(commit, b"") + line
-    spooled = entries(tmp_path / "b" / "cache")
-    assert spooled == entries(tmp_path / "a" / "cache")
-    del spooled[b""]  # commits without unit changes
-    assert spooled == Counter(by_commit.values())  # each commit's rows, compressed by its worker
+        by_commit[json.loads(line)["commit"]] += line
+    cache = tmp_path / "b" / "cache"
+    with contextlib.closing(_cache_db(cache)) as db:
+        entries = Counter(zlib.decompress(data) for (data,) in db.execute("SELECT data FROM commits"))
+        (name, ends), = db.execute("SELECT name, ends FROM kept_outputs")
+    assert entries == Counter(by_commit.values())  # each commit's rows, compressed by its worker
+    kept = next(cache.glob(f"stages-*-outputs/{name}")).read_bytes()
+    starts = [0, *marshal.loads(ends)[:-1]]
+    assert [kept[a:b] for a, b in zip(starts, marshal.loads(ends))] == [by_commit[c] for c in order]
+
+    # every third commit forgotten, and the kept output: cached rows between spooled runs
+    with contextlib.closing(_cache_db(cache)) as db, db:
+        db.execute("DELETE FROM commits WHERE rowid % 3 = 0")
+        db.execute("DELETE FROM kept_outputs")
+    copied.clear()
+    three = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides, f"out_dir={tmp_path / 'c'}")
+    counts = manifest(three)["stages"]["chunk"]["counts"]
+    assert counts["commits_reused"] > 0 and counts["commits_computed"] > 0 and copied
+    assert (three / "chunks.jsonl").read_bytes() == rows
+
+
+def test_a_failing_chunk_stage_stops_its_workers_and_leaves_no_spool(tmp_path, monkeypatch):
+    """When the main process fails while workers still write, the tasks not started are
+    cancelled and the running ones end before the error surfaces and the spool directory
+    is removed: no task runs on into it."""
+    import core.chunking
+    import core.pipeline
+
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 1)
+    pair_commit = core.chunking.ChunkJob._pair_commit
+    started = tmp_path / "started"
+
+    def slow(self, *args):  # the forked workers run this: one line per commit started
+        with open(started, "a") as fh:
+            fh.write(f"{time.time()}\n")
+        time.sleep(0.1)
+        return pair_commit(self, *args)
+
+    monkeypatch.setattr(core.chunking.ChunkJob, "_pair_commit", slow)
+    calls = [0]
+    from_plain = core.pipeline.ChunkScan.from_plain
+
+    def failing(plain):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("disk on fire")
+        return from_plain(plain)
+
+    monkeypatch.setattr(core.pipeline.ChunkScan, "from_plain", staticmethod(failing))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_pipeline(tmp_path, "executor.workers=2", "stages=[mine,chunk]")
+    failed = time.time()
+    time.sleep(0.5)  # what an executor left running would start meanwhile
+    starts = [float(t) for t in started.read_text().split()]
+    assert 2 <= len(starts) < 11 and max(starts) < failed
+    assert not (tmp_path / "run" / ".spool").exists()
 
 
 def test_context_runs_give_each_worker_long_runs_of_commits():
