@@ -414,7 +414,7 @@ class Run:
         def copy_spooled() -> None:
             path, start, size = copy  # type: ignore[misc]
             fh.copy_file(path, start, size, remove=start + size == spool_ends[path])
-        pending: list[tuple[bytes, int, dict[str, Any], Any]] = []
+        pending: list[tuple[Any, int, dict[str, Any], Any]] = []  # rows: bytes or SpooledRows
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
         # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
