@@ -408,12 +408,12 @@ class Run:
             job.spool_dir, job.spool_packed = str(spool), cache is not None
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
                                                         for group, st, ns in zip(work, steps, named)])
-        spool_ends: dict[str, int] = {}  # where each spool file's rows end
+        spool_left: dict[str, int] = {}  # spooled commits of each file not taken yet
         copy: list[Any] | None = None  # [path, start, size] of spooled rows still to copy
 
         def copy_spooled() -> None:
             path, start, size = copy  # type: ignore[misc]
-            fh.copy_file(path, start, size, remove=start + size == spool_ends[path])
+            fh.copy_file(path, start, size, remove=not spool_left[path])  # its last range: removed once read
         pending: list[tuple[Any, int, dict[str, Any], Any]] = []  # rows: bytes or SpooledRows
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
@@ -439,12 +439,13 @@ class Run:
                             cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
                         for r in pending:
                             if type(r[0]) is SpooledRows:
-                                spool_ends[r[0].path] = max(spool_ends.get(r[0].path, 0), r[0].start + r[0].size)
+                                spool_left[r[0].path] = spool_left.get(r[0].path, 0) + 1
                         pending.reverse()
                     hit = pending.pop()
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
                 if type(data) is SpooledRows:
+                    spool_left[data.path] -= 1
                     if copy is not None and copy[0] == data.path and copy[1] + copy[2] == data.start:
                         copy[2] += data.size  # a worker's commits follow each other: one copy per run
                     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -105,6 +107,40 @@ def test_copied_ranges_go_between_the_writes_around_them_and_into_the_digest(tmp
             + b"".join(f"after {i}\n".encode() for i in range(200)))
     assert path.read_bytes() == want
     assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def test_copied_files_are_opened_by_the_threads_and_removed_after_their_last_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)
+    source = tmp_path / "rows.jsonl"
+    rows = b"".join(f"{i:06d} row\n".encode() for i in range(3000))
+    source.write_bytes(rows)
+    descriptors, threads = _open_descriptors(), threading.active_count()
+    path = tmp_path / "out.jsonl"
+    with files.atomic_write(path, background=True) as fh:
+        fh.copy_file(str(source), 0, 5000)
+        fh.write(b"cached\n")
+        fh.copy_file(str(source), 5000, 100)
+        fh.copy_file(str(source), 5100, len(rows) - 5100, remove=True)
+    want = rows[:5000] + b"cached\n" + rows[5000:]
+    assert path.read_bytes() == want and not source.exists()
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    assert _open_descriptors() == descriptors and threading.active_count() == threads
+
+
+@pytest.mark.parametrize("broken", ["missing", "short"])
+def test_a_copied_file_that_cannot_be_read_fails_the_write(tmp_path, broken):
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(b"x\n" * 10)
+    descriptors = _open_descriptors()
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(OSError), files.atomic_write(path, background=True) as fh:
+        fh.copy_file(str(tmp_path / "gone.jsonl") if broken == "missing" else str(source), 0, 40, remove=True)
+    assert not path.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert _open_descriptors() == descriptors
 
 
 def test_a_buffer_changed_after_it_was_written_does_not_change_the_file_or_its_digest(tmp_path, monkeypatch):

@@ -116,11 +116,17 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
 
     monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 2)  # several tasks without context too
     copied: list[int] = []
+    removes: list[tuple[str, bool]] = []
     copy_file = core.files._BackgroundWrites.copy_file
 
     def counting(self, path, start, size, remove=False):
         copied.append(size)
+        removes.append((path, remove))
         return copy_file(self, path, start, size, remove)
+
+    def each_file_removed_by_its_last_range() -> bool:
+        last = dict(removes)
+        return all(last.values()) and sum(remove for _, remove in removes) == len(last)
 
     monkeypatch.setattr(core.files._BackgroundWrites, "copy_file", counting)
     overrides = (f"context={context}", "stages=[mine,chunk]")
@@ -128,7 +134,7 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
     assert not copied  # one worker runs in this process: nothing is spooled
     two = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides)
     rows = (two / "chunks.jsonl").read_bytes()
-    assert len(copied) >= 2 and sum(copied) == len(rows)
+    assert len(copied) >= 2 and sum(copied) == len(rows) and each_file_removed_by_its_last_range()
     assert rows == (one / "chunks.jsonl").read_bytes()
     assert not (two / ".spool").exists()
 
@@ -150,10 +156,46 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
         db.execute("DELETE FROM commits WHERE rowid % 3 = 0")
         db.execute("DELETE FROM kept_outputs")
     copied.clear()
+    removes.clear()
     three = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides, f"out_dir={tmp_path / 'c'}")
     counts = manifest(three)["stages"]["chunk"]["counts"]
     assert counts["commits_reused"] > 0 and counts["commits_computed"] > 0 and copied
-    assert (three / "chunks.jsonl").read_bytes() == rows
+    assert (three / "chunks.jsonl").read_bytes() == rows and each_file_removed_by_its_last_range()
+
+
+def test_a_spool_file_whose_last_commits_have_no_rows_is_copied_whole(tmp_path, monkeypatch):
+    """A task's last commit without rows, after a cached commit, is a range of no bytes at
+    the end of its spool file: the file is removed after that range, not before it."""
+    import core.chunking
+
+    monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 3)
+    mined = run_pipeline(tmp_path / "m", "stages=[mine]")
+    order = [json.loads(line)["commit"] for line in (mined / "commits.jsonl").read_text().splitlines()]
+    empty = {c for k, c in enumerate(order) if k % 3 == 2}  # the last commit of each task: no rows
+    pair_commit = core.chunking.ChunkJob._pair_commit
+
+    def some_empty(self, rec, *args):
+        rows = list(pair_commit(self, rec, *args))
+        return iter(()) if rec.commit in empty else iter(rows)
+
+    monkeypatch.setattr(core.chunking.ChunkJob, "_pair_commit", some_empty)
+    overrides = ("executor.workers=2", "context=none", "stages=[mine,chunk]")
+    first = run_pipeline(tmp_path / "b", *overrides)
+    with contextlib.closing(_cache_db(tmp_path / "b" / "cache")) as db, db:
+        db.execute("DELETE FROM commits WHERE rowid % 3 != 2")  # each task's middle commit stays cached
+        db.execute("DELETE FROM kept_outputs")
+    again = run_pipeline(tmp_path / "b", *overrides, f"out_dir={tmp_path / 'c'}")
+    counts = manifest(again)["stages"]["chunk"]["counts"]
+    assert counts["commits_reused"] > 0 and counts["commits_computed"] > 0
+    assert (again / "chunks.jsonl").read_bytes() == (first / "chunks.jsonl").read_bytes()
+
+
+def test_a_killed_runs_spool_is_removed_when_the_next_run_starts(tmp_path):
+    left = tmp_path / "run" / ".spool" / "rows-x.jsonl"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"{}\n")
+    run_pipeline(tmp_path, "stages=[mine]")
+    assert not left.parent.exists()
 
 
 def test_a_failing_chunk_stage_stops_its_workers_and_leaves_no_spool(tmp_path, monkeypatch):
@@ -184,6 +226,17 @@ def test_a_failing_chunk_stage_stops_its_workers_and_leaves_no_spool(tmp_path, m
         return from_plain(plain)
 
     monkeypatch.setattr(core.pipeline.ChunkScan, "from_plain", staticmethod(failing))
+    removing, removed = core.pipeline._removing, []
+
+    @contextlib.contextmanager
+    def timed(directory):  # when the spool directory is removed
+        with removing(directory):
+            try:
+                yield
+            finally:
+                removed.append(time.time())
+
+    monkeypatch.setattr(core.pipeline, "_removing", timed)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_pipeline(tmp_path, "executor.workers=2", "stages=[mine,chunk]")
     failed = time.time()
@@ -191,6 +244,7 @@ def test_a_failing_chunk_stage_stops_its_workers_and_leaves_no_spool(tmp_path, m
     starts = [float(t) for t in started.read_text().split()]
     commits = len(read_jsonl(tmp_path / "run" / "commits.jsonl"))
     assert 2 <= len(starts) < commits and max(starts) < failed
+    assert removed and max(starts) + 0.1 < removed[0]  # every task started had ended (slept) first
     assert not (tmp_path / "run" / ".spool").exists()
 
 
