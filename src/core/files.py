@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -116,6 +117,7 @@ class _BackgroundWrites:
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="commitforge-hash")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-write")
         self._pending: list[Any] = []
+        self._range: list[Any] | None = None  # [path, start, size, remove] of a file range not handed over yet
         self.digest: tuple[str, int] | None = None
 
     def _put(self, block: bytes) -> None:
@@ -130,24 +132,45 @@ class _BackgroundWrites:
             self._hash.update(block)
             at += len(block)
 
+    def _queue(self, hash_job: Callable[[], None], write_job: Callable[[], None]) -> None:
+        """One job for each thread (each runs its jobs in order), at most two blocks behind."""
+        self._pending.append(self._hasher.submit(hash_job))
+        self._pending.append(self._writer.submit(write_job))
+        while len(self._pending) > 4:
+            self._pending.pop(0).result()
+
+    def _flush(self) -> None:
+        """Hand what waits to the threads: the writes gathered, or a range of a file."""
+        if self._parts:
+            self._submit()
+        if self._range is not None:
+            self._copy_file(*self._range)
+            self._range = None
+
     def copy_range(self, fd: int, start: int, size: int) -> None:
         """Append ``size`` bytes of the file open as ``fd`` from offset ``start`` (keep it
         open until the writes end): the writing thread copies them, in the kernel where the
         platform allows, while the hashing thread reads them."""
-        if self._parts:
-            self._submit()
-        self._pending.append(self._hasher.submit(self._hash_range, fd, start, size))
-        self._pending.append(self._writer.submit(copy_range, fd, start, size, self._fh))
+        self._flush()
+        self._queue(functools.partial(self._hash_range, fd, start, size),
+                    functools.partial(copy_range, fd, start, size, self._fh))
         self._total += size
-        while len(self._pending) > 4:
-            self._pending.pop(0).result()
 
     def copy_file(self, path: str, start: int, size: int, remove: bool = False) -> None:
         """:meth:`copy_range` from the file at ``path``, which each thread opens for its
         read (the caller holds no descriptor); with ``remove``, the file is unlinked once
-        both have read it (the last range taken from it: each thread works in order)."""
-        if self._parts:
-            self._submit()
+        both have read it (the last range taken from it). A range that goes on from the one
+        before it in the same file joins it: one copy for a worker's run of commits."""
+        waiting = self._range
+        if waiting is not None and waiting[0] == path and waiting[1] + waiting[2] == start:
+            waiting[2] += size
+            waiting[3] = remove
+        else:
+            self._flush()
+            self._range = [path, start, size, remove]
+        self._total += size
+
+    def _copy_file(self, path: str, start: int, size: int, remove: bool) -> None:
         left = [2]
         lock = threading.Lock()
 
@@ -160,26 +183,22 @@ class _BackgroundWrites:
                 with lock:
                     left[0] -= 1
                     last = not left[0]
-                if last and remove:
+                if last and remove:  # each thread works in order: both are done with the file
                     os.unlink(path)
 
-        self._pending.append(self._hasher.submit(read, lambda fd: self._hash_range(fd, start, size)))
-        self._pending.append(self._writer.submit(read, lambda fd: copy_range(fd, start, size, self._fh)))
-        self._total += size
-        while len(self._pending) > 4:
-            self._pending.pop(0).result()
+        self._queue(functools.partial(read, lambda fd: self._hash_range(fd, start, size)),
+                    functools.partial(read, lambda fd: copy_range(fd, start, size, self._fh)))
 
     def _submit(self) -> None:
         parts = self._parts
         # a copy unless it is one immutable bytes object: both threads read the block later
         block = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
         self._parts, self._size = [], 0
-        self._pending.append(self._hasher.submit(self._hash.update, block))
-        self._pending.append(self._writer.submit(self._put, block))
-        while len(self._pending) > 4:
-            self._pending.pop(0).result()
+        self._queue(functools.partial(self._hash.update, block), functools.partial(self._put, block))
 
     def write(self, data: bytes) -> int:
+        if self._range is not None:
+            self._flush()
         self._parts.append(data)
         self._size += len(data)
         self._total += len(data)
@@ -192,8 +211,8 @@ class _BackgroundWrites:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
-            if kind is None and self._parts:
-                self._submit()
+            if kind is None:
+                self._flush()
             for pending in self._pending:
                 error = pending.exception()  # what the thread met (a full disk)
                 if error is not None and kind is None:  # the caller's own error goes first

@@ -409,11 +409,6 @@ class Run:
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
                                                         for group, st, ns in zip(work, steps, named)])
         spool_left: dict[str, int] = {}  # spooled commits of each file not taken yet
-        copy: list[Any] | None = None  # [path, start, size] of spooled rows still to copy
-
-        def copy_spooled() -> None:
-            path, start, size = copy  # type: ignore[misc]
-            fh.copy_file(path, start, size, remove=not spool_left[path])  # its last range: removed once read
         pending: list[tuple[Any, int, dict[str, Any], Any]] = []  # rows: bytes or SpooledRows
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
@@ -446,26 +441,17 @@ class Run:
                 stats.update(commit_stats)
                 if type(data) is SpooledRows:
                     spool_left[data.path] -= 1
-                    if copy is not None and copy[0] == data.path and copy[1] + copy[2] == data.start:
-                        copy[2] += data.size  # a worker's commits follow each other: one copy per run
-                    else:
-                        if copy is not None:
-                            copy_spooled()
-                        copy = [data.path, data.start, data.size]
+                    # the file's last commit taken: it is removed once copied
+                    fh.copy_file(data.path, data.start, data.size, remove=not spool_left[data.path])
                     size += data.size
                     data = None  # its lines are scanned in the worker (commit_scan)
                 elif data is not None:
-                    if copy is not None:
-                        copy_spooled()
-                        copy = None
                     fh.write(data)
                     size += len(data)
                 if i >= len(copied_ends):
                     ends.append(size)
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
-            if copy is not None:
-                copy_spooled()
         self.chunk_scan = scan
         if cache is not None and commits:
             cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)

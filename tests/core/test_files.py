@@ -118,6 +118,14 @@ def test_copied_files_are_opened_by_the_threads_and_removed_after_their_last_ran
     source = tmp_path / "rows.jsonl"
     rows = b"".join(f"{i:06d} row\n".encode() for i in range(3000))
     source.write_bytes(rows)
+    copies: list[int] = []
+    copy_range = files.copy_range
+
+    def counting(fd, start, size, dst):
+        copies.append(size)
+        return copy_range(fd, start, size, dst)
+
+    monkeypatch.setattr(files, "copy_range", counting)
     descriptors, threads = _open_descriptors(), threading.active_count()
     path = tmp_path / "out.jsonl"
     with files.atomic_write(path, background=True) as fh:
@@ -127,6 +135,7 @@ def test_copied_files_are_opened_by_the_threads_and_removed_after_their_last_ran
         fh.copy_file(str(source), 5100, len(rows) - 5100, remove=True)
     want = rows[:5000] + b"cached\n" + rows[5000:]
     assert path.read_bytes() == want and not source.exists()
+    assert copies == [5000, len(rows) - 5000]  # the two ranges that go on from each other: one copy
     assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
     assert _open_descriptors() == descriptors and threading.active_count() == threads
 
