@@ -294,7 +294,8 @@ _VARIANT_TOKENS = re.compile(r"r#[A-Za-z_]\w*|[A-Za-z_]\w*|[\[\](){},=]")
 def enum_variants(text: str) -> tuple[str, ...]:
     """The variant names of an enum's source text (attributes, comments and discriminant
     expressions skipped)."""
-    start = _ATTRS.match(text).end()  # outer attributes and doc comments may hold braces
+    attrs = _ATTRS.match(text)  # outer attributes and doc comments may hold braces
+    start = attrs.end() if attrs is not None else 0
     brace = text.find("{", start)
     if brace < 0:
         return ()
@@ -326,8 +327,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
         if p is None:
             scope_of.append(())
         else:
-            parent = units[p]
-            scope_of.append(scope_of[p] + (parent.name,) if parent.kind == "mod" else scope_of[p])
+            up = units[p]
+            scope_of.append(scope_of[p] + (up.name,) if up.kind == "mod" else scope_of[p])
     members: dict[int, list[int]] = {}
     for i, u in enumerate(units):
         if u.parent is not None:
@@ -363,10 +364,10 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
     for kind, parent_idx, text, _line in parsed.decls:
         scope = ()
         if parent_idx is not None:
-            p = units[parent_idx]
-            if p.kind != "mod":
+            container = units[parent_idx]
+            if container.kind != "mod":
                 continue  # a `use` inside an impl or trait body is not valid Rust
-            scope = scope_of[parent_idx] + (p.name,)
+            scope = scope_of[parent_idx] + (container.name,)
         if kind in ("use", "extern_crate"):
             for path, bound in _bindings(text):
                 uses.append((scope, path, bound))
@@ -382,7 +383,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
 
 def _has_attribute(text: str, name: str) -> bool:
     """Whether the outer attributes at the start of an item's text include ``#[name…]``."""
-    head = _ATTRS.match(text).group()
+    attrs = _ATTRS.match(text)
+    head = attrs.group() if attrs is not None else ""
     return name in head and re.search(r"#\[\s*" + name + r"\b", head) is not None
 
 
@@ -423,7 +425,7 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str],
     if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
         return None
     name = pkg["name"]
-    lib = doc.get("lib") if isinstance(doc.get("lib"), dict) else {}
+    lib: dict[str, Any] = doc["lib"] if isinstance(doc.get("lib"), dict) else {}
     bins = []
     for b in doc.get("bin", []) if isinstance(doc.get("bin"), list) else []:
         if isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("path"), str):
@@ -443,8 +445,8 @@ def parse_cargo(path: str, data: bytes, workspace_deps: dict[str, str],
     elif isinstance(edition, int):
         edition = str(edition)
     return Package(dir=posixpath.dirname(path), name=name,
-                   lib_name=(lib.get("name") if isinstance(lib.get("name"), str) else name).replace("-", "_"),
-                   lib_path=lib.get("path") if isinstance(lib.get("path"), str) else None,
+                   lib_name=(lib["name"] if isinstance(lib.get("name"), str) else name).replace("-", "_"),
+                   lib_path=lib["path"] if isinstance(lib.get("path"), str) else None,
                    bins=tuple(bins), deps=tuple(sorted(deps.items())),
                    edition=edition if isinstance(edition, str) else None)
 
@@ -604,7 +606,7 @@ def workspace_root(data: bytes) -> tuple[bool, str | None]:
     ws = doc.get("workspace") if doc is not None else None
     if not isinstance(ws, dict):
         return False, None
-    edition = ws.get("package").get("edition") if isinstance(ws.get("package"), dict) else None
+    edition = ws["package"].get("edition") if isinstance(ws.get("package"), dict) else None
     return True, str(edition) if isinstance(edition, (str, int)) else None
 
 
@@ -689,7 +691,8 @@ class RustIndex(MemoReferences):
         self._resolved: dict[tuple[Mod, tuple[str, ...]], list[tuple[str, Any]]] = {}
         # path -> local qualname -> ((text, module) of the definition, related definitions)
         self._related_of: dict[str, dict[str, tuple[tuple, list[tuple[DefRef, int, str]]]]] = {}
-        self._cache: dict[tuple[Mod, str], list[tuple[str, Any]]] = {}
+        # (module, name) -> lookup targets; ((crate, "#members"), owner) -> _members
+        self._cache: dict[tuple, Any] = {}
         self._deps: dict[tuple, frozenset] = {}  # entry -> what it read
         # what was read -> the distinct sets of reads that include it -> the entries with that set:
         # lookups of one scope read the same things, so an entry mostly joins an existing set
@@ -861,10 +864,10 @@ class RustIndex(MemoReferences):
             d = posixpath.dirname(path)
             while d not in roots and d:  # the nearest workspace root holding the package
                 d = posixpath.dirname(d)
-            key = (path, data, roots.get(d), tuple(ws.get(name) for name in inherits[path]))
-            pkg = memo.get(key, memo)
+            pkey = (path, data, roots.get(d), tuple(ws.get(name) for name in inherits[path]))
+            pkg = memo.get(pkey, memo)
             if pkg is memo:
-                pkg = memo[key] = parse_cargo(path, data, ws, roots.get(d))
+                pkg = memo[pkey] = parse_cargo(path, data, ws, roots.get(d))
             if pkg is not None:
                 out[pkg.dir] = pkg
         if len(memo) > 65536:
@@ -1283,13 +1286,13 @@ class RustIndex(MemoReferences):
         direct: dict[DefRef, list] = {}
         for (segs, is_macro), count in paths.items():
             if is_macro:
-                targets = [("def", r) for r in self._macro(mod, segs)]
+                targets: list[tuple[str, Any]] = [("def", r) for r in self._macro(mod, segs)]
                 why = f"{segs[-1]}!"
             else:
                 own_impl = segs[0] == "Self" and self_type and len(segs) > 1
                 if segs[0] == "Self" and self_type:
                     segs = (self_type, *segs[1:])
-                path_of = self.resolve
+                path_of: Callable[[Mod, tuple[str, ...], int], list[tuple[str, Any]]] = self.resolve
                 if segs[0] in local_uses:  # a `use` in the unit's body: a `use` path
                     segs = local_uses[segs[0]] + segs[1:]
                     path_of = self._use_path
@@ -1368,7 +1371,7 @@ class RustIndex(MemoReferences):
     def _members(self, crate: str, owner: str) -> tuple[dict[str, list[DefRef]], list[DefRef]]:
         """Methods by name and impl blocks of a type (or trait), cached with lookups."""
         key = ((crate, "#members"), owner)
-        hit = self._cache.get(key)
+        hit: Any = self._cache.get(key)
         if hit is None:
             methods: dict[str, list[DefRef]] = {}
             impls: list[DefRef] = []
@@ -1378,10 +1381,10 @@ class RustIndex(MemoReferences):
                     methods.setdefault(md.name, []).append(member)
                 elif md.kind == "impl":
                     impls.append(member)
-            hit = (methods, impls)  # type: ignore[assignment]
+            hit = (methods, impls)
             if self._store(("L", key), {("a", crate, owner)}, set()):
-                self._cache[key] = hit  # type: ignore[assignment]
-        return hit  # type: ignore[return-value]
+                self._cache[key] = hit
+        return hit
 
     def _macro(self, mod: Mod, segs: tuple[str, ...]) -> list[DefRef]:
         """The ``macro_rules!`` definitions ``segs!`` can mean in module ``mod``: of its own
