@@ -120,11 +120,6 @@ def list_plugins() -> None:
     widths = [max(len(r[i]) for r in rows + [("kind", "name", "package", "version")]) for i in range(4)]
     for row in [("kind", "name", "package", "version")] + rows:
         print("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())
-    from core.native import status
-
-    compiled = status()
-    print("\ncompiled modules: " + (", ".join(f"{name} ({state})" for name, state in compiled.items())
-                                   if compiled else "none (this install runs all of commitforge as Python)"))
 
 
 def _task(cfg: DictConfig) -> None:

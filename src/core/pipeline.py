@@ -31,7 +31,6 @@ from core.hookspecs import KINDS
 from core.language import file_extension
 from core.manifest import (SPOOL, Manifest, RunLock, completed_stages, environment_versions, remove_stale_outputs,
                            remove_stale_temporaries)
-from core.native import status as native_status
 from core.records import CommitRecord
 from core.redact import RedactConfig
 from core.progress import configure as configure_progress
@@ -197,7 +196,6 @@ class Run:
         for lang in self.languages.values():
             versions.update(lang.versions())
         manifest.set("versions", environment_versions(versions))
-        manifest.set("compiled", native_status())  # how fast, not what: outputs are the same either way
         plugins = {k: self.cfg[k].name for k in KINDS if self.cfg.get(k) is not None}
         if len(self.languages) > 1:  # `languages=[rust,python]`: every language the run chunks
             plugins["language"] = ",".join(self.languages)

@@ -1,7 +1,5 @@
 """Built-in plugins. They register through the same hooks as third-party packages."""
 
-import core  # noqa: F401  (first: its finder decides whether compiled plugin modules load)
-
 BUILTIN_PLUGINS = (
     "plugins.sources",
     "plugins.rust",
