@@ -360,6 +360,31 @@ def test_guard_for_models_that_can_emit_special_tokens(tmp_path):
         hf.encode(["a <s> b"])
 
 
+def test_byte_fallback_bpe_models_emit_their_byte_tokens_and_nothing_else(tmp_path):
+    """A Llama-style BPE with byte fallback: a character outside the vocabulary comes out as
+    a byte token such as ``<0x41>``, so that token is refused as a special token; ``<s>``,
+    which no merge makes, is taken (and needs no guard)."""
+    pytest.importorskip("transformers")
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "<0x41>": 2, "a": 3, "b": 4, "ab": 5}
+    tok = Tokenizer(models.BPE(vocab, [("a", "b")], unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken("<s>", special=True, normalized=False)])
+    assert tok.encode("A ab").ids == [2, 5]  # "A" is not in the vocabulary: its byte token
+    d = tmp_path / "byte-fallback"
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                         "bos_token": "<s>", "unk_token": "<unk>"}))
+    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(d)))
+    with pytest.raises(CommitforgeError, match="'<0x41>' is an ordinary token"):
+        hf.prepare(["<0x41>"], lambda: iter(()), tmp_path)
+    hf.prepare(["<s>", "<x>"], lambda: iter(()), tmp_path)
+    assert hf.token_id("<s>") == 1 and hf.token_id("<x>") == 6
+    assert hf.encode(["A ab", "b"]) == [[2, 5], [4]]
+
+
 # -- encoding by line pieces ----------------------------------------------------------------
 LINE_TEXT = st.lists(st.sampled_from(list("ab1_ (){};:'\"\n\r\t\x0b\x0c\x85\u2028\u3000é日💶sxd")
                                      + ["'s", "'ll", "  ", "\n\n", " \n", "fn", "let"]), max_size=40).map("".join)
