@@ -8,13 +8,16 @@ parsed by a first, untimed run), in rotation, ``--repeat`` times; the figures ar
 medians of wall seconds, the overhead against ``none`` measured in the same run, and
 the context figures from the manifest (recall, units with references, empty share,
 items per unit). Cold runs (empty cache) of ``none`` and ``imports``, alternated
-``--cold-repeat`` times, show the overhead against the whole stage including parsing.
+``--cold-repeat`` times, show the overhead against the whole stage including parsing,
+in wall time and in CPU time of the run's processes (main and workers: steadier than
+wall time on a shared machine, but blind to how well the workers share the cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import tempfile
@@ -27,7 +30,14 @@ from core.config import conf_dir, register_schema
 from core.pipeline import Run
 
 
-def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, workers: int | None) -> tuple[float, dict]:
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the run's workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, workers: int | None
+        ) -> tuple[float, dict, float]:
     register_schema()
     overrides = [f"repo={repo}", f"out_dir={out}", f"cache_dir={cache}", "stages=[mine,chunk]", "reuse=false"]
     if strategy != "none":
@@ -36,12 +46,12 @@ def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, worke
         overrides.append(f"executor.workers={workers}")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     Run(cfg).run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
     manifest = json.loads((out / "MANIFEST.json").read_text())
     shutil.rmtree(out)
-    return wall, manifest.get("context") or {}
+    return wall, manifest.get("context") or {}, cpu
 
 
 def main() -> None:
@@ -57,18 +67,24 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-ctx-"))
     try:
         cold: dict[str, list[float]] = {"none": [], "imports": []}
+        cold_cpu: dict[str, list[float]] = {"none": [], "imports": []}
         for _ in range(args.cold_repeat):  # alternated, so that both see the same spells of the machine
             for s in cold:
                 shutil.rmtree(tmp / "cache", ignore_errors=True)
-                cold[s].append(round(run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)[0], 2))
+                wall, _, cpu = run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)
+                cold[s].append(round(wall, 2))
+                cold_cpu[s].append(round(cpu, 2))
         med = {s: statistics.median(w) for s, w in cold.items()}
+        med_cpu = {s: statistics.median(c) for s, c in cold_cpu.items()}
         print(json.dumps({"cold_wall_s_median": med, "cold_runs": cold,
-                          "cold_overhead": round(med["imports"] / med["none"] - 1, 3)}))
+                          "cold_overhead": round(med["imports"] / med["none"] - 1, 3),
+                          "cold_cpu_s_median": med_cpu, "cold_cpu_runs": cold_cpu,
+                          "cold_cpu_overhead": round(med_cpu["imports"] / med_cpu["none"] - 1, 3)}))
         walls: dict[str, list[float]] = {s: [] for s in strategies}
         figures: dict[str, dict] = {}
         for _ in range(args.repeat):
             for s in strategies:
-                wall, ctx = run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)
+                wall, ctx, _ = run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)
                 walls[s].append(wall)
                 figures[s] = ctx
         base = statistics.median(walls["none"]) if "none" in walls else None

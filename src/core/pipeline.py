@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.chunking import (ChunkJob, SpooledRows, batched, close_readers, commit_batch, context_runs, naming_files,
+from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
                             project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
