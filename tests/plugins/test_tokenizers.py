@@ -336,6 +336,16 @@ def test_lost_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
     assert [p.name for p in loser.path.parent.iterdir()] == [winner.path.name]  # temp dir removed
 
 
+def _hf_tokenizer(d: Path, tok, unk_token: str) -> HfTokenizer:
+    """The ``hf`` plugin on a directory holding ``tok`` (a ``tokenizers.Tokenizer``), with
+    ``<s>`` as its bos token."""
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                         "bos_token": "<s>", "unk_token": unk_token}))
+    return HfTokenizer(HfTokenizerConfig(name_or_path=str(d)))
+
+
 def test_guard_for_models_that_can_emit_special_tokens(tmp_path):
     """A word-level model whose vocabulary holds "<s>": text could produce its id, so encode refuses."""
     pytest.importorskip("transformers")
@@ -344,12 +354,7 @@ def test_guard_for_models_that_can_emit_special_tokens(tmp_path):
     tok = Tokenizer(models.WordLevel({"<s>": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken("<s>", special=True, normalized=False)])
-    d = tmp_path / "wordlevel"
-    d.mkdir()
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                         "bos_token": "<s>", "unk_token": "[UNK]"}))
-    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(d)))
+    hf = _hf_tokenizer(tmp_path / "wordlevel", tok, unk_token="[UNK]")
     with pytest.raises(CommitforgeError, match="'a' is an ordinary token"):
         hf.prepare(["a"], lambda: iter(()), tmp_path)
     hf.prepare(["<s>", "<x>"], lambda: iter(()), tmp_path)
@@ -372,12 +377,7 @@ def test_byte_fallback_bpe_models_emit_their_byte_tokens_and_nothing_else(tmp_pa
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken("<s>", special=True, normalized=False)])
     assert tok.encode("A ab").ids == [2, 5]  # "A" is not in the vocabulary: its byte token
-    d = tmp_path / "byte-fallback"
-    d.mkdir()
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                         "bos_token": "<s>", "unk_token": "<unk>"}))
-    hf = HfTokenizer(HfTokenizerConfig(name_or_path=str(d)))
+    hf = _hf_tokenizer(tmp_path / "byte-fallback", tok, unk_token="<unk>")
     with pytest.raises(CommitforgeError, match="'<0x41>' is an ordinary token"):
         hf.prepare(["<0x41>"], lambda: iter(()), tmp_path)
     hf.prepare(["<s>", "<x>"], lambda: iter(()), tmp_path)
