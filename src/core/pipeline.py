@@ -546,6 +546,12 @@ def _fewer_collections() -> Iterator[None]:
     try:
         yield
     finally:
+        # what the run left in the young generations (the whole symbol index, when it ran in
+        # this process) goes to the oldest one unscanned: with the default thresholds back,
+        # the next allocation would otherwise walk it all (a second on a kaspa history);
+        # cycles in it are still collected by the next full collection
+        gc.freeze()
+        gc.unfreeze()
         gc.set_threshold(*before)
 
 

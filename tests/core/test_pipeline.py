@@ -769,7 +769,7 @@ def test_concurrent_runs_with_the_same_settings_compute_each_commit_once(tmp_pat
     assert (tmp_path / "a" / "chunks.jsonl").read_bytes() == (tmp_path / "b" / "chunks.jsonl").read_bytes()
 
 
-def test_a_run_collects_cycles_less_often_and_restores_the_setting(scripted_repo, tmp_path, monkeypatch):
+def test_a_run_collects_cycles_less_often_and_restores_the_setting_with_what_it_made_aged(scripted_repo, tmp_path, monkeypatch):
     import gc
 
     from core import pipeline
@@ -778,14 +778,21 @@ def test_a_run_collects_cycles_less_often_and_restores_the_setting(scripted_repo
     seen = []
     real = pipeline.Run._chunk
 
+    made = []  # what a run leaves alive, such as a symbol index kept by a worker in this process
+
     def chunk(self, *args):
         seen.append(gc.get_threshold())
+        made.append([[] for _ in range(100)])
         return real(self, *args)
 
     monkeypatch.setattr(pipeline.Run, "_chunk", chunk)
     before = gc.get_threshold()
     run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
     assert seen == [pipeline.GC_THRESHOLDS] and gc.get_threshold() == before
+    # ...in the oldest generation: the default thresholds back, no young collection walks it
+    young = {id(o) for generation in (0, 1) for o in gc.get_objects(generation)}
+    assert id(made[0]) not in young and all(id(o) not in young for o in made[0])
+    assert any(o is made[0] for o in gc.get_objects(2))
 
 
 def test_the_summary_warns_when_no_commit_has_code_of_the_language(scripted_repo, tmp_path, capsys):
