@@ -795,6 +795,39 @@ def test_a_run_collects_cycles_less_often_and_restores_the_setting_with_what_it_
     assert any(o is made[0] for o in gc.get_objects(2))
 
 
+def test_a_context_run_freezes_what_each_commit_leaves_and_unfreezes_it_however_it_ends(scripted_repo, tmp_path,
+                                                                                          monkeypatch):
+    import gc
+
+    from core import chunking
+
+    for i in range(4):
+        scripted_repo.commit(f"c{i}", {"src/lib.rs": f"pub struct S{i};\npub fn f() -> S{i} {{ S{i} }}\n"})
+    frozen_during: list[int] = []  # objects frozen when each commit is paired
+    real_pair = chunking.ChunkJob._pair_commit
+    fail = False
+
+    def pair(self, rec, *args):
+        frozen_during.append(gc.get_freeze_count())
+        if rec.subject == "c3" and fail:
+            raise RuntimeError("a commit that fails")
+        return real_pair(self, rec, *args)
+
+    monkeypatch.setattr(chunking.ChunkJob, "_pair_commit", pair)
+    run_pipeline(tmp_path / "a", f"repo={scripted_repo.path}", "stages=[mine,chunk]", "context=imports")
+    # before every commit but the first, what the commits before left alive is frozen...
+    assert len(frozen_during) == 4 and frozen_during[0] == 0 and all(n > 0 for n in frozen_during[1:])
+    assert gc.get_freeze_count() == 0  # ...and in the oldest generation again after the run
+    frozen_during.clear()
+    run_pipeline(tmp_path / "b", f"repo={scripted_repo.path}", "stages=[mine,chunk]")
+    assert frozen_during == [0] * 4  # without a context strategy nothing grows from commit to commit
+    fail = True
+    with pytest.raises(RuntimeError, match="a commit that fails"):
+        run_pipeline(tmp_path / "c", f"repo={scripted_repo.path}", "stages=[mine,chunk]", "context=imports",
+                     "reuse=false")
+    assert gc.get_freeze_count() == 0
+
+
 def test_the_summary_warns_when_no_commit_has_code_of_the_language(scripted_repo, tmp_path, capsys):
     from core.pipeline import run
 
