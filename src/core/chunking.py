@@ -93,15 +93,19 @@ class SpooledRows(NamedTuple):
 
 
 @contextmanager
-def _aging() -> Iterator[None]:
+def _aging(on: bool) -> Iterator[Callable[[], None]]:
     """While a worker follows a tree through a run of commits, what each commit leaves
     alive (the symbol index and its caches grow with every commit) is frozen before the
-    next one (``gc.freeze()``, called in the loop): the collector's young generations then
-    hold one commit's objects, instead of walking the index again and again (a tenth of
-    the context work on kaspa). The frozen objects go to the oldest generation when the
-    run ends, however it ends: cycles among them are collected then."""
+    next one (the function this yields, ``gc.freeze``): the collector's young generations
+    then hold one commit's objects, instead of walking the index again and again (about a
+    tenth of the context work's CPU on kaspa). The frozen objects go to the oldest
+    generation when the run ends, however it ends: cycles among them are collected then.
+    A process that froze objects itself (a run in a program that forks) is left alone."""
+    if not on or gc.get_freeze_count():
+        yield lambda: None
+        return
     try:
-        yield
+        yield gc.freeze
     finally:
         gc.unfreeze()
 
@@ -284,10 +288,10 @@ class ChunkJob:
         modules: tuple[dict, dict] = ({}, {})
         out: list[tuple[Any, int, dict[str, Any], tuple]] = []
         with (_Spool(self.spool_dir, self.spool_packed) if self.spool_dir is not None else nullcontext() as spool,
-              _aging() if snapshot is not None else nullcontext()):
+              _aging(snapshot is not None) as age):
             for i, rec in enumerate(batch):
                 if snapshot is not None and i > 0:
-                    gc.freeze()  # see _aging
+                    age()
                     snapshot.apply(steps.deltas[i - 1])  # type: ignore[union-attr]
                 if named is not None and (i == 0 or any(st.deltas[i - 1] for st in named)):
                     # naming files changed (they rarely do): the module path functions of the trees

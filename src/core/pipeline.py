@@ -549,9 +549,11 @@ def _fewer_collections() -> Iterator[None]:
         # what the run left in the young generations (the whole symbol index, when it ran in
         # this process) goes to the oldest one unscanned: with the default thresholds back,
         # the next allocation would otherwise walk it all (a second on a kaspa history);
-        # cycles in it are still collected by the next full collection
-        gc.freeze()
-        gc.unfreeze()
+        # cycles in it are still collected by the next full collection. A process that froze
+        # objects itself is left alone (unfreezing would thaw them too).
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         gc.set_threshold(*before)
 
 

@@ -827,6 +827,20 @@ def test_a_context_run_freezes_what_each_commit_leaves_and_unfreezes_it_however_
                      "reuse=false")
     assert gc.get_freeze_count() == 0
 
+    # a program that froze objects itself (before forking, say) keeps them frozen, and no more
+    fail = False
+    frozen_during.clear()
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        run_pipeline(tmp_path / "d", f"repo={scripted_repo.path}", "stages=[mine,chunk]", "context=imports",
+                     "reuse=false")
+        # (its frozen objects can only be freed meanwhile: nothing was added, nothing thawed)
+        assert len(frozen_during) == 4 and all(0 < n <= mine for n in frozen_during)
+        assert 0 < gc.get_freeze_count() <= mine
+    finally:
+        gc.unfreeze()
+
 
 def test_the_summary_warns_when_no_commit_has_code_of_the_language(scripted_repo, tmp_path, capsys):
     from core.pipeline import run
