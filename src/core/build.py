@@ -9,9 +9,12 @@ examples) comes from the build cache (core.build_memo) instead.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
 from collections import Counter as _Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -163,12 +166,14 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             if getattr(run.builder, "examples_as_assembled", False):
                 lines = _kept_lines(run, base)
             try:
-                examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
-                                             memo=Memo(store, rows, lines))
+                with _collector_paused():
+                    examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
+                                                 memo=Memo(store, rows, lines))
             finally:
                 store.close()
         else:
-            examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
+            with _collector_paused():
+                examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
         # the unit changes are done with: free them before the examples are written
         changes.clear()
         splits.clear()
@@ -223,6 +228,26 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The builder makes millions of small objects (examples, their segments and spans) that
+    form no cycles and live until the examples are written: the cycle collector would walk
+    each of them once for nothing. It is paused meanwhile; what the builder leaves alive
+    then goes to the oldest generation unscanned (a process that froze objects itself is
+    left alone), where any cycle among it is collected by the next full collection."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()
 
 
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,

@@ -177,6 +177,40 @@ def test_build_is_byte_identical_for_any_worker_count(repo, tmp_path):
     assert (a / "tokenizer" / "tokenizer.json").read_bytes() == (b / "tokenizer" / "tokenizer.json").read_bytes()
 
 
+def test_the_builder_runs_with_the_cycle_collector_paused_and_gets_it_back_however_it_ends(repo, tmp_path,
+                                                                                             monkeypatch):
+    import gc
+
+    from plugins.builders import CommitBuilder
+
+    seen = []
+    real = CommitBuilder.build
+
+    def build(self, *args, **kwargs):
+        seen.append(gc.isenabled())
+        if fail:
+            raise RuntimeError("a builder that fails")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CommitBuilder, "build", build)
+    fail = False
+    for reuse in ("true", "false"):  # with the build cache (a memo) and without
+        run_pipeline(tmp_path / reuse, f"repo={repo.path}", f"reuse={reuse}")
+    assert seen == [False, False] and gc.isenabled()
+    fail = True
+    with pytest.raises(RuntimeError, match="a builder that fails"):
+        run_pipeline(tmp_path / "failing", f"repo={repo.path}")
+    assert gc.isenabled()
+    # a program that runs without the collector keeps it off
+    fail = False
+    gc.disable()
+    try:
+        run_pipeline(tmp_path / "off", f"repo={repo.path}")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_the_run_saves_the_tokenizer_its_ids_belong_to(repo, tmp_path):
     from tokenizers import Tokenizer
 
