@@ -28,7 +28,7 @@ from core.build_memo import (
     merge_features,
 )
 from core.changes import forget_shared_texts, read_changes
-from core.chunking import takes
+from core.chunking import takes, to_oldest_generation
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
@@ -235,8 +235,7 @@ def _collector_paused() -> Iterator[None]:
     """The builder makes millions of small objects (examples, their segments and spans) that
     form no cycles and live until the examples are written: the cycle collector would walk
     each of them once for nothing. It is paused meanwhile; what the builder leaves alive
-    then goes to the oldest generation unscanned (a process that froze objects itself is
-    left alone), where any cycle among it is collected by the next full collection."""
+    then goes to the oldest generation unscanned (``to_oldest_generation``)."""
     if not gc.isenabled():
         yield
         return
@@ -244,9 +243,7 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
+        to_oldest_generation()
         gc.enable()
 
 

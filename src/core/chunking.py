@@ -92,6 +92,17 @@ class SpooledRows(NamedTuple):
     packed: bytes | None
 
 
+def to_oldest_generation() -> None:
+    """Move every object the cycle collector tracks to its oldest generation without
+    walking them (``gc.freeze()`` then ``gc.unfreeze()``): what a long computation left
+    alive would otherwise be walked by the next young collections; cycles among it are
+    collected by the next full collection. A process that froze objects itself is left
+    alone (unfreezing would thaw them too)."""
+    if not gc.get_freeze_count():
+        gc.freeze()
+        gc.unfreeze()
+
+
 @contextmanager
 def _aging(on: bool) -> Iterator[Callable[[], None]]:
     """While a worker follows a tree through a run of commits, what each commit leaves

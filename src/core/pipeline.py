@@ -21,7 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
-                            project_file_names, redact_counted, reset_memory, takes, unique_blobs)
+                            project_file_names, redact_counted, reset_memory, takes, to_oldest_generation,
+                            unique_blobs)
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -548,12 +549,8 @@ def _fewer_collections() -> Iterator[None]:
     finally:
         # what the run left in the young generations (the whole symbol index, when it ran in
         # this process) goes to the oldest one unscanned: with the default thresholds back,
-        # the next allocation would otherwise walk it all (a second on a kaspa history);
-        # cycles in it are still collected by the next full collection. A process that froze
-        # objects itself is left alone (unfreezing would thaw them too).
-        if not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
+        # the next allocation would otherwise walk it all (a second on a kaspa history)
+        to_oldest_generation()
         gc.set_threshold(*before)
 
 
