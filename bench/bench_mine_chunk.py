@@ -119,10 +119,10 @@ def _chunk_batch(indices: list[int]) -> int:
 
 def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     """HEAD-only chunking against parsing alone, in the same rounds. Chunking runs with the
-    collector settings of a pipeline run (``core.pipeline._fewer_collections``, inherited
+    collector settings of a pipeline run (``core.collector.fewer_collections``, inherited
     by the forked workers), as the chunk stage does; the ratio is the median of each
     round's ratio."""
-    from core.pipeline import _fewer_collections
+    from core.collector import fewer_collections
     from plugins.executors import LocalExecutor, LocalExecutorConfig
 
     total_mb = sum(map(len, _HEAD_SOURCES)) / 1e6 if _HEAD_SOURCES else load_head(repo_path)  # main read them
@@ -131,7 +131,7 @@ def head_only(repo_path: str, workers: int, repeat: int = 5) -> dict:
     batches = [list(range(i, len(_HEAD_SOURCES), n)) for i in range(n)]
     parse_t, one_t, many_t = [], [], []
     pieces = 0
-    with _fewer_collections():
+    with fewer_collections():
         for _ in range(repeat):
             parse_t.append(parse_seconds())
             # one worker is a forked process too, as the N workers are (and as the chunk

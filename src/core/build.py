@@ -9,12 +9,9 @@ examples) comes from the build cache (core.build_memo) instead.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import time
 from collections import Counter as _Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +25,8 @@ from core.build_memo import (
     merge_features,
 )
 from core.changes import forget_shared_texts, read_changes
-from core.chunking import takes, to_oldest_generation
+from core.chunking import takes
+from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
@@ -166,13 +164,13 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             if getattr(run.builder, "examples_as_assembled", False):
                 lines = _kept_lines(run, base)
             try:
-                with _collector_paused():
+                with paused():  # its examples form no cycles (core.collector)
                     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
                                                  memo=Memo(store, rows, lines))
             finally:
                 store.close()
         else:
-            with _collector_paused():
+            with paused():
                 examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats)
         # the unit changes are done with: free them before the examples are written
         changes.clear()
@@ -228,23 +226,6 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The builder makes millions of small objects (examples, their segments and spans) that
-    form no cycles and live until the examples are written: the cycle collector would walk
-    each of them once for nothing. It is paused meanwhile; what the builder leaves alive
-    then goes to the oldest generation unscanned (``to_oldest_generation``)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        to_oldest_generation()
-        gc.enable()
 
 
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,

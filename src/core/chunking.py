@@ -9,7 +9,6 @@ return their results in input order, so the output is identical for any worker c
 from __future__ import annotations
 
 import bisect
-import gc
 import hashlib
 import inspect
 import itertools
@@ -19,13 +18,14 @@ import tempfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from core.blob_cache import BlobCache, SummaryCache, close_connections
 from core.chunk import Chunker
+from core.collector import aging
 from core.context import UnitQuery, measure
 from core.files import record_line
 from core.gitio import BlobReader, Hunk
@@ -90,35 +90,6 @@ class SpooledRows(NamedTuple):
     start: int
     size: int
     packed: bytes | None
-
-
-def to_oldest_generation() -> None:
-    """Move every object the cycle collector tracks to its oldest generation without
-    walking them (``gc.freeze()`` then ``gc.unfreeze()``): what a long computation left
-    alive would otherwise be walked by the next young collections; cycles among it are
-    collected by the next full collection. A process that froze objects itself is left
-    alone (unfreezing would thaw them too)."""
-    if not gc.get_freeze_count():
-        gc.freeze()
-        gc.unfreeze()
-
-
-@contextmanager
-def _aging(on: bool) -> Iterator[Callable[[], None]]:
-    """While a worker follows a tree through a run of commits, what each commit leaves
-    alive (the symbol index and its caches grow with every commit) is frozen before the
-    next one (the function this yields, ``gc.freeze``): the collector's young generations
-    then hold one commit's objects, instead of walking the index again and again (about a
-    tenth of the context work's CPU on kaspa). The frozen objects go to the oldest
-    generation when the run ends, however it ends: cycles among them are collected then.
-    A process that froze objects itself (a run in a program that forks) is left alone."""
-    if not on or gc.get_freeze_count():
-        yield lambda: None
-        return
-    try:
-        yield gc.freeze
-    finally:
-        gc.unfreeze()
 
 
 class _Spool:
@@ -299,7 +270,7 @@ class ChunkJob:
         modules: tuple[dict, dict] = ({}, {})
         out: list[tuple[Any, int, dict[str, Any], tuple]] = []
         with (_Spool(self.spool_dir, self.spool_packed) if self.spool_dir is not None else nullcontext() as spool,
-              _aging(snapshot is not None) as age):
+              aging(snapshot is not None) as age):
             for i, rec in enumerate(batch):
                 if snapshot is not None and i > 0:
                     age()

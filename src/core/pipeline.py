@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import gc
 import hashlib
 import importlib
 import inspect
@@ -21,8 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
-                            project_file_names, redact_counted, reset_memory, takes, to_oldest_generation,
-                            unique_blobs)
+                            project_file_names, redact_counted, reset_memory, takes, unique_blobs)
+from core.collector import fewer_collections
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
@@ -186,7 +185,7 @@ class Run:
 
     def run(self) -> Path:
         self._prepare_run_dir()
-        with RunLock(self.run_dir), _fewer_collections():
+        with RunLock(self.run_dir), fewer_collections():
             return self._run()
 
     def _run(self) -> Path:
@@ -511,13 +510,6 @@ class Run:
         self.summary.update({k: v for k, v in summary.items() if k != "tokenizer"})
 
 
-# A run keeps millions of small objects alive (parsed units, the symbol index and its
-# caches), which Python's cycle collector would otherwise walk again and again: with its
-# default thresholds it took about 6% of a ctx4000 run's CPU (and 19% of following the
-# index through a history). Objects here rarely form cycles; memory stays bounded.
-GC_THRESHOLDS = (100_000, 50, 1000)
-
-
 @contextmanager
 def _removing(directory: Path) -> Iterator[None]:
     """Remove ``directory`` (the chunk stage's spool) when the block ends, however it ends."""
@@ -537,21 +529,6 @@ def _closing(results: Iterator[Any]) -> Iterator[None]:
         close = getattr(results, "close", None)
         if close is not None:
             close()
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Collect cycles less often during a run (workers forked meanwhile inherit it)."""
-    before = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        # what the run left in the young generations (the whole symbol index, when it ran in
-        # this process) goes to the oldest one unscanned: with the default thresholds back,
-        # the next allocation would otherwise walk it all (a second on a kaspa history)
-        to_oldest_generation()
-        gc.set_threshold(*before)
 
 
 def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:

@@ -772,7 +772,7 @@ def test_concurrent_runs_with_the_same_settings_compute_each_commit_once(tmp_pat
 def test_a_run_collects_cycles_less_often_and_restores_the_setting_with_what_it_made_aged(scripted_repo, tmp_path, monkeypatch):
     import gc
 
-    from core import pipeline
+    from core import collector, pipeline
 
     scripted_repo.commit("one", {"src/lib.rs": "pub fn a() {}\n"})
     seen = []
@@ -788,7 +788,7 @@ def test_a_run_collects_cycles_less_often_and_restores_the_setting_with_what_it_
     monkeypatch.setattr(pipeline.Run, "_chunk", chunk)
     before = gc.get_threshold()
     run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
-    assert seen == [pipeline.GC_THRESHOLDS] and gc.get_threshold() == before
+    assert seen == [collector.GC_THRESHOLDS] and gc.get_threshold() == before
     # ...in the oldest generation: the default thresholds back, no young collection walks it
     young = {id(o) for generation in (0, 1) for o in gc.get_objects(generation)}
     assert id(made[0]) not in young and all(id(o) not in young for o in made[0])
