@@ -15,7 +15,6 @@ import itertools
 import math
 import os
 import tempfile
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
@@ -36,6 +35,7 @@ from core.progress import progress
 from core.records import CommitRecord, FileChange, ParsedBlob, UnitChange
 from core.report import scan_rows
 from core.snapshot import Snapshot, TreeSteps, apply_delta
+from core.stage_cache import pack
 from core.stats import Counter
 
 BLOB_BATCH = 24
@@ -83,8 +83,8 @@ def close_readers() -> None:
 class SpooledRows(NamedTuple):
     """A commit's rows (JSON lines) that a worker wrote to a spool file instead of sending
     them back through the executor: ``size`` bytes at ``start`` of the file at ``path``,
-    and with ``ChunkJob.spool_packed`` the same bytes zlib-compressed (level 1) for the
-    stage cache, else None."""
+    and with ``ChunkJob.spool_packed`` the same bytes as the stage cache stores them
+    (``core.stage_cache.pack``), else None."""
 
     path: str
     start: int
@@ -108,7 +108,7 @@ class _Spool:
     def add(self, data: bytes) -> SpooledRows:
         self.fh.write(data)
         start, self.size = self.size, self.size + len(data)
-        return SpooledRows(self.path, start, len(data), zlib.compress(data, 1) if self.packed else None)
+        return SpooledRows(self.path, start, len(data), pack(data) if self.packed else None)
 
     def __enter__(self) -> _Spool:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from core.errors import CommitforgeError
 from core.pipeline import Run
+from core.stage_cache import unpack
 
 from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
 
@@ -105,6 +105,26 @@ def _cache_db(cache: Path) -> sqlite3.Connection:
     return sqlite3.connect(next(cache.glob("stages-*.sqlite")))
 
 
+def test_a_stage_cache_entry_damaged_on_disk_is_computed_again(tmp_path):
+    """A stored commit whose packed rows lost a byte fails its checksum: it is not read
+    as (other) rows, the commit is chunked again and the output is the same."""
+    cache = tmp_path / "cache"
+    overrides = (f"cache_dir={cache}", "stages=[mine,chunk]")
+    ref = (run_pipeline(tmp_path / "a", *overrides) / "chunks.jsonl").read_bytes()
+    with contextlib.closing(_cache_db(cache)) as db, db:
+        (rowid, data), = db.execute("SELECT rowid, data FROM commits ORDER BY length(data) DESC LIMIT 1")
+        # a byte of the commit's id where the frame holds it as a literal: without a checksum
+        # the entry would still unpack, to rows naming another commit
+        commit = json.loads(unpack(data).split(b"\n", 1)[0])["commit"].encode()
+        at = data.index(commit) + 20
+        db.execute("UPDATE commits SET data = ? WHERE rowid = ?",
+                   (data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:], rowid))
+        db.execute("DELETE FROM kept_outputs")  # the rows are taken from the entries, not a kept copy
+    again = run_pipeline(tmp_path / "b", *overrides)
+    assert (again / "chunks.jsonl").read_bytes() == ref
+    assert manifest(again)["stages"]["chunk"]["counts"]["commits_computed"] == 1
+
+
 @pytest.mark.parametrize("context", ["none", "imports"])
 def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
     """Worker processes write their rows to spool files and send them compressed for the
@@ -144,7 +164,7 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
         by_commit[json.loads(line)["commit"]] += line
     cache = tmp_path / "b" / "cache"
     with contextlib.closing(_cache_db(cache)) as db:
-        entries = Counter(zlib.decompress(data) for (data,) in db.execute("SELECT data FROM commits"))
+        entries = Counter(unpack(data) for (data,) in db.execute("SELECT data FROM commits"))
         (name, ends), = db.execute("SELECT name, ends FROM kept_outputs")
     assert entries == Counter(by_commit.values())  # each commit's rows, compressed by its worker
     kept = next(cache.glob(f"stages-*-outputs/{name}")).read_bytes()
