@@ -190,7 +190,8 @@ def main() -> None:
               + (f"{statistics.median(steady):.2f} s over {len(steady)} steady run(s)" if steady else "n/a (no steady run)"))
     if not args.skip_head:
         print(f"HEAD only: {json.dumps(head_only(args.repo, args.workers or os.cpu_count() or 1, args.head_repeat))}")
-    git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", args.repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
     print(f"repository: {args.repo} at {git}; python {sys.version.split()[0]}")
 
 

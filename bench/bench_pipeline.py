@@ -35,7 +35,8 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str) -> dict:
                "sys.exit(rc)")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "core", f"repo={repo}",
-                           f"out_dir={out}", "progress=false", *overrides], env=env, capture_output=True, text=True)
+                           f"out_dir={out}", "progress=false", *overrides], env=env, capture_output=True, text=True,
+                          check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])

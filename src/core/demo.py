@@ -2265,6 +2265,7 @@ class _Git:
             capture_output=True,
             text=True,
             encoding="utf-8",
+            check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(

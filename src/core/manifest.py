@@ -25,8 +25,17 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _git_version() -> str | None:
+    """The version ``git --version`` reports; None when git cannot be run or fails."""
+    try:
+        proc = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return proc.stdout.strip().removeprefix("git version ") or None if proc.returncode == 0 else None
+
+
 def environment_versions(extra: dict[str, str]) -> dict[str, str | None]:
-    git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip().removeprefix("git version ")
+    git = _git_version()
     versions = {
         "commitforge": __version__,
         "python": platform.python_version(),

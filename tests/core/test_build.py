@@ -145,7 +145,7 @@ def test_an_unknown_dedup_comparison_is_one_clear_error(scripted_repo, tmp_path)
 
     scripted_repo.commit("one", {"crates/app/src/lib.rs": "pub fn one() -> u32 { 1 }\n"})
     proc = subprocess.run([sys.executable, "-m", "core", f"repo={scripted_repo.path}", f"out_dir={tmp_path / 'o'}",
-                           "dedup.compare=lines", "progress=false"], capture_output=True, text=True)
+                           "dedup.compare=lines", "progress=false"], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "dedup.compare='lines' must be one of edit, code" in proc.stderr
 

@@ -78,6 +78,19 @@ def test_run_writes_unit_changes_and_manifest(repo, tmp_path):
     assert m["repository"]["head"] == repo.git("rev-parse", "HEAD")
     assert m["commit_range"]["commits"] == 4
     assert m["versions"]["tree-sitter-rust"] and m["config"]["chunker"]["max_chars"] == 4000
+    assert m["versions"]["git"] == repo.git("--version").removeprefix("git version ")
+
+
+def test_the_manifest_records_no_git_version_when_git_fails_or_is_missing(tmp_path, monkeypatch):
+    from core.manifest import environment_versions
+
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "git").write_text("#!/bin/sh\necho 'git version 9.9'\nexit 3\n")
+    (failing / "git").chmod(0o755)
+    for path in (failing, tmp_path / "empty"):
+        monkeypatch.setenv("PATH", str(path))
+        assert environment_versions({})["git"] is None
 
 
 def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
@@ -344,7 +357,8 @@ def test_stages_prefix_and_errors(repo, tmp_path):
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COMMITFORGE_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
 
 
 def test_cli_runs_demo_and_prints_run_directory(tmp_path):
@@ -394,7 +408,7 @@ def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].startswith("commitforge: interrupted; run the same command again to resume")
-    assert subprocess.run(args, cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, check=True)
 
 
 def test_cli_lists_plugins_with_provider(tmp_path):
