@@ -5,13 +5,21 @@ history repeats), on what each example's change does (``dedup_text``), within ea
 split and then across splits so nothing in train duplicates val or test. What an earlier
 build computed for the same rows with the same settings (dedup features, assembled
 examples) comes from the build cache (core.build_memo) instead.
+
+The tokenizer is prepared (a ``bpe`` one trained) from the train split's code as split,
+before deduplication, in a thread while deduplication runs: training runs outside the
+interpreter and deduplication mostly in it, so they share the cores. A sweep over dedup
+settings then also keeps one tokenizer, and with it the examples the build cache holds.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import Counter as _Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -120,18 +128,27 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if on not in DEDUP_COMPARE:
         raise CommitforgeError(f"builder {run.cfg.builder.name!r} asks dedup to compare {on!r}; its dedup_compare "
                                f"must be one of {', '.join(DEDUP_COMPARE)}")
+
+    training_texts = functools.partial(_train_code, kept_changes, kept_splits)
+    # the builder may bring tokens of its own (fim); the format's come first
+    special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
-    if digests is not None and (dcfg.exact or dcfg.near):
-        t0 = time.perf_counter()
-        given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
-        features_seconds = time.perf_counter() - t0
-        result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
-                             num_perm=dcfg.num_perm, given=given)
-        result.report["seconds"] += features_seconds
-        del given
-    else:
-        result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
-                             near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
+    # the tokenizer is prepared while deduplication runs (see the module's docstring); a
+    # failure of either ends the stage once both have stopped
+    with ThreadPoolExecutor(1, thread_name_prefix="commitforge-tokenizer") as pool:
+        preparing = pool.submit(run.tokenizer.prepare, special, training_texts, run.cache_dir)
+        if digests is not None and (dcfg.exact or dcfg.near):
+            t0 = time.perf_counter()
+            given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
+            features_seconds = time.perf_counter() - t0
+            result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
+                                 num_perm=dcfg.num_perm, given=given)
+            result.report["seconds"] += features_seconds
+            del given
+        else:
+            result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
+                                 near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
+        preparing.result()
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
@@ -142,20 +159,10 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     splits = [sp for sp, keep in zip(kept_splits, result.keep) if keep]
     # the digests of the rows kept, by which the build cache knows them (None: no cache)
     rows = [d for d, keep in zip(kept_digests, result.keep) if keep] if digests is not None else None
-    del digests, kept_digests
+    del digests, kept_digests, training_texts
     # the rows dropped here, and the texts only they hold, are freed before tokenizing
     forget_shared_texts(kept_changes)
     del kept_changes, kept_splits, result
-
-    def training_texts():
-        for c, sp in zip(changes, splits):
-            if sp == "train":
-                yield c["old_code"]
-                yield c["new_code"]
-
-    # the builder may bring tokens of its own (fim); the format's come first
-    special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
-    run.tokenizer.prepare(special, training_texts, run.cache_dir)
     lines = None  # the example lines earlier builds wrote (core.kept_lines), open while in use
     try:
         if rows is not None and changes and takes(run.builder.build, "memo"):
@@ -175,7 +182,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         # the unit changes are done with: free them before the examples are written
         changes.clear()
         splits.clear()
-        del rows, training_texts
+        del rows
         by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         for ex in examples:
             by_split[ex["split"]].append(ex)
@@ -226,6 +233,15 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
+
+
+def _train_code(changes: list[Any], splits: list[str]) -> Iterator[str]:
+    """The code of the train split's unit changes, old then new, in order: what a tokenizer
+    that learns from the data learns from."""
+    for c, sp in zip(changes, splits):
+        if sp == "train":
+            yield c["old_code"]
+            yield c["new_code"]
 
 
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,

@@ -211,6 +211,60 @@ def test_the_builder_runs_with_the_cycle_collector_paused_and_gets_it_back_howev
         gc.enable()
 
 
+def test_the_tokenizer_learns_from_the_train_split_before_deduplication(scripted_repo, tmp_path):
+    """Dedup settings that drop train rows leave the bpe tokenizer (and so the token ids)
+    as they are: it learns from the train split as split."""
+    for k in range(10):  # each commit adds one new function, and a copy of a helper
+        scripted_repo.commit(f"module {k}", {f"src/m{k}.rs": body(f"work{k}", 3 + k, k) + body("helper", 5, 0)})
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    runs = {name: run_pipeline(tmp_path / name, f"repo={scripted_repo.path}", cache, *overrides)
+            for name, overrides in (("dedup", ()), ("no_dedup", ("dedup.exact=false", "dedup.near=false")))}
+    stats = {name: json.loads((run_dir / "stats.json").read_text()) for name, run_dir in runs.items()}
+    dropped = stats["no_dedup"]["splits"]["train"]["examples"] - stats["dedup"]["splits"]["train"]["examples"]
+    assert dropped > 0  # deduplication drops train rows here
+    assert stats["dedup"]["tokenizer"]["sha256"] == stats["no_dedup"]["tokenizer"]["sha256"]
+    # the second run takes the examples of the rows both keep from the build cache
+    kept_by_both = sum(stats["dedup"]["splits"][split]["examples"] for split in ("train", "val", "test"))
+    assert manifest(runs["no_dedup"])["stages"]["build"]["counts"]["rows_reused"] == kept_by_both
+
+
+def test_the_tokenizer_is_prepared_while_deduplication_runs_and_its_failure_ends_the_build(repo, tmp_path,
+                                                                                            monkeypatch):
+    import threading
+
+    import core.build
+    from core.errors import CommitforgeError
+    from plugins.tokenizers import BpeTokenizer
+
+    preparing, deduplicating = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+    prepare, deduplicate = BpeTokenizer.prepare, core.build.deduplicate
+
+    def prepare_alongside(self, *args):
+        preparing.set()
+        seen["thread"] = threading.current_thread() is not threading.main_thread()
+        seen["met_dedup"] = deduplicating.wait(10)
+        if fail:
+            raise CommitforgeError("a tokenizer that fails")
+        return prepare(self, *args)
+
+    def deduplicate_alongside(*args, **kwargs):
+        deduplicating.set()
+        seen["met_prepare"] = preparing.wait(10)
+        return deduplicate(*args, **kwargs)
+
+    monkeypatch.setattr(BpeTokenizer, "prepare", prepare_alongside)
+    monkeypatch.setattr(core.build, "deduplicate", deduplicate_alongside)
+    fail = False
+    run_pipeline(tmp_path / "a", f"repo={repo.path}")
+    assert seen == {"thread": True, "met_dedup": True, "met_prepare": True}
+    fail = True
+    preparing.clear()
+    deduplicating.clear()
+    with pytest.raises(CommitforgeError, match="a tokenizer that fails"):
+        run_pipeline(tmp_path / "b", f"repo={repo.path}")
+
+
 def test_the_run_saves_the_tokenizer_its_ids_belong_to(repo, tmp_path):
     from tokenizers import Tokenizer
 
