@@ -104,9 +104,12 @@ class Change(Mapping):
         return row
 
     def __getitem__(self, key: str) -> Any:
-        if self._row is None:
+        # the head is read once: another thread (the build stage's tokenizer, reading train
+        # rows while deduplication reads them all) may read the row whole and drop it
+        head = self._head
+        if head is not None:
             try:
-                return self._head[key]  # type: ignore[index]
+                return head[key]
             except KeyError:
                 pass
         return self._whole()[key]
