@@ -46,9 +46,20 @@ def pack(data: bytes) -> bytes:
     return lz4.frame.compress(data, content_checksum=True, store_size=True)
 
 
+_LZ4_MAX_RATIO = 255  # LZ4 expands nothing more than this
+
+
 def unpack(data: bytes) -> bytes:
-    """The rows ``pack`` stored; ``RuntimeError`` for an entry that is not such a frame."""
-    return lz4.frame.decompress(data)
+    """The rows ``pack`` stored; ``RuntimeError`` for an entry that is not one whole such
+    frame. A damaged header whose one-byte checksum still holds can state any size: a
+    size LZ4 cannot have packed into ``data`` is refused before anything is allocated."""
+    size = lz4.frame.get_frame_info(data).get("content_size") or 0
+    if size > _LZ4_MAX_RATIO * len(data):
+        raise RuntimeError(f"an LZ4 frame of {len(data)} bytes cannot hold {size}")
+    rows, read = lz4.frame.decompress(data, return_bytes_read=True)
+    if read != len(data):
+        raise RuntimeError(f"{len(data) - read} bytes follow the LZ4 frame")
+    return rows
 
 
 def fingerprint(*parts: Any) -> str:

@@ -138,6 +138,33 @@ def test_a_stage_cache_entry_damaged_on_disk_is_computed_again(tmp_path):
     assert manifest(again)["stages"]["chunk"]["counts"]["commits_computed"] == 1
 
 
+def test_packed_rows_unpack_whole_or_not_at_all():
+    """What ``unpack`` refuses (``RuntimeError``, read as a missing entry): a cut frame, bytes
+    after it, and a header stating a size no LZ4 frame of its length holds, refused before
+    anything is allocated (a damaged size passes the header's one-byte check 1 time in 256)."""
+    import lz4.frame
+
+    from core.stage_cache import pack
+
+    rows = b"".join(b'{"id":"%d","new_code":"fn f%d() {}"}\n' % (i, i) for i in range(2000))
+    data = pack(rows)
+    assert unpack(data) == rows
+    # the frame's header: magic (4), flags (2), content size (8), header checksum (1)
+    assert lz4.frame.get_frame_info(data)["content_size"] == len(rows)
+    forged = [data[:6] + (1 << 50).to_bytes(8, "little") + bytes([check]) + data[15:] for check in range(256)]
+    passing = []
+    for candidate in forged:
+        try:
+            lz4.frame.get_frame_info(candidate)
+            passing.append(candidate)
+        except RuntimeError:
+            pass
+    assert len(passing) == 1  # the one checksum byte that matches the forged size
+    for damaged in (data[:-4], data + b"\0", passing[0]):
+        with pytest.raises(RuntimeError):
+            unpack(damaged)
+
+
 @pytest.mark.parametrize("context", ["none", "imports"])
 def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
     """Worker processes write their rows to spool files and send them compressed for the
