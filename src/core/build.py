@@ -7,19 +7,20 @@ build computed for the same rows with the same settings (dedup features, assembl
 examples) comes from the build cache (core.build_memo) instead.
 
 The tokenizer is prepared (a ``bpe`` one trained) from the train split's code as split,
-before deduplication, in a thread while deduplication runs: training runs outside the
-interpreter and deduplication mostly in it, so they share the cores. A sweep over dedup
-settings then also keeps one tokenizer, and with it the examples the build cache holds.
+before deduplication, in a thread while deduplication runs: past reading its texts,
+training runs outside the interpreter (the tokenizers library's own threads) and
+deduplication mostly in it, so they share the cores. A sweep over dedup settings then
+also keeps one tokenizer, and with it the examples the build cache holds.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
 from collections import Counter as _Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -133,22 +134,20 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
-    # the tokenizer is prepared while deduplication runs (see the module's docstring); a
-    # failure of either ends the stage once both have stopped
-    with ThreadPoolExecutor(1, thread_name_prefix="commitforge-tokenizer") as pool:
-        preparing = pool.submit(run.tokenizer.prepare, special, training_texts, run.cache_dir)
-        if digests is not None and (dcfg.exact or dcfg.near):
-            t0 = time.perf_counter()
-            given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
-            features_seconds = time.perf_counter() - t0
-            result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
-                                 num_perm=dcfg.num_perm, given=given)
-            result.report["seconds"] += features_seconds
-            del given
-        else:
-            result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
-                                 near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
-        preparing.result()
+    # the tokenizer is prepared while deduplication runs (see the module's docstring)
+    preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
+    if digests is not None and (dcfg.exact or dcfg.near):
+        t0 = time.perf_counter()
+        given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
+        features_seconds = time.perf_counter() - t0
+        result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
+                             num_perm=dcfg.num_perm, given=given)
+        result.report["seconds"] += features_seconds
+        del given
+    else:
+        result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
+                             near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
+    preparing.result()
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
@@ -233,6 +232,30 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
     return outputs, summary
+
+
+class _Alongside:
+    """``fn(*args)`` run in a daemon thread; ``result()`` waits for it and raises what it
+    raised. A stage that fails or is interrupted before asking does not wait: training a
+    tokenizer cannot be interrupted, and the process may end without it (the ``bpe``
+    tokenizer is cached by an atomic rename, so nothing half-written is ever used)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="commitforge-tokenizer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that asks for the result
+            self._error = exc
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _train_code(changes: list[Any], splits: list[str]) -> Iterator[str]:

@@ -228,41 +228,52 @@ def test_the_tokenizer_learns_from_the_train_split_before_deduplication(scripted
     assert manifest(runs["no_dedup"])["stages"]["build"]["counts"]["rows_reused"] == kept_by_both
 
 
-def test_the_tokenizer_is_prepared_while_deduplication_runs_and_its_failure_ends_the_build(repo, tmp_path,
-                                                                                            monkeypatch):
+def test_the_tokenizer_is_prepared_while_deduplication_runs_and_either_failure_ends_the_build(repo, tmp_path,
+                                                                                              monkeypatch):
     import threading
+    import time
 
     import core.build
     from core.errors import CommitforgeError
     from plugins.tokenizers import BpeTokenizer
 
-    preparing, deduplicating = threading.Event(), threading.Event()
-    seen: dict[str, object] = {}
+    preparing, deduplicating, released = threading.Event(), threading.Event(), threading.Event()
+    seen: list[tuple[bool, bool, bool]] = []
+    fail = {"prepare": False, "dedup": False}
     prepare, deduplicate = BpeTokenizer.prepare, core.build.deduplicate
 
     def prepare_alongside(self, *args):
         preparing.set()
-        seen["thread"] = threading.current_thread() is not threading.main_thread()
-        seen["met_dedup"] = deduplicating.wait(10)
-        if fail:
+        met = deduplicating.wait(10)
+        if fail["prepare"]:
             raise CommitforgeError("a tokenizer that fails")
+        if fail["dedup"]:
+            released.wait(30)  # a tokenizer still training when deduplication fails
+            return None
+        seen.append((threading.current_thread() is not threading.main_thread(), met, deduplicating.is_set()))
         return prepare(self, *args)
 
     def deduplicate_alongside(*args, **kwargs):
         deduplicating.set()
-        seen["met_prepare"] = preparing.wait(10)
+        assert preparing.wait(10)  # the tokenizer was started first
+        if fail["dedup"]:
+            raise CommitforgeError("a deduplication that fails")
         return deduplicate(*args, **kwargs)
 
     monkeypatch.setattr(BpeTokenizer, "prepare", prepare_alongside)
     monkeypatch.setattr(core.build, "deduplicate", deduplicate_alongside)
-    fail = False
     run_pipeline(tmp_path / "a", f"repo={repo.path}")
-    assert seen == {"thread": True, "met_dedup": True, "met_prepare": True}
-    fail = True
-    preparing.clear()
-    deduplicating.clear()
-    with pytest.raises(CommitforgeError, match="a tokenizer that fails"):
-        run_pipeline(tmp_path / "b", f"repo={repo.path}")
+    assert seen == [(True, True, True)]  # in another thread, while deduplication ran
+    for what in ("prepare", "dedup"):
+        fail[what] = True
+        preparing.clear()
+        deduplicating.clear()
+        started = time.monotonic()
+        with pytest.raises(CommitforgeError, match=f"a {'tokenizer' if what == 'prepare' else 'deduplication'}"):
+            run_pipeline(tmp_path / what, f"repo={repo.path}")
+        assert time.monotonic() - started < 20  # a failed deduplication does not wait for training
+        fail[what] = False
+    released.set()
 
 
 def test_the_run_saves_the_tokenizer_its_ids_belong_to(repo, tmp_path):

@@ -435,7 +435,8 @@ def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].startswith("commitforge: interrupted; run the same command again to resume")
-    subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, check=True)
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
 
 
 def test_cli_lists_plugins_with_provider(tmp_path):
