@@ -31,7 +31,9 @@ def _git_version() -> str | None:
         proc = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False)
     except OSError:
         return None
-    return proc.stdout.strip().removeprefix("git version ") or None if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip().removeprefix("git version ") or None
 
 
 def environment_versions(extra: dict[str, str]) -> dict[str, str | None]:

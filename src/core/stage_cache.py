@@ -46,7 +46,7 @@ def pack(data: bytes) -> bytes:
     return lz4.frame.compress(data, content_checksum=True, store_size=True)
 
 
-_LZ4_MAX_RATIO = 255  # LZ4 expands nothing more than this
+_LZ4_MAX_RATIO = 255  # no LZ4 frame unpacks to more than about 255 times its size
 
 
 def unpack(data: bytes) -> bytes:
