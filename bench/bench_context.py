@@ -17,23 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench_mine_chunk import cpu_seconds
 from hydra import compose, initialize_config_dir
 
 from core.config import conf_dir, register_schema
 from core.pipeline import Run
-
-
-def _cpu() -> float:
-    """CPU seconds of this process and of its children that ended (the run's workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, workers: int | None
@@ -46,9 +40,9 @@ def run(repo: str, out: Path, cache: Path, strategy: str, max_tokens: int, worke
         overrides.append(f"executor.workers={workers}")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     Run(cfg).run()
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     manifest = json.loads((out / "MANIFEST.json").read_text())
     shutil.rmtree(out)
     return wall, manifest.get("context") or {}, cpu

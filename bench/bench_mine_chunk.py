@@ -48,11 +48,11 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
         overrides.append(f"executor.workers={workers}")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     run = Run(cfg)
     run.run()
     wall = time.perf_counter() - t0
-    cpu = _cpu_seconds() - cpu0
+    cpu = cpu_seconds() - cpu0
     manifest = json.loads((out / "MANIFEST.json").read_text())
     chunk = manifest["stages"]["chunk"]["counts"]
     commits = manifest["stages"]["mine"]["counts"].get("commits", 0)
@@ -75,7 +75,7 @@ def full_history(repo: str, workers: int | None, out: Path, cache: Path) -> dict
     }
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     """User + system CPU of this process and its reaped children (the run's workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
