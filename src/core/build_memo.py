@@ -41,6 +41,7 @@ from core.examples import Built, TrainedRuns, packed_example
 from core.kept_lines import KeptLines
 
 BUILD_MEMO_FORMAT = 2  # 2: entries carry a checksum
+BUILD_MEMO_FILE = f"build-f{BUILD_MEMO_FORMAT}.sqlite"  # in the cache directory
 BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
 _DTYPES = {1: np.uint16, 2: np.int32}
@@ -48,7 +49,7 @@ _DTYPES = {1: np.uint16, 2: np.int32}
 
 class BuildMemo:
     def __init__(self, root: str | Path, base: str):
-        self.path = Path(root) / f"build-f{BUILD_MEMO_FORMAT}.sqlite"
+        self.path = Path(root) / BUILD_MEMO_FILE
         self.base = base
         self._base_id: int | None = None
         self._writer: ThreadPoolExecutor | None = None

@@ -1,4 +1,5 @@
-"""``python -m core`` / ``commitforge``: the Hydra app, plus ``plugins`` to list plugins."""
+"""``python -m core`` / ``commitforge``: the Hydra app, plus ``plugins`` to list plugins and
+``cache`` to list or prune the cache directory (core.cache_admin)."""
 
 from __future__ import annotations
 
@@ -132,6 +133,10 @@ def main() -> None:
     if sys.argv[1:2] == ["plugins"]:
         _handled(list_plugins)
         return
+    if sys.argv[1:2] == ["cache"]:
+        from core import cache_admin
+
+        sys.exit(_handled(cache_admin.main, sys.argv[2:]))
     _check_dirs(sys.argv[1:])
     register_schema()
     _check_choices(sys.argv[1:])

@@ -61,6 +61,7 @@ __all__ = [
 
 #: Bump whenever the generated history changes in any way.
 DEMO_VERSION: int = 1
+DEMO_DIR = f"demo-v{DEMO_VERSION}"  # in the cache directory
 
 DEMO_AUTHOR_NAME = "commitforge demo"
 DEMO_AUTHOR_EMAIL = "demo@commitforge.invalid"
@@ -2361,7 +2362,7 @@ def demo_repo_path(cache_dir: pathlib.Path) -> pathlib.Path:
     repository is used and ours is discarded.
     """
     cache_dir = pathlib.Path(cache_dir)
-    final = cache_dir / f"demo-v{DEMO_VERSION}"
+    final = cache_dir / DEMO_DIR
     if _is_built(final):
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ from core.blob_cache import connection, forget_connection, unusable
 from core.files import copy_range, read_line, stat_key
 
 KEPT_LINES_FORMAT = 1
+KEPT_LINES_FILE = f"lines-f{KEPT_LINES_FORMAT}.sqlite"  # in the cache directory: the index
+KEPT_LINES_DIR = f"lines-f{KEPT_LINES_FORMAT}"  # the kept files
 KEPT_FILES = 6  # two runs' three splits
 _ROW = 20  # bytes of a row's key (sha1)
 
@@ -58,8 +60,8 @@ class KeptLines:
     :meth:`note` records what a build made, :meth:`keep` keeps a written file."""
 
     def __init__(self, root: str | Path, base: str):
-        self.path = Path(root) / f"lines-f{KEPT_LINES_FORMAT}.sqlite"
-        self.folder = Path(root) / f"lines-f{KEPT_LINES_FORMAT}"
+        self.path = Path(root) / KEPT_LINES_FILE
+        self.folder = Path(root) / KEPT_LINES_DIR
         self.base = base
         self._files: list[int] = []  # open descriptors of the kept files in use
         self._index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] | None = None

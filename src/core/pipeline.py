@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.cache_admin import stale_hint
 from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
                             project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.collector import fewer_collections
@@ -536,6 +537,9 @@ def run(cfg: DictConfig, registry: PluginRegistry | None = None) -> Path:
     run_dir = r.run()
     report = write_report(run_dir, r.chunk_scan, r.example_commits)
     print(screen_summary(r.summary, run_dir, report))
+    hint = stale_hint(r.cache_dir)
+    if hint is not None:
+        print(hint)
     print(f"run directory: {run_dir}")
     return run_dir
 

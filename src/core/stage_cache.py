@@ -36,6 +36,9 @@ from core.blob_cache import connection, forget_connection, unusable
 from core.files import stat_key
 
 STAGE_CACHE_FORMAT = 5
+STAGES_FILE = f"stages-f{STAGE_CACHE_FORMAT}.sqlite"  # in the cache directory
+STAGE_OUTPUTS_DIR = f"stages-f{STAGE_CACHE_FORMAT}-outputs"  # kept chunks.jsonl files
+LOCKS_DIR = "locks"
 
 
 def pack(data: bytes) -> bytes:
@@ -86,7 +89,7 @@ def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
 
 class StageCache:
     def __init__(self, root: str | Path):
-        self.path = Path(root) / f"stages-f{STAGE_CACHE_FORMAT}.sqlite"
+        self.path = Path(root) / STAGES_FILE
 
     @contextmanager
     def claim(self, base: str) -> Iterator[None]:
@@ -99,7 +102,7 @@ class StageCache:
         except ImportError:  # no advisory locks here: compute side by side, still correct
             yield
             return
-        locks = self.path.parent / "locks"
+        locks = self.path.parent / LOCKS_DIR
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / f"chunk-{base[:32]}.lock", "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -194,7 +197,7 @@ class StageCache:
     # file (in the kernel where it can) instead of decompressing and writing each commit.
 
     def _outputs_dir(self) -> Path:
-        return self.path.parent / f"stages-f{STAGE_CACHE_FORMAT}-outputs"
+        return self.path.parent / STAGE_OUTPUTS_DIR
 
     def keep_output(self, path: Path, base: str, keys: list[str], ends: list[int]) -> None:
         """Remember ``path`` (a finished output) as made of ``keys``' rows ending at ``ends``;

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from core.cache_admin import TOKENIZERS_DIR
 from core.errors import CommitforgeError
 from core.files import atomic_write
 from core.hookspecs import hookimpl
@@ -488,7 +489,7 @@ class BpeTokenizer(_RustTokenizer):
     def prepare(self, special_tokens: list[str], training_texts: Callable[[], Iterable[str]], cache_dir: Path) -> None:
         tokenizers = _import_tokenizers(self.plugin)
         texts, text_sha = self._training_corpus(training_texts)
-        root = Path(cache_dir) / "tokenizers"
+        root = Path(cache_dir) / TOKENIZERS_DIR
         final = root / f"bpe-{self.cache_key(text_sha)}"
         self.trained = False
         if not (final / "tokenizer.json").is_file():

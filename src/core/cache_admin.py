@@ -1,0 +1,227 @@
+"""What a cache directory holds, and removing what no run reads any more.
+
+Every store commitforge keeps under ``cache_dir`` names its format in its file name
+(``stages-f5.sqlite``, ``units-f8-m4.sqlite``, ``lines-f1/``…). A release that changes a
+format starts a new file and never reads the old one again, so old files stay on disk
+until removed. ``python -m core cache`` lists the entries of the cache directory as
+
+- ``current``: read by this version;
+- ``stale``: a store of another format, or the demo repository of another version;
+- ``unfinished``: what an interrupted build of the demo repository left (``building``
+  while under an hour old: a build may be running);
+- ``other``: anything commitforge did not make: never removed.
+
+``python -m core cache prune`` removes the stale and unfinished entries; ``--all``
+removes every entry commitforge made, current ones included (not while a run is using
+the cache). Kept outputs (``stages-f*-outputs/``, ``lines-f*/``) are hard links to
+files of run directories: removing them frees their space only when those runs' files
+are gone too, so sizes count such files apart, as ``linked``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import CommitforgeError
+
+TOKENIZERS_DIR = "tokenizers"  # trained tokenizers (the bpe plugin), by corpus and settings
+# the stores and folders of any version: what the name of a commitforge cache entry looks like
+_FAMILY = re.compile(r"(?:units|summaries|stages|build|examples|lines)-f\d+(?:[-.].*)?|demo-v\d+")
+_UNFINISHED = re.compile(r"\.demo-v\d+\.tmp-.*")  # see core.demo.demo_repo_path
+_SQLITE_SIDE = ("-wal", "-shm", "-journal")  # files SQLite keeps next to a database
+UNFINISHED_AGE_S = 3600  # a demo build younger than this may still be running
+
+
+@dataclass
+class Entry:
+    name: str  # the database, folder or file (a database's -wal and -shm files with it)
+    status: str  # current | stale | unfinished | other
+    paths: list[Path]
+    size: int  # bytes on disk of files only this entry holds
+    linked: int  # bytes of files also linked from elsewhere (a run directory's output)
+
+
+def current_names() -> set[str]:
+    """The entries this version reads and writes."""
+    from core.blob_cache import SUMMARIES_FILE, UNITS_FILE
+    from core.build_memo import BUILD_MEMO_FILE
+    from core.demo import DEMO_DIR
+    from core.kept_lines import KEPT_LINES_DIR, KEPT_LINES_FILE
+    from core.stage_cache import LOCKS_DIR, STAGE_OUTPUTS_DIR, STAGES_FILE
+
+    return {UNITS_FILE, SUMMARIES_FILE, STAGES_FILE, STAGE_OUTPUTS_DIR, LOCKS_DIR, BUILD_MEMO_FILE,
+            KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR}
+
+
+def scan(root: Path) -> list[Entry]:
+    """The entries of cache directory ``root``, by name."""
+    current = current_names()
+    groups: dict[str, list[Path]] = {}
+    with os.scandir(root) as it:
+        for item in it:
+            name = item.name
+            for side in _SQLITE_SIDE:
+                if name.endswith(".sqlite" + side):
+                    name = name[:-len(side)]
+            groups.setdefault(name, []).append(Path(item.path))
+    now = time.time()
+    out = []
+    for name, paths in sorted(groups.items()):
+        if name in current:
+            status = "current"
+        elif _FAMILY.fullmatch(name):
+            status = "stale"
+        elif _UNFINISHED.fullmatch(name):
+            status = "unfinished" if all(now - _mtime(p) > UNFINISHED_AGE_S for p in paths) else "building"
+        else:
+            status = "other"
+        size, linked = _disk_usage(paths)
+        out.append(Entry(name, status, sorted(paths), size, linked))
+    return out
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _disk_usage(paths: list[Path]) -> tuple[int, int]:
+    """(bytes of files linked only here, bytes of files with other links), from blocks on disk."""
+    own = linked = 0
+    stack = list(paths)
+    while stack:
+        path = stack.pop()
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # removed meanwhile (a run replaced a kept output)
+        if path.is_dir() and not path.is_symlink():
+            try:
+                stack.extend(path.iterdir())
+            except FileNotFoundError:
+                pass
+            continue
+        used = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        if st.st_nlink > 1:
+            linked += used
+        else:
+            own += used
+    return own, linked
+
+
+def remove(entry: Entry) -> None:
+    for path in entry.paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def prune(root: Path, everything: bool = False) -> list[Entry]:
+    """Remove the stale and unfinished entries of ``root`` (``everything``: every entry
+    commitforge made); the entries removed."""
+    statuses = {"stale", "unfinished"} | ({"current"} if everything else set())
+    gone = [e for e in scan(root) if e.status in statuses]
+    for entry in gone:
+        remove(entry)
+    return gone
+
+
+def stale_hint(root: Path) -> str | None:
+    """One line for the end of a run when the cache holds entries no run reads, else None."""
+    try:
+        stale = [e for e in scan(root) if e.status in ("stale", "unfinished")]
+    except OSError:
+        return None
+    if not stale:
+        return None
+    size = sum(e.size for e in stale)
+    names = ", ".join(e.name for e in stale[:3]) + (", …" if len(stale) > 3 else "")
+    return (f"  cache: {human(size)} in {entries(len(stale))} of older formats ({names}); "
+            f"`python -m core cache prune cache_dir={root}` removes them")
+
+
+def entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
+def human(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+USAGE = """usage: python -m core cache [prune [--all]] [cache_dir=DIR]
+
+  (no action)   list the entries of the cache directory: current, stale (a format this
+                version never reads), unfinished, other (not commitforge's)
+  prune         remove the stale and unfinished entries
+  prune --all   remove every entry commitforge made, current ones too (not while a run
+                is using the cache)
+  cache_dir=DIR the cache directory; default: the runs' (cache_dir in conf/config.yaml:
+                $COMMITFORGE_CACHE, else ~/.cache/commitforge)"""
+
+
+def _default_cache_dir() -> str:
+    """``cache_dir`` as a run resolves it from the config."""
+    from hydra import compose, initialize_config_dir
+
+    from core.config import conf_dir, register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return str(compose("config").cache_dir)
+
+
+def main(args: list[str]) -> int:
+    """``python -m core cache …``; the exit status."""
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    action, everything, cache_dir = "list", False, None
+    for arg in args:
+        if arg == "prune" and action == "list":
+            action = "prune"
+        elif arg == "--all" and action == "prune":
+            everything = True
+        elif arg.startswith("cache_dir=") and cache_dir is None:
+            cache_dir = arg.split("=", 1)[1]
+        else:
+            raise CommitforgeError(f"cache: unexpected argument {arg!r}; see python -m core cache --help")
+    root = Path(os.path.expanduser(cache_dir if cache_dir else _default_cache_dir()))
+    if not root.is_dir():
+        raise CommitforgeError(f"cache_dir={root} is not a directory; give the cache directory of your runs "
+                               "(cache_dir=DIR or COMMITFORGE_CACHE)")
+    if action == "prune":
+        gone = prune(root, everything)
+        for e in gone:
+            print(f"removed {e.name} ({human(e.size)}" + (f", {human(e.linked)} still linked from run directories"
+                                                          if e.linked else "") + ")")
+        print(f"commitforge: removed {entries(len(gone))}, {human(sum(e.size for e in gone))} freed, from {root}")
+        return 0
+    listed = scan(root)
+    print(f"cache directory: {root}")
+    width = max([len(e.name) for e in listed] + [5])
+    print(f"  {'entry'.ljust(width)}  {'status':10}  {'size':>9}  linked")
+    for e in listed:
+        print(f"  {e.name.ljust(width)}  {e.status:10}  {human(e.size):>9}  {human(e.linked) if e.linked else ''}".rstrip())
+    stale = [e for e in listed if e.status in ("stale", "unfinished")]
+    total = sum(e.size for e in listed)
+    line = f"{entries(len(listed))}, {human(total)}"
+    if stale:
+        line += (f"; {len(stale)} stale or unfinished ({human(sum(e.size for e in stale))}): "
+                 f"python -m core cache prune cache_dir={root} removes them")
+    print(line)
+    return 0
