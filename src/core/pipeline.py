@@ -10,6 +10,7 @@ import importlib
 import inspect
 import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -112,6 +113,21 @@ def check_root(cfg: DictConfig) -> None:
                                    "(or null: the builder's choice)")
 
 
+_POOL_SIZED: list[str] = []  # the RAYON_NUM_THREADS this process set (size_native_pool)
+
+
+def size_native_pool(workers: Any) -> None:
+    """Let the tokenizers library's thread pool (BPE training, batch encoding) use as many
+    threads as ``executor.workers`` allows cores: ``RAYON_NUM_THREADS``, unless the user
+    set it. The pool is made when first used, so the first run of a process sizes it."""
+    if not isinstance(workers, int) or workers < 1:
+        return  # null: one worker per core, as the pool has by default
+    current = os.environ.get("RAYON_NUM_THREADS")
+    if current is None or _POOL_SIZED[-1:] == [current]:
+        os.environ["RAYON_NUM_THREADS"] = str(workers)
+        _POOL_SIZED.append(str(workers))
+
+
 class Run:
     """One pipeline run: resolved plugins, a repository, a run directory."""
 
@@ -142,6 +158,7 @@ class Run:
                 claimed[ext] = lang.name
         self.chunker = reg.create("chunker", cfg.chunker)
         self.executor = reg.create("executor", cfg.executor)
+        size_native_pool(cfg.executor.get("workers"))
         self.context = reg.create("context", cfg.context) if cfg.get("context") is not None else None
         if "build" in self.stages:
             for kind in ("tokenizer", "format", "builder", "split", "writer"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from core import pipeline
 from core.errors import CommitforgeError
 from core.pipeline import Run
 from core.stage_cache import unpack
@@ -112,6 +113,21 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
     two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "reuse=false")
     assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
+
+
+def test_executor_workers_size_the_tokenizers_thread_pool_unless_the_user_did(repo, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    monkeypatch.setattr(pipeline, "_POOL_SIZED", [])
+
+    def pool_after(workers: str) -> str | None:
+        Run(make_cfg(tmp_path, f"repo={repo.path}", f"executor.workers={workers}"))
+        return os.environ.get("RAYON_NUM_THREADS")
+
+    assert pool_after("null") is None  # one worker per core: the pool's own default
+    assert pool_after("3") == "3"
+    assert pool_after("1") == "1"  # the next job of a sweep in this process
+    monkeypatch.setenv("RAYON_NUM_THREADS", "5")
+    assert pool_after("2") == "5"
 
 
 def _cache_db(cache: Path) -> sqlite3.Connection:
