@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,9 @@ def current_names() -> set[str]:
             KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR}
 
 
-def scan(root: Path) -> list[Entry]:
-    """The entries of cache directory ``root``, by name."""
+def scan(root: Path, sized: bool = True) -> list[Entry]:
+    """The entries of cache directory ``root``, by name (``sized``: with their sizes on
+    disk, else sizes of 0)."""
     current = current_names()
     groups: dict[str, list[Path]] = {}
     with os.scandir(root) as it:
@@ -80,7 +82,7 @@ def scan(root: Path) -> list[Entry]:
             status = "unfinished" if all(now - _mtime(p) > UNFINISHED_AGE_S for p in paths) else "building"
         else:
             status = "other"
-        size, linked = _disk_usage(paths)
+        size, linked = _disk_usage(paths) if sized else (0, 0)
         out.append(Entry(name, status, sorted(paths), size, linked))
     return out
 
@@ -102,7 +104,7 @@ def _disk_usage(paths: list[Path]) -> tuple[int, int]:
             st = path.lstat()
         except FileNotFoundError:
             continue  # removed meanwhile (a run replaced a kept output)
-        if path.is_dir() and not path.is_symlink():
+        if stat.S_ISDIR(st.st_mode):  # lstat: a symlink is counted as itself, never followed
             try:
                 stack.extend(path.iterdir())
             except FileNotFoundError:
@@ -137,12 +139,12 @@ def prune(root: Path, everything: bool = False) -> list[Entry]:
 def stale_hint(root: Path) -> str | None:
     """One line for the end of a run when the cache holds entries no run reads, else None."""
     try:
-        stale = [e for e in scan(root) if e.status in ("stale", "unfinished")]
+        stale = [e for e in scan(root, sized=False) if e.status in ("stale", "unfinished")]
+        size = sum(_disk_usage(e.paths)[0] for e in stale)  # only these: it runs after every run
     except OSError:
         return None
     if not stale:
         return None
-    size = sum(e.size for e in stale)
     names = ", ".join(e.name for e in stale[:3]) + (", …" if len(stale) > 3 else "")
     return (f"  cache: {human(size)} in {entries(len(stale))} of older formats ({names}); "
             f"`python -m core cache prune cache_dir={root}` removes them")
