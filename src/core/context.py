@@ -52,6 +52,7 @@ class Reference:
     tier: str  # direct | method | impl | related | file
     why: str
     name: str = ""
+    short: str = ""  # a shorter form of ``text`` packing falls back to ("": none)
 
 
 class MemoReferences:
@@ -105,35 +106,108 @@ def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[st
 
 def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
     """``pack`` of the references' items (``to_item``), making items of the packed ones only
-    (it runs for every unit change: each score is computed once)."""
+    (it runs for every unit change: each score is computed once).
+
+    A reference with a ``short`` form (a long data type cut to its leading fields) is
+    packed by that form first, so that it takes no more room than its signature from the
+    references ranked after it; its full text replaces it if the room left holds the
+    difference: for a direct reference once every direct reference is packed, before
+    any other tier; for the others once everything is. Which references are packed is
+    thus what packing their short forms alone gives (recall does not depend on fields).
+    """
     ranked = sorted([(-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)])
-    return [to_item(ranked[k][-1], -ranked[k][0]) for k in _fit([x[-1] for x in ranked], max_tokens, count)]
+    order = [x[-1] for x in ranked]
+    if not any(r.short for r in order):
+        return [to_item(ranked[k][-1], -ranked[k][0]) for k in _fit(order, max_tokens, count)]
+    forms = [_Short(r.path, r.qualname, r.short) if r.short else r for r in order]
+    packing = _Packing(max_tokens, count)
+    direct = [k for k, r in enumerate(order) if r.tier == "direct"]
+    others = [k for k, r in enumerate(order) if r.tier != "direct"]
+    full: set[int] = set()
+    for group in (direct, others):
+        chosen = packing.fit(forms, group)
+        for k in chosen:
+            r = order[k]
+            if r.short and packing.widen(r.path, r.short, r.text):
+                full.add(k)
+        packing.chosen += chosen
+    out = []
+    for k in sorted(packing.chosen):
+        item = to_item(order[k], -ranked[k][0])
+        if order[k].short and k not in full:
+            item.text = order[k].short
+        out.append(item)
+    return out
+
+
+@dataclass(slots=True)
+class _Short:
+    """A reference by its short form, as packing reads it."""
+
+    path: str
+    qualname: str
+    text: str
+
+
+class _Packing:
+    """The room left in a budget and what was packed, across passes over a ranking."""
+
+    def __init__(self, max_tokens: int, count: Callable[[str], int]):
+        self.left = max_tokens
+        self.count = count
+        self.per_token = count.chars_per_token if type(count) is CharCounter else None
+        self.seen: set[tuple[str, str]] = set()
+        self.texts: set[str] = set()
+        self.chosen: list[int] = []
+
+    def cost(self, path: str, text: str) -> int:
+        return _cost(path, text, self.count, self.per_token)
+
+    def fit(self, ranked: list, positions: Iterable[int]) -> list[int]:
+        """Of ``positions`` in ``ranked`` (items or references: path, qualname, text), those
+        that fit, best first: whole, each path+qualname and text once (an item that does not
+        fit is skipped, a smaller one after it may still fit). It runs for every unit change:
+        a ``CharCounter`` counts from lengths, without joining path and text."""
+        out: list[int] = []
+        seen, texts, count, per_token = self.seen, self.texts, self.count, self.per_token
+        left = self.left
+        for k in positions:
+            if left <= 0:
+                break
+            item = ranked[k]
+            path, text = item.path, item.text
+            key = (path, item.qualname)
+            if key in seen or text in texts:
+                continue
+            cost = math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
+            if cost > left:
+                continue
+            seen.add(key)
+            texts.add(text)
+            left -= cost
+            out.append(k)
+        self.left = left
+        return out
+
+    def widen(self, path: str, short: str, text: str) -> bool:
+        """Whether a packed item's ``short`` form can give way to ``text`` in the room left
+        (which it then takes)."""
+        extra = self.cost(path, text) - self.cost(path, short)
+        if extra > self.left:
+            return False
+        self.left -= extra
+        return True
+
+
+def _cost(path: str, text: str, count: Callable[[str], int], per_token: float | None) -> int:
+    """An item's tokens: its path line and text (from lengths for a ``CharCounter``)."""
+    return math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
 
 
 def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list[int]:
     """The positions in ``ranked`` (items or references: path, qualname, text) of the first
-    that fit. It runs for every unit change: a ``CharCounter`` counts from lengths, without
-    joining path and text."""
-    per_token = count.chars_per_token if type(count) is CharCounter else None
-    out: list[int] = []
-    seen: set[tuple[str, str]] = set()
-    texts: set[str] = set()
-    left = max_tokens
-    for k, item in enumerate(ranked):
-        path, text = item.path, item.text
-        key = (path, item.qualname)
-        if key in seen or text in texts:
-            continue
-        cost = math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
-        if cost > left:
-            continue
-        seen.add(key)
-        texts.add(text)
-        left -= cost
-        out.append(k)
-        if left <= 0:
-            break
-    return out
+    that fit (see ``_Packing.fit``)."""
+    return _Packing(max_tokens, count).fit(ranked, range(len(ranked)))
 
 
 def to_item(ref: Reference, value: float | None = None) -> ContextItem:

@@ -109,7 +109,7 @@ class BudgetedConfig:
     name: str = ""
     max_tokens: int = 2048  # context budget per unit; items are packed whole
     chars_per_token: float = 3.2  # token estimate when the run's tokenizer is not loaded before building
-    max_item_chars: int = 1200  # longer data types lose doc comments, then show their signature only
+    max_item_chars: int = 1200  # longer items lose doc comments, then (imports, repomap) keep a data type's leading fields or show the signature
     bodies: int = 0  # keep function bodies up to this many characters (0: signatures only)
     snapshot: str | None = "commit"  # commit | parent: the tree definitions (and recall) are taken from
     recall: bool = True  # measure context recall (resolves every unit's references)

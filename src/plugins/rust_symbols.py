@@ -157,6 +157,7 @@ class Def:
     lines: tuple[int, int]
     members: tuple[str, ...] = ()  # impls and traits: their methods' names; enums: their variants
     exported: bool = False  # macros: #[macro_export]
+    short: str = ""  # a data type cut to its leading members: its signature alone (see render_forms)
 
     def __reduce__(self) -> tuple:  # a constructor call: summaries load twice as fast as slot by slot
         return Def, _def_fields(self)
@@ -199,17 +200,25 @@ def _last(type_text: str) -> str:
 
 def render(kind: str, text: str, signature: str, header: str | None,
            members: list[tuple[int, int, str]], max_item_chars: int, bodies: int) -> str:
-    """A definition as a skeleton: fields, variants and signatures, no function bodies.
+    """A definition as a skeleton (the first of :func:`render_forms`)."""
+    return render_forms(kind, text, signature, header, members, max_item_chars, bodies)[0]
+
+
+def render_forms(kind: str, text: str, signature: str, header: str | None,
+                 members: list[tuple[int, int, str]], max_item_chars: int, bodies: int) -> tuple[str, str]:
+    """A definition as a skeleton, and a shorter form of it or "".: fields, variants and signatures, no function bodies.
 
     ``members`` are the (start, end, signature) spans in ``text`` of an impl's or a
     trait's methods: each becomes its signature (required trait items, associated
     types and consts stay as written). Over ``max_item_chars``, comment and attribute
-    lines are left out; a trait's or impl's interface is kept whole even then, other
-    items become their signature."""
+    lines are left out; a trait's or impl's interface is kept whole even then; a struct,
+    union or enum still over keeps its leading fields or variants that fit whole, and a
+    comment counts the others (its signature alone is then its shorter form, which packing
+    falls back to: see core.context.pack_references); other items become their signature."""
     if kind in ("fn", "method"):
         if bodies and len(text) <= bodies:
-            return text if kind == "fn" else f"{header} {{\n{_indent(text)}\n}}"
-        return signature + ";" if kind == "fn" else f"{header} {{\n    {signature};\n}}"
+            return (text if kind == "fn" else f"{header} {{\n{_indent(text)}\n}}"), ""
+        return (signature + ";" if kind == "fn" else f"{header} {{\n    {signature};\n}}"), ""
     if kind in ("trait", "impl"):
         pieces, pos = [], 0
         for start, end, sig in members:
@@ -220,13 +229,58 @@ def render(kind: str, text: str, signature: str, header: str | None,
         skeleton = _BLANK_LINES.sub("\n", "".join(pieces))
         if len(skeleton) > max_item_chars:  # docs go first; the interface itself is kept whole
             skeleton = _without_docs(skeleton)
-        return skeleton
+        return skeleton, ""
     if len(text) <= max_item_chars:
-        return text
+        return text, ""
     stripped = _without_docs(text)
     if len(stripped) <= max_item_chars:
-        return stripped
-    return signature + (";" if kind in ("const", "static", "type") else " { … }")
+        return stripped, ""
+    alone = signature + (";" if kind in ("const", "static", "type") else " { … }")
+    if kind in ("struct", "union", "enum"):
+        leading = _leading_members(stripped, max_item_chars, "variants" if kind == "enum" else "fields")
+        if leading is not None:
+            return leading, alone
+    return alone, ""
+
+
+def _leading_members(text: str, max_chars: int, noun: str) -> str | None:
+    """A data type's ``text`` (without docs) cut to at most ``max_chars``: its header, the
+    fields or variants (``noun``) that fit whole, in order, and ``// … N more {noun}``;
+    None when it has no braced body of its own lines or not even its first member fits.
+    A member ends at a line ending in a comma outside brackets (a struct variant or a
+    type broken over lines stays whole)."""
+    lines = text.split("\n")
+    code = [_STRIP.sub(" ", ln).rstrip() for ln in lines]  # trailing comments and strings out
+    header = next((k for k, ln in enumerate(code) if ln.endswith("{")), None)
+    if header is None or header > len(lines) - 3 or code[-1].strip() != "}":
+        return None
+    members: list[str] = []
+    start, depth = header + 1, 0
+    for k in range(header + 1, len(lines) - 1):
+        depth += _bracket_change(code[k])
+        if depth <= 0 and code[k].endswith(","):
+            members.append("\n".join(lines[start:k + 1]))
+            start, depth = k + 1, 0
+    if start < len(lines) - 1:
+        members.append("\n".join(lines[start:-1]))  # the last one, without its comma
+    first = lines[header + 1]
+    indent = first[:len(first) - len(first.lstrip())] or "    "
+    out = "\n".join(lines[:header + 1])
+    for k, member in enumerate(members):
+        after = len(members) - k - 1
+        tail = f"\n{indent}// … {after} more {noun}\n}}" if after else "\n}"
+        if len(out) + 1 + len(member) + len(tail) > max_chars:
+            return out + f"\n{indent}// … {len(members) - k} more {noun}\n}}" if k else None
+        out += "\n" + member
+    return out + "\n}"
+
+
+def _bracket_change(code: str) -> int:
+    """Brackets a line of code opens minus those it closes (``<>`` of generics too, not the
+    ``>`` of ``->`` or ``=>``)."""
+    code = code.replace("->", "").replace("=>", "")
+    return (code.count("(") + code.count("[") + code.count("{") + code.count("<")
+            - code.count(")") - code.count("]") - code.count("}") - code.count(">"))
 
 
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
@@ -355,10 +409,10 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             owner = _owner(u.name)[0]
         kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
         spans = [(k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids]
-        text = render(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
+        text, short = render_forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
         names = enum_variants(u.text) if u.kind == "enum" else tuple(k.name for k in kids)
         defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
-                        u.kind == "macro" and _has_attribute(u.text, "macro_export")))
+                        u.kind == "macro" and _has_attribute(u.text, "macro_export"), short))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
     mods: list[tuple[tuple[str, ...], str, str | None]] = []
     for kind, parent_idx, text, _line in parsed.decls:
@@ -1474,7 +1528,7 @@ class RustIndex(MemoReferences):
         static = self._static.get(ref)
         if static is None:
             static = self._static[ref] = self._static_of(ref)
-        path, qualname, kind, text, name, dmod = static
+        path, qualname, kind, text, name, dmod, short = static
         distance = self._distances.get((mod, dmod))
         if distance is None:
             common = 0
@@ -1486,9 +1540,9 @@ class RustIndex(MemoReferences):
             if len(self._distances) > 65536:
                 self._distances.clear()
             self._distances[(mod, dmod)] = distance
-        return Reference(path, qualname, kind, text, count, distance, tier, why, name)
+        return Reference(path, qualname, kind, text, count, distance, tier, why, name, short)
 
-    def _static_of(self, ref: DefRef) -> tuple[str, str, str, str, str, Mod]:
+    def _static_of(self, ref: DefRef) -> tuple[str, str, str, str, str, Mod, str]:
         """What a reference to a definition shows whoever names it (kept until the next
         update: units of one commit name the same definitions)."""
         d = self.definition(ref)
@@ -1501,7 +1555,7 @@ class RustIndex(MemoReferences):
         if prefix is None:
             prefix = self._prefixes[ref[0]] = self.module_path(ref[0], self._names, roots=self._roots)
         return (ref[0], f"{prefix}::{d.local}" if prefix else d.local, d.kind, d.text, d.name,
-                self.file_mod.get(ref[0], ("",)))
+                self.file_mod.get(ref[0], ("",)), d.short)
 
     def definitions(self, path: str) -> list[Reference]:
         """Every definition of one file (for strategies that rank whole files)."""

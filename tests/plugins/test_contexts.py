@@ -13,7 +13,7 @@ import pickle
 import pytest
 
 from core.chunking import reset_memory
-from core.context import UnitQuery
+from core.context import CharCounter, Reference, UnitQuery, pack_references
 from core.errors import CommitforgeError
 from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
                               SameFileContext, SameFileContextConfig)
@@ -193,6 +193,32 @@ def test_budget_packs_whole_items_best_first(workspace, tmp_path):
     main = _context(rows, "app::main")
     assert main and len(main) < 4  # fewer items than the full budget holds
     assert manifest(run_dir)["context"]["recall"] < 1.0
+
+
+def test_a_long_data_type_shows_its_fields_only_in_the_room_the_references_after_it_leave():
+    def ref(path: str, text: str, short: str = "", count: int = 1) -> Reference:
+        return Reference(path, path[0] + "::X", "struct", text, count, 0, "direct", "X", "X", short)
+
+    big = ref("a.rs", "pub struct A {\n    x: u8,\n    z: u16,\n    // … 9 more fields\n}", "pub struct A { … }", count=3)
+    big2 = ref("b.rs", "pub struct B {\n    y: u8,\n    // … 4 more fields\n}", "pub struct B { … }", count=2)
+    small = ref("c.rs", "pub struct C;")
+    count = CharCounter(1.0)  # a token per character: costs are path + newline + text
+    cost = {r.path: [len(r.path) + 1 + len(t) for t in (r.text, r.short) if t] for r in (big, big2, small)}
+
+    def packed(budget: int) -> list[tuple[str, str]]:
+        return [(i.path, i.text) for i in pack_references([small, big2, big], budget, count)]
+
+    shorts = cost["a.rs"][1] + cost["b.rs"][1] + cost["c.rs"][0]
+    # every reference fits by its short form before any shows fields; the best ranked first
+    assert packed(shorts) == [("a.rs", big.short), ("b.rs", big2.short), ("c.rs", small.text)]
+    assert packed(shorts + cost["a.rs"][0] - cost["a.rs"][1]) == [("a.rs", big.text), ("b.rs", big2.short),
+                                                                  ("c.rs", small.text)]
+    room_for_b_only = shorts + cost["b.rs"][0] - cost["b.rs"][1]
+    assert room_for_b_only < shorts + cost["a.rs"][0] - cost["a.rs"][1]
+    assert packed(room_for_b_only) == [("a.rs", big.short), ("b.rs", big2.text), ("c.rs", small.text)]
+    # without short forms, packing is greedy on the texts as before
+    assert packed(cost["a.rs"][1]) == [("a.rs", big.short)]
+    assert [i.text for i in pack_references([ref("a.rs", big.text), small], cost["c.rs"][0], count)] == [small.text]
 
 
 def _query(src: str, path: str, name: str) -> UnitQuery:

@@ -430,6 +430,23 @@ def test_a_skeleton_without_docs_drops_attributes_over_several_lines_whole():
                    "}")
 
 
+def test_a_data_type_too_long_keeps_its_leading_fields_or_variants_whole():
+    fields = "\n".join(f"    /// field {i}\n    #[serde(default)]\n    pub f{i}: HashMap<u32,\n        Vec<u8>>," for i in range(30))
+    text = f"/// Docs\n#[derive(Debug)]\npub struct Big<T>\nwhere\n    T: Clone,\n{{\n{fields}\n    last: T, // no {{ here\n}}"
+    field = "    pub f{}: HashMap<u32,\n        Vec<u8>>,"
+    got = render("struct", text, "pub struct Big<T>", None, [], max_item_chars=200, bodies=0)
+    assert got == "\n".join(["pub struct Big<T>\nwhere\n    T: Clone,\n{", *(field.format(i) for i in range(3)),
+                             "    // … 28 more fields\n}"])
+    assert len(got) <= 200 and len(got.replace(field.format(2), field.format(2) + field.format(3))) > 200
+    variants = "\n".join(f"    V{i} {{\n        a: u8,\n        b: (u8, u16),\n    }}," for i in range(20))
+    got = render("enum", f"pub enum E {{\n{variants}\n    Last = 3\n}}", "pub enum E", None, [], max_item_chars=150, bodies=0)
+    assert got == ("pub enum E {\n    V0 {\n        a: u8,\n        b: (u8, u16),\n    },\n    V1 {\n        a: u8,\n"
+                   "        b: (u8, u16),\n    },\n    // … 19 more variants\n}")
+    # no body of its own lines, or not even one member fits: the signature alone
+    assert render("struct", "pub struct H([u8; 32], [u8; 64]);", "pub struct H", None, [], 20, 0) == "pub struct H { … }"
+    assert render("struct", text, "pub struct Big<T>", None, [], 60, 0) == "pub struct Big<T> { … }"
+
+
 TWINS = """#[cfg(feature = "std")]
 fn seq_impl(n: u8) -> u8 {
     helper(n) + seq_impl(n - 1)
