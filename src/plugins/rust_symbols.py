@@ -30,7 +30,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.context import MemoReferences, Reference, UnitQuery
 from core.records import ParsedBlob
@@ -61,6 +61,7 @@ _DECLARED = re.compile(r"(?<![\w*])(type\s+|const\s+(?=[A-Za-z_]\w*\s*:))[A-Za-z
 _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
 # the name an item declares (`fn parse`, `struct Parser`): the first in a unit's code is its own
 _DECL_NAME = re.compile(r"(?<![\w*])(?:fn|struct|enum|union|trait|mod|static(?:\s+mut)?|macro_rules\s*!)\s+([A-Za-z_]\w*)")
+_WORD = re.compile(r"[A-Za-z_]\w*")
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
 _USE_STARTS = frozenset({"crate", "self", "super"})  # `use` paths that start alike in every edition
 _STD_CRATES = frozenset({"std", "core", "alloc"})
@@ -158,6 +159,7 @@ class Def:
     members: tuple[str, ...] = ()  # impls and traits: their methods' names; enums: their variants
     exported: bool = False  # macros: #[macro_export]
     short: str = ""  # a data type cut to its leading members: its signature alone (see render_forms)
+    full: str = ""  # such a data type's text without docs: the members a unit names are shown from it
 
     def __reduce__(self) -> tuple:  # a constructor call: summaries load twice as fast as slot by slot
         return Def, _def_fields(self)
@@ -246,33 +248,82 @@ def render_forms(kind: str, text: str, signature: str, header: str | None,
 def _leading_members(text: str, max_chars: int, noun: str) -> str | None:
     """A data type's ``text`` (without docs) cut to at most ``max_chars``: its header, the
     fields or variants (``noun``) that fit whole, in order, and ``// … N more {noun}``;
-    None when it has no braced body of its own lines or not even its first member fits.
-    A member ends at a line ending in a comma outside brackets (a struct variant or a
-    type broken over lines stays whole)."""
+    None when it has no braced body of its own lines or not even its first member fits."""
+    parts = split_members(text)
+    return select_members(parts, noun, max_chars) if parts is not None else None
+
+
+class Members(NamedTuple):
+    head: str  # the lines up to the body's `{`
+    texts: list[str]  # each member's lines (a field or variant, its comma included)
+    names: list[str]
+    indent: str
+
+
+_MEMBER_NAME = re.compile(r"(?:pub\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)")
+
+
+def split_members(text: str) -> Members | None:
+    """The members of a data type's ``text`` (without docs), or None when it has no braced
+    body of its own lines. A member ends at a line ending in a comma outside brackets (a
+    struct variant or a type broken over lines stays whole)."""
     lines = text.split("\n")
     code = [_STRIP.sub(" ", ln).rstrip() for ln in lines]  # trailing comments and strings out
     header = next((k for k, ln in enumerate(code) if ln.endswith("{")), None)
     if header is None or header > len(lines) - 3 or code[-1].strip() != "}":
         return None
-    members: list[str] = []
+    texts: list[str] = []
     start, depth = header + 1, 0
     for k in range(header + 1, len(lines) - 1):
         depth += _bracket_change(code[k])
         if depth <= 0 and code[k].endswith(","):
-            members.append("\n".join(lines[start:k + 1]))
+            texts.append("\n".join(lines[start:k + 1]))
             start, depth = k + 1, 0
     if start < len(lines) - 1:
-        members.append("\n".join(lines[start:-1]))  # the last one, without its comma
+        texts.append("\n".join(lines[start:-1]))  # the last one, without its comma
+    names = []
+    for member in texts:
+        m = _MEMBER_NAME.match(member.lstrip())
+        names.append(m.group(1) if m else "")
     first = lines[header + 1]
-    indent = first[:len(first) - len(first.lstrip())] or "    "
-    out = "\n".join(lines[:header + 1])
-    for k, member in enumerate(members):
-        after = len(members) - k - 1
-        tail = f"\n{indent}// … {after} more {noun}\n}}" if after else "\n}"
-        if len(out) + 1 + len(member) + len(tail) > max_chars:
-            return out + f"\n{indent}// … {len(members) - k} more {noun}\n}}" if k else None
-        out += "\n" + member
-    return out + "\n}"
+    return Members("\n".join(lines[:header + 1]), texts, names, first[:len(first) - len(first.lstrip())] or "    ")
+
+
+def select_members(parts: Members, noun: str, max_chars: int, wanted: Iterable[int] = ()) -> str | None:
+    """The data type with the members ``wanted`` that fit (in order), then its leading
+    others up to the first that does not fit, within ``max_chars``; each run of members
+    left out is a ``// … N more {noun}`` line (``1 more field``). None when no member fits."""
+    kept: set[int] = set()
+    for k in wanted:
+        if len(_render_members(parts, noun, kept | {k})) <= max_chars:
+            kept.add(k)
+    for k in range(len(parts.texts)):
+        if k in kept:
+            continue
+        if len(_render_members(parts, noun, kept | {k})) > max_chars:
+            break
+        kept.add(k)
+    return _render_members(parts, noun, kept) if kept else None
+
+
+def _render_members(parts: Members, noun: str, kept: set[int]) -> str:
+    out, run = [parts.head], 0
+    for k, member in enumerate(parts.texts):
+        if k in kept:
+            if run:
+                out.append(_left_out(parts.indent, run, noun))
+                run = 0
+            out.append(member)
+        else:
+            run += 1
+    if run:
+        out.append(_left_out(parts.indent, run, noun))
+    out.append("}")
+    return "\n".join(out)
+
+
+def _left_out(indent: str, n: int, noun: str) -> str:
+    return f"{indent}// … {n} more {noun if n > 1 else noun[:-1]}"
 
 
 def _bracket_change(code: str) -> int:
@@ -412,7 +463,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
         text, short = render_forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
         names = enum_variants(u.text) if u.kind == "enum" else tuple(k.name for k in kids)
         defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
-                        u.kind == "macro" and _has_attribute(u.text, "macro_export"), short))
+                        u.kind == "macro" and _has_attribute(u.text, "macro_export"), short,
+                        _without_docs(u.text) if short else ""))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
     mods: list[tuple[tuple[str, ...], str, str | None]] = []
     for kind, parent_idx, text, _line in parsed.decls:
@@ -757,6 +809,7 @@ class RustIndex(MemoReferences):
         self._frames: list[tuple[set, set]] = []
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
         self._distances: dict[tuple[Mod, Mod], int] = {}  # module distance of two modules
+        self._members_of: dict[str, Members | None] = {}  # a long data type's text -> its members
         # path -> (its summary, its module, _entries of the two): an update reads a file's old entries
         self._entry_sets: dict[str, tuple[FileSymbols, Mod, set[tuple]]] = {}
 
@@ -1364,6 +1417,12 @@ class RustIndex(MemoReferences):
                     entry = direct.setdefault(ref, [0, why])
                     entry[0] += count
         out = [self._reference(ref, count, "direct", why, mod) for ref, (count, why) in direct.items()]
+        words: set[str] | None = None
+        for r, ref in zip(out, direct):
+            if r.short:  # a data type cut to its leading members: show those the unit names
+                if words is None:
+                    words = set(_WORD.findall(code))
+                r.text = self._focused(ref, r.text, words)
         if not related:
             return out
         # methods called on the types the unit names (as `impl Type { fn sig; }`); impl blocks of
@@ -1394,6 +1453,23 @@ class RustIndex(MemoReferences):
                     seen.add(r2)
                     out.append(self._reference(r2, count, "related", why, mod))
         return out
+
+    def _focused(self, ref: DefRef, text: str, words: set[str]) -> str:
+        """A long data type's ``text`` (its leading members) showing first the members named
+        in ``words`` (a unit's code: `self.field`, `Enum::Variant`, a struct literal), in no
+        more characters."""
+        d = self.definition(ref)
+        parts = self._members_of.get(d.full)
+        if parts is None:
+            if len(self._members_of) > 4096:
+                self._members_of.clear()
+            parts = self._members_of[d.full] = split_members(d.full)
+        if parts is None:
+            return text
+        wanted = [k for k, name in enumerate(parts.names) if name in words]
+        if not wanted:
+            return text
+        return select_members(parts, "variants" if d.kind == "enum" else "fields", len(text), wanted) or text
 
     def _related(self, ref: DefRef) -> list[tuple[DefRef, int, str]]:
         """Definitions of the types named in one definition's skeleton (cached with lookups)."""

@@ -8,7 +8,8 @@ import pytest
 
 from core.context import UnitQuery
 from plugins.rust import RustLanguage, rust_module_path
-from plugins.rust_symbols import RustIndex, parse_cargo, parse_use, render, summarize
+from plugins.rust_symbols import (RustIndex, parse_cargo, parse_use, render, select_members, split_members,
+                                  summarize)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -442,9 +443,46 @@ def test_a_data_type_too_long_keeps_its_leading_fields_or_variants_whole():
     got = render("enum", f"pub enum E {{\n{variants}\n    Last = 3\n}}", "pub enum E", None, [], max_item_chars=150, bodies=0)
     assert got == ("pub enum E {\n    V0 {\n        a: u8,\n        b: (u8, u16),\n    },\n    V1 {\n        a: u8,\n"
                    "        b: (u8, u16),\n    },\n    // … 19 more variants\n}")
+    small = split_members("pub struct S {\n    a: u8,\n    pub(crate) b: u8,\n    c: HashMap<String, Vec<u64>>,\n"
+                          "    r#d: u8,\n}")
+    assert small is not None and small.names == ["a", "b", "c", "d"]
+    assert select_members(small, "fields", 84, wanted=[3]) == (  # the named field first, then what fits
+        "pub struct S {\n    a: u8,\n    pub(crate) b: u8,\n    // … 1 more field\n    r#d: u8,\n}")
+    assert select_members(small, "fields", 82, wanted=[3]) == "pub struct S {\n    a: u8,\n    // … 2 more fields\n    r#d: u8,\n}"
     # no body of its own lines, or not even one member fits: the signature alone
     assert render("struct", "pub struct H([u8; 32], [u8; 64]);", "pub struct H", None, [], 20, 0) == "pub struct H { … }"
     assert render("struct", text, "pub struct Big<T>", None, [], 60, 0) == "pub struct Big<T> { … }"
+
+
+def test_a_long_data_type_shows_the_fields_and_variants_a_unit_names():
+    lang = RustLanguage()
+    fields = "\n".join(f"    pub field_{i}: Vec<u8>," for i in range(40))
+    variants = "\n".join(f"    Mode{i}(u32)," for i in range(40))
+    lib = f"pub mod run;\npub struct Engine {{\n{fields}\n}}\npub enum Mode {{\n{variants}\n}}\n"
+    run = ("use crate::{Engine, Mode};\nimpl Engine {\n    pub fn step(&self) -> usize { self.field_30.len() + self.field_1.len() }\n"
+           "    pub fn first(&self) -> usize { self.field_0.len() }\n"
+           "    pub fn pick(&self) -> Mode { Mode::Mode33(self.field_39.len() as u32) }\n}\n")
+    idx = RustIndex(rust_module_path)
+    idx.update({"src/lib.rs": summarize(lang.parse(lib.encode()), 300, 0),
+                "src/run.rs": summarize(lang.parse(run.encode()), 300, 0)}, {})
+    parsed = lang.parse(run.encode())
+
+    def context(name: str) -> dict[str, str]:
+        u = next(u for u in parsed.units if u.name == name)
+        q = UnitQuery(path="src/run.rs", lang="rust", code=u.text, header=u.header, qualname=u.local_qualname,
+                      local_qualname=u.local_qualname, parsed=parsed, lines=(u.start_line, u.end_line))
+        return {r.name: r.text for r in idx.references(q, related=False)}
+
+    leading = context("first")["Engine"]  # field_0 leads anyway: the cut as summarized
+    assert leading.startswith("pub struct Engine {\n    pub field_0: Vec<u8>,\n") and len(leading) <= 300
+    assert leading.endswith(" more fields\n}") and "field_30" not in leading
+    step = context("step")["Engine"]
+    assert step.startswith("pub struct Engine {\n    pub field_0: Vec<u8>,\n    pub field_1: Vec<u8>,\n")
+    assert step.endswith("\n    pub field_6: Vec<u8>,\n    // … 23 more fields\n    pub field_30: Vec<u8>,\n"
+                         "    // … 9 more fields\n}")  # the leading fields fill the room the named ones leave
+    assert len(step) <= len(leading)
+    pick = context("pick")
+    assert "    Mode33(u32),\n    // … 6 more variants\n}" in pick["Mode"] and "pub field_39: Vec<u8>,\n}" in pick["Engine"]
 
 
 TWINS = """#[cfg(feature = "std")]
