@@ -62,6 +62,8 @@ _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
 # the name an item declares (`fn parse`, `struct Parser`): the first in a unit's code is its own
 _DECL_NAME = re.compile(r"(?<![\w*])(?:fn|struct|enum|union|trait|mod|static(?:\s+mut)?|macro_rules\s*!)\s+([A-Za-z_]\w*)")
 _WORD = re.compile(r"[A-Za-z_]\w*")
+_SELF_FIELD = re.compile(r"\bself\s*\.\s*([A-Za-z_]\w*)\b(?!\s*[(!])")  # `self.store`, not `self.get(`
+_FIELD = re.compile(r"\s*(?:pub\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)\s*:(?!:)(.*)", re.S)
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
 _USE_STARTS = frozenset({"crate", "self", "super"})  # `use` paths that start alike in every edition
 _STD_CRATES = frozenset({"std", "core", "alloc"})
@@ -292,18 +294,42 @@ def split_members(text: str) -> Members | None:
 def select_members(parts: Members, noun: str, max_chars: int, wanted: Iterable[int] = ()) -> str | None:
     """The data type with the members ``wanted`` that fit (in order), then its leading
     others up to the first that does not fit, within ``max_chars``; each run of members
-    left out is a ``// … N more {noun}`` line (``1 more field``). None when no member fits."""
-    kept: set[int] = set()
+    left out is a ``// … N more {noun}`` line (``1 more field``). None when no member fits.
+    Lengths are counted as members join, without rendering each try (it runs per unit)."""
+    n = len(parts.texts)
+    marks: dict[int, int] = {}
+
+    def mark(run: int) -> int:  # the line of a run of members left out, with its newline
+        if run not in marks:
+            marks[run] = 1 + len(_left_out(parts.indent, run, noun))
+        return marks[run]
+
+    kept = [False] * n
+    total = len(parts.head) + 2 + mark(n)  # the header, "\n}", and every member left out
+
+    def grown(k: int) -> int:  # the length with member k kept too
+        a = b = 0
+        while k - a - 1 >= 0 and not kept[k - a - 1]:
+            a += 1
+        while k + b + 1 < n and not kept[k + b + 1]:
+            b += 1
+        return total + 1 + len(parts.texts[k]) - mark(a + b + 1) + (mark(a) if a else 0) + (mark(b) if b else 0)
+
     for k in wanted:
-        if len(_render_members(parts, noun, kept | {k})) <= max_chars:
-            kept.add(k)
-    for k in range(len(parts.texts)):
-        if k in kept:
+        if not kept[k]:
+            length = grown(k)
+            if length <= max_chars:
+                total, kept[k] = length, True
+    for k in range(n):
+        if kept[k]:
             continue
-        if len(_render_members(parts, noun, kept | {k})) > max_chars:
+        length = grown(k)
+        if length > max_chars:
             break
-        kept.add(k)
-    return _render_members(parts, noun, kept) if kept else None
+        total, kept[k] = length, True
+    if not any(kept):
+        return None
+    return _render_members(parts, noun, {k for k in range(n) if kept[k]})
 
 
 def _render_members(parts: Members, noun: str, kept: set[int]) -> str:
@@ -324,6 +350,21 @@ def _render_members(parts: Members, noun: str, kept: set[int]) -> str:
 
 def _left_out(indent: str, n: int, noun: str) -> str:
     return f"{indent}// … {n} more {noun if n > 1 else noun[:-1]}"
+
+
+def field_types(text: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """A struct's named fields -> the paths of the types their declared types name (as
+    segment tuples, capitalized last segment: ``Arc<RwLock<db::Store>>`` names ``Arc``,
+    ``RwLock`` and ``db::Store``)."""
+    parts = split_members(text)
+    out: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for member in parts.texts if parts is not None else ():
+        m = _FIELD.match(_STRIP.sub(" ", member))
+        if m is None:
+            continue
+        paths = (tuple(s.strip() for s in p.split("::")) for p, _bang in _PATH.findall(m.group(2)))
+        out[m.group(1)] = tuple(dict.fromkeys(p for p in paths if p[-1][:1].isupper()))
+    return out
 
 
 def _bracket_change(code: str) -> int:
@@ -810,6 +851,8 @@ class RustIndex(MemoReferences):
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
         self._distances: dict[tuple[Mod, Mod], int] = {}  # module distance of two modules
         self._members_of: dict[str, Members | None] = {}  # a long data type's text -> its members
+        self._focus: dict[tuple[str, tuple[int, ...], int], str] = {}  # _focused's answers
+        self._fields_of: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {}  # a struct's text -> field_types
         # path -> (its summary, its module, _entries of the two): an update reads a file's old entries
         self._entry_sets: dict[str, tuple[FileSymbols, Mod, set[tuple]]] = {}
 
@@ -1425,12 +1468,18 @@ class RustIndex(MemoReferences):
                 r.text = self._focused(ref, r.text, words)
         if not related:
             return out
-        # methods called on the types the unit names (as `impl Type { fn sig; }`); impl blocks of
-        # those types for calls that match no single method (a method of several impls)
+        # methods called on the types the unit names (as `impl Type { fn sig; }`), and on the
+        # types of the fields of `Self` it uses (`self.store.get()`); impl blocks of those
+        # types for calls that match no single method (a method of several impls)
         calls = set(_METHOD_CALL.findall(code))
         seen = set(direct)
         if calls:
-            for ref in list(direct):
+            owners = list(direct)
+            if self_type and "self" in code:
+                fields = set(_SELF_FIELD.findall(code))
+                if fields:
+                    owners += [r for r in self._field_types(mod, self_type, fields) if r not in direct]
+            for ref in dict.fromkeys(owners):
                 d = self.definition(ref)
                 if d.kind not in TYPE_KINDS:
                     continue
@@ -1454,6 +1503,29 @@ class RustIndex(MemoReferences):
                     out.append(self._reference(r2, count, "related", why, mod))
         return out
 
+    def _field_types(self, mod: Mod, type_name: str, fields: set[str]) -> list[DefRef]:
+        """The definitions of the types named in the declared types of ``fields`` of the
+        struct ``type_name`` means in ``mod`` (``Arc<RwLock<Store>>``: ``Store``, and
+        ``Arc`` if the repository defines one)."""
+        out: list[DefRef] = []
+        for kind, ref in self.resolve(mod, (type_name,)):
+            if kind != "def":
+                continue
+            d = self.definition(ref)
+            if d.kind not in ("struct", "union"):
+                continue
+            text = d.full or d.text
+            declared = self._fields_of.get(text)
+            if declared is None:
+                if len(self._fields_of) > 4096:
+                    self._fields_of.clear()
+                declared = self._fields_of[text] = field_types(text)
+            dmod = self.file_mod.get(ref[0], ("",)) + d.scope
+            for name in fields:
+                for segs in declared.get(name, ()):
+                    out += [r for k, r in self.resolve(dmod, segs) if k == "def" and self.definition(r).kind in TYPE_KINDS]
+        return out
+
     def _focused(self, ref: DefRef, text: str, words: set[str]) -> str:
         """A long data type's ``text`` (its leading members) showing first the members named
         in ``words`` (a unit's code: `self.field`, `Enum::Variant`, a struct literal), in no
@@ -1466,10 +1538,17 @@ class RustIndex(MemoReferences):
             parts = self._members_of[d.full] = split_members(d.full)
         if parts is None:
             return text
-        wanted = [k for k, name in enumerate(parts.names) if name in words]
+        wanted = tuple(k for k, name in enumerate(parts.names) if name in words)
         if not wanted:
             return text
-        return select_members(parts, "variants" if d.kind == "enum" else "fields", len(text), wanted) or text
+        key = (d.full, wanted, len(text))  # methods of one type name the same fields, commit after commit
+        hit = self._focus.get(key)
+        if hit is None:
+            if len(self._focus) > 4096:
+                self._focus.clear()
+            hit = self._focus[key] = select_members(parts, "variants" if d.kind == "enum" else "fields",
+                                                    len(text), wanted) or text
+        return hit
 
     def _related(self, ref: DefRef) -> list[tuple[DefRef, int, str]]:
         """Definitions of the types named in one definition's skeleton (cached with lookups)."""
@@ -1480,7 +1559,9 @@ class RustIndex(MemoReferences):
         kept = per_file.get(ref[1])
         hit = kept[1] if kept is not None and kept[0] == stamp else None
         if hit is None:
-            names = Counter(m.group(1) for m in _PATH.finditer(_DECLARED.sub(r"\1", _STRIP.sub(" ", d.text)))
+            # a data type cut to its leading fields: from its signature, as before it showed any
+            # (the types of the fields a unit uses come with their methods, see _field_types)
+            names = Counter(m.group(1) for m in _PATH.finditer(_DECLARED.sub(r"\1", _STRIP.sub(" ", d.short or d.text)))
                             if m.group(1)[:1].isupper() and m.group(1) != d.name)
             hit = []
             frame: set[tuple] = set()

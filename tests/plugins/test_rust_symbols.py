@@ -485,6 +485,33 @@ def test_a_long_data_type_shows_the_fields_and_variants_a_unit_names():
     assert "    Mode33(u32),\n    // … 6 more variants\n}" in pick["Mode"] and "pub field_39: Vec<u8>,\n}" in pick["Engine"]
 
 
+def test_methods_called_on_fields_of_self_are_found_through_the_fields_declared_types():
+    lang = RustLanguage()
+    tree = {
+        "src/lib.rs": "pub mod store;\npub mod engine;\n",
+        "src/store.rs": ("pub struct Store;\nimpl Store {\n    pub fn get(&self, k: u8) -> u8 { k }\n"
+                         "    pub fn len(&self) -> usize { 0 }\n}\n"
+                         "pub struct Log;\nimpl Log {\n    pub fn get(&self) -> u8 { 0 }\n}\n"),
+        "src/engine.rs": ("use std::sync::Arc;\nuse crate::store::{self, Log};\n"
+                          "pub struct Engine {\n    pub(crate) cache: Arc<store::Store>,\n    log: Log,\n    n: u8,\n}\n"
+                          "impl Engine {\n    pub fn step(&self) -> u8 { self.cache.get(self.n) }\n"
+                          "    pub fn size(&self) -> usize { self.n.len() }\n}\n"),
+    }
+    idx = RustIndex(rust_module_path)
+    idx.update({p: summarize(lang.parse(t.encode()), 1200, 0) for p, t in tree.items()}, {})
+    parsed = lang.parse(tree["src/engine.rs"].encode())
+
+    def methods(name: str) -> list[tuple[str, str]]:
+        u = next(u for u in parsed.units if u.name == name)
+        q = UnitQuery(path="src/engine.rs", lang="rust", code=u.text, header=u.header, qualname=u.local_qualname,
+                      local_qualname=u.local_qualname, parsed=parsed, lines=(u.start_line, u.end_line))
+        return [(r.qualname, r.why) for r in idx.references(q) if r.tier == "method"]
+
+    # `self.cache` is an Arc<store::Store>: Store::get, not Log::get (a field the unit does not use)
+    assert methods("step") == [("store::Store::get", ".get()")]
+    assert methods("size") == []  # `self.n` is a u8: its `len` is nobody's in the repository
+
+
 TWINS = """#[cfg(feature = "std")]
 fn seq_impl(n: u8) -> u8 {
     helper(n) + seq_impl(n - 1)
