@@ -8,8 +8,15 @@ import pytest
 
 from core.context import UnitQuery
 from plugins.rust import RustLanguage, rust_module_path
-from plugins.rust_symbols import (RustIndex, parse_cargo, parse_use, render, select_members, split_members,
-                                  summarize)
+from plugins.rust_symbols import (
+    RustIndex,
+    parse_cargo,
+    parse_use,
+    render,
+    select_members,
+    split_members,
+    summarize,
+)
 
 
 @pytest.mark.parametrize("text, expected", [
