@@ -109,30 +109,24 @@ def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[
     (it runs for every unit change: each score is computed once).
 
     A reference with a ``short`` form (a long data type cut to its leading fields) is
-    packed by that form first, so that it takes no more room than its signature from the
-    references ranked after it; its full text replaces it if the room left holds the
-    difference: for a direct reference once every direct reference is packed, before
-    any other tier; for the others once everything is. Which references are packed is
-    thus what packing their short forms alone gives (recall does not depend on fields).
+    packed by that form, so that it takes no more room than its signature from the
+    references ranked after it: the references packed are those their short forms alone
+    give (distinct definitions with the same short form are both kept). Then its full
+    text replaces the short form where the room left holds the difference: direct
+    references first, best first, then the others.
     """
     ranked = sorted([(-round(score(r), 3), r.path, r.qualname, i, r) for i, r in enumerate(refs)])
     order = [x[-1] for x in ranked]
     if not any(r.short for r in order):
         return [to_item(ranked[k][-1], -ranked[k][0]) for k in _fit(order, max_tokens, count)]
-    forms = [_Short(r.path, r.qualname, r.short) if r.short else r for r in order]
     packing = _Packing(max_tokens, count)
-    direct = [k for k, r in enumerate(order) if r.tier == "direct"]
-    others = [k for k, r in enumerate(order) if r.tier != "direct"]
-    full: set[int] = set()
-    for group in (direct, others):
-        chosen = packing.fit(forms, group)
-        for k in chosen:
-            r = order[k]
-            if r.short and packing.widen(r.path, r.short, r.text):
-                full.add(k)
-        packing.chosen += chosen
+    chosen = packing.fit([_Short(r.path, r.qualname, r.short, r.text) if r.short else r for r in order],
+                         range(len(order)))
+    wide = [k for k in chosen if order[k].short and order[k].tier == "direct"]
+    wide += [k for k in chosen if order[k].short and order[k].tier != "direct"]
+    full = {k for k in wide if packing.widen(order[k].path, order[k].short, order[k].text)}
     out = []
-    for k in sorted(packing.chosen):
+    for k in chosen:
         item = to_item(order[k], -ranked[k][0])
         if order[k].short and k not in full:
             item.text = order[k].short
@@ -142,15 +136,17 @@ def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[
 
 @dataclass(slots=True)
 class _Short:
-    """A reference by its short form, as packing reads it."""
+    """A reference by its short form, as packing reads it (``same``: its full text, what
+    tells it from another definition's)."""
 
     path: str
     qualname: str
     text: str
+    same: str
 
 
 class _Packing:
-    """The room left in a budget and what was packed, across passes over a ranking."""
+    """The room left in a budget, and what was packed, as items are packed and widened."""
 
     def __init__(self, max_tokens: int, count: Callable[[str], int]):
         self.left = max_tokens
@@ -158,7 +154,6 @@ class _Packing:
         self.per_token = count.chars_per_token if type(count) is CharCounter else None
         self.seen: set[tuple[str, str]] = set()
         self.texts: set[str] = set()
-        self.chosen: list[int] = []
 
     def cost(self, path: str, text: str) -> int:
         return _cost(path, text, self.count, self.per_token)
@@ -176,14 +171,14 @@ class _Packing:
                 break
             item = ranked[k]
             path, text = item.path, item.text
-            key = (path, item.qualname)
-            if key in seen or text in texts:
+            key, same = (path, item.qualname), item.same if type(item) is _Short else text
+            if key in seen or same in texts:
                 continue
             cost = math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
             if cost > left:
                 continue
             seen.add(key)
-            texts.add(text)
+            texts.add(same)
             left -= cost
             out.append(k)
         self.left = left

@@ -62,8 +62,10 @@ _TYPE_NAME = re.compile(r"([A-Za-z_]\w*)\s*$")
 # the name an item declares (`fn parse`, `struct Parser`): the first in a unit's code is its own
 _DECL_NAME = re.compile(r"(?<![\w*])(?:fn|struct|enum|union|trait|mod|static(?:\s+mut)?|macro_rules\s*!)\s+([A-Za-z_]\w*)")
 _WORD = re.compile(r"[A-Za-z_]\w*")
-_SELF_FIELD = re.compile(r"\bself\s*\.\s*([A-Za-z_]\w*)\b(?!\s*[(!])")  # `self.store`, not `self.get(`
-_FIELD = re.compile(r"\s*(?:pub\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)\s*:(?!:)(.*)", re.DOTALL)
+_ASSIGNED = re.compile(r"(?<![=!<>])=(?!=).*")  # from a lone `=` on (not `==`, `<=`, `>=`, `!=`)
+_SPACED_OPS = re.compile(r"\s(?:<<|>>|<=|>=|<|>)\s")  # rustfmt spaces operators, never generics' brackets
+_SELF_FIELD = re.compile(r"\bself\s*\.\s*(?:r#)?([A-Za-z_]\w*)\b(?!\s*[(!])")  # `self.store`, not `self.get(`
+_FIELD = re.compile(r"\s*(?:pub\b\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)\s*:(?!:)(.*)", re.DOTALL)
 _PATH_STARTS = frozenset({"crate", "self", "super", "Self"})
 _USE_STARTS = frozenset({"crate", "self", "super"})  # `use` paths that start alike in every edition
 _STD_CRATES = frozenset({"std", "core", "alloc"})
@@ -262,7 +264,7 @@ class Members(NamedTuple):
     indent: str
 
 
-_MEMBER_NAME = re.compile(r"(?:pub\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)")
+_MEMBER_NAME = re.compile(r"(?:pub\b\s*(?:\([^)]*\)\s*)?)?(?:r#)?([A-Za-z_]\w*)")
 
 
 def split_members(text: str) -> Members | None:
@@ -281,8 +283,8 @@ def split_members(text: str) -> Members | None:
         if depth <= 0 and code[k].endswith(","):
             texts.append("\n".join(lines[start:k + 1]))
             start, depth = k + 1, 0
-    if start < len(lines) - 1:
-        texts.append("\n".join(lines[start:-1]))  # the last one, without its comma
+    if start < len(lines) - 1 and any(code[start:-1]):
+        texts.append("\n".join(lines[start:-1]))  # the last one, without its comma (blank lines: none)
     names = []
     for member in texts:
         m = _MEMBER_NAME.match(member.lstrip())
@@ -369,8 +371,9 @@ def field_types(text: str) -> dict[str, tuple[tuple[str, ...], ...]]:
 
 def _bracket_change(code: str) -> int:
     """Brackets a line of code opens minus those it closes (``<>`` of generics too, not the
-    ``>`` of ``->`` or ``=>``)."""
-    code = code.replace("->", "").replace("=>", "")
+    ``>`` of ``->`` or ``=>``, nor shifts and comparisons between spaces, ``[u8; 1 << 4]``,
+    nor what follows a discriminant's or a default's ``=``: ``Flag = 1<<3``)."""
+    code = _SPACED_OPS.sub(" ", _ASSIGNED.sub("", code.replace("->", "").replace("=>", "")))
     return (code.count("(") + code.count("[") + code.count("{") + code.count("<")
             - code.count(")") - code.count("]") - code.count("}") - code.count(">"))
 
@@ -1519,7 +1522,7 @@ class RustIndex(MemoReferences):
             if declared is None:
                 if len(self._fields_of) > 4096:
                     self._fields_of.clear()
-                declared = self._fields_of[text] = field_types(text)
+                declared = self._fields_of[text] = field_types(text if d.full else _without_docs(text))
             dmod = self.file_mod.get(ref[0], ("",)) + d.scope
             for name in fields:
                 for segs in declared.get(name, ()):

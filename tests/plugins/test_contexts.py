@@ -216,6 +216,17 @@ def test_a_long_data_type_shows_its_fields_only_in_the_room_the_references_after
     room_for_b_only = shorts + cost["b.rs"][0] - cost["b.rs"][1]
     assert room_for_b_only < shorts + cost["a.rs"][0] - cost["a.rs"][1]
     assert packed(room_for_b_only) == [("a.rs", big.short), ("b.rs", big2.text), ("c.rs", small.text)]
+    # tiers interleave by score: a method reference ranked between two direct ones is packed
+    # as it would be by short forms alone, and widening never pushes it out
+    method = Reference("m.rs", "m::M::go", "method", "impl M {\n    fn go(&self);\n}", 20, 0, "method", ".go()", "go")
+    low = ref("d.rs", "pub struct D {\n    x: u32,\n    y: u32,\n}")
+    low.distance = 10
+    room = cost["a.rs"][1] + len("m.rs") + 1 + len(method.text) + 1
+    assert [(i.path, i.text) for i in pack_references([low, method, big], room, count)] == [
+        ("a.rs", big.short), ("m.rs", method.text)]
+    # two definitions whose short forms are the same are both kept
+    twin = ref("z.rs", big.text.replace("z: u16", "w: u16"), big.short, count=3)
+    assert [i.path for i in pack_references([big, twin], 1000, count)] == ["a.rs", "z.rs"]
     # without short forms, packing is greedy on the texts as before
     assert packed(cost["a.rs"][1]) == [("a.rs", big.short)]
     assert [i.text for i in pack_references([ref("a.rs", big.text), small], cost["c.rs"][0], count)] == [small.text]

@@ -10,6 +10,8 @@ from core.context import UnitQuery
 from plugins.rust import RustLanguage, rust_module_path
 from plugins.rust_symbols import (
     RustIndex,
+    _without_docs,
+    field_types,
     parse_cargo,
     parse_use,
     render,
@@ -492,6 +494,18 @@ def test_a_long_data_type_shows_the_fields_and_variants_a_unit_names():
     assert "    Mode33(u32),\n    // … 6 more variants\n}" in pick["Mode"] and "pub field_39: Vec<u8>,\n}" in pick["Engine"]
 
 
+def test_members_are_split_at_their_commas_whatever_their_names_types_and_discriminants():
+    fields = split_members("pub struct K {\n    pubkey: Key,\n    pub public_key: [u8; 1 << 4],\n"
+                           "    pub(crate) publisher: HashMap<K,\n        Vec<Vec<u8>>>,\n    r#type: T,\n\n}")
+    assert fields is not None and fields.names == ["pubkey", "public_key", "publisher", "type"]
+    flags = split_members("pub enum F {\n    Empty = 0,\n    A = 1 << 0,\n    B = 1<<1,\n    C = (1 < 2) as isize,\n"
+                          "    D { x: u8 },\n    E(Vec<u8>),\n}")
+    assert flags is not None and flags.names == ["Empty", "A", "B", "C", "D", "E"]
+    declared = field_types(_without_docs("pub struct S {\n    #[serde(default)]\n    cache: Arc<db::Store>,\n"
+                                         "    /// docs\n    pubkey: PubKey,\n    n: u8,\n}"))
+    assert declared == {"cache": (("Arc",), ("db", "Store")), "pubkey": (("PubKey",),), "n": ()}
+
+
 def test_methods_called_on_fields_of_self_are_found_through_the_fields_declared_types():
     lang = RustLanguage()
     tree = {
@@ -500,7 +514,8 @@ def test_methods_called_on_fields_of_self_are_found_through_the_fields_declared_
                          "    pub fn len(&self) -> usize { 0 }\n}\n"
                          "pub struct Log;\nimpl Log {\n    pub fn get(&self) -> u8 { 0 }\n}\n"),
         "src/engine.rs": ("use std::sync::Arc;\nuse crate::store::{self, Log};\n"
-                          "pub struct Engine {\n    pub(crate) cache: Arc<store::Store>,\n    log: Log,\n    n: u8,\n}\n"
+                          "pub struct Engine {\n    #[allow(dead_code)]\n    pub(crate) cache: Arc<store::Store>,\n    log: Log,\n"
+                          "    n: u8,\n}\n"
                           "impl Engine {\n    pub fn step(&self) -> u8 { self.cache.get(self.n) }\n"
                           "    pub fn size(&self) -> usize { self.n.len() }\n}\n"),
     }
