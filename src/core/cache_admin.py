@@ -6,14 +6,17 @@ format starts a new file and never reads the old one again, so old files stay on
 until removed. ``python -m core cache`` lists the entries of the cache directory as
 
 - ``current``: read by this version;
-- ``stale``: a store of another format, or the demo repository of another version;
+- ``stale``: a store of an older format, or the demo repository of an older version;
+- ``newer``: a store of a newer format (a newer commitforge shares the directory);
 - ``unfinished``: what an interrupted build of the demo repository left (``building``
   while under an hour old: a build may be running);
-- ``other``: anything commitforge did not make: never removed.
+- ``other``: anything else, such as another Python's unit cache (its marshal version is
+  in the name) or what commitforge did not make.
 
 ``python -m core cache prune`` removes the stale and unfinished entries; ``--all``
-removes every entry commitforge made, current ones included (not while a run is using
-the cache). Kept outputs (``stages-f*-outputs/``, ``lines-f*/``) are hard links to
+removes the current ones too (refused while a run holds one of the cache's locks, or
+when the directory holds no commitforge store). Newer and other entries are never
+removed. Kept outputs (``stages-f*-outputs/``, ``lines-f*/``) are hard links to
 files of run directories: removing them frees their space only when those runs' files
 are gone too, so sizes count such files apart, as ``linked``.
 """
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +36,8 @@ from pathlib import Path
 from core.errors import CommitforgeError
 
 TOKENIZERS_DIR = "tokenizers"  # trained tokenizers (the bpe plugin), by corpus and settings
-# the stores and folders of any version: what the name of a commitforge cache entry looks like
-_FAMILY = re.compile(r"(?:units|summaries|stages|build|examples|lines)-f\d+(?:[-.].*)?|demo-v\d+")
+# the stores and folders of any version: family, format (or demo version), the rest of the name
+_VERSIONED = re.compile(r"(units|summaries|stages|build|examples|lines)-f(\d+)([-.].*)?|(demo)-v(\d+)")
 _UNFINISHED = re.compile(r"\.demo-v\d+\.tmp-.*")  # see core.demo.demo_repo_path
 _SQLITE_SIDE = ("-wal", "-shm", "-journal")  # files SQLite keeps next to a database
 UNFINISHED_AGE_S = 3600  # a demo build younger than this may still be running
@@ -41,7 +46,7 @@ UNFINISHED_AGE_S = 3600  # a demo build younger than this may still be running
 @dataclass
 class Entry:
     name: str  # the database, folder or file (a database's -wal and -shm files with it)
-    status: str  # current | stale | unfinished | other
+    status: str  # current | stale | newer | unfinished | building | other
     paths: list[Path]
     size: int  # bytes on disk of files only this entry holds
     linked: int  # bytes of files also linked from elsewhere (a run directory's output)
@@ -63,6 +68,11 @@ def scan(root: Path, sized: bool = True) -> list[Entry]:
     """The entries of cache directory ``root``, by name (``sized``: with their sizes on
     disk, else sizes of 0)."""
     current = current_names()
+    formats = {}  # family -> its current format
+    for name in current:
+        m = _VERSIONED.fullmatch(name)
+        if m is not None:
+            formats[m.group(1) or m.group(4)] = int(m.group(2) or m.group(5))
     groups: dict[str, list[Path]] = {}
     with os.scandir(root) as it:
         for item in it:
@@ -74,10 +84,13 @@ def scan(root: Path, sized: bool = True) -> list[Entry]:
     now = time.time()
     out = []
     for name, paths in sorted(groups.items()):
+        versioned = _VERSIONED.fullmatch(name)
         if name in current:
             status = "current"
-        elif _FAMILY.fullmatch(name):
-            status = "stale"
+        elif versioned is not None:
+            family, number = versioned.group(1) or versioned.group(4), int(versioned.group(2) or versioned.group(5))
+            now_at = formats.get(family, number + 1)  # a store no version reads any more: older
+            status = "stale" if number < now_at else "newer" if number > now_at else "other"
         elif _UNFINISHED.fullmatch(name):
             status = "unfinished" if all(now - _mtime(p) > UNFINISHED_AGE_S for p in paths) else "building"
         else:
@@ -118,22 +131,63 @@ def _disk_usage(paths: list[Path]) -> tuple[int, int]:
     return own, linked
 
 
-def remove(entry: Entry) -> None:
+def remove(entry: Entry) -> list[str]:
+    """Remove an entry's files; what could not be removed, with why."""
+    failed: list[str] = []
+
+    def note(_fn, path, exc) -> None:
+        failed.append(f"{path}: {exc[1].strerror if isinstance(exc[1], OSError) else exc[1]}")
+
     for path in entry.paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, onerror=note)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror or exc}")
+    return failed
 
 
-def prune(root: Path, everything: bool = False) -> list[Entry]:
-    """Remove the stale and unfinished entries of ``root`` (``everything``: every entry
-    commitforge made); the entries removed."""
+def prune(root: Path, everything: bool = False) -> tuple[list[Entry], list[str]]:
+    """Remove the stale and unfinished entries of ``root`` (``everything``: the current ones
+    too); the entries removed, and what could not be removed, with why."""
+    entries = scan(root)
+    if everything:
+        if not any(e.status in ("current", "stale") and _VERSIONED.fullmatch(e.name) for e in entries):
+            raise CommitforgeError(f"cache_dir={root} holds no commitforge store; prune --all removes only a "
+                                   "commitforge cache: check the directory")
+        busy = _held_lock(root)
+        if busy is not None:
+            raise CommitforgeError(f"a run is using the cache (it holds {busy}); run prune --all when no run is going")
     statuses = {"stale", "unfinished"} | ({"current"} if everything else set())
-    gone = [e for e in scan(root) if e.status in statuses]
-    for entry in gone:
-        remove(entry)
-    return gone
+    gone, failed = [], []
+    for entry in entries:
+        if entry.status in statuses:
+            errors = remove(entry)
+            (failed.extend(errors) if errors else gone.append(entry))
+    return gone, failed
+
+
+def _held_lock(root: Path) -> Path | None:
+    """A lock file of the cache (core.stage_cache) that a process holds, or None."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: nothing to check
+        return None
+    from core.stage_cache import LOCKS_DIR
+
+    for path in sorted((root / LOCKS_DIR).glob("*.lock")):
+        try:
+            with open(path, "a+b") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return path
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except OSError:
+            continue
+    return None
 
 
 def stale_hint(root: Path) -> str | None:
@@ -147,7 +201,7 @@ def stale_hint(root: Path) -> str | None:
         return None
     names = ", ".join(e.name for e in stale[:3]) + (", …" if len(stale) > 3 else "")
     return (f"  cache: {human(size)} in {entries(len(stale))} of older formats ({names}); "
-            f"`python -m core cache prune cache_dir={root}` removes them")
+            f"`python -m core cache prune cache_dir={shlex.quote(str(root))}` removes them")
 
 
 def entries(n: int) -> str:
@@ -167,11 +221,11 @@ def human(n: int) -> str:
 
 USAGE = """usage: python -m core cache [prune [--all]] [cache_dir=DIR]
 
-  (no action)   list the entries of the cache directory: current, stale (a format this
-                version never reads), unfinished, other (not commitforge's)
+  (no action)   list the entries of the cache directory: current, stale (an older format,
+                never read again), newer, unfinished, building, other
   prune         remove the stale and unfinished entries
-  prune --all   remove every entry commitforge made, current ones too (not while a run
-                is using the cache)
+  prune --all   remove the current entries too (refused while a run holds a lock of the
+                cache, or in a directory without a commitforge store)
   cache_dir=DIR the cache directory; default: the runs' (cache_dir in conf/config.yaml:
                 $COMMITFORGE_CACHE, else ~/.cache/commitforge)"""
 
@@ -203,16 +257,21 @@ def main(args: list[str]) -> int:
         else:
             raise CommitforgeError(f"cache: unexpected argument {arg!r}; see python -m core cache --help")
     root = Path(os.path.expanduser(cache_dir if cache_dir else _default_cache_dir()))
+    if cache_dir is None and not root.exists():
+        print(f"cache directory: {root} does not exist yet: no run has cached anything")
+        return 0
     if not root.is_dir():
         raise CommitforgeError(f"cache_dir={root} is not a directory; give the cache directory of your runs "
                                "(cache_dir=DIR or COMMITFORGE_CACHE)")
     if action == "prune":
-        gone = prune(root, everything)
+        gone, failed = prune(root, everything)
         for e in gone:
             print(f"removed {e.name} ({human(e.size)}" + (f", {human(e.linked)} still linked from run directories"
                                                           if e.linked else "") + ")")
         print(f"commitforge: removed {entries(len(gone))}, {human(sum(e.size for e in gone))} freed, from {root}")
-        return 0
+        for why in failed:
+            print(f"commitforge: error: could not remove {why}", file=sys.stderr)
+        return 1 if failed else 0
     listed = scan(root)
     print(f"cache directory: {root}")
     width = max([len(e.name) for e in listed] + [5])
@@ -224,6 +283,6 @@ def main(args: list[str]) -> int:
     line = f"{entries(len(listed))}, {human(total)}"
     if stale:
         line += (f"; {len(stale)} stale or unfinished ({human(sum(e.size for e in stale))}): "
-                 f"python -m core cache prune cache_dir={root} removes them")
+                 f"python -m core cache prune cache_dir={shlex.quote(str(root))} removes them")
     print(line)
     return 0

@@ -120,7 +120,7 @@ def size_native_pool(workers: Any) -> None:
     """Let the tokenizers library's thread pool (BPE training, batch encoding) use as many
     threads as ``executor.workers`` allows cores: ``RAYON_NUM_THREADS``, unless the user
     set it. The pool is made when first used, so the first run of a process sizes it."""
-    if not isinstance(workers, int) or workers < 1:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         return  # null: one worker per core, as the pool has by default
     current = os.environ.get("RAYON_NUM_THREADS")
     if current is None or _POOL_SIZED[-1:] == [current]:

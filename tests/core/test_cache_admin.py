@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import marshal
 import os
 import subprocess
 import sys
@@ -11,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from core import cache_admin
-from core.blob_cache import UNITS_FILE
+from core.blob_cache import CACHE_FORMAT, UNITS_FILE
 from core.demo import DEMO_DIR
 from core.errors import CommitforgeError
-from core.stage_cache import STAGES_FILE
+from core.stage_cache import STAGE_CACHE_FORMAT, STAGES_FILE
 
 from ..conftest import ScriptedRepo, run_pipeline
 
@@ -72,7 +74,13 @@ def cache(tmp_path) -> Path:
     _touch(root / ".demo-v1.tmp-new" / "HEAD")
     _touch(root / "notes.txt")
     _touch(root / "stagesf1.sqlite")  # not a name of any store
+    # a newer commitforge's store, another Python's unit cache (another marshal version)
+    _touch(root / f"stages-f{STAGE_CACHE_FORMAT + 1}.sqlite")
+    _touch(root / OTHER_UNITS)
     return root
+
+
+OTHER_UNITS = f"units-f{CACHE_FORMAT}-m{marshal.version + 1}.sqlite"
 
 
 def test_entries_are_classified_by_name_with_sqlite_side_files_and_links_apart(cache):
@@ -81,7 +89,8 @@ def test_entries_are_classified_by_name_with_sqlite_side_files_and_links_apart(c
         UNITS_FILE: "current", STAGES_FILE: "current", "tokenizers": "current",
         "stages-f1.sqlite": "stale", "stages-f1-outputs": "stale", "units-f3": "stale", "examples-f1.sqlite": "stale",
         "demo-v0": "stale", ".demo-v1.tmp-old": "unfinished", ".demo-v1.tmp-new": "building",
-        "notes.txt": "other", "stagesf1.sqlite": "other"}
+        "notes.txt": "other", "stagesf1.sqlite": "other",
+        f"stages-f{STAGE_CACHE_FORMAT + 1}.sqlite": "newer", OTHER_UNITS: "other"}
     assert [p.name for p in entries[UNITS_FILE].paths] == [UNITS_FILE, f"{UNITS_FILE}-wal"]
     assert [p.name for p in entries["stages-f1.sqlite"].paths] == ["stages-f1.sqlite", "stages-f1.sqlite-shm"]
     assert entries[UNITS_FILE].size >= 2 * 5000 and entries[UNITS_FILE].linked == 0
@@ -90,15 +99,28 @@ def test_entries_are_classified_by_name_with_sqlite_side_files_and_links_apart(c
 
 
 def test_prune_removes_stale_and_unfinished_entries_and_all_removes_ours_only(cache, tmp_path):
-    gone = cache_admin.prune(cache)
-    assert sorted(e.name for e in gone) == [".demo-v1.tmp-old", "demo-v0", "examples-f1.sqlite", "stages-f1-outputs",
-                                            "stages-f1.sqlite", "units-f3"]
+    gone, failed = cache_admin.prune(cache)
+    assert failed == [] and sorted(e.name for e in gone) == [
+        ".demo-v1.tmp-old", "demo-v0", "examples-f1.sqlite", "stages-f1-outputs", "stages-f1.sqlite", "units-f3"]
+    kept = [".demo-v1.tmp-new", "notes.txt", "stagesf1.sqlite", f"stages-f{STAGE_CACHE_FORMAT + 1}.sqlite", OTHER_UNITS]
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        [".demo-v1.tmp-new", "notes.txt", "stagesf1.sqlite", STAGES_FILE, "tokenizers", UNITS_FILE, f"{UNITS_FILE}-wal"])
+        [*kept, STAGES_FILE, "tokenizers", UNITS_FILE, f"{UNITS_FILE}-wal"])
     assert (tmp_path / "run" / "chunks.jsonl").read_bytes() == b"rows\n" * 2000  # the run's link is untouched
-    assert cache_admin.prune(cache) == []
+    assert cache_admin.prune(cache) == ([], [])
+    with open(_touch(cache / "locks" / "chunk-1.lock"), "a+b") as held:  # a run computing chunks holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(CommitforgeError, match=r"a run is using the cache \(it holds .*chunk-1.lock\)"):
+            cache_admin.prune(cache, everything=True)
     cache_admin.prune(cache, everything=True)
-    assert sorted(p.name for p in cache.iterdir()) == [".demo-v1.tmp-new", "notes.txt", "stagesf1.sqlite"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(kept)
+
+
+def test_prune_all_refuses_a_directory_without_a_commitforge_store(tmp_path):
+    _touch(tmp_path / "tokenizers" / "mine.json")  # names commitforge also uses, in someone else's directory
+    _touch(tmp_path / "locks" / "x.lock")
+    with pytest.raises(CommitforgeError, match="holds no commitforge store"):
+        cache_admin.prune(tmp_path, everything=True)
+    assert (tmp_path / "tokenizers" / "mine.json").exists()
 
 
 def test_the_cache_command_lists_prunes_and_refuses_bad_arguments(cache, tmp_path):
@@ -111,7 +133,7 @@ def test_the_cache_command_lists_prunes_and_refuses_bad_arguments(cache, tmp_pat
     lines = listing.stdout.splitlines()
     assert lines[0] == f"cache directory: {cache}"
     assert any(line.split()[:2] == ["stages-f1.sqlite", "stale"] for line in lines)
-    assert lines[-1].startswith("12 entries") and f"prune cache_dir={cache} removes them" in lines[-1]
+    assert lines[-1].startswith("14 entries") and f"prune cache_dir={cache} removes them" in lines[-1]
     other = tmp_path / "other-cache"
     _touch(other / "build-f1.sqlite")
     pruned = cli("prune", f"cache_dir={other}")  # the argument wins over COMMITFORGE_CACHE
