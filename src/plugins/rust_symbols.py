@@ -1476,13 +1476,12 @@ class RustIndex(MemoReferences):
         # types for calls that match no single method (a method of several impls)
         calls = set(_METHOD_CALL.findall(code))
         seen = set(direct)
+        typed: list[tuple[DefRef, str]] = []  # the types declared by the fields of `Self` the unit uses
+        fields: Counter[str] = Counter(_SELF_FIELD.findall(code)) if self_type and "self" in code else Counter()
+        if fields:
+            typed = [(r, name) for r, name in self._field_types(mod, self_type, fields) if r not in direct]
         if calls:
-            owners = list(direct)
-            if self_type and "self" in code:
-                fields = set(_SELF_FIELD.findall(code))
-                if fields:
-                    owners += [r for r in self._field_types(mod, self_type, fields) if r not in direct]
-            for ref in dict.fromkeys(owners):
+            for ref in dict.fromkeys([*direct, *(r for r, _ in typed)]):
                 d = self.definition(ref)
                 if d.kind not in TYPE_KINDS:
                     continue
@@ -1498,7 +1497,12 @@ class RustIndex(MemoReferences):
                             m in seen for c in calls.intersection(md.members) for m in methods.get(c, ())):
                         seen.add(member)
                         out.append(self._reference(member, 1, "impl", f"impl of {d.name}", mod))
-        # types named in the signatures and fields of what the unit names
+        # the types of the fields of `Self` it uses (`self.config.limit`: the Config), as often
+        # as it uses them; types named in the signatures and fields of what the unit names
+        for r2, name in typed:
+            if r2 not in seen and not self._is_self(r2, q):
+                seen.add(r2)
+                out.append(self._reference(r2, fields[name], "related", f"type of self.{name}", mod))
         for ref in list(direct)[:16]:
             for r2, count, why in self._related(ref):
                 if r2 not in seen and not self._is_self(r2, q):
@@ -1506,11 +1510,11 @@ class RustIndex(MemoReferences):
                     out.append(self._reference(r2, count, "related", why, mod))
         return out
 
-    def _field_types(self, mod: Mod, type_name: str, fields: set[str]) -> list[DefRef]:
+    def _field_types(self, mod: Mod, type_name: str, fields: Iterable[str]) -> list[tuple[DefRef, str]]:
         """The definitions of the types named in the declared types of ``fields`` of the
         struct ``type_name`` means in ``mod`` (``Arc<RwLock<Store>>``: ``Store``, and
-        ``Arc`` if the repository defines one)."""
-        out: list[DefRef] = []
+        ``Arc`` if the repository defines one), each with its field."""
+        out: list[tuple[DefRef, str]] = []
         for kind, ref in self.resolve(mod, (type_name,)):
             if kind != "def":
                 continue
@@ -1526,7 +1530,8 @@ class RustIndex(MemoReferences):
             dmod = self.file_mod.get(ref[0], ("",)) + d.scope
             for name in fields:
                 for segs in declared.get(name, ()):
-                    out += [r for k, r in self.resolve(dmod, segs) if k == "def" and self.definition(r).kind in TYPE_KINDS]
+                    out += [(r, name) for k, r in self.resolve(dmod, segs)
+                            if k == "def" and self.definition(r).kind in TYPE_KINDS]
         return out
 
     def _focused(self, ref: DefRef, text: str, words: set[str]) -> str:

@@ -523,15 +523,24 @@ def test_methods_called_on_fields_of_self_are_found_through_the_fields_declared_
     idx.update({p: summarize(lang.parse(t.encode()), 1200, 0) for p, t in tree.items()}, {})
     parsed = lang.parse(tree["src/engine.rs"].encode())
 
-    def methods(name: str) -> list[tuple[str, str]]:
+    def refs(name: str) -> list:
         u = next(u for u in parsed.units if u.name == name)
         q = UnitQuery(path="src/engine.rs", lang="rust", code=u.text, header=u.header, qualname=u.local_qualname,
                       local_qualname=u.local_qualname, parsed=parsed, lines=(u.start_line, u.end_line))
-        return [(r.qualname, r.why) for r in idx.references(q) if r.tier == "method"]
+        return idx.references(q)
+
+    def methods(name: str) -> list[tuple[str, str]]:
+        return [(r.qualname, r.why) for r in refs(name) if r.tier == "method"]
+
+    def related(name: str) -> list[tuple[str, str, int]]:
+        return [(r.qualname, r.why, r.count) for r in refs(name) if r.tier == "related"]
 
     # `self.cache` is an Arc<store::Store>: Store::get, not Log::get (a field the unit does not use)
     assert methods("step") == [("store::Store::get", ".get()")]
     assert methods("size") == []  # `self.n` is a u8: its `len` is nobody's in the repository
+    # the field's type itself, and (as for any unit of the impl) the types Engine's fields name
+    assert related("step") == [("store::Store", "type of self.cache", 1), ("store::Log", "in Engine", 1)]
+    assert related("size") == [("store::Log", "in Engine", 1)]  # `store::Store` is no capitalized name there
 
 
 TWINS = """#[cfg(feature = "std")]
