@@ -1570,7 +1570,7 @@ class RustIndex(MemoReferences):
             # a data type cut to its leading fields: from its signature, as before it showed any
             # (the types of the fields a unit uses come with their methods, see _field_types)
             names = Counter(m.group(1) for m in _PATH.finditer(_DECLARED.sub(r"\1", _STRIP.sub(" ", d.short or d.text)))
-                            if m.group(1)[:1].isupper() and m.group(1) != d.name)
+                            if m.group(1).rpartition(":")[2].strip()[:1].isupper() and m.group(1) != d.name)
             hit = []
             frame: set[tuple] = set()
             unfinished: set = set()

@@ -494,6 +494,22 @@ def test_a_long_data_type_shows_the_fields_and_variants_a_unit_names():
     assert "    Mode33(u32),\n    // … 6 more variants\n}" in pick["Mode"] and "pub field_39: Vec<u8>,\n}" in pick["Engine"]
 
 
+def test_related_types_include_those_named_by_qualified_paths():
+    lang = RustLanguage()
+    tree = {"src/lib.rs": "pub mod ids;\npub type Id = crate::ids::Hash;\npub type Res<T> = std::result::Result<T, ids::Oops>;\n"
+                          "pub fn find(x: Id) -> Res<u8> { todo!() }\n",
+            "src/ids.rs": "pub struct Hash([u8; 32]);\npub struct Oops;\n"}
+    idx = RustIndex(rust_module_path)
+    idx.update({p: summarize(lang.parse(t.encode()), 1200, 0) for p, t in tree.items()}, {})
+    parsed = lang.parse(tree["src/lib.rs"].encode())
+    u = next(u for u in parsed.units if u.name == "find")
+    q = UnitQuery(path="src/lib.rs", lang="rust", code=u.text, header=None, qualname="find", local_qualname="find",
+                  parsed=parsed, lines=(u.start_line, u.end_line))
+    assert sorted((r.qualname, r.tier, r.why) for r in idx.references(q)) == [
+        ("Id", "direct", "Id"), ("Res", "direct", "Res"), ("ids::Hash", "related", "in Id"),
+        ("ids::Oops", "related", "in Res")]
+
+
 def test_members_are_split_at_their_commas_whatever_their_names_types_and_discriminants():
     fields = split_members("pub struct K {\n    pubkey: Key,\n    pub public_key: [u8; 1 << 4],\n"
                            "    pub(crate) publisher: HashMap<K,\n        Vec<Vec<u8>>>,\n    r#type: T,\n\n}")
