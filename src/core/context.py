@@ -17,7 +17,7 @@ them whose definition (same path and qualified name) is among the unit's context
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,11 +97,24 @@ class CharCounter:
         return math.ceil(len(text) / self.chars_per_token)
 
 
-def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:
+def pack(candidates: Iterable[ContextItem], max_tokens: int, count: Callable[[str], int],
+         longer: Mapping[int, str] | None = None) -> list[ContextItem]:
     """Best-scored items that fit ``max_tokens`` whole (an item that does not fit is
-    skipped, a smaller one after it may still fit); no path+qualname or text twice."""
+    skipped, a smaller one after it may still fit); no path+qualname or text twice.
+
+    ``longer``: by ``id`` of a candidate, a longer text for it (its ``text`` is then its
+    short form: a long data type's signature); once packing is done, best first, a packed
+    item takes its longer text where the room left holds the difference."""
     ranked = sorted(candidates, key=lambda c: (-c.score, c.path, c.qualname))
-    return [ranked[k] for k in _fit(ranked, max_tokens, count)]
+    if not longer:
+        return [ranked[k] for k in _fit(ranked, max_tokens, count)]
+    packing = _Packing(max_tokens, count)
+    chosen = [ranked[k] for k in packing.fit(ranked, range(len(ranked)))]
+    for item in chosen:
+        text = longer.get(id(item))
+        if text is not None and packing.widen(item.path, item.text, text):
+            item.text = text
+    return chosen
 
 
 def pack_references(refs: Iterable[Reference], max_tokens: int, count: Callable[[str], int]) -> list[ContextItem]:

@@ -211,6 +211,7 @@ class RepoMapContext(_Budgeted):
         # files, best-ranked first, up to a few times what the budget can hold
         filler = 3 * self.cfg.max_tokens * self.cfg.chars_per_token
         candidates = []
+        longer: dict[int, str] = {}  # a long data type is packed by its signature, widened if room is left
         for path, rank in ranks:
             for ref in graph.definitions(snapshot, path):
                 mentions = named.get(ref.name, 0)
@@ -219,13 +220,16 @@ class RepoMapContext(_Budgeted):
                 # methods are shown by their impl or trait skeletons; never the unit itself
                 if ref.kind in ("mod", "method") or (path == query.path and _overlaps(ref, query)):
                     continue
+                text = ref.short or ref.text
                 if not mentions:
-                    filler -= len(ref.text)
-                candidates.append(ContextItem(
-                    path=ref.path, qualname=ref.qualname, kind=ref.kind, text=ref.text,
-                    score=round(1000.0 * rank * (1.0 + 4.0 * min(mentions, 5)), 4),
-                    why=f"repomap: rank {rank:.4f}" + (f", named {mentions}x" if mentions else "")))
-        return pack(candidates, self.cfg.max_tokens, self.count)
+                    filler -= len(text)
+                item = ContextItem(path=ref.path, qualname=ref.qualname, kind=ref.kind, text=text,
+                                   score=round(1000.0 * rank * (1.0 + 4.0 * min(mentions, 5)), 4),
+                                   why=f"repomap: rank {rank:.4f}" + (f", named {mentions}x" if mentions else ""))
+                if ref.short:
+                    longer[id(item)] = ref.text
+                candidates.append(item)
+        return pack(candidates, self.cfg.max_tokens, self.count, longer)
 
 
 def _overlaps(ref: Reference, query: UnitQuery) -> bool:

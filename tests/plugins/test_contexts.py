@@ -13,7 +13,8 @@ import pickle
 import pytest
 
 from core.chunking import reset_memory
-from core.context import CharCounter, Reference, UnitQuery, pack_references
+from core.context import CharCounter, Reference, UnitQuery, pack, pack_references
+from core.records import ContextItem
 from core.errors import CommitforgeError
 from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
                               SameFileContext, SameFileContextConfig)
@@ -230,6 +231,20 @@ def test_a_long_data_type_shows_its_fields_only_in_the_room_the_references_after
     # without short forms, packing is greedy on the texts as before
     assert packed(cost["a.rs"][1]) == [("a.rs", big.short)]
     assert [i.text for i in pack_references([ref("a.rs", big.text), small], cost["c.rs"][0], count)] == [small.text]
+
+
+def test_pack_gives_an_item_its_longer_text_only_in_the_room_left():
+    def item(path: str, text: str, score: float) -> ContextItem:
+        return ContextItem(path, path[0] + "::X", "struct", text, score, "repomap")
+
+    fields = "pub struct A {\n    x: u8,\n    // … 9 more fields\n}"
+    a, b = item("a.rs", "pub struct A { … }", 3.0), item("b.rs", "pub struct B;", 2.0)
+    count = CharCounter(1.0)
+    room = len("a.rs") + 1 + len(a.text) + len("b.rs") + 1 + len(b.text)
+    assert [i.text for i in pack([a, b], room, count, {id(a): fields})] == [a.text, b.text]  # b is not pushed out
+    a2, b2 = item("a.rs", "pub struct A { … }", 3.0), item("b.rs", "pub struct B;", 2.0)
+    wide = room + len(fields) - len(a2.text)
+    assert [i.text for i in pack([a2, b2], wide, count, {id(a2): fields})] == [fields, b2.text]
 
 
 def _query(src: str, path: str, name: str) -> UnitQuery:
