@@ -169,7 +169,10 @@ class _Packing:
         self.texts: set[str] = set()
 
     def cost(self, path: str, text: str) -> int:
-        return _cost(path, text, self.count, self.per_token)
+        """An item's tokens: its path line and text (from lengths for a ``CharCounter``)."""
+        if self.per_token:
+            return math.ceil((len(path) + 1 + len(text)) / self.per_token)
+        return self.count(f"{path}\n{text}")
 
     def fit(self, ranked: list, positions: Iterable[int]) -> list[int]:
         """Of ``positions`` in ``ranked`` (items or references: path, qualname, text), those
@@ -187,6 +190,7 @@ class _Packing:
             key, same = (path, item.qualname), item.same if type(item) is _Short else text
             if key in seen or same in texts:
                 continue
+            # self.cost, inline: this loop runs for every candidate of every unit change
             cost = math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
             if cost > left:
                 continue
@@ -205,11 +209,6 @@ class _Packing:
             return False
         self.left -= extra
         return True
-
-
-def _cost(path: str, text: str, count: Callable[[str], int], per_token: float | None) -> int:
-    """An item's tokens: its path line and text (from lengths for a ``CharCounter``)."""
-    return math.ceil((len(path) + 1 + len(text)) / per_token) if per_token else count(f"{path}\n{text}")
 
 
 def _fit(ranked: list, max_tokens: int, count: Callable[[str], int]) -> list[int]:

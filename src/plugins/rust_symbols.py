@@ -212,7 +212,8 @@ def render(kind: str, text: str, signature: str, header: str | None,
 
 def render_forms(kind: str, text: str, signature: str, header: str | None,
                  members: list[tuple[int, int, str]], max_item_chars: int, bodies: int) -> tuple[str, str]:
-    """A definition as a skeleton, and a shorter form of it or "".: fields, variants and signatures, no function bodies.
+    """A definition as a skeleton (fields, variants and signatures, no function bodies), and
+    a shorter form of it, or "" when it has none.
 
     ``members`` are the (start, end, signature) spans in ``text`` of an impl's or a
     trait's methods: each becomes its signature (required trait items, associated
