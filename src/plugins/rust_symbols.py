@@ -355,11 +355,10 @@ def _left_out(indent: str, n: int, noun: str) -> str:
     return f"{indent}// … {n} more {noun if n > 1 else noun[:-1]}"
 
 
-def field_types(text: str) -> dict[str, tuple[tuple[str, ...], ...]]:
-    """A struct's named fields -> the paths of the types their declared types name (as
-    segment tuples, capitalized last segment: ``Arc<RwLock<db::Store>>`` names ``Arc``,
-    ``RwLock`` and ``db::Store``)."""
-    parts = split_members(text)
+def field_types(parts: Members | None) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """A struct's named fields (its ``split_members``) -> the paths of the types their
+    declared types name (as segment tuples, capitalized last segment:
+    ``Arc<RwLock<db::Store>>`` names ``Arc``, ``RwLock`` and ``db::Store``)."""
     out: dict[str, tuple[tuple[str, ...], ...]] = {}
     for member in parts.texts if parts is not None else ():
         m = _FIELD.match(_STRIP.sub(" ", member))
@@ -368,6 +367,20 @@ def field_types(text: str) -> dict[str, tuple[tuple[str, ...], ...]]:
         paths = (tuple(s.strip() for s in p.split("::")) for p, _bang in _PATH.findall(m.group(2)))
         out[m.group(1)] = tuple(dict.fromkeys(p for p in paths if p[-1][:1].isupper()))
     return out
+
+
+_MISSING = object()
+
+
+def _kept(table: dict, key: Any, make: Callable[[], Any], bound: int = 4096) -> Any:
+    """``table[key]``, made by ``make`` the first time (None included); the table starts
+    over past ``bound`` entries."""
+    hit = table.get(key, _MISSING)
+    if hit is _MISSING:
+        if len(table) >= bound:
+            table.clear()
+        hit = table[key] = make()
+    return hit
 
 
 def _bracket_change(code: str) -> int:
@@ -854,9 +867,10 @@ class RustIndex(MemoReferences):
         self._frames: list[tuple[set, set]] = []
         self._busy: set[tuple[Mod, str]] = set()  # lookups being computed (a cycle of imports)
         self._distances: dict[tuple[Mod, Mod], int] = {}  # module distance of two modules
-        self._members_of: dict[str, Members | None] = {}  # a long data type's text -> its members
+        # by a data type's text (content: valid across commits), bounded by _kept
+        self._members_of: dict[str, Members | None] = {}  # -> its members (_split)
         self._focus: dict[tuple[str, tuple[int, ...], int], str] = {}  # _focused's answers
-        self._fields_of: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {}  # a struct's text -> field_types
+        self._fields_of: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {}  # -> field_types
         # path -> (its summary, its module, _entries of the two): an update reads a file's old entries
         self._entry_sets: dict[str, tuple[FileSymbols, Mod, set[tuple]]] = {}
 
@@ -1522,12 +1536,7 @@ class RustIndex(MemoReferences):
             d = self.definition(ref)
             if d.kind not in ("struct", "union"):
                 continue
-            text = d.full or d.text
-            declared = self._fields_of.get(text)
-            if declared is None:
-                if len(self._fields_of) > 4096:
-                    self._fields_of.clear()
-                declared = self._fields_of[text] = field_types(text if d.full else _without_docs(text))
+            declared = _kept(self._fields_of, d.full or d.text, lambda d=d: field_types(self._split(d)))
             dmod = self.file_mod.get(ref[0], ("",)) + d.scope
             for name in fields:
                 for segs in declared.get(name, ()):
@@ -1540,24 +1549,20 @@ class RustIndex(MemoReferences):
         in ``words`` (a unit's code: `self.field`, `Enum::Variant`, a struct literal), in no
         more characters."""
         d = self.definition(ref)
-        parts = self._members_of.get(d.full)
-        if parts is None:
-            if len(self._members_of) > 4096:
-                self._members_of.clear()
-            parts = self._members_of[d.full] = split_members(d.full)
+        parts = self._split(d)
         if parts is None:
             return text
         wanted = tuple(k for k, name in enumerate(parts.names) if name in words)
         if not wanted:
             return text
-        key = (d.full, wanted, len(text))  # methods of one type name the same fields, commit after commit
-        hit = self._focus.get(key)
-        if hit is None:
-            if len(self._focus) > 4096:
-                self._focus.clear()
-            hit = self._focus[key] = select_members(parts, "variants" if d.kind == "enum" else "fields",
-                                                    len(text), wanted) or text
-        return hit
+        # methods of one type name the same fields, commit after commit
+        return _kept(self._focus, (d.full, wanted, len(text)), lambda: select_members(
+            parts, "variants" if d.kind == "enum" else "fields", len(text), wanted) or text)
+
+    def _split(self, d: Def) -> Members | None:
+        """``split_members`` of a data type's text without docs (``full`` when it was cut),
+        kept by that text: ``_focused`` and ``_field_types`` read the same types."""
+        return _kept(self._members_of, d.full or d.text, lambda: split_members(d.full or _without_docs(d.text)))
 
     def _related(self, ref: DefRef) -> list[tuple[DefRef, int, str]]:
         """Definitions of the types named in one definition's skeleton (cached with lookups)."""

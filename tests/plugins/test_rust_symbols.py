@@ -517,8 +517,8 @@ def test_members_are_split_at_their_commas_whatever_their_names_types_and_discri
     flags = split_members("pub enum F {\n    Empty = 0,\n    A = 1 << 0,\n    B = 1<<1,\n    C = (1 < 2) as isize,\n"
                           "    D { x: u8 },\n    E(Vec<u8>),\n}")
     assert flags is not None and flags.names == ["Empty", "A", "B", "C", "D", "E"]
-    declared = field_types(_without_docs("pub struct S {\n    #[serde(default)]\n    cache: Arc<db::Store>,\n"
-                                         "    /// docs\n    pubkey: PubKey,\n    n: u8,\n}"))
+    declared = field_types(split_members(_without_docs("pub struct S {\n    #[serde(default)]\n    cache: Arc<db::Store>,\n"
+                                                       "    /// docs\n    pubkey: PubKey,\n    n: u8,\n}")))
     assert declared == {"cache": (("Arc",), ("db", "Store")), "pubkey": (("PubKey",),), "n": ()}
 
 
