@@ -157,7 +157,9 @@ def prune(root: Path, everything: bool = False) -> tuple[list[Entry], list[str]]
         if not any(e.status in ("current", "stale") and _VERSIONED.fullmatch(e.name) for e in entries):
             raise CommitforgeError(f"cache_dir={root} holds no commitforge store; prune --all removes only a "
                                    "commitforge cache: check the directory")
-        busy = _held_lock(root)
+        from core.stage_cache import StageCache
+
+        busy = StageCache(root).held_lock()
         if busy is not None:
             raise CommitforgeError(f"a run is using the cache (it holds {busy}); run prune --all when no run is going")
     statuses = {"stale", "unfinished"} | ({"current"} if everything else set())
@@ -167,27 +169,6 @@ def prune(root: Path, everything: bool = False) -> tuple[list[Entry], list[str]]
             errors = remove(entry)
             (failed.extend(errors) if errors else gone.append(entry))
     return gone, failed
-
-
-def _held_lock(root: Path) -> Path | None:
-    """A lock file of the cache (core.stage_cache) that a process holds, or None."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here: nothing to check
-        return None
-    from core.stage_cache import LOCKS_DIR
-
-    for path in sorted((root / LOCKS_DIR).glob("*.lock")):
-        try:
-            with open(path, "a+b") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return path
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        except OSError:
-            continue
-    return None
 
 
 def stale_hint(root: Path) -> str | None:

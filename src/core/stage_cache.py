@@ -111,6 +111,25 @@ class StageCache:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    def held_lock(self) -> Path | None:
+        """A lock file of ``claim`` that a process holds now (a run computing entries), or
+        None (``python -m core cache prune --all`` asks before removing the cache)."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here: nothing to check
+            return None
+        for path in sorted((self.path.parent / LOCKS_DIR).glob("*.lock")):
+            try:
+                with open(path, "a+b") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return path
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                continue
+        return None
+
     def _conn(self) -> sqlite3.Connection:
         try:
             return connection(self.path, [
