@@ -241,9 +241,13 @@ class _Graph:
     """The file reference graph of a snapshot, kept up to date file by file, and
     personalised PageRank on it.
 
-    A file points at the files defining the names it uses (weight: the square root of
-    how often it uses each). When files change, only their own out-edges and those of
-    the files using a name whose definitions moved are recomputed.
+    A file points at the files defining the names it uses; an edge weighs the square
+    root of how often the file uses each name the target defines, summed. Weights are
+    kept as integers (fixed point, ``_SCALE``) in a dense matrix, so that a sum does not
+    depend on the order it was taken in, and the matrix is updated, not rebuilt: a file
+    that changed gets its row anew; where a name's definitions moved, the files using it
+    gain or lose that name's share of their edges. A worker that built its graph from
+    nothing at some commit holds the same weights as one that followed the history to it.
     """
 
     def __init__(self, lang: str):
@@ -254,13 +258,12 @@ class _Graph:
         self.defined: dict[str, set[str]] = {}  # path -> names it defines
         self.definers: dict[str, set[str]] = {}  # name -> paths
         self.mentioners: dict[str, set[str]] = {}  # name -> paths using it
-        self.rows: dict[str, dict[str, float]] = {}
+        self.paths: list[str] = []  # sorted: the matrix's order
+        self.at: dict[str, int] = {}
+        self.weights = np.zeros((0, 0), dtype=np.int64)  # [i, j]: edges from paths[i] to paths[j]
         self._ident_cache = LRU(1024)  # blob -> identifier counts
         self._defs_cache = LRU(4096)  # (path, blob, index naming) -> definitions
         self._ranks: dict[str, list[tuple[str, float]]] = {}
-        # path -> its out-edges' target indices and weights, for the sorted file list _columns_for
-        self._columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._columns_for: list[str] = []
         self._arrays: tuple | None = None
 
     def definitions(self, snapshot: Any, path: str) -> list[Reference]:
@@ -279,7 +282,7 @@ class _Graph:
     def _sync(self, snapshot: Any) -> None:
         files = {p: b for p, b in snapshot.files.items() if snapshot.lang_of(p) == self.lang}
         changed = [p for p in files if self.blobs.get(p) != files[p]] + [p for p in self.blobs if p not in files]
-        dirty: set[str] = set()
+        moved: dict[str, tuple[set[str], set[str]]] = {}  # name -> (paths that define it now, no longer)
         for path in changed:
             for name in self.idents.pop(path, ()):
                 self.mentioners[name].discard(path)
@@ -287,77 +290,79 @@ class _Graph:
             blob = files.get(path)
             if blob is None:
                 self.blobs.pop(path, None)
-                self.rows.pop(path, None)
-                self._columns.pop(path, None)
                 new_names: set[str] = set()
             else:
                 self.blobs[path] = blob
-                idents = self._file_idents(snapshot, blob)
-                self.idents[path] = idents
+                idents = self.idents[path] = self._file_idents(snapshot, blob)
                 for name in idents:
                     self.mentioners.setdefault(name, set()).add(path)
-                new_names = {r.name for r in self.definitions(snapshot, path) if r.kind not in ("impl", "mod")}
-                self.defined[path] = new_names
-                dirty.add(path)
+                new_names = self.defined[path] = {r.name for r in self.definitions(snapshot, path)
+                                                  if r.kind not in ("impl", "mod")}
             for name in old_names - new_names:
                 self.definers[name].discard(path)
+                moved.setdefault(name, (set(), set()))[1].add(path)
             for name in new_names - old_names:
                 self.definers.setdefault(name, set()).add(path)
-            for name in old_names ^ new_names:
-                dirty |= self.mentioners.get(name, set())
-        for path in dirty:
-            if path in self.blobs:
-                row: dict[str, float] = {}
-                for name, n in self.idents[path].items():
-                    for target in self.definers.get(name, ()):
+                moved.setdefault(name, (set(), set()))[0].add(path)
+        self._renumber(sorted(self.blobs))
+        weights, at, renewed = self.weights, self.at, set(changed)
+        for name, (gained, lost) in moved.items():
+            users = [m for m in self.mentioners.get(name, ()) if m not in renewed]
+            if not users:
+                continue
+            rows = np.array([at[m] for m in users], dtype=np.intp)
+            share = np.array([_fixed(self.idents[m][name]) for m in users], dtype=np.int64)
+            # (the files that gained or lost the name changed: none of them is among its users)
+            for target in gained:
+                weights[rows, at[target]] += share
+            for target in lost:
+                if target in at:  # a file gone took its column with it
+                    weights[rows, at[target]] -= share
+        for path in changed:
+            i = at.get(path)
+            if i is None:
+                continue
+            row: dict[int, int] = {}
+            for name, n in self.idents[path].items():
+                targets = self.definers.get(name)
+                if targets:
+                    share = _fixed(n)
+                    for target in targets:
                         if target != path:
-                            row[target] = row.get(target, 0.0) + n ** 0.5
-                self.rows[path] = row
-                self._columns.pop(path, None)
+                            j = at[target]
+                            row[j] = row.get(j, 0) + share
+            weights[i] = 0
+            if row:
+                weights[i, list(row)] = list(row.values())
         self.version = snapshot.version
         self._ranks.clear()
         self._arrays = None
 
-    def _matrix(self) -> tuple:
-        """The graph as a dense column-stochastic matrix: ``WT[i, j]`` is the weight of the
-        edge from file ``i`` to file ``j``, normalised over ``i``'s out-edges. A dense
-        matrix-vector product of a repository's files (about a thousand) takes a fraction
-        of a millisecond, where gathering and scattering the edges one by one (a third of
-        all pairs: common names are defined in many files) took several."""
-        if self._arrays is None:
-            paths = sorted(self.blobs)
-            at = {p: i for i, p in enumerate(paths)}
-            if self._columns_for != paths:  # files came or went: the indices after them moved
-                self._move_columns(paths, at)
-            n = len(paths)
-            wt = np.zeros((n, n))
-            dangling = np.ones(n, dtype=bool)
-            for i, p in enumerate(paths):
-                edges = self._columns.get(p)
-                if edges is None:  # a file's out-edges are kept until its row (or the file set) changes
-                    row = self.rows.get(p) or {}
-                    targets = sorted(row)  # sorted: the same floating-point sums in every worker
-                    total = sum(row[q] for q in targets)
-                    edges = self._columns[p] = (np.array([at[q] for q in targets], dtype=np.intp),
-                                                np.array([row[q] / total for q in targets]))
-                if len(edges[0]):
-                    wt[i, edges[0]] = edges[1]
-                    dangling[i] = False
-            self._arrays = (paths, at, wt, dangling)
-        return self._arrays
+    def _renumber(self, paths: list[str]) -> None:
+        """Give the weight matrix the rows and columns of ``paths`` (those of files gone are
+        dropped, new files start with none)."""
+        if paths == self.paths:
+            return
+        at = {p: i for i, p in enumerate(paths)}
+        kept = [p for p in self.paths if p in at]
+        old = np.array([self.at[p] for p in kept], dtype=np.intp)
+        new = np.array([at[p] for p in kept], dtype=np.intp)
+        weights = np.zeros((len(paths), len(paths)), dtype=np.int64)
+        weights[np.ix_(new, new)] = self.weights[np.ix_(old, old)]
+        self.paths, self.at, self.weights = paths, at, weights
 
-    def _move_columns(self, paths: list[str], at: dict[str, int]) -> None:
-        """Renumber the kept out-edges for the file list ``paths``. A file whose edges
-        pointed at a file gone is recomputed (a file removed defines nothing any more: those
-        who named its definitions were made dirty by ``_sync``, so none is expected)."""
-        moved = np.array([at.get(p, -1) for p in self._columns_for], dtype=np.intp)
-        for p, (targets, weights) in list(self._columns.items()):
-            targets = moved[targets]
-            if len(targets) and targets.min() < 0:
-                del self._columns[p]
-            else:
-                self._columns[p] = (targets, weights)
-        self._columns_for = paths
+    def _matrix(self) -> tuple:
+        """The graph as a row-stochastic matrix: ``WT[i, j]``, the share of file ``i``'s
+        edge weight that points at file ``j``. Dense: a matrix-vector product of a
+        repository's files (about a thousand) takes a fraction of a millisecond, where
+        gathering and scattering the edges one by one (a third of all pairs: common names
+        are defined in many files) took several."""
+        if self._arrays is None:
+            totals = self.weights.sum(axis=1)
+            dangling = totals == 0
+            wt = self.weights / np.where(dangling, 1, totals)[:, None]
+            self._arrays = (self.paths, self.at, wt, dangling)
+        return self._arrays
 
     def ranks(self, snapshot: Any, path: str, cfg: RepoMapContextConfig) -> list[tuple[str, float]]:
         if self.version != snapshot.version:
@@ -378,6 +383,14 @@ class _Graph:
         order = np.argsort(-rank, kind="stable")[:cfg.top_files]
         hit = self._ranks[path] = [(paths[i], float(rank[i])) for i in order if rank[i] > 0]
         return hit
+
+
+_SCALE = 1 << 30  # fixed point of the graph's edge weights
+
+
+def _fixed(count: int) -> int:
+    """The weight of a name a file uses ``count`` times: its square root, in fixed point."""
+    return round(count ** 0.5 * _SCALE)
 
 
 def personalized_pagerank(wt: np.ndarray, dangling: np.ndarray, start: np.ndarray, damping: float,

@@ -351,6 +351,47 @@ def test_personalized_pagerank_matches_a_by_hand_computation(seed):
     assert got.sum() == pytest.approx(1.0)  # no rank is lost or made
 
 
+def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_at_the_end(scripted_repo, tmp_path):
+    """Where a name's definitions move, the files using it gain or lose that name's share
+    of their edges instead of being recomputed: a graph that followed the history must hold
+    exactly the weights of one built from the last tree (workers start at other commits)."""
+    from core.snapshot import plan_trees
+    from core.stats import Counter
+    from plugins.contexts import _Graph
+
+    a = "pub struct Store;\npub fn open() -> Store { Store }\n"
+    b = "use crate::a::{open, Store};\npub fn get(s: &Store) -> Store { open() }\n"
+    scripted_repo.commit("start", {
+        "Cargo.toml": '[package]\nname = "g"\nversion = "0.1.0"\n',
+        "src/lib.rs": "pub mod a;\npub mod b;\npub mod c;\n", "src/a.rs": a, "src/b.rs": b,
+        "src/c.rs": "pub fn run() { let s = crate::a::open(); crate::b::get(&s); crate::b::get(&s); }\n"})
+    scripted_repo.commit("b defines open too", {"src/b.rs": b + "pub fn open() {}\n"})
+    scripted_repo.commit("a no longer does", {"src/a.rs": "pub struct Store;\n"})
+    scripted_repo.commit("d comes, c goes", {"src/d.rs": "pub struct Store;\npub fn run() { get() }\n",
+                                             "src/c.rs": None, "src/lib.rs": "pub mod a;\npub mod b;\npub mod d;\n"})
+    scripted_repo.commit("d uses open", {"src/d.rs": "pub struct Store;\npub fn run() { open(); open() }\n"})
+    run_pipeline(tmp_path, f"repo={scripted_repo.path}", "context=repomap", "stages=[mine,chunk]")  # parses every blob
+
+    run = Run(make_cfg(tmp_path, f"repo={scripted_repo.path}", "context=repomap", "stages=[mine,chunk]"))
+    commits = list(run.source.commits(run.repo, run.extensions(), Counter()))
+    deltas = plan_trees(run.repo, commits, lambda path: path.endswith((".rs", ".toml")), "commit")
+    reset_memory()
+    snapshot = run.chunk_job()._snapshot()
+    followed = _Graph("rust")
+    seen = []
+    for delta in deltas:
+        snapshot.apply(delta)
+        followed._sync(snapshot)
+        seen.append(followed.weights.copy())
+    at_end = _Graph("rust")
+    at_end._sync(snapshot)
+    assert followed.paths == at_end.paths == ["src/a.rs", "src/b.rs", "src/d.rs", "src/lib.rs"]
+    assert np.array_equal(followed.weights, at_end.weights)
+    d, a_, b_ = (followed.at[p] for p in ("src/d.rs", "src/a.rs", "src/b.rs"))
+    assert followed.weights[d, b_] > 0 and followed.weights[d, a_] > 0  # open (b), Store (a and b)
+    assert len({w.tobytes() for w in seen}) == len(seen)  # every commit moved some weight
+
+
 @pytest.mark.parametrize("strategy", ["imports", "repomap"])
 def test_a_worker_keeps_one_snapshot_and_its_derived_state_across_tasks(workspace, tmp_path, strategy):
     """A worker gets the chunk job (and the strategy in it) pickled anew with every task;
