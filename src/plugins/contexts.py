@@ -356,11 +356,13 @@ class _Graph:
         edge weight that points at file ``j``. Dense: a matrix-vector product of a
         repository's files (about a thousand) takes a fraction of a millisecond, where
         gathering and scattering the edges one by one (a third of all pairs: common names
-        are defined in many files) took several."""
+        are defined in many files) took several. Single precision: it halves the time of a
+        product, and its rounding (about 1e-7 of a rank) is far below the error of stopping
+        PageRank after ``iterations`` (0.85 ** 30: under 1%)."""
         if self._arrays is None:
             totals = self.weights.sum(axis=1)
             dangling = totals == 0
-            wt = self.weights / np.where(dangling, 1, totals)[:, None]
+            wt = (self.weights / np.where(dangling, 1, totals)[:, None]).astype(np.float32)
             self._arrays = (self.paths, self.at, wt, dangling)
         return self._arrays
 
@@ -398,16 +400,18 @@ def personalized_pagerank(wt: np.ndarray, dangling: np.ndarray, start: np.ndarra
     """PageRank personalised to ``start`` (a distribution over the nodes), by ``iterations``
     power iterations: ``wt[i, j]`` is the share of node ``i``'s rank that flows to ``j`` (each
     row sums to 1, or to 0 for a ``dangling`` node, whose rank goes back to ``start``).
-    Ranks are rounded to 12 decimals, far below what scores show: two nodes with the same
-    edges stay a tie whatever order a sum was taken in."""
+    Computed in ``wt``'s precision, returned as float64."""
+    start = start.astype(wt.dtype)
     rank = start.copy()
     teleport = (1 - damping) * start
     for _ in range(iterations):
         # numpy's own loop, not BLAS: a BLAS product may start threads that each worker
-        # process then runs on the cores the other workers use (twice the time here)
+        # process then runs on the cores the other workers use (twice the time here). It
+        # sums each node's inflow over the nodes in order: two nodes with the same in-edges
+        # get the same rank to the last bit, a tie that the caller orders by name
         spread = np.einsum("ij,i->j", wt, rank)
         rank = teleport + damping * (spread + rank[dangling].sum() * start)
-    return np.round(rank, 12)
+    return rank.astype(np.float64)
 
 
 @hookimpl

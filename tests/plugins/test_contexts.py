@@ -346,9 +346,12 @@ def test_personalized_pagerank_matches_a_by_hand_computation(seed):
     dangling = np.array([i not in edges for i in range(n)])
     source = None if seed == 0 else int(seed % n)
     start = np.full(n, 1.0 / n) if source is None else np.eye(n)[source]
+    by_hand = _pagerank_by_hand(edges, n, source, 0.85, 30)
     got = personalized_pagerank(wt, dangling, start, 0.85, 30)
-    assert got == pytest.approx(_pagerank_by_hand(edges, n, source, 0.85, 30), abs=1e-11)
+    assert got == pytest.approx(by_hand, abs=1e-11)
     assert got.sum() == pytest.approx(1.0)  # no rank is lost or made
+    single = personalized_pagerank(wt.astype(np.float32), dangling, start, 0.85, 30)  # as repomap runs it
+    assert single.dtype == np.float64 and single == pytest.approx(by_hand, abs=1e-6)
 
 
 def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_at_the_end(scripted_repo, tmp_path):
