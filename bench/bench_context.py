@@ -6,8 +6,8 @@
 Each strategy runs the mine and chunk stages with a warm unit cache (every blob was
 parsed by the cold runs, or by an untimed run with ``--cold-repeat 0``), in rotation,
 ``--repeat`` times; the figures are medians of wall seconds, the overhead against
-``none`` measured in the same run, and the context figures from the manifest (recall, units with references, empty share,
-items per unit). Cold runs (empty cache) of ``none`` and ``imports``, alternated
+``none`` measured in the same run, and the context figures from the manifest (recall,
+units with references, empty share, items per unit). Cold runs (empty cache) of ``none`` and ``imports``, alternated
 ``--cold-repeat`` times, show the overhead against the whole stage including parsing,
 in wall time and in CPU time of the run's processes (main and workers: steadier than
 wall time on a shared machine, but blind to how well the workers share the cores).
@@ -75,8 +75,9 @@ def main() -> None:
                               "cold_overhead": round(med["imports"] / med["none"] - 1, 3),
                               "cold_cpu_s_median": med_cpu, "cold_cpu_runs": cold_cpu,
                               "cold_cpu_overhead": round(med_cpu["imports"] / med_cpu["none"] - 1, 3)}))
-        else:  # --cold-repeat 0: one untimed run parses every blob for the warm runs
-            run(args.repo, tmp / "out", tmp / "cache", "none", args.max_tokens, args.workers)
+        else:  # --cold-repeat 0: one untimed run parses every blob (and summarises it for the index)
+            warm = "imports" if any(s in ("imports", "repomap") for s in strategies) else "none"
+            run(args.repo, tmp / "out", tmp / "cache", warm, args.max_tokens, args.workers)
         walls: dict[str, list[float]] = {s: [] for s in strategies}
         figures: dict[str, dict] = {}
         for _ in range(args.repeat):

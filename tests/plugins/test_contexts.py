@@ -8,6 +8,7 @@ strategy puts in a unit's context and that the context follows history.
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -352,15 +353,19 @@ def test_personalized_pagerank_matches_a_by_hand_computation(seed):
     assert got.sum() == pytest.approx(1.0)  # no rank is lost or made
     single = personalized_pagerank(wt.astype(np.float32), dangling, start, 0.85, 30)  # as repomap runs it
     assert single.dtype == np.float64 and single == pytest.approx(by_hand, abs=1e-6)
+    # a NumPy damping must not turn the arithmetic into double precision
+    assert np.array_equal(personalized_pagerank(wt.astype(np.float32), dangling, start, np.float64(0.85), 30), single)
 
 
-def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_at_the_end(scripted_repo, tmp_path):
+def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_anew(scripted_repo, tmp_path):
     """Where a name's definitions move, the files using it gain or lose that name's share
-    of their edges instead of being recomputed: a graph that followed the history must hold
-    exactly the weights of one built from the last tree (workers start at other commits)."""
+    of their edges instead of being recomputed, and only the rows that changed are
+    normalised again: after every commit, the graph that followed the history must hold
+    exactly the weights and the normalised matrix of one built from that tree alone
+    (workers start at other commits)."""
     from core.snapshot import plan_trees
     from core.stats import Counter
-    from plugins.contexts import _Graph
+    from plugins.contexts import _fixed, _Graph
 
     a = "pub struct Store;\npub fn open() -> Store { Store }\n"
     b = "use crate::a::{open, Store};\npub fn get(s: &Store) -> Store { open() }\n"
@@ -372,7 +377,9 @@ def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_at_the_end
     scripted_repo.commit("a no longer does", {"src/a.rs": "pub struct Store;\n"})
     scripted_repo.commit("d comes, c goes", {"src/d.rs": "pub struct Store;\npub fn run() { get() }\n",
                                              "src/c.rs": None, "src/lib.rs": "pub mod a;\npub mod b;\npub mod d;\n"})
-    scripted_repo.commit("d uses open", {"src/d.rs": "pub struct Store;\npub fn run() { open(); open() }\n"})
+    scripted_repo.commit("d uses open", {"src/d.rs": "pub fn run() { let s: Store = open(); open() }\n"})
+    # b, which defines open, goes while d (unchanged) still uses it
+    scripted_repo.commit("b goes", {"src/b.rs": None, "src/lib.rs": "pub mod a;\npub mod d;\n"})
     run_pipeline(tmp_path, f"repo={scripted_repo.path}", "context=repomap", "stages=[mine,chunk]")  # parses every blob
 
     run = Run(make_cfg(tmp_path, f"repo={scripted_repo.path}", "context=repomap", "stages=[mine,chunk]"))
@@ -381,18 +388,21 @@ def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_at_the_end
     reset_memory()
     snapshot = run.chunk_job()._snapshot()
     followed = _Graph("rust")
-    seen = []
+    weights = []
     for delta in deltas:
         snapshot.apply(delta)
         followed._sync(snapshot)
-        seen.append(followed.weights.copy())
-    at_end = _Graph("rust")
-    at_end._sync(snapshot)
-    assert followed.paths == at_end.paths == ["src/a.rs", "src/b.rs", "src/d.rs", "src/lib.rs"]
-    assert np.array_equal(followed.weights, at_end.weights)
-    d, a_, b_ = (followed.at[p] for p in ("src/d.rs", "src/a.rs", "src/b.rs"))
-    assert followed.weights[d, b_] > 0 and followed.weights[d, a_] > 0  # open (b), Store (a and b)
-    assert len({w.tobytes() for w in seen}) == len(seen)  # every commit moved some weight
+        anew = _Graph("rust")
+        anew._sync(snapshot)
+        assert followed.paths == anew.paths and np.array_equal(followed.weights, anew.weights)
+        paths, _, wt, dangling = followed._matrix()
+        assert np.array_equal(wt, anew._matrix()[2]) and np.array_equal(dangling, anew._matrix()[3])
+        assert wt.sum(axis=1) == pytest.approx(np.where(dangling, 0.0, 1.0), abs=1e-6)
+        assert dangling[paths.index("src/lib.rs")]  # `mod` declarations are no edges
+        weights.append(dict(zip(paths, followed.weights.tolist())))
+    d_uses = weights[4]["src/d.rs"]  # Store (defined by a) once, open (by b) twice
+    assert d_uses == [_fixed(1), _fixed(2), 0, 0]
+    assert weights[5]["src/d.rs"] == [_fixed(1), 0, 0] and _fixed(2) == math.isqrt(2 << 60)
 
 
 @pytest.mark.parametrize("strategy", ["imports", "repomap"])
