@@ -113,7 +113,7 @@ def check_root(cfg: DictConfig) -> None:
                                    "(or null: the builder's choice)")
 
 
-_POOL_SIZED: list[str] = []  # the RAYON_NUM_THREADS this process set (size_native_pool)
+_POOL_SIZED: str | None = None  # the RAYON_NUM_THREADS this process set (size_native_pool)
 
 
 def size_native_pool(workers: Any) -> None:
@@ -122,10 +122,10 @@ def size_native_pool(workers: Any) -> None:
     set it. The pool is made when first used, so the first run of a process sizes it."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         return  # null: one worker per core, as the pool has by default
+    global _POOL_SIZED
     current = os.environ.get("RAYON_NUM_THREADS")
-    if current is None or _POOL_SIZED[-1:] == [current]:
-        os.environ["RAYON_NUM_THREADS"] = str(workers)
-        _POOL_SIZED.append(str(workers))
+    if current is None or current == _POOL_SIZED:
+        os.environ["RAYON_NUM_THREADS"] = _POOL_SIZED = str(workers)
 
 
 class Run:

@@ -118,7 +118,7 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
 def test_executor_workers_size_the_tokenizers_thread_pool_unless_the_user_did(repo, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYON_NUM_THREADS", "unset")  # recorded, so that the end of the test restores it
     monkeypatch.delenv("RAYON_NUM_THREADS")
-    monkeypatch.setattr(pipeline, "_POOL_SIZED", [])
+    monkeypatch.setattr(pipeline, "_POOL_SIZED", None)
 
     def pool_after(workers: str) -> str | None:
         Run(make_cfg(tmp_path, f"repo={repo.path}", f"executor.workers={workers}"))
