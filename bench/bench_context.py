@@ -7,10 +7,11 @@ Each strategy runs the mine and chunk stages with a warm unit cache (every blob 
 parsed by the cold runs, or by an untimed run with ``--cold-repeat 0``), in rotation,
 ``--repeat`` times; the figures are medians of wall seconds, the overhead against
 ``none`` measured in the same run, and the context figures from the manifest (recall,
-units with references, empty share, items per unit). Cold runs (empty cache) of ``none`` and ``imports``, alternated
-``--cold-repeat`` times, show the overhead against the whole stage including parsing,
-in wall time and in CPU time of the run's processes (main and workers: steadier than
-wall time on a shared machine, but blind to how well the workers share the cores).
+units with references, empty share, items per unit). Cold runs (empty cache) of
+``none`` and ``imports``, alternated ``--cold-repeat`` times, show the overhead against
+the whole stage including parsing, in wall time and in CPU time of the run's processes
+(main and workers: steadier than wall time on a shared machine, but blind to how well
+the workers share the cores).
 """
 
 from __future__ import annotations

@@ -365,12 +365,14 @@ class _Graph:
 
     def _matrix(self) -> tuple:
         """The graph as a row-stochastic matrix: ``wt[i, j]``, the share of file ``i``'s
-        edge weight that points at file ``j`` (rows without edges: ``dangling``). Dense: a matrix-vector product of a
-        repository's files (about a thousand) takes a fraction of a millisecond, where
-        gathering and scattering the edges one by one (a third of all pairs: common names
-        are defined in many files) took several. Single precision: it halves the time of a
-        product, and its rounding (about 1e-7 of a rank) is far below the error of stopping
-        PageRank after ``iterations`` (0.85 ** 30: under 1%)."""
+        edge weight that points at file ``j`` (rows without edges: ``dangling``).
+
+        Dense: a matrix-vector product of a repository's files (about a thousand) takes a
+        fraction of a millisecond, where gathering and scattering the edges one by one (a
+        third of all pairs: common names are defined in many files) took several. Single
+        precision: it halves the time of a product, and its rounding (about 1e-7 of a rank)
+        is far below the error of stopping PageRank after ``iterations`` (0.85 ** 30: under
+        1%)."""
         if self._arrays is None:
             if self._wt is None:
                 self._wt = np.empty(self.weights.shape, dtype=np.float32)

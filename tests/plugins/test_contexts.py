@@ -17,10 +17,11 @@ import pytest
 from core.chunking import reset_memory
 from core.context import CharCounter, Reference, UnitQuery, pack, pack_references
 from core.records import ContextItem
+from core.snapshot import plan_trees
+from core.stats import Counter
 from core.errors import CommitforgeError
 from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
-                              personalized_pagerank,
-                              SameFileContext, SameFileContextConfig)
+                              SameFileContext, SameFileContextConfig, _fixed, _Graph, personalized_pagerank)
 from plugins.rust import RustLanguage
 
 from core.pipeline import Run
@@ -363,10 +364,6 @@ def test_repomap_graph_kept_up_to_date_holds_the_weights_of_one_built_anew(scrip
     normalised again: after every commit, the graph that followed the history must hold
     exactly the weights and the normalised matrix of one built from that tree alone
     (workers start at other commits)."""
-    from core.snapshot import plan_trees
-    from core.stats import Counter
-    from plugins.contexts import _fixed, _Graph
-
     a = "pub struct Store;\npub fn open() -> Store { Store }\n"
     b = "use crate::a::{open, Store};\npub fn get(s: &Store) -> Store { open() }\n"
     scripted_repo.commit("start", {
