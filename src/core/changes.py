@@ -125,6 +125,12 @@ class Change(Mapping):
         share, not a copy."""
         return self._whole()
 
+    def release(self) -> None:
+        """Drop the whole row read so far (it is read again from the file if asked for):
+        the build stage releases each row once its example is made, so that a history's
+        rows and its examples are not all in memory at once."""
+        self._row = None
+
     def __repr__(self) -> str:
         return f"Change({self._whole()!r})"
 
@@ -142,6 +148,12 @@ class Change(Mapping):
 def whole(change: Mapping[str, Any]) -> dict[str, Any]:
     """A unit change as a plain dict: the whole row of a :class:`Change`, any other as is."""
     return change.whole() if type(change) is Change else change  # type: ignore[return-value]
+
+
+def release(change: Mapping[str, Any]) -> None:
+    """Drop what a :class:`Change` read of its row (any other mapping: nothing)."""
+    if type(change) is Change:
+        change.release()
 
 
 def forget_shared_texts(changes: list[Any]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.build_memo import Memo, decode, encode
-from core.changes import whole
+from core.changes import release, whole
 from core.chunking import (
     chunk_file,
     module_paths,
@@ -94,6 +94,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     out = []
     for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
         change, split = changes[i], splits[i]
+        if i:  # the row before is done with (its layout was made before its example)
+            release(changes[i - 1])
         row = keys[i] if keys is not None else None
         if i in copied:
             example, truncated = copied[i]

@@ -453,6 +453,37 @@ def test_a_copied_or_pickled_change_is_a_plain_dict_that_shares_no_open_file(tmp
     assert whole(rows[0]) is rows[0]
 
 
+def test_a_released_change_reads_its_row_again_and_the_builder_releases_each_row_it_is_done_with(repo, tmp_path,
+                                                                                                    monkeypatch):
+    """The build stage holds a history's rows and its examples: each row read whole is
+    dropped once its example is made, and a row asked for again is read again, the same."""
+    from core.changes import read_changes, release
+    from core.files import record_line
+    from plugins import builders
+
+    rows = [{"id": str(i), "commit": "c", "old_qualname": None, "new_code": f"fn f{i}() {{}}"} for i in range(2)]
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(b"".join(record_line(r) for r in rows))
+    got = read_changes(path)
+    first = got[1].whole()
+    release(got[1])
+    release(rows[0])  # a plain dict: nothing to drop
+    assert got[1]._row is None and got[1]["new_code"] == "fn f1() {}" and got[1].whole() == first == rows[1]
+
+    seen: list = []
+    assemble_all = builders.assemble_all
+
+    def spy(changes, *args, **kwargs):
+        out = assemble_all(changes, *args, **kwargs)
+        seen.extend(changes)
+        return out
+
+    monkeypatch.setattr(builders, "assemble_all", spy)
+    run_pipeline(tmp_path / "run", f"repo={repo.path}", "dedup.near=false", "reuse=false")
+    assert len(seen) > 10
+    assert all(c._row is None for c in seen[:-1])  # every row but the last, dropped as the loop went
+
+
 def test_the_commitforge_format_writes_qualnames_as_code_would_and_has_a_token_per_kind():
     from plugins.formats import CommitforgeFormat, CommitforgeFormatConfig
 
