@@ -76,7 +76,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     the same settings are read from it, and the others are kept in it; a row whose line
     the writer wrote before in the same split is a kept example (copied when written,
     see core.kept_lines). ``names`` gathers the names of the segments (of the layouts
-    made, and the spans of the examples read from the memo)."""
+    made, and the spans of the examples read from the memo). A row read from chunks.jsonl
+    (:class:`core.changes.Change`) is released once its example is made."""
     store, keys = (memo[0], memo[1]) if memo is not None else (None, None)
     lines = memo[2] if memo is not None and len(memo) > 2 else None  # a (store, keys) pair has none
     if names is not None:
