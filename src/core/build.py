@@ -15,7 +15,6 @@ also keeps one tokenizer, and with it the examples the build cache holds.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import threading
 import time
@@ -130,7 +129,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         raise CommitforgeError(f"builder {run.cfg.builder.name!r} asks dedup to compare {on!r}; its dedup_compare "
                                f"must be one of {', '.join(DEDUP_COMPARE)}")
 
-    training_texts = functools.partial(_train_code, kept_changes, kept_splits)
+    training_texts = TrainingTexts(kept_changes, kept_splits, kept_digests if digests is not None else None)
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
@@ -258,13 +257,23 @@ class _Alongside:
             raise self._error
 
 
-def _train_code(changes: list[Any], splits: list[str]) -> Iterator[str]:
-    """The code of the train split's unit changes, old then new, in order: what a tokenizer
-    that learns from the data learns from."""
-    for c, sp in zip(changes, splits):
-        if sp == "train":
-            yield c["old_code"]
-            yield c["new_code"]
+class TrainingTexts:
+    """What a tokenizer that learns from the data learns from: called, the code of the
+    train split's unit changes, old then new, in order. ``rows``: the digest of each train
+    row's line in chunks.jsonl, in the same order (each gives two texts), or None. Two
+    builds whose train rows start with the same digests start with the same texts, so a
+    tokenizer that learns from the first N characters can know its corpus without reading
+    the rows (see ``BpeTokenizer``)."""
+
+    def __init__(self, changes: list[Any], splits: list[str], digests: list[bytes] | None):
+        self._changes, self._splits = changes, splits
+        self.rows = None if digests is None else [d for d, sp in zip(digests, splits) if sp == "train"]
+
+    def __call__(self) -> Iterator[str]:
+        for c, sp in zip(self._changes, self._splits):
+            if sp == "train":
+                yield c["old_code"]
+                yield c["new_code"]
 
 
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,

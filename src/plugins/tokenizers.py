@@ -456,8 +456,9 @@ class BpeTokenizer(_RustTokenizer):
         self.trained = False  # whether the last prepare() trained (False: loaded from the cache)
         self.path: Path | None = None
 
-    def _training_corpus(self, training_texts: Callable[[], Iterable[str]]) -> tuple[list[str], str]:
-        """The capped training texts, in order, and the sha256 of exactly those texts."""
+    def _training_corpus(self, training_texts: Callable[[], Iterable[str]]) -> tuple[list[str], str, bool]:
+        """The capped training texts, in order, the sha256 of exactly those texts, and
+        whether the cap was reached (False: every text is in)."""
         budget = self.cfg.max_training_chars
         texts: list[str] = []
         h = hashlib.sha256()
@@ -471,7 +472,31 @@ class BpeTokenizer(_RustTokenizer):
             h.update(len(data).to_bytes(8, "little"))
             h.update(data)
             texts.append(text)
-        return texts, h.hexdigest()
+        return texts, h.hexdigest(), budget <= 0
+
+    def _known_corpus(self, rows: list[bytes], root: Path) -> str | None:
+        """The sha256 of the corpus an earlier build read from the same leading train rows
+        (``rows``: their digests, two texts each), if one did: the same rows are the same
+        texts. A corpus that took every train row is known only for exactly those rows."""
+        for entry in _corpora(root):
+            k = entry["rows"]
+            if entry["max_training_chars"] != self.cfg.max_training_chars or len(rows) < k:
+                continue
+            if (entry["capped"] or len(rows) == k) and hashlib.sha1(b"".join(rows[:k])).hexdigest() == entry["prefix"]:
+                return entry["text_sha256"]
+        return None
+
+    def _remember_corpus(self, root: Path, rows: list[bytes], texts: int, capped: bool, text_sha: str) -> None:
+        k = min(len(rows), (texts + 1) // 2)  # the rows the texts came from
+        entry = {"max_training_chars": self.cfg.max_training_chars, "rows": k, "capped": capped,
+                 "prefix": hashlib.sha1(b"".join(rows[:k])).hexdigest(), "text_sha256": text_sha}
+        entries = [e for e in _corpora(root) if e != entry] + [entry]
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_write(root / CORPORA_FILE) as fh:
+                fh.write(json.dumps(entries[-_CORPORA_KEPT:], indent=1).encode() + b"\n")
+        except OSError:
+            pass  # a cache of a cache: the next build reads its rows again
 
     def cache_key(self, text_sha256: str) -> str:
         import tokenizers
@@ -488,13 +513,21 @@ class BpeTokenizer(_RustTokenizer):
 
     def prepare(self, special_tokens: list[str], training_texts: Callable[[], Iterable[str]], cache_dir: Path) -> None:
         tokenizers = _import_tokenizers(self.plugin)
-        texts, text_sha = self._training_corpus(training_texts)
         root = Path(cache_dir) / TOKENIZERS_DIR
-        final = root / f"bpe-{self.cache_key(text_sha)}"
         self.trained = False
-        if not (final / "tokenizer.json").is_file():
-            self._train_into(texts, root, final)
-        del texts
+        # a build whose train rows start as an earlier one's finds its tokenizer without
+        # reading them (core.build.TrainingTexts.rows)
+        rows = getattr(training_texts, "rows", None)
+        known = self._known_corpus(rows, root) if rows is not None else None
+        final = root / f"bpe-{self.cache_key(known)}" if known is not None else None
+        if final is None or not (final / "tokenizer.json").is_file():
+            texts, text_sha, capped = self._training_corpus(training_texts)
+            final = root / f"bpe-{self.cache_key(text_sha)}"
+            if not (final / "tokenizer.json").is_file():
+                self._train_into(texts, root, final)
+            if rows is not None:
+                self._remember_corpus(root, rows, len(texts), capped, text_sha)
+            del texts
         data = (final / "tokenizer.json").read_bytes()
         try:
             tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
@@ -554,6 +587,23 @@ class BpeTokenizer(_RustTokenizer):
                                            f"delete that directory or choose another cache_dir") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+CORPORA_FILE = "corpora.json"  # in the tokenizers directory: corpora known by the train rows they came from
+_CORPORA_KEPT = 64
+
+
+def _corpora(root: Path) -> list[dict[str, Any]]:
+    """The corpora earlier builds read (see ``BpeTokenizer._known_corpus``); none when the
+    file is missing or unreadable."""
+    try:
+        entries = json.loads((root / CORPORA_FILE).read_bytes())
+    except (OSError, ValueError):
+        return []
+    types = {"max_training_chars": int, "rows": int, "capped": bool, "prefix": str, "text_sha256": str}
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())]
 
 
 @hookimpl

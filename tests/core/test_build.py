@@ -276,6 +276,33 @@ def test_the_tokenizer_is_prepared_while_deduplication_runs_and_either_failure_e
     released.set()
 
 
+@pytest.mark.parametrize("max_chars", [300, 10_000_000])
+def test_a_build_whose_train_rows_start_as_before_finds_its_tokenizer_without_reading_them(repo, tmp_path,
+                                                                                           monkeypatch, max_chars):
+    """The bpe tokenizer learns from the first ``max_training_chars`` of the train code: a
+    later build whose train rows start with the same rows (their digests) has the same
+    corpus and need not read it. A corpus that took every train row (the cap not reached)
+    is the same only for exactly those rows: a commit that moves rows into train changes
+    it. Either way the tokenizer is the one a build from an empty cache trains."""
+    from core import build
+
+    reads = []
+    texts = build.TrainingTexts.__call__
+    monkeypatch.setattr(build.TrainingTexts, "__call__", lambda self: reads.append(1) or texts(self))
+    settings = ("dedup.near=false", f"tokenizer.max_training_chars={max_chars}")
+    first = run_pipeline(tmp_path, f"repo={repo.path}", *settings)
+    assert reads and (tmp_path / "cache" / "tokenizers" / "corpora.json").is_file()
+    src = (repo.path / "crates/app/src/lib.rs").read_text()
+    repo.commit("one more", {"crates/app/src/lib.rs": src.replace("x\n}", "x + 1\n}")})
+    reads.clear()
+    later = run_pipeline(tmp_path, f"repo={repo.path}", f"out_dir={tmp_path / 'later'}", *settings)
+    capped = max_chars == 300
+    assert bool(reads) is not capped  # uncapped: the train rows changed, the corpus is read again
+    fresh = run_pipeline(tmp_path / "fresh", f"repo={repo.path}", *settings)
+    assert manifest(later)["tokenizer"]["sha256"] == manifest(fresh)["tokenizer"]["sha256"]
+    assert (manifest(later)["tokenizer"]["sha256"] == manifest(first)["tokenizer"]["sha256"]) is capped
+
+
 def test_the_run_saves_the_tokenizer_its_ids_belong_to(repo, tmp_path):
     from tokenizers import Tokenizer
 

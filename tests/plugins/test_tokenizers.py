@@ -76,6 +76,42 @@ def prepared(cache) -> BpeTokenizer:
     return tok
 
 
+class _RowTexts:
+    """Training texts as the build stage hands them: two per row (old and new code), with
+    the rows' digests; counts how often they were read."""
+
+    def __init__(self, rows: list[tuple[bytes, str, str]]):
+        self.rows = [digest for digest, _, _ in rows]
+        self._texts = [t for _, old, new in rows for t in (old, new)]
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return iter(self._texts)
+
+
+def test_bpe_knows_a_corpus_by_the_rows_it_came_from_down_to_the_row_the_cap_ends_in(tmp_path):
+    """With a cap that ends inside the old code of the second row, the corpus is that of
+    the first two rows: the same two rows again need no reading, another second row does."""
+    a, b, c = CORPUS[0], CORPUS[1], CORPUS[2]
+    cap = len(a) * 2 + len(b) // 2  # row 1 whole, then half of row 2's old code
+    rows = [(b"r1", a, a), (b"r2", b, b), (b"r3", c, c)]
+    first = _RowTexts(rows)
+    bpe(max_training_chars=cap).prepare(SPECIALS, first, tmp_path)
+    same_start = _RowTexts(rows[:2] + [(b"r9", c, b)])
+    again = bpe(max_training_chars=cap)
+    again.prepare(SPECIALS, same_start, tmp_path)
+    assert first.reads == 1 and same_start.reads == 0 and not again.trained
+    other_second = _RowTexts([rows[0], (b"r2x", c, b), rows[2]])
+    other = bpe(max_training_chars=cap)
+    other.prepare(SPECIALS, other_second, tmp_path)
+    assert other_second.reads == 1 and other.trained and other.identity != again.identity
+    (tmp_path / "tokenizers" / "corpora.json").write_text("{not json")  # unreadable: read the rows again
+    unread = _RowTexts(rows)
+    bpe(max_training_chars=cap).prepare(SPECIALS, unread, tmp_path)
+    assert unread.reads == 1
+
+
 def test_bpe_trains_caches_and_reloads(tmp_path):
     first = bpe()
     first.prepare(SPECIALS, texts_fn(), tmp_path)
