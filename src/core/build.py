@@ -263,7 +263,7 @@ class TrainingTexts:
     row's line in chunks.jsonl, in the same order (each gives two texts), or None. Two
     builds whose train rows start with the same digests start with the same texts, so a
     tokenizer that learns from the first N characters can know its corpus without reading
-    the rows (see ``BpeTokenizer``)."""
+    the rows (see ``BpeTokenizer``, whose ``_CORPUS_FORMAT`` a change to these texts bumps)."""
 
     def __init__(self, changes: list[Any], splits: list[str], digests: list[bytes] | None):
         self._changes, self._splits = changes, splits

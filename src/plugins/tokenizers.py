@@ -458,7 +458,8 @@ class BpeTokenizer(_RustTokenizer):
 
     def _training_corpus(self, training_texts: Callable[[], Iterable[str]]) -> tuple[list[str], str, bool]:
         """The capped training texts, in order, the sha256 of exactly those texts, and
-        whether the cap was reached (False: every text is in)."""
+        whether the cap was reached (False: every text is in). A change to what it takes
+        from the texts bumps ``_CORPUS_FORMAT``."""
         budget = self.cfg.max_training_chars
         texts: list[str] = []
         h = hashlib.sha256()
@@ -474,29 +475,33 @@ class BpeTokenizer(_RustTokenizer):
             texts.append(text)
         return texts, h.hexdigest(), budget <= 0
 
-    def _known_corpus(self, rows: list[bytes], root: Path) -> str | None:
-        """The sha256 of the corpus an earlier build read from the same leading train rows
+    def _known_corpus(self, rows: list[bytes], root: Path) -> dict[str, Any] | None:
+        """The entry of the corpus an earlier build read from the same leading train rows
         (``rows``: their digests, two texts each), if one did: the same rows are the same
         texts. A corpus that took every train row is known only for exactly those rows."""
-        for entry in _corpora(root):
+        for entry in reversed(_corpora(root)):  # the newest first
             k = entry["rows"]
             if entry["max_training_chars"] != self.cfg.max_training_chars or len(rows) < k:
                 continue
             if (entry["capped"] or len(rows) == k) and hashlib.sha1(b"".join(rows[:k])).hexdigest() == entry["prefix"]:
-                return entry["text_sha256"]
+                return entry
         return None
 
-    def _remember_corpus(self, root: Path, rows: list[bytes], texts: int, capped: bool, text_sha: str) -> None:
-        k = min(len(rows), (texts + 1) // 2)  # the rows the texts came from
-        entry = {"max_training_chars": self.cfg.max_training_chars, "rows": k, "capped": capped,
-                 "prefix": hashlib.sha1(b"".join(rows[:k])).hexdigest(), "text_sha256": text_sha}
-        entries = [e for e in _corpora(root) if e != entry] + [entry]
+    def _remember_corpus(self, root: Path, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` as the newest (it replaces one of the same rows and settings)."""
+        same = tuple(entry[k] for k in _CORPUS_KEY)
+        entries = [e for e in _corpora(root) if tuple(e[k] for k in _CORPUS_KEY) != same] + [entry]
         root.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_write(root / CORPORA_FILE) as fh:
                 fh.write(json.dumps(entries[-_CORPORA_KEPT:], indent=1).encode() + b"\n")
         except OSError:
             pass  # a cache of a cache: the next build reads its rows again
+
+    def _corpus_entry(self, rows: list[bytes], texts: int, capped: bool, text_sha: str) -> dict[str, Any]:
+        k = min(len(rows), (texts + 1) // 2)  # the rows the texts came from
+        return {"corpus": _CORPUS_FORMAT, "max_training_chars": self.cfg.max_training_chars, "rows": k,
+                "capped": capped, "prefix": hashlib.sha1(b"".join(rows[:k])).hexdigest(), "text_sha256": text_sha}
 
     def cache_key(self, text_sha256: str) -> str:
         import tokenizers
@@ -519,15 +524,17 @@ class BpeTokenizer(_RustTokenizer):
         # reading them (core.build.TrainingTexts.rows)
         rows = getattr(training_texts, "rows", None)
         known = self._known_corpus(rows, root) if rows is not None else None
-        final = root / f"bpe-{self.cache_key(known)}" if known is not None else None
+        final = root / f"bpe-{self.cache_key(known['text_sha256'])}" if known is not None else None
         if final is None or not (final / "tokenizer.json").is_file():
             texts, text_sha, capped = self._training_corpus(training_texts)
             final = root / f"bpe-{self.cache_key(text_sha)}"
             if not (final / "tokenizer.json").is_file():
                 self._train_into(texts, root, final)
             if rows is not None:
-                self._remember_corpus(root, rows, len(texts), capped, text_sha)
+                self._remember_corpus(root, self._corpus_entry(rows, len(texts), capped, text_sha))
             del texts
+        elif _corpora(root)[-_CORPORA_FRESH:].count(known) == 0:  # a hit about to be pushed out: kept
+            self._remember_corpus(root, known)
         data = (final / "tokenizer.json").read_bytes()
         try:
             tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
@@ -591,6 +598,11 @@ class BpeTokenizer(_RustTokenizer):
 
 CORPORA_FILE = "corpora.json"  # in the tokenizers directory: corpora known by the train rows they came from
 _CORPORA_KEPT = 64
+_CORPORA_FRESH = 16  # a corpus found among the older entries moves up to the newest
+# how a corpus is taken from the training texts (core.build.TrainingTexts, _training_corpus):
+# bumped with them, so that a known corpus is never the one an older way took
+_CORPUS_FORMAT = 1
+_CORPUS_KEY = ("corpus", "max_training_chars", "rows", "capped", "prefix")
 
 
 def _corpora(root: Path) -> list[dict[str, Any]]:
@@ -600,10 +612,16 @@ def _corpora(root: Path) -> list[dict[str, Any]]:
         entries = json.loads((root / CORPORA_FILE).read_bytes())
     except (OSError, ValueError):
         return []
-    types = {"max_training_chars": int, "rows": int, "capped": bool, "prefix": str, "text_sha256": str}
+    types = {"corpus": int, "max_training_chars": int, "rows": int, "capped": bool, "prefix": str, "text_sha256": str}
     if not isinstance(entries, list):
         return []
-    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())]
+    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())
+            and e["corpus"] == _CORPUS_FORMAT and e["rows"] >= (1 if e["capped"] else 0)
+            and _HEX40.fullmatch(e["prefix"]) and _HEX64.fullmatch(e["text_sha256"])]
+
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @hookimpl

@@ -276,6 +276,17 @@ def test_the_tokenizer_is_prepared_while_deduplication_runs_and_either_failure_e
     released.set()
 
 
+def test_training_texts_are_the_train_rows_code_with_those_rows_digests():
+    from core.build import TrainingTexts
+
+    changes = [{"old_code": f"o{i}", "new_code": f"n{i}"} for i in range(5)]
+    splits = ["train", "val", "train", "test", "train"]
+    texts = TrainingTexts(changes, splits, [b"d0", b"d1", b"d2", b"d3", b"d4"])
+    assert texts.rows == [b"d0", b"d2", b"d4"]
+    assert list(texts()) == ["o0", "n0", "o2", "n2", "o4", "n4"] and list(texts()) == list(texts())
+    assert TrainingTexts(changes, splits, None).rows is None
+
+
 @pytest.mark.parametrize("max_chars", [300, 10_000_000])
 def test_a_build_whose_train_rows_start_as_before_finds_its_tokenizer_without_reading_them(repo, tmp_path,
                                                                                            monkeypatch, max_chars):

@@ -112,6 +112,30 @@ def test_bpe_knows_a_corpus_by_the_rows_it_came_from_down_to_the_row_the_cap_end
     assert unread.reads == 1
 
 
+def test_bpe_known_corpora_are_kept_apart_by_cap_version_and_whether_every_row_was_taken(tmp_path):
+    import json
+
+    rows = [(b"r1", CORPUS[0], CORPUS[1]), (b"r2", CORPUS[2], CORPUS[3])]
+    everything = sum(len(t) for _, old, new in rows for t in (old, new)) + 10  # no cap reached
+
+    def prepare(tok, texts):
+        tok.prepare(SPECIALS, texts, tmp_path)
+        return texts.reads, tok
+
+    assert prepare(bpe(max_training_chars=everything), _RowTexts(rows))[0] == 1
+    assert prepare(bpe(max_training_chars=everything), _RowTexts(rows))[0] == 0  # exactly the same rows
+    assert prepare(bpe(max_training_chars=everything), _RowTexts(rows + [(b"r3", "x", "y")]))[0] == 1
+    assert prepare(bpe(max_training_chars=everything - 20), _RowTexts(rows))[0] == 1  # another cap
+    reads, tok = prepare(bpe(vocab_size=420, max_training_chars=everything), _RowTexts(rows))
+    assert reads == 1 and tok.trained  # the corpus was known, not a tokenizer of these settings: read to train
+    reads, tok = prepare(bpe(vocab_size=420, max_training_chars=everything), _RowTexts(rows))
+    assert reads == 0 and not tok.trained
+    corpora = tmp_path / "tokenizers" / "corpora.json"
+    entries = json.loads(corpora.read_text())
+    corpora.write_text(json.dumps([dict(e, corpus=e["corpus"] + 1) for e in entries]))  # another way of taking texts
+    assert prepare(bpe(max_training_chars=everything), _RowTexts(rows))[0] == 1
+
+
 def test_bpe_trains_caches_and_reloads(tmp_path):
     first = bpe()
     first.prepare(SPECIALS, texts_fn(), tmp_path)
