@@ -475,11 +475,12 @@ class BpeTokenizer(_RustTokenizer):
             texts.append(text)
         return texts, h.hexdigest(), budget <= 0
 
-    def _known_corpus(self, rows: list[bytes], root: Path) -> dict[str, Any] | None:
-        """The entry of the corpus an earlier build read from the same leading train rows
-        (``rows``: their digests, two texts each), if one did: the same rows are the same
-        texts. A corpus that took every train row is known only for exactly those rows."""
-        for entry in reversed(_corpora(root)):  # the newest first
+    def _known_corpus(self, rows: list[bytes], corpora: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The entry (of ``corpora``) of the corpus an earlier build read from the same
+        leading train rows (``rows``: their digests, two texts each), if one did: the same
+        rows are the same texts. A corpus that took every train row is known only for
+        exactly those rows."""
+        for entry in reversed(corpora):  # the newest first
             k = entry["rows"]
             if entry["max_training_chars"] != self.cfg.max_training_chars or len(rows) < k:
                 continue
@@ -488,7 +489,9 @@ class BpeTokenizer(_RustTokenizer):
         return None
 
     def _remember_corpus(self, root: Path, entry: dict[str, Any]) -> None:
-        """Keep ``entry`` as the newest (it replaces one of the same rows and settings)."""
+        """Keep ``entry`` as the newest (it replaces one of the same rows and settings). The
+        file is read again just before it is written: another build may have added to it
+        (training takes a while)."""
         same = tuple(entry[k] for k in _CORPUS_KEY)
         entries = [e for e in _corpora(root) if tuple(e[k] for k in _CORPUS_KEY) != same] + [entry]
         root.mkdir(parents=True, exist_ok=True)
@@ -523,7 +526,8 @@ class BpeTokenizer(_RustTokenizer):
         # a build whose train rows start as an earlier one's finds its tokenizer without
         # reading them (core.build.TrainingTexts.rows)
         rows = getattr(training_texts, "rows", None)
-        known = self._known_corpus(rows, root) if rows is not None else None
+        corpora = _corpora(root) if rows is not None else []
+        known = self._known_corpus(rows, corpora) if rows is not None else None
         final = root / f"bpe-{self.cache_key(known['text_sha256'])}" if known is not None else None
         if final is None or not (final / "tokenizer.json").is_file():
             texts, text_sha, capped = self._training_corpus(training_texts)
@@ -533,7 +537,7 @@ class BpeTokenizer(_RustTokenizer):
             if rows is not None:
                 self._remember_corpus(root, self._corpus_entry(rows, len(texts), capped, text_sha))
             del texts
-        elif _corpora(root)[-_CORPORA_FRESH:].count(known) == 0:  # a hit about to be pushed out: kept
+        elif known not in corpora[-_CORPORA_FRESH:]:  # a hit about to be pushed out: kept
             self._remember_corpus(root, known)
         data = (final / "tokenizer.json").read_bytes()
         try:
