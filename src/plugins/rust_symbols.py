@@ -1501,8 +1501,9 @@ class RustIndex(MemoReferences):
                 if d.kind not in TYPE_KINDS:
                     continue
                 methods, impls = self._members(self.file_mod.get(ref[0], ("",))[0], d.name)
-                for call in calls:
-                    for member in methods.get(call, ()):
+                # a member is one method's: the order of calls does not change what is found
+                for call in calls & methods.keys() if methods else ():
+                    for member in methods[call]:
                         if member not in seen and not self._is_self(member, q):
                             seen.add(member)
                             out.append(self._reference(member, 1, "method", f".{call}()", mod))
