@@ -57,11 +57,12 @@ def current_names() -> set[str]:
     from core.blob_cache import SUMMARIES_FILE, UNITS_FILE
     from core.build_memo import BUILD_MEMO_FILE
     from core.demo import DEMO_DIR
+    from core.hash_points import HASH_POINTS_FILE
     from core.kept_lines import KEPT_LINES_DIR, KEPT_LINES_FILE
     from core.stage_cache import LOCKS_DIR, STAGE_OUTPUTS_DIR, STAGES_FILE
 
     return {UNITS_FILE, SUMMARIES_FILE, STAGES_FILE, STAGE_OUTPUTS_DIR, LOCKS_DIR, BUILD_MEMO_FILE,
-            KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR}
+            KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR, HASH_POINTS_FILE}
 
 
 def scan(root: Path, sized: bool = True) -> list[Entry]:

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from core.hash_points import POINT_BYTES, Sha256, best_point
+
 try:
     import orjson as _orjson
 except ImportError:  # a core dependency; json alone gives the same bytes, slower
@@ -46,10 +48,11 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
     try:
         default_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
+            points = None
             if background:
                 with _BackgroundWrites(fh) as out:
                     yield out  # type: ignore[misc]
-                digest = out.digest
+                digest, points = out.digest, out.points
             else:
                 yield fh
                 digest = None
@@ -57,15 +60,28 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         if digest is not None:
-            _DIGESTS[os.path.abspath(path)] = (stat_key(path), *digest)
+            _DIGESTS[os.path.abspath(path)] = (stat_key(path), *digest, points)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 # sha256 and size of outputs this process wrote in the background, by absolute path, with
-# the inode, size and mtime they had: a file changed since is hashed again
-_DIGESTS: dict[str, tuple[str, str, int]] = {}
+# the inode, size and mtime they had (a file changed since is hashed again), and the states
+# of its sha256 that a later output starting with its bytes can resume (core.hash_points)
+_DIGESTS: dict[str, tuple[str, str, int, list[tuple[int, bytes]] | None]] = {}
+
+
+def hash_points(path: Path | str) -> list[tuple[int, bytes]] | None:
+    """The saved states of the sha256 of ``path``, an output this process wrote in the
+    background and nobody changed since (see core.hash_points), or None."""
+    known = _DIGESTS.get(os.path.abspath(path))
+    try:
+        if known is None or known[0] != stat_key(path):
+            return None
+    except OSError:
+        return None
+    return known[3]
 
 
 def stat_key(file: Path | str | int) -> str:
@@ -102,15 +118,22 @@ def copy_range(fd: int, start: int, size: int, dst: Any) -> None:
 class _BackgroundWrites:
     """Writes gathered into blocks of ``BLOCK`` bytes that one thread hashes while another
     writes them to ``fh`` (hashing and the kernel's copy release the GIL), at most two
-    blocks behind."""
+    blocks behind. The hashing thread saves the sha256's state every ``POINT_BYTES`` and
+    at the end (``points``, see core.hash_points); a file that starts with a copy of
+    another's first bytes resumes from that file's points instead of hashing them."""
 
     BLOCK = 4 << 20
+    POINT_BYTES = POINT_BYTES
 
     def __init__(self, fh: IO[bytes]):
         from concurrent.futures import ThreadPoolExecutor
 
         self._fh = fh
-        self._hash = hashlib.sha256()
+        self._hash = Sha256()
+        self._hashed = 0  # bytes the hash has seen (the hashing thread's own)
+        self._next_point = self.POINT_BYTES
+        self.points: list[tuple[int, bytes]] | None = [] if self._hash.state() is not None else None
+        self.resumed = 0  # bytes whose hash came from a saved state
         self._parts: list[bytes] = []
         self._size = self._total = 0
         # one thread each, so blocks are hashed in order and written in order
@@ -123,14 +146,31 @@ class _BackgroundWrites:
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
 
+    def _hash_block(self, block: bytes) -> None:
+        self._hash.update(block)
+        self._hashed += len(block)
+        if self._hashed >= self._next_point and self.points is not None:
+            self.points.append((self._hashed, self._hash.state()))  # type: ignore[arg-type]
+            self._next_point = self._hashed + self.POINT_BYTES
+
     def _hash_range(self, fd: int, start: int, size: int) -> None:
         at, end = start, start + size
         while at < end:
             block = os.pread(fd, min(end - at, self.BLOCK), at)
             if not block:
                 raise OSError(f"a file being copied is shorter than {end} bytes")
-            self._hash.update(block)
+            self._hash_block(block)
             at += len(block)
+
+    def _resume(self, point: tuple[int, bytes], points: list[tuple[int, bytes]], fd: int, size: int) -> None:
+        """Hash the copy of a file's first ``size`` bytes from its saved ``point``: the
+        file's points up to there are this file's too."""
+        at, state = point
+        self._hash = Sha256(state)
+        self._hashed = self.resumed = at
+        self.points = [p for p in points if p[0] <= at]
+        self._next_point = at + self.POINT_BYTES
+        self._hash_range(fd, at, size - at)
 
     def _queue(self, hash_job: Callable[[], None], write_job: Callable[[], None]) -> None:
         """One job for each thread (each runs its jobs in order), at most two blocks behind."""
@@ -147,13 +187,19 @@ class _BackgroundWrites:
             self._copy_file(*self._range)
             self._range = None
 
-    def copy_range(self, fd: int, start: int, size: int) -> None:
+    def copy_range(self, fd: int, start: int, size: int, points: list[tuple[int, bytes]] | None = None) -> None:
         """Append ``size`` bytes of the file open as ``fd`` from offset ``start`` (keep it
         open until the writes end): the writing thread copies them, in the kernel where the
-        platform allows, while the hashing thread reads them."""
+        platform allows, while the hashing thread reads them. ``points``: the saved states
+        of that file's sha256 (core.hash_points); a copy of its first bytes that starts this
+        file is hashed from the last of them it covers."""
         self._flush()
-        self._queue(functools.partial(self._hash_range, fd, start, size),
-                    functools.partial(copy_range, fd, start, size, self._fh))
+        point = best_point(points, size) if start == 0 and self._total == 0 and self.points is not None else None
+        if point is None:
+            hash_job = functools.partial(self._hash_range, fd, start, size)
+        else:
+            hash_job = functools.partial(self._resume, point, points, fd, size)
+        self._queue(hash_job, functools.partial(copy_range, fd, start, size, self._fh))
         self._total += size
 
     def copy_file(self, path: str, start: int, size: int, remove: bool = False) -> None:
@@ -194,7 +240,7 @@ class _BackgroundWrites:
         # a copy unless it is one immutable bytes object: both threads read the block later
         block = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
         self._parts, self._size = [], 0
-        self._queue(functools.partial(self._hash.update, block), functools.partial(self._put, block))
+        self._queue(functools.partial(self._hash_block, block), functools.partial(self._put, block))
 
     def write(self, data: bytes) -> int:
         if self._range is not None:
@@ -222,6 +268,13 @@ class _BackgroundWrites:
             self._writer.shutdown(wait=True, cancel_futures=True)
         if kind is None:
             self.digest = (self._hash.hexdigest(), self._total)
+            if self.points is not None:
+                if self._hashed != self._total:  # never expected: no state of a wrong count is kept
+                    self.points = None
+                elif not self.points or self.points[-1][0] != self._hashed:
+                    state = self._hash.state()
+                    if state is not None and self._hashed:
+                        self.points.append((self._hashed, state))
 
 
 def _as_list(value: Any) -> Any:

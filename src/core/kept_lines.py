@@ -30,6 +30,7 @@ import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
 from core.files import copy_range, read_line, stat_key
+from core.hash_points import HashPoints
 
 KEPT_LINES_FORMAT = 1
 KEPT_LINES_FILE = f"lines-f{KEPT_LINES_FORMAT}.sqlite"  # in the cache directory: the index
@@ -141,7 +142,9 @@ class KeptLines:
         own = getattr(out, "copy_range", None)
         for f, start, end in runs:
             if own is not None:
-                own(self._files[f], start, end - start)
+                # a copy of a kept file's first bytes may resume its sha256 (core.hash_points)
+                points = HashPoints(self.path.parent).find(self._files[f]) if start == 0 else None
+                own(self._files[f], start, end - start, points)
             else:
                 copy_range(self._files[f], start, end - start, out)
 
@@ -175,6 +178,7 @@ class KeptLines:
                 os.close(fd)
         except OSError:
             return False
+        HashPoints(self.path.parent).remember(path, self.folder / name)
         try:
             conn = self._conn()
             with conn:

@@ -29,6 +29,7 @@ from core.context import summary as context_summary
 from core.errors import CommitforgeError
 from core.files import atomic_write, record_line
 from core.gitio import Hunk, Repository, line_hunks
+from core.hash_points import HashPoints
 from core.hookspecs import KINDS
 from core.language import file_extension
 from core.manifest import (SPOOL, Manifest, RunLock, completed_stages, environment_versions, remove_stale_outputs,
@@ -439,8 +440,8 @@ class Run:
         # spool directory they write to is removed
         with (_removing(spool), _closing(results), base_output or nullcontext(),
               atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
-            if base_output is not None:
-                fh.copy_range(base_output.fileno(), 0, size)
+            if base_output is not None:  # its sha256 resumes where the kept file's stopped (core.hash_points)
+                fh.copy_range(base_output.fileno(), 0, size, HashPoints(self.cache_dir).find(base_output.fileno()))
                 stats.add("chunk_bytes_copied", size)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)

@@ -34,6 +34,7 @@ import lz4.frame
 
 from core.blob_cache import connection, forget_connection, unusable
 from core.files import stat_key
+from core.hash_points import HashPoints
 
 STAGE_CACHE_FORMAT = 5
 STAGES_FILE = f"stages-f{STAGE_CACHE_FORMAT}.sqlite"  # in the cache directory
@@ -229,6 +230,7 @@ class StageCache:
             stat = stat_key(folder / name)
         except OSError:
             return  # another file system, or no hard links: nothing is kept
+        HashPoints(self.path.parent).remember(path, folder / name)
         conn = self._conn()
         conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, stat, used) VALUES (?, ?, ?, ?, ?, ?)",
                      (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
