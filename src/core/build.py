@@ -29,16 +29,17 @@ from core.build_memo import (
     BUILD_MEMO_FORMAT,
     BuildMemo,
     Memo,
+    RowIndexes,
     dedup_entries,
     merge_features,
 )
-from core.changes import forget_shared_texts, read_changes
+from core.changes import RowIndex, forget_shared_texts, read_changes
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import record_line
+from core.files import record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import fingerprint
 from core.stats import Counter
@@ -111,7 +112,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
             digests = [hashlib.sha1(record_line(row)).digest() for row in changes]
     else:
         digests = [] if run.cfg.reuse else None  # rows are known again by their lines' digests
-        changes = read_changes(run.run_dir / "chunks.jsonl", digests)
+        changes = _read_rows(run, digests)
     stats.add("unit_changes", len(changes))
     splits = run.split.assign(changes)
     kept_changes, kept_splits, kept_digests = [], [], []
@@ -274,6 +275,27 @@ class TrainingTexts:
             if sp == "train":
                 yield c["old_code"]
                 yield c["new_code"]
+
+
+def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
+    """The rows of the run's chunks.jsonl. When this run's chunk stage started the file
+    with a copy of a kept one (``Run.chunks_copied``) that an earlier build read, those
+    rows come from that build's index (core.build_memo.RowIndexes); the index of this file
+    is kept for the next build."""
+    path = run.run_dir / "chunks.jsonl"
+    if digests is None:
+        return read_changes(path)
+    indexes = RowIndexes(run.cache_dir)
+    try:
+        copied = getattr(run, "chunks_copied", None)
+        known = indexes.find(copied[0]) if copied is not None else None
+        changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
+        index = RowIndex.of(changes, digests)
+        if index is not None:
+            indexes.keep(stat_key(path), index)
+    finally:
+        indexes.close()
+    return changes
 
 
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,

@@ -20,6 +20,8 @@ MinHash parameters.
 
 The store is one SQLite database (WAL) beside the stage cache, shared by parallel runs;
 the entries of the ``BASES_KEPT`` bases used last are kept. ``reuse=false`` turns it off.
+It also holds the :class:`core.changes.RowIndex` of the ``chunks.jsonl`` files the last
+builds read (:class:`RowIndexes`), whatever their settings.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import lz4.frame
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
+from core.changes import RowIndex
 from core.dedup import Features
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
@@ -45,6 +49,17 @@ BUILD_MEMO_FILE = f"build-f{BUILD_MEMO_FORMAT}.sqlite"  # in the cache directory
 BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
 _DTYPES = {1: np.uint16, 2: np.int32}
+
+
+# AUTOINCREMENT: an id is never given again, so entries a run stores for a base that
+# another run dropped meanwhile can never pass for another base's
+_SCHEMA = [
+    ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+     "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
+    ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
+     "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
+    "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)"]
+ROW_INDEXES_KEPT = 4
 
 
 class BuildMemo:
@@ -60,11 +75,7 @@ class BuildMemo:
         try:
             # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
             # that another run dropped meanwhile can never pass for another base's
-            return connection(self.path, [
-                ("CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                 "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
-                ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
-                 "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))")])
+            return connection(self.path, _SCHEMA)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise self._unusable(exc) from None
 
@@ -144,6 +155,54 @@ class BuildMemo:
                 self._writer.shutdown(wait=True)
                 self._writer = None
             forget_connection(self.path)
+
+
+class RowIndexes:
+    """The :class:`core.changes.RowIndex` of the ``chunks.jsonl`` files the last builds
+    read (``ROW_INDEXES_KEPT``), by their inode, size and modification time: the stage
+    cache keeps such a file (a hard link, the same inode), and the next run's chunk stage
+    starts its ``chunks.jsonl`` with a copy of it. An entry is an LZ4 frame with a checksum
+    of its content: a damaged one is taken as missing."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / BUILD_MEMO_FILE
+
+    def _conn(self) -> sqlite3.Connection:
+        try:
+            return connection(self.path, _SCHEMA)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise unusable("build cache", self.path, exc) from None
+
+    def find(self, stat: str) -> RowIndex | None:
+        try:
+            conn = self._conn()
+            found = conn.execute("SELECT data FROM row_index WHERE stat = ?", (stat,)).fetchone()
+            if found is None:
+                return None
+            conn.execute("UPDATE row_index SET used = ? WHERE stat = ?", (time.time(), stat))
+        except sqlite3.DatabaseError as exc:
+            raise unusable("build cache", self.path, exc) from None
+        try:
+            data = lz4.frame.decompress(found[0])
+        except RuntimeError:
+            return None
+        return RowIndex.unpack(data)
+
+    def keep(self, stat: str, index: RowIndex) -> None:
+        data = lz4.frame.compress(index.pack(), content_checksum=True, store_size=True)
+        try:
+            conn = self._conn()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT OR REPLACE INTO row_index (stat, data, used) VALUES (?, ?, ?)",
+                             (stat, data, time.time()))
+                conn.execute("DELETE FROM row_index WHERE stat IN (SELECT stat FROM row_index ORDER BY used DESC "
+                             "LIMIT -1 OFFSET ?)", (ROW_INDEXES_KEPT,))
+        except sqlite3.DatabaseError as exc:
+            raise unusable("build cache", self.path, exc) from None
+
+    def close(self) -> None:
+        forget_connection(self.path)
 
 
 class Memo(NamedTuple):

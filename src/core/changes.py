@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
+import marshal
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -84,6 +86,22 @@ class Change(Mapping):
         self._file, self._at, self._size = file, at, len(line)
         self._row: dict[str, Any] | None = None
         self._head: dict[str, Any] | None = None
+        self._read_head(line)
+
+    @classmethod
+    def known(cls, file: _ChangesFile, at: int, size: int, head: dict[str, Any] | None) -> Change:
+        """The row at ``at`` whose head an earlier read of the same bytes gave (see
+        :class:`RowIndex`); a row read whole then (no head) is read whole now."""
+        change = cls.__new__(cls)
+        change._file, change._at, change._size = file, at, size
+        change._row = None
+        change._head = head
+        if head is None:
+            change._read_head(file.line(at, size))
+        return change
+
+    def _read_head(self, line: bytes) -> None:
+        file = self._file
         end = line.find(_HEAD_END)
         if end > 0 and orjson is not None:
             try:
@@ -165,23 +183,88 @@ def forget_shared_texts(changes: list[Any]) -> None:
         file.forget_shared()
 
 
-def read_changes(path: Path, digests: list[bytes] | None = None) -> list[Change]:
+def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex | None = None,
+                 known_bytes: int = 0) -> list[Change]:
     """The rows of ``chunks.jsonl`` (:class:`Change`, read whole when first needed), and
     into ``digests`` the sha1 of each line. A context item's text repeats in every unit
     that uses it, a commit's message in each of its units, a unit's new code as the next
     change's old code: each distinct text is kept once (the rows hold a fraction of the
     memory). Lines orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by
-    json."""
+    json.
+
+    ``known``: the index of a file whose first ``known_bytes`` bytes the file at ``path``
+    starts with (the chunk stage copied them): those rows are taken from it, and only the
+    bytes after them are read."""
     file = _ChangesFile(path)
     changes = []
     sha1 = hashlib.sha1
     at = 0
+    if known is not None:
+        n = known.rows_in(known_bytes)
+        if n:
+            at = known.ends[n - 1]
+            starts = [0, *known.ends[:n - 1]]
+            for k in range(n):
+                changes.append(Change.known(file, starts[k], known.ends[k] - starts[k], known.heads[k]))
+            if digests is not None:
+                digests.extend(known.digests[:n])
     with open(file.fd, "rb", closefd=False) as fh:  # the file the rows are read back from
+        fh.seek(at)
         for line in fh:
             if digests is not None:
                 digests.append(sha1(line).digest())
             changes.append(Change(file, at, line))
             at += len(line)
     return changes
+
+
+ROW_INDEX_FORMAT = 1  # with _HEAD_END and what Change reads of a head
+
+
+class RowIndex:
+    """What :func:`read_changes` read of each row of a ``chunks.jsonl``: the sha1 of its
+    line, where the line ends, and its head (None for a row it read whole). Kept by the
+    build cache for the file the stage cache keeps (core.build_memo.RowIndexes), so that
+    the next build, whose ``chunks.jsonl`` starts with a copy of that file, does not read,
+    hash and parse those rows again."""
+
+    def __init__(self, digests: list[bytes], ends: list[int], heads: list[dict[str, Any] | None]):
+        self.digests, self.ends, self.heads = digests, ends, heads
+
+    @classmethod
+    def of(cls, changes: list[Change], digests: list[bytes]) -> RowIndex | None:
+        """The index of rows just read (before any was read whole), or None when
+        ``changes`` are not one file's rows in order."""
+        if len(changes) != len(digests) or any(type(c) is not Change for c in changes):
+            return None
+        at, ends, heads = 0, [], []
+        for c in changes:
+            if c._at != at:
+                return None
+            at += c._size
+            ends.append(at)
+            heads.append(c._head)
+        return cls(digests, ends, heads)
+
+    def rows_in(self, size: int) -> int:
+        """How many rows the first ``size`` bytes hold, when they end at a row's end (0
+        otherwise: the index does not describe that prefix)."""
+        k = bisect.bisect_left(self.ends, size)
+        return k + 1 if k < len(self.ends) and self.ends[k] == size else 0
+
+    def pack(self) -> bytes:
+        # marshal writes a text the heads share (a commit's message) once
+        return marshal.dumps((ROW_INDEX_FORMAT, b"".join(self.digests), self.ends, self.heads))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RowIndex | None:
+        try:
+            version, digests, ends, heads = marshal.loads(data)
+        except (ValueError, EOFError, TypeError):
+            return None
+        if version != ROW_INDEX_FORMAT or type(digests) is not bytes or len(digests) != 20 * len(ends) \
+                or len(heads) != len(ends):
+            return None
+        return cls([digests[k:k + 20] for k in range(0, len(digests), 20)], ends, heads)
 
 

@@ -27,7 +27,7 @@ from core.collector import fewer_collections
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
-from core.files import atomic_write, record_line
+from core.files import atomic_write, record_line, stat_key
 from core.gitio import Hunk, Repository, line_hunks
 from core.hash_points import HashPoints
 from core.hookspecs import KINDS
@@ -192,6 +192,8 @@ class Run:
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
         self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks.jsonl, when this run wrote it
+        # (stat key, bytes) of the kept chunks.jsonl whose first bytes this run's chunk stage copied
+        self.chunks_copied: tuple[str, int] | None = None
         # examples per commit per split, when this run built them (the report's, without reading them back)
         self.example_commits: dict[str, dict[str, int]] | None = None
 
@@ -442,6 +444,8 @@ class Run:
               atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
             if base_output is not None:  # its sha256 resumes where the kept file's stopped (core.hash_points)
                 fh.copy_range(base_output.fileno(), 0, size, HashPoints(self.cache_dir).find(base_output.fileno()))
+                # the build stage takes what an earlier build read of these rows (core.build._read_rows)
+                self.chunks_copied = (stat_key(base_output.fileno()), size)
                 stats.add("chunk_bytes_copied", size)
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)

@@ -534,3 +534,96 @@ def test_the_commitforge_format_writes_qualnames_as_code_would_and_has_a_token_p
     assert segs["kind_token"] == "<|cf_kind_macro_call|>" and segs["kind_token"] in fmt.special_tokens
     row["qualname"] = "app::<T as From<[u8; 2]>>"
     assert {s.name: s.text for s in fmt.segments(row)}["qualname"] == row["qualname"]
+
+
+def _rows(n: int, start: int = 0) -> list[dict]:
+    odd = b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")  # a row whose head orjson refuses
+    return [{"id": str(i), "repo": "r", "commit": f"c{i // 3}", "time": "2024-01-01T00:00:00+00:00",
+             "subject": "Fix", "message": "Fix\n\nmany words " * 20, "path": odd if i % 7 == 5 else f"src/m{i}.rs",
+             "change": "modified", "kind": "fn", "qualname": f"m::f{i}", "old_qualname": f"m::f{i}",
+             "old_code": f"fn f{i}() {{}}", "new_code": f"fn f{i}() {{ {i} }}", "context": []}
+            for i in range(start, start + n)]
+
+
+def test_rows_an_earlier_read_indexed_are_taken_from_its_index_and_the_rest_read(tmp_path, monkeypatch):
+    from core.changes import Change, RowIndex, read_changes
+    from core.files import json_line
+
+    first, more = _rows(20), _rows(9, start=20)
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(b"".join(json_line(r) for r in first))
+    digests: list[bytes] = []
+    index = RowIndex.of(read_changes(kept, digests), digests)
+    index = RowIndex.unpack(index.pack())
+    assert index is not None and index.heads[5] is None and index.heads[4]["commit"] == "c1"
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(kept.read_bytes() + b"".join(json_line(r) for r in more))
+    plain: list[bytes] = []
+    want = read_changes(path, plain)
+    made = []
+    known = Change.known
+
+    def spy(cls, *args):
+        made.append(args[1])
+        return known(*args)
+
+    monkeypatch.setattr(Change, "known", classmethod(spy))
+    got_digests: list[bytes] = []
+    got = read_changes(path, got_digests, index, kept.stat().st_size)
+    assert made == [c._at for c in want[:20]]  # the kept file's rows, from the index
+    assert got == want == first + more and got_digests == plain
+    assert [c._at for c in got] == [c._at for c in want] and got[25]["path"] == more[5]["path"]
+    # a prefix that ends inside a row, or an index of other rows: everything is read
+    assert read_changes(path, [], index, kept.stat().st_size - 1) == want
+    assert index.rows_in(kept.stat().st_size + 1) == 0 and index.rows_in(0) == 0
+
+
+def test_a_row_index_of_another_format_or_damaged_is_not_used(tmp_path):
+    import lz4.frame
+
+    from core.build_memo import RowIndexes
+    from core.changes import RowIndex
+
+    index = RowIndex([b"a" * 20, b"b" * 20], [10, 25], [{"id": "1"}, None])
+    assert RowIndex.unpack(index.pack()).ends == [10, 25]
+    assert RowIndex.unpack(marshal_dumps((99, b"a" * 40, [10, 25], [None, None]))) is None
+    assert RowIndex.unpack(marshal_dumps((1, b"a" * 39, [10, 25], [None, None]))) is None
+    assert RowIndex.unpack(b"\x00garbage") is None
+    store = RowIndexes(tmp_path)
+    store.keep("1:2:3", index)
+    assert store.find("1:2:3").digests == index.digests and store.find("4:5:6") is None
+    data = bytearray(lz4.frame.compress(index.pack(), content_checksum=True, store_size=True))
+    data[len(data) // 2] ^= 0xFF  # changed on disk: its checksum disagrees
+    store._conn().execute("UPDATE row_index SET data = ? WHERE stat = ?", (bytes(data), "1:2:3"))
+    assert store.find("1:2:3") is None
+    store.close()
+
+
+def marshal_dumps(value) -> bytes:
+    import marshal
+
+    return marshal.dumps(value)
+
+
+def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build_builds(repo, tmp_path, monkeypatch):
+    from core import changes
+
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'cache'}", "tokenizer.max_training_chars=20000"]
+    before = run_pipeline(tmp_path / "a", *shared)
+    repo.commit("one more", {"crates/app/src/late.rs": "pub fn late() -> u32 {\n    7\n}\n"})
+    read: list[int] = []
+    init = changes.Change.__init__
+
+    def spy(self, file, at, line):
+        read.append(at)
+        init(self, file, at, line)
+
+    monkeypatch.setattr(changes.Change, "__init__", spy)
+    after = run_pipeline(tmp_path / "b", *shared)
+    monkeypatch.undo()
+    # every row before the new commit's came from the earlier build's index
+    assert read and min(read) >= (before / "chunks.jsonl").stat().st_size
+    assert (after / "chunks.jsonl").read_bytes().startswith((before / "chunks.jsonl").read_bytes())
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
+    for name in ("train", "val", "test"):
+        assert (after / "data" / f"{name}.jsonl").read_bytes() == (fresh / "data" / f"{name}.jsonl").read_bytes()
