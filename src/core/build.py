@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from core.build_memo import (
@@ -298,6 +299,9 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
     return changes
 
 
+FEATURES_STALE = 0.1  # the share of rows not in the block of dedup features that has it written again
+
+
 def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,
                     stats: Counter) -> Features:
     """What dedup compares of each row: kept by an earlier build, or computed (and kept)."""
@@ -307,16 +311,33 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
     settings = {"exact": bool(dcfg.exact), "near": bool(dcfg.near), "num_perm": int(dcfg.num_perm)}
     store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on, settings))
     try:
-        kept = store.get_many(rows)
-        todo = [i for i, row in enumerate(rows) if row not in kept]
+        # the rows the last build compared come in one block, the others entry by entry
+        last = store.last_features(settings["num_perm"])
+        given = None
+        if last is not None:
+            position = {row: j for j, row in enumerate(last[0])}
+            found = [(i, position.get(row, -1)) for i, row in enumerate(rows)]
+            at = np.array([i for i, j in found if j >= 0], dtype=np.int64)
+            given = (at, np.array([j for _, j in found if j >= 0], dtype=np.int64), last[1])
+            rest = [row for (_, j), row in zip(found, rows) if j < 0]
+        else:
+            rest = rows
+        kept = store.get_many(rest)
+        in_block = set(given[0].tolist()) if given is not None else set()
+        todo = [i for i, row in enumerate(rows) if i not in in_block and row not in kept]
         computed = features([dedup_text(changes[i], on) for i in todo], threads=threads, **settings)
         store.put_many(dedup_entries([rows[i] for i in todo], computed))
+        merged = merge_features(rows, kept, todo, computed, **settings, last=given)
+        if len(rows) - len(in_block) > len(rows) * FEATURES_STALE:
+            # written again only once that many rows are not in it: writing it (18 MB for
+            # rusty-kaspa's history) takes longer than reading a few rows' entries
+            store.keep_features(rows, merged)
     finally:
         store.close()
     stats.add("dedup_rows_computed", len(todo))
     if store.damaged:
         stats.add("build_cache_damaged", store.damaged)
-    return merge_features(rows, kept, todo, computed, **settings)
+    return merged
 
 
 def _examples_base(run: Run, special: list[str]) -> str:

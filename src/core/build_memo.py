@@ -58,7 +58,9 @@ _SCHEMA = [
      "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
     ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
      "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
-    "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)"]
+    "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS last_rows (base INTEGER PRIMARY KEY, data BLOB NOT NULL, sum INTEGER NOT NULL)"]
+_LAST_ROWS_FORMAT = 1
 ROW_INDEXES_KEPT = 4
 
 
@@ -95,6 +97,7 @@ class BuildMemo:
                     conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
                 if old:  # with the entries of any base dropped earlier, stored late by another run
                     conn.execute("DELETE FROM entries WHERE base NOT IN (SELECT id FROM bases)")
+                    conn.execute("DELETE FROM last_rows WHERE base NOT IN (SELECT id FROM bases)")
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
@@ -135,6 +138,51 @@ class BuildMemo:
         self._pending.append(self._writer.submit(put))
         while len(self._pending) > 2:  # bounded: at most a few batches wait in memory
             self._pending.pop(0).result()
+
+    def last_features(self, num_perm: int) -> tuple[list[bytes], Features] | None:
+        """The rows whose dedup features a build of this base kept whole
+        (:meth:`keep_features`) and those features: one read instead of one entry per row
+        (an update compares the rows of an earlier build, and a few more)."""
+        self._wait()
+        try:
+            found = self._conn().execute("SELECT data, sum FROM last_rows WHERE base = ?", (self._id(),)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+        if found is None:
+            return None
+        if zlib.crc32(found[0]) != found[1]:
+            self.damaged += 1
+            return None
+        try:
+            version, digests, keys, sig, has = marshal.loads(found[0])
+        except (ValueError, EOFError, TypeError):
+            return None
+        n = len(has)
+        if version != _LAST_ROWS_FORMAT or len(digests) != 20 * n or (keys is not None and len(keys) != n) \
+                or len(sig) not in (0, 4 * num_perm * n):
+            return None
+        rows = [digests[k:k + 20] for k in range(0, len(digests), 20)]
+        matrix = np.frombuffer(sig, dtype=np.uint32).reshape(n, num_perm if sig else 0)
+        return rows, Features(keys, matrix, np.frombuffer(has, dtype=bool))
+
+    def keep_features(self, rows: list[bytes], feats: Features) -> None:
+        """Keep ``rows``' dedup features whole for the next build of this base (written by
+        a thread, as :meth:`put_many`); rows are sha1 digests."""
+        if any(len(r) != 20 for r in rows):
+            return
+        sig = feats.sig.astype(np.uint32).tobytes() if feats.sig.shape[1] else b""
+        data = marshal.dumps((_LAST_ROWS_FORMAT, b"".join(rows), feats.keys, sig, np.asarray(feats.has, bool).tobytes()))
+        base_id, conn = self._id(), self._conn()
+
+        def put() -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT OR REPLACE INTO last_rows (base, data, sum) VALUES (?, ?, ?)",
+                             (base_id, data, zlib.crc32(data)))
+
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
+        self._pending.append(self._writer.submit(put))
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -257,9 +305,12 @@ def dedup_entries(rows: list[bytes], computed: Features) -> list[tuple[bytes, by
 
 
 def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], todo: list[int], computed: Features,
-                   *, exact: bool, near: bool, num_perm: int) -> Features:
-    """The dedup features of every row: ``computed`` for the rows ``todo`` (in order), the
-    kept entries for the others."""
+                   *, exact: bool, near: bool, num_perm: int,
+                   last: tuple[np.ndarray, np.ndarray, Features] | None = None) -> Features:
+    """The dedup features of every row: ``computed`` for the rows ``todo`` (in order);
+    with ``last`` (the positions of some rows, their positions in a whole block of
+    features, and that block; see :meth:`BuildMemo.last_features`), the block's for those;
+    the kept entries for the others."""
     n = len(rows)
     if len(todo) == n:  # nothing was kept (todo is every row, in order)
         return computed
@@ -273,9 +324,19 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
         at = np.asarray(todo, dtype=np.int64)
         sig[at] = computed.sig
         has[at] = computed.has
-    fresh = set(todo)
+    done = set(todo)
+    if last is not None:
+        at, src, block = last
+        if keys is not None:
+            for i, j in zip(at.tolist(), src.tolist()):
+                keys[i] = block.keys[j]  # type: ignore[index]
+        if near:
+            take = block.has[src]
+            sig[at[take]] = block.sig[src[take]]
+            has[at[take]] = True
+        done.update(at.tolist())
     for i, row in enumerate(rows):
-        if i in fresh:
+        if i in done:
             continue
         key, packed = kept[row]
         if keys is not None:

@@ -206,6 +206,7 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
         (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
+        conn.execute("DELETE FROM last_rows")  # or the dedup entries would not be read (see below)
     # without the example lines kept from the first run, which would be copied unread
     with sqlite3.connect(tmp_path / "shared" / f"lines-f{kept_lines.KEPT_LINES_FORMAT}.sqlite") as conn:
         conn.execute("DELETE FROM kept_lines")
@@ -232,3 +233,87 @@ def test_the_file_builder_reuses_the_examples_of_its_snapshot_rows(repo, tmp_pat
     assert counts(again)["rows_encoded"] == 0 and counts(again)["rows_reused"] > 0
     fresh = run_pipeline(tmp_path / "c", *settings, "reuse=false")
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block(repo, tmp_path, monkeypatch):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    asked: list[tuple[int, int]] = []
+    dedup_stores: list[int] = []
+    get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
+
+    def spy(self, rows):
+        asked.append((id(self), len(rows)))
+        return get_many(self, rows)
+
+    def spy_last(self, num_perm):
+        dedup_stores.append(id(self))
+        return last_features(self, num_perm)
+
+    monkeypatch.setattr(build_memo.BuildMemo, "get_many", spy)
+    monkeypatch.setattr(build_memo.BuildMemo, "last_features", spy_last)
+    after = run_pipeline(tmp_path / "b", *shared)
+    c = counts(after)
+    # the dedup store is asked for the new commit's rows only, entry by entry
+    assert c["dedup_rows_computed"] > 0 and len(dedup_stores) == 1
+    assert [n for store, n in asked if store == dedup_stores[0]] == [c["dedup_rows_computed"]]
+    monkeypatch.undo()
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
+    with sqlite3.connect(path) as conn:  # one byte of the block changed on disk: entries are read instead
+        data = conn.execute("SELECT data FROM last_rows").fetchone()[0]
+        conn.execute("UPDATE last_rows SET data = ?", (data[:-1] + bytes([data[-1] ^ 1]),))
+    again = run_pipeline(tmp_path / "d", *shared)
+    assert counts(again)["build_cache_damaged"] == 1 and counts(again)["dedup_rows_computed"] == 0
+    same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def test_features_merged_from_a_block_entries_and_computed_rows_are_each_rows_own():
+    from core.dedup import features
+
+    texts = [f"fn f{i}() {{ let x = {i % 5}; x + {i} }}" if i % 6 else "" for i in range(40)]
+    settings = {"exact": True, "near": True, "num_perm": 16}
+    whole = features(texts, **settings)
+    rows = [bytes([i]) * 20 for i in range(40)]
+    block_rows = list(range(0, 40, 3))  # every third row from a block (in another order there)
+    src = np.array(block_rows[::-1], dtype=np.int64)
+    block = build_memo.Features([whole.keys[i] for i in src.tolist()], whole.sig[src], whole.has[src])
+    at = np.array(block_rows, dtype=np.int64)
+    pos = {i: j for j, i in enumerate(src.tolist())}
+    last = (at, np.array([pos[i] for i in block_rows], dtype=np.int64), block)
+    todo = [i for i in range(40) if i % 3 and i % 2]
+    computed = features([texts[i] for i in todo], **settings)
+    entries = dict(zip([rows[i] for i in range(40)],
+                       [(e[1], e[2]) for e in build_memo.dedup_entries(rows, whole)]))
+    kept = {rows[i]: entries[rows[i]] for i in range(40) if i % 3 and not i % 2}
+    merged = build_memo.merge_features(rows, kept, todo, computed, **settings, last=last)
+    assert merged.keys == whole.keys
+    assert (merged.has == whole.has).all()
+    assert (merged.sig[whole.has] == whole.sig[whole.has]).all()
+
+
+def test_the_block_of_features_is_written_again_only_when_many_rows_are_not_in_it(repo, tmp_path, monkeypatch):
+    from core import build
+
+    monkeypatch.setattr(build, "FEATURES_STALE", 0.5)
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
+
+    def block() -> bytes:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT data FROM last_rows").fetchone()[0]
+
+    run_pipeline(tmp_path / "a", *shared)
+    first = block()
+    for k in (98, 99):  # each adds fewer rows than half: the first build's block stays
+        commit_round(repo, k)
+        after = run_pipeline(tmp_path / f"b{k}", *shared)
+        assert block() == first
+    assert counts(after)["dedup_rows_computed"] > 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    monkeypatch.setattr(build, "FEATURES_STALE", 0.0)
+    run_pipeline(tmp_path / "d", *shared)
+    assert block() != first
