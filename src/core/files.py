@@ -146,6 +146,17 @@ class _BackgroundWrites:
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
 
+    SYNC_BYTES = 64 << 20
+
+    def _copy_and_sync(self, fd: int, start: int, size: int) -> None:
+        """Copy a range; a large one (an update's copy of the output kept from the run
+        before) is also written to disk now, by this thread, while the caller goes on:
+        ``atomic_write``'s fsync at the end would otherwise wait for all of it."""
+        copy_range(fd, start, size, self._fh)
+        if size >= self.SYNC_BYTES:
+            self._fh.flush()
+            getattr(os, "fdatasync", os.fsync)(self._fh.fileno())
+
     def _hash_block(self, block: bytes) -> None:
         self._hash.update(block)
         self._hashed += len(block)
@@ -199,7 +210,7 @@ class _BackgroundWrites:
             hash_job = functools.partial(self._hash_range, fd, start, size)
         else:
             hash_job = functools.partial(self._resume, point, points, fd, size)
-        self._queue(hash_job, functools.partial(copy_range, fd, start, size, self._fh))
+        self._queue(hash_job, functools.partial(self._copy_and_sync, fd, start, size))
         self._total += size
 
     def copy_file(self, path: str, start: int, size: int, remove: bool = False) -> None:
