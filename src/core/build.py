@@ -286,17 +286,27 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
     path = run.run_dir / "chunks.jsonl"
     if digests is None:
         return read_changes(path)
-    indexes = RowIndexes(run.cache_dir)
+    from core.pipeline import code_version
+
+    indexes, version = RowIndexes(run.cache_dir), code_version()
     try:
         copied = getattr(run, "chunks_copied", None)
-        known = indexes.find(copied[0]) if copied is not None else None
+        known = indexes.find(copied[0], version) if copied is not None else None
         changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
         index = RowIndex.of(changes, digests)
         if index is not None:
-            indexes.keep(stat_key(path), index)
+            indexes.keep(stat_key(path), version, index)
     finally:
         indexes.close()
     return changes
+
+
+def _rows_scope(run: Run) -> str:
+    """Where a build's rows come from (the repository, the chunk settings, or a builder of
+    its own rows): an earlier build's block of dedup features serves builds of the same."""
+    chunk = run._chunk_fingerprint() if hasattr(run, "_chunk_fingerprint") else None
+    own = run.cfg.builder.name if hasattr(run.builder, "rows") else None
+    return fingerprint("rows", str(run.repo.path.resolve()), chunk, own)
 
 
 FEATURES_STALE = 0.1  # the share of rows not in the block of dedup features that has it written again
@@ -311,8 +321,9 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
     settings = {"exact": bool(dcfg.exact), "near": bool(dcfg.near), "num_perm": int(dcfg.num_perm)}
     store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on, settings))
     try:
-        # the rows the last build compared come in one block, the others entry by entry
-        last = store.last_features(settings["num_perm"])
+        # the rows the last build of these rows compared come in one block, the others entry by entry
+        scope = _rows_scope(run)
+        last = store.last_features(scope, **settings)
         given = None
         if last is not None:
             position = {row: j for j, row in enumerate(last[0])}
@@ -331,7 +342,7 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
         if len(rows) - len(in_block) > len(rows) * FEATURES_STALE:
             # written again only once that many rows are not in it: writing it (18 MB for
             # rusty-kaspa's history) takes longer than reading a few rows' entries
-            store.keep_features(rows, merged)
+            store.keep_features(scope, rows, merged)
     finally:
         store.close()
     stats.add("dedup_rows_computed", len(todo))

@@ -59,8 +59,10 @@ _SCHEMA = [
     ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
      "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
     "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS last_rows (base INTEGER PRIMARY KEY, data BLOB NOT NULL, sum INTEGER NOT NULL)"]
-_LAST_ROWS_FORMAT = 1
+    ("CREATE TABLE IF NOT EXISTS feature_blocks (base INTEGER NOT NULL, scope TEXT NOT NULL, data BLOB NOT NULL, "
+     "sum INTEGER NOT NULL, used REAL NOT NULL, PRIMARY KEY (base, scope))")]
+_BLOCK_FORMAT = 1
+BLOCKS_KEPT = 4  # blocks of dedup features kept (the most recently used)
 ROW_INDEXES_KEPT = 4
 
 
@@ -97,7 +99,7 @@ class BuildMemo:
                     conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
                 if old:  # with the entries of any base dropped earlier, stored late by another run
                     conn.execute("DELETE FROM entries WHERE base NOT IN (SELECT id FROM bases)")
-                    conn.execute("DELETE FROM last_rows WHERE base NOT IN (SELECT id FROM bases)")
+                    conn.execute("DELETE FROM feature_blocks WHERE base NOT IN (SELECT id FROM bases)")
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
@@ -139,13 +141,20 @@ class BuildMemo:
         while len(self._pending) > 2:  # bounded: at most a few batches wait in memory
             self._pending.pop(0).result()
 
-    def last_features(self, num_perm: int) -> tuple[list[bytes], Features] | None:
-        """The rows whose dedup features a build of this base kept whole
-        (:meth:`keep_features`) and those features: one read instead of one entry per row
+    def last_features(self, scope: str, *, exact: bool, near: bool, num_perm: int
+                      ) -> tuple[list[bytes], Features] | None:
+        """The rows whose dedup features a build of this base kept whole for ``scope``
+        (what its rows came from: a repository and its chunk settings; see
+        :meth:`keep_features`) and those features: one read instead of one entry per row
         (an update compares the rows of an earlier build, and a few more)."""
         self._wait()
         try:
-            found = self._conn().execute("SELECT data, sum FROM last_rows WHERE base = ?", (self._id(),)).fetchone()
+            conn, base_id = self._conn(), self._id()
+            found = conn.execute("SELECT data, sum FROM feature_blocks WHERE base = ? AND scope = ?",
+                                 (base_id, scope)).fetchone()
+            if found is not None:
+                conn.execute("UPDATE feature_blocks SET used = ? WHERE base = ? AND scope = ?",
+                             (time.time(), base_id, scope))
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from None
         if found is None:
@@ -155,30 +164,33 @@ class BuildMemo:
             return None
         try:
             version, digests, keys, sig, has = marshal.loads(found[0])
+            n = len(has)
+            if version != _BLOCK_FORMAT or len(digests) != 20 * n or (keys is not None) != exact \
+                    or (exact and len(keys) != n) or len(sig) != (4 * num_perm * n if near else 0):
+                return None
         except (ValueError, EOFError, TypeError):
             return None
-        n = len(has)
-        if version != _LAST_ROWS_FORMAT or len(digests) != 20 * n or (keys is not None and len(keys) != n) \
-                or len(sig) not in (0, 4 * num_perm * n):
-            return None
         rows = [digests[k:k + 20] for k in range(0, len(digests), 20)]
-        matrix = np.frombuffer(sig, dtype=np.uint32).reshape(n, num_perm if sig else 0)
+        matrix = np.frombuffer(sig, dtype=np.uint32).reshape(n, num_perm if near else 0)
         return rows, Features(keys, matrix, np.frombuffer(has, dtype=bool))
 
-    def keep_features(self, rows: list[bytes], feats: Features) -> None:
-        """Keep ``rows``' dedup features whole for the next build of this base (written by
-        a thread, as :meth:`put_many`); rows are sha1 digests."""
+    def keep_features(self, scope: str, rows: list[bytes], feats: Features) -> None:
+        """Keep ``rows``' dedup features whole for the next build of this base and
+        ``scope`` (written by a thread, as :meth:`put_many`); rows are sha1 digests. The
+        ``BLOCKS_KEPT`` blocks used last are kept."""
         if any(len(r) != 20 for r in rows):
             return
         sig = feats.sig.astype(np.uint32).tobytes() if feats.sig.shape[1] else b""
-        data = marshal.dumps((_LAST_ROWS_FORMAT, b"".join(rows), feats.keys, sig, np.asarray(feats.has, bool).tobytes()))
+        data = marshal.dumps((_BLOCK_FORMAT, b"".join(rows), feats.keys, sig, np.asarray(feats.has, bool).tobytes()))
         base_id, conn = self._id(), self._conn()
 
         def put() -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT OR REPLACE INTO last_rows (base, data, sum) VALUES (?, ?, ?)",
-                             (base_id, data, zlib.crc32(data)))
+                conn.execute("INSERT OR REPLACE INTO feature_blocks (base, scope, data, sum, used) "
+                             "VALUES (?, ?, ?, ?, ?)", (base_id, scope, data, zlib.crc32(data), time.time()))
+                conn.execute("DELETE FROM feature_blocks WHERE rowid IN (SELECT rowid FROM feature_blocks "
+                             "ORDER BY used DESC LIMIT -1 OFFSET ?)", (BLOCKS_KEPT,))
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
@@ -210,7 +222,8 @@ class RowIndexes:
     read (``ROW_INDEXES_KEPT``), by their inode, size and modification time: the stage
     cache keeps such a file (a hard link, the same inode), and the next run's chunk stage
     starts its ``chunks.jsonl`` with a copy of it. An entry is an LZ4 frame with a checksum
-    of its content: a damaged one is taken as missing."""
+    of its content: a damaged one is taken as missing, as is any this database cannot
+    give or take (the rows are then read)."""
 
     def __init__(self, root: str | Path):
         self.path = Path(root) / BUILD_MEMO_FILE
@@ -221,33 +234,36 @@ class RowIndexes:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise unusable("build cache", self.path, exc) from None
 
-    def find(self, stat: str) -> RowIndex | None:
+    def find(self, stat: str, made_by: str) -> RowIndex | None:
+        """The index of the file whose stat key is ``stat``, made by code ``made_by`` (what
+        a head holds is the code's), or None. An index is an optimisation: one that cannot
+        be read (a busy or damaged database) is a miss."""
+        key = f"{stat} {made_by}"
         try:
             conn = self._conn()
-            found = conn.execute("SELECT data FROM row_index WHERE stat = ?", (stat,)).fetchone()
+            found = conn.execute("SELECT data FROM row_index WHERE stat = ?", (key,)).fetchone()
             if found is None:
                 return None
-            conn.execute("UPDATE row_index SET used = ? WHERE stat = ?", (time.time(), stat))
-        except sqlite3.DatabaseError as exc:
-            raise unusable("build cache", self.path, exc) from None
-        try:
+            conn.execute("UPDATE row_index SET used = ? WHERE stat = ?", (time.time(), key))
             data = lz4.frame.decompress(found[0])
-        except RuntimeError:
+        except (CommitforgeError, sqlite3.DatabaseError, RuntimeError):
             return None
         return RowIndex.unpack(data)
 
-    def keep(self, stat: str, index: RowIndex) -> None:
+    def keep(self, stat: str, made_by: str, index: RowIndex) -> None:
+        """Keep ``index`` for the file whose stat key is ``stat`` (nothing when the database
+        cannot be written)."""
         data = lz4.frame.compress(index.pack(), content_checksum=True, store_size=True)
         try:
             conn = self._conn()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("INSERT OR REPLACE INTO row_index (stat, data, used) VALUES (?, ?, ?)",
-                             (stat, data, time.time()))
+                             (f"{stat} {made_by}", data, time.time()))
                 conn.execute("DELETE FROM row_index WHERE stat IN (SELECT stat FROM row_index ORDER BY used DESC "
                              "LIMIT -1 OFFSET ?)", (ROW_INDEXES_KEPT,))
-        except sqlite3.DatabaseError as exc:
-            raise unusable("build cache", self.path, exc) from None
+        except (CommitforgeError, sqlite3.DatabaseError):
+            pass
 
     def close(self) -> None:
         forget_connection(self.path)

@@ -37,7 +37,7 @@ from core.errors import CommitforgeError
 
 TOKENIZERS_DIR = "tokenizers"  # trained tokenizers (the bpe plugin), by corpus and settings
 # the stores and folders of any version: family, format (or demo version), the rest of the name
-_VERSIONED = re.compile(r"(units|summaries|stages|build|examples|lines)-f(\d+)([-.].*)?|(demo)-v(\d+)")
+_VERSIONED = re.compile(r"(units|summaries|stages|build|examples|lines|sha256-points)-f(\d+)([-.].*)?|(demo)-v(\d+)")
 _UNFINISHED = re.compile(r"\.demo-v\d+\.tmp-.*")  # see core.demo.demo_repo_path
 _SQLITE_SIDE = ("-wal", "-shm", "-journal")  # files SQLite keeps next to a database
 UNFINISHED_AGE_S = 3600  # a demo build younger than this may still be running

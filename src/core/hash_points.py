@@ -49,18 +49,20 @@ class _OpenSSL:
         self.ok = False
         try:
             import ctypes
-
-            lib = None
-            for name in ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib"):
-                try:
-                    lib = ctypes.CDLL(name)
-                    break
-                except OSError:
-                    continue
-            if lib is None:
-                return
-            self.init, self.update, self.final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
-        except (ImportError, AttributeError):
+        except ImportError:
+            return
+        # the libcrypto Python's own hashlib links (its symbols resolve through the extension),
+        # else a versioned name: macOS's unversioned libcrypto.dylib aborts the process when loaded
+        for name in (_hashlib_path(), "libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.3.dylib"):
+            if name is None:
+                continue
+            try:
+                lib = ctypes.CDLL(name)
+                self.init, self.update, self.final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
+                break
+            except (OSError, AttributeError):
+                continue
+        else:
             return
         self.ctypes = ctypes
         self.init.argtypes = [ctypes.c_char_p]
@@ -84,6 +86,14 @@ class _OpenSSL:
         out = ctypes.create_string_buffer(32)
         self.final(out, resumed)
         return out.raw == hashlib.sha256(data).digest()
+
+
+def _hashlib_path() -> str | None:
+    try:
+        import _hashlib
+    except ImportError:
+        return None
+    return getattr(_hashlib, "__file__", None)
 
 
 _LIB: _OpenSSL | None = None

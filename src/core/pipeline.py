@@ -320,6 +320,7 @@ class Run:
         t0 = time.perf_counter()
         reset_memory()
         stats = Counter()
+        self.chunks_copied = None
         job = self.chunk_job()
         at = getattr(self.context, "snapshot", None)
         ext = self.extensions()

@@ -590,12 +590,13 @@ def test_a_row_index_of_another_format_or_damaged_is_not_used(tmp_path):
     assert RowIndex.unpack(marshal_dumps((1, b"a" * 39, [10, 25], [None, None]))) is None
     assert RowIndex.unpack(b"\x00garbage") is None
     store = RowIndexes(tmp_path)
-    store.keep("1:2:3", index)
-    assert store.find("1:2:3").digests == index.digests and store.find("4:5:6") is None
+    store.keep("1:2:3", "v1", index)
+    assert store.find("1:2:3", "v1").digests == index.digests and store.find("4:5:6", "v1") is None
+    assert store.find("1:2:3", "v2") is None  # made by other code: its heads may differ
     data = bytearray(lz4.frame.compress(index.pack(), content_checksum=True, store_size=True))
     data[len(data) // 2] ^= 0xFF  # changed on disk: its checksum disagrees
-    store._conn().execute("UPDATE row_index SET data = ? WHERE stat = ?", (bytes(data), "1:2:3"))
-    assert store.find("1:2:3") is None
+    store._conn().execute("UPDATE row_index SET data = ? WHERE stat = ?", (bytes(data), "1:2:3 v1"))
+    assert store.find("1:2:3", "v1") is None
     store.close()
 
 

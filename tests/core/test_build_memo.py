@@ -206,7 +206,7 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
         (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
-        conn.execute("DELETE FROM last_rows")  # or the dedup entries would not be read (see below)
+        conn.execute("DELETE FROM feature_blocks")  # or the dedup entries would not be read (see below)
     # without the example lines kept from the first run, which would be copied unread
     with sqlite3.connect(tmp_path / "shared" / f"lines-f{kept_lines.KEPT_LINES_FORMAT}.sqlite") as conn:
         conn.execute("DELETE FROM kept_lines")
@@ -247,9 +247,9 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
         asked.append((id(self), len(rows)))
         return get_many(self, rows)
 
-    def spy_last(self, num_perm):
+    def spy_last(self, scope, **settings):
         dedup_stores.append(id(self))
-        return last_features(self, num_perm)
+        return last_features(self, scope, **settings)
 
     monkeypatch.setattr(build_memo.BuildMemo, "get_many", spy)
     monkeypatch.setattr(build_memo.BuildMemo, "last_features", spy_last)
@@ -263,8 +263,8 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
     path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
     with sqlite3.connect(path) as conn:  # one byte of the block changed on disk: entries are read instead
-        data = conn.execute("SELECT data FROM last_rows").fetchone()[0]
-        conn.execute("UPDATE last_rows SET data = ?", (data[:-1] + bytes([data[-1] ^ 1]),))
+        data = conn.execute("SELECT data FROM feature_blocks").fetchone()[0]
+        conn.execute("UPDATE feature_blocks SET data = ?", (data[:-1] + bytes([data[-1] ^ 1]),))
     again = run_pipeline(tmp_path / "d", *shared)
     assert counts(again)["build_cache_damaged"] == 1 and counts(again)["dedup_rows_computed"] == 0
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
@@ -303,17 +303,62 @@ def test_the_block_of_features_is_written_again_only_when_many_rows_are_not_in_i
 
     def block() -> bytes:
         with sqlite3.connect(path) as conn:
-            return conn.execute("SELECT data FROM last_rows").fetchone()[0]
+            return conn.execute("SELECT data FROM feature_blocks").fetchone()[0]
 
     run_pipeline(tmp_path / "a", *shared)
     first = block()
     for k in (98, 99):  # each adds fewer rows than half: the first build's block stays
         commit_round(repo, k)
+        if k == 99:  # an entry of a row the block does not have, damaged on disk: made again
+            import marshal
+
+            in_block = marshal.loads(first)[1]
+            with sqlite3.connect(path) as conn:
+                for rowid, row in conn.execute("SELECT rowid, row FROM entries WHERE length(a) = 16"):
+                    if not any(in_block[j:j + 20] == row for j in range(0, len(in_block), 20)):
+                        conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
+                        break
         after = run_pipeline(tmp_path / f"b{k}", *shared)
         assert block() == first
-    assert counts(after)["dedup_rows_computed"] > 0
+        computed = counts(after)["dedup_rows_computed"]
+    assert computed > 0 and counts(after)["build_cache_damaged"] == 1
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
     monkeypatch.setattr(build, "FEATURES_STALE", 0.0)
     run_pipeline(tmp_path / "d", *shared)
     assert block() != first
+
+
+def test_builds_of_another_repository_in_the_same_cache_keep_their_own_block(repo, tmp_path, monkeypatch):
+    other = ScriptedRepo(tmp_path / "other")
+    for k in range(6):
+        commit_round(other, 50 + k)
+    settings = [f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    run_pipeline(tmp_path / "a", f"repo={repo.path}", *settings)
+    run_pipeline(tmp_path / "o", f"repo={other.path}", *settings)
+    commit_round(repo, 99)
+    asked: list[tuple[int, int]] = []
+    dedup_stores: list[int] = []
+    get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
+    monkeypatch.setattr(build_memo.BuildMemo, "get_many",
+                        lambda self, rows: asked.append((id(self), len(rows))) or get_many(self, rows))
+    monkeypatch.setattr(build_memo.BuildMemo, "last_features",
+                        lambda self, scope, **kw: dedup_stores.append(id(self)) or last_features(self, scope, **kw))
+    after = run_pipeline(tmp_path / "b", f"repo={repo.path}", *settings)
+    # the repository's own block: only the new commit's rows are read entry by entry
+    assert [n for store, n in asked if store == dedup_stores[0]] == [counts(after)["dedup_rows_computed"]]
+
+
+def test_a_block_kept_with_other_dedup_switches_is_not_taken(tmp_path):
+    from core.dedup import features
+
+    rows = [bytes([i]) * 20 for i in range(4)]
+    exact_only = features(["fn a() {}", "fn b() {}", "", "fn d() {}"], exact=True, near=False, num_perm=8)
+    store = BuildMemo(tmp_path, "base")
+    store.keep_features("scope", rows, exact_only)
+    got = store.last_features("scope", exact=True, near=False, num_perm=8)
+    assert got is not None and got[0] == rows and got[1].keys == exact_only.keys
+    assert store.last_features("scope", exact=True, near=True, num_perm=8) is None
+    assert store.last_features("scope", exact=False, near=False, num_perm=8) is None
+    assert store.last_features("elsewhere", exact=True, near=False, num_perm=8) is None
+    store.close()

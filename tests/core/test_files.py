@@ -208,3 +208,23 @@ def test_the_callers_error_is_not_hidden_by_a_failed_background_write(tmp_path, 
         fh.write(b"0123456789\n" * 3)
         raise KeyError("bad row")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_copied_range_is_synced_by_the_writing_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 4000)
+    source = tmp_path / "kept.jsonl"
+    source.write_bytes(b"".join(f"{i:06d} kept\n".encode() for i in range(2000)))
+    synced: list[str] = []
+    sync = getattr(os, "fdatasync", os.fsync)
+    name = "fdatasync" if hasattr(os, "fdatasync") else "fsync"
+    monkeypatch.setattr(files.os, name, lambda fd: synced.append(threading.current_thread().name) or sync(fd))
+    path = tmp_path / "out.jsonl"
+    with open(source, "rb") as src, files.atomic_write(path, background=True) as fh:
+        fh.copy_range(src.fileno(), 0, 3000)  # small: no sync of its own
+        fh.write(b"new\n")
+        fh.copy_range(src.fileno(), 100, 10_000)
+    want = source.read_bytes()[:3000] + b"new\n" + source.read_bytes()[100:10_100]
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    # the writing thread synced the large copy; atomic_write's own fsync comes from the caller
+    assert sum(n.startswith("commitforge-write") for n in synced) == 1
