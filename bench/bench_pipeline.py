@@ -8,7 +8,8 @@ and bringing an already-processed repository up to date after one new commit.
 2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
    processed again with the same cache, both for the whole pipeline and for
    ``stages=[mine,chunk]``: wall seconds of the second run, and how much of its chunk
-   and build stages came from the caches.
+   and build stages came from the caches. Then ``stages=[mine]`` alone on that clone:
+   what a run costs besides its stages (starting Python, composing the config, exiting).
 
 Each run is a separate ``python -m core`` process, so peak RSS is per run.
 """
@@ -89,8 +90,13 @@ def main() -> None:
             git(clone, "reset", "-q", "--hard", f"{head}~1")
             run(clone, tmp / f"before-{label}", cache, exp, *overrides)
             git(clone, "reset", "-q", "--hard", head)
+            os.sync()  # the run before's writes reach the disk first, as they have long before a real update
             after = run(clone, tmp / f"after-{label}", cache, exp, *overrides)
             print(json.dumps({"update_after_one_commit": label, **after}), flush=True)
+        # what any run of this command costs besides its stages' work (start, config, exit):
+        # the mine stage alone, on the same clone
+        floor = run(clone, tmp / "floor", tmp / "cache-pipeline", exp, "stages=[mine]")
+        print(json.dumps({"mine_only": {"wall_s": floor["wall_s"], "stages_s": floor["stages_s"]}}), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
