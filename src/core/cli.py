@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -142,3 +143,6 @@ def main() -> None:
     _check_choices(sys.argv[1:])
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_task)
     app()
+    # what the run built goes with the process: the interpreter's collections at shutdown
+    # would walk all of it first (0.17 s of an update of rusty-kaspa, its 3.2 s)
+    gc.freeze()
