@@ -185,6 +185,7 @@ class RepoMapContextConfig(BudgetedConfig):
     top_files: int = 24  # definitions are taken from this many best-ranked files
     damping: float = 0.85
     iterations: int = 30
+    max_files: int = 8000  # files of one language a snapshot may hold: the graph takes 12 bytes per pair per worker
 
 
 class RepoMapContext(_Budgeted):
@@ -193,9 +194,10 @@ class RepoMapContext(_Budgeted):
     def __init__(self, cfg: RepoMapContextConfig):
         if cfg.snapshot is None:
             raise CommitforgeError("context=repomap needs context.snapshot=commit or parent")
-        if not 0 < cfg.damping < 1 or cfg.top_files < 1 or cfg.iterations < 1:
+        if not 0 < cfg.damping < 1 or cfg.top_files < 1 or cfg.iterations < 1 or cfg.max_files < 1:
             raise CommitforgeError(f"context.damping={cfg.damping} must lie in (0, 1) and context.top_files="
-                                   f"{cfg.top_files}, context.iterations={cfg.iterations} must be positive")
+                                   f"{cfg.top_files}, context.iterations={cfg.iterations}, context.max_files="
+                                   f"{cfg.max_files} must be positive")
         super().__init__(cfg)
 
     def items(self, query: UnitQuery, snapshot: Any) -> list[ContextItem]:
@@ -205,7 +207,7 @@ class RepoMapContext(_Budgeted):
         key = ("repomap", query.lang, self.cfg.top_files, self.cfg.damping, self.cfg.iterations)
         graph = snapshot.derived.get(key)
         if graph is None:
-            graph = snapshot.derived[key] = _Graph(query.lang)
+            graph = snapshot.derived[key] = _Graph(query.lang, self.cfg.max_files)
         ranks = graph.ranks(snapshot, query.path, self.cfg)
         named = Counter(_IDENT.findall(query.code))
         # every definition the unit names, from any top file; other definitions of the top
@@ -255,8 +257,9 @@ class _Graph:
     files come or go (the weights are copied into their new places).
     """
 
-    def __init__(self, lang: str):
+    def __init__(self, lang: str, max_files: int = 8000):
         self.lang = lang
+        self.max_files = max_files
         self.version = -1
         self.blobs: dict[str, str] = {}  # path -> blob in the graph
         self.idents: dict[str, Counter] = {}
@@ -289,6 +292,14 @@ class _Graph:
 
     def _sync(self, snapshot: Any) -> None:
         files = {p: b for p, b in snapshot.files.items() if snapshot.lang_of(p) == self.lang}
+        if len(files) > self.max_files:
+            # the dense graph grows with the square of the files: refused before it is made
+            from core.cache_admin import human
+
+            raise CommitforgeError(
+                f"context=repomap: a snapshot holds {len(files):,} {self.lang} files, over context.max_files="
+                f"{self.max_files}; its file graph would take {human(12 * len(files) ** 2)} per worker. "
+                f"Raise context.max_files if the memory is there, or use context=imports, which keeps no such graph")
         changed = [p for p in files if self.blobs.get(p) != files[p]] + [p for p in self.blobs if p not in files]
         moved: dict[str, tuple[set[str], set[str]]] = {}  # name -> (paths that define it now, no longer)
         for path in changed:

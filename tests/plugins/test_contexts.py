@@ -294,6 +294,21 @@ def test_strategy_settings_are_checked():
         SameFileContext(SameFileContextConfig(max_tokens=-1))
     with pytest.raises(CommitforgeError, match="context.damping=1.5"):
         RepoMapContext(RepoMapContextConfig(damping=1.5))
+    with pytest.raises(CommitforgeError, match="context.max_files=0"):
+        RepoMapContext(RepoMapContextConfig(max_files=0))
+
+
+def test_repomap_refuses_a_snapshot_with_more_files_than_its_graph_may_hold(workspace, tmp_path):
+    rust_files = int(workspace.git("ls-files", "*.rs").count("\n")) + 1
+    # the first snapshot over the limit stops the run, before its graph is made
+    with pytest.raises(CommitforgeError, match=r"holds [4-9] rust files, over context.max_files=3; its file graph "
+                                               r"would take \d+ B per worker\. Raise context.max_files .* use "
+                                               r"context=imports"):
+        run_pipeline(tmp_path / "a", f"repo={workspace.path}", "context=repomap", "context.max_files=3",
+                     "stages=[mine,chunk]")
+    run_dir = run_pipeline(tmp_path / "b", f"repo={workspace.path}", "context=repomap",
+                           f"context.max_files={rust_files}", "stages=[mine,chunk]")
+    assert manifest(run_dir)["context"]["strategy"] == "repomap"
 
 
 def test_repomap_ranks_files_the_unit_file_points_at(workspace, tmp_path):
