@@ -3,7 +3,8 @@
 A repository brought up to date copies most of each output from a file an earlier run
 wrote and the cache kept: ``chunks.jsonl`` from the stage cache, ``data/{split}.jsonl``
 from core.kept_lines. The manifest needs each output's sha256, and hashing those copied
-bytes again took about a third of an update's build and chunk stages (rusty-kaspa: 567 MB).
+bytes again (rusty-kaspa: 500 of the 567 MB an update writes) took 0.45 s of an update's
+2.9 s of chunk and build stages.
 
 So a background writer (``core.files.atomic_write(background=True)``) saves the state of
 its sha256 every ``POINT_BYTES`` and at the end: its *points*. A cache that keeps the file
