@@ -180,7 +180,8 @@ class BuildMemo:
         ``BLOCKS_KEPT`` blocks used last are kept."""
         if any(len(r) != 20 for r in rows):
             return
-        sig = feats.sig.astype(np.uint32).tobytes() if feats.sig.shape[1] else b""
+        # marshal takes the array's buffer as bytes: no copy besides the narrowing
+        sig = memoryview(np.ascontiguousarray(feats.sig, dtype=np.uint32)).cast("B") if feats.sig.size else b""
         data = marshal.dumps((_BLOCK_FORMAT, b"".join(rows), feats.keys, sig, np.asarray(feats.has, bool).tobytes()))
         base_id, conn = self._id(), self._conn()
 

@@ -361,4 +361,8 @@ def test_a_block_kept_with_other_dedup_switches_is_not_taken(tmp_path):
     assert store.last_features("scope", exact=True, near=True, num_perm=8) is None
     assert store.last_features("scope", exact=False, near=False, num_perm=8) is None
     assert store.last_features("elsewhere", exact=True, near=False, num_perm=8) is None
+    none = features([], exact=True, near=True, num_perm=8)  # a build whose rows all fell in a split gap
+    store.keep_features("empty", [], none)
+    got = store.last_features("empty", exact=True, near=True, num_perm=8)
+    assert got is not None and got[0] == [] and got[1].sig.shape == (0, 8)
     store.close()
