@@ -290,7 +290,7 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
 
     indexes, version = RowIndexes(run.cache_dir), code_version()
     try:
-        copied = getattr(run, "chunks_copied", None)
+        copied = run.chunks_copied
         known = indexes.find(copied[0], version) if copied is not None else None
         changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
         index = RowIndex.of(changes, digests)
@@ -304,9 +304,8 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
 def _rows_scope(run: Run) -> str:
     """Where a build's rows come from (the repository, the chunk settings, or a builder of
     its own rows): an earlier build's block of dedup features serves builds of the same."""
-    chunk = run._chunk_fingerprint() if hasattr(run, "_chunk_fingerprint") else None
     own = run.cfg.builder.name if hasattr(run.builder, "rows") else None
-    return fingerprint("rows", str(run.repo.path.resolve()), chunk, own)
+    return fingerprint("rows", str(run.repo.path.resolve()), run._chunk_fingerprint(), own)
 
 
 FEATURES_STALE = 0.1  # the share of rows not in the block of dedup features that has it written again
@@ -324,22 +323,17 @@ def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], 
         # the rows the last build of these rows compared come in one block, the others entry by entry
         scope = _rows_scope(run)
         last = store.last_features(scope, **settings)
-        given = None
-        if last is not None:
-            position = {row: j for j, row in enumerate(last[0])}
-            found = [(i, position.get(row, -1)) for i, row in enumerate(rows)]
-            at = np.array([i for i, j in found if j >= 0], dtype=np.int64)
-            given = (at, np.array([j for _, j in found if j >= 0], dtype=np.int64), last[1])
-            rest = [row for (_, j), row in zip(found, rows) if j < 0]
-        else:
-            rest = rows
+        position = {row: j for j, row in enumerate(last[0])} if last is not None else {}
+        found = np.array([position.get(row, -1) for row in rows], dtype=np.int64)  # -1: not in the block
+        rest = [row for row, j in zip(rows, found.tolist()) if j < 0]
         kept = store.get_many(rest)
-        in_block = set(given[0].tolist()) if given is not None else set()
-        todo = [i for i, row in enumerate(rows) if i not in in_block and row not in kept]
+        todo = [i for i, (row, j) in enumerate(zip(rows, found.tolist())) if j < 0 and row not in kept]
         computed = features([dedup_text(changes[i], on) for i in todo], threads=threads, **settings)
         store.put_many(dedup_entries([rows[i] for i in todo], computed))
+        at = np.flatnonzero(found >= 0)
+        given = (at, found[at], last[1]) if last is not None else None
         merged = merge_features(rows, kept, todo, computed, **settings, last=given)
-        if len(rows) - len(in_block) > len(rows) * FEATURES_STALE:
+        if len(rest) > len(rows) * FEATURES_STALE:
             # written again only once that many rows are not in it: writing it (18 MB for
             # rusty-kaspa's history) takes longer than reading a few rows' entries
             store.keep_features(scope, rows, merged)

@@ -77,8 +77,6 @@ class BuildMemo:
 
     def _conn(self) -> sqlite3.Connection:
         try:
-            # AUTOINCREMENT: an id is never given again, so entries a run stores for a base
-            # that another run dropped meanwhile can never pass for another base's
             return connection(self.path, _SCHEMA)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise self._unusable(exc) from None
@@ -230,10 +228,7 @@ class RowIndexes:
         self.path = Path(root) / BUILD_MEMO_FILE
 
     def _conn(self) -> sqlite3.Connection:
-        try:
-            return connection(self.path, _SCHEMA)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise unusable("build cache", self.path, exc) from None
+        return connection(self.path, _SCHEMA)  # its errors are misses (find, keep)
 
     def find(self, stat: str, made_by: str) -> RowIndex | None:
         """The index of the file whose stat key is ``stat``, made by code ``made_by`` (what
@@ -247,7 +242,7 @@ class RowIndexes:
                 return None
             conn.execute("UPDATE row_index SET used = ? WHERE stat = ?", (time.time(), key))
             data = lz4.frame.decompress(found[0])
-        except (CommitforgeError, sqlite3.DatabaseError, RuntimeError):
+        except (sqlite3.DatabaseError, OSError, RuntimeError):
             return None
         return RowIndex.unpack(data)
 
@@ -263,7 +258,7 @@ class RowIndexes:
                              (f"{stat} {made_by}", data, time.time()))
                 conn.execute("DELETE FROM row_index WHERE stat IN (SELECT stat FROM row_index ORDER BY used DESC "
                              "LIMIT -1 OFFSET ?)", (ROW_INDEXES_KEPT,))
-        except (CommitforgeError, sqlite3.DatabaseError):
+        except (sqlite3.DatabaseError, OSError):
             pass
 
     def close(self) -> None:

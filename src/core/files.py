@@ -124,6 +124,7 @@ class _BackgroundWrites:
 
     BLOCK = 4 << 20
     POINT_BYTES = POINT_BYTES
+    SYNC_BYTES = 64 << 20  # a copied range this large is synced by the writing thread
 
     def __init__(self, fh: IO[bytes]):
         from concurrent.futures import ThreadPoolExecutor
@@ -145,8 +146,6 @@ class _BackgroundWrites:
 
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
-
-    SYNC_BYTES = 64 << 20
 
     def _copy_and_sync(self, fd: int, start: int, size: int) -> None:
         """Copy a range; a large one (an update's copy of the output kept from the run
