@@ -86,8 +86,8 @@ def main() -> None:
                 wall, ctx, _ = run(args.repo, tmp / "out", tmp / "cache", s, args.max_tokens, args.workers)
                 walls[s].append(wall)
                 figures[s] = ctx
-        base = statistics.median(walls["none"]) if "none" in walls else None
-        for s in strategies:
+        base = statistics.median(walls["none"]) if "none" in walls and args.repeat else None
+        for s in strategies if args.repeat else ():  # --repeat 0: the cold runs only
             med = statistics.median(walls[s])
             ctx = figures[s]
             print(json.dumps({

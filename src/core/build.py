@@ -15,12 +15,15 @@ also keeps one tokenizer, and with it the examples the build cache holds.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import os
 import threading
 import time
 from collections import Counter as _Counter
 from collections.abc import Callable, Iterator
 from importlib import metadata
+from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,13 +37,13 @@ from core.build_memo import (
     dedup_entries,
     merge_features,
 )
-from core.changes import RowIndex, forget_shared_texts, read_changes
+from core.changes import RowIndex, forget_shared_texts, line_of, read_changes, whole
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import record_line, stat_key
+from core.files import read_line, record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import fingerprint
 from core.stats import Counter
@@ -135,19 +138,26 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
-    # the tokenizer is prepared while deduplication runs (see the module's docstring)
-    preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
-    if digests is not None and (dcfg.exact or dcfg.near):
-        t0 = time.perf_counter()
-        given = _dedup_features(run, kept_changes, kept_digests, on, threads, stats)
-        features_seconds = time.perf_counter() - t0
-        result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
-                             num_perm=dcfg.num_perm, given=given)
-        result.report["seconds"] += features_seconds
-        del given
-    else:
-        result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
-                             near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
+    t0 = time.perf_counter()
+    # started before the tokenizer's threads: the workers it may fork are forked first
+    dedup_features = (_DedupFeatures(run, kept_changes, kept_digests, on, threads)
+                      if digests is not None and (dcfg.exact or dcfg.near) else None)
+    try:
+        # the tokenizer is prepared while deduplication runs (see the module's docstring)
+        preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
+        if dedup_features is not None:
+            given = dedup_features.result(stats)
+            features_seconds = time.perf_counter() - t0
+            result = deduplicate(None, kept_splits, exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
+                                 num_perm=dcfg.num_perm, given=given)
+            result.report["seconds"] += features_seconds
+            del given
+        else:
+            result = deduplicate([dedup_text(c, on) for c in kept_changes], kept_splits, exact=dcfg.exact,
+                                 near=dcfg.near, threshold=dcfg.threshold, num_perm=dcfg.num_perm, threads=threads)
+    finally:
+        if dedup_features is not None:
+            dedup_features.close()
     preparing.result()
     for reason in result.reasons:
         if reason:
@@ -311,38 +321,119 @@ def _rows_scope(run: Run) -> str:
 FEATURES_STALE = 0.1  # the share of rows not in the block of dedup features that has it written again
 
 
-def _dedup_features(run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int,
-                    stats: Counter) -> Features:
-    """What dedup compares of each row: kept by an earlier build, or computed (and kept)."""
-    from core.pipeline import code_version
+# computing the dedup features of this many rows or more is shared by the executor's
+# workers; fewer are computed here (forking costs more than it saves)
+PARALLEL_FEATURE_ROWS = 4096
 
-    dcfg = run.cfg.dedup
-    settings = {"exact": bool(dcfg.exact), "near": bool(dcfg.near), "num_perm": int(dcfg.num_perm)}
-    store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on, settings))
-    try:
-        # the rows the last build of these rows compared come in one block, the others entry by entry
-        scope = _rows_scope(run)
-        last = store.last_features(scope, **settings)
-        position = {row: j for j, row in enumerate(last[0])} if last is not None else {}
-        found = np.array([position.get(row, -1) for row in rows], dtype=np.int64)  # -1: not in the block
-        rest = [row for row, j in zip(rows, found.tolist()) if j < 0]
-        kept = store.get_many(rest)
-        todo = [i for i, (row, j) in enumerate(zip(rows, found.tolist())) if j < 0 and row not in kept]
-        computed = features([dedup_text(changes[i], on) for i in todo], threads=threads, **settings)
+
+class _DedupFeatures:
+    """What dedup compares of each row: kept by an earlier build, or computed (and kept).
+
+    Made before the tokenizer is prepared, taken (:meth:`result`) once it runs. Rows of
+    chunks.jsonl to compute, when there are ``PARALLEL_FEATURE_ROWS`` or more, go to the
+    executor's workers in contiguous shares of about equal bytes; each worker reads,
+    parses and compares its own rows, and they are forked here, before the tokenizer's
+    threads start. This process meanwhile reads those rows whole, as the builder will.
+    (In one process, the interpreter lock keeps reading rows, making their texts and the
+    signature threads from overlapping.) The features do not depend on where they were
+    computed."""
+
+    def __init__(self, run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int):
+        from core.pipeline import code_version
+
+        dcfg = run.cfg.dedup
+        self._changes, self._rows, self._on, self._threads = changes, rows, on, threads
+        self._settings = {"exact": bool(dcfg.exact), "near": bool(dcfg.near), "num_perm": int(dcfg.num_perm)}
+        self._store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on,
+                                                           self._settings))
+        self._results: Iterator[Features | None] | None = None
+        try:
+            # the rows the last build of these rows compared come in one block, the others entry by entry
+            self._scope = _rows_scope(run)
+            self._last = self._store.last_features(self._scope, **self._settings)
+            position = {row: j for j, row in enumerate(self._last[0])} if self._last is not None else {}
+            self._found = np.array([position.get(row, -1) for row in rows], dtype=np.int64)  # -1: not in the block
+            self._rest = [row for row, j in zip(rows, self._found.tolist()) if j < 0]
+            self._kept = self._store.get_many(self._rest)
+            self._todo = [i for i, (row, j) in enumerate(zip(rows, self._found.tolist()))
+                          if j < 0 and row not in self._kept]
+            self._start(run)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, run: Run) -> None:
+        workers = int(getattr(run.executor, "workers", 1) or 1)
+        if (len(self._todo) < PARALLEL_FEATURE_ROWS or workers < 2
+                or not getattr(run.executor, "same_machine", False)):
+            return
+        lines = [line_of(self._changes[i]) for i in self._todo]
+        if any(line is None for line in lines) or len({line[0] for line in lines}) != 1:  # type: ignore[index]
+            return  # rows of a builder of its own, or of several files
+        path = str(lines[0][0])  # type: ignore[index]
+        ends = list(accumulate(line[2] for line in lines))  # type: ignore[index]
+        cuts = sorted({0, len(lines), *(bisect.bisect_left(ends, ends[-1] * k / workers) + 1 for k in range(1, workers))})
+        tasks = [(path, [line[1:] for line in lines[a:b]], self._on, self._settings)  # type: ignore[index]
+                 for a, b in pairwise(cuts) if a < b]
+        self._results = run.executor.map(_row_features, [None, *tasks])
+        next(self._results)  # the first task does nothing: the workers exist once it is done
+
+    def result(self, stats: Counter) -> Features:
+        todo, changes = self._todo, self._changes
+        if self._results is not None:
+            for i in todo:  # while the workers compute
+                whole(changes[i])
+            parts = [p for p in self._results if p is not None]
+            computed = Features(None if not self._settings["exact"] else [k for p in parts for k in p.keys],
+                                np.concatenate([p.sig for p in parts]), np.concatenate([p.has for p in parts]))
+        else:
+            computed = features([dedup_text(changes[i], self._on) for i in todo], threads=self._threads,
+                                **self._settings)
+        rows, store, found, last = self._rows, self._store, self._found, self._last
+        assert store is not None, "result() is taken once"
         store.put_many(dedup_entries([rows[i] for i in todo], computed))
         at = np.flatnonzero(found >= 0)
         given = (at, found[at], last[1]) if last is not None else None
-        merged = merge_features(rows, kept, todo, computed, **settings, last=given)
-        if len(rest) > len(rows) * FEATURES_STALE:
+        merged = merge_features(rows, self._kept, todo, computed, **self._settings, last=given)
+        if len(self._rest) > len(rows) * FEATURES_STALE:
             # written again only once that many rows are not in it: writing it (18 MB for
             # rusty-kaspa's history) takes longer than reading a few rows' entries
-            store.keep_features(scope, rows, merged)
+            store.keep_features(self._scope, rows, merged)
+        self.close()
+        stats.add("dedup_rows_computed", len(todo))
+        if store.damaged:
+            stats.add("build_cache_damaged", store.damaged)
+        return merged
+
+    def close(self) -> None:
+        """Stop the workers (waiting for the shares they started) and close the store."""
+        results, self._results = self._results, None
+        store, self._store = self._store, None
+        try:
+            if results is not None:
+                results.close()  # type: ignore[attr-defined]
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _row_features(task: tuple[str, list[tuple[int, int]], str, dict[str, Any]] | None) -> Features | None:
+    """An executor's task: the dedup features of rows of a chunks.jsonl, given as (path,
+    [(offset, size)], what to compare, feature settings). None does nothing."""
+    if task is None:
+        return None
+    path, lines, on, settings = task
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        texts = []
+        for at, size in lines:
+            line = os.pread(fd, size, at)
+            if len(line) != size:
+                raise CommitforgeError(f"{path} changed while the build stage read it; run again")
+            texts.append(dedup_text(read_line(line), on))
     finally:
-        store.close()
-    stats.add("dedup_rows_computed", len(todo))
-    if store.damaged:
-        stats.add("build_cache_damaged", store.damaged)
-    return merged
+        os.close(fd)
+    return features(texts, **settings)
 
 
 def _examples_base(run: Run, special: list[str]) -> str:

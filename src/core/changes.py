@@ -163,6 +163,14 @@ class Change(Mapping):
         return dict, (self._whole(),)
 
 
+def line_of(change: Mapping[str, Any]) -> tuple[Path, int, int] | None:
+    """Where the line of a :class:`Change` is: (its chunks.jsonl, offset, size); None for
+    any other row."""
+    if type(change) is not Change:
+        return None
+    return change._file.path, change._at, change._size
+
+
 def whole(change: Mapping[str, Any]) -> dict[str, Any]:
     """A unit change as a plain dict: the whole row of a :class:`Change`, any other as is."""
     return change.whole() if type(change) is Change else change  # type: ignore[return-value]

@@ -4,12 +4,15 @@ not seen, and its outputs are byte for byte those of a build that computes every
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core import build_memo, kept_lines
+from core.build import _row_features
 from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
@@ -268,6 +271,39 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     again = run_pipeline(tmp_path / "d", *shared)
     assert counts(again)["build_cache_damaged"] == 1 and counts(again)["dedup_rows_computed"] == 0
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+
+
+def _noted_row_features(task):
+    """build._row_features, noting each share (its first row's offset, its row count) in a
+    file named after the process that computed it (a task is pickled by name)."""
+    if task is not None:
+        shares = Path(os.environ["CF_TEST_SHARES"])
+        (shares / f"{os.getpid()}-{task[1][0][0]}").write_text(str(len(task[1])))
+    return _row_features(task)
+
+
+def test_dedup_features_computed_by_the_executors_workers_are_those_computed_here(repo, tmp_path, monkeypatch):
+    from core import build
+
+    shared = [f"repo={repo.path}", "tokenizer.max_training_chars=20000"]
+    here = run_pipeline(tmp_path / "a", *shared, f"cache_dir={tmp_path / 'a-cache'}", "executor.workers=1")
+    shares = tmp_path / "shares"
+    shares.mkdir()
+    monkeypatch.setattr(build, "_row_features", _noted_row_features)
+    monkeypatch.setenv("CF_TEST_SHARES", str(shares))  # the forked workers inherit it
+    monkeypatch.setattr(build, "PARALLEL_FEATURE_ROWS", 1)
+    there = run_pipeline(tmp_path / "b", *shared, f"cache_dir={tmp_path / 'b-cache'}", "executor.workers=2")
+    noted = {p.name: int(p.read_text()) for p in shares.iterdir()}
+    # two shares of contiguous rows, computed outside this process, together every row
+    assert len(noted) == 2 and str(os.getpid()) not in {name.split("-")[0] for name in noted}
+    assert sum(noted.values()) == counts(there)["dedup_rows_computed"] == counts(here)["dedup_rows_computed"]
+    same_outputs(there, here, tmp_path / "b-cache", tmp_path / "a-cache")
+    # each row's own features, in the block the next build reads
+    blocks = []
+    for cache in ("a-cache", "b-cache"):
+        with sqlite3.connect(tmp_path / cache / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
+            blocks.append(conn.execute("SELECT data FROM feature_blocks").fetchall())
+    assert len(blocks[0]) == 1 and blocks[0] == blocks[1]
 
 
 def test_features_merged_from_a_block_entries_and_computed_rows_are_each_rows_own():
