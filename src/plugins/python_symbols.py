@@ -51,7 +51,7 @@ _STRIP = re.compile(r'#[^\n]*|[rRbBuUfF]{0,2}(?:"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\
                     r"|'(?:\\.|[^'\\\n])*')")
 _PATH = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)")
 _METHOD_CALL = re.compile(r"\.\s*([A-Za-z_]\w*)\s*\(")
-_SUPER = re.compile(r"\bsuper\s*\(\s*(?:[\w.]+\s*,\s*\w+\s*)?\)")
+_SUPER = re.compile(r"super(?<!\wsuper)\s*\(\s*(?:[\w.]+\s*,\s*\w+\s*)?\)")  # `super` first: searched for
 _IMPORT_STMT = re.compile(r"(?m)^[ \t]*((?:from[ \t]+[.\w]+[ \t]+)?import[ \t]+(?:\([^)]*\)|[^\n;]*))")
 _FROM = re.compile(r"from\s*(\.*)\s*([\w.]*)\s+import\s+(.*)$", re.DOTALL)
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
