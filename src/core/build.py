@@ -375,7 +375,7 @@ class _DedupFeatures:
         cuts = sorted({0, len(lines), *(bisect.bisect_left(ends, ends[-1] * k / workers) + 1 for k in range(1, workers))})
         tasks = [(path, [line[1:] for line in lines[a:b]], self._on, self._settings)  # type: ignore[index]
                  for a, b in pairwise(cuts) if a < b]
-        self._results = run.executor.map(_row_features, [None, *tasks])
+        self._results = iter(run.executor.map(_row_features, [None, *tasks]))
         next(self._results)  # the first task does nothing: the workers exist once it is done
 
     def result(self, stats: Counter) -> Features:
@@ -410,8 +410,9 @@ class _DedupFeatures:
         results, self._results = self._results, None
         store, self._store = self._store, None
         try:
-            if results is not None:
-                results.close()  # type: ignore[attr-defined]
+            close = getattr(results, "close", None)
+            if close is not None:  # a generator's cancels the shares not started
+                close()
         finally:
             if store is not None:
                 store.close()

@@ -194,6 +194,7 @@ class FileSymbols:
         return self._by_local
 
 
+@functools.lru_cache(maxsize=16384)
 def _owner(impl_name: str) -> tuple[str, str | None]:
     """``<Mem as Store>`` -> ("Mem", "Store"); ``Mem`` -> ("Mem", None)."""
     if impl_name.startswith("<") and " as " in impl_name:
@@ -521,12 +522,12 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
         if u.kind == "impl":
             owner = _owner(u.name)[0]
         kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
-        spans = [(k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids]
-        text, short = render_forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
-        names = enum_variants(u.text) if u.kind == "enum" else tuple(k.name for k in kids)
+        spans = tuple((k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids)
+        text, short, full, names = _forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
+        if u.kind != "enum":
+            names = tuple(k.name for k in kids)
         defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
-                        u.kind == "macro" and _has_attribute(u.text, "macro_export"), short,
-                        _without_docs(u.text) if short else ""))
+                        u.kind == "macro" and _has_attribute(u.text, "macro_export"), short, full))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
     mods: list[tuple[tuple[str, ...], str, str | None]] = []
     for kind, parent_idx, text, _line in parsed.decls:
@@ -547,6 +548,16 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
                 if _has_attribute(text, "macro_use"):
                     macro_use.add(scope + (m.group(1),))
     return FileSymbols(defs, uses, mods, scopes, macro_use)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forms(kind: str, text: str, signature: str, header: str | None, members: tuple[tuple[int, int, str], ...],
+           max_item_chars: int, bodies: int) -> tuple[str, str, str, tuple[str, ...]]:
+    """What a summary keeps of one unit's text (:func:`render_forms`, the text without docs
+    of a data type cut short, an enum's variants), remembered: most units of a file's next
+    version are the same text."""
+    rendered, short = render_forms(kind, text, signature, header, list(members), max_item_chars, bodies)
+    return rendered, short, _without_docs(text) if short else "", enum_variants(text) if kind == "enum" else ()
 
 
 def _has_attribute(text: str, name: str) -> bool:
