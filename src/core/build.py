@@ -368,29 +368,29 @@ class _DedupFeatures:
                 or not getattr(run.executor, "same_machine", False)):
             return
         lines = [line_of(self._changes[i]) for i in self._todo]
-        if any(line is None for line in lines) or len({line[0] for line in lines}) != 1:  # type: ignore[index]
+        if any(line is None for line in lines) or len({line[:2] for line in lines}) != 1:  # type: ignore[index]
             return  # rows of a builder of its own, or of several files
-        path = str(lines[0][0])  # type: ignore[index]
-        ends = list(accumulate(line[2] for line in lines))  # type: ignore[index]
+        path, key = str(lines[0][0]), lines[0][1]  # type: ignore[index]
+        ends = list(accumulate(line[3] for line in lines))  # type: ignore[index]
         cuts = sorted({0, len(lines), *(bisect.bisect_left(ends, ends[-1] * k / workers) + 1 for k in range(1, workers))})
-        tasks = [(path, [line[1:] for line in lines[a:b]], self._on, self._settings)  # type: ignore[index]
+        tasks = [(path, key, [line[2:] for line in lines[a:b]], self._on, self._settings)  # type: ignore[index]
                  for a, b in pairwise(cuts) if a < b]
         self._results = iter(run.executor.map(_row_features, [None, *tasks]))
         next(self._results)  # the first task does nothing: the workers exist once it is done
 
     def result(self, stats: Counter) -> Features:
+        store = self._store
+        if store is None:
+            raise RuntimeError("the dedup features were taken already, or closed")
         todo, changes = self._todo, self._changes
         if self._results is not None:
             for i in todo:  # while the workers compute
                 whole(changes[i])
-            parts = [p for p in self._results if p is not None]
-            computed = Features(None if not self._settings["exact"] else [k for p in parts for k in p.keys],
-                                np.concatenate([p.sig for p in parts]), np.concatenate([p.has for p in parts]))
+            computed = self._gather(len(todo))
         else:
             computed = features([dedup_text(changes[i], self._on) for i in todo], threads=self._threads,
                                 **self._settings)
-        rows, store, found, last = self._rows, self._store, self._found, self._last
-        assert store is not None, "result() is taken once"
+        rows, found, last = self._rows, self._found, self._last
         store.put_many(dedup_entries([rows[i] for i in todo], computed))
         at = np.flatnonzero(found >= 0)
         given = (at, found[at], last[1]) if last is not None else None
@@ -405,6 +405,32 @@ class _DedupFeatures:
             stats.add("build_cache_damaged", store.damaged)
         return merged
 
+    def _gather(self, n: int) -> Features:
+        """The workers' shares, in order, copied into one set of arrays as they come (each
+        freed once copied: a history's signatures are in memory once)."""
+        keys: list[bytes] | None = [] if self._settings["exact"] else None
+        sig = has = None
+        at = 0
+        for part in self._results:  # type: ignore[union-attr]
+            if part is None:
+                continue
+            k = len(part.has)
+            if at + k > n:
+                at += k
+                break
+            if sig is None:
+                sig = np.empty((n, part.sig.shape[1]), dtype=part.sig.dtype)
+                has = np.empty(n, dtype=bool)
+            sig[at:at + k] = part.sig
+            has[at:at + k] = part.has  # type: ignore[index]
+            if keys is not None:
+                keys += part.keys
+            at += k
+        if at != n:
+            raise CommitforgeError(f"the executor's workers gave the dedup features of {at} rows, not {n}; "
+                                   "run again, or with executor.workers=1")
+        return Features(keys, sig, has)  # type: ignore[arg-type]
+
     def close(self) -> None:
         """Stop the workers (waiting for the shares they started) and close the store."""
         results, self._results = self._results, None
@@ -418,14 +444,17 @@ class _DedupFeatures:
                 store.close()
 
 
-def _row_features(task: tuple[str, list[tuple[int, int]], str, dict[str, Any]] | None) -> Features | None:
+def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, Any]] | None) -> Features | None:
     """An executor's task: the dedup features of rows of a chunks.jsonl, given as (path,
-    [(offset, size)], what to compare, feature settings). None does nothing."""
+    the file's ``stat_key`` as the build stage read it, [(offset, size)], what to compare,
+    feature settings). None does nothing."""
     if task is None:
         return None
-    path, lines, on, settings = task
+    path, key, lines, on, settings = task
     fd = os.open(path, os.O_RDONLY)
     try:
+        if stat_key(fd) != key:
+            raise CommitforgeError(f"{path} changed while the build stage read it; run again")
         texts = []
         for at, size in lines:
             line = os.pread(fd, size, at)

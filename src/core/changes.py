@@ -17,7 +17,7 @@ except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
 from core.errors import CommitforgeError
-from core.files import read_line
+from core.files import read_line, stat_key
 
 # texts that repeat across the rows of chunks.jsonl: one string object each
 _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
@@ -30,7 +30,14 @@ class _ChangesFile:
     def __init__(self, path: Path):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
+        self._key: str | None = None
         self.forget_shared()
+
+    def key(self) -> str:
+        """The file's ``stat_key`` (of the open file: the one these rows come from)."""
+        if self._key is None:
+            self._key = stat_key(self.fd)
+        return self._key
 
     def forget_shared(self) -> None:
         shared: dict[str, str] = {}
@@ -163,12 +170,12 @@ class Change(Mapping):
         return dict, (self._whole(),)
 
 
-def line_of(change: Mapping[str, Any]) -> tuple[Path, int, int] | None:
-    """Where the line of a :class:`Change` is: (its chunks.jsonl, offset, size); None for
-    any other row."""
+def line_of(change: Mapping[str, Any]) -> tuple[Path, str, int, int] | None:
+    """Where the line of a :class:`Change` is: (its chunks.jsonl, that file's
+    ``core.files.stat_key`` as it was read, offset, size); None for any other row."""
     if type(change) is not Change:
         return None
-    return change._file.path, change._at, change._size
+    return change._file.path, change._file.key(), change._at, change._size
 
 
 def whole(change: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ not seen, and its outputs are byte for byte those of a build that computes every
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import sqlite3
 from pathlib import Path
@@ -278,32 +279,47 @@ def _noted_row_features(task):
     file named after the process that computed it (a task is pickled by name)."""
     if task is not None:
         shares = Path(os.environ["CF_TEST_SHARES"])
-        (shares / f"{os.getpid()}-{task[1][0][0]}").write_text(str(len(task[1])))
+        (shares / f"{os.getpid()}-{task[2][0][0]}").write_text(str(len(task[2])))
     return _row_features(task)
 
 
-def test_dedup_features_computed_by_the_executors_workers_are_those_computed_here(repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("setting", "workers"), [(None, 2), ("dedup.near=false", 3), ("dedup.exact=false", 3)])
+def test_dedup_features_computed_by_the_executors_workers_are_those_computed_here(repo, tmp_path, monkeypatch,
+                                                                                  setting, workers):
     from core import build
 
-    shared = [f"repo={repo.path}", "tokenizer.max_training_chars=20000"]
+    shared = [f"repo={repo.path}", "tokenizer.max_training_chars=20000", *([setting] if setting else [])]
     here = run_pipeline(tmp_path / "a", *shared, f"cache_dir={tmp_path / 'a-cache'}", "executor.workers=1")
     shares = tmp_path / "shares"
     shares.mkdir()
     monkeypatch.setattr(build, "_row_features", _noted_row_features)
     monkeypatch.setenv("CF_TEST_SHARES", str(shares))  # the forked workers inherit it
     monkeypatch.setattr(build, "PARALLEL_FEATURE_ROWS", 1)
-    there = run_pipeline(tmp_path / "b", *shared, f"cache_dir={tmp_path / 'b-cache'}", "executor.workers=2")
+    there = run_pipeline(tmp_path / "b", *shared, f"cache_dir={tmp_path / 'b-cache'}", f"executor.workers={workers}")
     noted = {p.name: int(p.read_text()) for p in shares.iterdir()}
-    # two shares of contiguous rows, computed outside this process, together every row
-    assert len(noted) == 2 and str(os.getpid()) not in {name.split("-")[0] for name in noted}
+    # one share of contiguous rows per worker, computed outside this process, together every row
+    assert len(noted) == workers and str(os.getpid()) not in {name.split("-")[0] for name in noted}
     assert sum(noted.values()) == counts(there)["dedup_rows_computed"] == counts(here)["dedup_rows_computed"]
     same_outputs(there, here, tmp_path / "b-cache", tmp_path / "a-cache")
     # each row's own features, in the block the next build reads
     blocks = []
     for cache in ("a-cache", "b-cache"):
         with sqlite3.connect(tmp_path / cache / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
-            blocks.append(conn.execute("SELECT data FROM feature_blocks").fetchall())
+            blocks.append([marshal.loads(data) for (data,) in conn.execute("SELECT data FROM feature_blocks")])
     assert len(blocks[0]) == 1 and blocks[0] == blocks[1]
+
+
+def test_a_worker_refuses_a_chunks_file_other_than_the_one_the_build_read(tmp_path):
+    from core.files import stat_key
+
+    path = tmp_path / "chunks.jsonl"
+    path.write_bytes(b'{"old_code": "a", "new_code": "b"}\n')
+    task = (str(path), stat_key(path), [(0, path.stat().st_size)], "code", {"exact": True, "near": False, "num_perm": 2})
+    assert len(_row_features(task).keys) == 1
+    path.write_bytes(b'{"old_code": "c", "new_code": "d"}\n')  # the same size, written again
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(CommitforgeError, match="changed while the build stage read it"):
+        _row_features(task)
 
 
 def test_features_merged_from_a_block_entries_and_computed_rows_are_each_rows_own():
