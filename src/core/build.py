@@ -138,13 +138,12 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     # the builder may bring tokens of its own (fim); the format's come first
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
+    # the tokenizer is prepared while deduplication runs (see the module's docstring)
+    preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
     t0 = time.perf_counter()
-    # started before the tokenizer's threads: the workers it may fork are forked first
     dedup_features = (_DedupFeatures(run, kept_changes, kept_digests, on, threads)
                       if digests is not None and (dcfg.exact or dcfg.near) else None)
     try:
-        # the tokenizer is prepared while deduplication runs (see the module's docstring)
-        preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
         if dedup_features is not None:
             given = dedup_features.result(stats)
             features_seconds = time.perf_counter() - t0
@@ -329,14 +328,18 @@ PARALLEL_FEATURE_ROWS = 4096
 class _DedupFeatures:
     """What dedup compares of each row: kept by an earlier build, or computed (and kept).
 
-    Made before the tokenizer is prepared, taken (:meth:`result`) once it runs. Rows of
-    chunks.jsonl to compute, when there are ``PARALLEL_FEATURE_ROWS`` or more, go to the
-    executor's workers in contiguous shares of about equal bytes; each worker reads,
-    parses and compares its own rows, and they are forked here, before the tokenizer's
-    threads start. This process meanwhile reads those rows whole, as the builder will.
-    (In one process, the interpreter lock keeps reading rows, making their texts and the
-    signature threads from overlapping.) The features do not depend on where they were
-    computed."""
+    Rows of chunks.jsonl to compute, when there are ``PARALLEL_FEATURE_ROWS`` or more, go
+    to the executor's workers in contiguous shares of about equal bytes; each worker
+    reads, parses and compares its own rows. This process meanwhile reads those rows
+    whole, as the builder will. (In one process, the interpreter lock keeps reading rows,
+    making their texts and the signature threads from overlapping.) The features do not
+    depend on where they were computed.
+
+    The workers are forked right after the tokenizer's preparation started (it goes on
+    meanwhile: an update finds its tokenizer while the kept features are read). A ``bpe``
+    tokenizer that trains reads its corpus in Python for a few tenths of a second before
+    its library starts threads, long after the fork; a process forked after those threads
+    ran would get a warning from the tokenizers library, and nothing else."""
 
     def __init__(self, run: Run, changes: list[dict[str, Any]], rows: list[bytes], on: str, threads: int):
         from core.pipeline import code_version
@@ -376,7 +379,7 @@ class _DedupFeatures:
         tasks = [(path, key, [line[2:] for line in lines[a:b]], self._on, self._settings)  # type: ignore[index]
                  for a, b in pairwise(cuts) if a < b]
         self._results = iter(run.executor.map(_row_features, [None, *tasks]))
-        next(self._results)  # the first task does nothing: the workers exist once it is done
+        next(self._results)  # the first task does nothing: the workers are forked once it is done
 
     def result(self, stats: Counter) -> Features:
         store = self._store
