@@ -435,12 +435,29 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path):
                                                     "choose a directory you can write"]
 
 
+def _long_history(path: Path, commits: int = 300) -> Path:
+    """A repository whose mining and chunking take seconds (written by one git fast-import)."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
+    stream = []
+    for c in range(commits):
+        body = "".join(f"pub fn f{j}(x: u32) -> u32 {{\n    x * {c + j} + {j}\n}}\n\n" for j in range(60))
+        data = body.encode()
+        stream.append(f"commit refs/heads/main\ncommitter A <a@example.com> {1_600_000_000 + c * 60} +0000\n"
+                      f"data 6\nstep{c % 10}\nM 100644 inline src/m{c % 7}.rs\ndata {len(data)}\n")
+        stream.append(body + "\n")
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=path, input="".join(stream).encode(), check=True)
+    return path
+
+
 def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
     import signal
     import time
 
     env = {**os.environ, "COMMITFORGE_CACHE": str(tmp_path / "cache")}
-    args = [sys.executable, "-m", "core", f"out_dir={tmp_path / 'run'}", "progress=false"]
+    # a history long enough that the interrupt lands while the run works, however slow the machine
+    repo = _long_history(tmp_path / "repo")
+    args = [sys.executable, "-m", "core", f"repo={repo}", f"out_dir={tmp_path / 'run'}", "progress=false"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
