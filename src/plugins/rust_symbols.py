@@ -523,7 +523,8 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             owner = _owner(u.name)[0]
         kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
         spans = tuple((k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids)
-        text, short, full, names = _forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
+        forms = _forms if len(u.text) <= _FORMS_KEPT_CHARS else _forms.__wrapped__  # a huge unit: not kept
+        text, short, full, names = forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
         if u.kind != "enum":
             names = tuple(k.name for k in kids)
         defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
@@ -548,6 +549,9 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
                 if _has_attribute(text, "macro_use"):
                     macro_use.add(scope + (m.group(1),))
     return FileSymbols(defs, uses, mods, scopes, macro_use)
+
+
+_FORMS_KEPT_CHARS = 16384  # _forms keeps units up to this long: at most 4,096 of them, 64 MB of text
 
 
 @functools.lru_cache(maxsize=4096)

@@ -820,3 +820,22 @@ def test_root_declarations_read_the_attribute_and_comment_lines_above_each_mod(n
     assert root_declarations(source) == (("plain", None), ("sys", "sys/unix.rs"), ("after_sys", None),
                                          ("past_a_blank_line", None), ("type", None), ("first", None),
                                          ("scoped", None))
+
+
+def test_summaries_of_a_files_next_version_reuse_its_unit_forms_and_keep_no_huge_unit():
+    from plugins import rust_symbols
+
+    lang = RustLanguage()
+    huge = "pub struct Huge {\n" + "".join(f"    pub field_{i}: u64,\n" for i in range(900)) + "}\n"
+    small = "/// A point.\npub struct Point {\n    pub x: i32,\n    pub y: i32,\n}\n"
+    assert len(huge) > rust_symbols._FORMS_KEPT_CHARS
+    rust_symbols._forms.cache_clear()
+    first = summarize(lang.parse((small + huge).encode()), 1200, 0)
+    assert rust_symbols._forms.cache_info().currsize == 1  # the small unit's forms only
+    # the next version moves both units down: the same forms, from the cache, at the new lines
+    second = summarize(lang.parse(("fn added() {}\n" + small + huge).encode()), 1200, 0)
+    assert rust_symbols._forms.cache_info().hits >= 1
+    by_name = {d.name: d for d in second.defs}
+    assert by_name["Point"].text == next(d for d in first.defs if d.name == "Point").text
+    assert by_name["Point"].lines[0] == next(d for d in first.defs if d.name == "Point").lines[0] + 1
+    assert by_name["Huge"].short and by_name["Huge"].full.startswith("pub struct Huge {")
