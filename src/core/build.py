@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import os
 import threading
 import time
 from collections import Counter as _Counter
@@ -37,7 +36,14 @@ from core.build_memo import (
     dedup_entries,
     merge_features,
 )
-from core.changes import RowIndex, forget_shared_texts, line_of, read_changes, whole
+from core.changes import (
+    RowIndex,
+    forget_shared_texts,
+    line_of,
+    lines_at,
+    read_changes,
+    whole,
+)
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
@@ -454,19 +460,7 @@ def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, An
     if task is None:
         return None
     path, key, lines, on, settings = task
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if stat_key(fd) != key:
-            raise CommitforgeError(f"{path} changed while the build stage read it; run again")
-        texts = []
-        for at, size in lines:
-            line = os.pread(fd, size, at)
-            if len(line) != size:
-                raise CommitforgeError(f"{path} changed while the build stage read it; run again")
-            texts.append(dedup_text(read_line(line), on))
-    finally:
-        os.close(fd)
-    return features(texts, **settings)
+    return features([dedup_text(read_line(line), on) for line in lines_at(path, key, lines)], **settings)
 
 
 def _examples_base(run: Run, special: list[str]) -> str:

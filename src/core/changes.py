@@ -46,8 +46,11 @@ class _ChangesFile:
     def line(self, at: int, size: int) -> bytes:
         line = os.pread(self.fd, size, at)
         if len(line) != size:
-            raise CommitforgeError(f"{self.path} changed while the build stage read it; run again")
+            raise self.changed()
         return line
+
+    def changed(self) -> CommitforgeError:
+        return CommitforgeError(f"{self.path} changed while the build stage read it; run again")
 
     def share(self, row: dict[str, Any], keys: tuple[str, ...] = _SHARED_FIELDS) -> None:
         """Replace the texts of ``row`` under ``keys`` by the one object kept for each."""
@@ -176,6 +179,17 @@ def line_of(change: Mapping[str, Any]) -> tuple[Path, str, int, int] | None:
     if type(change) is not Change:
         return None
     return change._file.path, change._file.key(), change._at, change._size
+
+
+def lines_at(path: str | Path, key: str, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The lines at ``spans`` ((offset, size), as :func:`line_of` gives them) of the
+    chunks.jsonl at ``path``, in another process than the one that read its rows: it must
+    still be the file whose ``stat_key`` is ``key``."""
+    file = _ChangesFile(Path(path))
+    if file.key() != key:
+        raise file.changed()
+    for at, size in spans:
+        yield file.line(at, size)
 
 
 def whole(change: Mapping[str, Any]) -> dict[str, Any]:
