@@ -243,16 +243,17 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
     run_pipeline(tmp_path / "a", *shared)
     commit_round(repo, 99)
-    asked: list[tuple[int, int]] = []
-    dedup_stores: list[int] = []
+    # the stores themselves, not their id(): a store freed mid-run may leave its id to the next one
+    asked: list[tuple[BuildMemo, int]] = []
+    dedup_stores: list[BuildMemo] = []
     get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
 
     def spy(self, rows):
-        asked.append((id(self), len(rows)))
+        asked.append((self, len(rows)))
         return get_many(self, rows)
 
     def spy_last(self, scope, **settings):
-        dedup_stores.append(id(self))
+        dedup_stores.append(self)
         return last_features(self, scope, **settings)
 
     monkeypatch.setattr(build_memo.BuildMemo, "get_many", spy)
@@ -261,7 +262,7 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     c = counts(after)
     # the dedup store is asked for the new commit's rows only, entry by entry
     assert c["dedup_rows_computed"] > 0 and len(dedup_stores) == 1
-    assert [n for store, n in asked if store == dedup_stores[0]] == [c["dedup_rows_computed"]]
+    assert [n for store, n in asked if store is dedup_stores[0]] == [c["dedup_rows_computed"]]
     monkeypatch.undo()
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
@@ -389,16 +390,16 @@ def test_builds_of_another_repository_in_the_same_cache_keep_their_own_block(rep
     run_pipeline(tmp_path / "a", f"repo={repo.path}", *settings)
     run_pipeline(tmp_path / "o", f"repo={other.path}", *settings)
     commit_round(repo, 99)
-    asked: list[tuple[int, int]] = []
-    dedup_stores: list[int] = []
+    asked: list[tuple[BuildMemo, int]] = []  # the stores, kept alive so no two share an id
+    dedup_stores: list[BuildMemo] = []
     get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
     monkeypatch.setattr(build_memo.BuildMemo, "get_many",
-                        lambda self, rows: asked.append((id(self), len(rows))) or get_many(self, rows))
+                        lambda self, rows: asked.append((self, len(rows))) or get_many(self, rows))
     monkeypatch.setattr(build_memo.BuildMemo, "last_features",
-                        lambda self, scope, **kw: dedup_stores.append(id(self)) or last_features(self, scope, **kw))
+                        lambda self, scope, **kw: dedup_stores.append(self) or last_features(self, scope, **kw))
     after = run_pipeline(tmp_path / "b", f"repo={repo.path}", *settings)
     # the repository's own block: only the new commit's rows are read entry by entry
-    assert [n for store, n in asked if store == dedup_stores[0]] == [counts(after)["dedup_rows_computed"]]
+    assert [n for store, n in asked if store is dedup_stores[0]] == [counts(after)["dedup_rows_computed"]]
 
 
 def test_a_block_kept_with_other_dedup_switches_is_not_taken(tmp_path):
