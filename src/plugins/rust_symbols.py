@@ -1251,7 +1251,7 @@ class RustIndex(MemoReferences):
         What the module defines or imports by name comes first; only when that finds
         nothing do glob imports count: every module the globs reach (breadth first, each
         once, a cycle of globs included) adds what it defines or imports by name, and one
-        that has nothing passes on its own globs."""
+        that has nothing passes on its own globs, unless it imports the name from std."""
         key = (mod, name)
         hit = self._cache.get(key)
         if hit is not None:
@@ -1286,7 +1286,8 @@ class RustIndex(MemoReferences):
                             found = self._named(target, name, depth + 1)
                             if found:
                                 out += found
-                            else:
+                            elif not self._binds_std(target, name):
+                                # a module that imports the name from std shadows its own globs'
                                 queue.append(target)
         finally:
             self._busy.discard(key)

@@ -310,6 +310,22 @@ def test_glob_imports_of_enums_bring_variants_only_and_named_imports_shadow_glob
     assert idx.definition(("src/token.rs", "Token")).members == ("Literal", "Any")
 
 
+def test_a_name_a_glob_reached_module_imports_from_std_shadows_that_modules_globs():
+    """`use crate::prelude::*` where the prelude imports `Result` from std and glob-imports
+    a module defining another `Result`: rustc takes std's (a named import shadows a glob),
+    so the repository's `Result` is not context; a name the prelude lacks still is."""
+    files = {
+        "src/lib.rs": "mod prelude;\nmod errors;\nmod app;\n",
+        "src/errors.rs": "pub enum Result { Ok, Err }\npub struct Report;\n",
+        "src/prelude.rs": "pub use std::fmt::Result;\npub use crate::errors::*;\n",
+        "src/app.rs": "use crate::prelude::*;\n\npub fn run() -> Result { let _r: Report; Ok(()) }\n",
+    }
+    lang = RustLanguage()
+    idx = _index(files, {"Cargo.toml": b'[package]\nname = "p"\n'})
+    refs = {qual: found for path, qual, found in _references(idx, lang, files) if path == "src/app.rs"}
+    assert [(r[1], r[2]) for r in refs["run"]] == [("p::errors::Report", "direct")]
+
+
 def test_a_method_never_gets_its_own_impl_as_context():
     lang = RustLanguage()
     idx = _index(GLOBS, {"Cargo.toml": b'[package]\nname = "g"\n'})
