@@ -521,11 +521,16 @@ def summarize(parsed: ParsedBlob, max_item_chars: int, bodies: int) -> FileSymbo
             owner = parent.name
         if u.kind == "impl":
             owner = _owner(u.name)[0]
-        kids = [units[k] for k in members.get(i, ()) if units[k].kind in ("method", "fn")]
-        spans = tuple((k.char_start - u.char_start, k.char_end - u.char_start, k.signature) for k in kids)
+        inner = members.get(i)
+        if inner:  # most units hold none: no lists made for them
+            kids = [units[k] for k in inner if units[k].kind in ("method", "fn")]
+            start = u.char_start
+            spans = tuple([(k.char_start - start, k.char_end - start, k.signature) for k in kids])
+        else:
+            kids, spans = [], ()
         forms = _forms if len(u.text) <= _FORMS_KEPT_CHARS else _forms.__wrapped__  # a huge unit: not kept
         text, short, full, variants = forms(u.kind, u.text, u.signature, u.header, spans, max_item_chars, bodies)
-        names = variants if u.kind == "enum" else tuple(k.name for k in kids)
+        names = variants if u.kind == "enum" else tuple([k.name for k in kids]) if kids else ()
         defs.append(Def(u.name, u.kind, u.local_qualname, scope, owner, text, (u.start_line, u.end_line), names,
                         u.kind == "macro" and _has_attribute(u.text, "macro_export"), short, full))
     uses: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
