@@ -1292,7 +1292,7 @@ class RustIndex(MemoReferences):
                             if found:
                                 out += found
                             elif not self._binds_std(target, name):
-                                # a module that imports the name from std shadows its own globs'
+                                # it imports the name from std, which shadows what its globs bring
                                 queue.append(target)
         finally:
             self._busy.discard(key)
