@@ -361,11 +361,11 @@ class _DedupFeatures:
             self._scope = _rows_scope(run)
             self._last = self._store.last_features(self._scope, **self._settings)
             position = {row: j for j, row in enumerate(self._last[0])} if self._last is not None else {}
-            self._found = np.array([position.get(row, -1) for row in rows], dtype=np.int64)  # -1: not in the block
-            self._rest = [row for row, j in zip(rows, self._found.tolist()) if j < 0]
+            found = [position.get(row, -1) for row in rows]  # -1: not in the block
+            self._found = np.array(found, dtype=np.int64)
+            self._rest = [row for row, j in zip(rows, found) if j < 0]
             self._kept = self._store.get_many(self._rest)
-            self._todo = [i for i, (row, j) in enumerate(zip(rows, self._found.tolist()))
-                          if j < 0 and row not in self._kept]
+            self._todo = [i for i, (row, j) in enumerate(zip(rows, found)) if j < 0 and row not in self._kept]
             self._start(run)
         except BaseException:
             self.close()
