@@ -258,7 +258,7 @@ class _Graph:
     files come or go (the weights are copied into their new places).
     """
 
-    def __init__(self, lang: str, max_files: int = 8000):
+    def __init__(self, lang: str, max_files: int = RepoMapContextConfig.max_files):
         self.lang = lang
         self.max_files = max_files
         self.version = -1
