@@ -239,11 +239,10 @@ def test_the_file_builder_reuses_the_examples_of_its_snapshot_rows(repo, tmp_pat
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
 
-def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block(repo, tmp_path, monkeypatch):
-    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
-    run_pipeline(tmp_path / "a", *shared)
-    commit_round(repo, 99)
-    # the stores themselves, not their id(): a store freed mid-run may leave its id to the next one
+def _spy_on_store_reads(monkeypatch) -> tuple[list[tuple[BuildMemo, int]], list[BuildMemo]]:
+    """(store, rows) of every ``BuildMemo.get_many`` from now on, and the stores asked for
+    a block of dedup features. The stores themselves are kept, not their id(): a store
+    freed mid-run may leave its id to the next one."""
     asked: list[tuple[BuildMemo, int]] = []
     dedup_stores: list[BuildMemo] = []
     get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
@@ -258,6 +257,14 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
 
     monkeypatch.setattr(build_memo.BuildMemo, "get_many", spy)
     monkeypatch.setattr(build_memo.BuildMemo, "last_features", spy_last)
+    return asked, dedup_stores
+
+
+def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block(repo, tmp_path, monkeypatch):
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]
+    run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    asked, dedup_stores = _spy_on_store_reads(monkeypatch)
     after = run_pipeline(tmp_path / "b", *shared)
     c = counts(after)
     # the dedup store is asked for the new commit's rows only, entry by entry
@@ -390,13 +397,7 @@ def test_builds_of_another_repository_in_the_same_cache_keep_their_own_block(rep
     run_pipeline(tmp_path / "a", f"repo={repo.path}", *settings)
     run_pipeline(tmp_path / "o", f"repo={other.path}", *settings)
     commit_round(repo, 99)
-    asked: list[tuple[BuildMemo, int]] = []  # the stores, kept alive so no two share an id
-    dedup_stores: list[BuildMemo] = []
-    get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
-    monkeypatch.setattr(build_memo.BuildMemo, "get_many",
-                        lambda self, rows: asked.append((self, len(rows))) or get_many(self, rows))
-    monkeypatch.setattr(build_memo.BuildMemo, "last_features",
-                        lambda self, scope, **kw: dedup_stores.append(self) or last_features(self, scope, **kw))
+    asked, dedup_stores = _spy_on_store_reads(monkeypatch)
     after = run_pipeline(tmp_path / "b", f"repo={repo.path}", *settings)
     # the repository's own block: only the new commit's rows are read entry by entry
     assert [n for store, n in asked if store is dedup_stores[0]] == [counts(after)["dedup_rows_computed"]]
