@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -131,6 +132,66 @@ def _line_pieces_exact(spec: dict) -> bool:
             and (post is None or post.get("type") == "ByteLevel"))
 
 
+class _PieceIds:
+    """The token ids of the line pieces (``_cut_lines``) one tokenizer has encoded: a
+    number per distinct piece, each number's ids at ``start[k]:start[k] + count[k]`` of
+    one growing buffer. Emptied once it holds more than ``MAX_IDS`` ids (a history's distinct lines
+    are far fewer: 3.7 million ids for rusty-kaspa's examples)."""
+
+    MAX_IDS = 1 << 26  # 256 MB of ids
+
+    def __init__(self) -> None:
+        self.number: dict[str, int] = {}
+        self.ids = np.empty(1 << 16, dtype=np.int32)
+        self.start = np.empty(1 << 12, dtype=np.int64)
+        self.count = np.empty(1 << 12, dtype=np.int64)
+        self.size = 0  # ids held
+
+    def encode(self, pieces: list[list[str]], batch: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids of all texts, concatenated; where each text's end), for texts cut into
+        ``pieces``; ``batch`` encodes the pieces not seen before."""
+        if self.size > self.MAX_IDS:
+            self.number.clear()
+            self.size = 0
+        every = list(chain.from_iterable(pieces))
+        number = self.number
+        new = [p for p in dict.fromkeys(every) if p not in number]
+        if new:
+            id_lists = [e.ids for e in batch(new, add_special_tokens=False)]
+            lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+            total = int(lens.sum())
+            n, size = len(number), self.size
+            self.start = _room(self.start, n + len(new))
+            self.count = _room(self.count, n + len(new))
+            self.ids = _room(self.ids, size + total)
+            self.ids[size:size + total] = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=total)
+            self.start[n:n + len(new)] = size + np.cumsum(lens) - lens
+            self.count[n:n + len(new)] = lens
+            self.size = size + total
+            number.update(zip(new, range(n, n + len(new))))
+        if not every:
+            return np.empty(0, dtype=np.int32), np.zeros(len(pieces), dtype=np.int64)
+        seq = np.fromiter(map(number.__getitem__, every), dtype=np.int64, count=len(every))
+        piece_lens = self.count[seq]
+        piece_ends = np.cumsum(piece_lens)
+        # each piece's ids in turn, gathered in one go
+        flat = self.ids[np.repeat(self.start[seq] - (piece_ends - piece_lens), piece_lens) + np.arange(piece_ends[-1])]
+        last = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))) - 1
+        return flat, piece_ends[last]
+
+
+def _room(array: np.ndarray, n: int) -> np.ndarray:
+    """``array``, or a copy of it twice as long or more, with room for ``n`` items."""
+    if n <= array.size:
+        return array
+    grown = np.empty(max(n, 2 * array.size), dtype=array.dtype)
+    grown[:array.size] = array
+    return grown
+
+
+_PIECES_LOCK = threading.Lock()  # a tokenizer may encode in several threads
+
+
 class _RustTokenizer:
     """What both plugins share: a Rust tokenizer, its content copy and the special-token map."""
 
@@ -146,6 +207,7 @@ class _RustTokenizer:
         self._appended: dict[int, str] = {}    # ids >= base_vocab_size -> token, for decode
         self._guard: frozenset[int] = frozenset()  # in-vocabulary special ids a non-BPE model might emit
         self._by_line = False  # encode text by line pieces (see _line_pieces_exact)
+        self._pieces: _PieceIds | None = None  # the line pieces encoded so far, when _by_line
         self._full = None
         self._content = None
 
@@ -154,6 +216,7 @@ class _RustTokenizer:
         state = self.__dict__.copy()
         state["_full"] = None
         state["_content"] = None
+        state["_pieces"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -241,29 +304,17 @@ class _RustTokenizer:
         """:meth:`encode` as int32 arrays (read-only views into one array per call)."""
         tok = self._content_tok
         batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
-        pieces = None
         if getattr(self, "_by_line", False):
-            # code repeats line by line far more than text by text: encode each distinct piece once
-            pieces = [_cut_lines(t) for t in texts]
-            every = list(chain.from_iterable(pieces))
-            distinct = dict.fromkeys(every)
-            for i, piece in enumerate(distinct):
-                distinct[piece] = i
-            id_lists = [e.ids for e in batch(list(distinct), add_special_tokens=False)]
+            # code repeats line by line far more than text by text: each distinct piece is
+            # encoded once per tokenizer object, whichever call it comes in
+            with _PIECES_LOCK:
+                if self._pieces is None:
+                    self._pieces = _PieceIds()
+                flat, ends = self._pieces.encode([_cut_lines(t) for t in texts], batch)
         else:
             id_lists = [e.ids for e in batch(texts, add_special_tokens=False)]
-        lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
-        if pieces is not None and every:
-            # each text's ids: its pieces' ids, gathered from the distinct pieces' in one go
-            seq = np.fromiter(map(distinct.__getitem__, every), dtype=np.int64, count=len(every))
-            starts = np.cumsum(lens) - lens
-            piece_lens = lens[seq]
-            piece_ends = np.cumsum(piece_lens)
-            flat = flat[np.repeat(starts[seq] - (piece_ends - piece_lens), piece_lens) + np.arange(piece_ends[-1])]
-            first = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))) - 1
-            ends = piece_ends[first]
-        else:
+            lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+            flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
             ends = np.cumsum(lens)
         flat.flags.writeable = False
         ends_list = ends.tolist()

@@ -508,3 +508,36 @@ def test_line_pieces_only_for_a_plain_byte_level_bpe():
     assert not _line_pieces_exact({**spec, "model": {"type": "WordPiece"}})
     assert not _line_pieces_exact({**spec, "pre_tokenizer": {"type": "Sequence", "pretokenizers": []}})
     assert not _line_pieces_exact({**spec, "post_processor": {"type": "TemplateProcessing"}})
+
+
+def test_line_pieces_are_encoded_once_across_calls(spacy, monkeypatch):
+    from plugins.tokenizers import _cut_lines, _PieceIds
+
+    plain = pickle.loads(pickle.dumps(spacy))
+    plain._by_line = False
+    content = spacy._content_tok
+    asked: list[str] = []
+
+    def batch(texts, add_special_tokens):
+        asked.extend(texts)
+        return content.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    store = _PieceIds()
+    first = ["fn a() {\n    let x = 1;\n}", "fn b() {\n    let x = 1;\n}"]
+    second = ["fn a() {\n    let x = 2;\n}", "", "fn b() {\n    let x = 1;\n}\n"]
+    for texts in (first, second):
+        flat, ends = store.encode([_cut_lines(t) for t in texts], batch)
+        cuts = [0, *ends.tolist()]
+        assert [flat[a:b].tolist() for a, b in zip(cuts, cuts[1:])] == plain.encode(texts)
+    # every distinct piece was encoded once, in the call it first came in
+    assert sorted(asked) == sorted({p for t in first + second for p in _cut_lines(t)})
+    assert "\n}" in asked and asked.count("\n}") == 1
+
+    # a store past its size empties itself, and goes on giving the right ids
+    monkeypatch.setattr(_PieceIds, "MAX_IDS", 4)
+    asked.clear()
+    for texts in (first, second, first):
+        flat, ends = store.encode([_cut_lines(t) for t in texts], batch)
+        cuts = [0, *ends.tolist()]
+        assert [flat[a:b].tolist() for a, b in zip(cuts, cuts[1:])] == plain.encode(texts)
+    assert asked.count("\n}") == 3
