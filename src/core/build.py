@@ -400,14 +400,18 @@ class _DedupFeatures:
             computed = features([dedup_text(changes[i], self._on) for i in todo], threads=self._threads,
                                 **self._settings)
         rows, found, last = self._rows, self._found, self._last
-        store.put_many(dedup_entries([rows[i] for i in todo], computed))
         at = np.flatnonzero(found >= 0)
         given = (at, found[at], last[1]) if last is not None else None
         merged = merge_features(rows, self._kept, todo, computed, **self._settings, last=given)
         if len(self._rest) > len(rows) * FEATURES_STALE:
             # written again only once that many rows are not in it: writing it (18 MB for
-            # rusty-kaspa's history) takes longer than reading a few rows' entries
+            # rusty-kaspa's history) takes longer than reading a few rows' entries. The rows
+            # computed are then not kept entry by entry too (1.5 s of SQLite for a cold
+            # build of that history): the block has them, and a block found damaged has
+            # its rows computed again
             store.keep_features(self._scope, rows, merged)
+        else:
+            store.put_many(dedup_entries([rows[i] for i in todo], computed))
         self.close()
         stats.add("dedup_rows_computed", len(todo))
         if store.damaged:

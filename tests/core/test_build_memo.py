@@ -200,7 +200,11 @@ def test_train_on_a_segment_only_some_rows_have_is_checked_over_every_row(script
             run_pipeline(tmp_path / name, *shared, "builder.train_on=[nope]")
 
 
-def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
+def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path, monkeypatch):
+    from core import build
+
+    # the dedup features kept entry by entry, not in one block (which holds them after a cold build)
+    monkeypatch.setattr(build, "FEATURES_STALE", 1.0)
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}"]
     first = run_pipeline(tmp_path / "a", *shared)
     path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
@@ -210,7 +214,7 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path):
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
         (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
-        conn.execute("DELETE FROM feature_blocks")  # or the dedup entries would not be read (see below)
+        assert conn.execute("SELECT count(*) FROM feature_blocks").fetchone() == (0,)
     # without the example lines kept from the first run, which would be copied unread
     with sqlite3.connect(tmp_path / "shared" / f"lines-f{kept_lines.KEPT_LINES_FORMAT}.sqlite") as conn:
         conn.execute("DELETE FROM kept_lines")
@@ -274,11 +278,13 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
     path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
-    with sqlite3.connect(path) as conn:  # one byte of the block changed on disk: entries are read instead
+    with sqlite3.connect(path) as conn:  # one byte of the block changed on disk
         data = conn.execute("SELECT data FROM feature_blocks").fetchone()[0]
         conn.execute("UPDATE feature_blocks SET data = ?", (data[:-1] + bytes([data[-1] ^ 1]),))
     again = run_pipeline(tmp_path / "d", *shared)
-    assert counts(again)["build_cache_damaged"] == 1 and counts(again)["dedup_rows_computed"] == 0
+    # the block held its rows' features alone (not kept entry by entry too): they are computed again
+    assert counts(again)["build_cache_damaged"] == 1
+    assert counts(again)["dedup_rows_computed"] == counts(again)["unit_changes"]
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
 
