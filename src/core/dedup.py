@@ -43,7 +43,9 @@ _PRIME = (1 << 32) - 5  # prime; a < p, b < p, x < 2**32  =>  a*x + b < 2**64 (n
 _U64 = np.uint64
 _EMPTY = _U64(np.iinfo(np.uint64).max)  # signature entry of items without shingles
 _MUL = _U64(0x9E3779B97F4A7C15)  # odd multiplier for polynomial combination (mod 2**64)
-_BATCH_CHARS = 1 << 20  # texts per signature batch, by characters (bounds memory, cache friendly)
+# texts per signature batch, by characters: a batch's arrays stay in the CPU's caches (on
+# 8,971 texts of rusty-kaspa, 1 << 18 signs in 0.34 s what 1 << 20 signs in 0.50 s)
+_BATCH_CHARS = 1 << 18
 
 
 def normalize(text: str) -> str:
