@@ -43,13 +43,14 @@ from core.changes import (
     lines_at,
     read_changes,
     whole,
+    without_context,
 )
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import read_line, record_line, stat_key
+from core.files import record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import fingerprint
 from core.stats import Counter
@@ -464,7 +465,7 @@ def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, An
     if task is None:
         return None
     path, key, lines, on, settings = task
-    return features([dedup_text(read_line(line), on) for line in lines_at(path, key, lines)], **settings)
+    return features([dedup_text(without_context(line), on) for line in lines_at(path, key, lines)], **settings)
 
 
 def _examples_base(run: Run, special: list[str]) -> str:

@@ -471,6 +471,28 @@ def test_read_changes_reads_a_row_whole_only_when_a_later_field_is_read(tmp_path
     assert got == rows and dict(got[0]) == rows[0] and got[0]["context"][0]["text"] is got[2]["context"][0]["text"]
 
 
+def test_a_row_read_without_its_context_is_the_row_less_its_context(monkeypatch):
+    from core import changes
+    from core.files import record_line
+
+    odd = b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")
+    context = [{"path": "b.rs", "text": 'say ,"context":[1]}', "why": ["import"]}]
+    rows = [
+        # the bytes the context starts with, inside a message and a signature, then the context itself
+        {"id": "1", "message": 'a ,"context":[] here', "signature": "fn f(x: &str) -> \\", "old_code": "",
+         "new_code": "fn f() {}", "new_lines": [1, 3], "context": context},
+        {"id": "2", "path": odd, "new_code": "fn g() {}", "context": []},  # read whole by json
+        {"id": "3", "new_code": "fn h() {}"},  # no context at all
+    ]
+    for row in rows:
+        line = record_line(row)
+        less = {k: v for k, v in row.items() if k != "context"}
+        got = changes.without_context(line)
+        assert got == (row if row["id"] == "2" else less)
+    monkeypatch.setattr(changes, "orjson", None)
+    assert changes.without_context(record_line(rows[0])) == rows[0]
+
+
 def test_a_copied_or_pickled_change_is_a_plain_dict_that_shares_no_open_file(tmp_path):
     import copy
     import gc

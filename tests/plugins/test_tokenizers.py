@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -528,7 +529,7 @@ def test_line_pieces_are_encoded_once_across_calls(spacy, monkeypatch):
     for texts in (first, second):
         flat, ends = store.encode([_cut_lines(t) for t in texts], batch)
         cuts = [0, *ends.tolist()]
-        assert [flat[a:b].tolist() for a, b in zip(cuts, cuts[1:])] == plain.encode(texts)
+        assert [flat[a:b].tolist() for a, b in pairwise(cuts)] == plain.encode(texts)
     # every distinct piece was encoded once, in the call it first came in
     assert sorted(asked) == sorted({p for t in first + second for p in _cut_lines(t)})
     assert "\n}" in asked and asked.count("\n}") == 1
@@ -539,5 +540,5 @@ def test_line_pieces_are_encoded_once_across_calls(spacy, monkeypatch):
     for texts in (first, second, first):
         flat, ends = store.encode([_cut_lines(t) for t in texts], batch)
         cuts = [0, *ends.tolist()]
-        assert [flat[a:b].tolist() for a, b in zip(cuts, cuts[1:])] == plain.encode(texts)
+        assert [flat[a:b].tolist() for a, b in pairwise(cuts)] == plain.encode(texts)
     assert asked.count("\n}") == 3
