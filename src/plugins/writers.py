@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.examples import ExampleRows, packed_rows
+from core.examples import ExampleRows, packed_json_line, packed_rows
 from core.files import atomic_write, default_mode, fast_json_line
 from core.hookspecs import hookimpl
 
@@ -186,7 +186,7 @@ class JsonlWriter:
             for split, rows in splits.items():
                 with out.file(self.line_files.format(split=split), len(rows), background=True) as fh:
                     if isinstance(rows, ExampleRows):  # orjson writes the arrays as lists
-                        rows.write_lines(fh, fast_json_line)
+                        rows.write_lines(fh, fast_json_line, packed_json_line)
                     else:
                         for row in rows:
                             fh.write(fast_json_line(row))

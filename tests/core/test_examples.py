@@ -170,3 +170,59 @@ def test_memo_matches_the_bpe_tokenizer_text_by_text(tmp_path: Path):
                for i in range(80)]
     for lay, encoded in encode_layouts(tok, layouts, batch_chars=500):
         assert [e.tolist() for e in encoded] == tok.encode([s.text for s in lay if not s.special])
+
+
+_PATHS = st.sampled_from(["src/a.rs", "src/ü.rs", b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")])
+
+
+@st.composite
+def _packed_examples(draw):
+    from core.examples import TrainedRuns, packed_example
+
+    n = draw(st.integers(0, 40))
+    ids = np.array(draw(st.lists(st.sampled_from([0, 7, 9, 10, 99, 100, 12345, 2**31 - 1]), min_size=n, max_size=n)),
+                   dtype=np.int32)
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+    runs = TrainedRuns(tuple(zip(cuts[::2], cuts[1::2])))  # some empty, some touching
+    change = {"id": "x", "repo": "r", "commit": "c", "time": "t", "path": draw(_PATHS), "qualname": "q",
+              "change": "modified", "kind": "fn"}
+    example = packed_example(change, "train", ids, runs, [["new_code", 0, n]], n, 0)
+    extra = draw(st.sampled_from([None, "first", "last", "float", "reordered", "ids_first", "ids_last"]))
+    seqs = ["input_ids", "attention_mask", "labels"]
+    others = [k for k in example if k not in seqs]
+    if extra in ("ids_first", "ids_last"):  # nothing before the token sequences, or after them
+        order = seqs + others if extra == "ids_first" else others + seqs
+        example = {k: example[k] for k in order}
+    if extra == "first":
+        example = {"note": "x", **example}
+    elif extra == "last":
+        example["note"] = [1, "y"]
+    elif extra == "float":
+        example["score"] = 0.5
+    elif extra == "reordered":
+        example["attention_mask"] = example.pop("attention_mask")
+    return example
+
+
+@settings(max_examples=400, deadline=None)
+@given(_packed_examples())
+def test_a_packed_examples_line_is_the_line_of_its_arrays(example):
+    from core.examples import materialize, packed_json_line
+    from core.files import fast_json_line
+
+    assert packed_json_line(example) == fast_json_line(materialize(example))
+
+
+def test_a_packed_examples_line_without_orjson_is_the_plain_line(monkeypatch):
+    from core import examples
+    from core.examples import TrainedRuns, materialize, packed_example, packed_json_line
+    from core.files import fast_json_line
+
+    change = {"id": "x", "repo": "r", "commit": "c", "time": "t", "path": "p", "qualname": "q", "change": "added",
+              "kind": "fn"}
+    example = packed_example(change, "val", np.array([5, 6, 7], dtype=np.int32), TrainedRuns(((1, 3),)), [], 3, 2)
+    line = packed_json_line(example)
+    assert line == fast_json_line(materialize(example))
+    assert b'"attention_mask":[1,1,1],"labels":[-100,6,7]' in line
+    monkeypatch.setattr(examples, "orjson", None)
+    assert packed_json_line(example) == line
