@@ -124,7 +124,10 @@ class _BackgroundWrites:
 
     BLOCK = 4 << 20
     POINT_BYTES = POINT_BYTES
-    SYNC_BYTES = 64 << 20  # a copied range this large is synced by the writing thread
+    # the writing thread writes each this many bytes to disk as it goes (while the caller
+    # makes the next ones): ``atomic_write``'s fsync at the end then waits for the last few
+    # only (0.16 s for rusty-kaspa's 257 MB train split otherwise)
+    SYNC_BYTES = 16 << 20
 
     def __init__(self, fh: IO[bytes]):
         from concurrent.futures import ThreadPoolExecutor
@@ -142,19 +145,25 @@ class _BackgroundWrites:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-write")
         self._pending: list[Any] = []
         self._range: list[Any] | None = None  # [path, start, size, remove] of a file range not handed over yet
+        self._unsynced = 0  # bytes the writing thread wrote since it last synced
         self.digest: tuple[str, int] | None = None
 
     def _put(self, block: bytes) -> None:
         self._fh.write(block)
+        self._written(len(block))
 
     def _copy_and_sync(self, fd: int, start: int, size: int) -> None:
-        """Copy a range; a large one (an update's copy of the output kept from the run
-        before) is also written to disk now, by this thread, while the caller goes on:
-        ``atomic_write``'s fsync at the end would otherwise wait for all of it."""
+        """Copy a range (of a worker's spooled rows, or the output kept from the run before)."""
         copy_range(fd, start, size, self._fh)
-        if size >= self.SYNC_BYTES:
+        self._written(size)
+
+    def _written(self, size: int) -> None:
+        """The writing thread's count of bytes not on disk yet: each ``SYNC_BYTES`` are synced."""
+        self._unsynced += size
+        if self._unsynced >= self.SYNC_BYTES:
             self._fh.flush()
             getattr(os, "fdatasync", os.fsync)(self._fh.fileno())
+            self._unsynced = 0
 
     def _hash_block(self, block: bytes) -> None:
         self._hash.update(block)
@@ -243,7 +252,7 @@ class _BackgroundWrites:
                     os.unlink(path)
 
         self._queue(functools.partial(read, lambda fd: self._hash_range(fd, start, size)),
-                    functools.partial(read, lambda fd: copy_range(fd, start, size, self._fh)))
+                    functools.partial(read, lambda fd: self._copy_and_sync(fd, start, size)))
 
     def _submit(self) -> None:
         parts = self._parts

@@ -210,8 +210,9 @@ def test_the_callers_error_is_not_hidden_by_a_failed_background_write(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_large_copied_range_is_synced_by_the_writing_thread(tmp_path, monkeypatch):
+def test_the_writing_thread_syncs_each_sync_bytes_it_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 4000)
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)
     source = tmp_path / "kept.jsonl"
     source.write_bytes(b"".join(f"{i:06d} kept\n".encode() for i in range(2000)))
     synced: list[str] = []
@@ -223,8 +224,12 @@ def test_a_large_copied_range_is_synced_by_the_writing_thread(tmp_path, monkeypa
         fh.copy_range(src.fileno(), 0, 3000)  # small: no sync of its own
         fh.write(b"new\n")
         fh.copy_range(src.fileno(), 100, 10_000)
-    want = source.read_bytes()[:3000] + b"new\n" + source.read_bytes()[100:10_100]
+        for i in range(500):  # 5,000 bytes more, written in blocks of about 1,000
+            fh.write(b"%09d\n" % i)
+    written = b"".join(b"%09d\n" % i for i in range(500))
+    want = source.read_bytes()[:3000] + b"new\n" + source.read_bytes()[100:10_100] + written
     assert path.read_bytes() == want
     assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
-    # the writing thread synced the large copy; atomic_write's own fsync comes from the caller
-    assert sum(n.startswith("commitforge-write") for n in synced) == 1
+    # the writing thread synced after the large copy (13,004 bytes) and once the blocks
+    # written after it reached 4,000 bytes (atomic_write's own fsync is another call)
+    assert sum(n.startswith("commitforge-write") for n in synced) == 2
