@@ -366,9 +366,14 @@ def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch
     memo = {} if memo is None else memo
     encode = getattr(tokenizer, "encode_arrays", None) or (
         lambda texts: [np.array(ids, dtype=np.int32) for ids in tokenizer.encode(texts)])
+    # a tokenizer that encodes texts by pieces has them cut here, where the thread that
+    # makes the layouts has time to spare while the encoding thread waits for its turn
+    cut = getattr(tokenizer, "cut", None) if hasattr(tokenizer, "encode_arrays") else None
 
-    def encoded(texts: list[str]) -> list[np.ndarray]:
-        return encode([_tokenizable(t) for t in texts])
+    def submit(texts: list[str]) -> Future:
+        ready = [_tokenizable(t) for t in texts]
+        pieces = cut(ready) if cut is not None else None
+        return pool.submit(encode, ready, pieces) if pieces is not None else pool.submit(encode, ready)
 
     # batches submitted, oldest first: (their layouts, their new texts, the encoding of those)
     batches: deque[tuple[list[list[Segment]], list[str], Future | None]] = deque()
@@ -398,14 +403,14 @@ def encode_layouts(tokenizer: Tokenizer, layouts: Iterable[list[Segment]], batch
             if size >= batch_chars:
                 texts = list(new)
                 submitted.update(texts)
-                batches.append((pending, texts, pool.submit(encoded, texts)))
+                batches.append((pending, texts, submit(texts)))
                 pending, new, size = [], {}, 0
                 while len(batches) > 1:  # the newest batch encodes while the one before is read
                     yield from settle()
         if pending:
             texts = list(new)
             submitted.update(texts)
-            batches.append((pending, texts, pool.submit(encoded, texts) if texts else None))
+            batches.append((pending, texts, submit(texts) if texts else None))
         while batches:
             yield from settle()
     finally:

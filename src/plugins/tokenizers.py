@@ -9,6 +9,7 @@ Both plugins implement the same interface::
     eos_token: str | None
     encode(texts) -> list[list[int]]   # ordinary text only: never yields a special/added token id
     encode_arrays(texts) -> list[np.ndarray]   # the same as int32 arrays (what the build stage uses)
+    cut(texts) -> list[list[str]] | None   # the pieces encode_arrays encodes by, for encode_arrays(texts, pieces)
     token_id(token) -> int
     decode(ids) -> str
 
@@ -300,17 +301,25 @@ class _RustTokenizer:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [ids.tolist() for ids in self.encode_arrays(texts)]
 
-    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
-        """:meth:`encode` as int32 arrays (read-only views into one array per call)."""
+    def cut(self, texts: list[str]) -> list[list[str]] | None:
+        """The pieces :meth:`encode_arrays` encodes ``texts`` by (None: it encodes them
+        whole). A caller with time to spare cuts them itself and passes them on."""
+        return [_cut_lines(t) for t in texts] if getattr(self, "_by_line", False) else None
+
+    def encode_arrays(self, texts: list[str], pieces: list[list[str]] | None = None) -> list[np.ndarray]:
+        """:meth:`encode` as int32 arrays (read-only views into one array per call).
+        ``pieces``: what :meth:`cut` gave for ``texts``, if the caller cut them."""
         tok = self._content_tok
         batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
         if getattr(self, "_by_line", False):
             # code repeats line by line far more than text by text: each distinct piece is
             # encoded once per tokenizer object, whichever call it comes in
+            if pieces is None:
+                pieces = [_cut_lines(t) for t in texts]
             with _PIECES_LOCK:
                 if self._pieces is None:
                     self._pieces = _PieceIds()
-                flat, ends = self._pieces.encode([_cut_lines(t) for t in texts], batch)
+                flat, ends = self._pieces.encode(pieces, batch)
         else:
             id_lists = [e.ids for e in batch(texts, add_special_tokens=False)]
             lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))

@@ -542,3 +542,13 @@ def test_line_pieces_are_encoded_once_across_calls(spacy, monkeypatch):
         cuts = [0, *ends.tolist()]
         assert [flat[a:b].tolist() for a, b in pairwise(cuts)] == plain.encode(texts)
     assert asked.count("\n}") == 3
+
+
+def test_texts_cut_by_the_caller_encode_as_texts_cut_here(spacy):
+    texts = ["fn a() {\n    x\n}", "", "let b  \n\n  c\n"]
+    pieces = spacy.cut(texts)
+    assert pieces == [["fn a() {", "\n    x", "\n}"], [""], ["let b  \n\n  c", "\n"]]
+    assert [a.tolist() for a in spacy.encode_arrays(texts, pieces)] == spacy.encode(texts)
+    plain = pickle.loads(pickle.dumps(spacy))
+    plain._by_line = False
+    assert plain.cut(texts) is None  # a tokenizer that encodes texts whole takes no pieces
