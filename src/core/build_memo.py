@@ -281,16 +281,20 @@ def _checksum(row: bytes, a: bytes, b: bytes) -> int:
     return zlib.crc32(b, zlib.crc32(a, zlib.crc32(row)))
 
 
-def encode(built: Built) -> tuple[bytes, bytes]:
-    """The entry (meta, ids) of a result of ``assemble(..., packed=True)``."""
+def encode(built: Built, small: bool | None = None) -> tuple[bytes, bytes]:
+    """The entry (meta, ids) of a result of ``assemble(..., packed=True)``. ``small``: True
+    when the ids are known to fit in 16 bits (a tokenizer of at most 65,536 ids), None to
+    look at them."""
     ex = built.example
     if ex is None:
         return marshal.dumps((0, built.skip or "unknown")), b""
     ids = ex["input_ids"]
-    small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
+    if small is None:
+        small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
     code = 1 if small else 2
-    meta = (code, bool(built.truncated), tuple(tuple(r) for r in ex["labels"]),
-            [tuple(s) for s in ex["segments"]], int(ex["n_tokens"]), int(ex["n_target_tokens"]))
+    # the spans as the lists they are (decode takes lists or tuples), the runs as plain tuples
+    meta = (code, bool(built.truncated), tuple(ex["labels"]), ex["segments"], int(ex["n_tokens"]),
+            int(ex["n_target_tokens"]))
     return marshal.dumps(meta), ids.astype(_DTYPES[code], copy=False).tobytes()
 
 

@@ -91,6 +91,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     kept = store.get_many([k for i, k in enumerate(keys) if i not in copied]) if store is not None else {}  # type: ignore[arg-type]
     todo = [i for i in range(len(changes)) if i not in copied and (keys is None or keys[i] not in kept)]
     fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))
+    # a tokenizer of at most 65,536 ids gives ids that fit in 16 bits: not looked at again
+    small = True if int((getattr(tokenizer, "identity", None) or {}).get("vocab_size", 1 << 32)) <= 1 << 16 else None
     made: list[tuple[bytes, bytes, bytes]] = []
     out = []
     for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
@@ -114,7 +116,7 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
                 names.update(seg.name for seg in segments)
             built = assemble(change, segments, encoded, tokenizer, max_tokens, split, packed=True)
             if row is not None:
-                made.append((row, *encode(built)))
+                made.append((row, *encode(built, small)))
                 if len(made) >= 2000:  # stored as they come: never all of a history's examples twice
                     store.put_many(made)  # type: ignore[union-attr]
                     made = []
