@@ -29,7 +29,7 @@ from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
 from core.files import atomic_write, record_line, stat_key
-from core.gitio import Hunk, Repository, line_hunks
+from core.gitio import Repository, line_hunks
 from core.hash_points import HashPoints
 from core.hookspecs import KINDS
 from core.language import file_extension
@@ -361,6 +361,15 @@ class Run:
         stats.add("commits_reused", len(done))
         stats.add("commits_computed", len(todo))
         workers = getattr(self.executor, "workers", 1) or 1
+        hunking: Future | None = None
+        if todo:
+            # git's hunks (for reparsing by the changed lines) come from a thread while the
+            # trees are planned here: both wait for gits, on the cores the workers will take
+            blobs = unique_blobs([commits[i] for i in todo])
+            diffs, pathspecs = self._hunk_diffs(job, [commits[i] for i in todo], blobs)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="commitforge-hunks")
+            hunking = pool.submit(_timed, line_hunks, self.repo.git_dir, diffs, pathspecs)
+            pool.shutdown(wait=False)  # the thread ends with its task
         steps: list[TreeSteps | None]
         if at is not None and todo:
             # the context strategy reads the whole tree at each commit; the commits to compute are
@@ -400,7 +409,6 @@ class Run:
                              tree_steps(plan_trees(self.repo, order, is_named, "parent"), sizes)))
             stats.add("project_trees_ms", int(1000 * (time.perf_counter() - t_named)))
         if todo:
-            blobs = unique_blobs([commits[i] for i in todo])
             stats.add("unique_blobs", len(blobs))
             if at is not None:  # files of the trees the batches read are parsed too
                 needed = {(b, lang) for b, lang, _ in blobs}
@@ -417,9 +425,8 @@ class Run:
                     # only the index reads these: a blob whose summary is stored needs no parsing
                     summarized = job.summaries(lang).have(tree_blobs)
                     blobs += [(b, lang, None) for b in tree_blobs if b not in summarized]
-            t_hunks = time.perf_counter()
-            hunks = self._hunks(job, [commits[i] for i in todo], blobs)
-            stats.add("hunks_ms", int(1000 * (time.perf_counter() - t_hunks)))
+            hunks, hunk_seconds = hunking.result()  # type: ignore[union-attr]
+            stats.add("hunks_ms", int(1000 * hunk_seconds))
             job.parse_all(self.executor, blobs, stats, hunks)
         parse_seconds = time.perf_counter() - t0
         rows = 0
@@ -497,10 +504,11 @@ class Run:
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)
 
-    def _hunks(self, job: ChunkJob, commits: list[CommitRecord], blobs: list[tuple[str, str, str | None]]
-               ) -> dict[tuple[str, str], list[Hunk]]:
-        """git's line hunks between the versions of a file that phase 1 will parse, so a
-        version is reparsed from its predecessor's tree by its changed lines only."""
+    def _hunk_diffs(self, job: ChunkJob, commits: list[CommitRecord], blobs: list[tuple[str, str, str | None]]
+                    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """What ``line_hunks`` reads git's line hunks from, between the versions of a file
+        that phase 1 will parse (so a version is reparsed from its predecessor's tree by
+        its changed lines only): the (commit, parent) diffs and the pathspecs."""
         prev_of = {(blob, lang): prev for blob, lang, prev in blobs if prev}
         todo: set[tuple[str, str]] = set()
         for lang in {lang for _, lang in prev_of}:
@@ -511,8 +519,7 @@ class Run:
         for rec in commits:
             if rec.parents and any(fc.change == "M" and (fc.new_blob, fc.lang) in todo for fc in rec.files):
                 diffs[(rec.commit, rec.parents[0])] = None
-        pathspecs = sorted({f"*{ext}" for ext in self.extensions()})
-        return line_hunks(self.repo.git_dir, list(diffs), pathspecs)
+        return list(diffs), sorted({f"*{ext}" for ext in self.extensions()})
 
     def _chunk_fingerprint(self) -> str:
         """Everything a commit's chunk-stage rows depend on besides its record and tree."""
@@ -536,6 +543,12 @@ class Run:
         manifest.set("tokenizer", summary["tokenizer"])
         manifest.stage("build", stats, time.perf_counter() - t0, outputs)
         self.summary.update({k: v for k, v in summary.items() if k != "tokenizer"})
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
 
 
 class _Storing:
