@@ -10,6 +10,7 @@ Both plugins implement the same interface::
     encode(texts) -> list[list[int]]   # ordinary text only: never yields a special/added token id
     encode_arrays(texts) -> list[np.ndarray]   # the same as int32 arrays (what the build stage uses)
     cut(texts) -> list[list[str]] | None   # the pieces encode_arrays encodes by, for encode_arrays(texts, pieces)
+    clear_cache()         # forget what encoding kept to go faster (the build stage calls it when done)
     token_id(token) -> int
     decode(ids) -> str
 
@@ -136,10 +137,10 @@ def _line_pieces_exact(spec: dict) -> bool:
 class _PieceIds:
     """The token ids of the line pieces (``_cut_lines``) one tokenizer has encoded: a
     number per distinct piece, each number's ids at ``start[k]:start[k] + count[k]`` of
-    one growing buffer. Emptied once it holds more than ``MAX_IDS`` ids (a history's distinct lines
-    are far fewer: 3.7 million ids for rusty-kaspa's examples)."""
+    one growing buffer. Emptied once it holds more than ``MAX_IDS`` ids (a history's
+    distinct lines hold far fewer: 3.1 million for rusty-kaspa's examples)."""
 
-    MAX_IDS = 1 << 26  # 256 MB of ids
+    MAX_IDS = 1 << 24  # 64 MB of ids (and the pieces they are the ids of): five rusty-kaspas
 
     def __init__(self) -> None:
         self.number: dict[str, int] = {}
@@ -305,6 +306,13 @@ class _RustTokenizer:
         """The pieces :meth:`encode_arrays` encodes ``texts`` by (None: it encodes them
         whole). A caller with time to spare cuts them itself and passes them on."""
         return [_cut_lines(t) for t in texts] if getattr(self, "_by_line", False) else None
+
+    def clear_cache(self) -> None:
+        """Forget the ids of the line pieces encoded so far (3.1 million ids and 175,000
+        pieces for rusty-kaspa's history): the build stage calls it once its examples
+        are encoded."""
+        with _PIECES_LOCK:
+            self._pieces = None
 
     def encode_arrays(self, texts: list[str], pieces: list[list[str]] | None = None) -> list[np.ndarray]:
         """:meth:`encode` as int32 arrays (read-only views into one array per call).

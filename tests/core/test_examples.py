@@ -170,6 +170,7 @@ def test_memo_matches_the_bpe_tokenizer_text_by_text(tmp_path: Path):
                for i in range(80)]
     for lay, encoded in encode_layouts(tok, layouts, batch_chars=500):
         assert [e.tolist() for e in encoded] == tok.encode([s.text for s in lay if not s.special])
+    assert tok._pieces is None  # what it kept to encode them is forgotten once they are all encoded
 
 
 _PATHS = st.sampled_from(["src/a.rs", "src/ü.rs", b"src/caf\xe9.rs".decode("utf-8", "surrogateescape")])

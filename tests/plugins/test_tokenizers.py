@@ -552,3 +552,12 @@ def test_texts_cut_by_the_caller_encode_as_texts_cut_here(spacy):
     plain = pickle.loads(pickle.dumps(spacy))
     plain._by_line = False
     assert plain.cut(texts) is None  # a tokenizer that encodes texts whole takes no pieces
+
+
+def test_a_cleared_cache_forgets_the_pieces_and_encodes_the_same(spacy):
+    texts = ["fn a() {\n    x\n}", "let b  \n\n  c\n"]
+    before = spacy.encode(texts)
+    assert spacy._pieces is not None and spacy._pieces.number
+    spacy.clear_cache()
+    assert spacy._pieces is None
+    assert spacy.encode(texts) == before
