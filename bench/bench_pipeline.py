@@ -1,10 +1,14 @@
 """Benchmark: the whole pipeline (``+experiment=ctx4000``) over a repository's full history,
 and bringing an already-processed repository up to date after one new commit.
 
-    python bench/bench_pipeline.py REPO [--experiment ctx4000] [--repeat 1]
+    python bench/bench_pipeline.py REPO [--experiment ctx4000] [--repeat 1] [--against CHECKOUT]
 
 1. Cold runs (empty cache) of the whole pipeline: wall seconds per stage and peak RSS
-   of the run's processes (main process and workers, from ``getrusage``).
+   of the run's processes (main process and workers, from ``getrusage``). With
+   ``--against``, each cold run is followed by one of another checkout of commitforge
+   (for example ``git worktree add /tmp/before REV``; its ``src`` goes first on
+   ``PYTHONPATH``): the medians of both and their ratio, measured in the same rounds,
+   compare the code where a shared machine's speed drifts from one hour to the next.
 2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
    processed again with the same cache, both for the whole pipeline and for
    ``stages=[mine,chunk]``: wall seconds of the second run, and how much of its chunk
@@ -28,8 +32,10 @@ import time
 from pathlib import Path
 
 
-def run(repo: Path, out: Path, cache: Path, *overrides: str) -> dict:
+def run(repo: Path, out: Path, cache: Path, *overrides: str, src: Path | None = None) -> dict:
     env = {**os.environ, "COMMITFORGE_CACHE": str(cache)}
+    if src is not None:  # another checkout's code (and its conf/) instead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
     # a fresh wrapper process reports the peak RSS of this run's processes only
     wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
                "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
@@ -68,17 +74,36 @@ def main() -> None:
     ap.add_argument("repo", type=Path)
     ap.add_argument("--experiment", default="ctx4000")
     ap.add_argument("--repeat", type=int, default=1, help="cold runs (0: only the update)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another commitforge checkout whose cold runs alternate with these")
     args = ap.parse_args()
+    against = None
+    if args.against is not None:
+        against = args.against.resolve() / "src"
+        if not (against / "core" / "__init__.py").is_file():
+            raise SystemExit(f"--against {args.against}: no src/core in it; give a commitforge checkout")
     exp = f"+experiment={args.experiment}"
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-pipe-"))
     try:
-        cold = []
+        cold, other = [], []
         for i in range(args.repeat):
             shutil.rmtree(tmp / "cache", ignore_errors=True)
             cold.append(run(args.repo, tmp / f"cold{i}", tmp / "cache", exp))
             print(json.dumps({"cold": cold[-1]}), flush=True)
+            if against is not None:
+                shutil.rmtree(tmp / "cache", ignore_errors=True)
+                other.append(run(args.repo, tmp / f"against{i}", tmp / "cache", exp, src=against))
+                print(json.dumps({"cold_against": other[-1]}), flush=True)
         if cold:  # --repeat 0: the update only
-            print(json.dumps({"cold_wall_s_median": statistics.median(c["wall_s"] for c in cold)}), flush=True)
+            median = statistics.median(c["wall_s"] for c in cold)
+            print(json.dumps({"cold_wall_s_median": median}), flush=True)
+            if other:
+                theirs = statistics.median(c["wall_s"] for c in other)
+                # each stage's medians, this checkout's then the other's
+                stages = {name: [statistics.median(c["stages_s"].get(name, 0.0) for c in runs) for runs in (cold, other)]
+                          for name in ("mine", "chunk", "build")}
+                print(json.dumps({"against_wall_s_median": theirs, "ratio": round(median / theirs, 3),
+                                  "stage_s_medians": stages}), flush=True)
 
         # update after one new commit: a clone one commit behind, processed, then advanced
         clone = tmp / "clone"
