@@ -111,18 +111,12 @@ class Change(Mapping):
         return change
 
     def _read_head(self, line: bytes) -> None:
-        file = self._file
-        end = line.find(_HEAD_END)
-        if end > 0 and orjson is not None:
-            try:
-                head = orjson.loads(line[:end] + b"}")
-            except ValueError:  # lone surrogate escapes: read whole with json
-                head = None
-            if type(head) is dict:
-                file.share(head, ("subject", "message"))
-                self._head = head
-        if self._head is None:
-            self._row = file.row(line)
+        head = _fields_before(line, _HEAD_END)
+        if head is not None:
+            self._file.share(head, ("subject", "message"))
+            self._head = head
+        else:  # read whole with json
+            self._row = self._file.row(line)
 
     def _whole(self) -> dict[str, Any]:
         row = self._row
@@ -201,15 +195,22 @@ def without_context(line: bytes) -> dict[str, Any]:
     """A chunks.jsonl line's row without its ``context``, read (what deduplication
     compares): a third of the time of reading it whole on rusty-kaspa's rows. A line with
     no such field, or that orjson refuses, is read whole."""
-    end = line.find(_CONTEXT_START)
-    if end > 0 and orjson is not None:
-        try:
-            row = orjson.loads(line[:end] + b"}")
-        except ValueError:
-            row = None
-        if type(row) is dict:
-            return row
-    return read_line(line)
+    row = _fields_before(line, _CONTEXT_START)
+    return row if row is not None else read_line(line)
+
+
+def _fields_before(line: bytes, key: bytes) -> dict[str, Any] | None:
+    """The fields of a chunks.jsonl line that come before ``key`` (``b',"name":'``),
+    read with orjson; None when the line has no such field or orjson refuses it (lone
+    surrogate escapes of non-UTF-8 paths)."""
+    end = line.find(key)
+    if end <= 0 or orjson is None:
+        return None
+    try:
+        fields = orjson.loads(line[:end] + b"}")
+    except ValueError:
+        return None
+    return fields if type(fields) is dict else None
 
 
 def whole(change: Mapping[str, Any]) -> dict[str, Any]:
