@@ -197,26 +197,32 @@ def packed_json_line(example: dict[str, Any]) -> bytes:
     tokens and the JSON of the trained ranges of the ids. An example of another kind or
     shape (no packed labels, sequence fields in another order, a float field, what orjson
     refuses) takes the plain way."""
+    line = _packed_line(example)
+    return line if line is not None else fast_json_line(materialize(example))
+
+
+def _packed_line(example: dict[str, Any]) -> bytes | None:
+    """:func:`packed_json_line`'s own way, or None for an example it does not take."""
     runs = example.get("labels")
     ids = example.get("input_ids")
     if (orjson is None or not isinstance(runs, TrainedRuns) or type(ids) is not np.ndarray
             or ids.dtype != _INT32 or float in map(type, example.values())):
-        return fast_json_line(materialize(example))
+        return None
     keys = list(example)
     at = keys.index("input_ids")
     if keys[at:at + 3] != _SEQUENCES:
-        return fast_json_line(materialize(example))
+        return None
     n = len(ids)
     ranges = [(a, b) for a, b in runs if a < b]
     if len(ranges) == 1 and 0 <= ranges[0][0] and ranges[0][1] <= n:
         pass  # the usual: one trained range (the new code and the end)
     elif any(not pos <= a <= b <= n for pos, (a, b) in zip((0, *(b for _, b in ranges)), ranges)):
-        return fast_json_line(materialize(example))  # ranges out of order
+        return None  # ranges out of order
     try:
         head = orjson.dumps({k: example[k] for k in keys[:at]})
         tail = orjson.dumps({k: example[k] for k in keys[at + 3:]}, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:  # orjson.JSONEncodeError: lone surrogates of a non-UTF-8 path
-        return fast_json_line(materialize(example))
+        return None
     # the ids cut where the trained ranges start and end: each piece's JSON goes into the
     # ids, and into the labels too when trained (the others are -100 there)
     ids_parts, label_parts, pos = [], [], 0
