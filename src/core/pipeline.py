@@ -449,10 +449,7 @@ class Run:
         # read it back); a kept output's bytes are copied first, in the kernel where it can be
         # on an error the executor's tasks are cancelled (and the running ones end) before the
         # spool directory they write to is removed
-        # each worker's commits are stored in the stage cache by a thread while their rows
-        # are copied into chunks.jsonl, and the next worker's are taken
-        storing = _Storing(cache)
-        with (storing, _removing(spool), _closing(results), base_output or nullcontext(),
+        with (_removing(spool), _closing(results), base_output or nullcontext(),
               atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
             if base_output is not None:  # its sha256 resumes where the kept file's stopped (core.hash_points)
                 fh.copy_range(base_output.fileno(), 0, size, HashPoints(self.cache_dir).find(base_output.fileno()))
@@ -466,7 +463,7 @@ class Run:
                         group = next(groups)
                         pending = next(results)
                         if cache is not None:  # a rerun after a crash resumes here
-                            storing.put_many([(keys[j], *r) for j, r in zip(group, pending)])
+                            cache.put_many([(keys[j], *r) for j, r in zip(group, pending)])
                         for r in pending:
                             if type(r[0]) is SpooledRows:
                                 spool_left[r[0].path] = spool_left.get(r[0].path, 0) + 1
@@ -549,35 +546,6 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     """``fn(*args)`` and the seconds it took."""
     t0 = time.perf_counter()
     return fn(*args), time.perf_counter() - t0
-
-
-class _Storing:
-    """Entries put in a stage cache by a thread; leaving the block waits for them and
-    raises what failed (after the block's own error, which goes first)."""
-
-    def __init__(self, cache: StageCache | None):
-        self._cache = cache
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
-
-    def put_many(self, entries: list[Any]) -> None:
-        assert self._cache is not None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="commitforge-stage-cache")
-        self._pending.append(self._pool.submit(self._cache.put_many, entries))
-
-    def __enter__(self) -> _Storing:  # noqa: PYI034 - typing.Self needs Python 3.11
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        try:
-            for pending in self._pending:
-                error = pending.exception()
-                if error is not None and kind is None:
-                    raise error
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
 
 
 @contextmanager
