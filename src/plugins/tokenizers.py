@@ -323,7 +323,7 @@ class _RustTokenizer:
             # code repeats line by line far more than text by text: each distinct piece is
             # encoded once per tokenizer object, whichever call it comes in
             if pieces is None:
-                pieces = [_cut_lines(t) for t in texts]
+                pieces = self.cut(texts)
             with _PIECES_LOCK:
                 if self._pieces is None:
                     self._pieces = _PieceIds()
