@@ -165,6 +165,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
         if dedup_features is not None:
             dedup_features.close()
     preparing.result()
+    keep_pieces = getattr(run.tokenizer, "keep_pieces_in", None)
+    if keep_pieces is not None and run.cfg.reuse:  # what it encodes serves later builds (another builder or format)
+        keep_pieces(run.cache_dir)
     for reason in result.reasons:
         if reason:
             stats.skip(reason)
@@ -248,6 +251,9 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     save = getattr(tok, "save", None)
     if save is not None:  # the tokenizer the ids belong to, special tokens included
         outputs.update({f"tokenizer/{name}": 1 for name in save(run.run_dir / "tokenizer")})
+    saved = getattr(tok, "wait_saved", None)
+    if saved is not None:  # its pieces were saved while the examples were written
+        saved()
     return outputs, summary
 
 

@@ -36,8 +36,11 @@ from pathlib import Path
 from core.errors import CommitforgeError
 
 TOKENIZERS_DIR = "tokenizers"  # trained tokenizers (the bpe plugin), by corpus and settings
+# the ids of the line pieces a tokenizer encoded, one file per tokenizer (plugins.tokenizers)
+PIECES_FORMAT = 1
+PIECES_DIR = f"pieces-f{PIECES_FORMAT}"
 # the stores and folders of any version: family, format (or demo version), the rest of the name
-_VERSIONED = re.compile(r"(units|summaries|stages|build|examples|lines|sha256-points)-f(\d+)([-.].*)?|(demo)-v(\d+)")
+_VERSIONED = re.compile(r"(units|summaries|stages|build|examples|lines|sha256-points|pieces)-f(\d+)([-.].*)?|(demo)-v(\d+)")
 _UNFINISHED = re.compile(r"\.demo-v\d+\.tmp-.*")  # see core.demo.demo_repo_path
 _SQLITE_SIDE = ("-wal", "-shm", "-journal")  # files SQLite keeps next to a database
 UNFINISHED_AGE_S = 3600  # a demo build younger than this may still be running
@@ -62,7 +65,7 @@ def current_names() -> set[str]:
     from core.stage_cache import LOCKS_DIR, STAGE_OUTPUTS_DIR, STAGES_FILE
 
     return {UNITS_FILE, SUMMARIES_FILE, STAGES_FILE, STAGE_OUTPUTS_DIR, LOCKS_DIR, BUILD_MEMO_FILE,
-            KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR, HASH_POINTS_FILE}
+            KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR, HASH_POINTS_FILE, PIECES_DIR}
 
 
 def scan(root: Path, sized: bool = True) -> list[Entry]:

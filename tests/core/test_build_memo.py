@@ -81,6 +81,26 @@ def test_examples_are_not_reused_across_settings_that_change_them(repo, tmp_path
     same_outputs(other, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
 
+def test_a_build_with_other_builder_settings_takes_the_pieces_an_earlier_build_encoded(repo, tmp_path, monkeypatch):
+    from plugins.tokenizers import _PieceStore
+
+    monkeypatch.setattr(_PieceStore, "LOAD_CHARS", 1)
+    monkeypatch.setattr(_PieceStore, "SAVE_CHARS", 1)
+    loads = []
+    load = _PieceStore.load
+    monkeypatch.setattr(_PieceStore, "load", lambda self: loads.append(load(self)) or loads[-1])
+    shared = f"cache_dir={tmp_path / 'shared'}"
+    run_pipeline(tmp_path / "a", f"repo={repo.path}", "builder.max_tokens=256", shared)
+    assert list((tmp_path / "shared" / "pieces-f1").glob("*.lz4"))
+    assert loads == [None]  # nothing kept yet
+    other = run_pipeline(tmp_path / "b", f"repo={repo.path}", "builder.max_tokens=320", shared)
+    assert counts(other)["rows_encoded"] > 0  # other examples, from the pieces the first build encoded
+    assert len(loads) == 2 and loads[1] is not None and len(loads[1][0]) > 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "builder.max_tokens=320", "reuse=false")
+    same_outputs(other, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    assert (tmp_path / "c" / "cache").is_dir() and not (tmp_path / "c" / "cache" / "pieces-f1").exists()  # reuse=false
+
+
 def test_a_new_commit_encodes_only_its_own_rows(repo, tmp_path):
     # a tokenizer trained on the train split's first characters, which the new commit leaves alone
     shared = [f"cache_dir={tmp_path / 'shared'}", "tokenizer.max_training_chars=20000"]

@@ -30,7 +30,11 @@ fn main() { let p = Point { x: 1, y: 2 }; println!("{}", norm(&p)); }
 """
 
 
-def test_a_run_makes_only_entries_the_cache_command_knows_as_current(scripted_repo: ScriptedRepo, tmp_path):
+def test_a_run_makes_only_entries_the_cache_command_knows_as_current(scripted_repo: ScriptedRepo, tmp_path,
+                                                                      monkeypatch):
+    from plugins.tokenizers import _PieceStore
+
+    monkeypatch.setattr(_PieceStore, "SAVE_CHARS", 1)  # a small history's pieces are kept too
     r = scripted_repo
     r.commit("geo", {"geo/Cargo.toml": "[package]\nname = 'geo'\n", "geo/src/lib.rs": LIB})
     r.commit("app", {"app/Cargo.toml": "[package]\nname = 'app'\n[dependencies]\ngeo = { path = '../geo' }\n",

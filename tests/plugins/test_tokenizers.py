@@ -561,3 +561,117 @@ def test_a_cleared_cache_forgets_the_pieces_and_encodes_the_same(spacy):
     spacy.clear_cache()
     assert spacy._pieces is None
     assert spacy.encode(texts) == before
+
+
+@pytest.fixture
+def small_store(monkeypatch):
+    """Pieces are loaded and saved from the first character (the defaults wait for 1 MB)."""
+    from plugins.tokenizers import _PieceStore
+
+    monkeypatch.setattr(_PieceStore, "LOAD_CHARS", 1)
+    monkeypatch.setattr(_PieceStore, "SAVE_CHARS", 1)
+    return _PieceStore
+
+
+def _fresh(tok: BpeTokenizer) -> BpeTokenizer:
+    """Another object of the same tokenizer (as a later run loads it): no pieces, no store."""
+    other = pickle.loads(pickle.dumps(tok))
+    assert other._pieces is None and other._piece_root is None
+    return other
+
+
+def test_kept_pieces_serve_a_later_tokenizer_and_give_the_same_ids(spacy, small_store, tmp_path):
+    texts = CORPUS[:30] + [UNICODE_CODE, INJECTION + "\n", "x  \n\n  y", ""]
+    plain = _fresh(spacy)
+    plain._by_line = False
+    expected = plain.encode(texts)
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    assert first.encode(texts) == expected
+    first.clear_cache()
+    first.wait_saved()
+    files = list((tmp_path / "pieces-f1").glob("*.lz4"))
+    assert len(files) == 1
+
+    later = _fresh(spacy)
+    later.keep_pieces_in(tmp_path)
+    assert later.encode(texts) == expected
+    memo = later._pieces
+    assert memo.loaded and memo.encoded_chars == 0  # every piece came from the store
+    # a text with new lines encodes those alone, and the right ids come out
+    more = ["fn never_seen_before() {\n    let q = 7;\n}"]
+    assert later.encode(more) == plain.encode(more)
+    assert 0 < memo.encoded_chars <= len(more[0])
+
+
+def test_a_damaged_piece_file_is_a_miss_and_is_removed(spacy, small_store, tmp_path):
+    texts = CORPUS[:10]
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    expected = first.encode(texts)
+    first.clear_cache()
+    first.wait_saved()
+    (path,) = (tmp_path / "pieces-f1").glob("*.lz4")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    later = _fresh(spacy)
+    later.keep_pieces_in(tmp_path)
+    assert later.encode(texts) == expected
+    assert later._pieces.loaded and later._pieces.encoded_chars > 0
+    assert not path.exists()
+
+
+def test_another_tokenizer_never_reads_the_pieces_of_one(spacy, prepared, small_store, tmp_path):
+    texts = CORPUS[:10]
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    first.encode(texts)
+    first.clear_cache()
+    first.wait_saved()
+    other = _fresh(prepared)  # another vocabulary: its own key, its own file
+    other.keep_pieces_in(tmp_path)
+    plain = _fresh(prepared)
+    plain._by_line = False
+    assert other.encode(texts) == plain.encode(texts)
+    assert other._pieces.encoded_chars > 0
+    other.clear_cache()
+    other.wait_saved()
+    assert len(list((tmp_path / "pieces-f1").glob("*.lz4"))) == 2
+
+
+def test_pieces_are_loaded_only_when_many_are_new_and_saved_only_when_many_were_encoded(spacy, tmp_path,
+                                                                                          monkeypatch):
+    from plugins.tokenizers import _PieceStore
+
+    monkeypatch.setattr(_PieceStore, "SAVE_CHARS", 1)
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    first.encode(CORPUS[:10])
+    first.clear_cache()
+    first.wait_saved()
+    assert list((tmp_path / "pieces-f1").glob("*.lz4"))
+    # an update's few new rows: fewer new characters than loading pays for
+    monkeypatch.setattr(_PieceStore, "LOAD_CHARS", 10 ** 9)
+    monkeypatch.setattr(_PieceStore, "SAVE_CHARS", 10 ** 9)
+    later = _fresh(spacy)
+    later.keep_pieces_in(tmp_path)
+    later.encode(CORPUS[:10])
+    assert not later._pieces.loaded and later._pieces.encoded_chars > 0
+    stamp = next((tmp_path / "pieces-f1").glob("*.lz4")).stat().st_mtime_ns
+    later.clear_cache()
+    later.wait_saved()
+    assert next((tmp_path / "pieces-f1").glob("*.lz4")).stat().st_mtime_ns == stamp  # not written again
+
+
+def test_only_the_piece_files_saved_last_are_kept(spacy, small_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(small_store, "FILES_KEPT", 2)
+    for k in range(4):
+        tok = _fresh(spacy)
+        monkeypatch.setattr(type(tok), "_piece_key", lambda self, k=k: f"key{k}")
+        tok.keep_pieces_in(tmp_path)
+        tok.encode([f"fn f{k}() {{}}\n"])
+        tok.clear_cache()
+        tok.wait_saved()
+        time.sleep(0.01)  # distinct modification times
+    assert sorted(p.name for p in (tmp_path / "pieces-f1").glob("*.lz4")) == ["key2.lz4", "key3.lz4"]
