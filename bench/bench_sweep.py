@@ -5,12 +5,12 @@
 
 Each round, with an empty cache each time:
 
-1. one job: ``python -m core +experiment=E`` with the sweep's first value, as the sweep
-   runs it (the same ``executor.workers``);
-2. the same job with the default workers (one per core), unless ``--n-jobs 1``;
+1. one job: ``python -m core +experiment=E`` with the sweep's first value, with the
+   default workers (one per core);
+2. with ``--workers N``, the same job with ``executor.workers=N``, as the sweep runs it;
 3. the sweep: ``python -m core -m +experiment=E SWEEP`` with Hydra's joblib launcher
-   (``--n-jobs`` jobs at once, each with ``executor.workers`` = cores / n_jobs, as the
-   README advises), or one job after another with ``--n-jobs 1`` (Hydra's basic launcher).
+   (``--n-jobs`` jobs at once), or one job after another with ``--n-jobs 1`` (Hydra's
+   basic launcher); each job with ``--workers`` workers if given.
 
 It prints each round's wall seconds and the sweep's ratio to each single job (the target:
 a 4-job sweep over tokenizer or builder settings takes at most 1.5x one job's time,
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--sweep", default="builder.max_tokens=1024,1536,2048,3072",
                     help="the swept setting, KEY=V1,V2,...")
     ap.add_argument("--n-jobs", type=int, default=2, help="jobs at once (joblib launcher); 1: one after another")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="executor.workers of each job of the sweep (default: one per core)")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     key, sep, values = args.sweep.partition("=")
@@ -74,24 +76,24 @@ def main() -> None:
     common = [f"repo={repo}", f"+experiment={args.experiment}", "progress=false"]
     if args.max_commits:
         common.append(f"source.max_commits={args.max_commits}")
-    workers = max(1, (os.cpu_count() or 1) // args.n_jobs)
-    launcher = ([] if args.n_jobs == 1 else
-                ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}", f"executor.workers={workers}"])
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: give 1 or more")
+    per_job = [] if args.workers is None else [f"executor.workers={args.workers}"]
+    launcher = [] if args.n_jobs == 1 else ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"]
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-sweep-"))
-    singles, defaults, sweeps = [], [], []
+    singles, as_swept, sweeps = [], [], []
     try:
         for i in range(args.repeat):
             cache = tmp / "cache"
             shutil.rmtree(cache, ignore_errors=True)
             first = f"{key}={values.split(',')[0]}"
-            one = timed([*common, first, f"out_dir={tmp / f'one{i}'}",
-                         *([f"executor.workers={workers}"] if launcher else [])], cache, tmp)
+            one = timed([*common, first, f"out_dir={tmp / f'one{i}'}"], cache, tmp)
             shutil.rmtree(cache, ignore_errors=True)
-            if launcher:  # the same job on every core
-                defaults.append(timed([*common, first, f"out_dir={tmp / f'default{i}'}"], cache, tmp))
+            if per_job:  # the same job as the sweep runs it
+                as_swept.append(timed([*common, first, *per_job, f"out_dir={tmp / f'as_swept{i}'}"], cache, tmp))
                 shutil.rmtree(cache, ignore_errors=True)
             sweep_dir = tmp / f"sweep{i}"
-            many = timed(["-m", *common, args.sweep, *launcher, f"hydra.sweep.dir={sweep_dir}"], cache, tmp)
+            many = timed(["-m", *common, args.sweep, *launcher, *per_job, f"hydra.sweep.dir={sweep_dir}"], cache, tmp)
             singles.append(one)
             sweeps.append(many)
             with open(sweep_dir / "summary.csv", newline="") as fh:
@@ -100,19 +102,19 @@ def main() -> None:
                     if d.is_dir() and d.name.isdigit()]
             print(json.dumps({"round": i, "one_job_s": round(one, 2), "sweep_s": round(many, 2),
                               "ratio": round(many / one, 3),
-                              **({"one_job_all_cores_s": round(defaults[-1], 2),
-                                  "ratio_all_cores": round(many / defaults[-1], 3)} if defaults else {}),
+                              **({"one_job_as_swept_s": round(as_swept[-1], 2),
+                                  "ratio_as_swept": round(many / as_swept[-1], 3)} if as_swept else {}),
                               "jobs": len(jobs), "statuses": statuses, "per_job": jobs}), flush=True)
             if any(s != "ok" for s in statuses):
                 raise SystemExit(f"a job of the sweep did not finish: statuses {statuses}")
         one_m, many_m = statistics.median(singles), statistics.median(sweeps)
         extra = {}
-        if defaults:
-            all_m = statistics.median(defaults)
-            extra = {"one_job_all_cores_s_median": round(all_m, 2), "ratio_all_cores": round(many_m / all_m, 3)}
+        if as_swept:
+            swept_m = statistics.median(as_swept)
+            extra = {"one_job_as_swept_s_median": round(swept_m, 2), "ratio_as_swept": round(many_m / swept_m, 3)}
         print(json.dumps({"one_job_s_median": round(one_m, 2), "sweep_s_median": round(many_m, 2),
                           "ratio": round(many_m / one_m, 3), **extra, "n_jobs": args.n_jobs,
-                          "workers_per_job": workers, "sweep": args.sweep}), flush=True)
+                          "workers_per_job": args.workers, "sweep": args.sweep}), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
