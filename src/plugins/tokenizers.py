@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -159,6 +160,11 @@ class _PieceStore:
         self.path = self.folder / f"{key}.lz4"
         self.key = key
 
+    # the frame's content: this header, the key (ASCII), the pieces as a marshalled list
+    # padded to 8 bytes, the ids (int32) padded to 8 bytes, the id count of each piece (int64)
+    _HEADER = struct.Struct("<8sIIQQQ")
+    _MAGIC = b"CFPIECES"
+
     def load(self) -> tuple[list[str], np.ndarray, np.ndarray] | None:
         """(pieces, their ids concatenated, each piece's id count), or None."""
         import marshal
@@ -170,36 +176,56 @@ class _PieceStore:
         except OSError:
             return None
         try:
-            version, key, pieces, ids, counts = marshal.loads(lz4.frame.decompress(data))
-            ids = np.frombuffer(ids, dtype=np.int32)
-            counts = np.frombuffer(counts, dtype=np.int64)
-            if version != PIECES_FORMAT or key != self.key or type(pieces) is not list \
-                    or len(pieces) != len(counts) or int(counts.sum()) != len(ids):
+            data = lz4.frame.decompress(data)
+            magic, version, key_size, text_size, n_ids, n_pieces = self._HEADER.unpack_from(data)
+            at = self._HEADER.size
+            key = data[at:at + key_size].decode("ascii")
+            at += key_size
+            pieces = marshal.loads(data[at:at + text_size])
+            at += _padded(text_size)
+            ids = np.frombuffer(data, dtype=np.int32, count=n_ids, offset=at)
+            counts = np.frombuffer(data, dtype=np.int64, count=n_pieces, offset=at + _padded(4 * n_ids))
+            if magic != self._MAGIC or version != PIECES_FORMAT or key != self.key or type(pieces) is not list \
+                    or len(pieces) != n_pieces or int(counts.sum()) != n_ids:
                 raise ValueError("not this tokenizer's pieces")
-        except (RuntimeError, ValueError, EOFError, TypeError):
+        except (RuntimeError, ValueError, EOFError, TypeError, struct.error, UnicodeDecodeError):
             self.path.unlink(missing_ok=True)  # damaged: never read again
             return None
         return pieces, ids, counts
 
     def save(self, pieces: list[str], ids: np.ndarray, counts: np.ndarray) -> None:
         """Replace the file with these pieces; drop all but the newest ``FILES_KEPT`` files.
-        A cache that cannot be written keeps nothing (an optimisation, not an output)."""
+        Compressed as it is written (the ids are not copied). A cache that cannot be
+        written keeps nothing (an optimisation, not an output)."""
         import marshal
 
         import lz4.frame
 
-        data = lz4.frame.compress(marshal.dumps((PIECES_FORMAT, self.key, pieces, ids.astype(np.int32).tobytes(),
-                                                 counts.astype(np.int64).tobytes())),
-                                  content_checksum=True, store_size=True)
+        text = marshal.dumps(pieces)
+        key = self.key.encode("ascii")
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        counts = np.ascontiguousarray(counts, dtype=np.int64)
+        header = self._HEADER.pack(self._MAGIC, PIECES_FORMAT, len(key), len(text), len(ids), len(counts))
+        pad = b"\0" * 8
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.path) as fh:
-                fh.write(data)
+                frame = lz4.frame.LZ4FrameCompressor(content_checksum=True)
+                fh.write(frame.begin())
+                for part in (header + key, text, pad[:_padded(len(text)) - len(text)], memoryview(ids).cast("B"),
+                             pad[:_padded(4 * len(ids)) - 4 * len(ids)], memoryview(counts).cast("B")):
+                    fh.write(frame.compress(part))
+                fh.write(frame.flush())
             kept = sorted(self.folder.glob("*.lz4"), key=lambda f: f.stat().st_mtime, reverse=True)
             for old in kept[self.FILES_KEPT:]:
                 old.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def _padded(size: int) -> int:
+    """``size`` rounded up to a multiple of 8."""
+    return -(-size // 8) * 8
 
 
 class _PieceIds:
@@ -289,8 +315,15 @@ class _PieceIds:
         if self.store is None or self.encoded_chars < self.store.SAVE_CHARS or self.size > self.MAX_IDS:
             return
         n = len(self.number)
-        if n:
-            self.store.save(list(self.number), self._gather(np.arange(n, dtype=np.int64))[0], self.count[:n].copy())
+        if not n:
+            return
+        count = self.count[:n]
+        ends = np.cumsum(count)
+        if int(ends[-1]) == self.size and np.array_equal(self.start[:n], ends - count):
+            ids = self.ids[:self.size]  # each piece's ids follow the last's, as encoded: no copy
+        else:  # pieces loaded over ones known already, or the memo emptied once
+            ids = self._gather(np.arange(n, dtype=np.int64))[0]
+        self.store.save(list(self.number), ids, count)
 
 
 def _room(array: np.ndarray, n: int) -> np.ndarray:

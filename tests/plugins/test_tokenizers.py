@@ -675,3 +675,28 @@ def test_only_the_piece_files_saved_last_are_kept(spacy, small_store, tmp_path, 
         tok.wait_saved()
         time.sleep(0.01)  # distinct modification times
     assert sorted(p.name for p in (tmp_path / "pieces-f1").glob("*.lz4")) == ["key2.lz4", "key3.lz4"]
+
+
+def test_pieces_loaded_over_ones_known_already_are_saved_with_the_right_ids(spacy, small_store, tmp_path,
+                                                                          monkeypatch):
+    a, b, c = CORPUS[:8], CORPUS[4:12], CORPUS[12:16] + [UNICODE_CODE]
+    plain = _fresh(spacy)
+    plain._by_line = False
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    first.encode(a)
+    first.clear_cache()
+    first.wait_saved()
+    second = _fresh(spacy)
+    second.keep_pieces_in(tmp_path)
+    monkeypatch.setattr(small_store, "LOAD_CHARS", 10 ** 9)
+    assert second.encode(b) == plain.encode(b)  # pieces of a and b known before the store is read
+    monkeypatch.setattr(small_store, "LOAD_CHARS", 1)
+    assert second.encode(c) == plain.encode(c)
+    assert second._pieces.loaded
+    second.clear_cache()
+    second.wait_saved()
+    third = _fresh(spacy)
+    third.keep_pieces_in(tmp_path)
+    assert third.encode(a + b + c) == plain.encode(a + b + c)
+    assert third._pieces.encoded_chars == 0
