@@ -33,6 +33,7 @@ import re
 import shutil
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -145,7 +146,8 @@ class _PieceStore:
 
     It is an LZ4 frame with a checksum: a damaged or unreadable file is a miss (and is
     removed). Files are replaced whole (an atomic rename), so builds running at once each
-    read a complete file; the last to save wins. The ``FILES_KEPT`` files saved last are kept.
+    read a complete file; the last to save wins, and a build about to load them waits for
+    one that is encoding them (:meth:`claim`). The ``FILES_KEPT`` files saved last are kept.
     """
 
     FILES_KEPT = 4
@@ -155,10 +157,54 @@ class _PieceStore:
     LOAD_CHARS = 1 << 20
     SAVE_CHARS = 1 << 20
 
+    # the longest a build waits for another that is encoding this tokenizer's pieces
+    CLAIM_WAIT_S = 60.0
+
     def __init__(self, root: str | Path, key: str):
         self.folder = Path(root) / PIECES_DIR
         self.path = self.folder / f"{key}.lz4"
         self.key = key
+        self._lock: Any = None  # the open lock file while this build holds the claim
+
+    def claim(self) -> None:
+        """Take the right to encode this tokenizer's pieces before loading them: a build
+        that has many to encode while another does (two sweep jobs started together)
+        waits until the other saved them, then loads them instead of encoding them too.
+        Held until :meth:`release` or the process ends; given up after ``CLAIM_WAIT_S``
+        (the builds then encode side by side, as they would without it)."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here
+            return
+        from core.stage_cache import LOCKS_DIR
+
+        try:
+            locks = self.folder.parent / LOCKS_DIR
+            locks.mkdir(parents=True, exist_ok=True)
+            fh = open(locks / f"pieces-{self.key}.lock", "a+b")  # noqa: SIM115 - held past this call
+        except OSError:
+            return
+        deadline = time.monotonic() + self.CLAIM_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+            except OSError:
+                pass
+            else:
+                self._lock = fh
+                return
+            fh.close()
+            return
+
+    def release(self) -> None:
+        """Give up the claim (closing the lock file releases it)."""
+        fh, self._lock = self._lock, None
+        if fh is not None:
+            fh.close()
 
     # the frame's content: this header, the key (ASCII), the pieces as a marshalled list
     # padded to 8 bytes, the ids (int32) padded to 8 bytes, the id count of each piece (int64)
@@ -261,6 +307,7 @@ class _PieceIds:
             chars = sum(map(len, new))
             if chars >= self.store.LOAD_CHARS:
                 self.loaded = True
+                self.store.claim()  # held until this memo is saved (save)
                 kept = self.store.load()
                 if kept is not None:
                     self._take(*kept)
@@ -311,19 +358,22 @@ class _PieceIds:
 
     def save(self) -> None:
         """Keep every piece known here in the store (when this object encoded enough of
-        them, and they fit in ``MAX_IDS``)."""
-        if self.store is None or self.encoded_chars < self.store.SAVE_CHARS or self.size > self.MAX_IDS:
+        them, and they fit in ``MAX_IDS``), then give up the store's claim."""
+        if self.store is None:
             return
-        n = len(self.number)
-        if not n:
-            return
-        count = self.count[:n]
-        ends = np.cumsum(count)
-        if int(ends[-1]) == self.size and np.array_equal(self.start[:n], ends - count):
-            ids = self.ids[:self.size]  # each piece's ids follow the last's, as encoded: no copy
-        else:  # pieces loaded over ones known already, or the memo emptied once
-            ids = self._gather(np.arange(n, dtype=np.int64))[0]
-        self.store.save(list(self.number), ids, count)
+        try:
+            n = len(self.number)
+            if self.encoded_chars < self.store.SAVE_CHARS or self.size > self.MAX_IDS or not n:
+                return
+            count = self.count[:n]
+            ends = np.cumsum(count)
+            if int(ends[-1]) == self.size and np.array_equal(self.start[:n], ends - count):
+                ids = self.ids[:self.size]  # each piece's ids follow the last's, as encoded: no copy
+            else:  # pieces loaded over ones known already, or the memo emptied once
+                ids = self._gather(np.arange(n, dtype=np.int64))[0]
+            self.store.save(list(self.number), ids, count)
+        finally:
+            self.store.release()
 
 
 def _room(array: np.ndarray, n: int) -> np.ndarray:
@@ -334,8 +384,6 @@ def _room(array: np.ndarray, n: int) -> np.ndarray:
     grown[:array.size] = array
     return grown
 
-
-_PIECES_LOCK = threading.Lock()  # a tokenizer may encode in several threads
 
 
 class _RustTokenizer:
@@ -356,6 +404,7 @@ class _RustTokenizer:
         self._pieces: _PieceIds | None = None  # the line pieces encoded so far, when _by_line
         self._piece_root: Path | None = None  # the cache directory that keeps them (keep_pieces_in)
         self._saving: threading.Thread | None = None  # the last save of the pieces, while it runs
+        self._pieces_lock = threading.Lock()  # a tokenizer may encode in several threads
         self._full = None
         self._content = None
 
@@ -367,10 +416,12 @@ class _RustTokenizer:
         state["_pieces"] = None
         state["_piece_root"] = None  # only the process that keeps them loads and saves them
         state["_saving"] = None
+        state.pop("_pieces_lock", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._pieces_lock = threading.Lock()
 
     def _rust(self, attr: str, json_attr: str):
         tok = getattr(self, attr)
@@ -461,7 +512,7 @@ class _RustTokenizer:
         loads them instead of encoding them again. The build stage sets it unless
         ``reuse=false``."""
         self._piece_root = None if cache_dir is None else Path(cache_dir)
-        with _PIECES_LOCK:
+        with self._pieces_lock:
             self._pieces = None  # the next encoding starts with the store
 
     def clear_cache(self) -> None:
@@ -469,7 +520,7 @@ class _RustTokenizer:
         pieces for rusty-kaspa's history): the build stage calls it once its examples
         are encoded. With :meth:`keep_pieces_in`, they are saved first, by a thread the
         interpreter waits for at exit (:meth:`wait_saved` waits for it now)."""
-        with _PIECES_LOCK:
+        with self._pieces_lock:
             memo, self._pieces = self._pieces, None
         if memo is not None and memo.store is not None:
             self._saving = threading.Thread(target=memo.save, name="commitforge-pieces")
@@ -495,7 +546,7 @@ class _RustTokenizer:
             # encoded once per tokenizer object, whichever call it comes in
             if pieces is None:
                 pieces = self.cut(texts)
-            with _PIECES_LOCK:
+            with self._pieces_lock:
                 if self._pieces is None:
                     root = self._piece_root
                     self._pieces = _PieceIds(_PieceStore(root, self._piece_key()) if root is not None else None)

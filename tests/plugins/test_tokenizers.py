@@ -700,3 +700,43 @@ def test_pieces_loaded_over_ones_known_already_are_saved_with_the_right_ids(spac
     third.keep_pieces_in(tmp_path)
     assert third.encode(a + b + c) == plain.encode(a + b + c)
     assert third._pieces.encoded_chars == 0
+
+
+def test_a_build_encoding_the_pieces_another_is_encoding_waits_and_loads_them(spacy, small_store, tmp_path):
+    import threading
+
+    texts = CORPUS[:20]
+    plain = _fresh(spacy)
+    plain._by_line = False
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    first.encode(texts)  # holds the claim until its pieces are saved
+    second = _fresh(spacy)
+    second.keep_pieces_in(tmp_path)
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(second.encode(texts)))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not got  # it waits for the first build's pieces
+    first.clear_cache()
+    first.wait_saved()
+    waiting.join(10)
+    assert got == [plain.encode(texts)]
+    assert second._pieces.encoded_chars == 0  # all loaded, none encoded twice
+
+
+def test_a_claim_held_too_long_is_given_up(spacy, small_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(small_store, "CLAIM_WAIT_S", 0.2)
+    texts = CORPUS[:5]
+    first = _fresh(spacy)
+    first.keep_pieces_in(tmp_path)
+    first.encode(texts)  # never saved: its claim stays
+    second = _fresh(spacy)
+    second.keep_pieces_in(tmp_path)
+    started = time.monotonic()
+    assert second.encode(texts) == first.encode(texts)
+    assert 0.2 <= time.monotonic() - started < 5 and second._pieces.encoded_chars > 0
+    first.clear_cache()
+    second.clear_cache()
+    first.wait_saved()
+    second.wait_saved()
