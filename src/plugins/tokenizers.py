@@ -385,7 +385,6 @@ def _room(array: np.ndarray, n: int) -> np.ndarray:
     return grown
 
 
-
 class _RustTokenizer:
     """What both plugins share: a Rust tokenizer, its content copy and the special-token map."""
 
@@ -513,7 +512,9 @@ class _RustTokenizer:
         ``reuse=false``."""
         self._piece_root = None if cache_dir is None else Path(cache_dir)
         with self._pieces_lock:
-            self._pieces = None  # the next encoding starts with the store
+            memo, self._pieces = self._pieces, None  # the next encoding starts with the store
+        if memo is not None and memo.store is not None:
+            memo.store.release()
 
     def clear_cache(self) -> None:
         """Forget the ids of the line pieces encoded so far (3.1 million ids and 175,000
@@ -531,6 +532,7 @@ class _RustTokenizer:
         saving = self._saving
         if saving is not None:
             saving.join()
+
     def _piece_key(self) -> str:
         """What a piece's ids depend on: the content tokenizer and the library that runs it."""
         version = getattr(_import_tokenizers(self.plugin), "__version__", "?")
