@@ -159,6 +159,7 @@ class _PieceStore:
 
     # the longest a build waits for another that is encoding this tokenizer's pieces
     CLAIM_WAIT_S = 60.0
+    LEFT_TMP_AGE_S = 3600.0  # a temporary file this old is not being written
 
     def __init__(self, root: str | Path, key: str):
         self.folder = Path(root) / PIECES_DIR
@@ -265,6 +266,9 @@ class _PieceStore:
             kept = sorted(self.folder.glob("*.lz4"), key=lambda f: f.stat().st_mtime, reverse=True)
             for old in kept[self.FILES_KEPT:]:
                 old.unlink(missing_ok=True)
+            for left in self.folder.glob(".*.tmp"):  # what a killed save left, once no save can be writing it
+                if time.time() - left.stat().st_mtime > self.LEFT_TMP_AGE_S:
+                    left.unlink(missing_ok=True)
         except OSError:
             pass
 

@@ -740,3 +740,21 @@ def test_a_claim_held_too_long_is_given_up(spacy, small_store, tmp_path, monkeyp
     second.clear_cache()
     first.wait_saved()
     second.wait_saved()
+
+
+def test_a_save_removes_what_a_killed_save_left_once_it_is_old(spacy, small_store, tmp_path):
+    import os
+
+    folder = tmp_path / "pieces-f1"
+    folder.mkdir()
+    old, recent = folder / ".k.lz4.abc.tmp", folder / ".k.lz4.def.tmp"
+    for f in (old, recent):
+        f.write_bytes(b"half a file")
+    os.utime(old, (time.time() - 2 * small_store.LEFT_TMP_AGE_S,) * 2)
+    tok = _fresh(spacy)
+    tok.keep_pieces_in(tmp_path)
+    tok.encode(CORPUS[:3])
+    tok.clear_cache()
+    tok.wait_saved()
+    assert not old.exists() and recent.exists()  # a save may be writing the recent one
+    assert len(list(folder.glob("*.lz4"))) == 1
