@@ -157,8 +157,11 @@ class _PieceStore:
     LOAD_CHARS = 1 << 20
     SAVE_CHARS = 1 << 20
 
-    # the longest a build waits for another that is encoding this tokenizer's pieces
-    CLAIM_WAIT_S = 60.0
+    # the longest a build waits for another that is encoding this tokenizer's pieces: long
+    # enough for a history many times rusty-kaspa's (its encoding takes seconds, and two
+    # builds encoding side by side on the same cores take as long as one after the other);
+    # the claim of a process that ends is released at once
+    CLAIM_WAIT_S = 600.0
     LEFT_TMP_AGE_S = 3600.0  # a temporary file this old is not being written
 
     def __init__(self, root: str | Path, key: str):
