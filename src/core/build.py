@@ -52,7 +52,7 @@ from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
 from core.files import record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
-from core.stage_cache import fingerprint
+from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
 
 if TYPE_CHECKING:
@@ -363,20 +363,32 @@ class _DedupFeatures:
         self._store = BuildMemo(run.cache_dir, fingerprint("dedup", BUILD_MEMO_FORMAT, code_version(), on,
                                                            self._settings))
         self._results: Iterator[Features | None] | None = None
+        self._claim: Claim | None = None
         try:
-            # the rows the last build of these rows compared come in one block, the others entry by entry
             self._scope = _rows_scope(run)
-            self._last = self._store.last_features(self._scope, **self._settings)
-            position = {row: j for j, row in enumerate(self._last[0])} if self._last is not None else {}
-            found = [position.get(row, -1) for row in rows]  # -1: not in the block
-            self._found = np.array(found, dtype=np.int64)
-            self._rest = [row for row, j in zip(rows, found) if j < 0]
-            self._kept = self._store.get_many(self._rest)
-            self._todo = [i for i, (row, j) in enumerate(zip(rows, found)) if j < 0 and row not in self._kept]
+            self._look_up()
+            if len(self._todo) >= PARALLEL_FEATURE_ROWS:
+                # a build computing the same rows' features (a sweep job started with this
+                # one) is waited for, and its block read: it holds the claim until it kept it
+                self._claim = claim_for(run.cache_dir, "features-" + fingerprint(self._store.base, self._scope)[:32])
+                if self._claim.waited:
+                    self._look_up()
             self._start(run)
         except BaseException:
             self.close()
             raise
+
+    def _look_up(self) -> None:
+        """The features kept: the rows the last build of these rows compared come in one
+        block, the others entry by entry; ``_todo``: the rows to compute."""
+        rows = self._rows
+        self._last = self._store.last_features(self._scope, **self._settings)
+        position = {row: j for j, row in enumerate(self._last[0])} if self._last is not None else {}
+        found = [position.get(row, -1) for row in rows]  # -1: not in the block
+        self._found = np.array(found, dtype=np.int64)
+        self._rest = [row for row, j in zip(rows, found) if j < 0]
+        self._kept = self._store.get_many(self._rest)
+        self._todo = [i for i, (row, j) in enumerate(zip(rows, found)) if j < 0 and row not in self._kept]
 
     def _start(self, run: Run) -> None:
         workers = int(getattr(run.executor, "workers", 1) or 1)
@@ -452,9 +464,11 @@ class _DedupFeatures:
         return Features(keys, sig, has)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        """Stop the workers (waiting for the shares they started) and close the store."""
+        """Stop the workers (waiting for the shares they started), close the store and give
+        up the claim."""
         results, self._results = self._results, None
         store, self._store = self._store, None
+        claim, self._claim = self._claim, None
         try:
             close = getattr(results, "close", None)
             if close is not None:  # a generator's cancels the shares not started
@@ -462,6 +476,8 @@ class _DedupFeatures:
         finally:
             if store is not None:
                 store.close()
+            if claim is not None:
+                claim.release()
 
 
 def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, Any]] | None) -> Features | None:

@@ -88,6 +88,70 @@ def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
     return h.hexdigest()
 
 
+# the longest a build waits for another process computing what it needs (claim_for): long
+# enough for a history many times rusty-kaspa's; a claim is freed as soon as its process ends
+CLAIM_WAIT_S = 600.0
+
+
+class Claim:
+    """What :func:`claim_for` took: the lock file while this process holds it."""
+
+    def __init__(self, fh: Any = None, waited: bool = False):
+        self._fh = fh
+        self.waited = waited  # another process held it first: look in the cache again
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def release(self) -> None:
+        """Give the claim up (closing the lock file releases it)."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
+
+    def __enter__(self) -> Claim:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def claim_for(root: str | Path, name: str, wait_s: float = CLAIM_WAIT_S) -> Claim:
+    """Take ``locks/<name>.lock`` under the cache directory ``root``: the right to compute
+    something the cache keeps that another process may be computing at the same moment
+    (sweep jobs started together). While another process holds it, wait for it, up to
+    ``wait_s``; ``waited`` then says to look in the cache again before computing. A claim
+    that cannot be taken (no advisory locks here, a cache that cannot be written, a wait
+    that ran out) holds nothing: the processes compute side by side, as without it."""
+    try:
+        import fcntl
+    except ImportError:
+        return Claim()
+    try:
+        locks = Path(root) / LOCKS_DIR
+        locks.mkdir(parents=True, exist_ok=True)
+        fh = open(locks / f"{name}.lock", "a+b")  # noqa: SIM115 - held past this call
+    except OSError:
+        return Claim()
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited = True
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+        except OSError:
+            pass
+        else:
+            return Claim(fh, waited)
+        fh.close()
+        return Claim(waited=waited)
+
+
 class StageCache:
     def __init__(self, root: str | Path):
         self.path = Path(root) / STAGES_FILE
@@ -96,21 +160,10 @@ class StageCache:
     def claim(self, base: str) -> Iterator[None]:
         """Hold the right to compute entries for the settings fingerprint ``base``: a run
         that needs entries another process is computing (two sweep jobs started together)
-        waits for it and then finds them in the cache, instead of computing them twice.
-        The lock is released when the holder ends, however it ends."""
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks here: compute side by side, still correct
+        waits for it, however long it takes, and then finds them in the cache, instead of
+        computing them twice. The lock is released when the holder ends, however it ends."""
+        with claim_for(self.path.parent, f"chunk-{base[:32]}", wait_s=float("inf")):
             yield
-            return
-        locks = self.path.parent / LOCKS_DIR
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"chunk-{base[:32]}.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def held_lock(self) -> Path | None:
         """A lock file of ``claim`` that a process holds now (a run computing entries), or

@@ -157,10 +157,8 @@ class _PieceStore:
     LOAD_CHARS = 1 << 20
     SAVE_CHARS = 1 << 20
 
-    # the longest a build waits for another that is encoding this tokenizer's pieces: long
-    # enough for a history many times rusty-kaspa's (its encoding takes seconds, and two
-    # builds encoding side by side on the same cores take as long as one after the other);
-    # the claim of a process that ends is released at once
+    # the longest a build waits for another that is encoding this tokenizer's pieces (two
+    # builds encoding side by side on the same cores take as long as one after the other)
     CLAIM_WAIT_S = 600.0
     LEFT_TMP_AGE_S = 3600.0  # a temporary file this old is not being written
 
@@ -168,47 +166,22 @@ class _PieceStore:
         self.folder = Path(root) / PIECES_DIR
         self.path = self.folder / f"{key}.lz4"
         self.key = key
-        self._lock: Any = None  # the open lock file while this build holds the claim
+        self._claim: Any = None  # the claim this build holds (core.stage_cache.Claim)
 
     def claim(self) -> None:
         """Take the right to encode this tokenizer's pieces before loading them: a build
         that has many to encode while another does (two sweep jobs started together)
-        waits until the other saved them, then loads them instead of encoding them too.
-        Held until :meth:`release` or the process ends; given up after ``CLAIM_WAIT_S``
-        (the builds then encode side by side, as they would without it)."""
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks here
-            return
-        from core.stage_cache import LOCKS_DIR
+        waits until the other saved them, then loads them instead of encoding them too
+        (see core.stage_cache.claim_for). Held until :meth:`release`."""
+        from core.stage_cache import claim_for
 
-        try:
-            locks = self.folder.parent / LOCKS_DIR
-            locks.mkdir(parents=True, exist_ok=True)
-            fh = open(locks / f"pieces-{self.key}.lock", "a+b")  # noqa: SIM115 - held past this call
-        except OSError:
-            return
-        deadline = time.monotonic() + self.CLAIM_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-            except OSError:
-                pass
-            else:
-                self._lock = fh
-                return
-            fh.close()
-            return
+        self.release()
+        self._claim = claim_for(self.folder.parent, f"pieces-{self.key}", self.CLAIM_WAIT_S)
 
     def release(self) -> None:
-        """Give up the claim (closing the lock file releases it)."""
-        fh, self._lock = self._lock, None
-        if fh is not None:
-            fh.close()
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.release()
 
     # the frame's content: this header, the key (ASCII), the pieces as a marshalled list
     # padded to 8 bytes, the ids (int32) padded to 8 bytes, the id count of each piece (int64)
@@ -833,7 +806,13 @@ class BpeTokenizer(_RustTokenizer):
             texts, text_sha, capped = self._training_corpus(training_texts)
             final = root / f"bpe-{self.cache_key(text_sha)}"
             if not (final / "tokenizer.json").is_file():
-                self._train_into(texts, root, final)
+                from core.stage_cache import claim_for
+
+                # a build training the same tokenizer (a sweep job started with this one)
+                # is waited for: its copy is this one's (training is deterministic)
+                with claim_for(cache_dir, final.name):
+                    if not (final / "tokenizer.json").is_file():
+                        self._train_into(texts, root, final)
             if rows is not None:
                 self._remember_corpus(root, self._corpus_entry(rows, len(texts), capped, text_sha))
             del texts

@@ -446,3 +446,33 @@ def test_a_block_kept_with_other_dedup_switches_is_not_taken(tmp_path):
     got = store.last_features("empty", exact=True, near=True, num_perm=8)
     assert got is not None and got[0] == [] and got[1].sig.shape == (0, 8)
     store.close()
+
+
+def test_a_build_that_waited_for_anothers_features_reads_the_block_it_kept(repo, tmp_path, monkeypatch):
+    """Two builds of the same rows at once: the one that waits on the other's claim finds
+    the features the other kept, and computes none."""
+    import subprocess
+    import sys
+
+    from core import build
+    from core.stage_cache import Claim
+
+    settings = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "executor.workers=1", "progress=false"]
+    monkeypatch.setattr(build, "PARALLEL_FEATURE_ROWS", 1)  # a small history's rows are worth a claim
+    names = []
+
+    def another_build_holds_it(root, name, *args, **kwargs):
+        names.append(name)
+        # the other build: a process of its own that computes the features and keeps them
+        proc = subprocess.run([sys.executable, "-m", "core", *settings, f"out_dir={tmp_path / 'other'}"],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return Claim(waited=True)
+
+    monkeypatch.setattr(build, "claim_for", another_build_holds_it)
+    waited = run_pipeline(tmp_path / "b", *settings)
+    assert len(names) == 1 and names[0].startswith("features-")
+    assert counts(waited)["dedup_rows_computed"] == 0
+    other = tmp_path / "other"
+    assert counts(other)["dedup_rows_computed"] > 0
+    same_outputs(waited, other, tmp_path / "shared", tmp_path / "shared")

@@ -758,3 +758,28 @@ def test_a_save_removes_what_a_killed_save_left_once_it_is_old(spacy, small_stor
     tok.wait_saved()
     assert not old.exists() and recent.exists()  # a save may be writing the recent one
     assert len(list(folder.glob("*.lz4"))) == 1
+
+
+def test_a_build_training_the_tokenizer_another_is_training_waits_and_loads_it(tmp_path):
+    import shutil
+    import threading
+
+    from core.stage_cache import claim_for
+
+    done = bpe()
+    done.prepare(SPECIALS, texts_fn(), tmp_path / "elsewhere")
+    assert done.trained
+    name = done.path.name
+    waiting = bpe()
+    finished = threading.Event()
+    with claim_for(tmp_path / "cache", name) as claim:  # another build, training it
+        assert claim.held
+        thread = threading.Thread(target=lambda: (waiting.prepare(SPECIALS, texts_fn(), tmp_path / "cache"),
+                                                  finished.set()))
+        thread.start()
+        assert not finished.wait(0.5)  # it waits for the other build
+        (tmp_path / "cache" / "tokenizers").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(done.path, tmp_path / "cache" / "tokenizers" / name)  # what the other build trained
+    thread.join(30)
+    assert finished.is_set() and not waiting.trained  # loaded, not trained again
+    assert waiting.encode(CORPUS[:3]) == done.encode(CORPUS[:3])
