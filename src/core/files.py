@@ -37,6 +37,11 @@ def default_mode(path: Path | str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
+# what ``atomic_write`` names its temporary files (``.NAME.*.tmp``, beside the file): a
+# process killed while writing leaves one behind
+ATOMIC_TEMPORARIES = ".*.tmp"
+
+
 @contextmanager
 def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
     """A binary file put at ``path`` when the block ends without error. ``background``:

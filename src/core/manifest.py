@@ -14,7 +14,7 @@ from typing import Any
 
 from core import __version__
 from core.errors import CommitforgeError
-from core.files import atomic_write, output_digest
+from core.files import ATOMIC_TEMPORARIES, atomic_write, output_digest
 from core.stats import Counter
 
 
@@ -155,9 +155,9 @@ SPOOL = ".spool"  # where the chunk stage's workers leave their rows for the mai
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files a killed run left behind: ``atomic_write`` names them ``.NAME.*.tmp``,
-    and the chunk stage's spool directory."""
-    for path in run_dir.rglob(".*.tmp"):
+    """Temporary files a killed run left behind (``atomic_write``'s), and the chunk
+    stage's spool directory."""
+    for path in run_dir.rglob(ATOMIC_TEMPORARIES):
         if path.is_file():
             path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / SPOOL, ignore_errors=True)

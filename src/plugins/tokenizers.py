@@ -45,7 +45,7 @@ import numpy as np
 
 from core.cache_admin import PIECES_DIR, PIECES_FORMAT, TOKENIZERS_DIR
 from core.errors import CommitforgeError
-from core.files import atomic_write
+from core.files import ATOMIC_TEMPORARIES, atomic_write
 from core.hookspecs import hookimpl
 
 BPE_EOS = "<|endoftext|>"
@@ -242,7 +242,7 @@ class _PieceStore:
             kept = sorted(self.folder.glob("*.lz4"), key=lambda f: f.stat().st_mtime, reverse=True)
             for old in kept[self.FILES_KEPT:]:
                 old.unlink(missing_ok=True)
-            for left in self.folder.glob(".*.tmp"):  # what a killed save left, once no save can be writing it
+            for left in self.folder.glob(ATOMIC_TEMPORARIES):  # what a killed save left, once no save can be writing it
                 if time.time() - left.stat().st_mtime > self.LEFT_TMP_AGE_S:
                     left.unlink(missing_ok=True)
         except OSError:
