@@ -166,8 +166,9 @@ class StageCache:
             yield
 
     def held_lock(self) -> Path | None:
-        """A lock file of ``claim`` that a process holds now (a run computing entries), or
-        None (``python -m core cache prune --all`` asks before removing the cache)."""
+        """A lock file of a claim (:func:`claim_for`) that a process holds now (a run
+        computing entries, dedup features, a tokenizer or its pieces), or None (``python
+        -m core cache prune --all`` asks before removing the cache)."""
         try:
             import fcntl
         except ImportError:  # no advisory locks here: nothing to check

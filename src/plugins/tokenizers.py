@@ -47,6 +47,7 @@ from core.cache_admin import PIECES_DIR, PIECES_FORMAT, TOKENIZERS_DIR
 from core.errors import CommitforgeError
 from core.files import ATOMIC_TEMPORARIES, atomic_write
 from core.hookspecs import hookimpl
+from core.stage_cache import Claim, claim_for
 
 BPE_EOS = "<|endoftext|>"
 # bump when the training recipe or the cached directory layout changes
@@ -166,15 +167,13 @@ class _PieceStore:
         self.folder = Path(root) / PIECES_DIR
         self.path = self.folder / f"{key}.lz4"
         self.key = key
-        self._claim: Any = None  # the claim this build holds (core.stage_cache.Claim)
+        self._claim: Claim | None = None  # the claim this build holds
 
     def claim(self) -> None:
         """Take the right to encode this tokenizer's pieces before loading them: a build
         that has many to encode while another does (two sweep jobs started together)
         waits until the other saved them, then loads them instead of encoding them too
         (see core.stage_cache.claim_for). Held until :meth:`release`."""
-        from core.stage_cache import claim_for
-
         self.release()
         self._claim = claim_for(self.folder.parent, f"pieces-{self.key}", self.CLAIM_WAIT_S)
 
@@ -806,8 +805,6 @@ class BpeTokenizer(_RustTokenizer):
             texts, text_sha, capped = self._training_corpus(training_texts)
             final = root / f"bpe-{self.cache_key(text_sha)}"
             if not (final / "tokenizer.json").is_file():
-                from core.stage_cache import claim_for
-
                 # a build training the same tokenizer (a sweep job started with this one)
                 # is waited for: its copy is this one's (training is deterministic)
                 with claim_for(cache_dir, final.name):
