@@ -50,7 +50,7 @@ from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import record_line, stat_key
+from core.files import drop_ahead, record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
@@ -116,6 +116,13 @@ def _default_compare(run: Run) -> str:
 
 
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
+    try:
+        return _build_stage(run, stats)
+    finally:
+        drop_ahead()  # a copy the writing did not take over (core.files.copy_ahead)
+
+
+def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
     digests: list[bytes] | None = None
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
@@ -146,7 +153,7 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
     # the tokenizer is prepared while deduplication runs (see the module's docstring)
-    preparing = _Alongside(run.tokenizer.prepare, special, training_texts, run.cache_dir)
+    preparing = _Alongside(_prepare, run, special, training_texts)
     t0 = time.perf_counter()
     dedup_features = (_DedupFeatures(run, kept_changes, kept_digests, on, threads)
                       if digests is not None and (dcfg.exact or dcfg.near) else None)
@@ -255,6 +262,23 @@ def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any
     if saved is not None:  # its pieces were saved while the examples were written
         saved()
     return outputs, summary
+
+
+def _prepare(run: Run, special: list[str], texts: TrainingTexts) -> None:
+    """Prepare the tokenizer; then, when the examples' lines an earlier build wrote are
+    copied (core.kept_lines), start copying its train file to this run's: train starts
+    with the same lines when the repository was brought up to date after a commit, and
+    the copy is done by the time the new examples are (core.files.copy_ahead)."""
+    run.tokenizer.prepare(special, texts, run.cache_dir)
+    if texts.rows is None or not getattr(run.builder, "examples_as_assembled", False) \
+            or not takes(run.builder.build, "memo"):
+        return
+    lines = _kept_lines(run, _examples_base(run, special))
+    if lines is not None:
+        try:
+            lines.copy_ahead("train", run.run_dir / run.writer.line_files.format(split="train"))
+        finally:
+            lines.close()
 
 
 class _Alongside:

@@ -49,13 +49,18 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
     the caller makes the next ones; the sha256 is then remembered for :func:`output_digest`
     (the manifest does not read the file again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ahead = _AHEAD.pop(os.path.abspath(path), None) if background else None
+    if ahead is not None:  # its temporary file is this one's: copy_ahead started it
+        fd, tmp = ahead.fd, ahead.tmp
+    else:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        default_mode(tmp)
+        if ahead is None:
+            default_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             points = None
             if background:
-                with _BackgroundWrites(fh) as out:
+                with _BackgroundWrites(fh, ahead) as out:
                     yield out  # type: ignore[misc]
                 digest, points = out.digest, out.points
             else:
@@ -67,8 +72,87 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
         if digest is not None:
             _DIGESTS[os.path.abspath(path)] = (stat_key(path), *digest, points)
     except BaseException:
+        if ahead is not None:
+            ahead.wait()  # its thread is done with the file before it goes
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _CopyAhead:
+    """The first ``size`` bytes of an open file, copied by a thread into a new temporary
+    file beside ``path`` (named as ``atomic_write`` names its own) until
+    ``atomic_write(path, background=True)`` takes it over (see :func:`copy_ahead`)."""
+
+    def __init__(self, path: Path, src: int, size: int):
+        self.src_key = stat_key(src)
+        self.size = size
+        self.copied = 0  # bytes copied (and synced) so far: the thread's own until it ends
+        self._src = os.dup(src)  # the thread's own: the caller may close its descriptor
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except BaseException:
+            os.close(self._src)
+            raise
+        default_mode(self.tmp)
+        self._thread = threading.Thread(target=self._copy, name="commitforge-ahead", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        at, size, step = 0, self.size, _BackgroundWrites.SYNC_BYTES
+        try:
+            while at < size:
+                try:
+                    n = os.copy_file_range(self._src, self.fd, min(step, size - at), at, at)
+                except (AttributeError, OSError):  # not here (or not across these file systems)
+                    block = os.pread(self._src, min(step, size - at), at)
+                    n = os.pwrite(self.fd, block, at) if block else 0
+                if n <= 0:
+                    break
+                at += n
+                # on disk as it goes, as a background writer's bytes are (its SYNC_BYTES)
+                getattr(os, "fdatasync", os.fsync)(self.fd)
+                self.copied = at
+        except OSError:
+            pass  # what was copied stands; the rest is copied when the file is written
+        finally:
+            os.close(self._src)
+
+    def wait(self) -> int:
+        """The bytes copied, once the thread is done."""
+        self._thread.join()
+        return self.copied
+
+    def drop(self) -> None:
+        """Not taken over: the thread's end awaited, the file removed."""
+        self.wait()
+        os.close(self.fd)
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+# files whose first bytes a thread copies ahead of their writing, by absolute path
+_AHEAD: dict[str, _CopyAhead] = {}
+
+
+def copy_ahead(path: Path, src: int, size: int) -> None:
+    """Start copying the first ``size`` bytes of the file open as ``src`` to the output at
+    ``path``, which ``atomic_write(path, background=True)`` writes later in this process,
+    as a guess that it starts with those bytes: a thread copies them meanwhile (in the
+    kernel where the platform allows). If the writing does start with a ``copy_range``
+    of that file's first bytes, up to ``size``, they are written already (and any bytes
+    copied beyond them are cut); if it starts otherwise, what was copied is thrown away.
+    A copy not taken over is removed by :func:`drop_ahead`."""
+    key = os.path.abspath(path)
+    old = _AHEAD.pop(key, None)
+    if old is not None:
+        old.drop()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _AHEAD[key] = _CopyAhead(path, src, size)
+
+
+def drop_ahead() -> None:
+    """Remove the copies :func:`copy_ahead` started that no writing took over."""
+    while _AHEAD:
+        _AHEAD.popitem()[1].drop()
 
 
 # sha256 and size of outputs this process wrote in the background, by absolute path, with
@@ -134,10 +218,11 @@ class _BackgroundWrites:
     # only (0.16 s for rusty-kaspa's 257 MB train split otherwise)
     SYNC_BYTES = 16 << 20
 
-    def __init__(self, fh: IO[bytes]):
+    def __init__(self, fh: IO[bytes], ahead: _CopyAhead | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self._fh = fh
+        self._ahead = ahead  # the file's first bytes, copied by another thread (see copy_ahead)
         self._hash = Sha256()
         self._hashed = 0  # bytes the hash has seen (the hashing thread's own)
         self._next_point = self.POINT_BYTES
@@ -203,6 +288,30 @@ class _BackgroundWrites:
         while len(self._pending) > 4:
             self._pending.pop(0).result()
 
+    def _settle_ahead(self, fd: int | None = None, start: int = 0, size: int = 0) -> bool:
+        """Before the first write: take over the bytes copied ahead when the file starts
+        with a copy of the first ``size`` bytes of the file open as ``fd``, the file they
+        were copied from (True: the writing thread then cuts or completes them), else have
+        the writing thread throw them away."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return False
+        if fd is not None and start == 0 and stat_key(fd) == ahead.src_key:
+            self._pending.append(self._writer.submit(self._take_ahead, ahead, fd, size))
+            return True
+        self._pending.append(self._writer.submit(self._take_ahead, ahead, None, 0))
+        return False
+
+    def _take_ahead(self, ahead: _CopyAhead, fd: int | None, size: int) -> None:
+        """The writing thread's first job: the file holds the first ``size`` bytes of
+        ``fd``, of which ``ahead`` copied some (nothing when ``fd`` is None)."""
+        have = min(ahead.wait(), size) if fd is not None else 0
+        os.ftruncate(self._fh.fileno(), have)
+        self._fh.seek(have)
+        if have < size:
+            copy_range(fd, have, size - have, self._fh)  # type: ignore[arg-type]
+            self._written(size - have)
+
     def _flush(self) -> None:
         """Hand what waits to the threads: the writes gathered, or a range of a file."""
         if self._parts:
@@ -223,7 +332,11 @@ class _BackgroundWrites:
             hash_job = functools.partial(self._hash_range, fd, start, size)
         else:
             hash_job = functools.partial(self._resume, point, points, fd, size)
-        self._queue(hash_job, functools.partial(self._copy_and_sync, fd, start, size))
+        if self._ahead is not None and self._settle_ahead(fd, start, size):
+            write_job: Callable[[], None] = _nothing  # written ahead (see _take_ahead)
+        else:
+            write_job = functools.partial(self._copy_and_sync, fd, start, size)
+        self._queue(hash_job, write_job)
         self._total += size
 
     def copy_file(self, path: str, start: int, size: int, remove: bool = False) -> None:
@@ -231,6 +344,8 @@ class _BackgroundWrites:
         read (the caller holds no descriptor); with ``remove``, the file is unlinked once
         both have read it (the last range taken from it). A range that goes on from the one
         before it in the same file joins it: one copy for a worker's run of commits."""
+        if self._ahead is not None:
+            self._settle_ahead()
         waiting = self._range
         if waiting is not None and waiting[0] == path and waiting[1] + waiting[2] == start:
             waiting[2] += size
@@ -267,6 +382,8 @@ class _BackgroundWrites:
         self._queue(functools.partial(self._hash_block, block), functools.partial(self._put, block))
 
     def write(self, data: bytes) -> int:
+        if self._ahead is not None:
+            self._settle_ahead()
         if self._range is not None:
             self._flush()
         self._parts.append(data)
@@ -281,6 +398,8 @@ class _BackgroundWrites:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
+            if self._ahead is not None:  # nothing written: an empty file
+                self._settle_ahead()
             if kind is None:
                 self._flush()
             for pending in self._pending:
@@ -299,6 +418,10 @@ class _BackgroundWrites:
                     state = self._hash.state()
                     if state is not None and self._hashed:
                         self.points.append((self._hashed, state))
+
+
+def _nothing() -> None:
+    pass
 
 
 def _as_list(value: Any) -> Any:

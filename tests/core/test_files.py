@@ -233,3 +233,94 @@ def test_the_writing_thread_syncs_each_sync_bytes_it_writes(tmp_path, monkeypatc
     # the writing thread synced after the large copy (13,004 bytes) and once the blocks
     # written after it reached 4,000 bytes (atomic_write's own fsync is another call)
     assert sum(n.startswith("commitforge-write") for n in synced) == 2
+
+
+def _kept(tmp_path, rows: int = 5000):
+    source = tmp_path / "kept.jsonl"
+    source.write_bytes(b"".join(f"{i:06d} kept\n".encode() for i in range(rows)))
+    return source
+
+
+def _counting_copies(monkeypatch) -> list[int]:
+    """The sizes of the ranges the writing thread copies itself."""
+    copies: list[int] = []
+    copy_range = files.copy_range
+    monkeypatch.setattr(files, "copy_range", lambda fd, start, size, dst: copies.append(size) or copy_range(fd, start, size, dst))
+    return copies
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+@pytest.mark.parametrize("wanted", ["fewer", "all", "more"])
+def test_a_copy_ahead_is_taken_over_by_a_write_that_starts_with_the_same_bytes(tmp_path, monkeypatch, kernel_copy,
+                                                                                wanted):
+    monkeypatch.setattr(files._BackgroundWrites, "BLOCK", 1000)
+    monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 4096)  # the thread copies in many steps
+    if not kernel_copy:
+        monkeypatch.delattr(files.os, "copy_file_range")
+    source = _kept(tmp_path)
+    kept = source.read_bytes()
+    ahead = 30_000  # copied ahead; the write then wants fewer, all of them, or more
+    size = {"fewer": 12_345, "all": ahead, "more": 45_678}[wanted]
+    path = tmp_path / "out" / "train.jsonl"
+    descriptors, threads = _open_descriptors(), threading.active_count()
+    with open(source, "rb") as src:
+        files.copy_ahead(path, src.fileno(), ahead)
+        copies = _counting_copies(monkeypatch)
+        with files.atomic_write(path, background=True) as fh:
+            fh.copy_range(src.fileno(), 0, size)
+            fh.write(b"new\n")
+            fh.copy_range(src.fileno(), 100, 50)
+    want = kept[:size] + b"new\n" + kept[100:150]
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    # the bytes copied ahead are not copied again: only what goes beyond them, and the later range
+    assert copies == ([size - ahead] if wanted == "more" else []) + [50]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"] and not files._AHEAD
+    assert _open_descriptors() == descriptors and threading.active_count() == threads
+
+
+@pytest.mark.parametrize("first", ["write", "another_range", "another_file", "nothing"])
+def test_a_copy_ahead_is_thrown_away_when_the_write_starts_otherwise(tmp_path, first):
+    source = _kept(tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"other\n" * 2000)
+    kept = source.read_bytes()
+    path = tmp_path / "out" / "train.jsonl"
+    with open(source, "rb") as src, open(other, "rb") as oth:
+        files.copy_ahead(path, src.fileno(), 30_000)
+        with files.atomic_write(path, background=True) as fh:
+            if first == "write":
+                fh.write(b"new\n")
+            elif first == "another_range":  # the same file, not from its start
+                fh.copy_range(src.fileno(), 10, 100)
+            elif first == "another_file":
+                fh.copy_range(oth.fileno(), 0, 100)
+    want = {"write": b"new\n", "another_range": kept[10:110], "another_file": b"other\n" * 16 + b"othe",
+            "nothing": b""}[first]
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"]
+
+
+def test_a_copy_ahead_no_write_took_over_is_removed(tmp_path):
+    source = _kept(tmp_path)
+    path = tmp_path / "out" / "train.jsonl"
+    with open(source, "rb") as src:
+        files.copy_ahead(path, src.fileno(), 30_000)
+        files.copy_ahead(tmp_path / "out" / "val.jsonl", src.fileno(), 10)
+    # a plain write of the path does not take it over (only a background one can)
+    with files.atomic_write(path) as fh:
+        fh.write(b"plain\n")
+    files.drop_ahead()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"] and path.read_bytes() == b"plain\n"
+
+
+def test_a_failed_write_removes_the_bytes_copied_ahead(tmp_path):
+    source = _kept(tmp_path)
+    path = tmp_path / "out" / "train.jsonl"
+    with open(source, "rb") as src:
+        files.copy_ahead(path, src.fileno(), 30_000)
+        with pytest.raises(KeyError), files.atomic_write(path, background=True) as fh:
+            fh.copy_range(src.fileno(), 0, 20_000)
+            raise KeyError("bad row")
+    assert list(path.parent.iterdir()) == [] and not files._AHEAD

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from core import files
 from core.examples import ExampleRows
 from core.files import fast_json_line
 from core.kept_lines import KeptExample, KeptLines
@@ -37,12 +38,19 @@ def written(run_dir) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("builder", ["commit", "fim"])
-def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path, builder):
+def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path, builder, monkeypatch):
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, f"builder={builder}"]
     before = run_pipeline(tmp_path / "a", *shared)
     assert "example_lines_copied" not in counts(before)
     commit_round(repo, 99)
+    taken = []  # (bytes wanted, bytes the copy ahead had) of each file that took one over
+    take = files._BackgroundWrites._take_ahead
+    monkeypatch.setattr(files._BackgroundWrites, "_take_ahead",
+                        lambda self, ahead, fd, size: taken.append((size, ahead.wait())) or take(self, ahead, fd, size))
     after = run_pipeline(tmp_path / "b", *shared)
+    # train was copied while the examples were built: it starts with all of the train file before
+    train_before = (before / "data" / "train.jsonl").stat().st_size
+    assert taken == [(train_before, train_before)]
     c = counts(after)
     # every example written before in the same split is copied: all but the new commit's
     # and those of the commits whose split moved (the first of val, the first of test)
