@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import git  # GitPython: opening and validating repositories, resolving revisions
 
@@ -125,15 +126,18 @@ _RECORD_START = re.compile(rb"\x1e(?=[0-9a-f]{40,64}\x1f)")
 LOG_FORMAT = "%x1e%H%x1f%P%x1f%aI%x1f%at%x1f%cI%x1f%ct%x1f%B%x1f"
 
 
-def iter_log(repo: Repository, log_args: list[str]) -> Iterator[CommitRecord]:
-    """Stream CommitRecords from one ``git log --raw -z`` process."""
+def iter_log(repo: Repository, log_args: list[str], ids: list[str] | None = None) -> Iterator[CommitRecord]:
+    """Stream CommitRecords from one ``git log --raw -z`` process; ``ids``: commit ids
+    written to its standard input (``log_args`` with ``--stdin``)."""
     argv = git_argv(repo.git_dir, "log", "-z", "--raw", "--no-abbrev", "--no-color", "--no-ext-diff",
                     "--no-textconv", f"--format={LOG_FORMAT}", *log_args)
-    proc = subprocess.Popen(argv, env=git_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=git_env(), stdin=subprocess.DEVNULL if ids is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr_chunks: list[bytes] = []
     drain = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
     drain.start()
+    if ids is not None:  # written by a thread: git may fill its output before it read them all
+        threading.Thread(target=_write_ids, args=(proc.stdin, ids), daemon=True).start()
     assert proc.stdout is not None
     buf = b""
     try:
@@ -157,6 +161,14 @@ def iter_log(repo: Repository, log_args: list[str]) -> Iterator[CommitRecord]:
     if rc != 0:
         err = b"".join(stderr_chunks).decode("utf-8", "replace").strip().splitlines()
         raise CommitforgeError(f"git log failed in {str(repo.path)!r}: {err[-1] if err else rc}")
+
+
+def _write_ids(stdin: Any, ids: list[str]) -> None:
+    try:
+        stdin.write("".join(f"{i}\n" for i in ids).encode())
+        stdin.close()
+    except OSError:
+        pass  # git ended first: its exit status says why
 
 
 def _parse_record(raw: bytes) -> CommitRecord:

@@ -28,7 +28,7 @@ from core.collector import fewer_collections
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
-from core.files import atomic_write, record_line, stat_key
+from core.files import atomic_write, read_line, record_line, stat_key
 from core.gitio import Repository, line_hunks
 from core.hash_points import HashPoints
 from core.hookspecs import KINDS
@@ -276,13 +276,10 @@ class Run:
         commits = []
         lines = []
         with atomic_write(self.run_dir / "commits.jsonl") as fh:
-            for rec in progress(self.source.commits(self.repo, self.extensions(), stats), desc="mine", unit="commit"):
-                if self.redactor is not None:  # secrets never reach commits.jsonl (nor the rows built from it)
-                    rec.subject = redact_counted(self.redactor, rec.subject, stats)
-                    rec.message = redact_counted(self.redactor, rec.message, stats)
+            for rec, line in progress(self._mined(stats), desc="mine", unit="commit"):
                 commits.append(rec)
-                lines.append(record_line(rec.to_dict()))
-                fh.write(lines[-1])
+                lines.append(line)
+                fh.write(line)
         if commits:
             manifest.set("commit_range", {"first": commits[0].commit, "last": commits[-1].commit,
                                           "first_time": commits[0].committer_time,
@@ -293,6 +290,52 @@ class Run:
         manifest.stage("mine", stats, time.perf_counter() - t0, {"commits.jsonl": len(commits)})
         self.summary["commits"] = len(commits)
         return commits, lines
+
+    def _commit_line(self, rec: CommitRecord, stats: Counter) -> bytes:
+        """The line of ``rec`` in commits.jsonl (its texts redacted, counted in ``stats``)."""
+        if self.redactor is not None:  # secrets never reach commits.jsonl (nor the rows built from it)
+            rec.subject = redact_counted(self.redactor, rec.subject, stats)
+            rec.message = redact_counted(self.redactor, rec.message, stats)
+        return record_line(rec.to_dict())
+
+    def _mined(self, stats: Counter) -> Iterator[tuple[CommitRecord, bytes]]:
+        """The commits to chunk, oldest first, with their lines in commits.jsonl. With a
+        source that lists its commits first (``commit_ids``), a commit mined before with
+        the same settings comes from the stage cache, and git reads only the records of
+        the others (an update after a commit: one, instead of walking the history)."""
+        source, ext = self.source, self.extensions()
+        if not self.cfg.reuse or not hasattr(source, "commit_ids"):
+            for rec in source.commits(self.repo, ext, stats):
+                yield rec, self._commit_line(rec, stats)
+            return
+        ids = source.commit_ids(self.repo)
+        base = fingerprint("mine", STAGE_CACHE_FORMAT, code_version(),
+                           plugin_code(self.registry.get("source", self.cfg.source.name)), source.record_settings(),
+                           sorted(ext.items()), OmegaConf.to_container(self.cfg.redact, resolve=True))
+        keys = [hashlib.sha256(f"{base}:{commit}".encode()).hexdigest() for commit in ids]
+        cache = StageCache(self.cache_dir)
+        found = cache.get_mined(keys)
+        # a shallow clone's boundary commit is one only in that clone: never stored
+        shallow = self.repo.shallow_commits()
+        todo = [commit for commit, key in zip(ids, keys) if key not in found or commit in shallow]
+        fresh: dict[str, tuple[CommitRecord | None, bytes | None, dict[str, Any]]] = {}
+        if todo:
+            for commit, rec, counts in source.mined(self.repo, ext, only=todo if len(todo) < len(ids) else None):
+                line = self._commit_line(rec, counts) if rec is not None else None
+                fresh[commit] = (rec, line, counts.to_dict())
+            if len(fresh) != len(todo) or not fresh.keys() >= set(todo):
+                raise CommitforgeError(f"the history of {str(self.repo.path)!r} changed while it was mined; run again")
+            cache.put_mined([(key, *fresh[commit][1:]) for commit, key in zip(ids, keys)
+                             if commit in fresh and commit not in shallow])
+        for commit, key in zip(ids, keys):
+            if commit in fresh:
+                rec, line, counts = fresh[commit]
+            else:
+                line, counts = found[key]
+                rec = CommitRecord.from_dict(read_line(line)) if line is not None else None
+            stats.update(counts)
+            if rec is not None:
+                yield rec, line  # type: ignore[misc]
 
     def chunk_job(self) -> ChunkJob:
         """Parsing and pairing work for the executor's workers (shares the unit cache)."""

@@ -191,7 +191,9 @@ class StageCache:
                 ("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
                  "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
                 ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
-                 "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)")],
+                 "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)"),
+                # the mine stage's commits: a commit's line in commits.jsonl (NULL: skipped) and counts
+                "CREATE TABLE IF NOT EXISTS mined (key TEXT PRIMARY KEY, line BLOB, stats TEXT NOT NULL)"],
                 self._forget_old_outputs)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise unusable("stage cache", self.path, exc) from None
@@ -212,6 +214,34 @@ class StageCache:
                 except (RuntimeError, ValueError, EOFError, TypeError):
                     pass  # damaged: computed again and overwritten
         return out
+
+    def get_mined(self, keys: list[str]) -> dict[str, tuple[bytes | None, dict[str, Any]]]:
+        """The mine stage's (line in commits.jsonl or None, counts) of each key stored."""
+        conn = self._conn()
+        out: dict[str, tuple[bytes | None, dict[str, Any]]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            for key, line, stats in conn.execute(
+                    f"SELECT key, line, stats FROM mined WHERE key IN ({','.join('?' * len(part))})", part):
+                try:
+                    out[key] = (line, json.loads(stats))
+                except ValueError:
+                    pass  # damaged: mined again and overwritten
+        return out
+
+    def put_mined(self, entries: list[tuple[str, bytes | None, dict[str, Any]]]) -> None:
+        """Store the mine stage's entries (key, line or None, counts) in one transaction."""
+        if not entries:
+            return
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO mined (key, line, stats) VALUES (?, ?, ?)",
+                             [(key, line, json.dumps(stats, sort_keys=True)) for key, line, stats in entries])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def get(self, key: str) -> tuple[bytes, int, dict[str, Any], Any] | None:
         return self.get_many([key]).get(key)

@@ -195,3 +195,74 @@ def test_commit_record_to_dict_is_dataclasses_asdict():
     assert d == dataclasses.asdict(rec) and list(d) == list(dataclasses.asdict(rec))
     assert [list(f) for f in d["files"]] == [list(f) for f in dataclasses.asdict(rec)["files"]]
     assert d["parents"] is not rec.parents and CommitRecord.from_dict(d) == rec
+
+
+@pytest.mark.parametrize("merges", ["first_parent", "all"])
+def test_reading_chosen_commits_gives_the_records_of_the_walk(history, merges):
+    source, repo = GitSource(GitSourceConfig(merges=merges)), Repository(history.path)
+    walked = [(c, r.to_dict() if r else None, s.to_dict()) for c, r, s in source.mined(repo, EXT)]
+    ids = source.commit_ids(repo)
+    assert [c for c, _, _ in walked] == ids
+    some = ids[::2][::-1]  # any subset, in the order asked
+    assert [(c, r.to_dict() if r else None, s.to_dict()) for c, r, s in source.mined(repo, EXT, only=some)] \
+        == [w for c in some for w in walked if w[0] == c]
+
+
+def _mine_stage(history, tmp_path, name, *overrides):
+    from ..conftest import manifest, run_pipeline
+
+    run = run_pipeline(tmp_path / name, f"repo={history.path}", "stages=[mine]", f"cache_dir={tmp_path / 'cache'}",
+                       *overrides)
+    return (run / "commits.jsonl").read_bytes(), manifest(run)["stages"]["mine"]
+
+
+@pytest.mark.parametrize("merges", ["first_parent", "all"])
+def test_a_run_after_a_new_commit_reads_only_that_commits_record_from_git(history, tmp_path, monkeypatch, merges):
+    import core.gitio
+    import plugins.sources
+
+    history.commit("secret in the message\n\nreach me at jane.doe@acme-corp.io", {"src/new.rs": "fn n() {}\n"})
+    _mine_stage(history, tmp_path, "a", f"source.merges={merges}")
+    history.commit("one more", {"src/lib2.rs": "fn l() {}\n", "notes.txt": "x\n"})
+    asked: list[list[str] | None] = []
+    iter_log = core.gitio.iter_log
+    monkeypatch.setattr(plugins.sources, "iter_log",
+                        lambda repo, args, ids=None: asked.append(ids) or iter_log(repo, args, ids))
+    lines, stage = _mine_stage(history, tmp_path, "b", f"source.merges={merges}")
+    assert asked == [[history.git("rev-parse", "HEAD").strip()]]
+    # what a run without the cache mines, byte for byte, counts included
+    monkeypatch.setattr(plugins.sources, "iter_log", iter_log)
+    fresh, fresh_stage = _mine_stage(history, tmp_path, "c", f"source.merges={merges}", "reuse=false")
+    assert lines == fresh and stage["counts"] == fresh_stage["counts"] and stage["skips"] == fresh_stage["skips"]
+    assert b"jane.doe@acme-corp.io" not in lines and stage["counts"]["redacted_email"] == 1
+
+
+def test_other_record_settings_mine_again(history, tmp_path, monkeypatch):
+    import core.gitio
+    import plugins.sources
+
+    first, _ = _mine_stage(history, tmp_path, "a")
+    asked: list[list[str] | None] = []
+    iter_log = core.gitio.iter_log
+    monkeypatch.setattr(plugins.sources, "iter_log",
+                        lambda repo, args, ids=None: asked.append(ids) or iter_log(repo, args, ids))
+    # the range only chooses commits: all are in the cache
+    fewer, _ = _mine_stage(history, tmp_path, "b", "source.max_commits=2")
+    assert asked == [] and fewer.splitlines() == first.splitlines()[-2:]
+    # a setting that changes a record: the whole history is walked again
+    shorter, _ = _mine_stage(history, tmp_path, "c", "source.max_message_chars=4")
+    assert asked == [None] and shorter != first
+
+
+def test_a_shallow_clones_boundary_commit_is_never_taken_from_the_cache(history, tmp_path):
+    clone = tmp_path / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "2", f"file://{history.path}", str(clone)],
+                   env=git_env(tmp_path), check=True)
+    shallow = ScriptedRepo.__new__(ScriptedRepo)
+    shallow.path = clone
+    _, stage = _mine_stage(shallow, tmp_path, "a")
+    assert stage["skips"] == {"shallow_boundary_commit": 1}
+    subprocess.run(["git", "-C", str(clone), "fetch", "-q", "--unshallow"], env=git_env(tmp_path), check=True)
+    lines, stage = _mine_stage(shallow, tmp_path, "b")
+    full, full_stage = _mine_stage(history, tmp_path, "c", "reuse=false")
+    assert stage["skips"] == {} and lines == full and stage["counts"] == full_stage["counts"]
