@@ -60,7 +60,18 @@ _SCHEMA = [
      "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
     "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)",
     ("CREATE TABLE IF NOT EXISTS feature_blocks (base INTEGER NOT NULL, scope TEXT NOT NULL, data BLOB NOT NULL, "
-     "sum INTEGER NOT NULL, used REAL NOT NULL, PRIMARY KEY (base, scope))")]
+     "sum INTEGER NOT NULL, used REAL NOT NULL, PRIMARY KEY (base, scope))"),
+    # when a block or an index was used last, apart from it: SQLite rewrites a whole row to
+    # change one of its fields (18 MB for rusty-kaspa's block), and reads a field stored after
+    # a large one by walking the large one's pages (the ``used`` of the rows above is that)
+    ("CREATE TABLE IF NOT EXISTS block_used (base INTEGER NOT NULL, scope TEXT NOT NULL, used REAL NOT NULL, "
+     "PRIMARY KEY (base, scope))"),
+    "CREATE TABLE IF NOT EXISTS row_index_used (stat TEXT PRIMARY KEY, used REAL NOT NULL)"]
+# the blocks and indexes by when they were used last (those of an earlier version by their own field)
+_BLOCKS_BY_USE = ("SELECT f.rowid FROM feature_blocks f LEFT JOIN block_used u ON u.base = f.base AND u.scope = f.scope "
+                  "ORDER BY COALESCE(u.used, f.used) DESC")
+_INDEXES_BY_USE = ("SELECT r.stat FROM row_index r LEFT JOIN row_index_used u ON u.stat = r.stat "
+                   "ORDER BY COALESCE(u.used, r.used) DESC")
 _BLOCK_FORMAT = 1
 BLOCKS_KEPT = 4  # blocks of dedup features kept (the most recently used)
 ROW_INDEXES_KEPT = 4
@@ -98,6 +109,7 @@ class BuildMemo:
                 if old:  # with the entries of any base dropped earlier, stored late by another run
                     conn.execute("DELETE FROM entries WHERE base NOT IN (SELECT id FROM bases)")
                     conn.execute("DELETE FROM feature_blocks WHERE base NOT IN (SELECT id FROM bases)")
+                    conn.execute("DELETE FROM block_used WHERE base NOT IN (SELECT id FROM bases)")
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
@@ -151,8 +163,8 @@ class BuildMemo:
             found = conn.execute("SELECT data, sum FROM feature_blocks WHERE base = ? AND scope = ?",
                                  (base_id, scope)).fetchone()
             if found is not None:
-                conn.execute("UPDATE feature_blocks SET used = ? WHERE base = ? AND scope = ?",
-                             (time.time(), base_id, scope))
+                conn.execute("INSERT OR REPLACE INTO block_used (base, scope, used) VALUES (?, ?, ?)",
+                             (base_id, scope, time.time()))
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from None
         if found is None:
@@ -186,10 +198,15 @@ class BuildMemo:
         def put() -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                now = time.time()
                 conn.execute("INSERT OR REPLACE INTO feature_blocks (base, scope, data, sum, used) "
-                             "VALUES (?, ?, ?, ?, ?)", (base_id, scope, data, zlib.crc32(data), time.time()))
-                conn.execute("DELETE FROM feature_blocks WHERE rowid IN (SELECT rowid FROM feature_blocks "
-                             "ORDER BY used DESC LIMIT -1 OFFSET ?)", (BLOCKS_KEPT,))
+                             "VALUES (?, ?, ?, ?, ?)", (base_id, scope, data, zlib.crc32(data), now))
+                conn.execute("INSERT OR REPLACE INTO block_used (base, scope, used) VALUES (?, ?, ?)",
+                             (base_id, scope, now))
+                conn.execute(f"DELETE FROM feature_blocks WHERE rowid IN ({_BLOCKS_BY_USE} LIMIT -1 OFFSET ?)",
+                             (BLOCKS_KEPT,))
+                conn.execute("DELETE FROM block_used WHERE NOT EXISTS (SELECT 1 FROM feature_blocks f "
+                             "WHERE f.base = block_used.base AND f.scope = block_used.scope)")
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
@@ -240,7 +257,7 @@ class RowIndexes:
             found = conn.execute("SELECT data FROM row_index WHERE stat = ?", (key,)).fetchone()
             if found is None:
                 return None
-            conn.execute("UPDATE row_index SET used = ? WHERE stat = ?", (time.time(), key))
+            conn.execute("INSERT OR REPLACE INTO row_index_used (stat, used) VALUES (?, ?)", (key, time.time()))
             data = lz4.frame.decompress(found[0])
         except (sqlite3.DatabaseError, OSError, RuntimeError):
             return None
@@ -254,10 +271,14 @@ class RowIndexes:
             conn = self._conn()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                now = time.time()
                 conn.execute("INSERT OR REPLACE INTO row_index (stat, data, used) VALUES (?, ?, ?)",
-                             (f"{stat} {made_by}", data, time.time()))
-                conn.execute("DELETE FROM row_index WHERE stat IN (SELECT stat FROM row_index ORDER BY used DESC "
-                             "LIMIT -1 OFFSET ?)", (ROW_INDEXES_KEPT,))
+                             (f"{stat} {made_by}", data, now))
+                conn.execute("INSERT OR REPLACE INTO row_index_used (stat, used) VALUES (?, ?)",
+                             (f"{stat} {made_by}", now))
+                conn.execute(f"DELETE FROM row_index WHERE stat IN ({_INDEXES_BY_USE} LIMIT -1 OFFSET ?)",
+                             (ROW_INDEXES_KEPT,))
+                conn.execute("DELETE FROM row_index_used WHERE stat NOT IN (SELECT stat FROM row_index)")
         except (sqlite3.DatabaseError, OSError):
             pass
 

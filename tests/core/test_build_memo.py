@@ -476,3 +476,37 @@ def test_a_build_that_waited_for_anothers_features_reads_the_block_it_kept(repo,
     other = tmp_path / "other"
     assert counts(other)["dedup_rows_computed"] > 0
     same_outputs(waited, other, tmp_path / "shared", tmp_path / "shared")
+
+
+def test_the_blocks_and_row_indexes_used_last_are_kept_and_reading_one_does_not_rewrite_it(tmp_path, monkeypatch):
+    from core.build_memo import BLOCKS_KEPT, ROW_INDEXES_KEPT, RowIndexes
+    from core.changes import RowIndex
+    from core.dedup import Features
+
+    clock = iter(range(1000, 2000))
+    monkeypatch.setattr(build_memo.time, "time", lambda: float(next(clock)))
+    feats = Features([b"k" * 16], np.zeros((1, 4), dtype=np.uint64), np.ones(1, dtype=bool))
+    store = BuildMemo(tmp_path, "base")
+    for k in range(BLOCKS_KEPT):
+        store.keep_features(f"scope{k}", [bytes([k]) * 20], feats)
+    store._wait()
+    written = {scope: used for scope, used in store._conn().execute("SELECT scope, used FROM feature_blocks")}
+    assert store.last_features("scope0", exact=True, near=True, num_perm=4)[0] == [b"\0" * 20]  # used again
+    # the block itself was not written again to note it (only its row in block_used)
+    assert dict(store._conn().execute("SELECT scope, used FROM feature_blocks")) == written
+    store.keep_features("scope_new", [b"n" * 20], feats)
+    store._wait()
+    kept = {scope for (scope,) in store._conn().execute("SELECT scope FROM feature_blocks")}
+    assert kept == {"scope0", "scope_new", *(f"scope{k}" for k in range(2, BLOCKS_KEPT))}  # scope1: used least lately
+    assert {s for (s,) in store._conn().execute("SELECT scope FROM block_used")} == kept
+    store.close()
+
+    indexes = RowIndexes(tmp_path)
+    index = RowIndex([b"a" * 20], [10], [None])
+    for k in range(ROW_INDEXES_KEPT):
+        indexes.keep(f"{k}:1:1", "v", index)
+    assert indexes.find("0:1:1", "v") is not None
+    indexes.keep("new:1:1", "v", index)
+    stats = {s.split()[0] for (s,) in indexes._conn().execute("SELECT stat FROM row_index")}
+    assert stats == {"0:1:1", "new:1:1", *(f"{k}:1:1" for k in range(2, ROW_INDEXES_KEPT))}
+    indexes.close()
