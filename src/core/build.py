@@ -96,12 +96,10 @@ def _histogram(lengths: list[int], max_tokens: int) -> dict[str, list[int]]:
     edges = [0]
     while edges[-1] < max_tokens:
         edges.append(max(64, edges[-1] * 2))
-    counts = [0] * (len(edges) - 1)
-    for n in lengths:
-        for i in range(len(edges) - 1):
-            if n <= edges[i + 1] or i == len(edges) - 2:
-                counts[i] += 1
-                break
+    # bin i holds the lengths in (edges[i], edges[i + 1]], the first also those below, the
+    # last also those above
+    at = np.searchsorted(np.asarray(edges[1:-1]), np.asarray(lengths, dtype=np.int64), side="left")
+    counts = np.bincount(at, minlength=len(edges) - 1).tolist()
     return {"edges": edges, "counts": counts}
 
 
