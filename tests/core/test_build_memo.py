@@ -234,7 +234,7 @@ def test_an_entry_damaged_on_disk_is_made_again_not_used(repo, tmp_path, monkeyp
         conn.execute("UPDATE entries SET b = ? WHERE rowid = ?", (bytes([ids[0] ^ 1]) + ids[1:], rowid))
         (rowid,) = conn.execute("SELECT rowid FROM entries WHERE length(a) = 16 ORDER BY rowid LIMIT 1").fetchone()
         conn.execute("UPDATE entries SET a = ? WHERE rowid = ?", (bytes(16), rowid))
-        assert conn.execute("SELECT count(*) FROM feature_blocks").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM block_files").fetchone() == (0,)
     # without the example lines kept from the first run, which would be copied unread
     with sqlite3.connect(tmp_path / "shared" / f"lines-f{kept_lines.KEPT_LINES_FORMAT}.sqlite") as conn:
         conn.execute("DELETE FROM kept_lines")
@@ -297,10 +297,9 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     monkeypatch.undo()
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
-    path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
-    with sqlite3.connect(path) as conn:  # one byte of the block changed on disk
-        data = conn.execute("SELECT data FROM feature_blocks").fetchone()[0]
-        conn.execute("UPDATE feature_blocks SET data = ?", (data[:-1] + bytes([data[-1] ^ 1]),))
+    (path,) = block_files(tmp_path / "shared")  # one byte of the block changed on disk
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     again = run_pipeline(tmp_path / "d", *shared)
     # the block held its rows' features alone (not kept entry by entry too): they are computed again
     assert counts(again)["build_cache_damaged"] == 1
@@ -336,11 +335,14 @@ def test_dedup_features_computed_by_the_executors_workers_are_those_computed_her
     assert sum(noted.values()) == counts(there)["dedup_rows_computed"] == counts(here)["dedup_rows_computed"]
     same_outputs(there, here, tmp_path / "b-cache", tmp_path / "a-cache")
     # each row's own features, in the block the next build reads
-    blocks = []
-    for cache in ("a-cache", "b-cache"):
-        with sqlite3.connect(tmp_path / cache / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite") as conn:
-            blocks.append([marshal.loads(data) for (data,) in conn.execute("SELECT data FROM feature_blocks")])
+    blocks = [[marshal.loads(p.read_bytes()) for p in block_files(tmp_path / cache)] for cache in ("a-cache", "b-cache")]
     assert len(blocks[0]) == 1 and blocks[0] == blocks[1]
+
+
+def block_files(cache: Path) -> list[Path]:
+    """The files of the blocks of dedup features the cache keeps."""
+    folder = cache / build_memo.FEATURE_BLOCKS_DIR
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def test_a_worker_refuses_a_chunks_file_other_than_the_one_the_build_read(tmp_path):
@@ -388,8 +390,8 @@ def test_the_block_of_features_is_written_again_only_when_many_rows_are_not_in_i
     path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
 
     def block() -> bytes:
-        with sqlite3.connect(path) as conn:
-            return conn.execute("SELECT data FROM feature_blocks").fetchone()[0]
+        (only,) = block_files(tmp_path / "shared")
+        return only.read_bytes()
 
     run_pipeline(tmp_path / "a", *shared)
     first = block()
@@ -490,15 +492,35 @@ def test_the_blocks_and_row_indexes_used_last_are_kept_and_reading_one_does_not_
     for k in range(BLOCKS_KEPT):
         store.keep_features(f"scope{k}", [bytes([k]) * 20], feats)
     store._wait()
-    written = {scope: used for scope, used in store._conn().execute("SELECT scope, used FROM feature_blocks")}
+    files = {p.name: p.stat().st_mtime_ns for p in block_files(tmp_path)}
+    assert len(files) == BLOCKS_KEPT
     assert store.last_features("scope0", exact=True, near=True, num_perm=4)[0] == [b"\0" * 20]  # used again
-    # the block itself was not written again to note it (only its row in block_used)
-    assert dict(store._conn().execute("SELECT scope, used FROM feature_blocks")) == written
+    store.keep_features("scope1", [b"o" * 20], feats)  # replaced: its old file goes
     store.keep_features("scope_new", [b"n" * 20], feats)
     store._wait()
-    kept = {scope for (scope,) in store._conn().execute("SELECT scope FROM feature_blocks")}
-    assert kept == {"scope0", "scope_new", *(f"scope{k}" for k in range(2, BLOCKS_KEPT))}  # scope1: used least lately
-    assert {s for (s,) in store._conn().execute("SELECT scope FROM block_used")} == kept
+    kept = {scope for (scope,) in store._conn().execute("SELECT scope FROM block_files")}
+    # scope2: used least lately; scope0 was read, which wrote none of the files again
+    assert kept == {"scope0", "scope1", "scope_new", *(f"scope{k}" for k in range(3, BLOCKS_KEPT))}
+    names = {n for (n,) in store._conn().execute("SELECT name FROM block_files")}
+    assert {p.name for p in block_files(tmp_path)} == names and len(names) == BLOCKS_KEPT
+    unchanged = {n for n in files if n in names}
+    assert len(unchanged) == BLOCKS_KEPT - 2 and all((tmp_path / build_memo.FEATURE_BLOCKS_DIR / n).stat().st_mtime_ns
+                                                     == files[n] for n in unchanged)
+    assert store.last_features("scope1", exact=True, near=True, num_perm=4)[0] == [b"o" * 20]
+    # files no entry names: a killed run's, removed once an hour old (a running one's are younger)
+    strays = [tmp_path / build_memo.FEATURE_BLOCKS_DIR / f"stray{k}.blk" for k in range(2)]
+    for stray in strays:
+        stray.write_bytes(b"x")
+    os.utime(strays[0], (0, 0))
+    monkeypatch.undo()  # the clock again
+    store.keep_features("scope1", [b"o" * 20], feats)
+    store._wait()
+    assert [p.exists() for p in strays] == [False, True]
+    strays[1].unlink()
+    # a block file another run removed meanwhile is a miss, not an error
+    (tmp_path / build_memo.FEATURE_BLOCKS_DIR / next(iter(unchanged))).unlink()
+    assert sum(store.last_features(f"scope{k}", exact=True, near=True, num_perm=4) is None
+               for k in (0, *range(3, BLOCKS_KEPT))) == 1
     store.close()
 
     indexes = RowIndexes(tmp_path)
