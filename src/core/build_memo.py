@@ -36,7 +36,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import lz4.frame
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
@@ -61,18 +60,59 @@ _SCHEMA = [
     ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
      "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
     "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)",
-    # blocks of dedup features, each a file of FEATURE_BLOCKS_DIR: SQLite reads a large value
-    # page by page (rusty-kaspa's 18 MB block: 0.03 to 0.09 s, against 0.005 s from a file)
-    # and rewrites a whole row to change one of its fields
+    # blocks of dedup features and row indexes, each a file of MEMO_FILES_DIR named here with
+    # its crc32: SQLite reads a large value page by page (rusty-kaspa's 18 MB block: 0.03 to
+    # 0.09 s, against 0.005 s from a file) and rewrites a whole row to change one field
     ("CREATE TABLE IF NOT EXISTS block_files (base INTEGER NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL, "
      "sum INTEGER NOT NULL, used REAL NOT NULL, PRIMARY KEY (base, scope))"),
-    # when an index was used last, apart from it (marking it used would write it again)
-    "CREATE TABLE IF NOT EXISTS row_index_used (stat TEXT PRIMARY KEY, used REAL NOT NULL)"]
-FEATURE_BLOCKS_DIR = f"build-f{BUILD_MEMO_FORMAT}-blocks"  # in the cache directory
-# the indexes by when they were used last (those of an earlier version by their own field)
-_INDEXES_BY_USE = ("SELECT r.stat FROM row_index r LEFT JOIN row_index_used u ON u.stat = r.stat "
-                   "ORDER BY COALESCE(u.used, r.used) DESC")
-STRAY_AGE_S = 3600  # a block file no entry names is removed once this old (a run may be between the two)
+    ("CREATE TABLE IF NOT EXISTS index_files (stat TEXT PRIMARY KEY, name TEXT NOT NULL, sum INTEGER NOT NULL, "
+     "used REAL NOT NULL)")]
+MEMO_FILES_DIR = f"build-f{BUILD_MEMO_FORMAT}-files"  # in the cache directory
+STRAY_AGE_S = 3600  # a file no entry names is removed once this old (a run may be between the two)
+
+
+def _write_file(root: Path, data: bytes | memoryview, suffix: str) -> str:
+    """Put ``data`` in a new file of MEMO_FILES_DIR; its name. A new name each time: a
+    build reading the file it replaces reads it whole. No fsync: a file cut short by a
+    crash fails its checksum, and is made again."""
+    folder = root / MEMO_FILES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    name = Path(tmp).name[1:-len(".tmp")] + suffix
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return name
+
+
+def _read_file(root: Path, name: str, crc: int) -> bytes | None:
+    """The file's bytes when they pass their checksum; None when it is gone (removed by
+    another run meanwhile) or damaged."""
+    try:
+        data = (root / MEMO_FILES_DIR / name).read_bytes()
+    except OSError:
+        return None
+    return data if zlib.crc32(data) == crc else None
+
+
+def _remove_files(root: Path, conn: sqlite3.Connection, names: list[str]) -> None:
+    """Remove the files of entries gone, and those of runs killed between writing a file
+    and naming it, once ``STRAY_AGE_S`` old."""
+    folder = root / MEMO_FILES_DIR
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        named = {n for (n,) in conn.execute("SELECT name FROM block_files UNION SELECT name FROM index_files")}
+        now = time.time()
+        for path in folder.iterdir():
+            if path.name not in named and now - path.lstat().st_mtime > STRAY_AGE_S:
+                path.unlink(missing_ok=True)
+    except (OSError, sqlite3.DatabaseError):
+        pass
 _BLOCK_FORMAT = 1
 BLOCKS_KEPT = 4  # blocks of dedup features kept (the most recently used)
 ROW_INDEXES_KEPT = 4
@@ -113,7 +153,7 @@ class BuildMemo:
                                                        "(SELECT id FROM bases)")]
                     conn.execute("DELETE FROM block_files WHERE base NOT IN (SELECT id FROM bases)")
             if old:
-                self._remove_blocks(gone)
+                _remove_files(self.path.parent, conn, gone)
         return self._base_id
 
     def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
@@ -173,12 +213,9 @@ class BuildMemo:
             raise self._unusable(exc) from None
         if found is None:
             return None
-        try:
-            data = (self.path.parent / FEATURE_BLOCKS_DIR / found[0]).read_bytes()
-        except OSError:
-            return None  # removed meanwhile (another run's eviction): computed again
-        if zlib.crc32(data) != found[1]:
-            self.damaged += 1
+        data = _read_file(self.path.parent, *found)
+        if data is None:
+            self.damaged += (self.path.parent / MEMO_FILES_DIR / found[0]).exists()  # else removed meanwhile
             return None
         try:
             version, digests, keys, sig, has = marshal.loads(data)
@@ -201,21 +238,10 @@ class BuildMemo:
         # marshal takes the array's buffer as bytes: no copy besides the narrowing
         sig = memoryview(np.ascontiguousarray(feats.sig, dtype=np.uint32)).cast("B") if feats.sig.size else b""
         data = marshal.dumps((_BLOCK_FORMAT, b"".join(rows), feats.keys, sig, np.asarray(feats.has, bool).tobytes()))
-        base_id, conn = self._id(), self._conn()
-        folder = self.path.parent / FEATURE_BLOCKS_DIR
+        base_id, conn, root = self._id(), self._conn(), self.path.parent
 
         def put() -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            # a new name each time: a build reading the block this one replaces reads it whole
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-            name = f"{Path(tmp).name[1:-4]}.blk"
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)  # no fsync: a block cut short by a crash fails its checksum
-                os.replace(tmp, folder / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            name = _write_file(root, data, ".blk")
             try:
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
@@ -229,28 +255,13 @@ class BuildMemo:
                     # the blocks an earlier version kept in the database: never read any more
                     conn.execute("DROP TABLE IF EXISTS feature_blocks")
             except BaseException:
-                (folder / name).unlink(missing_ok=True)
+                (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
                 raise
-            self._remove_blocks(gone)
+            _remove_files(root, conn, gone)
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="commitforge-memo")
         self._pending.append(self._writer.submit(put))
-
-    def _remove_blocks(self, names: list[str]) -> None:
-        """Remove the files of blocks no entry names any more, and those of runs killed
-        between writing a block and naming it, once ``STRAY_AGE_S`` old."""
-        folder = self.path.parent / FEATURE_BLOCKS_DIR
-        for name in names:
-            (folder / name).unlink(missing_ok=True)
-        try:
-            named = {n for (n,) in self._conn().execute("SELECT name FROM block_files")}
-            now = time.time()
-            for path in folder.iterdir():
-                if path.name not in named and now - path.lstat().st_mtime > STRAY_AGE_S:
-                    path.unlink(missing_ok=True)
-        except (OSError, sqlite3.DatabaseError):
-            pass
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -277,9 +288,9 @@ class RowIndexes:
     """The :class:`core.changes.RowIndex` of the ``chunks.jsonl`` files the last builds
     read (``ROW_INDEXES_KEPT``), by their inode, size and modification time: the stage
     cache keeps such a file (a hard link, the same inode), and the next run's chunk stage
-    starts its ``chunks.jsonl`` with a copy of it. An entry is an LZ4 frame with a checksum
-    of its content: a damaged one is taken as missing, as is any this database cannot
-    give or take (the rows are then read)."""
+    starts its ``chunks.jsonl`` with a copy of it. An entry is a file of MEMO_FILES_DIR
+    with a checksum of its content: a damaged one is taken as missing, as is any this
+    database cannot give or take (the rows are then read)."""
 
     def __init__(self, root: str | Path):
         self.path = Path(root) / BUILD_MEMO_FILE
@@ -290,37 +301,45 @@ class RowIndexes:
     def find(self, stat: str, made_by: str) -> RowIndex | None:
         """The index of the file whose stat key is ``stat``, made by code ``made_by`` (what
         a head holds is the code's), or None. An index is an optimisation: one that cannot
-        be read (a busy or damaged database) is a miss."""
+        be read (a busy or damaged database, a damaged file) is a miss."""
         key = f"{stat} {made_by}"
         try:
             conn = self._conn()
-            found = conn.execute("SELECT data FROM row_index WHERE stat = ?", (key,)).fetchone()
+            found = conn.execute("SELECT name, sum FROM index_files WHERE stat = ?", (key,)).fetchone()
             if found is None:
                 return None
-            conn.execute("INSERT OR REPLACE INTO row_index_used (stat, used) VALUES (?, ?)", (key, time.time()))
-            data = lz4.frame.decompress(found[0])
-        except (sqlite3.DatabaseError, OSError, RuntimeError):
+            conn.execute("UPDATE index_files SET used = ? WHERE stat = ?", (time.time(), key))
+        except (sqlite3.DatabaseError, OSError):
             return None
-        return RowIndex.unpack(data)
+        data = _read_file(self.path.parent, *found)
+        return RowIndex.unpack(data) if data is not None else None
 
     def keep(self, stat: str, made_by: str, index: RowIndex) -> None:
         """Keep ``index`` for the file whose stat key is ``stat`` (nothing when the database
-        cannot be written)."""
-        data = lz4.frame.compress(index.pack(), content_checksum=True, store_size=True)
+        or the file cannot be written)."""
+        root = self.path.parent
+        try:
+            data = index.pack()
+            name = _write_file(root, data, ".idx")
+        except OSError:
+            return
         try:
             conn = self._conn()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                now = time.time()
-                conn.execute("INSERT OR REPLACE INTO row_index (stat, data, used) VALUES (?, ?, ?)",
-                             (f"{stat} {made_by}", data, now))
-                conn.execute("INSERT OR REPLACE INTO row_index_used (stat, used) VALUES (?, ?)",
-                             (f"{stat} {made_by}", now))
-                conn.execute(f"DELETE FROM row_index WHERE stat IN ({_INDEXES_BY_USE} LIMIT -1 OFFSET ?)",
-                             (ROW_INDEXES_KEPT,))
-                conn.execute("DELETE FROM row_index_used WHERE stat NOT IN (SELECT stat FROM row_index)")
+                key = f"{stat} {made_by}"
+                gone = [n for (n,) in conn.execute("SELECT name FROM index_files WHERE stat = ?", (key,))]
+                conn.execute("INSERT OR REPLACE INTO index_files (stat, name, sum, used) VALUES (?, ?, ?, ?)",
+                             (key, name, zlib.crc32(data), time.time()))
+                old = "FROM index_files WHERE stat IN (SELECT stat FROM index_files ORDER BY used DESC LIMIT -1 OFFSET ?)"
+                gone += [n for (n,) in conn.execute(f"SELECT name {old}", (ROW_INDEXES_KEPT,))]
+                conn.execute(f"DELETE {old}", (ROW_INDEXES_KEPT,))
+                # the indexes an earlier version kept in the database: never read any more
+                conn.execute("DROP TABLE IF EXISTS row_index")
         except (sqlite3.DatabaseError, OSError):
-            pass
+            (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
+            return
+        _remove_files(root, conn, gone)
 
     def close(self) -> None:
         forget_connection(self.path)

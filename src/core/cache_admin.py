@@ -58,13 +58,13 @@ class Entry:
 def current_names() -> set[str]:
     """The entries this version reads and writes."""
     from core.blob_cache import SUMMARIES_FILE, UNITS_FILE
-    from core.build_memo import BUILD_MEMO_FILE, FEATURE_BLOCKS_DIR
+    from core.build_memo import BUILD_MEMO_FILE, MEMO_FILES_DIR
     from core.demo import DEMO_DIR
     from core.hash_points import HASH_POINTS_FILE
     from core.kept_lines import KEPT_LINES_DIR, KEPT_LINES_FILE
     from core.stage_cache import LOCKS_DIR, STAGE_OUTPUTS_DIR, STAGES_FILE
 
-    return {UNITS_FILE, SUMMARIES_FILE, STAGES_FILE, STAGE_OUTPUTS_DIR, LOCKS_DIR, BUILD_MEMO_FILE, FEATURE_BLOCKS_DIR,
+    return {UNITS_FILE, SUMMARIES_FILE, STAGES_FILE, STAGE_OUTPUTS_DIR, LOCKS_DIR, BUILD_MEMO_FILE, MEMO_FILES_DIR,
             KEPT_LINES_FILE, KEPT_LINES_DIR, DEMO_DIR, TOKENIZERS_DIR, HASH_POINTS_FILE, PIECES_DIR}
 
 

@@ -601,9 +601,7 @@ def test_rows_an_earlier_read_indexed_are_taken_from_its_index_and_the_rest_read
 
 
 def test_a_row_index_of_another_format_or_damaged_is_not_used(tmp_path):
-    import lz4.frame
-
-    from core.build_memo import RowIndexes
+    from core.build_memo import MEMO_FILES_DIR, RowIndexes
     from core.changes import RowIndex
 
     index = RowIndex([b"a" * 20, b"b" * 20], [10, 25], [{"id": "1"}, None])
@@ -615,9 +613,13 @@ def test_a_row_index_of_another_format_or_damaged_is_not_used(tmp_path):
     store.keep("1:2:3", "v1", index)
     assert store.find("1:2:3", "v1").digests == index.digests and store.find("4:5:6", "v1") is None
     assert store.find("1:2:3", "v2") is None  # made by other code: its heads may differ
-    data = bytearray(lz4.frame.compress(index.pack(), content_checksum=True, store_size=True))
+    (name,) = store._conn().execute("SELECT name FROM index_files WHERE stat = ?", ("1:2:3 v1",)).fetchone()
+    path = tmp_path / MEMO_FILES_DIR / name
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # changed on disk: its checksum disagrees
-    store._conn().execute("UPDATE row_index SET data = ? WHERE stat = ?", (bytes(data), "1:2:3 v1"))
+    path.write_bytes(bytes(data))
+    assert store.find("1:2:3", "v1") is None
+    path.unlink()  # removed by another run meanwhile: a miss too
     assert store.find("1:2:3", "v1") is None
     store.close()
 

@@ -297,7 +297,7 @@ def test_an_update_takes_the_dedup_features_of_the_last_builds_rows_in_one_block
     monkeypatch.undo()
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
-    (path,) = block_files(tmp_path / "shared")  # one byte of the block changed on disk
+    (path,) = block_files(tmp_path / "shared", ".blk")  # one byte of the block changed on disk
     data = path.read_bytes()
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     again = run_pipeline(tmp_path / "d", *shared)
@@ -335,14 +335,14 @@ def test_dedup_features_computed_by_the_executors_workers_are_those_computed_her
     assert sum(noted.values()) == counts(there)["dedup_rows_computed"] == counts(here)["dedup_rows_computed"]
     same_outputs(there, here, tmp_path / "b-cache", tmp_path / "a-cache")
     # each row's own features, in the block the next build reads
-    blocks = [[marshal.loads(p.read_bytes()) for p in block_files(tmp_path / cache)] for cache in ("a-cache", "b-cache")]
+    blocks = [[marshal.loads(p.read_bytes()) for p in block_files(tmp_path / cache, ".blk")] for cache in ("a-cache", "b-cache")]
     assert len(blocks[0]) == 1 and blocks[0] == blocks[1]
 
 
-def block_files(cache: Path) -> list[Path]:
-    """The files of the blocks of dedup features the cache keeps."""
-    folder = cache / build_memo.FEATURE_BLOCKS_DIR
-    return sorted(folder.iterdir()) if folder.is_dir() else []
+def block_files(cache: Path, suffix: str = "") -> list[Path]:
+    """The files of the build cache (``suffix``: ``.blk`` for blocks of dedup features)."""
+    folder = cache / build_memo.MEMO_FILES_DIR
+    return sorted(p for p in folder.iterdir() if p.name.endswith(suffix)) if folder.is_dir() else []
 
 
 def test_a_worker_refuses_a_chunks_file_other_than_the_one_the_build_read(tmp_path):
@@ -390,7 +390,7 @@ def test_the_block_of_features_is_written_again_only_when_many_rows_are_not_in_i
     path = tmp_path / "shared" / f"build-f{build_memo.BUILD_MEMO_FORMAT}.sqlite"
 
     def block() -> bytes:
-        (only,) = block_files(tmp_path / "shared")
+        (only,) = block_files(tmp_path / "shared", ".blk")
         return only.read_bytes()
 
     run_pipeline(tmp_path / "a", *shared)
@@ -504,11 +504,11 @@ def test_the_blocks_and_row_indexes_used_last_are_kept_and_reading_one_does_not_
     names = {n for (n,) in store._conn().execute("SELECT name FROM block_files")}
     assert {p.name for p in block_files(tmp_path)} == names and len(names) == BLOCKS_KEPT
     unchanged = {n for n in files if n in names}
-    assert len(unchanged) == BLOCKS_KEPT - 2 and all((tmp_path / build_memo.FEATURE_BLOCKS_DIR / n).stat().st_mtime_ns
+    assert len(unchanged) == BLOCKS_KEPT - 2 and all((tmp_path / build_memo.MEMO_FILES_DIR / n).stat().st_mtime_ns
                                                      == files[n] for n in unchanged)
     assert store.last_features("scope1", exact=True, near=True, num_perm=4)[0] == [b"o" * 20]
     # files no entry names: a killed run's, removed once an hour old (a running one's are younger)
-    strays = [tmp_path / build_memo.FEATURE_BLOCKS_DIR / f"stray{k}.blk" for k in range(2)]
+    strays = [tmp_path / build_memo.MEMO_FILES_DIR / f"stray{k}.blk" for k in range(2)]
     for stray in strays:
         stray.write_bytes(b"x")
     os.utime(strays[0], (0, 0))
@@ -518,7 +518,8 @@ def test_the_blocks_and_row_indexes_used_last_are_kept_and_reading_one_does_not_
     assert [p.exists() for p in strays] == [False, True]
     strays[1].unlink()
     # a block file another run removed meanwhile is a miss, not an error
-    (tmp_path / build_memo.FEATURE_BLOCKS_DIR / next(iter(unchanged))).unlink()
+    removed = next(iter(unchanged))
+    (tmp_path / build_memo.MEMO_FILES_DIR / removed).unlink()
     assert sum(store.last_features(f"scope{k}", exact=True, near=True, num_perm=4) is None
                for k in (0, *range(3, BLOCKS_KEPT))) == 1
     store.close()
@@ -529,6 +530,10 @@ def test_the_blocks_and_row_indexes_used_last_are_kept_and_reading_one_does_not_
         indexes.keep(f"{k}:1:1", "v", index)
     assert indexes.find("0:1:1", "v") is not None
     indexes.keep("new:1:1", "v", index)
-    stats = {s.split()[0] for (s,) in indexes._conn().execute("SELECT stat FROM row_index")}
+    stats = {s.split()[0] for (s,) in indexes._conn().execute("SELECT stat FROM index_files")}
     assert stats == {"0:1:1", "new:1:1", *(f"{k}:1:1" for k in range(2, ROW_INDEXES_KEPT))}
+    # each index's file and each block's, and no other
+    named = {n for (n,) in indexes._conn().execute("SELECT name FROM index_files UNION SELECT name FROM block_files")}
+    assert {p.name for p in block_files(tmp_path)} == named - {removed}
+    assert len(named) == ROW_INDEXES_KEPT + BLOCKS_KEPT
     indexes.close()
