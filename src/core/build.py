@@ -194,6 +194,8 @@ def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, An
             store = BuildMemo(run.cache_dir, base)
             if getattr(run.builder, "examples_as_assembled", False):
                 lines = _kept_lines(run, base)
+                if lines is not None:  # the lines each split's file starts with: copied while the builder works
+                    lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s))
             try:
                 with paused():  # its examples form no cycles (core.collector)
                     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,

@@ -73,58 +73,90 @@ def atomic_write(path: Path, background: bool = False) -> Iterator[IO[bytes]]:
             _DIGESTS[os.path.abspath(path)] = (stat_key(path), *digest, points)
     except BaseException:
         if ahead is not None:
-            ahead.wait()  # its thread is done with the file before it goes
+            ahead.close()  # its thread is done with the file before it goes
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 class _CopyAhead:
-    """The first ``size`` bytes of an open file, copied by a thread into a new temporary
+    """Ranges of open files, copied one after the other by a thread into a new temporary
     file beside ``path`` (named as ``atomic_write`` names its own) until
     ``atomic_write(path, background=True)`` takes it over (see :func:`copy_ahead`)."""
 
-    def __init__(self, path: Path, src: int, size: int):
-        self.src_key = stat_key(src)
-        self.size = size
-        self.copied = 0  # bytes copied (and synced) so far: the thread's own until it ends
-        self._src = os.dup(src)  # the thread's own: the caller may close its descriptor
+    def __init__(self, path: Path, ranges: list[tuple[int, int, int]], hashed: bool = False):
+        # (source's stat key, its own descriptor, start, size): the caller may close its own
+        self.ranges: list[tuple[str, int, int, int]] = []
+        # with ``hashed``, the states of the sha256 of the bytes copied, after each step and at
+        # the end of each range (see core.hash_points): a writing that takes them hashes none
+        self.points: list[tuple[int, bytes]] | None = [] if hashed and Sha256().state() is not None else None
         try:
+            for src, start, size in ranges:
+                self.ranges.append((stat_key(src), os.dup(src), start, size))
             self.fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except BaseException:
-            os.close(self._src)
+            self._close_sources()
             raise
         default_mode(self.tmp)
+        self.copied = 0  # bytes copied (and synced) so far: the thread's own until it ends
         self._thread = threading.Thread(target=self._copy, name="commitforge-ahead", daemon=True)
         self._thread.start()
 
     def _copy(self) -> None:
-        at, size, step = 0, self.size, _BackgroundWrites.SYNC_BYTES
+        step = _BackgroundWrites.SYNC_BYTES
+        sha = Sha256() if self.points is not None else None
         try:
-            while at < size:
-                try:
-                    n = os.copy_file_range(self._src, self.fd, min(step, size - at), at, at)
-                except (AttributeError, OSError):  # not here (or not across these file systems)
-                    block = os.pread(self._src, min(step, size - at), at)
-                    n = os.pwrite(self.fd, block, at) if block else 0
-                if n <= 0:
-                    break
-                at += n
-                # on disk as it goes, as a background writer's bytes are (its SYNC_BYTES)
-                getattr(os, "fdatasync", os.fsync)(self.fd)
-                self.copied = at
+            for _, src, start, size in self.ranges:
+                at, end = start, start + size
+                while at < end:
+                    try:
+                        n = os.copy_file_range(src, self.fd, min(step, end - at), at, self.copied)
+                    except (AttributeError, OSError):  # not here (or not across these file systems)
+                        block = os.pread(src, min(step, end - at), at)
+                        n = os.pwrite(self.fd, block, self.copied) if block else 0
+                    if n <= 0:
+                        return
+                    if sha is not None:  # the same bytes, from the source (the kernel copied them)
+                        for k in range(at, at + n, _BackgroundWrites.BLOCK):
+                            sha.update(os.pread(src, min(_BackgroundWrites.BLOCK, at + n - k), k))
+                        self.points.append((self.copied + n, sha.state()))  # type: ignore[union-attr, arg-type]
+                    at += n
+                    # on disk as it goes, as a background writer's bytes are (its SYNC_BYTES)
+                    getattr(os, "fdatasync", os.fsync)(self.fd)
+                    self.copied += n
         except OSError:
             pass  # what was copied stands; the rest is copied when the file is written
-        finally:
-            os.close(self._src)
 
     def wait(self) -> int:
         """The bytes copied, once the thread is done."""
         self._thread.join()
         return self.copied
 
+    def complete(self, size: int, fh: IO[bytes]) -> None:
+        """Make the file hold the first ``size`` bytes of the ranges, cutting what the
+        thread copied beyond them or copying what it did not get to, and leave ``fh`` (the
+        file, open) at its end."""
+        have = min(self.wait(), size)
+        os.ftruncate(fh.fileno(), have)
+        fh.seek(have)
+        at = 0  # where each range starts in the file
+        for _, src, start, n in self.ranges:
+            lo, hi = max(at, have), min(at + n, size)
+            if lo < hi:
+                copy_range(src, start + lo - at, hi - lo, fh)
+            at += n
+
+    def _close_sources(self) -> None:
+        for _, src, _, _ in self.ranges:
+            os.close(src)
+        self.ranges = []
+
+    def close(self) -> None:
+        self.wait()
+        self._close_sources()
+
     def drop(self) -> None:
         """Not taken over: the thread's end awaited, the file removed."""
-        self.wait()
+        self.close()
         os.close(self.fd)
         Path(self.tmp).unlink(missing_ok=True)
 
@@ -133,20 +165,29 @@ class _CopyAhead:
 _AHEAD: dict[str, _CopyAhead] = {}
 
 
-def copy_ahead(path: Path, src: int, size: int) -> None:
-    """Start copying the first ``size`` bytes of the file open as ``src`` to the output at
-    ``path``, which ``atomic_write(path, background=True)`` writes later in this process,
-    as a guess that it starts with those bytes: a thread copies them meanwhile (in the
-    kernel where the platform allows). If the writing does start with a ``copy_range``
-    of that file's first bytes, up to ``size``, they are written already (and any bytes
-    copied beyond them are cut); if it starts otherwise, what was copied is thrown away.
-    A copy not taken over is removed by :func:`drop_ahead`."""
+def copy_ahead(path: Path, ranges: list[tuple[int, int, int]], hashed: bool = False) -> None:
+    """Start copying ranges ``(descriptor, start, size)`` of open files, one after the
+    other, to the output at ``path``, which ``atomic_write(path, background=True)``
+    writes later in this process: a guess that it starts with those bytes. A thread
+    copies them meanwhile (in the kernel where the platform allows). The writing's first
+    ``copy_range`` calls that ask for the same bytes in the same order (each a range or
+    the start of what is left of one) find them written; at its first other write, any
+    bytes copied beyond them are cut. With ``hashed``, the thread also hashes what it
+    copies, so that the writing need not (a copy of a kept file's first bytes has the
+    kept file's own saved states instead; see core.hash_points). A copy not taken over is
+    removed by :func:`drop_ahead`."""
     key = os.path.abspath(path)
     old = _AHEAD.pop(key, None)
     if old is not None:
         old.drop()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _AHEAD[key] = _CopyAhead(path, src, size)
+    if ranges:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _AHEAD[key] = _CopyAhead(path, ranges, hashed)
+
+
+def copying_ahead(path: Path) -> bool:
+    """Whether a copy ahead of the output at ``path`` waits to be taken over."""
+    return os.path.abspath(path) in _AHEAD
 
 
 def drop_ahead() -> None:
@@ -223,6 +264,8 @@ class _BackgroundWrites:
 
         self._fh = fh
         self._ahead = ahead  # the file's first bytes, copied by another thread (see copy_ahead)
+        self._ahead_at = (0, 0)  # the range copied ahead the next bytes must come from, and how far
+        self._taken = 0  # bytes copied ahead that the file starts with
         self._hash = Sha256()
         self._hashed = 0  # bytes the hash has seen (the hashing thread's own)
         self._next_point = self.POINT_BYTES
@@ -288,29 +331,55 @@ class _BackgroundWrites:
         while len(self._pending) > 4:
             self._pending.pop(0).result()
 
-    def _settle_ahead(self, fd: int | None = None, start: int = 0, size: int = 0) -> bool:
-        """Before the first write: take over the bytes copied ahead when the file starts
-        with a copy of the first ``size`` bytes of the file open as ``fd``, the file they
-        were copied from (True: the writing thread then cuts or completes them), else have
-        the writing thread throw them away."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return False
-        if fd is not None and start == 0 and stat_key(fd) == ahead.src_key:
-            self._pending.append(self._writer.submit(self._take_ahead, ahead, fd, size))
-            return True
-        self._pending.append(self._writer.submit(self._take_ahead, ahead, None, 0))
-        return False
+    def _match_ahead(self, fd: int, start: int, size: int) -> int:
+        """How many of ``size`` bytes of ``fd`` from ``start``, the next ones the file
+        gets, are the next ones copied ahead (see copy_ahead); those are counted taken."""
+        ahead = self._ahead
+        if ahead is None or self._total != self._taken or self._parts or self._range is not None:
+            return 0
+        k, done = self._ahead_at
+        if k >= len(ahead.ranges):
+            return 0
+        key, _, first, n = ahead.ranges[k]
+        if start != first + done or stat_key(fd) != key:
+            return 0
+        taken = min(size, n - done)
+        self._ahead_at = (k + 1, 0) if done + taken == n else (k, done + taken)
+        self._taken += taken
+        return taken
 
-    def _take_ahead(self, ahead: _CopyAhead, fd: int | None, size: int) -> None:
-        """The writing thread's first job: the file holds the first ``size`` bytes of
-        ``fd``, of which ``ahead`` copied some (nothing when ``fd`` is None)."""
-        have = min(ahead.wait(), size) if fd is not None else 0
-        os.ftruncate(self._fh.fileno(), have)
-        self._fh.seek(have)
-        if have < size:
-            copy_range(fd, have, size - have, self._fh)  # type: ignore[arg-type]
-            self._written(size - have)
+    def _hash_ahead(self, ahead: _CopyAhead, fd: int, start: int, size: int, taken: int) -> None:
+        """Hash ``size`` bytes of ``fd`` from ``start``, which the file holds from where the
+        hash has got to, the first ``taken`` of them copied ahead (as all the file's bytes
+        before them): from the last state the copy's thread saved within those."""
+        at = self._hashed  # where these bytes are in the file (ops are hashed in order)
+        ahead.wait()
+        point = None
+        for p in ahead.points or ():
+            if at < p[0] <= at + taken:
+                point = p
+        if point is not None and self.points is not None:
+            self._hash = Sha256(point[1])
+            self.resumed += point[0] - at
+            self._hashed = point[0]
+            # the copy's states are this file's too: all of it up to there was copied ahead
+            self.points = [p for p in ahead.points if p[0] <= point[0]]  # type: ignore[union-attr]
+            self._next_point = point[0] + self.POINT_BYTES
+        done = self._hashed - at
+        self._hash_range(fd, start + done, size - done)
+
+    def _settle_ahead(self) -> None:
+        """Before any write that is not the next bytes copied ahead: the writing thread
+        makes the file hold just the bytes taken (see _match_ahead)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            self._pending.append(self._writer.submit(self._take_ahead, ahead, self._taken))
+
+    def _take_ahead(self, ahead: _CopyAhead, size: int) -> None:
+        try:
+            ahead.complete(size, self._fh)
+        finally:
+            ahead.close()
 
     def _flush(self) -> None:
         """Hand what waits to the threads: the writes gathered, or a range of a file."""
@@ -332,10 +401,16 @@ class _BackgroundWrites:
             hash_job = functools.partial(self._hash_range, fd, start, size)
         else:
             hash_job = functools.partial(self._resume, point, points, fd, size)
-        if self._ahead is not None and self._settle_ahead(fd, start, size):
-            write_job: Callable[[], None] = _nothing  # written ahead (see _take_ahead)
+        ahead = self._ahead
+        taken = self._match_ahead(fd, start, size)
+        if taken and point is None and ahead.points is not None:  # type: ignore[union-attr]
+            hash_job = functools.partial(self._hash_ahead, ahead, fd, start, size, taken)
+        if taken == size:
+            write_job: Callable[[], None] = _nothing  # copied ahead (see _take_ahead)
         else:
-            write_job = functools.partial(self._copy_and_sync, fd, start, size)
+            if self._ahead is not None:
+                self._settle_ahead()
+            write_job = functools.partial(self._copy_and_sync, fd, start + taken, size - taken)
         self._queue(hash_job, write_job)
         self._total += size
 

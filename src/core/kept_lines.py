@@ -30,6 +30,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
 from core.files import copy_ahead as start_copy_ahead
-from core.files import copy_range, read_line, stat_key
+from core.files import copy_range, copying_ahead, read_line, stat_key
 from core.hash_points import HashPoints
 
 KEPT_LINES_FORMAT = 1
@@ -155,11 +156,41 @@ class KeptLines:
             return
         try:
             if stat_key(fd) == found[1]:
-                start_copy_ahead(path, fd, os.fstat(fd).st_size)
+                start_copy_ahead(path, [(fd, 0, os.fstat(fd).st_size)])
         except OSError:
             pass
         finally:
             os.close(fd)
+
+    def copy_ahead_leading(self, rows: list[bytes], splits: list[str], path_of: Callable[[str], Path]) -> None:
+        """Start copying each split's leading kept lines to its file (``path_of(split)``,
+        unless a copy ahead of it runs already; see core.files.copy_ahead): the lines of
+        the split's first rows, in order, up to its first row without a kept line in that
+        split. A builder whose examples are assembled rows (``examples_as_assembled``)
+        makes those rows its split's first examples, copied from these lines, while the
+        copy runs."""
+        index = self._load()
+        runs: dict[str, list[list[int]]] = {}
+        stopped: set[str] = set()
+        for row, split in zip(rows, splits):
+            if split in stopped:
+                continue
+            hit = index.get(split, {}).get(row)
+            if hit is None:
+                stopped.add(split)
+                continue
+            f, start, end = hit[0], hit[1], hit[2]
+            mine = runs.setdefault(split, [])
+            if mine and mine[-1][0] == f and mine[-1][2] == start:
+                mine[-1][2] = end  # the next line of the same file, as ExampleRows.write_lines joins them
+            else:
+                mine.append([f, start, end])
+        for split, mine in runs.items():
+            path = path_of(split)
+            if not copying_ahead(path):
+                # hashed as copied, unless the file starts with a kept file's first bytes,
+                # whose own saved states the writing resumes from (core.hash_points)
+                start_copy_ahead(path, [(self._files[f], a, b - a) for f, a, b in mine], hashed=mine[0][1] > 0)
 
     def note(self, example: dict[str, Any], row: bytes, truncated: bool) -> None:
         """Record that ``example`` (an object the build keeps until it is written) was

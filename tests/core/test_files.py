@@ -264,7 +264,7 @@ def test_a_copy_ahead_is_taken_over_by_a_write_that_starts_with_the_same_bytes(t
     path = tmp_path / "out" / "train.jsonl"
     descriptors, threads = _open_descriptors(), threading.active_count()
     with open(source, "rb") as src:
-        files.copy_ahead(path, src.fileno(), ahead)
+        files.copy_ahead(path, [(src.fileno(), 0, ahead)])
         copies = _counting_copies(monkeypatch)
         with files.atomic_write(path, background=True) as fh:
             fh.copy_range(src.fileno(), 0, size)
@@ -287,7 +287,7 @@ def test_a_copy_ahead_is_thrown_away_when_the_write_starts_otherwise(tmp_path, f
     kept = source.read_bytes()
     path = tmp_path / "out" / "train.jsonl"
     with open(source, "rb") as src, open(other, "rb") as oth:
-        files.copy_ahead(path, src.fileno(), 30_000)
+        files.copy_ahead(path, [(src.fileno(), 0, 30_000)])
         with files.atomic_write(path, background=True) as fh:
             if first == "write":
                 fh.write(b"new\n")
@@ -306,8 +306,8 @@ def test_a_copy_ahead_no_write_took_over_is_removed(tmp_path):
     source = _kept(tmp_path)
     path = tmp_path / "out" / "train.jsonl"
     with open(source, "rb") as src:
-        files.copy_ahead(path, src.fileno(), 30_000)
-        files.copy_ahead(tmp_path / "out" / "val.jsonl", src.fileno(), 10)
+        files.copy_ahead(path, [(src.fileno(), 0, 30_000)])
+        files.copy_ahead(tmp_path / "out" / "val.jsonl", [(src.fileno(), 0, 10)])
     # a plain write of the path does not take it over (only a background one can)
     with files.atomic_write(path) as fh:
         fh.write(b"plain\n")
@@ -319,8 +319,78 @@ def test_a_failed_write_removes_the_bytes_copied_ahead(tmp_path):
     source = _kept(tmp_path)
     path = tmp_path / "out" / "train.jsonl"
     with open(source, "rb") as src:
-        files.copy_ahead(path, src.fileno(), 30_000)
+        files.copy_ahead(path, [(src.fileno(), 0, 30_000)])
         with pytest.raises(KeyError), files.atomic_write(path, background=True) as fh:
             fh.copy_range(src.fileno(), 0, 20_000)
             raise KeyError("bad row")
     assert list(path.parent.iterdir()) == [] and not files._AHEAD
+
+
+@pytest.mark.parametrize("then", ["all", "cut_after_two", "other_start", "write_first"])
+def test_a_copy_ahead_of_several_ranges_is_taken_as_far_as_the_writes_ask_for_the_same_bytes(tmp_path, monkeypatch,
+                                                                                                then):
+    monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 1000)  # the thread copies in many steps
+    a, b = _kept(tmp_path), tmp_path / "b.jsonl"
+    b.write_bytes(b"".join(f"{i:05d} bee\n".encode() for i in range(900)))
+    ka, kb = a.read_bytes(), b.read_bytes()
+    path = tmp_path / "out" / "val.jsonl"
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        files.copy_ahead(path, [(fa.fileno(), 100, 5000), (fb.fileno(), 0, 3000), (fa.fileno(), 9000, 100)])
+        copies = _counting_copies(monkeypatch)
+        with files.atomic_write(path, background=True) as fh:
+            if then == "write_first":
+                fh.write(b"new\n")
+            fh.copy_range(fa.fileno(), 100, 2000)  # the first range asked for in two parts
+            fh.copy_range(fa.fileno(), 2100, 3000)
+            if then == "other_start":
+                fh.copy_range(fb.fileno(), 10, 500)
+            else:
+                fh.copy_range(fb.fileno(), 0, 3000)
+            if then == "all":
+                fh.copy_range(fa.fileno(), 9000, 100)
+            fh.write(b"end\n")
+    head = b"new\n" if then == "write_first" else b""
+    middle = kb[10:510] if then == "other_start" else kb[:3000]
+    want = head + ka[100:5100] + middle + (ka[9000:9100] if then == "all" else b"") + b"end\n"
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    # what the thread copied is not copied again; the rest is
+    assert copies == {"all": [], "cut_after_two": [], "other_start": [500], "write_first": [2000, 3000, 3000]}[then]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["val.jsonl"] and not files._AHEAD
+
+
+@pytest.mark.parametrize("then", ["all", "cut", "write_first"])
+def test_a_hashed_copy_ahead_gives_the_writing_its_sha256_states(tmp_path, monkeypatch, then):
+    monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 1000)  # a state every 1,000 bytes copied
+    monkeypatch.setattr(files._BackgroundWrites, "POINT_BYTES", 1500)
+    a, b = _kept(tmp_path), tmp_path / "b.jsonl"
+    b.write_bytes(b"".join(f"{i:05d} bee\n".encode() for i in range(900)))
+    ka, kb = a.read_bytes(), b.read_bytes()
+    path = tmp_path / "out" / "test.jsonl"
+    hashed: list[int] = []
+    hash_range = files._BackgroundWrites._hash_range
+    monkeypatch.setattr(files._BackgroundWrites, "_hash_range",
+                        lambda self, fd, start, size: hashed.append(size) or hash_range(self, fd, start, size))
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        files.copy_ahead(path, [(fa.fileno(), 100, 5000), (fb.fileno(), 7, 3000)], hashed=True)
+        with files.atomic_write(path, background=True) as fh:
+            if then == "write_first":
+                fh.write(b"new\n")
+            fh.copy_range(fa.fileno(), 100, 5000)
+            fh.copy_range(fb.fileno(), 7, 2500 if then == "cut" else 3000)
+            fh.write(b"end\n" * 500)
+        points = files._DIGESTS[str(path)][3]
+    want = (b"new\n" if then == "write_first" else b"") + ka[100:5100] + kb[7:2507 if then == "cut" else 3007] \
+        + b"end\n" * 500
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+    if then == "write_first":  # nothing taken: every byte hashed
+        assert sum(hashed) == len(want) - 4 - 2000
+    else:  # hashed from the copy's last state in each taken range: a step's bytes at most
+        assert hashed[:2] == [0, 500 if then == "cut" else 0]
+    # the file's own states (for a later copy of its first bytes) are states of its prefixes
+    from core.hash_points import Sha256
+
+    for at, state in points or ():
+        assert Sha256(state).hexdigest() == hashlib.sha256(want[:at]).hexdigest()
+    assert points and points[-1][0] == len(want)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,24 +40,33 @@ def written(run_dir) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("builder", ["commit", "fim"])
 def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path, builder, monkeypatch):
-    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, f"builder={builder}"]
+    for k in range(8, 12):  # val and test of several commits each
+        commit_round(repo, k)
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, f"builder={builder}",
+              "split.fractions=[0.5,0.25,0.25]"]
     before = run_pipeline(tmp_path / "a", *shared)
     assert "example_lines_copied" not in counts(before)
     commit_round(repo, 99)
-    taken = []  # (bytes wanted, bytes the copy ahead had) of each file that took one over
+    taken = {}  # split -> (bytes taken, bytes the copy ahead had) of each file that took one over
     take = files._BackgroundWrites._take_ahead
-    monkeypatch.setattr(files._BackgroundWrites, "_take_ahead",
-                        lambda self, ahead, fd, size: taken.append((size, ahead.wait())) or take(self, ahead, fd, size))
+    monkeypatch.setattr(files._BackgroundWrites, "_take_ahead", lambda self, ahead, size: taken.update(
+        {Path(ahead.tmp).name.split(".")[1]: (size, ahead.wait())}) or take(self, ahead, size))
     after = run_pipeline(tmp_path / "b", *shared)
-    # train was copied while the examples were built: it starts with all of the train file before
+    # each file's first lines were copied while the examples were built: all of train before
+    # (a guess, made once the tokenizer was ready), and the lines val and test start with
+    # (known once the splits were)
     train_before = (before / "data" / "train.jsonl").stat().st_size
-    assert taken == [(train_before, train_before)]
+    assert taken["train"] == (train_before, train_before)
+    for split in ("val", "test"):
+        size, copied = taken[split]
+        assert 0 < size == copied < (after / "data" / f"{split}.jsonl").stat().st_size
     c = counts(after)
     # every example written before in the same split is copied: all but the new commit's
     # and those of the commits whose split moved (the first of val, the first of test)
     assert c["rows_encoded"] > 0 and c["example_lines_copied"] == len(written(after) & written(before))
     assert c["example_lines_copied"] > sum(examples(after).values()) // 2
-    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, f"builder={builder}")
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, f"builder={builder}",
+                         "split.fractions=[0.5,0.25,0.25]")
     same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
     # the manifest's digests are those of the files as written, copied lines included
     for name, entry in manifest(after)["stages"]["build"]["outputs"].items():
