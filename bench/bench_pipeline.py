@@ -1,7 +1,7 @@
 """Benchmark: the whole pipeline (``+experiment=ctx4000``) over a repository's full history,
 and bringing an already-processed repository up to date after one new commit.
 
-    python bench/bench_pipeline.py REPO [--experiment ctx4000] [--repeat 1] [--against CHECKOUT]
+    python bench/bench_pipeline.py REPO [--experiment ctx4000] [--repeat 1] [--against CHECKOUT] [--update-repeat 1] [--compiled]
 
 1. Cold runs (empty cache) of the whole pipeline: wall seconds per stage and peak RSS
    of the run's processes (main process and workers, from ``getrusage``). With
@@ -12,10 +12,20 @@ and bringing an already-processed repository up to date after one new commit.
 2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
    processed again with the same cache, both for the whole pipeline and for
    ``stages=[mine,chunk]``: wall seconds of the second run, and how much of its chunk
-   and build stages came from the caches. Then ``stages=[mine]`` alone on that clone:
-   what a run costs besides its stages (starting Python, composing the config, exiting).
+   and build stages came from the caches. ``--update-repeat N`` times the update N
+   times, each from a copy of the cache as the first run left it, and prints the median;
+   with ``--against``, each update of this code is followed by one of the other's (from
+   its own first run) and the ratio of their medians is printed.
+   Then ``stages=[mine]`` alone on that clone: what a run costs besides its stages
+   (starting Python, composing the config, exiting).
 
 Each run is a separate ``python -m core`` process, so peak RSS is per run.
+
+Python caches the bytecode of the modules it compiles, unless ``PYTHONDONTWRITEBYTECODE``
+is set: then every run compiles commitforge's modules again (0.13 s of each run on this
+machine, whose environment sets it). ``--compiled`` compiles them first, as installing
+a package does (``python -m compileall`` on the ``src`` directories, the ``--against``
+checkout's too), so that the runs read the bytecode as they do by default.
 """
 
 from __future__ import annotations
@@ -65,6 +75,18 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str, src: Path | None = 
                             if k in ("rows_reused", "rows_encoded", "dedup_rows_computed")}}
 
 
+def copy_cache(src: Path, dst: Path) -> None:
+    """A copy of a cache directory as a run left it: files written once and replaced whole
+    (kept outputs, blocks) as hard links, the SQLite databases (changed in place) copied."""
+    def link_or_copy(a: str, b: str) -> None:
+        if ".sqlite" in Path(a).name:
+            shutil.copy2(a, b)
+        else:
+            os.link(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -76,12 +98,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="cold runs (0: only the update)")
     ap.add_argument("--against", type=Path, default=None,
                     help="another commitforge checkout whose cold runs alternate with these")
+    ap.add_argument("--update-repeat", type=int, default=1, help="updates timed, each from the same cache")
+    ap.add_argument("--compiled", action="store_true",
+                    help="compile commitforge's modules to bytecode first (see the module's docstring)")
     args = ap.parse_args()
     against = None
     if args.against is not None:
         against = args.against.resolve() / "src"
         if not (against / "core" / "__init__.py").is_file():
             raise SystemExit(f"--against {args.against}: no src/core in it; give a commitforge checkout")
+    if args.compiled:
+        import core
+
+        for src in filter(None, [Path(core.__file__).resolve().parent.parent, against]):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True, stdout=subprocess.DEVNULL)
+    print(json.dumps({"bytecode": "compiled first" if args.compiled else
+                      "not cached (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else
+                      "cached by Python"}), flush=True)
     exp = f"+experiment={args.experiment}"
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-pipe-"))
     try:
@@ -111,15 +144,34 @@ def main() -> None:
         head = git(clone, "rev-parse", "HEAD")
         git(clone, "reset", "-q", "--hard", "HEAD~1")
         for label, overrides in (("mine+chunk", ["stages=[mine,chunk]"]), ("pipeline", [])):
-            cache = tmp / f"cache-{label}"
-            git(clone, "reset", "-q", "--hard", f"{head}~1")
-            run(clone, tmp / f"before-{label}", cache, exp, *overrides)
+            # each checkout's own cache as its run at HEAD~1 left it (their code versions differ)
+            codes = {"this": None, **({"against": against} if against is not None and label == "pipeline" else {})}
+            firsts = {}
+            for code, src in codes.items():
+                firsts[code] = tmp / f"cache-{label}-{code}-before"
+                git(clone, "reset", "-q", "--hard", f"{head}~1")
+                run(clone, tmp / f"before-{label}-{code}", firsts[code], exp, *overrides, src=src)
             git(clone, "reset", "-q", "--hard", head)
-            os.sync()  # the run before's writes reach the disk first, as they have long before a real update
-            after = run(clone, tmp / f"after-{label}", cache, exp, *overrides)
-            print(json.dumps({"update_after_one_commit": label, **after}), flush=True)
+            walls: dict[str, list[float]] = {code: [] for code in codes}
+            for i in range(max(1, args.update_repeat)):
+                for code, src in codes.items():  # alternated: a shared machine's speed drifts
+                    cache = tmp / f"cache-{label}"
+                    shutil.rmtree(cache, ignore_errors=True)
+                    copy_cache(firsts[code], cache)
+                    os.sync()  # the run before's writes reach the disk first, as they have long before a real update
+                    after = run(clone, tmp / f"after-{label}-{code}-{i}", cache, exp, *overrides, src=src)
+                    walls[code].append(after["wall_s"])
+                    print(json.dumps({"update_after_one_commit": label, **({"code": code} if src else {}), **after}),
+                          flush=True)
+            if len(walls["this"]) > 1 or len(codes) > 1:
+                medians = {code: statistics.median(w) for code, w in walls.items()}
+                print(json.dumps({"update_wall_s_median": label, **medians, "walls": walls,
+                                  **({"ratio": round(medians["this"] / medians["against"], 3)} if len(codes) > 1 else {})}),
+                      flush=True)
         # what any run of this command costs besides its stages' work (start, config, exit):
         # the mine stage alone, on the same clone
+        shutil.rmtree(tmp / "cache-pipeline", ignore_errors=True)
+        copy_cache(tmp / "cache-pipeline-this-before", tmp / "cache-pipeline")
         floor = run(clone, tmp / "floor", tmp / "cache-pipeline", exp, "stages=[mine]")
         print(json.dumps({"mine_only": {"wall_s": floor["wall_s"], "stages_s": floor["stages_s"]}}), flush=True)
     finally:
