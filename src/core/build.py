@@ -50,7 +50,7 @@ from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import drop_ahead, record_line, stat_key
+from core.files import AheadCopies, record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
@@ -114,13 +114,14 @@ def _default_compare(run: Run) -> str:
 
 
 def build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
+    aheads = AheadCopies()  # the copies of kept lines started ahead of the writing (core.kept_lines)
     try:
-        return _build_stage(run, stats)
+        return _build_stage(run, stats, aheads)
     finally:
-        drop_ahead()  # a copy the writing did not take over (core.files.copy_ahead)
+        aheads.close()  # those the writing did not take over, and any the tokenizer's thread starts later
 
 
-def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, Any]]:
+def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[str, int], dict[str, Any]]:
     digests: list[bytes] | None = None
     if hasattr(run.builder, "rows"):  # builders of code at a snapshot bring their own rows
         changes = run.builder.rows(run, stats)
@@ -151,7 +152,7 @@ def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, An
     special = list(dict.fromkeys(run.format.special_tokens + list(getattr(run.builder, "special_tokens", []))))
     threads = int(getattr(run.executor, "workers", 1) or 1)
     # the tokenizer is prepared while deduplication runs (see the module's docstring)
-    preparing = _Alongside(_prepare, run, special, training_texts)
+    preparing = _Alongside(_prepare, run, special, training_texts, aheads)
     t0 = time.perf_counter()
     dedup_features = (_DedupFeatures(run, kept_changes, kept_digests, on, threads)
                       if digests is not None and (dcfg.exact or dcfg.near) else None)
@@ -195,7 +196,8 @@ def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, An
             if getattr(run.builder, "examples_as_assembled", False):
                 lines = _kept_lines(run, base)
                 if lines is not None:  # the lines each split's file starts with: copied while the builder works
-                    lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s))
+                    lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s),
+                                             aheads)
             try:
                 with paused():  # its examples form no cycles (core.collector)
                     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
@@ -264,7 +266,7 @@ def _build_stage(run: Run, stats: Counter) -> tuple[dict[str, int], dict[str, An
     return outputs, summary
 
 
-def _prepare(run: Run, special: list[str], texts: TrainingTexts) -> None:
+def _prepare(run: Run, special: list[str], texts: TrainingTexts, aheads: AheadCopies) -> None:
     """Prepare the tokenizer; then, when the examples' lines an earlier build wrote are
     copied (core.kept_lines), start copying its train file to this run's: train starts
     with the same lines when the repository was brought up to date after a commit, and
@@ -276,7 +278,7 @@ def _prepare(run: Run, special: list[str], texts: TrainingTexts) -> None:
     lines = _kept_lines(run, _examples_base(run, special))
     if lines is not None:
         try:
-            lines.copy_ahead("train", run.run_dir / run.writer.line_files.format(split="train"))
+            lines.copy_ahead("train", run.run_dir / run.writer.line_files.format(split="train"), aheads)
         finally:
             lines.close()
 

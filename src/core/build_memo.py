@@ -45,7 +45,7 @@ from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns, packed_example
 from core.kept_lines import KeptLines
 
-BUILD_MEMO_FORMAT = 2  # 2: entries carry a checksum
+BUILD_MEMO_FORMAT = 3  # 2: entries carry a checksum; 3: blocks and row indexes are files
 BUILD_MEMO_FILE = f"build-f{BUILD_MEMO_FORMAT}.sqlite"  # in the cache directory
 BASES_KEPT = 12
 _BATCH = 900  # keys per query (SQLite allows 999 parameters in old builds)
@@ -59,7 +59,6 @@ _SCHEMA = [
      "base TEXT UNIQUE NOT NULL, used REAL NOT NULL)"),
     ("CREATE TABLE IF NOT EXISTS entries (base INTEGER NOT NULL, row BLOB NOT NULL, "
      "a BLOB NOT NULL, b BLOB NOT NULL, sum INTEGER NOT NULL, PRIMARY KEY (base, row))"),
-    "CREATE TABLE IF NOT EXISTS row_index (stat TEXT PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)",
     # blocks of dedup features and row indexes, each a file of MEMO_FILES_DIR named here with
     # its crc32: SQLite reads a large value page by page (rusty-kaspa's 18 MB block: 0.03 to
     # 0.09 s, against 0.005 s from a file) and rewrites a whole row to change one field
@@ -252,8 +251,6 @@ class BuildMemo:
                     old = "FROM block_files WHERE rowid IN (SELECT rowid FROM block_files ORDER BY used DESC LIMIT -1 OFFSET ?)"
                     gone += [n for (n,) in conn.execute(f"SELECT name {old}", (BLOCKS_KEPT,))]
                     conn.execute(f"DELETE {old}", (BLOCKS_KEPT,))
-                    # the blocks an earlier version kept in the database: never read any more
-                    conn.execute("DROP TABLE IF EXISTS feature_blocks")
             except BaseException:
                 (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
                 raise
@@ -334,8 +331,6 @@ class RowIndexes:
                 old = "FROM index_files WHERE stat IN (SELECT stat FROM index_files ORDER BY used DESC LIMIT -1 OFFSET ?)"
                 gone += [n for (n,) in conn.execute(f"SELECT name {old}", (ROW_INDEXES_KEPT,))]
                 conn.execute(f"DELETE {old}", (ROW_INDEXES_KEPT,))
-                # the indexes an earlier version kept in the database: never read any more
-                conn.execute("DROP TABLE IF EXISTS row_index")
         except (sqlite3.DatabaseError, OSError):
             (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
             return

@@ -86,45 +86,71 @@ class _CopyAhead:
     def __init__(self, path: Path, ranges: list[tuple[int, int, int]], hashed: bool = False):
         # (source's stat key, its own descriptor, start, size): the caller may close its own
         self.ranges: list[tuple[str, int, int, int]] = []
-        # with ``hashed``, the states of the sha256 of the bytes copied, after each step and at
-        # the end of each range (see core.hash_points): a writing that takes them hashes none
+        # with ``hashed``, the states of the sha256 of the bytes copied, each SYNC_BYTES and at
+        # the end (see core.hash_points): a writing that takes them hashes at most a step
         self.points: list[tuple[int, bytes]] | None = [] if hashed and Sha256().state() is not None else None
+        self.copied = 0  # bytes copied so far (all synced once the thread ends): the thread's own until then
+        self._limit = sum(size for _, _, size in ranges)  # bytes still wanted: fewer once the writing says
+        self.fd = self._dst = -1
         try:
             for src, start, size in ranges:
                 self.ranges.append((stat_key(src), os.dup(src), start, size))
             self.fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            default_mode(self.tmp)
+            # the thread's own descriptor: the writing closes ``fd`` when it ends, however it ends
+            self._dst = os.dup(self.fd)
         except BaseException:
             self._close_sources()
+            if self.fd >= 0:
+                os.close(self.fd)
+                Path(self.tmp).unlink(missing_ok=True)
             raise
-        default_mode(self.tmp)
-        self.copied = 0  # bytes copied (and synced) so far: the thread's own until it ends
         self._thread = threading.Thread(target=self._copy, name="commitforge-ahead", daemon=True)
         self._thread.start()
 
     def _copy(self) -> None:
         step = _BackgroundWrites.SYNC_BYTES
         sha = Sha256() if self.points is not None else None
+        unsynced = 0
         try:
             for _, src, start, size in self.ranges:
                 at, end = start, start + size
                 while at < end:
+                    if self.copied >= self._limit:
+                        break
                     try:
-                        n = os.copy_file_range(src, self.fd, min(step, end - at), at, self.copied)
+                        n = os.copy_file_range(src, self._dst, min(step - unsynced, end - at), at, self.copied)
                     except (AttributeError, OSError):  # not here (or not across these file systems)
-                        block = os.pread(src, min(step, end - at), at)
-                        n = os.pwrite(self.fd, block, self.copied) if block else 0
+                        block = os.pread(src, min(step - unsynced, end - at), at)
+                        n = os.pwrite(self._dst, block, self.copied) if block else 0
                     if n <= 0:
                         return
                     if sha is not None:  # the same bytes, from the source (the kernel copied them)
                         for k in range(at, at + n, _BackgroundWrites.BLOCK):
                             sha.update(os.pread(src, min(_BackgroundWrites.BLOCK, at + n - k), k))
-                        self.points.append((self.copied + n, sha.state()))  # type: ignore[union-attr, arg-type]
                     at += n
-                    # on disk as it goes, as a background writer's bytes are (its SYNC_BYTES)
-                    getattr(os, "fdatasync", os.fsync)(self.fd)
-                    self.copied += n
+                    unsynced += n
+                    if unsynced >= step:  # on disk as it goes, as a background writer's bytes are
+                        self._step(n, sha)
+                        unsynced = 0
+                    else:
+                        self.copied += n
+                if self.copied >= self._limit:
+                    break
+            if unsynced:
+                self.copied -= unsynced
+                self._step(unsynced, sha)
         except OSError:
             pass  # what was copied stands; the rest is copied when the file is written
+        finally:
+            os.close(self._dst)
+
+    def _step(self, n: int, sha: Sha256 | None) -> None:
+        """The thread's last ``n`` bytes copied, synced (and their sha256's state kept)."""
+        getattr(os, "fdatasync", os.fsync)(self._dst)
+        self.copied += n
+        if sha is not None:
+            self.points.append((self.copied, sha.state()))  # type: ignore[union-attr, arg-type]
 
     def wait(self) -> int:
         """The bytes copied, once the thread is done."""
@@ -135,6 +161,7 @@ class _CopyAhead:
         """Make the file hold the first ``size`` bytes of the ranges, cutting what the
         thread copied beyond them or copying what it did not get to, and leave ``fh`` (the
         file, open) at its end."""
+        self._limit = min(self._limit, size)  # the thread stops once it has these (at its next step)
         have = min(self.wait(), size)
         os.ftruncate(fh.fileno(), have)
         fh.seek(have)
@@ -155,7 +182,8 @@ class _CopyAhead:
         self._close_sources()
 
     def drop(self) -> None:
-        """Not taken over: the thread's end awaited, the file removed."""
+        """Not taken over: the thread stopped, the file removed."""
+        self._limit = 0
         self.close()
         os.close(self.fd)
         Path(self.tmp).unlink(missing_ok=True)
@@ -175,7 +203,7 @@ def copy_ahead(path: Path, ranges: list[tuple[int, int, int]], hashed: bool = Fa
     bytes copied beyond them are cut. With ``hashed``, the thread also hashes what it
     copies, so that the writing need not (a copy of a kept file's first bytes has the
     kept file's own saved states instead; see core.hash_points). A copy not taken over is
-    removed by :func:`drop_ahead`."""
+    removed by :func:`drop_ahead` (or by the :class:`AheadCopies` that started it)."""
     key = os.path.abspath(path)
     old = _AHEAD.pop(key, None)
     if old is not None:
@@ -194,6 +222,31 @@ def drop_ahead() -> None:
     """Remove the copies :func:`copy_ahead` started that no writing took over."""
     while _AHEAD:
         _AHEAD.popitem()[1].drop()
+
+
+class AheadCopies:
+    """The copies ahead one stage starts (see :func:`copy_ahead`), from any of its
+    threads: :meth:`close` removes those no writing took over, and refuses any asked
+    for later (by a thread that outlived a stage that failed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: list[str] = []
+        self._closed = False
+
+    def copy(self, path: Path, ranges: list[tuple[int, int, int]], hashed: bool = False) -> None:
+        with self._lock:
+            if not self._closed:
+                copy_ahead(path, ranges, hashed)
+                self._paths.append(os.path.abspath(path))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for key in self._paths:
+                ahead = _AHEAD.pop(key, None)
+                if ahead is not None:
+                    ahead.drop()
 
 
 # sha256 and size of outputs this process wrote in the background, by absolute path, with

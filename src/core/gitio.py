@@ -9,6 +9,8 @@ pass and blobs from one long-lived ``git cat-file --batch`` per process.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -49,6 +51,12 @@ def git_env() -> dict[str, str]:
         LC_ALL="C",
     )
     return env
+
+
+@functools.cache
+def git_version() -> str:
+    """``git --version`` of the git this process runs."""
+    return subprocess.run(["git", "--version"], env=git_env(), capture_output=True, text=True, check=False).stdout.strip()
 
 
 def git_argv(git_dir: Path, *args: str) -> list[str]:
@@ -112,6 +120,21 @@ class Repository:
         return [(part, self.run("rev-parse", "--verify", "-q", "--end-of-options", f"{part}^{{commit}}",
                                 check=False).strip()) for part in parts]
 
+    def record_state(self) -> str:
+        """A digest of what shapes the records git gives of a commit besides the commit
+        and the options asked for: git's version, the repository's own config (system and
+        user config are ignored, see git_env), its replace refs and grafts."""
+        h = hashlib.sha256(git_version().encode())
+        common = Path(getattr(self._repo, "common_dir", None) or self.git_dir).resolve()
+        for folder in dict.fromkeys([self.git_dir, common]):
+            for rel in ("config", "config.worktree", "info/grafts"):
+                try:
+                    h.update(f"\0{rel}\0".encode() + (folder / rel).read_bytes())
+                except OSError:
+                    pass
+        h.update(self.run("for-each-ref", "--format=%(refname) %(objectname)", "refs/replace/").encode())
+        return h.hexdigest()
+
     def shallow_commits(self) -> set[str]:
         shallow = self.git_dir / "shallow"
         if not shallow.exists():
@@ -166,9 +189,13 @@ def iter_log(repo: Repository, log_args: list[str], ids: list[str] | None = None
 def _write_ids(stdin: Any, ids: list[str]) -> None:
     try:
         stdin.write("".join(f"{i}\n" for i in ids).encode())
-        stdin.close()
     except OSError:
         pass  # git ended first: its exit status says why
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
 
 
 def _parse_record(raw: bytes) -> CommitRecord:

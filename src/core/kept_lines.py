@@ -37,8 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
-from core.files import copy_ahead as start_copy_ahead
-from core.files import copy_range, copying_ahead, read_line, stat_key
+from core.files import AheadCopies, copy_range, copying_ahead, read_line, stat_key
 from core.hash_points import HashPoints
 
 KEPT_LINES_FORMAT = 1
@@ -136,7 +135,7 @@ class KeptLines:
         self._made[id(example)] = (row, truncated)
         return example, truncated
 
-    def copy_ahead(self, split: str, path: Path) -> None:
+    def copy_ahead(self, split: str, path: Path, aheads: AheadCopies) -> None:
         """Start copying the ``split`` file this base kept last to ``path``, the output
         the writer will write it to (see core.files.copy_ahead): a build whose rows of
         that split start with the same rows as the last build's (a repository brought up
@@ -156,13 +155,14 @@ class KeptLines:
             return
         try:
             if stat_key(fd) == found[1]:
-                start_copy_ahead(path, [(fd, 0, os.fstat(fd).st_size)])
+                aheads.copy(path, [(fd, 0, os.fstat(fd).st_size)])
         except OSError:
             pass
         finally:
             os.close(fd)
 
-    def copy_ahead_leading(self, rows: list[bytes], splits: list[str], path_of: Callable[[str], Path]) -> None:
+    def copy_ahead_leading(self, rows: list[bytes], splits: list[str], path_of: Callable[[str], Path],
+                           aheads: AheadCopies) -> None:
         """Start copying each split's leading kept lines to its file (``path_of(split)``,
         unless a copy ahead of it runs already; see core.files.copy_ahead): the lines of
         the split's first rows, in order, up to its first row without a kept line in that
@@ -190,7 +190,7 @@ class KeptLines:
             if not copying_ahead(path):
                 # hashed as copied, unless the file starts with a kept file's first bytes,
                 # whose own saved states the writing resumes from (core.hash_points)
-                start_copy_ahead(path, [(self._files[f], a, b - a) for f, a, b in mine], hashed=mine[0][1] > 0)
+                aheads.copy(path, [(self._files[f], a, b - a) for f, a, b in mine], hashed=mine[0][1] > 0)
 
     def note(self, example: dict[str, Any], row: bytes, truncated: bool) -> None:
         """Record that ``example`` (an object the build keeps until it is written) was

@@ -309,18 +309,27 @@ class Run:
                 yield rec, self._commit_line(rec, stats)
             return
         ids = source.commit_ids(self.repo)
+        # a commit's record depends on the source's settings and code, the languages, the
+        # redaction, and what git makes of the commit (its version, the repository's config,
+        # replace refs and grafts)
         base = fingerprint("mine", STAGE_CACHE_FORMAT, code_version(),
                            plugin_code(self.registry.get("source", self.cfg.source.name)), source.record_settings(),
-                           sorted(ext.items()), OmegaConf.to_container(self.cfg.redact, resolve=True))
+                           sorted(ext.items()), OmegaConf.to_container(self.cfg.redact, resolve=True),
+                           self.repo.record_state())
         keys = [hashlib.sha256(f"{base}:{commit}".encode()).hexdigest() for commit in ids]
         cache = StageCache(self.cache_dir)
-        found = cache.get_mined(keys)
         # a shallow clone's boundary commit is one only in that clone: never stored
         shallow = self.repo.shallow_commits()
+        found: dict[str, tuple[CommitRecord | None, bytes | None, dict[str, Any]]] = {}
+        for key, (line, counts) in cache.get_mined(keys).items():
+            try:
+                found[key] = (CommitRecord.from_dict(read_line(line)) if line is not None else None, line, counts)
+            except (ValueError, TypeError, KeyError):
+                pass  # damaged: mined again and stored again
         todo = [commit for commit, key in zip(ids, keys) if key not in found or commit in shallow]
         fresh: dict[str, tuple[CommitRecord | None, bytes | None, dict[str, Any]]] = {}
-        if todo:
-            for commit, rec, counts in source.mined(self.repo, ext, only=todo if len(todo) < len(ids) else None):
+        if todo:  # git reads the records of these commits only (the ones rev-list listed)
+            for commit, rec, counts in source.mined(self.repo, ext, only=todo):
                 line = self._commit_line(rec, counts) if rec is not None else None
                 fresh[commit] = (rec, line, counts.to_dict())
             if len(fresh) != len(todo) or not fresh.keys() >= set(todo):
@@ -328,11 +337,7 @@ class Run:
             cache.put_mined([(key, *fresh[commit][1:]) for commit, key in zip(ids, keys)
                              if commit in fresh and commit not in shallow])
         for commit, key in zip(ids, keys):
-            if commit in fresh:
-                rec, line, counts = fresh[commit]
-            else:
-                line, counts = found[key]
-                rec = CommitRecord.from_dict(read_line(line)) if line is not None else None
+            rec, line, counts = fresh[commit] if commit in fresh else found[key]
             stats.update(counts)
             if rec is not None:
                 yield rec, line  # type: ignore[misc]

@@ -54,7 +54,8 @@ class GitSource:
             raise CommitforgeError(f"source.rename_threshold={cfg.rename_threshold} must be between 0 and 100")
         self.cfg = cfg
 
-    # the settings that choose which commits are mined; the others make each commit's record
+    # the settings that only choose which commits are mined; the others shape each commit's
+    # record (``merges`` does both)
     SELECTION = ("rev", "since", "until", "max_commits")
 
     def walk_args(self, repo: Repository) -> list[str]:

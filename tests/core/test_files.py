@@ -394,3 +394,36 @@ def test_a_hashed_copy_ahead_gives_the_writing_its_sha256_states(tmp_path, monke
     for at, state in points or ():
         assert Sha256(state).hexdigest() == hashlib.sha256(want[:at]).hexdigest()
     assert points and points[-1][0] == len(want)
+
+
+def test_a_copy_ahead_of_many_small_ranges_syncs_and_keeps_a_state_each_sync_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(files._BackgroundWrites, "SYNC_BYTES", 4000)
+    source = _kept(tmp_path)  # 60,000 bytes
+    synced = []
+    sync = getattr(os, "fdatasync", os.fsync)
+    name = "fdatasync" if hasattr(os, "fdatasync") else "fsync"
+    monkeypatch.setattr(files.os, name, lambda fd: synced.append(fd) or sync(fd))
+    ranges = [(k * 20, 10) for k in range(1000)]  # 10,000 bytes in 1,000 ranges
+    path = tmp_path / "out" / "val.jsonl"
+    with open(source, "rb") as src:
+        files.copy_ahead(path, [(src.fileno(), a, n) for a, n in ranges], hashed=True)
+        ahead = files._AHEAD[str(path)]
+        assert ahead.wait() == 10_000
+        assert len(synced) == 3 and [p[0] for p in ahead.points] == [4000, 8000, 10_000]
+        with files.atomic_write(path, background=True) as fh:
+            for a, n in ranges:
+                fh.copy_range(src.fileno(), a, n)
+    kept = source.read_bytes()
+    want = b"".join(kept[a:a + n] for a, n in ranges)
+    assert path.read_bytes() == want
+    assert files.output_digest(path) == (hashlib.sha256(want).hexdigest(), len(want))
+
+
+def test_copies_ahead_asked_for_after_their_stage_ended_are_refused(tmp_path):
+    source = _kept(tmp_path)
+    aheads = files.AheadCopies()
+    with open(source, "rb") as src:
+        aheads.copy(tmp_path / "out" / "train.jsonl", [(src.fileno(), 0, 30_000)])
+        aheads.close()  # the stage ended (failed) before the writing took it over
+        aheads.copy(tmp_path / "out" / "val.jsonl", [(src.fileno(), 0, 30_000)])  # a late thread's
+    assert not files._AHEAD and list((tmp_path / "out").iterdir()) == []

@@ -193,3 +193,35 @@ def test_a_kept_example_of_a_path_that_is_not_utf8_reads_back(tmp_path):
     kept, _ = later.find(b"k" * 20, "train", row)
     assert kept.load()["path"] == odd and ExampleRows([kept])[0] == row
     later.close()
+
+
+def test_a_failed_build_leaves_no_copy_ahead_even_one_its_tokenizer_thread_starts_later(repo, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from core import build
+
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
+    run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    prepare = build._prepare
+    started = threading.Event()
+
+    def slow(*args):  # the train copy is asked for after the stage failed
+        started.set()
+        time.sleep(1.0)
+        prepare(*args)
+
+    def failing(*args, **kwargs):
+        started.wait(5)
+        raise RuntimeError("dedup failed")
+
+    monkeypatch.setattr(build, "_prepare", slow)
+    monkeypatch.setattr(build, "deduplicate", failing)
+    with pytest.raises(RuntimeError, match="dedup failed"):
+        run_pipeline(tmp_path / "b", *shared)
+    for thread in threading.enumerate():  # the tokenizer's thread outlives the stage
+        if thread.name == "commitforge-tokenizer":
+            thread.join(10)
+    assert not files._AHEAD
+    assert not list((tmp_path / "b" / "run" / "data").glob(".*.tmp"))

@@ -249,9 +249,9 @@ def test_other_record_settings_mine_again(history, tmp_path, monkeypatch):
     # the range only chooses commits: all are in the cache
     fewer, _ = _mine_stage(history, tmp_path, "b", "source.max_commits=2")
     assert asked == [] and fewer.splitlines() == first.splitlines()[-2:]
-    # a setting that changes a record: the whole history is walked again
+    # a setting that changes a record: git reads every commit's record again
     shorter, _ = _mine_stage(history, tmp_path, "c", "source.max_message_chars=4")
-    assert asked == [None] and shorter != first
+    assert asked == [GitSource(GitSourceConfig()).commit_ids(Repository(history.path))] and shorter != first
 
 
 def test_a_shallow_clones_boundary_commit_is_never_taken_from_the_cache(history, tmp_path):
@@ -266,3 +266,26 @@ def test_a_shallow_clones_boundary_commit_is_never_taken_from_the_cache(history,
     lines, stage = _mine_stage(shallow, tmp_path, "b")
     full, full_stage = _mine_stage(history, tmp_path, "c", "reuse=false")
     assert stage["skips"] == {} and lines == full and stage["counts"] == full_stage["counts"]
+
+
+def test_what_git_makes_of_a_commit_is_part_of_its_key(history, tmp_path):
+    first, _ = _mine_stage(history, tmp_path, "a")
+    # a replace ref gives the last commit another message: what git reads of it changed
+    head = history.git("rev-parse", "HEAD").strip()
+    tree, parent = history.git("rev-parse", "HEAD^{tree}").strip(), history.git("rev-parse", "HEAD~1").strip()
+    other = history.git("commit-tree", tree, "-p", parent, "-m", "another message").strip()
+    history.git("replace", head, other)
+    replaced, _ = _mine_stage(history, tmp_path, "b")
+    fresh, _ = _mine_stage(history, tmp_path, "c", "reuse=false")
+    assert replaced == fresh != first and b"another message" in replaced
+
+
+def test_a_damaged_stored_line_is_mined_again(history, tmp_path):
+    import sqlite3
+
+    first, stage = _mine_stage(history, tmp_path, "a")
+    with sqlite3.connect(tmp_path / "cache" / "stages-f5.sqlite") as conn:
+        conn.execute("UPDATE mined SET line = ? WHERE rowid = (SELECT min(rowid) FROM mined WHERE line IS NOT NULL)",
+                      (b'{"commit": "trunc',))
+    again, again_stage = _mine_stage(history, tmp_path, "b")
+    assert again == first and again_stage["counts"] == stage["counts"]
