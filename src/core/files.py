@@ -89,7 +89,7 @@ class _CopyAhead:
         # with ``hashed``, the states of the sha256 of the bytes copied, each SYNC_BYTES and at
         # the end (see core.hash_points): a writing that takes them hashes at most a step
         self.points: list[tuple[int, bytes]] | None = [] if hashed and Sha256().state() is not None else None
-        self.copied = 0  # bytes copied so far (all synced once the thread ends): the thread's own until then
+        self.copied = 0  # bytes copied so far, synced each SYNC_BYTES: the thread's own until it ends
         self._limit = sum(size for _, _, size in ranges)  # bytes still wanted: fewer once the writing says
         self.fd = self._dst = -1
         try:
