@@ -203,7 +203,7 @@ def copy_ahead(path: Path, ranges: list[tuple[int, int, int]], hashed: bool = Fa
     bytes copied beyond them are cut. With ``hashed``, the thread also hashes what it
     copies, so that the writing need not (a copy of a kept file's first bytes has the
     kept file's own saved states instead; see core.hash_points). A copy not taken over is
-    removed by :func:`drop_ahead` (or by the :class:`AheadCopies` that started it)."""
+    removed by the :class:`AheadCopies` that started it."""
     key = os.path.abspath(path)
     old = _AHEAD.pop(key, None)
     if old is not None:
@@ -216,12 +216,6 @@ def copy_ahead(path: Path, ranges: list[tuple[int, int, int]], hashed: bool = Fa
 def copying_ahead(path: Path) -> bool:
     """Whether a copy ahead of the output at ``path`` waits to be taken over."""
     return os.path.abspath(path) in _AHEAD
-
-
-def drop_ahead() -> None:
-    """Remove the copies :func:`copy_ahead` started that no writing took over."""
-    while _AHEAD:
-        _AHEAD.popitem()[1].drop()
 
 
 class AheadCopies:
@@ -367,15 +361,21 @@ class _BackgroundWrites:
             self._hash_block(block)
             at += len(block)
 
-    def _resume(self, point: tuple[int, bytes], points: list[tuple[int, bytes]], fd: int, size: int) -> None:
-        """Hash the copy of a file's first ``size`` bytes from its saved ``point``: the
-        file's points up to there are this file's too."""
+    def _jump(self, point: tuple[int, bytes], points: list[tuple[int, bytes]]) -> None:
+        """Go on from ``point``, a saved state of this file's own first bytes, skipping the
+        bytes between where the hash was and there: ``points`` (states of the same bytes)
+        up to it are this file's too."""
         at, state = point
         self._hash = Sha256(state)
-        self._hashed = self.resumed = at
+        self.resumed += at - self._hashed
+        self._hashed = at
         self.points = [p for p in points if p[0] <= at]
         self._next_point = at + self.POINT_BYTES
-        self._hash_range(fd, at, size - at)
+
+    def _resume(self, point: tuple[int, bytes], points: list[tuple[int, bytes]], fd: int, size: int) -> None:
+        """Hash the copy of a file's first ``size`` bytes from its saved ``point``."""
+        self._jump(point, points)
+        self._hash_range(fd, point[0], size - point[0])
 
     def _queue(self, hash_job: Callable[[], None], write_job: Callable[[], None]) -> None:
         """One job for each thread (each runs its jobs in order), at most two blocks behind."""
@@ -412,12 +412,7 @@ class _BackgroundWrites:
             if at < p[0] <= at + taken:
                 point = p
         if point is not None and self.points is not None:
-            self._hash = Sha256(point[1])
-            self.resumed += point[0] - at
-            self._hashed = point[0]
-            # the copy's states are this file's too: all of it up to there was copied ahead
-            self.points = [p for p in ahead.points if p[0] <= point[0]]  # type: ignore[union-attr]
-            self._next_point = point[0] + self.POINT_BYTES
+            self._jump(point, ahead.points)  # type: ignore[arg-type]  # all the file up to there was copied ahead
         done = self._hashed - at
         self._hash_range(fd, start + done, size - done)
 

@@ -305,13 +305,15 @@ def test_a_copy_ahead_is_thrown_away_when_the_write_starts_otherwise(tmp_path, f
 def test_a_copy_ahead_no_write_took_over_is_removed(tmp_path):
     source = _kept(tmp_path)
     path = tmp_path / "out" / "train.jsonl"
+    aheads = files.AheadCopies()
     with open(source, "rb") as src:
-        files.copy_ahead(path, [(src.fileno(), 0, 30_000)])
-        files.copy_ahead(tmp_path / "out" / "val.jsonl", [(src.fileno(), 0, 10)])
+        aheads.copy(path, [(src.fileno(), 0, 30_000)])
+        aheads.copy(tmp_path / "out" / "val.jsonl", [(src.fileno(), 0, 10)])
     # a plain write of the path does not take it over (only a background one can)
     with files.atomic_write(path) as fh:
         fh.write(b"plain\n")
-    files.drop_ahead()
+    aheads.close()
+    assert not files._AHEAD
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"] and path.read_bytes() == b"plain\n"
 
 
