@@ -198,50 +198,52 @@ class StageCache:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise unusable("stage cache", self.path, exc) from None
 
-    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any], Any]]:
-        """The stored (data, rows, stats, scan) of each key that has a usable entry; ``scan`` is
-        the plain form of the report's scan of the rows (``None`` when there is none)."""
+    def _select(self, columns: str, table: str, keys: list[str]) -> Iterator[tuple]:
+        """(key, *columns) of each row of ``table`` whose key is in ``keys``, 500 at a time."""
         conn = self._conn()
-        out: dict[str, tuple[bytes, int, dict[str, Any], Any]] = {}
         for i in range(0, len(keys), 500):
             part = keys[i:i + 500]
-            marks = ",".join("?" * len(part))
-            for key, rows, stats, data, scan in conn.execute(
-                    f"SELECT key, rows, stats, data, scan FROM commits WHERE key IN ({marks})", part):
-                try:
-                    out[key] = (unpack(data), int(rows), json.loads(stats),
-                                None if scan is None else marshal.loads(scan))
-                except (RuntimeError, ValueError, EOFError, TypeError):
-                    pass  # damaged: computed again and overwritten
-        return out
+            yield from conn.execute(f"SELECT key, {columns} FROM {table} WHERE key IN ({','.join('?' * len(part))})",
+                                    part)
 
-    def get_mined(self, keys: list[str]) -> dict[str, tuple[bytes | None, dict[str, Any]]]:
-        """The mine stage's (line in commits.jsonl or None, counts) of each key stored."""
-        conn = self._conn()
-        out: dict[str, tuple[bytes | None, dict[str, Any]]] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            for key, line, stats in conn.execute(
-                    f"SELECT key, line, stats FROM mined WHERE key IN ({','.join('?' * len(part))})", part):
-                try:
-                    out[key] = (line, json.loads(stats))
-                except ValueError:
-                    pass  # damaged: mined again and overwritten
-        return out
-
-    def put_mined(self, entries: list[tuple[str, bytes | None, dict[str, Any]]]) -> None:
-        """Store the mine stage's entries (key, line or None, counts) in one transaction."""
-        if not entries:
-            return
+    def _insert(self, statement: str, values: list[tuple]) -> None:
+        """``statement`` for each of ``values``, in one write transaction."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR REPLACE INTO mined (key, line, stats) VALUES (?, ?, ?)",
-                             [(key, line, json.dumps(stats, sort_keys=True)) for key, line, stats in entries])
+            conn.executemany(statement, values)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, int, dict[str, Any], Any]]:
+        """The stored (data, rows, stats, scan) of each key that has a usable entry; ``scan`` is
+        the plain form of the report's scan of the rows (``None`` when there is none)."""
+        out: dict[str, tuple[bytes, int, dict[str, Any], Any]] = {}
+        for key, rows, stats, data, scan in self._select("rows, stats, data, scan", "commits", keys):
+            try:
+                out[key] = (unpack(data), int(rows), json.loads(stats),
+                            None if scan is None else marshal.loads(scan))
+            except (RuntimeError, ValueError, EOFError, TypeError):
+                pass  # damaged: computed again and overwritten
+        return out
+
+    def get_mined(self, keys: list[str]) -> dict[str, tuple[bytes | None, dict[str, Any]]]:
+        """The mine stage's (line in commits.jsonl or None, counts) of each key stored."""
+        out: dict[str, tuple[bytes | None, dict[str, Any]]] = {}
+        for key, line, stats in self._select("line, stats", "mined", keys):
+            try:
+                out[key] = (line, json.loads(stats))
+            except ValueError:
+                pass  # damaged: mined again and overwritten
+        return out
+
+    def put_mined(self, entries: list[tuple[str, bytes | None, dict[str, Any]]]) -> None:
+        """Store the mine stage's entries (key, line or None, counts) in one transaction."""
+        if entries:
+            self._insert("INSERT OR REPLACE INTO mined (key, line, stats) VALUES (?, ?, ?)",
+                         [(key, line, json.dumps(stats, sort_keys=True)) for key, line, stats in entries])
 
     def get(self, key: str) -> tuple[bytes, int, dict[str, Any], Any] | None:
         return self.get_many([key]).get(key)
@@ -250,37 +252,24 @@ class StageCache:
         """Store entries (key, data, rows, stats, scan) in one transaction."""
         if not entries:
             return
-        conn = self._conn()
         # ``data``: the rows, or a core.chunking.SpooledRows whose ``packed`` holds them compressed
-        values = [(key, rows, json.dumps(stats, sort_keys=True),
-                   data.packed if hasattr(data, "packed") else pack(data),
-                   None if scan is None else marshal.dumps(scan))
-                  for key, data, rows, stats, scan in entries]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR REPLACE INTO commits (key, rows, stats, data, scan) VALUES (?, ?, ?, ?, ?)",
-                             values)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._insert("INSERT OR REPLACE INTO commits (key, rows, stats, data, scan) VALUES (?, ?, ?, ?, ?)",
+                     [(key, rows, json.dumps(stats, sort_keys=True),
+                       data.packed if hasattr(data, "packed") else pack(data),
+                       None if scan is None else marshal.dumps(scan))
+                      for key, data, rows, stats, scan in entries])
 
     def put(self, key: str, data: bytes, rows: int, stats: dict[str, Any], scan: Any = None) -> None:
         self.put_many([(key, data, rows, stats, scan)])
 
     def get_meta(self, keys: list[str]) -> dict[str, tuple[int, dict[str, Any], Any]]:
         """Like ``get_many`` without the rows themselves: (rows, stats, scan) of each key."""
-        conn = self._conn()
         out: dict[str, tuple[int, dict[str, Any], Any]] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            marks = ",".join("?" * len(part))
-            for key, rows, stats, scan in conn.execute(
-                    f"SELECT key, rows, stats, scan FROM commits WHERE key IN ({marks})", part):
-                try:
-                    out[key] = int(rows), json.loads(stats), None if scan is None else marshal.loads(scan)
-                except (ValueError, EOFError, TypeError):
-                    pass
+        for key, rows, stats, scan in self._select("rows, stats, scan", "commits", keys):
+            try:
+                out[key] = int(rows), json.loads(stats), None if scan is None else marshal.loads(scan)
+            except (ValueError, EOFError, TypeError):
+                pass
         return out
 
     def _forget_old_outputs(self, conn: sqlite3.Connection) -> None:
