@@ -98,6 +98,15 @@ def _read_file(root: Path, name: str, crc: int) -> bytes | None:
     return data if zlib.crc32(data) == crc else None
 
 
+def _evict(conn: sqlite3.Connection, table: str, kept: int) -> list[str]:
+    """Delete the entries of ``table`` (block_files or index_files) beyond the ``kept``
+    used last; the names of their files (removed by :func:`_remove_files`)."""
+    old = f"FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY used DESC LIMIT -1 OFFSET ?)"
+    names = [n for (n,) in conn.execute(f"SELECT name {old}", (kept,))]
+    conn.execute(f"DELETE {old}", (kept,))
+    return names
+
+
 def _remove_files(root: Path, conn: sqlite3.Connection, names: list[str]) -> None:
     """Remove the files of entries gone, and those of runs killed between writing a file
     and naming it, once ``STRAY_AGE_S`` old."""
@@ -248,9 +257,7 @@ class BuildMemo:
                                                        (base_id, scope))]
                     conn.execute("INSERT OR REPLACE INTO block_files (base, scope, name, sum, used) "
                                  "VALUES (?, ?, ?, ?, ?)", (base_id, scope, name, zlib.crc32(data), time.time()))
-                    old = "FROM block_files WHERE rowid IN (SELECT rowid FROM block_files ORDER BY used DESC LIMIT -1 OFFSET ?)"
-                    gone += [n for (n,) in conn.execute(f"SELECT name {old}", (BLOCKS_KEPT,))]
-                    conn.execute(f"DELETE {old}", (BLOCKS_KEPT,))
+                    gone += _evict(conn, "block_files", BLOCKS_KEPT)
             except BaseException:
                 (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
                 raise
@@ -328,9 +335,7 @@ class RowIndexes:
                 gone = [n for (n,) in conn.execute("SELECT name FROM index_files WHERE stat = ?", (key,))]
                 conn.execute("INSERT OR REPLACE INTO index_files (stat, name, sum, used) VALUES (?, ?, ?, ?)",
                              (key, name, zlib.crc32(data), time.time()))
-                old = "FROM index_files WHERE stat IN (SELECT stat FROM index_files ORDER BY used DESC LIMIT -1 OFFSET ?)"
-                gone += [n for (n,) in conn.execute(f"SELECT name {old}", (ROW_INDEXES_KEPT,))]
-                conn.execute(f"DELETE {old}", (ROW_INDEXES_KEPT,))
+                gone += _evict(conn, "index_files", ROW_INDEXES_KEPT)
         except (sqlite3.DatabaseError, OSError):
             (root / MEMO_FILES_DIR / name).unlink(missing_ok=True)
             return
