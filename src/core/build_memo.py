@@ -411,8 +411,11 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
     if len(todo) == n:  # nothing was kept (todo is every row, in order)
         return computed
     keys: list[bytes] | None = [b""] * n if exact else None
-    sig = np.full((n, num_perm if near else 0), np.iinfo(np.uint64).max, dtype=np.uint64)
+    # filled where no features are found (rows without shingles) at the end: filling it all
+    # first is a pass over a history's signatures (36 MB for rusty-kaspa's) for nothing
+    sig = np.empty((n, num_perm if near else 0), dtype=np.uint64)
     has = np.zeros(n, dtype=bool)
+    filled = np.zeros(n, dtype=bool)  # the rows of sig written
     for k, i in enumerate(todo):
         if keys is not None:
             keys[i] = computed.keys[k]  # type: ignore[index]
@@ -420,6 +423,7 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
         at = np.asarray(todo, dtype=np.int64)
         sig[at] = computed.sig
         has[at] = computed.has
+        filled[at] = True
     done = set(todo)
     if last is not None:
         at, src, block = last
@@ -430,6 +434,7 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
             take = block.has[src]
             sig[at[take]] = block.sig[src[take]]
             has[at[take]] = True
+            filled[at[take]] = True
         done.update(at.tolist())
     for i, row in enumerate(rows):
         if i in done:
@@ -439,5 +444,7 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
             keys[i] = key
         if near and packed:
             sig[i] = np.frombuffer(packed, dtype=np.uint32)
-            has[i] = True
+            has[i] = filled[i] = True
+    if near:
+        sig[~filled] = np.iinfo(np.uint64).max
     return Features(keys, sig, has)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -451,14 +452,14 @@ def deduplicate(
             ref_near.extend(i for i in kept_here if has[i])
 
     report: dict[str, int | float] = {"items": n, "kept": sum(keep)}
+    by_split = Counter(zip(splits, reasons))  # (split, reason or None: kept) -> items
     for why in REASONS:
-        report[why] = sum(1 for r in reasons if r == why)
+        report[why] = sum(by_split[s, why] for s in present)
     for s in present:
-        ms = members[s]
-        report[f"{s}.items"] = len(ms)
-        report[f"{s}.kept"] = sum(1 for i in ms if keep[i])
+        report[f"{s}.items"] = len(members[s])
+        report[f"{s}.kept"] = by_split[s, None]
         for why in REASONS:
-            report[f"{s}.{why}"] = sum(1 for i in ms if reasons[i] == why)
+            report[f"{s}.{why}"] = by_split[s, why]
     report["clusters"] = len(reps)
     report["lsh_bands"] = bands
     report["lsh_rows"] = rows

@@ -30,7 +30,8 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,11 +54,8 @@ class KeptExample(dict):
     are (see :meth:`KeptLines.read`)."""
 
     __slots__ = ("keeper", "line")
-
-    def __init__(self, fields: dict[str, Any], keeper: KeptLines, line: tuple[int, int, int]):
-        super().__init__(fields)
-        self.keeper = keeper
-        self.line = line  # (kept file, start, end)
+    keeper: KeptLines
+    line: tuple[int, int, int]  # (kept file, start, end)
 
     def load(self) -> dict[str, Any]:
         """The whole example, read back from its line (lists of ints)."""
@@ -123,17 +121,31 @@ class KeptLines:
         self._index = index
         return index
 
-    def find(self, row: bytes, split: str, change: dict[str, Any]) -> tuple[KeptExample, bool] | None:
+    def find(self, row: bytes, split: str, change: Mapping[str, Any]) -> tuple[KeptExample, bool] | None:
         """The kept example of ``row`` in ``split`` (``change``: the row) and whether it
         was truncated, or None."""
-        hit = self._load().get(split, {}).get(row)
-        if hit is None:
-            return None
-        f, start, end, n_tokens, n_target, truncated = hit
-        example = KeptExample({"id": change["id"], "split": split, "n_tokens": n_tokens, "n_target_tokens": n_target,
-                               "commit": change["commit"], "change": change["change"]}, self, (f, start, end))
-        self._made[id(example)] = (row, truncated)
-        return example, truncated
+        return self.find_all([row], [split], [change]).get(0)
+
+    def find_all(self, rows: Sequence[bytes], splits: Sequence[str],
+                 changes: Sequence[Mapping[str, Any]]) -> dict[int, tuple[KeptExample, bool]]:
+        """:meth:`find` of each (row, split, change), in one go: the position of each found
+        -> (its kept example, whether it was truncated). An update of a history finds tens
+        of thousands, most of its rows."""
+        index = self._load()
+        look = {split: index.get(split, {}).get for split in set(splits)}
+        made, out, fields = self._made, {}, itemgetter("id", "commit", "change")
+        for i, (row, split) in enumerate(zip(rows, splits)):
+            hit = look[split](row)
+            if hit is None:
+                continue
+            f, start, end, n_tokens, n_target, truncated = hit
+            uid, commit, change = fields(changes[i])
+            example = KeptExample({"id": uid, "split": split, "n_tokens": n_tokens, "n_target_tokens": n_target,
+                                   "commit": commit, "change": change})
+            example.keeper, example.line = self, (f, start, end)
+            made[id(example)] = (row, truncated)
+            out[i] = (example, truncated)
+        return out
 
     def copy_ahead(self, split: str, path: Path, aheads: AheadCopies) -> None:
         """Start copying the ``split`` file this base kept last to ``path``, the output

@@ -84,10 +84,7 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
         lines = None  # segment names are read from each example
     copied: dict[int, tuple[dict[str, Any], bool]] = {}
     if lines is not None:
-        for i, (row, split) in enumerate(zip(keys, splits)):  # type: ignore[arg-type]
-            hit = lines.find(row, split, changes[i])
-            if hit is not None:
-                copied[i] = hit
+        copied = lines.find_all(keys, splits, changes)  # type: ignore[arg-type]
     kept = store.get_many([k for i, k in enumerate(keys) if i not in copied]) if store is not None else {}  # type: ignore[arg-type]
     todo = [i for i in range(len(changes)) if i not in copied and (keys is None or keys[i] not in kept)]
     fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))

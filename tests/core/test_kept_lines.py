@@ -143,6 +143,42 @@ def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
     later.close()
 
 
+def test_find_all_finds_rows_read_from_chunks_jsonl_and_plain_rows_alike(tmp_path):
+    from core.changes import read_changes
+
+    fields = [{"id": f"u{i}", "repo": "r", "commit": f"c{i % 2}", "time": "2024-01-01T00:00:00+00:00",
+               "change": "modified" if i % 2 else "added", "old_qualname": None, "new_code": "x" * i}
+              for i in range(4)]
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_bytes(b"".join(fast_json_line(f) for f in fields))
+    changes: list = read_changes(chunks)
+    changes[3] = dict(fields[3])  # a builder's own row, not read from a file
+    examples = [{"id": f["id"], "split": "train", "input_ids": [1], "n_tokens": 10 + i, "n_target_tokens": i,
+                 "commit": f["commit"], "change": f["change"]} for i, f in enumerate(fields)]
+    lines = [fast_json_line(e) for e in examples]
+    out = tmp_path / "train.jsonl"
+    out.write_bytes(b"".join(lines))
+    keys = [bytes([65 + i]) * 20 for i in range(4)]
+    keeper = KeptLines(tmp_path / "cache", "base")
+    for e, k in zip(examples, keys):
+        keeper.note(e, k, truncated=k == keys[1])
+    assert keeper.keep(out, "train", examples, [sum(map(len, lines[:i + 1])) for i in range(4)])
+    keeper.close()
+
+    later = KeptLines(tmp_path / "cache", "base")
+    rows = [keys[0], keys[1], b"z" * 20, keys[3], keys[2]]
+    splits = ["train", "train", "train", "train", "val"]  # the last is kept for train only
+    found = later.find_all(rows, splits, [changes[0], changes[1], changes[2], changes[3], changes[2]])
+    assert sorted(found) == [0, 1, 3]
+    for i, k in ((0, 0), (1, 1), (3, 3)):
+        example, truncated = found[i]
+        assert dict(example) == {"id": f"u{k}", "split": "train", "n_tokens": 10 + k, "n_target_tokens": k,
+                                 "commit": fields[k]["commit"], "change": fields[k]["change"]}
+        assert truncated == (k == 1) and example.load() == json.loads(lines[k])
+    assert later.find(keys[1], "train", changes[1])[0] == found[1][0]
+    later.close()
+
+
 def test_a_builder_that_changes_the_examples_it_assembled_gets_no_kept_lines(repo, tmp_path, monkeypatch):
     from plugins.builders import CommitBuilder
 
