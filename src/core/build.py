@@ -337,15 +337,17 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
     from core.pipeline import code_version
 
     indexes, version = RowIndexes(run.cache_dir), code_version()
-    try:
-        copied = run.chunks_copied
-        known = indexes.find(copied[0], version) if copied is not None else None
-        changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
-        index = RowIndex.of(changes, digests)
-        if index is not None:
-            indexes.keep(stat_key(path), version, index)
-    finally:
-        indexes.close()
+    # the rows, and the index they come from, live through the stage and form no cycles
+    with paused():  # (core.collector)
+        try:
+            copied = run.chunks_copied
+            known = indexes.find(copied[0], version) if copied is not None else None
+            changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
+            index = RowIndex.of(changes, digests)
+            if index is not None:
+                indexes.keep(stat_key(path), version, index)
+        finally:
+            indexes.close()
     return changes
 
 
