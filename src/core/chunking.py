@@ -333,8 +333,10 @@ class ChunkJob:
         snap = _SNAPSHOTS.get(key)
         if snap is None:
             stores = {} if self.summary_key is None else {name: self.summaries(name) for name in self.languages}
-            snap = _SNAPSHOTS[key] = Snapshot(self.languages, self._load_quietly, _reader(self.git_dir).read,
-                                              options=getattr(self.context, "options", {}), stores=stores)
+            reader = _reader(self.git_dir)
+            snap = _SNAPSHOTS[key] = Snapshot(self.languages, self._load_quietly, reader.read,
+                                              options=getattr(self.context, "options", {}), stores=stores,
+                                              read_many=reader.read_many)
         return snap
 
     def _load_quietly(self, blob: str, lang: str) -> ParsedBlob | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -10,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from core.config import conf_dir, register_schema
+from core.config import RootConfig, conf_dir, register_schema
 from core.errors import CommitforgeError
 
 
@@ -89,10 +90,24 @@ def _choices(args: list[str]) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+def _known_here(key: str, values: list[str]) -> bool:
+    """Whether ``key=values`` needs no look at Hydra's search path: options that commitforge's
+    own conf/ has (``+experiment=ctx4000``) or a plain setting (``repo=PATH``). Only the
+    others (a plugin's config package, a typo) are checked by Hydra, which takes a few
+    hundredths of a second."""
+    folder = conf_dir() / key
+    if folder.is_dir():
+        return all((folder / f"{value}.yaml").is_file() for value in values)
+    return key in _SETTINGS
+
+
+_SETTINGS = {f.name for f in dataclasses.fields(RootConfig)}  # its groups have a folder in conf/
+
+
 def _check_choices(args: list[str]) -> None:
     """A config group option that does not exist (``+experiment=ctx400``) ends with one
     line naming it and the group's options; Hydra would print a page with its search path."""
-    wanted = _choices(args)
+    wanted = [choice for choice in _choices(args) if not _known_here(choice[1], choice[2])]
     if not wanted:
         return
     import difflib

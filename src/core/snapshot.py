@@ -190,11 +190,14 @@ class Snapshot:
 
     def __init__(self, languages: dict[str, Any], load: Callable[[str, str], ParsedBlob | None],
                  read: Callable[[str], bytes | None], options: dict[str, Any] | None = None,
-                 summaries: int = 16384, stores: dict[str, Any] | None = None) -> None:
+                 summaries: int = 16384, stores: dict[str, Any] | None = None,
+                 read_many: Callable[[list[str]], Iterable[bytes | None]] | None = None) -> None:
         self.languages = languages  # name -> Language
         self.ext_lang = {e: name for name, lang in languages.items() for e in lang.extensions}
         self.load = load  # (blob, lang) -> ParsedBlob, None when the blob was skipped
         self.read = read  # blob -> bytes (project files such as Cargo.toml)
+        # blobs -> their bytes in order, asked for ahead (the project files of a whole tree)
+        self.read_many = read_many or (lambda blobs: map(read, blobs))
         self.options = options or {}
         self.files: dict[str, str] = {}  # path -> blob
         self.version = 0
@@ -247,13 +250,16 @@ class Snapshot:
     def _update(self, idx: Any, lang: str, items: Iterable[tuple[str, str | None]]) -> None:
         project_names = self.languages[lang].project_files
         sources: dict[str, Any] = {}
-        projects: dict[str, bytes | None] = {}
+        project_blobs: dict[str, str | None] = {}
         paths: list[tuple[str, str | None]] = []
         for path, blob in items:
             if self.lang_of(path) == lang:
                 paths.append((path, blob))
             elif path.rsplit("/", 1)[-1] in project_names:
-                projects[path] = self.read(blob) if blob else None
+                project_blobs[path] = blob
+        to_read = [(path, blob) for path, blob in project_blobs.items() if blob]
+        read = dict(zip([path for path, _ in to_read], self.read_many([blob for _, blob in to_read])))
+        projects: dict[str, bytes | None] = {path: read.get(path) for path in project_blobs}
         store = self.stores.get(lang)
         if store is not None and paths:
             # summaries neither in memory nor in the store are made and stored, in one go

@@ -435,6 +435,16 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path):
                                                     "choose a directory you can write"]
 
 
+def test_choices_in_commitforges_own_conf_skip_hydras_search_path():
+    from core.cli import _known_here
+
+    assert _known_here("experiment", ["ctx4000"]) and _known_here("context", ["none", "imports"])
+    assert _known_here("repo", ["/some/where"]) and _known_here("progress", ["false"])  # plain settings
+    assert not _known_here("experiment", ["ctx400"])  # a typo: Hydra lists the options
+    assert not _known_here("context", ["imports", "imprts"])
+    assert not _known_here("hydra/launcher", ["joblib"])  # another search path's group
+
+
 def _long_history(path: Path, commits: int = 300) -> Path:
     """A repository whose mining and chunking take seconds (written by one git fast-import)."""
     path.mkdir()
