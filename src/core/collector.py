@@ -2,11 +2,14 @@
 
 A run keeps millions of small objects alive (parsed units, the symbol index and its
 caches, the examples being built) that rarely form cycles, and the collector would walk
-them again and again for nothing. Each helper here is used at one place of a run:
+them again and again for nothing. Where a run uses what:
 
+- ``GC_THRESHOLDS``: ``python -m core`` sets them before it imports anything (its modules
+  and the composed config live as long as the run);
 - :func:`fewer_collections`: the whole run (workers forked meanwhile inherit it);
 - :func:`aging`: a worker following a tree through a run of commits (the chunk stage);
-- :func:`paused`: the builder (the build stage).
+- :func:`paused`: the first symbol index of a tree (core.snapshot), the rows the build
+  stage reads and the builder's examples (core.build).
 
 None of them touches a process that froze objects itself (a program that forks), and
 cycles are still collected: what the helpers take out of the collector's reach goes to
