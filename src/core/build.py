@@ -54,6 +54,7 @@ from core.files import AheadCopies, record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
+from core.sweep import in_multirun
 
 if TYPE_CHECKING:
     from core.pipeline import Run
@@ -199,9 +200,12 @@ def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[st
                     lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s),
                                              aheads)
             try:
+                # a job of a sweep keeps each row's encoded layout for the jobs that fit them
+                # into another max_tokens; any build reads those kept
+                layouts = _examples_base(run, special, fitted=False)
                 with paused():  # its examples form no cycles (core.collector)
                     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
-                                                 memo=Memo(store, rows, lines))
+                                                 memo=Memo(store, rows, lines, layouts, in_multirun()))
             finally:
                 store.close()
         else:
@@ -518,12 +522,17 @@ def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, An
     return features([dedup_text(without_context(line), on) for line in lines_at(path, key, lines)], **settings)
 
 
-def _examples_base(run: Run, special: list[str]) -> str:
-    """What a kept example depends on besides its row (see core.build_memo)."""
+def _examples_base(run: Run, special: list[str], fitted: bool = True) -> str:
+    """What a kept example depends on besides its row (see core.build_memo); with
+    ``fitted=False``, what its encoded layout depends on: the same but ``builder.max_tokens``,
+    which only fits the layout (core.examples.assemble)."""
     from core.pipeline import code_version, plugin_code
 
     def plain(group: str) -> Any:
-        return OmegaConf.to_container(run.cfg[group], resolve=True)
+        value = OmegaConf.to_container(run.cfg[group], resolve=True)
+        if not fitted and group == "builder" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "max_tokens"}
+        return value
 
     versions = {}
     for dist in ("tokenizers", "transformers"):
@@ -536,8 +545,8 @@ def _examples_base(run: Run, special: list[str]) -> str:
     if identity.get("sha256"):  # the tokenizer's content names it: not where it lies (a cache path)
         identity.pop("name_or_path", None)
     plugins = [plugin_code(run.registry.get(kind, run.cfg[kind].name)) for kind in ("format", "builder", "tokenizer")]
-    return fingerprint("examples", BUILD_MEMO_FORMAT, code_version(), plugins, plain("format"), plain("builder"),
-                       identity, list(tok.added_tokens), special, versions)
+    return fingerprint("examples" if fitted else "layouts", BUILD_MEMO_FORMAT, code_version(), plugins,
+                       plain("format"), plain("builder"), identity, list(tok.added_tokens), special, versions)
 
 
 def _kept_lines(run: Run, examples_base: str) -> KeptLines | None:

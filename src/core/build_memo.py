@@ -42,7 +42,7 @@ from core.blob_cache import connection, forget_connection, unusable
 from core.changes import RowIndex
 from core.dedup import Features
 from core.errors import CommitforgeError
-from core.examples import Built, TrainedRuns, packed_example
+from core.examples import Built, Segment, TrainedRuns, packed_example
 from core.kept_lines import KeptLines
 
 BUILD_MEMO_FORMAT = 3  # 2: entries carry a checksum; 3: blocks and row indexes are files
@@ -130,7 +130,7 @@ class BuildMemo:
     def __init__(self, root: str | Path, base: str):
         self.path = Path(root) / BUILD_MEMO_FILE
         self.base = base
-        self._base_id: int | None = None
+        self._ids: dict[str, int] = {}  # the ids of the bases used, this one's and others' (layouts)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self.damaged = 0  # entries found damaged (their checksum disagrees), taken as missing
@@ -141,20 +141,22 @@ class BuildMemo:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise self._unusable(exc) from None
 
-    def _id(self) -> int:
-        """This base's id, marked as used now; the entries of bases used longest ago
-        beyond ``BASES_KEPT`` are dropped."""
-        if self._base_id is None:
+    def _id(self, base: str | None = None) -> int:
+        """The id of ``base`` (this store's by default), marked as used now; the entries of
+        bases used longest ago beyond ``BASES_KEPT`` are dropped."""
+        base = self.base if base is None else base
+        base_id = self._ids.get(base)
+        if base_id is None:
             conn = self._conn()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("INSERT INTO bases (base, used) VALUES (?, ?) ON CONFLICT(base) DO UPDATE SET "
-                             "used = excluded.used", (self.base, time.time()))
-                self._base_id = conn.execute("SELECT id FROM bases WHERE base = ?", (self.base,)).fetchone()[0]
+                             "used = excluded.used", (base, time.time()))
+                base_id = self._ids[base] = conn.execute("SELECT id FROM bases WHERE base = ?", (base,)).fetchone()[0]
                 old = [r[0] for r in conn.execute("SELECT id FROM bases ORDER BY used DESC, id DESC LIMIT -1 OFFSET ?",
                                                   (BASES_KEPT,))]
-                for base_id in old:
-                    conn.execute("DELETE FROM bases WHERE id = ?", (base_id,))
+                for gone_id in old:
+                    conn.execute("DELETE FROM bases WHERE id = ?", (gone_id,))
                 if old:  # with the entries of any base dropped earlier, stored late by another run
                     conn.execute("DELETE FROM entries WHERE base NOT IN (SELECT id FROM bases)")
                     gone = [n for (n,) in conn.execute("SELECT name FROM block_files WHERE base NOT IN "
@@ -162,14 +164,19 @@ class BuildMemo:
                     conn.execute("DELETE FROM block_files WHERE base NOT IN (SELECT id FROM bases)")
             if old:
                 _remove_files(self.path.parent, conn, gone)
-        return self._base_id
+        return base_id
 
-    def get_many(self, rows: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        """The kept (a, b) of the rows that have them."""
+    def get_many(self, rows: list[bytes], base: str | None = None) -> dict[bytes, tuple[bytes, bytes]]:
+        """The kept (a, b) of the rows that have them (under ``base``: another kind of entry,
+        such as a row's encoded layout, kept by the same writer)."""
         self._wait()
         out: dict[bytes, tuple[bytes, bytes]] = {}
         try:
-            base_id, conn = self._id(), self._conn()
+            conn = self._conn()
+            if base is not None and base not in self._ids and conn.execute(
+                    "SELECT 1 FROM bases WHERE base = ?", (base,)).fetchone() is None:
+                return out  # another kind of entry no build kept: not made a base (BASES_KEPT) for nothing
+            base_id = self._id(base)
             wanted = list(dict.fromkeys(rows))
             for start in range(0, len(wanted), _BATCH):
                 batch = wanted[start:start + _BATCH]
@@ -184,12 +191,15 @@ class BuildMemo:
             raise self._unusable(exc) from None
         return out
 
-    def put_many(self, entries: list[tuple[bytes, bytes, bytes]]) -> None:
-        """Keep ``(row, a, b)`` entries. They are written by a thread while the caller goes
-        on (SQLite releases the GIL); :meth:`close` waits for them and raises what failed."""
+    def put_many(self, entries: list[tuple[bytes, bytes, bytes]], base: str | None = None) -> None:
+        """Keep ``(row, a, b)`` entries (under ``base``, as :meth:`get_many`). They are
+        written by a thread while the caller goes on (SQLite releases the GIL); :meth:`close`
+        waits for them and raises what failed."""
         if not entries:
             return
-        base_id, conn = self._id(), self._conn()
+        if (self.base if base is None else base) not in self._ids:
+            self._wait()  # making a base's id takes the connection: none of the thread's writes may run
+        base_id, conn = self._id(base), self._conn()
         values = [(base_id, row, a, b, _checksum(row, a, b)) for row, a, b in entries]
 
         def put() -> None:
@@ -348,11 +358,17 @@ class RowIndexes:
 class Memo(NamedTuple):
     """What the build stage hands a builder whose ``build`` takes ``memo``: the store of
     examples, each change's row key in it, and the example lines an earlier build wrote
-    (None unless the writer writes lines; see core.kept_lines), copied instead of built."""
+    (None unless the writer writes lines; see core.kept_lines), copied instead of built.
+    ``layouts``: the base under which the store keeps each row's encoded layout (what
+    ``assemble`` fits into ``max_tokens``; see :func:`encode_layout`), read by a build
+    that lays out rows as an earlier one did but fits them otherwise (a sweep over
+    ``builder.max_tokens``), and kept too when ``keep_layouts``."""
 
     store: BuildMemo
     rows: list[bytes]
     lines: KeptLines | None = None
+    layouts: str | None = None
+    keep_layouts: bool = False
 
 
 def _checksum(row: bytes, a: bytes, b: bytes) -> int:
@@ -376,6 +392,30 @@ def encode(built: Built, small: bool | None = None) -> tuple[bytes, bytes]:
     meta = (code, bool(built.truncated), tuple(ex["labels"]), ex["segments"], int(ex["n_tokens"]),
             int(ex["n_target_tokens"]))
     return marshal.dumps(meta), ids.astype(_DTYPES[code], copy=False).tobytes()
+
+
+def encode_layout(segments: list[Segment], encoded: list[np.ndarray], small: bool | None = None
+                  ) -> tuple[bytes, bytes]:
+    """The entry (meta, ids) of a row's layout and the ids of its content segments (what
+    ``encode_layouts`` yields). ``small`` as for :func:`encode`. A content segment's text
+    is not kept: ``assemble`` reads only a special segment's."""
+    ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=np.int32)
+    if small is None:
+        small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
+    code = 1 if small else 2
+    segs = [(s.name, s.text if s.special else None, s.target, s.drop_rank, s.cuttable, s.bracket) for s in segments]
+    return marshal.dumps((code, segs, [len(e) for e in encoded])), ids.astype(_DTYPES[code], copy=False).tobytes()
+
+
+def decode_layout(kept: tuple[bytes, bytes]) -> tuple[list[Segment], list[np.ndarray]]:
+    """The segments and the content segments' ids (int32 arrays) of :func:`encode_layout`."""
+    code, segs, lens = marshal.loads(kept[0])
+    ids = np.frombuffer(kept[1], dtype=_DTYPES[code]).astype(np.int32)
+    if sum(lens) != len(ids) or sum(text is None for _, text, *_ in segs) != len(lens):
+        raise ValueError("a layout entry whose ids do not match its segments")
+    segments = [Segment(name, "" if text is None else text, text is not None, target, rank, cut, bracket)
+                for name, text, target, rank, cut, bracket in segs]
+    return segments, np.split(ids, np.cumsum(lens)[:-1]) if lens else []
 
 
 def decode(kept: tuple[bytes, bytes], change: dict[str, Any], split: str) -> Built:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.build_memo import Memo, decode, encode
+from core.blob_cache import unusable
+from core.build_memo import Memo, decode, decode_layout, encode, encode_layout
 from core.changes import release, whole
 from core.chunking import (
     chunk_file,
@@ -80,6 +81,8 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     (:class:`core.changes.Change`) is released once its example is made."""
     store, keys = (memo[0], memo[1]) if memo is not None else (None, None)
     lines = memo[2] if memo is not None and len(memo) > 2 else None  # a (store, keys) pair has none
+    layouts = memo[3] if memo is not None and len(memo) > 3 else None
+    keep_layouts = layouts is not None and len(memo) > 4 and bool(memo[4])  # type: ignore[arg-type]
     if names is not None:
         lines = None  # segment names are read from each example
     copied: dict[int, tuple[dict[str, Any], bool]] = {}
@@ -87,10 +90,15 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
         copied = lines.find_all(keys, splits, changes)  # type: ignore[arg-type]
     kept = store.get_many([k for i, k in enumerate(keys) if i not in copied]) if store is not None else {}  # type: ignore[arg-type]
     todo = [i for i in range(len(changes)) if i not in copied and (keys is None or keys[i] not in kept)]
-    fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo)))
+    # the rows' encoded layouts an earlier build kept (one that fitted them into another
+    # max_tokens): only fitted here
+    laid = store.get_many([keys[i] for i in todo], layouts) if layouts is not None and todo else {}  # type: ignore[union-attr,index]
+    fresh = iter(encode_layouts(tokenizer, (layout(i) for i in todo if keys is None or keys[i] not in laid)))
     # a tokenizer of at most 65,536 ids gives ids that fit in 16 bits: not looked at again
     small = True if int((getattr(tokenizer, "identity", None) or {}).get("vocab_size", 1 << 32)) <= 1 << 16 else None
     made: list[tuple[bytes, bytes, bytes]] = []
+    made_layouts: list[tuple[bytes, bytes, bytes]] = []
+    layouts_reused = 0
     out = []
     for i in progress(range(len(changes)), total=len(changes), desc="examples", unit="ex"):
         change, split = changes[i], splits[i]
@@ -108,7 +116,19 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
             if names is not None and built.example is not None:
                 names.update(span[0] for span in built.example["segments"])
         else:
-            segments, encoded = next(fresh)
+            if row is not None and row in laid:
+                try:
+                    segments, encoded = decode_layout(laid[row])
+                except (ValueError, TypeError, EOFError) as exc:  # its checksum held: not encode_layout's
+                    raise unusable("build cache", store.path, exc) from None  # type: ignore[union-attr]
+                layouts_reused += 1
+            else:
+                segments, encoded = next(fresh)
+                if keep_layouts and row is not None:
+                    made_layouts.append((row, *encode_layout(segments, encoded, small)))
+                    if len(made_layouts) >= 2000:
+                        store.put_many(made_layouts, layouts)  # type: ignore[union-attr]
+                        made_layouts = []
             if names is not None:
                 names.update(seg.name for seg in segments)
             built = assemble(change, segments, encoded, tokenizer, max_tokens, split, packed=True)
@@ -132,7 +152,10 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
             stats.add("build_cache_damaged", store.damaged)
         stats.add("rows_encoded", len(todo))
         stats.add("rows_reused", len(changes) - len(todo))
+        if layouts_reused:
+            stats.add("layouts_reused", layouts_reused)
         store.put_many(made)
+        store.put_many(made_layouts, layouts)
     return out
 
 
@@ -276,7 +299,7 @@ class FimBuilder:
             stats.add(f"fim_{mode}")
             layouts.append(layout)
         if memo is not None:
-            memo = Memo(memo[0], [memo[1][i] for i in picked], *memo[2:3])
+            memo = Memo(memo[0], [memo[1][i] for i in picked], *memo[2:])
         return assemble_all([changes[i] for i in picked], [splits[i] for i in picked], layouts.__getitem__,
                              tokenizer, self.cfg.max_tokens, stats, memo)
 

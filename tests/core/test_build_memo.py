@@ -71,6 +71,51 @@ def test_a_rebuild_reuses_every_example_and_writes_what_a_fresh_build_writes(rep
     assert json.loads((again / "stats.json").read_text())["splits"]["test"]["examples"] > 0
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_an_encoded_layout_comes_back_as_assemble_takes_it(wide):
+    from core.build_memo import decode_layout, encode_layout
+    from core.examples import Segment
+
+    segments = [Segment("<fim>", "<|cf_ctx|>", special=True), Segment("context", "fn a()", drop_rank=2),
+                Segment("old_code", "", cuttable=True), Segment("close", "<|cf_end|>", special=True, bracket=True),
+                Segment("new_code", "fn b()", target=True)]
+    big = 70_000 if wide else 7
+    encoded = [np.array([1, 2, big], dtype=np.int32), np.empty(0, dtype=np.int32), np.array([4], dtype=np.int32)]
+    meta, ids = encode_layout(segments, encoded)
+    assert len(ids) == 4 * (4 if wide else 2)  # 16-bit ids when they fit
+    back, ids_back = decode_layout((meta, ids))
+    assert [(s.name, s.special, s.target, s.drop_rank, s.cuttable, s.bracket) for s in back] == \
+        [(s.name, s.special, s.target, s.drop_rank, s.cuttable, s.bracket) for s in segments]
+    assert [s.text for s in back if s.special] == ["<|cf_ctx|>", "<|cf_end|>"]  # content texts are not kept
+    assert [a.tolist() for a in ids_back] == [a.tolist() for a in encoded]
+    assert all(a.dtype == np.int32 for a in ids_back)
+    with pytest.raises(ValueError):
+        decode_layout((meta, ids[:-2]))  # ids cut short: not taken
+
+
+def test_a_sweep_job_keeps_layouts_that_another_max_tokens_only_fits(repo, tmp_path, monkeypatch):
+    import core.build
+
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "dedup.near=false",
+              "tokenizer.max_training_chars=20000"]
+    monkeypatch.setattr(core.build, "in_multirun", lambda: True)  # a job of a sweep
+    first = run_pipeline(tmp_path / "a", *shared, "builder.max_tokens=256")
+    assert "layouts_reused" not in counts(first)
+    monkeypatch.undo()
+    other = run_pipeline(tmp_path / "b", *shared, "builder.max_tokens=200")
+    c = counts(other)
+    assert c["rows_reused"] == 0 and c["layouts_reused"] == c["rows_encoded"] > 0
+    fresh = run_pipeline(tmp_path / "c", *shared[:1], *shared[2:], "builder.max_tokens=200", "reuse=false")
+    same_outputs(other, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
+    # a format lays rows out otherwise: none of the kept layouts serve it
+    starcoder = run_pipeline(tmp_path / "d", *shared, "builder.max_tokens=200", "format=starcoder2")
+    assert "layouts_reused" not in counts(starcoder)
+    # a single run keeps none: another max_tokens after it lays its rows out again
+    alone = [shared[0], f"cache_dir={tmp_path / 'alone'}", *shared[2:]]
+    run_pipeline(tmp_path / "e", *alone, "builder.max_tokens=256")
+    assert "layouts_reused" not in counts(run_pipeline(tmp_path / "f", *alone, "builder.max_tokens=200"))
+
+
 @pytest.mark.parametrize("change", ["builder.max_tokens=512", "format=starcoder2", "tokenizer.vocab_size=400"])
 def test_examples_are_not_reused_across_settings_that_change_them(repo, tmp_path, change):
     shared = f"cache_dir={tmp_path / 'shared'}"
@@ -271,9 +316,10 @@ def _spy_on_store_reads(monkeypatch) -> tuple[list[tuple[BuildMemo, int]], list[
     dedup_stores: list[BuildMemo] = []
     get_many, last_features = build_memo.BuildMemo.get_many, build_memo.BuildMemo.last_features
 
-    def spy(self, rows):
-        asked.append((self, len(rows)))
-        return get_many(self, rows)
+    def spy(self, rows, base=None):
+        if base is None:  # the store's own entries (not the rows' encoded layouts)
+            asked.append((self, len(rows)))
+        return get_many(self, rows, base)
 
     def spy_last(self, scope, **settings):
         dedup_stores.append(self)
