@@ -76,7 +76,9 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     With a ``memo`` (see core.build_memo.Memo), rows assembled by an earlier build with
     the same settings are read from it, and the others are kept in it; a row whose line
     the writer wrote before in the same split is a kept example (copied when written,
-    see core.kept_lines). ``names`` gathers the names of the segments (of the layouts
+    see core.kept_lines); a row whose encoded layout a build kept (``memo.layouts``, see
+    core.build_memo.Memo) is only fitted into ``max_tokens``, and with ``keep_layouts``
+    the layouts encoded here are kept. ``names`` gathers the names of the segments (of the layouts
     made, and the spans of the examples read from the memo). A row read from chunks.jsonl
     (:class:`core.changes.Change`) is released once its example is made."""
     store, keys = (memo[0], memo[1]) if memo is not None else (None, None)
