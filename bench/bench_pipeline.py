@@ -72,7 +72,11 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str, src: Path | None = 
                             if k in ("commits_reused", "commits_computed", "chunk_bytes_copied")},
             # and how much of the build stage came from the build cache (examples, dedup features)
             "build_reuse": {k: v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
-                            if k in ("rows_reused", "rows_encoded", "dedup_rows_computed")}}
+                            if k in ("rows_reused", "rows_encoded", "dedup_rows_computed")},
+            # what the chunk stage waited for its copy of chunks.jsonl, and the build's writing of
+            # data/ (copies of kept lines included): an update's share that follows the disk
+            "writes_ms": {"chunk_output_wait": manifest["stages"].get("chunk", {}).get("counts", {}).get("output_wait_ms"),
+                          "build_write": manifest["stages"].get("build", {}).get("counts", {}).get("write_ms")}}
 
 
 def copy_cache(src: Path, dst: Path) -> None:

@@ -252,7 +252,9 @@ def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[st
         summary = {"examples": {k: len(v) for k, v in by_split.items()}, "tokenizer": tok.identity,
                    "resize_embeddings": bool(tok.added_tokens)}
         given = _writer_splits(run.writer, by_split)
+        t_write = time.perf_counter()
         outputs = run.writer.write(run.run_dir, given, report)
+        stats.add("write_ms", int(1000 * (time.perf_counter() - t_write)))  # copies of kept lines included
         if lines is not None:  # each split's lines, for the next build to copy
             for name, rows in given.items():
                 ends = getattr(rows, "line_ends", None)

@@ -532,6 +532,10 @@ class Run:
                     ends.append(size)
                 rows += count
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
+            t_rows = time.perf_counter()
+        # what the stage waited for its threads to finish copying and hashing chunks.jsonl: an
+        # update's kept bytes copied from disk when they left the page cache
+        stats.add("output_wait_ms", int(1000 * (time.perf_counter() - t_rows)))
         self.chunk_scan = scan
         if cache is not None and commits:
             cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)
