@@ -200,12 +200,12 @@ def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[st
                     lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s),
                                              aheads)
             try:
-                # a job of a sweep keeps each row's encoded layout for the jobs that fit them
-                # into another max_tokens; any build reads those kept
+                # a job of a sweep over builder settings keeps each row's encoded layout for
+                # the jobs that fit them into another max_tokens; any build reads those kept
                 layouts = _examples_base(run, special, fitted=False)
                 with paused():  # its examples form no cycles (core.collector)
                     examples = run.builder.build(changes, splits, run.format, run.tokenizer, stats,
-                                                 memo=Memo(store, rows, lines, layouts, in_multirun()))
+                                                 memo=Memo(store, rows, lines, layouts, _keeps_layouts()))
             finally:
                 store.close()
         else:
@@ -522,6 +522,19 @@ def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, An
         return None
     path, key, lines, on, settings = task
     return features([dedup_text(without_context(line), on) for line in lines_at(path, key, lines)], **settings)
+
+
+def _keeps_layouts() -> bool:
+    """Whether this build keeps its rows' encoded layouts: a job of a multirun whose
+    overrides set builder settings (``builder.max_tokens=1024,2048`` gives each job one).
+    The jobs of a sweep over chunker, format, tokenizer settings or builders
+    (``builder=commit,fim``) lay their rows out differently: their layouts would serve no
+    other job."""
+    if not in_multirun():
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    return any(o.lstrip("+~").startswith("builder.") for o in HydraConfig.get().overrides.task)
 
 
 def _examples_base(run: Run, special: list[str], fitted: bool = True) -> str:

@@ -98,7 +98,7 @@ def test_a_sweep_job_keeps_layouts_that_another_max_tokens_only_fits(repo, tmp_p
 
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", "dedup.near=false",
               "tokenizer.max_training_chars=20000"]
-    monkeypatch.setattr(core.build, "in_multirun", lambda: True)  # a job of a sweep
+    monkeypatch.setattr(core.build, "_keeps_layouts", lambda: True)  # a job of a sweep over builder settings
     first = run_pipeline(tmp_path / "a", *shared, "builder.max_tokens=256")
     assert "layouts_reused" not in counts(first)
     monkeypatch.undo()

@@ -167,6 +167,29 @@ def test_real_multirun_writes_the_summary(tmp_path, cache_dir):
     assert (sweep / "summary.md").is_file() and (sweep / "summary.html").is_file()
 
 
+def test_a_sweep_over_max_tokens_fits_the_layouts_its_first_job_kept(tmp_path):
+    env = {**os.environ, "COMMITFORGE_CACHE": str(tmp_path / "cache")}
+
+    def sweep(name: str, *overrides: str) -> list[dict]:
+        proc = subprocess.run([sys.executable, "-m", "core", "-m", f"hydra.sweep.dir={tmp_path / name}",
+                               "executor.workers=1", "dedup.near=false", *overrides],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads((tmp_path / name / job / "MANIFEST.json").read_text())["stages"]["build"]["counts"]
+                for job in ("0", "1")]
+
+    # a sweep that sets no builder setting (over the context strategy: each job lays its rows
+    # out otherwise) keeps no layouts
+    sweep("contexts", "context=none,same_file")
+    single = subprocess.run([sys.executable, "-m", "core", f"out_dir={tmp_path / 'single'}", "executor.workers=1",
+                             "dedup.near=false", "context=same_file", "builder.max_tokens=200"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert single.returncode == 0, single.stderr
+    assert "layouts_reused" not in json.loads((tmp_path / "single" / "MANIFEST.json").read_text())["stages"]["build"]["counts"]
+    first, second = sweep("tokens", "builder.max_tokens=256,128")
+    assert "layouts_reused" not in first and second["layouts_reused"] == second["rows_encoded"] > 0
+
+
 def test_joblib_launcher_runs_jobs_in_parallel_and_a_failed_job_fails_the_sweep(tmp_path, cache_dir):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
