@@ -384,14 +384,26 @@ def encode(built: Built, small: bool | None = None) -> tuple[bytes, bytes]:
     ex = built.example
     if ex is None:
         return marshal.dumps((0, built.skip or "unknown")), b""
-    ids = ex["input_ids"]
-    if small is None:
-        small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
-    code = 1 if small else 2
+    code, ids = _pack_ids(ex["input_ids"], small)
     # the spans as the lists they are (decode takes lists or tuples), the runs as plain tuples
     meta = (code, bool(built.truncated), tuple(ex["labels"]), ex["segments"], int(ex["n_tokens"]),
             int(ex["n_target_tokens"]))
-    return marshal.dumps(meta), ids.astype(_DTYPES[code], copy=False).tobytes()
+    return marshal.dumps(meta), ids
+
+
+def _pack_ids(ids: np.ndarray, small: bool | None) -> tuple[int, bytes]:
+    """(code, bytes) of token ids: 16 bits each when ``small`` (None: when they fit), else 32."""
+    if small is None:
+        small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
+    code = 1 if small else 2
+    return code, ids.astype(_DTYPES[code], copy=False).tobytes()
+
+
+def _unpack_ids(code: int, data: bytes) -> np.ndarray:
+    """The int32 ids :func:`_pack_ids` packed (a read-only view when they are int32: ids
+    are never modified)."""
+    ids = np.frombuffer(data, dtype=_DTYPES[code])
+    return ids.astype(np.int32) if code != 2 else ids
 
 
 def encode_layout(segments: list[Segment], encoded: list[np.ndarray], small: bool | None = None
@@ -399,18 +411,15 @@ def encode_layout(segments: list[Segment], encoded: list[np.ndarray], small: boo
     """The entry (meta, ids) of a row's layout and the ids of its content segments (what
     ``encode_layouts`` yields). ``small`` as for :func:`encode`. A content segment's text
     is not kept: ``assemble`` reads only a special segment's."""
-    ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=np.int32)
-    if small is None:
-        small = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16)
-    code = 1 if small else 2
+    code, ids = _pack_ids(np.concatenate(encoded) if encoded else np.empty(0, dtype=np.int32), small)
     segs = [(s.name, s.text if s.special else None, s.target, s.drop_rank, s.cuttable, s.bracket) for s in segments]
-    return marshal.dumps((code, segs, [len(e) for e in encoded])), ids.astype(_DTYPES[code], copy=False).tobytes()
+    return marshal.dumps((code, segs, [len(e) for e in encoded])), ids
 
 
 def decode_layout(kept: tuple[bytes, bytes]) -> tuple[list[Segment], list[np.ndarray]]:
     """The segments and the content segments' ids (int32 arrays) of :func:`encode_layout`."""
     code, segs, lens = marshal.loads(kept[0])
-    ids = np.frombuffer(kept[1], dtype=_DTYPES[code]).astype(np.int32)
+    ids = _unpack_ids(code, kept[1])
     if sum(lens) != len(ids) or sum(text is None for _, text, *_ in segs) != len(lens):
         raise ValueError("a layout entry whose ids do not match its segments")
     segments = [Segment(name, "" if text is None else text, text is not None, target, rank, cut, bracket)
@@ -424,8 +433,7 @@ def decode(kept: tuple[bytes, bytes], change: dict[str, Any], split: str) -> Bui
     if meta[0] == 0:
         return Built(None, meta[1])
     code, truncated, runs, spans, n_tokens, n_target = meta
-    ids = np.frombuffer(kept[1], dtype=_DTYPES[code])
-    ids = ids.astype(np.int32) if code != 2 else ids  # a read-only view for int32: ids are never modified
+    ids = _unpack_ids(code, kept[1])
     example = packed_example(change, split, ids, TrainedRuns(runs), [list(s) for s in spans], n_tokens, n_target)
     return Built(example, None, truncated)
 
@@ -451,11 +459,10 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
     if len(todo) == n:  # nothing was kept (todo is every row, in order)
         return computed
     keys: list[bytes] | None = [b""] * n if exact else None
-    # filled where no features are found (rows without shingles) at the end: filling it all
-    # first is a pass over a history's signatures (36 MB for rusty-kaspa's) for nothing
+    # rows without shingles get the sentinel at the end: filling it all first is a pass over
+    # a history's signatures (36 MB for rusty-kaspa's) for nothing
     sig = np.empty((n, num_perm if near else 0), dtype=np.uint64)
     has = np.zeros(n, dtype=bool)
-    filled = np.zeros(n, dtype=bool)  # the rows of sig written
     for k, i in enumerate(todo):
         if keys is not None:
             keys[i] = computed.keys[k]  # type: ignore[index]
@@ -463,7 +470,6 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
         at = np.asarray(todo, dtype=np.int64)
         sig[at] = computed.sig
         has[at] = computed.has
-        filled[at] = True
     done = set(todo)
     if last is not None:
         at, src, block = last
@@ -474,7 +480,6 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
             take = block.has[src]
             sig[at[take]] = block.sig[src[take]]
             has[at[take]] = True
-            filled[at[take]] = True
         done.update(at.tolist())
     for i, row in enumerate(rows):
         if i in done:
@@ -484,7 +489,7 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
             keys[i] = key
         if near and packed:
             sig[i] = np.frombuffer(packed, dtype=np.uint32)
-            has[i] = filled[i] = True
+            has[i] = True
     if near:
-        sig[~filled] = np.iinfo(np.uint64).max
+        sig[~has] = np.iinfo(np.uint64).max  # what rows without shingles hold (as computed ones do)
     return Features(keys, sig, has)

@@ -90,6 +90,9 @@ def _choices(args: list[str]) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+_SETTINGS = {f.name for f in dataclasses.fields(RootConfig)}  # its groups have a folder in conf/
+
+
 def _known_here(key: str, values: list[str]) -> bool:
     """Whether ``key=values`` needs no look at Hydra's search path: options that commitforge's
     own conf/ has (``+experiment=ctx4000``) or a plain setting (``repo=PATH``). Only the
@@ -99,9 +102,6 @@ def _known_here(key: str, values: list[str]) -> bool:
     if folder.is_dir():
         return all((folder / f"{value}.yaml").is_file() for value in values)
     return key in _SETTINGS
-
-
-_SETTINGS = {f.name for f in dataclasses.fields(RootConfig)}  # its groups have a folder in conf/
 
 
 def _check_choices(args: list[str]) -> None:
