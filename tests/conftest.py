@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from core.config import conf_dir, register_schema
+from core.files import split_shards
 from core.pipeline import Run
 
 T0 = 1_704_103_200  # 2024-01-01T10:00:00Z
@@ -94,6 +95,18 @@ def run_pipeline(tmp_path: Path, *overrides: str) -> Path:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+def read_split(run_dir: Path, split: str) -> list[dict]:
+    """The examples of ``split`` a ``jsonl`` writer wrote in ``run_dir``, its shards in order."""
+    return [e for shard in split_shards(run_dir, split) for e in read_jsonl(shard)]
+
+
+def split_bytes(run_dir: Path, split: str) -> bytes:
+    """The bytes of ``split``'s shards, one after another (a non-empty split has at least one)."""
+    shards = split_shards(run_dir, split)
+    assert shards, f"no shards of {split} in {run_dir}"
+    return b"".join(shard.read_bytes() for shard in shards)
 
 
 def manifest(run_dir: Path) -> dict:

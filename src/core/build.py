@@ -23,6 +23,7 @@ from collections import Counter as _Counter
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from itertools import accumulate, pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -196,9 +197,8 @@ def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[st
             store = BuildMemo(run.cache_dir, base)
             if getattr(run.builder, "examples_as_assembled", False):
                 lines = _kept_lines(run, base)
-                if lines is not None:  # the lines each split's file starts with: copied while the builder works
-                    lines.copy_ahead_leading(rows, splits, lambda s: run.run_dir / run.writer.line_files.format(split=s),
-                                             aheads)
+                if lines is not None:  # the lines each split's shards start with: copied while the builder works
+                    lines.copy_ahead_leading(rows, splits, _shard_path(run), aheads)
             try:
                 # a job of a sweep over builder settings keeps each row's encoded layout for
                 # the jobs that fit them into another max_tokens; any build reads those kept
@@ -255,11 +255,16 @@ def _build_stage(run: Run, stats: Counter, aheads: AheadCopies) -> tuple[dict[st
         t_write = time.perf_counter()
         outputs = run.writer.write(run.run_dir, given, report)
         stats.add("write_ms", int(1000 * (time.perf_counter() - t_write)))  # copies of kept lines included
-        if lines is not None:  # each split's lines, for the next build to copy
+        if lines is not None:  # each split's shards, for the next build to link or copy
             for name, rows in given.items():
-                ends = getattr(rows, "line_ends", None)
-                if ends is not None:
-                    lines.keep(run.run_dir / run.writer.line_files.format(split=name), name, by_split[name], ends)
+                for shard in getattr(rows, "shards", None) or ():
+                    if shard.linked is not None:
+                        stats.add("example_shards_linked", 1)
+                        lines.linked(shard.linked, name, shard.shard)
+                    else:
+                        lines.keep(run.run_dir / shard.rel, name, shard.shard, by_split[name][shard.lo:shard.hi],
+                                   shard.ends)
+            lines.forget_old()
     finally:
         if lines is not None:
             lines.close()
@@ -284,7 +289,7 @@ def _prepare(run: Run, special: list[str], texts: TrainingTexts, aheads: AheadCo
     lines = _kept_lines(run, _examples_base(run, special))
     if lines is not None:
         try:
-            lines.copy_ahead("train", run.run_dir / run.writer.line_files.format(split="train"), aheads)
+            lines.copy_ahead("train", _shard_path(run), aheads)
         finally:
             lines.close()
 
@@ -570,11 +575,16 @@ def _kept_lines(run: Run, examples_base: str) -> KeptLines | None:
     from core.pipeline import plugin_code
 
     writer = run.writer
-    if not getattr(writer, "line_files", None) or not getattr(writer, "lazy_rows", False):
+    if not getattr(writer, "line_shards", None) or not getattr(writer, "lazy_rows", False):
         return None
     base = fingerprint("lines", KEPT_LINES_FORMAT, examples_base, plugin_code(run.registry.get("writer", run.cfg.writer.name)),
-                       OmegaConf.to_container(run.cfg.writer, resolve=True), writer.line_files)
-    return KeptLines(run.cache_dir, base)
+                       OmegaConf.to_container(run.cfg.writer, resolve=True), writer.line_shards, writer.shard_bytes)
+    return KeptLines(run.cache_dir, base, writer.shard_bytes)
+
+
+def _shard_path(run: Run) -> Callable[[str, int], Path]:
+    """Where the writer puts a split's shard of a number (its ``line_shards``)."""
+    return lambda split, shard: run.run_dir / run.writer.line_shards.format(split=split, shard=shard)
 
 
 def _writer_splits(writer: Any, by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

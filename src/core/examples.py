@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -274,6 +274,19 @@ def unpack(example: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class WrittenShard(NamedTuple):
+    """One file of a split's line shards (see core.kept_lines): its path in the run
+    directory, its number, the examples it holds (``lo:hi``), and where their lines end,
+    or, for a shard linked from kept file ``linked``, None."""
+
+    rel: str
+    shard: int
+    lo: int
+    hi: int
+    ends: list[int] | None
+    linked: int | None
+
+
 class ExampleRows(Sequence):
     """A split's examples as writers read them, built on access: a read-only sequence
     (``len``, iteration, indexing, slicing) of example dicts whose token sequences are
@@ -282,7 +295,7 @@ class ExampleRows(Sequence):
 
     def __init__(self, rows: list[dict[str, Any]]):
         self._rows = rows
-        self.line_ends: list[int] | None = None  # set by write_lines
+        self.shards: list[WrittenShard] | None = None  # set by a writer of line shards
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -302,29 +315,37 @@ class ExampleRows(Sequence):
         serialises arrays itself. The ids are shared: do not modify them."""
         return map(materialize, self._rows)
 
+    def kept_lines(self) -> tuple[Any, list[tuple[int, int, int] | None]]:
+        """The :class:`core.kept_lines.KeptLines` the kept examples come from (None: there
+        are none) and, per example, where its kept line is (None: built, not kept)."""
+        keeper = next((r.keeper for r in self._rows if type(r) is KeptExample), None)
+        return keeper, [r.line if type(r) is KeptExample and r.keeper is keeper else None for r in self._rows]
+
     def write_lines(self, out: Any, line: Callable[[dict[str, Any]], bytes],
-                    packed_line: Callable[[dict[str, Any]], bytes] | None = None) -> list[int]:
-        """Write each example to ``out`` as one line, ``line(example)`` of the packed
-        example (see :meth:`packed`), or the same line ``packed_line`` makes of the
-        stored example itself (see :func:`packed_json_line`), except that the line an
-        earlier build wrote of a kept example (:class:`core.kept_lines.KeptExample`) is
-        copied. Returns, and keeps in ``line_ends``, the offset where each line ends."""
+                    packed_line: Callable[[dict[str, Any]], bytes] | None = None,
+                    start: int = 0, limit: int | None = None) -> list[int]:
+        """Write the examples from ``start`` to ``out``, each as one line, ``line(example)``
+        of the packed example (see :meth:`packed`), or the same line ``packed_line``
+        makes of the stored example itself (see :func:`packed_json_line`), except that the
+        line an earlier build wrote of a kept example (:class:`core.kept_lines.KeptExample`)
+        is copied; with ``limit``, up to the line that brings ``out`` to ``limit`` bytes
+        (a shard). Returns where each line written ends in ``out``."""
         ends: list[int] = []
         pos = 0
         runs: list[tuple[int, int, int]] = []  # kept lines to copy, contiguous ones merged
         keeper = None
-        for r in self._rows:
+        for r in self._rows[start:] if start else self._rows:
             if type(r) is KeptExample:
-                f, start, end = r.line
-                if runs and r.keeper is keeper and runs[-1][0] == f and runs[-1][2] == start:
+                f, begin, end = r.line
+                if runs and r.keeper is keeper and runs[-1][0] == f and runs[-1][2] == begin:
                     runs[-1] = (f, runs[-1][1], end)  # the next line of the same file
                 else:
                     if runs and r.keeper is not keeper:
                         keeper.copy(runs, out)  # type: ignore[union-attr]
                         runs = []
-                    runs.append((f, start, end))
+                    runs.append((f, begin, end))
                     keeper = r.keeper
-                pos += end - start
+                pos += end - begin
             else:
                 if runs:
                     keeper.copy(runs, out)  # type: ignore[union-attr]
@@ -333,9 +354,10 @@ class ExampleRows(Sequence):
                 out.write(data)
                 pos += len(data)
             ends.append(pos)
+            if limit is not None and pos >= limit:
+                break
         if runs:
             keeper.copy(runs, out)  # type: ignore[union-attr]
-        self.line_ends = ends
         return ends
 
     def __repr__(self) -> str:

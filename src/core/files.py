@@ -249,6 +249,13 @@ class AheadCopies:
 _DIGESTS: dict[str, tuple[str, str, int, list[tuple[int, bytes]] | None]] = {}
 
 
+def remember_digest(path: Path | str, sha256: str, size: int) -> None:
+    """Record the sha256 and size of ``path``, an output put in place by other means than
+    a background write (a hard link to a kept file) whose digest is known: :func:`output_digest`
+    does not read it."""
+    _DIGESTS[os.path.abspath(path)] = (stat_key(path), sha256, size, None)
+
+
 def hash_points(path: Path | str) -> list[tuple[int, bytes]] | None:
     """The saved states of the sha256 of ``path``, an output this process wrote in the
     background and nobody changed since (see core.hash_points), or None."""
@@ -596,6 +603,13 @@ def read_line(line: bytes) -> Any:
         except ValueError:  # orjson.JSONDecodeError
             pass
     return json.loads(line.decode("utf-8"))
+
+
+def split_shards(run_dir: Path | str, split: str) -> list[Path]:
+    """The line shards of ``split`` a ``jsonl`` writer put in ``run_dir``
+    (``data/{split}/00000.jsonl``, ``00001.jsonl``…), in order; [] when there are none."""
+    folder = Path(run_dir) / "data" / split
+    return sorted(p for p in folder.glob("*.jsonl") if p.stem.isdigit()) if folder.is_dir() else []
 
 
 def sha256_file(path: Path) -> str:

@@ -1,10 +1,11 @@
 """sha256 digests that resume where a kept file's left off.
 
 A repository brought up to date copies most of each output from a file an earlier run
-wrote and the cache kept: ``chunks.jsonl`` from the stage cache, ``data/{split}.jsonl``
-from core.kept_lines. The manifest needs each output's sha256, and hashing those copied
-bytes again (rusty-kaspa: 500 of the 567 MB an update writes) took 0.45 s of an update's
-2.9 s of chunk and build stages.
+wrote and the cache kept: ``chunks.jsonl`` from the stage cache, the last shard of each
+``data/{split}/`` from core.kept_lines (the full shards before it are links, whose
+digests the cache kept). The manifest needs each output's sha256, and hashing those
+copied bytes again (rusty-kaspa: 500 of the 567 MB an update wrote before train was
+sharded) took 0.45 s of an update's 2.9 s of chunk and build stages.
 
 So a background writer (``core.files.atomic_write(background=True)``) saves the state of
 its sha256 every ``POINT_BYTES`` and at the end: its *points*. A cache that keeps the file

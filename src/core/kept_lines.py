@@ -1,27 +1,31 @@
-"""Example lines written by earlier builds, kept so that a later build copies them.
+"""Example lines written by earlier builds, kept so that a later build links or copies them.
 
-A writer with ``line_files`` (``jsonl``: ``data/{split}.jsonl``) writes each example of a
-split as one line, in order. After it wrote them, the build stage keeps each split's file
-(a hard link in the cache, no copy) with, per line, the row it was built from (the sha1
-of the row's line in ``chunks.jsonl``), where the line ends, and what the stats need of it
-(token counts, whether it was truncated). A later build with the same settings (the
-build cache's example settings, the writer's code and settings: ``base``) that puts the
-same row in the same split (the split is part of the line) copies those bytes instead of
-reading the example back from the build cache, unpacking its arrays and serialising them
-again. A repository brought up to date after a new commit builds the new commit's rows
-only; the rest of each file is copied.
+A writer with ``line_shards`` (``jsonl``: ``data/{split}/{shard:05d}.jsonl``) writes each
+split's examples as lines, in order, into shards of ``shard_bytes``: a shard ends after the
+line that brings it to that size, so where shards end depends only on the lines before.
+After writing them, the build stage keeps each shard (a hard link in the cache, no copy)
+with, per line, the row it was built from (the sha1 of the row's line in ``chunks.jsonl``),
+where the line ends, what the stats need of it (token counts, whether it was truncated),
+and the shard's sha256. A later build with the same settings (the build cache's example
+settings, the writer's code and settings: ``base``) that puts the same row in the same
+split (the split is part of the line) copies those bytes instead of reading the example
+back from the build cache, unpacking its arrays and serialising them again; and a shard
+of the later build that is a whole full shard kept here, line for line, is that file: a
+hard link, neither copied nor hashed again. A repository brought up to date after a new
+commit builds the new commit's rows only; train, which only grows at its end, links all
+its full shards and copies the last one's lines into a new last shard.
 
-Train only grows at its end when a commit is added, so the copy of its file starts
-before the examples are built: as soon as the build's tokenizer is ready, a thread copies
-the train file kept last into this run's (core.files.copy_ahead), while deduplication
-and the builder run. The writer then finds those bytes written (rusty-kaspa: 256 MB, a
-0.2 s copy, off an update's critical path); a train file that starts otherwise throws
-the copy away.
+The copy of that last shard starts before the examples are built: as soon as the build's
+tokenizer is ready, a thread copies the train shard kept last into this run's shard of
+the same number (core.files.copy_ahead), while deduplication and the builder run; the
+writer then finds those bytes written. A shard that starts otherwise throws the copy away.
 
 A kept file changed since (its inode, size or modification time differ) is never used
 and is forgotten; as with the chunk stage's kept outputs, an edit in place that keeps the
-file's size and modification time is not seen. The ``KEPT_FILES`` files used last are
-kept; ``reuse=false`` keeps none.
+file's size and modification time is not seen (outputs linked from kept files share
+them: never edit a run's outputs in place). Each base keeps the files of its last
+``KEPT_BUILDS`` builds, and the cache at most ``KEPT_FILES`` files (the most recently used);
+``reuse=false`` keeps none.
 """
 
 from __future__ import annotations
@@ -38,13 +42,21 @@ from typing import IO, Any
 import numpy as np
 
 from core.blob_cache import connection, forget_connection, unusable
-from core.files import AheadCopies, copy_range, copying_ahead, read_line, stat_key
+from core.files import (
+    AheadCopies,
+    copy_range,
+    copying_ahead,
+    output_digest,
+    read_line,
+    stat_key,
+)
 from core.hash_points import HashPoints
 
-KEPT_LINES_FORMAT = 1
+KEPT_LINES_FORMAT = 2
 KEPT_LINES_FILE = f"lines-f{KEPT_LINES_FORMAT}.sqlite"  # in the cache directory: the index
 KEPT_LINES_DIR = f"lines-f{KEPT_LINES_FORMAT}"  # the kept files
-KEPT_FILES = 6  # two runs' three splits
+KEPT_BUILDS = 2  # a base keeps the shards its last two builds wrote or linked
+KEPT_FILES = 96  # and the cache at most this many shards (rusty-kaspa: 12 a build at 32 MB)
 _ROW = 20  # bytes of a row's key (sha1)
 
 
@@ -64,13 +76,18 @@ class KeptExample(dict):
 
 class KeptLines:
     """The kept lines of one ``base`` (see the module's docstring), found by row and split;
-    :meth:`note` records what a build made, :meth:`keep` keeps a written file."""
+    :meth:`note` records what a build made, :meth:`keep` keeps a written shard,
+    :meth:`whole` says which kept files are full shards a writer may link."""
 
-    def __init__(self, root: str | Path, base: str):
+    def __init__(self, root: str | Path, base: str, shard_bytes: int):
         self.path = Path(root) / KEPT_LINES_FILE
         self.folder = Path(root) / KEPT_LINES_DIR
         self.base = base
+        self.shard_bytes = shard_bytes
+        self.build = time.time_ns()  # this build's stamp on the files it keeps or links
         self._files: list[int] = []  # open descriptors of the kept files in use
+        # per kept file in use: (name, size, sha256, its lines as (file, start, end))
+        self._kept: list[tuple[str, int, str, list[tuple[int, int, int]]]] = []
         self._index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] | None = None
         self._made: dict[int, tuple[bytes, bool]] = {}  # id(example) -> (row, truncated)
 
@@ -78,8 +95,9 @@ class KeptLines:
         try:
             return connection(self.path, [
                 ("CREATE TABLE IF NOT EXISTS kept_lines (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
-                 "split TEXT NOT NULL, rows BLOB NOT NULL, ends BLOB NOT NULL, meta BLOB NOT NULL, "
-                 "stat TEXT NOT NULL, used REAL NOT NULL)")])
+                 "split TEXT NOT NULL, shard INTEGER NOT NULL, rows BLOB NOT NULL, ends BLOB NOT NULL, "
+                 "meta BLOB NOT NULL, stat TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, "
+                 "build INTEGER NOT NULL, used REAL NOT NULL)")])
         except (sqlite3.DatabaseError, OSError) as exc:
             raise unusable("build cache", self.path, exc) from None
 
@@ -91,9 +109,9 @@ class KeptLines:
         index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] = {}
         try:
             conn = self._conn()
-            found = conn.execute("SELECT name, split, rows, ends, meta, stat FROM kept_lines WHERE base = ? "
-                                 "ORDER BY used", (self.base,)).fetchall()
-            for name, split, rows, ends, meta, stat in found:
+            found = conn.execute("SELECT name, split, rows, ends, meta, stat, sha256, size FROM kept_lines "
+                                 "WHERE base = ? ORDER BY used", (self.base,)).fetchall()
+            for name, split, rows, ends, meta, stat, sha256, size in found:
                 try:
                     fd = os.open(self.folder / name, os.O_RDONLY)
                 except OSError:
@@ -112,6 +130,7 @@ class KeptLines:
                 self._files.append(fd)
                 starts = [0, *stops[:-1].tolist()]
                 stops_l, counts_l = stops.tolist(), counts.tolist()
+                self._kept.append((name, size, sha256, list(zip([f] * n, starts, stops_l))))
                 into = index.setdefault(split, {})
                 for i in range(n):
                     into[rows[i * _ROW:(i + 1) * _ROW]] = (f, starts[i], stops_l[i], counts_l[3 * i],
@@ -120,6 +139,33 @@ class KeptLines:
             raise unusable("build cache", self.path, exc) from None
         self._index = index
         return index
+
+    def whole(self, f: int) -> list[tuple[int, int, int]] | None:
+        """The lines of kept file ``f`` as (file, start, end), when it is a full shard (of
+        at least ``shard_bytes``): a writer whose shard would hold those lines, in order,
+        makes the same file and may link this one (:meth:`link_source`). None otherwise."""
+        _, size, _, lines = self._kept[f]
+        return lines if size >= self.shard_bytes and lines else None
+
+    def link_source(self, f: int) -> tuple[Path, str, int]:
+        """Kept file ``f``'s path, sha256 and size."""
+        name, size, sha256, _ = self._kept[f]
+        return self.folder / name, sha256, size
+
+    def whole_at(self, lines: Sequence[tuple[int, int, int] | None], at: int) -> int | None:
+        """The kept file whose lines are ``lines[at:at + n]``, exactly and in order, when it
+        is a full shard (see :meth:`whole`), or None. ``lines``: where each example's kept
+        line is (None: built, not kept)."""
+        first = lines[at]
+        if first is None or first[1] != 0:
+            return None
+        whole = self.whole(first[0])
+        if whole is None or at + len(whole) > len(lines):
+            return None
+        for k, line in enumerate(whole):
+            if lines[at + k] != line:
+                return None
+        return first[0]
 
     def find(self, row: bytes, split: str, change: Mapping[str, Any]) -> tuple[KeptExample, bool] | None:
         """The kept example of ``row`` in ``split`` (``change``: the row) and whether it
@@ -147,19 +193,21 @@ class KeptLines:
             out[i] = (example, truncated)
         return out
 
-    def copy_ahead(self, split: str, path: Path, aheads: AheadCopies) -> None:
-        """Start copying the ``split`` file this base kept last to ``path``, the output
-        the writer will write it to (see core.files.copy_ahead): a build whose rows of
-        that split start with the same rows as the last build's (a repository brought up
-        to date after a new commit: train only grows at its end) starts the file with
-        those lines. The copy runs while the examples are built; if the file turns out
-        to start otherwise, it is thrown away."""
+    def copy_ahead(self, split: str, path_of: Callable[[str, int], Path], aheads: AheadCopies) -> None:
+        """Start copying the last ``split`` shard of this base's latest build, unless it
+        is full, to this run's shard of the same number (``path_of(split, shard)``: the
+        output the writer will write it to, see core.files.copy_ahead): a build whose
+        rows of that split start with the same rows as the last build's (a repository
+        brought up to date after a new commit: train only grows at its end) links the
+        full shards before it and starts that shard with those lines. The copy runs while
+        the examples are built; if the shard turns out to start otherwise, it is thrown away."""
         try:
-            found = self._conn().execute("SELECT name, stat FROM kept_lines WHERE base = ? AND split = ? "
-                                         "ORDER BY used DESC LIMIT 1", (self.base, split)).fetchone()
+            found = self._conn().execute(
+                "SELECT name, stat, shard, size FROM kept_lines WHERE base = ? AND split = ? "
+                "ORDER BY build DESC, shard DESC LIMIT 1", (self.base, split)).fetchone()
         except sqlite3.DatabaseError:
             return  # an optimisation only: the build reads the index itself, and says so
-        if found is None:
+        if found is None or found[3] >= self.shard_bytes:
             return
         try:
             fd = os.open(self.folder / found[0], os.O_RDONLY)
@@ -167,22 +215,23 @@ class KeptLines:
             return
         try:
             if stat_key(fd) == found[1]:
-                aheads.copy(path, [(fd, 0, os.fstat(fd).st_size)])
+                aheads.copy(path_of(split, found[2]), [(fd, 0, os.fstat(fd).st_size)])
         except OSError:
             pass
         finally:
             os.close(fd)
 
-    def copy_ahead_leading(self, rows: list[bytes], splits: list[str], path_of: Callable[[str], Path],
+    def copy_ahead_leading(self, rows: list[bytes], splits: list[str], path_of: Callable[[str, int], Path],
                            aheads: AheadCopies) -> None:
-        """Start copying each split's leading kept lines to its file (``path_of(split)``,
-        unless a copy ahead of it runs already; see core.files.copy_ahead): the lines of
-        the split's first rows, in order, up to its first row without a kept line in that
-        split. A builder whose examples are assembled rows (``examples_as_assembled``)
-        makes those rows its split's first examples, copied from these lines, while the
-        copy runs."""
+        """Start copying each split's leading kept lines to the shard they will start
+        (``path_of(split, shard)``, unless a copy ahead of it runs already; see
+        core.files.copy_ahead): past the split's leading full shards kept whole (linked,
+        see :meth:`whole_at`), the lines of its next rows, in order, up to its first row
+        without a kept line in that split or the end of that shard. A builder whose
+        examples are assembled rows (``examples_as_assembled``) makes those rows its
+        split's first examples, copied from these lines, while the copy runs."""
         index = self._load()
-        runs: dict[str, list[list[int]]] = {}
+        leading: dict[str, list[tuple[int, int, int] | None]] = {}
         stopped: set[str] = set()
         for row, split in zip(rows, splits):
             if split in stopped:
@@ -191,18 +240,30 @@ class KeptLines:
             if hit is None:
                 stopped.add(split)
                 continue
-            f, start, end = hit[0], hit[1], hit[2]
-            mine = runs.setdefault(split, [])
-            if mine and mine[-1][0] == f and mine[-1][2] == start:
-                mine[-1][2] = end  # the next line of the same file, as ExampleRows.write_lines joins them
-            else:
-                mine.append([f, start, end])
-        for split, mine in runs.items():
-            path = path_of(split)
-            if not copying_ahead(path):
+            leading.setdefault(split, []).append(hit[:3])
+        for split, lines in leading.items():
+            at, shard = 0, 0
+            while at < len(lines):
+                f = self.whole_at(lines, at)
+                if f is None:
+                    break
+                at += len(self._kept[f][3])
+                shard += 1
+            runs: list[list[int]] = []
+            size = 0
+            for f, start, end in lines[at:]:
+                if runs and runs[-1][0] == f and runs[-1][2] == start:
+                    runs[-1][2] = end  # the next line of the same file, as ExampleRows.write_lines joins them
+                else:
+                    runs.append([f, start, end])
+                size += end - start
+                if size >= self.shard_bytes:
+                    break  # the shard ends with this line
+            path = path_of(split, shard)
+            if runs and not copying_ahead(path):
                 # hashed as copied, unless the file starts with a kept file's first bytes,
                 # whose own saved states the writing resumes from (core.hash_points)
-                aheads.copy(path, [(self._files[f], a, b - a) for f, a, b in mine], hashed=mine[0][1] > 0)
+                aheads.copy(path, [(self._files[f], a, b - a) for f, a, b in runs], hashed=runs[0][1] > 0)
 
     def note(self, example: dict[str, Any], row: bytes, truncated: bool) -> None:
         """Record that ``example`` (an object the build keeps until it is written) was
@@ -225,10 +286,10 @@ class KeptLines:
             else:
                 copy_range(self._files[f], start, end - start, out)
 
-    def keep(self, path: Path, split: str, examples: list[dict[str, Any]], ends: list[int]) -> bool:
-        """Keep ``path`` (a finished output, ``examples``' lines ending at ``ends``) for
-        later builds; False when it cannot be (an example this build did not note, another
-        file system, no hard links)."""
+    def keep(self, path: Path, split: str, shard: int, examples: list[dict[str, Any]], ends: list[int]) -> bool:
+        """Keep ``path`` (a finished shard, the ``shard``-th of ``split``: ``examples``'
+        lines ending at ``ends``) for later builds; False when it cannot be (an example
+        this build did not note, another file system, no hard links)."""
         made = self._made
         if len(ends) != len(examples) or any(id(ex) not in made for ex in examples):
             return False
@@ -244,8 +305,10 @@ class KeptLines:
             return False
         meta = np.array([(ex["n_tokens"], ex["n_target_tokens"], made[id(ex)][1]) for ex in examples],
                         dtype=np.int32).reshape(-1)
-        name = hashlib.sha256(f"{self.base}:{split}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24] + ".jsonl"
+        name = hashlib.sha256(f"{self.base}:{split}:{shard}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24]
+        name += ".jsonl"
         try:
+            sha256, size = output_digest(path)  # known to the writing: not read again
             self.folder.mkdir(parents=True, exist_ok=True)
             os.link(path, self.folder / name)
             fd = os.open(self.folder / name, os.O_RDONLY)
@@ -260,21 +323,48 @@ class KeptLines:
             conn = self._conn()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO kept_lines (name, base, split, rows, ends, meta, stat, used) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (name, self.base, split, rows, np.asarray(ends, dtype=np.int64).tobytes(),
-                              meta.tobytes(), stat, time.time()))
-                old = [n for (n,) in conn.execute("SELECT name FROM kept_lines ORDER BY used DESC LIMIT -1 OFFSET ?",
-                                                  (KEPT_FILES,))]
+                conn.execute("INSERT INTO kept_lines (name, base, split, shard, rows, ends, meta, stat, sha256, size, "
+                             "build, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (name, self.base, split, shard, rows, np.asarray(ends, dtype=np.int64).tobytes(),
+                              meta.tobytes(), stat, sha256, size, self.build, time.time()))
+        except sqlite3.DatabaseError as exc:
+            (self.folder / name).unlink(missing_ok=True)
+            raise unusable("build cache", self.path, exc) from None
+        return True
+
+    def linked(self, f: int, split: str, shard: int) -> None:
+        """Record that this build's ``shard``-th ``split`` shard is kept file ``f`` (a link):
+        it stays kept with the files this build keeps."""
+        try:
+            conn = self._conn()
+            with conn:
+                conn.execute("UPDATE kept_lines SET build = ?, used = ?, split = ?, shard = ? WHERE name = ?",
+                             (self.build, time.time(), split, shard, self._kept[f][0]))
+        except sqlite3.DatabaseError as exc:
+            raise unusable("build cache", self.path, exc) from None
+
+    def forget_old(self) -> None:
+        """After a build kept its shards: forget this base's files that none of its last
+        ``KEPT_BUILDS`` builds kept or linked, and the cache's least recently used beyond
+        ``KEPT_FILES``; remove strays a killed run left."""
+        try:
+            conn = self._conn()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                builds = [b for (b,) in conn.execute("SELECT DISTINCT build FROM kept_lines WHERE base = ? "
+                                                     "ORDER BY build DESC LIMIT ?", (self.base, KEPT_BUILDS))]
+                old = [n for (n,) in conn.execute(
+                    f"SELECT name FROM kept_lines WHERE base = ? AND build NOT IN ({','.join('?' * len(builds))})",
+                    (self.base, *builds))] if builds else []
+                old += [n for (n,) in conn.execute("SELECT name FROM kept_lines ORDER BY used DESC LIMIT -1 OFFSET ?",
+                                                   (KEPT_FILES,)) if n not in old]
                 for n in old:
                     conn.execute("DELETE FROM kept_lines WHERE name = ?", (n,))
         except sqlite3.DatabaseError as exc:
-            (self.folder / name).unlink(missing_ok=True)
             raise unusable("build cache", self.path, exc) from None
         for n in old:
             (self.folder / n).unlink(missing_ok=True)
         self._forget_strays()
-        return True
 
     def _forget_strays(self) -> None:
         """Remove files of the folder the index does not name (a run killed between linking
@@ -292,5 +382,6 @@ class KeptLines:
         for fd in self._files:
             os.close(fd)
         self._files = []
+        self._kept = []
         self._index = None
         forget_connection(self.path)

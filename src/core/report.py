@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write
+from core.files import atomic_write, split_shards
 
 REPORT_FILE = "report.html"
 STAGE_NAMES = ("mine", "chunk", "build")
@@ -409,23 +409,24 @@ def _add_row(scan: ChunkScan, commit: str, time: str, ctx: Any, recall: Any) -> 
 
 
 def scan_examples(run_dir: Path, split_names: Iterable[str]) -> tuple[dict[str, Counter[str]], list[str]]:
-    """Examples per commit per split from ``data/{split}.jsonl`` (or ``.parquet``), reading
-    only the ``commit`` field; the notes say what could not be read."""
+    """Examples per commit per split from ``data/{split}/*.jsonl`` (or ``data/{split}.parquet``),
+    reading only the ``commit`` field; the notes say what could not be read."""
     out: dict[str, Counter[str]] = {}
     notes: list[str] = []
     for split in split_names:
-        jsonl, parquet = run_dir / "data" / f"{split}.jsonl", run_dir / "data" / f"{split}.parquet"
+        shards, parquet = split_shards(run_dir, split), run_dir / "data" / f"{split}.parquet"
         counts: Counter[str] = Counter()
-        if jsonl.is_file():
-            with open(jsonl, "rb") as fh:
-                for line in fh:
-                    m = _COMMIT.search(line)
-                    if m is not None:
-                        counts[m.group(1).decode("ascii", "replace")] += 1
-                    elif line.strip():
-                        slow = _slow_fields(line)
-                        if slow is not None:
-                            counts[slow[0]] += 1
+        if shards:
+            for shard in shards:
+                with open(shard, "rb") as fh:
+                    for line in fh:
+                        m = _COMMIT.search(line)
+                        if m is not None:
+                            counts[m.group(1).decode("ascii", "replace")] += 1
+                        elif line.strip():
+                            slow = _slow_fields(line)
+                            if slow is not None:
+                                counts[slow[0]] += 1
         elif parquet.is_file():
             try:
                 import pyarrow.parquet as pq

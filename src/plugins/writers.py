@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommitforgeError
-from core.examples import ExampleRows, packed_json_line, packed_rows
-from core.files import atomic_write, default_mode, fast_json_line
+from core.examples import ExampleRows, WrittenShard, packed_json_line, packed_rows
+from core.files import atomic_write, default_mode, fast_json_line, remember_digest
 from core.hookspecs import hookimpl
 
 # The keys of every example, in column order.
@@ -134,6 +134,27 @@ class _Outputs:
         self.placed.append(path)
         self.rows[rel] = rows
 
+    def link(self, rel: str, source: Path, sha256: str, size: int, rows: int) -> bool:
+        """Put a hard link to ``source`` (a finished file nobody changes in place, whose
+        sha256 and size are known) at ``rel``; False when it cannot be (another file
+        system, no hard links): the caller writes the file instead."""
+        path = self.out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.link.tmp"  # as atomic_write names its own
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+            if os.stat(tmp).st_size != size:
+                raise OSError(f"{source} changed")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        remember_digest(path, sha256, size)
+        self.placed.append(path)
+        self.rows[rel] = rows
+        return True
+
     def put(self, path: Path, rows: dict[str, int]) -> None:
         """Record an output put in place by other means (the ``hf`` directory)."""
         self.placed.append(path)
@@ -168,31 +189,91 @@ def _writing(out_dir: Path, splits: dict[str, list[dict]], body: Callable[[_Outp
 @dataclass
 class JsonlWriterConfig:
     name: str = "jsonl"
+    shard_mb: float = 32.0  # a shard ends after the line that brings it to this size (MiB)
 
 
 class JsonlWriter:
-    """``data/{split}.jsonl``: one example per line, every key."""
+    """``data/{split}/00000.jsonl``, ``00001.jsonl``…: each split's examples in order, one
+    per line with every key, in shards of ``shard_mb``. A shard ends after the line that
+    brings it to that size, so where shards end depends only on the examples before: a
+    run whose split starts with the same examples as an earlier run's makes the same
+    full shards, and links them when the cache kept them (see core.kept_lines)."""
 
     lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
-    # each split's file is its examples' lines in order: the build stage keeps them, and
-    # copies the line of an example built before (see core.kept_lines)
-    line_files = "data/{split}.jsonl"
+    # the build stage keeps the shards, copies the line of an example built before and
+    # links a whole shard written before (see core.kept_lines)
+    line_shards = "data/{split}/{shard:05d}.jsonl"
 
     def __init__(self, cfg: JsonlWriterConfig | None = None):
         self.cfg = cfg or JsonlWriterConfig()
+        try:
+            mb = float(self.cfg.shard_mb)
+        except (TypeError, ValueError):
+            mb = 0.0
+        if not mb > 0:
+            raise CommitforgeError(f"writer.shard_mb={self.cfg.shard_mb!r} must be a positive number of MiB "
+                                   "(e.g. writer.shard_mb=32)")
+        self.shard_bytes = max(1, int(mb * (1 << 20)))
 
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
-                with out.file(self.line_files.format(split=split), len(rows), background=True) as fh:
-                    if isinstance(rows, ExampleRows):  # orjson writes the arrays as lists
-                        rows.write_lines(fh, fast_json_line, packed_json_line)
-                    else:
-                        for row in rows:
-                            fh.write(fast_json_line(row))
+                if isinstance(rows, ExampleRows):
+                    self._write_rows(out, split, rows)
+                else:
+                    self._write_plain(out, split, rows)
             out.stats(stats)
 
         return _writing(out_dir, splits, body)
+
+    def _write_rows(self, out: _Outputs, split: str, rows: ExampleRows) -> None:
+        keeper, lines = rows.kept_lines()
+        shards: list[WrittenShard] = []
+        at, n = 0, len(rows)
+        while not shards or at < n:  # an empty split is one empty shard
+            k = len(shards)
+            rel = self.line_shards.format(split=split, shard=k)
+            f = keeper.whole_at(lines, at) if keeper is not None and at < n else None
+            if f is not None:
+                count = len(keeper.whole(f))
+                if out.link(rel, *keeper.link_source(f), rows=count):
+                    shards.append(WrittenShard(rel, k, at, at + count, None, f))
+                    at += count
+                    continue
+            with out.file(rel, 0, background=True) as fh:  # orjson writes the arrays as lists
+                ends = rows.write_lines(fh, fast_json_line, packed_json_line, at, self.shard_bytes)
+            out.rows[rel] = len(ends)
+            shards.append(WrittenShard(rel, k, at, at + len(ends), ends, None))
+            at += len(ends)
+        rows.shards = shards
+        self._drop_others(out, split, len(shards))
+
+    def _write_plain(self, out: _Outputs, split: str, rows: list[dict]) -> None:
+        it = iter(rows)
+        row = next(it, None)
+        k = 0
+        while k == 0 or row is not None:
+            rel = self.line_shards.format(split=split, shard=k)
+            count = size = 0
+            with out.file(rel, 0, background=True) as fh:
+                while row is not None and size < self.shard_bytes:
+                    data = fast_json_line(row)
+                    fh.write(data)
+                    size += len(data)
+                    count += 1
+                    row = next(it, None)
+            out.rows[rel] = count
+            k += 1
+        self._drop_others(out, split, k)
+
+    def _drop_others(self, out: _Outputs, split: str, count: int) -> None:
+        """Remove shards of ``split`` beyond the ``count`` written (an earlier run in the
+        same directory, killed before its manifest listed them, wrote more)."""
+        folder = (out.out_dir / self.line_shards.format(split=split, shard=0)).parent
+        mine = {Path(self.line_shards.format(split=split, shard=k)).name for k in range(count)}
+        for path in folder.glob("*.jsonl"):
+            if path.name not in mine and path.stem.isdigit():
+                path.unlink(missing_ok=True)
 
 
 # -- parquet -------------------------------------------------------------------------------

@@ -8,7 +8,14 @@ import pytest
 
 from core.pipeline import Run
 
-from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
+from ..conftest import (
+    ScriptedRepo,
+    make_cfg,
+    manifest,
+    read_split,
+    run_pipeline,
+    split_bytes,
+)
 
 INJECTED = 'pub const BANNER: &str = "<|endoftext|><|cf_new|><commit_after>";\n'
 
@@ -31,7 +38,7 @@ def examples(run_dir, split=None):
     out = []
     for name in ("train", "val", "test"):
         if split in (None, name):
-            out += read_jsonl(run_dir / "data" / f"{name}.jsonl")
+            out += read_split(run_dir, name)
     return out
 
 
@@ -61,7 +68,7 @@ def test_examples_have_masks_segments_and_temporal_splits(repo, tmp_path):
     assert 0 < stats["splits"]["train"]["trained_token_share"] < 1
     assert stats["resize_embeddings"] is True and stats["special_tokens_added"] == 51
     build = manifest(run_dir)["stages"]["build"]
-    assert build["outputs"]["data/train.jsonl"]["rows"] == len(examples(run_dir, "train"))
+    assert build["outputs"]["data/train/00000.jsonl"]["rows"] == len(examples(run_dir, "train"))
 
 
 def test_source_text_never_becomes_a_special_token(repo, tmp_path):
@@ -170,7 +177,7 @@ def test_build_is_byte_identical_for_any_worker_count(repo, tmp_path):
     a = run_pipeline(tmp_path / "a", f"repo={repo.path}", "executor.workers=1")
     b = run_pipeline(tmp_path / "b", f"repo={repo.path}", "executor.workers=2")
     for name in ("train", "val", "test"):
-        assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes()
+        assert split_bytes(a, name) == split_bytes(b, name)
     # separate caches, so the same tokenizer was trained twice: identical apart from its cache path
     assert (a / "stats.json").read_text().replace(str(tmp_path / "a"), "") == \
         (b / "stats.json").read_text().replace(str(tmp_path / "b"), "")
@@ -338,6 +345,15 @@ def test_parquet_writer_output_loads_with_datasets(repo, tmp_path):
     assert rows[0]["labels"][0] == -100 and len(rows[0]["input_ids"]) == rows[0]["n_tokens"]
 
 
+def test_jsonl_shards_load_with_datasets_in_order(repo, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "writer.shard_mb=0.01")
+    assert len(list((run_dir / "data" / "train").glob("*.jsonl"))) > 2
+    ds = datasets.load_dataset("json", data_files={"train": f"{run_dir}/data/train/*.jsonl"},
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds["train"]["id"] == [e["id"] for e in read_split(run_dir, "train")]
+
+
 def test_hf_writer_runs_in_the_pipeline_and_its_dataset_directories_are_in_the_manifest(repo, tmp_path):
     datasets = pytest.importorskip("datasets")
     from core.files import output_digest
@@ -370,7 +386,7 @@ def test_fim_builder_makes_psm_spm_and_plain_examples_whose_middle_is_the_target
             # SPM puts the suffix right after <fim_prefix><fim_suffix>
             assert names[:2] in (["fim_prefix", "prefix"], ["fim_prefix", "fim_suffix"])
     again = run_pipeline(tmp_path / "again", f"repo={repo.path}", "builder=fim", "builder.fim_rate=0.8")
-    assert (again / "data" / "train.jsonl").read_bytes() == (run_dir / "data" / "train.jsonl").read_bytes()
+    assert split_bytes(again, "train") == split_bytes(run_dir, "train")
 
 
 @pytest.mark.parametrize("unit", ["unit", "file"])
@@ -651,4 +667,4 @@ def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build
     assert (after / "chunks.jsonl").read_bytes().startswith((before / "chunks.jsonl").read_bytes())
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     for name in ("train", "val", "test"):
-        assert (after / "data" / f"{name}.jsonl").read_bytes() == (fresh / "data" / f"{name}.jsonl").read_bytes()
+        assert split_bytes(after, name) == split_bytes(fresh, name)

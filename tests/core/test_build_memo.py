@@ -18,7 +18,7 @@ from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from ..conftest import ScriptedRepo, manifest, read_split, run_pipeline, split_bytes
 
 
 def body(name: str, n: int, k: int) -> str:
@@ -44,7 +44,7 @@ def counts(run_dir) -> dict:
 
 def same_outputs(a, b, cache_a, cache_b) -> None:
     for name in ("train", "val", "test"):
-        assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes(), name
+        assert split_bytes(a, name) == split_bytes(b, name), name
     # the tokenizer's cache path aside, the stats (truncations, skips, lengths) are the same
     assert (a / "stats.json").read_text().replace(str(cache_a), "") == \
         (b / "stats.json").read_text().replace(str(cache_b), "")
@@ -258,7 +258,7 @@ def test_train_on_a_segment_only_some_rows_have_is_checked_over_every_row(script
         run_dir = run_pipeline(tmp_path / name, *shared, "builder.train_on=[old_path]")
     assert counts(run_dir)["rows_encoded"] == 0
     # only the rows of the moved file have an old path: the other rows train on nothing
-    test = read_jsonl(run_dir / "data" / "test.jsonl")
+    test = read_split(run_dir, "test")
     assert any(e["path"] == "crates/app/src/b.rs" and e["n_target_tokens"] for e in test)
     for name in ("c", "d"):
         with pytest.raises(CommitforgeError, match=r"builder.train_on=\['nope'\] names no segment"):

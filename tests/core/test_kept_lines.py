@@ -16,7 +16,7 @@ from core.examples import ExampleRows
 from core.files import fast_json_line
 from core.kept_lines import KeptExample, KeptLines
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from ..conftest import ScriptedRepo, manifest, read_split, run_pipeline
 from .test_build_memo import commit_round, counts, same_outputs
 
 SHARED = "tokenizer.max_training_chars=20000"  # the bpe tokenizer learns from commits every split keeps in train
@@ -35,7 +35,7 @@ def examples(run_dir) -> dict[str, int]:
 
 def written(run_dir) -> set[tuple[str, str, str]]:
     return {(e["id"], e["split"], e["commit"]) for s in ("train", "val", "test")
-            for e in read_jsonl(run_dir / "data" / f"{s}.jsonl")}
+            for e in read_split(run_dir, s)}
 
 
 @pytest.mark.parametrize("builder", ["commit", "fim"])
@@ -50,16 +50,16 @@ def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path,
     taken = {}  # split -> (bytes taken, bytes the copy ahead had) of each file that took one over
     take = files._BackgroundWrites._take_ahead
     monkeypatch.setattr(files._BackgroundWrites, "_take_ahead", lambda self, ahead, size: taken.update(
-        {Path(ahead.tmp).name.split(".")[1]: (size, ahead.wait())}) or take(self, ahead, size))
+        {Path(ahead.tmp).parent.name: (size, ahead.wait())}) or take(self, ahead, size))
     after = run_pipeline(tmp_path / "b", *shared)
     # each file's first lines were copied while the examples were built: all of train before
     # (a guess, made once the tokenizer was ready), and the lines val and test start with
     # (known once the splits were)
-    train_before = (before / "data" / "train.jsonl").stat().st_size
+    train_before = (before / "data" / "train" / "00000.jsonl").stat().st_size  # one shard of each split
     assert taken["train"] == (train_before, train_before)
     for split in ("val", "test"):
         size, copied = taken[split]
-        assert 0 < size == copied < (after / "data" / f"{split}.jsonl").stat().st_size
+        assert 0 < size == copied < (after / "data" / split / "00000.jsonl").stat().st_size
     c = counts(after)
     # every example written before in the same split is copied: all but the new commit's
     # and those of the commits whose split moved (the first of val, the first of test)
@@ -72,6 +72,68 @@ def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path,
     for name, entry in manifest(after)["stages"]["build"]["outputs"].items():
         if name.startswith("data/"):
             assert entry["sha256"] == hashlib.sha256((after / name).read_bytes()).hexdigest(), name
+
+
+def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path):
+    import os
+    import sqlite3
+
+    from core.files import split_shards
+
+    for k in range(8, 12):
+        commit_round(repo, k)
+    small = "writer.shard_mb=0.04"  # 40 KB: train spans several shards
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, small, "split.fractions=[0.5,0.25,0.25]"]
+    before = run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    after = run_pipeline(tmp_path / "b", *shared)
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, small,
+                         "split.fractions=[0.5,0.25,0.25]")
+    for split in ("train", "val", "test"):  # the shards a fresh build writes, byte for byte
+        mine, theirs = split_shards(after, split), split_shards(fresh, split)
+        assert [p.name for p in mine] == [p.name for p in theirs], split
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(mine, theirs)), split
+    # train grew at its end: its full shards are the earlier run's files, its last one was
+    # copied and grown
+    was, now = split_shards(before, "train"), split_shards(after, "train")
+    assert len(was) >= 3 and all(os.path.samefile(a, b) for a, b in zip(was[:-1], now))
+    assert not os.path.samefile(was[-1], now[len(was) - 1])
+    olds = {p.stat().st_ino for split in ("train", "val", "test") for p in split_shards(before, split)}
+    linked = [p for split in ("train", "val", "test") for p in split_shards(after, split) if p.stat().st_ino in olds]
+    assert counts(after)["example_shards_linked"] == len(linked)
+    assert "example_shards_linked" not in counts(before)
+    for name, entry in manifest(after)["stages"]["build"]["outputs"].items():
+        if name.startswith("data/"):  # linked shards' digests come from the cache: still right
+            assert entry["sha256"] == hashlib.sha256((after / name).read_bytes()).hexdigest(), name
+    # a third build keeps its own shards and the second's, and forgets the first's
+    commit_round(repo, 100)
+    third = run_pipeline(tmp_path / "d", *shared)
+    assert counts(third)["example_shards_linked"] >= len(was) - 1
+    folder = tmp_path / "shared" / "lines-f2"
+    with sqlite3.connect(tmp_path / "shared" / "lines-f2.sqlite") as conn:
+        named = {n for (n,) in conn.execute("SELECT name FROM kept_lines")}
+        assert conn.execute("SELECT count(DISTINCT build) FROM kept_lines").fetchone() == (2,)
+    assert {p.name for p in folder.iterdir()} == named
+    ino = {os.stat(folder / n).st_ino for n in named}
+    last_two = {p.stat().st_ino for run in (after, third) for split in ("train", "val", "test")
+                for p in split_shards(run, split)}
+    assert ino == last_two
+    gone = olds - last_two  # the first build's shards neither later build linked: forgotten
+    assert gone and not gone & ino
+
+
+def test_a_shard_that_cannot_be_linked_is_written(repo, tmp_path, monkeypatch):
+    from plugins import writers
+
+    small = "writer.shard_mb=0.01"
+    shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, small]
+    run_pipeline(tmp_path / "a", *shared)
+    commit_round(repo, 99)
+    monkeypatch.setattr(writers._Outputs, "link", lambda self, *args, **kwargs: False)  # another file system
+    after = run_pipeline(tmp_path / "b", *shared)
+    assert "example_shards_linked" not in counts(after) and counts(after)["example_lines_copied"] > 0
+    fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, small)
+    same_outputs(after, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
 
 def test_a_row_is_copied_only_into_the_split_it_was_written_in(repo, tmp_path):
@@ -89,13 +151,13 @@ def test_a_row_is_copied_only_into_the_split_it_was_written_in(repo, tmp_path):
 def test_an_output_changed_after_it_was_kept_is_not_copied(repo, tmp_path):
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED]
     first = run_pipeline(tmp_path / "a", *shared)
-    with open(first / "data" / "train.jsonl", "ab") as fh:  # the kept file is the same file
+    with open(first / "data" / "train" / "00000.jsonl", "ab") as fh:  # the kept file is the same file
         fh.write(b'{"edited": true}\n')
     again = run_pipeline(tmp_path / "b", *shared)
     n = examples(again)
     assert n["train"] > 0 and counts(again)["example_lines_copied"] == n["val"] + n["test"]
     # the first run kept three files: the changed one is forgotten, the second run keeps three
-    assert len(list((tmp_path / "shared" / "lines-f1").iterdir())) == 5
+    assert len(list((tmp_path / "shared" / "lines-f2").iterdir())) == 5
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
@@ -105,7 +167,7 @@ def test_writers_without_line_files_keep_no_lines(repo, tmp_path):
     run_pipeline(tmp_path / "a", *shared)
     again = run_pipeline(tmp_path / "b", *shared)
     assert "example_lines_copied" not in counts(again) and counts(again)["rows_encoded"] == 0
-    assert not (tmp_path / "shared" / "lines-f1").exists()
+    assert not (tmp_path / "shared" / "lines-f2").exists()
 
 
 def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
@@ -115,16 +177,16 @@ def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_bytes(b"".join(lines))
     keys = [bytes([i]) * 20 for i in range(4)]
-    keeper = KeptLines(tmp_path / "cache", "base")
+    keeper = KeptLines(tmp_path / "cache", "base", 1 << 20)
     for r, k in zip(rows, keys):
         keeper.note(r, k, truncated=(k == keys[2]))
     ends = [sum(map(len, lines[:i + 1])) for i in range(4)]
-    assert keeper.keep(path, "train", rows, ends)
+    assert keeper.keep(path, "train", 0, rows, ends)
     keeper.close()
 
-    later = KeptLines(tmp_path / "cache", "base")
+    later = KeptLines(tmp_path / "cache", "base", 1 << 20)
     assert later.find(keys[0], "val", rows[0]) is None  # kept for train only
-    assert KeptLines(tmp_path / "cache", "other").find(keys[0], "train", rows[0]) is None
+    assert KeptLines(tmp_path / "cache", "other", 1 << 20).find(keys[0], "train", rows[0]) is None
     hits = [later.find(k, "train", r) for k, r in zip(keys, rows)]
     assert [truncated for _, truncated in hits] == [False, False, True, False]
     kept = [example for example, _ in hits]
@@ -137,7 +199,7 @@ def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):
     ends = seq.write_lines(out, fast_json_line)
     written = [lines[0], lines[1], fast_json_line(fresh), lines[3], lines[2]]
     assert out.getvalue() == b"".join(written)
-    assert ends == [sum(map(len, written[:i + 1])) for i in range(5)] and seq.line_ends == ends
+    assert ends == [sum(map(len, written[:i + 1])) for i in range(5)]
     # a writer that reads rows gets each kept example whole
     assert list(seq)[3] == json.loads(lines[3]) and seq[0] == rows[0]
     later.close()
@@ -159,13 +221,13 @@ def test_find_all_finds_rows_read_from_chunks_jsonl_and_plain_rows_alike(tmp_pat
     out = tmp_path / "train.jsonl"
     out.write_bytes(b"".join(lines))
     keys = [bytes([65 + i]) * 20 for i in range(4)]
-    keeper = KeptLines(tmp_path / "cache", "base")
+    keeper = KeptLines(tmp_path / "cache", "base", 1 << 20)
     for e, k in zip(examples, keys):
         keeper.note(e, k, truncated=k == keys[1])
-    assert keeper.keep(out, "train", examples, [sum(map(len, lines[:i + 1])) for i in range(4)])
+    assert keeper.keep(out, "train", 0, examples, [sum(map(len, lines[:i + 1])) for i in range(4)])
     keeper.close()
 
-    later = KeptLines(tmp_path / "cache", "base")
+    later = KeptLines(tmp_path / "cache", "base", 1 << 20)
     rows = [keys[0], keys[1], b"z" * 20, keys[3], keys[2]]
     splits = ["train", "train", "train", "train", "val"]  # the last is kept for train only
     found = later.find_all(rows, splits, [changes[0], changes[1], changes[2], changes[3], changes[2]])
@@ -204,12 +266,12 @@ def test_a_file_holding_more_than_its_lines_is_not_kept(tmp_path):
     lines = [fast_json_line(r) for r in rows]
     path = tmp_path / "train.jsonl"
     path.write_bytes(b"# header\n" + b"".join(lines))
-    keeper = KeptLines(tmp_path / "cache", "base")
+    keeper = KeptLines(tmp_path / "cache", "base", 1 << 20)
     for i, r in enumerate(rows):
         keeper.note(r, bytes([i]) * 20, truncated=False)
-    assert not keeper.keep(path, "train", rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
+    assert not keeper.keep(path, "train", 0, rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
     path.write_bytes(b"".join(lines))
-    assert keeper.keep(path, "train", rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
+    assert keeper.keep(path, "train", 0, rows, [len(lines[0]), len(lines[0]) + len(lines[1])])
     keeper.close()
 
 
@@ -221,11 +283,11 @@ def test_a_kept_example_of_a_path_that_is_not_utf8_reads_back(tmp_path):
     line = json_line(row)
     path = tmp_path / "train.jsonl"
     path.write_bytes(line)
-    keeper = KeptLines(tmp_path / "cache", "base")
+    keeper = KeptLines(tmp_path / "cache", "base", 1 << 20)
     keeper.note(row, b"k" * 20, truncated=False)
-    assert keeper.keep(path, "train", [row], [len(line)])
+    assert keeper.keep(path, "train", 0, [row], [len(line)])
     keeper.close()
-    later = KeptLines(tmp_path / "cache", "base")
+    later = KeptLines(tmp_path / "cache", "base", 1 << 20)
     kept, _ = later.find(b"k" * 20, "train", row)
     assert kept.load()["path"] == odd and ExampleRows([kept])[0] == row
     later.close()

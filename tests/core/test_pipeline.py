@@ -23,7 +23,14 @@ from core.errors import CommitforgeError
 from core.pipeline import Run
 from core.stage_cache import unpack
 
-from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
+from ..conftest import (
+    ScriptedRepo,
+    make_cfg,
+    manifest,
+    read_jsonl,
+    read_split,
+    run_pipeline,
+)
 
 LIB_V1 = """/// Adds two numbers — «exactly».
 pub fn add(a: u32, b: u32) -> u32 {
@@ -625,7 +632,7 @@ def test_a_repository_with_two_languages_is_processed_with_languages(scripted_re
     ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in rows}
     assert ctx["mix::geo::origin"] == ["mix::Point"]  # each language resolves within its own files
     assert ctx["tools.report::origin"] == ["tools.shapes::Point"]
-    kinds = {e["kind"] for split in ("train", "val", "test") for e in read_jsonl(run_dir / "data" / f"{split}.jsonl")}
+    kinds = {e["kind"] for split in ("train", "val", "test") for e in read_split(run_dir, split)}
     assert {"class", "fn"} <= kinds  # the build stage has a kind token for Python's kinds too
     assert manifest(run_dir)["plugins"]["language"] == "rust,python"  # every language the run chunked
     with pytest.raises(CommitforgeError, match="extension '.py' is claimed by languages 'rust' and 'python'"):
@@ -669,7 +676,7 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
             assert [c["qualname"] for c in rows[("rename the store package", "ledger_core::first")]["context"]] == \
                 ["journal::log::Entry"]
     snapshot = run_pipeline(tmp_path / "file", f"repo={r.path}", "builder=file", "split=path", "dedup.near=false")
-    exs = [e for split in ("train", "val", "test") for e in read_jsonl(snapshot / "data" / f"{split}.jsonl")]
+    exs = [e for split in ("train", "val", "test") for e in read_split(snapshot, split)]
     assert {e["qualname"] for e in exs} == {"journal::log::Entry", "ledger_core::first", "ldg::cmd::run", "ldg::main"}
 
 

@@ -19,7 +19,8 @@ import pytest
 from core.errors import CommitforgeError
 from core.manifest import RunLock
 
-FINAL = ("commits.jsonl", "chunks.jsonl", "stats.json", "data/train.jsonl", "data/val.jsonl", "data/test.jsonl")
+FINAL = ("commits.jsonl", "chunks.jsonl", "stats.json", "data/train/00000.jsonl", "data/val/00000.jsonl",
+         "data/test/00000.jsonl")
 
 
 def _start(run_dir: Path, cache: Path) -> subprocess.Popen:
@@ -103,7 +104,7 @@ def test_a_rerun_with_another_writer_or_fewer_stages_leaves_no_stale_outputs(tmp
 
     out = tmp_path / "run"
     Run(make_cfg(tmp_path, f"out_dir={out}")).run()
-    assert (out / "data" / "train.jsonl").exists()
+    assert (out / "data" / "train" / "00000.jsonl").exists()
     Run(make_cfg(tmp_path, f"out_dir={out}", "writer=legacy")).run()
     assert not (out / "data").exists()  # the jsonl files went with the stage that wrote them
     assert (out / "training_data_enhanced_train.json").exists()

@@ -59,7 +59,7 @@ def test_every_kind_of_secret_is_redacted_from_every_output(scripted_repo, tmp_p
     write_report(run_dir)
 
     blobs = [p for p in run_dir.rglob("*") if p.is_file()]
-    assert {p.name for p in blobs} >= {"commits.jsonl", "chunks.jsonl", "train.jsonl", "stats.json", "MANIFEST.json",
+    assert {p.name for p in blobs} >= {"commits.jsonl", "chunks.jsonl", "00000.jsonl", "stats.json", "MANIFEST.json",
                                        "report.html"}
     rows = read_jsonl(run_dir / "chunks.jsonl")
     decoded = "\n".join(json.dumps(row) for row in rows)

@@ -74,14 +74,48 @@ def normalize(row: dict) -> dict:
 # -- jsonl ---------------------------------------------------------------------------------
 def test_jsonl_round_trip_and_rows(tmp_path):
     rows = JsonlWriter().write(tmp_path, SPLITS, STATS)
-    assert rows == {"data/train.jsonl": 3, "data/val.jsonl": 1, "data/test.jsonl": 0, "stats.json": 1}
+    assert rows == {"data/train/00000.jsonl": 3, "data/val/00000.jsonl": 1, "data/test/00000.jsonl": 0, "stats.json": 1}
     assert files(tmp_path) == sorted(rows)
     for split, examples in SPLITS.items():
-        text = (tmp_path / f"data/{split}.jsonl").read_text(encoding="utf-8")
+        text = (tmp_path / f"data/{split}/00000.jsonl").read_text(encoding="utf-8")
         assert [json.loads(line) for line in text.splitlines()] == examples
-    assert "日本語" in (tmp_path / "data/train.jsonl").read_text(encoding="utf-8")  # not \u-escaped
+    assert "日本語" in (tmp_path / "data/train/00000.jsonl").read_text(encoding="utf-8")  # not \u-escaped
     assert_stats(tmp_path)
     assert_no_temp(tmp_path)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["lists", "packed"])
+def test_jsonl_shards_end_after_the_line_that_fills_them(tmp_path, lazy):
+    from plugins.writers import JsonlWriterConfig
+
+    rows = [{**example(0, "train", 30), "id": f"ex{i}"} for i in range(8)] + [example(8, "train", 2)]
+    lines = [json_line(r) for r in rows]
+    assert len({len(line) for line in lines[:8]}) == 1  # the same size, but the last
+    limit = 2 * len(lines[0]) + 1  # a shard is full inside its third line
+    splits = {"train": rows, "val": [], "test": []}
+    writer = JsonlWriter(JsonlWriterConfig(shard_mb=limit / (1 << 20)))
+    out = writer.write(tmp_path, packed(splits) if lazy else splits, STATS)
+    # shards of three lines each (each ends after the line that reaches the limit), the
+    # last one short; an empty split is one empty shard
+    assert out == {"data/train/00000.jsonl": 3, "data/train/00001.jsonl": 3, "data/train/00002.jsonl": 3,
+                   "data/val/00000.jsonl": 0, "data/test/00000.jsonl": 0, "stats.json": 1}
+    for k in range(3):
+        assert (tmp_path / f"data/train/{k:05d}.jsonl").read_bytes() == b"".join(lines[3 * k:3 * k + 3])
+    # shards a run in the same directory wrote beyond these are removed with the run's own
+    (tmp_path / "data/train/00007.jsonl").write_bytes(lines[0])
+    (tmp_path / "data/train/notes.jsonl").write_bytes(b"kept\n")  # not a shard: left alone
+    out = writer.write(tmp_path, {"train": rows[:4], "val": [], "test": []}, STATS)
+    assert sorted(k for k in out if "train" in k) == ["data/train/00000.jsonl", "data/train/00001.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "data/train").iterdir()) == ["00000.jsonl", "00001.jsonl", "notes.jsonl"]
+    assert_no_temp(tmp_path / "data/val")
+
+
+@pytest.mark.parametrize("bad", [0, -1, "big"])
+def test_jsonl_shard_size_must_be_positive(bad):
+    from plugins.writers import JsonlWriterConfig
+
+    with pytest.raises(CommitforgeError, match=rf"writer.shard_mb={bad!r} must be a positive number"):
+        JsonlWriter(JsonlWriterConfig(shard_mb=bad))
 
 
 # -- legacy --------------------------------------------------------------------------------
@@ -196,7 +230,7 @@ ODD_SPLITS = {"train": [example(0, "train", 4, ODD)], "val": [], "test": []}
 
 def test_lone_surrogates_round_trip_in_json(tmp_path):
     JsonlWriter().write(tmp_path / "j", ODD_SPLITS, STATS)
-    assert json.loads((tmp_path / "j/data/train.jsonl").read_text(encoding="utf-8"))["path"] == ODD
+    assert json.loads((tmp_path / "j/data/train/00000.jsonl").read_text(encoding="utf-8"))["path"] == ODD
     LegacyWriter().write(tmp_path / "l", ODD_SPLITS, STATS)
     assert json.loads((tmp_path / "l/training_data_enhanced_train.json").read_text("utf-8"))[0]["path"] == ODD
 
@@ -206,13 +240,13 @@ def test_a_lone_surrogate_row_is_written_by_json_with_its_escape(tmp_path):
     splits = {"train": [example(0, "train", 4), example(1, "train", 3, ODD), example(2, "train", 5)],
               "val": [], "test": []}
     JsonlWriter().write(tmp_path, splits, STATS)
-    raw = (tmp_path / "data/train.jsonl").read_bytes()
+    raw = (tmp_path / "data/train/00000.jsonl").read_bytes()
     assert b'"src/caf\\udce9.rs"' in raw
     assert raw == b"".join(json_line(r) for r in splits["train"])
     assert [json.loads(line)["path"] for line in raw.splitlines()] == ["src/lib.rs", ODD, "src/lib.rs"]
     # packed (numpy arrays): the json fallback writes the arrays as the same lists
     JsonlWriter().write(tmp_path / "packed", packed(splits), STATS)
-    assert (tmp_path / "packed/data/train.jsonl").read_bytes() == raw
+    assert (tmp_path / "packed/data/train/00000.jsonl").read_bytes() == raw
 
 
 def test_lone_surrogates_escaped_in_arrow(tmp_path):
