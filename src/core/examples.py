@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from core.files import fast_json_line
-from core.kept_lines import KeptExample
+from core.kept_lines import KeptExample, ends_shard, line_mark
 
 try:
     import orjson
@@ -323,13 +323,15 @@ class ExampleRows(Sequence):
 
     def write_lines(self, out: Any, line: Callable[[dict[str, Any]], bytes],
                     packed_line: Callable[[dict[str, Any]], bytes] | None = None,
-                    start: int = 0, limit: int | None = None) -> list[int]:
+                    start: int = 0, shard_bytes: int | None = None) -> list[int]:
         """Write the examples from ``start`` to ``out``, each as one line, ``line(example)``
         of the packed example (see :meth:`packed`), or the same line ``packed_line``
         makes of the stored example itself (see :func:`packed_json_line`), except that the
         line an earlier build wrote of a kept example (:class:`core.kept_lines.KeptExample`)
-        is copied; with ``limit``, up to the line that brings ``out`` to ``limit`` bytes
-        (a shard). Returns where each line written ends in ``out``."""
+        is copied; with ``shard_bytes``, up to the line that ends a shard of about that
+        size (:func:`core.kept_lines.ends_shard`). Returns where each line written ends in
+        ``out``."""
+        half = shard_bytes // 2 if shard_bytes is not None else None
         ends: list[int] = []
         pos = 0
         runs: list[tuple[int, int, int]] = []  # kept lines to copy, contiguous ones merged
@@ -354,7 +356,8 @@ class ExampleRows(Sequence):
                 out.write(data)
                 pos += len(data)
             ends.append(pos)
-            if limit is not None and pos >= limit:
+            if half is not None and pos >= half and \
+                    ends_shard(pos, pos - (ends[-2] if len(ends) > 1 else 0), line_mark(r["id"]), shard_bytes):
                 break
         if runs:
             keeper.copy(runs, out)  # type: ignore[union-attr]

@@ -1,19 +1,22 @@
 """Example lines written by earlier builds, kept so that a later build links or copies them.
 
 A writer with ``line_shards`` (``jsonl``: ``data/{split}/{shard:05d}.jsonl``) writes each
-split's examples as lines, in order, into shards of ``shard_bytes``: a shard ends after the
-line that brings it to that size, so where shards end depends only on the lines before.
-After writing them, the build stage keeps each shard (a hard link in the cache, no copy)
-with, per line, the row it was built from (the sha1 of the row's line in ``chunks.jsonl``),
-where the line ends, what the stats need of it (token counts, whether it was truncated),
-and the shard's sha256. A later build with the same settings (the build cache's example
+split's examples as lines, in order, into shards of about ``shard_bytes``. Where a shard
+ends depends on its own lines only (:func:`ends_shard`: past half the size, after a line
+whose example id hashes low enough for its size): a split that changes in one place
+(a row dropped or added in the middle, as deduplication does when val's first commit
+moves into train) makes other shards only where it changed, and the same shards again
+after the next end they share. After writing them, the build stage keeps each shard (a
+hard link in the cache, no copy) with, per line, the row it was built from (the sha1 of
+the row's line in ``chunks.jsonl``), where the line ends, what the stats need of it
+(token counts, whether it was truncated), and the shard's sha256. A later build with the same settings (the build cache's example
 settings, the writer's code and settings: ``base``) that puts the same row in the same
 split (the split is part of the line) copies those bytes instead of reading the example
 back from the build cache, unpacking its arrays and serialising them again; and a shard
-of the later build that is a whole full shard kept here, line for line, is that file: a
-hard link, neither copied nor hashed again. A repository brought up to date after a new
-commit builds the new commit's rows only; train, which only grows at its end, links all
-its full shards and copies the last one's lines into a new last shard.
+of the later build that is a whole shard kept here (one that ended by the rule, not with
+its split), line for line, is that file: a hard link, neither copied nor hashed again. A
+repository brought up to date after a new commit builds the new commit's rows only; train
+links the shards that did not change and copies the kept lines of the others.
 
 The copy of that last shard starts before the examples are built: as soon as the build's
 tokenizer is ready, a thread copies the train shard kept last into this run's shard of
@@ -52,12 +55,32 @@ from core.files import (
 )
 from core.hash_points import HashPoints
 
-KEPT_LINES_FORMAT = 2
+KEPT_LINES_FORMAT = 3
 KEPT_LINES_FILE = f"lines-f{KEPT_LINES_FORMAT}.sqlite"  # in the cache directory: the index
 KEPT_LINES_DIR = f"lines-f{KEPT_LINES_FORMAT}"  # the kept files
 KEPT_BUILDS = 2  # a base keeps the shards its last two builds wrote or linked
 KEPT_FILES = 96  # and the cache at most this many shards (rusty-kaspa: 12 a build at 32 MB)
 _ROW = 20  # bytes of a row's key (sha1)
+_META = 4  # int32 per kept line: tokens, target tokens, truncated, mark (line_mark)
+
+
+def line_mark(uid: str) -> int:
+    """A number in [0, 2**31) from an example's id, the same in every process."""
+    digest = hashlib.blake2b(uid.encode("utf-8", "surrogateescape"), digest_size=4).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def ends_shard(pos: int, size: int, mark: int, shard_bytes: int) -> bool:
+    """Whether a line shard of about ``shard_bytes`` ends after a line of ``size`` bytes
+    that brings it to ``pos`` bytes, the line of an example whose :func:`line_mark` is
+    ``mark``: never before half ``shard_bytes``, always from twice, and between them with
+    a chance proportional to the line's size (shards of ``shard_bytes`` on average). It
+    depends on the shard's own lines only, so two splits that differ in one place end
+    their shards at the same lines after it."""
+    half = max(1, shard_bytes // 2)
+    if pos < half:
+        return False
+    return pos >= 2 * shard_bytes or mark * half < size << 31
 
 
 class KeptExample(dict):
@@ -86,9 +109,10 @@ class KeptLines:
         self.shard_bytes = shard_bytes
         self.build = time.time_ns()  # this build's stamp on the files it keeps or links
         self._files: list[int] = []  # open descriptors of the kept files in use
-        # per kept file in use: (name, size, sha256, its lines as (file, start, end))
-        self._kept: list[tuple[str, int, str, list[tuple[int, int, int]]]] = []
-        self._index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] | None = None
+        # per kept file in use: (name, size, sha256, its lines as (file, start, end), whether
+        # it ended by the rule: ends_shard)
+        self._kept: list[tuple[str, int, str, list[tuple[int, int, int]], bool]] = []
+        self._index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool, int]]] | None = None
         self._made: dict[int, tuple[bytes, bool]] = {}  # id(example) -> (row, truncated)
 
     def _conn(self) -> sqlite3.Connection:
@@ -101,12 +125,12 @@ class KeptLines:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise unusable("build cache", self.path, exc) from None
 
-    def _load(self) -> dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]]:
-        """split -> row -> (file, start, end, n_tokens, n_target_tokens, truncated), from
-        every usable kept file of this base (the most recently used wins)."""
+    def _load(self) -> dict[str, dict[bytes, tuple[int, int, int, int, int, bool, int]]]:
+        """split -> row -> (file, start, end, n_tokens, n_target_tokens, truncated, mark),
+        from every usable kept file of this base (the most recently used wins)."""
         if self._index is not None:
             return self._index
-        index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool]]] = {}
+        index: dict[str, dict[bytes, tuple[int, int, int, int, int, bool, int]]] = {}
         try:
             conn = self._conn()
             found = conn.execute("SELECT name, split, rows, ends, meta, stat, sha256, size FROM kept_lines "
@@ -120,7 +144,7 @@ class KeptLines:
                 n = len(rows) // _ROW
                 stops = np.frombuffer(ends, dtype=np.int64)
                 counts = np.frombuffer(meta, dtype=np.int32)
-                if stat_key(fd) != stat or len(stops) != n or len(counts) != 3 * n:
+                if stat_key(fd) != stat or len(stops) != n or len(counts) != _META * n:
                     os.close(fd)  # changed since it was kept: never used again
                     conn.execute("DELETE FROM kept_lines WHERE name = ?", (name,))
                     (self.folder / name).unlink(missing_ok=True)
@@ -130,31 +154,34 @@ class KeptLines:
                 self._files.append(fd)
                 starts = [0, *stops[:-1].tolist()]
                 stops_l, counts_l = stops.tolist(), counts.tolist()
-                self._kept.append((name, size, sha256, list(zip([f] * n, starts, stops_l))))
+                ended = n > 0 and ends_shard(stops_l[-1], stops_l[-1] - starts[-1], counts_l[-1], self.shard_bytes)
+                self._kept.append((name, size, sha256, list(zip([f] * n, starts, stops_l)), ended))
                 into = index.setdefault(split, {})
                 for i in range(n):
-                    into[rows[i * _ROW:(i + 1) * _ROW]] = (f, starts[i], stops_l[i], counts_l[3 * i],
-                                                           counts_l[3 * i + 1], bool(counts_l[3 * i + 2]))
+                    m = _META * i
+                    into[rows[i * _ROW:(i + 1) * _ROW]] = (f, starts[i], stops_l[i], counts_l[m], counts_l[m + 1],
+                                                           bool(counts_l[m + 2]), counts_l[m + 3])
         except sqlite3.DatabaseError as exc:
             raise unusable("build cache", self.path, exc) from None
         self._index = index
         return index
 
     def whole(self, f: int) -> list[tuple[int, int, int]] | None:
-        """The lines of kept file ``f`` as (file, start, end), when it is a full shard (of
-        at least ``shard_bytes``): a writer whose shard would hold those lines, in order,
-        makes the same file and may link this one (:meth:`link_source`). None otherwise."""
-        _, size, _, lines = self._kept[f]
-        return lines if size >= self.shard_bytes and lines else None
+        """The lines of kept file ``f`` as (file, start, end), when it is a shard that
+        ended by the rule (:func:`ends_shard`), not with its split: a writer whose shard
+        starts with those lines, in order, ends it after them, makes the same file, and
+        may link this one (:meth:`link_source`). None otherwise."""
+        _, _, _, lines, ended = self._kept[f]
+        return lines if ended else None
 
     def link_source(self, f: int) -> tuple[Path, str, int]:
         """Kept file ``f``'s path, sha256 and size."""
-        name, size, sha256, _ = self._kept[f]
+        name, size, sha256, _, _ = self._kept[f]
         return self.folder / name, sha256, size
 
     def whole_at(self, lines: Sequence[tuple[int, int, int] | None], at: int) -> int | None:
         """The kept file whose lines are ``lines[at:at + n]``, exactly and in order, when it
-        is a full shard (see :meth:`whole`), or None. ``lines``: where each example's kept
+        ended by the rule (see :meth:`whole`), or None. ``lines``: where each example's kept
         line is (None: built, not kept)."""
         first = lines[at]
         if first is None or first[1] != 0:
@@ -184,7 +211,7 @@ class KeptLines:
             hit = look[split](row)
             if hit is None:
                 continue
-            f, start, end, n_tokens, n_target, truncated = hit
+            f, start, end, n_tokens, n_target, truncated, _ = hit
             uid, commit, change = fields(changes[i])
             example = KeptExample({"id": uid, "split": split, "n_tokens": n_tokens, "n_target_tokens": n_target,
                                    "commit": commit, "change": change})
@@ -195,20 +222,26 @@ class KeptLines:
 
     def copy_ahead(self, split: str, path_of: Callable[[str, int], Path], aheads: AheadCopies) -> None:
         """Start copying the last ``split`` shard of this base's latest build, unless it
-        is full, to this run's shard of the same number (``path_of(split, shard)``: the
+        ended by the rule (see :meth:`whole`), to this run's shard of the same number (``path_of(split, shard)``: the
         output the writer will write it to, see core.files.copy_ahead): a build whose
         rows of that split start with the same rows as the last build's (a repository
-        brought up to date after a new commit: train only grows at its end) links the
-        full shards before it and starts that shard with those lines. The copy runs while
+        brought up to date after a new commit: train grows at its end) links the shards
+        before it and starts that shard with those lines. The copy runs while
         the examples are built; if the shard turns out to start otherwise, it is thrown away."""
         try:
             found = self._conn().execute(
-                "SELECT name, stat, shard, size FROM kept_lines WHERE base = ? AND split = ? "
+                "SELECT name, stat, shard, ends, meta FROM kept_lines WHERE base = ? AND split = ? "
                 "ORDER BY build DESC, shard DESC LIMIT 1", (self.base, split)).fetchone()
         except sqlite3.DatabaseError:
             return  # an optimisation only: the build reads the index itself, and says so
-        if found is None or found[3] >= self.shard_bytes:
+        if found is None:
             return
+        stops, meta = np.frombuffer(found[3], dtype=np.int64), np.frombuffer(found[4], dtype=np.int32)
+        if not len(stops) or len(meta) != _META * len(stops):
+            return
+        last = int(stops[-1]) - (int(stops[-2]) if len(stops) > 1 else 0)
+        if ends_shard(int(stops[-1]), last, int(meta[-1]), self.shard_bytes):
+            return  # the next shard starts with new lines
         try:
             fd = os.open(self.folder / found[0], os.O_RDONLY)
         except OSError:
@@ -225,13 +258,14 @@ class KeptLines:
                            aheads: AheadCopies) -> None:
         """Start copying each split's leading kept lines to the shard they will start
         (``path_of(split, shard)``, unless a copy ahead of it runs already; see
-        core.files.copy_ahead): past the split's leading full shards kept whole (linked,
-        see :meth:`whole_at`), the lines of its next rows, in order, up to its first row
+        core.files.copy_ahead): past the split's leading shards kept whole (linked, see
+        :meth:`whole_at`), the lines of its next rows, in order, up to its first row
         without a kept line in that split or the end of that shard. A builder whose
         examples are assembled rows (``examples_as_assembled``) makes those rows its
         split's first examples, copied from these lines, while the copy runs."""
         index = self._load()
         leading: dict[str, list[tuple[int, int, int] | None]] = {}
+        marks: dict[str, list[int]] = {}
         stopped: set[str] = set()
         for row, split in zip(rows, splits):
             if split in stopped:
@@ -241,6 +275,7 @@ class KeptLines:
                 stopped.add(split)
                 continue
             leading.setdefault(split, []).append(hit[:3])
+            marks.setdefault(split, []).append(hit[6])
         for split, lines in leading.items():
             at, shard = 0, 0
             while at < len(lines):
@@ -251,13 +286,13 @@ class KeptLines:
                 shard += 1
             runs: list[list[int]] = []
             size = 0
-            for f, start, end in lines[at:]:
+            for (f, start, end), mark in zip(lines[at:], marks[split][at:]):
                 if runs and runs[-1][0] == f and runs[-1][2] == start:
                     runs[-1][2] = end  # the next line of the same file, as ExampleRows.write_lines joins them
                 else:
                     runs.append([f, start, end])
                 size += end - start
-                if size >= self.shard_bytes:
+                if ends_shard(size, end - start, mark, self.shard_bytes):
                     break  # the shard ends with this line
             path = path_of(split, shard)
             if runs and not copying_ahead(path):
@@ -303,8 +338,8 @@ class KeptLines:
         rows = b"".join(made[id(ex)][0] for ex in examples)
         if len(rows) != _ROW * len(examples):
             return False
-        meta = np.array([(ex["n_tokens"], ex["n_target_tokens"], made[id(ex)][1]) for ex in examples],
-                        dtype=np.int32).reshape(-1)
+        meta = np.array([(ex["n_tokens"], ex["n_target_tokens"], made[id(ex)][1], line_mark(ex["id"]))
+                         for ex in examples], dtype=np.int32).reshape(-1)
         name = hashlib.sha256(f"{self.base}:{split}:{shard}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24]
         name += ".jsonl"
         try:

@@ -49,6 +49,7 @@ from typing import Any
 
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, WrittenShard, packed_json_line, packed_rows
+from core.kept_lines import ends_shard, line_mark
 from core.files import atomic_write, default_mode, fast_json_line, remember_digest
 from core.hookspecs import hookimpl
 
@@ -189,15 +190,15 @@ def _writing(out_dir: Path, splits: dict[str, list[dict]], body: Callable[[_Outp
 @dataclass
 class JsonlWriterConfig:
     name: str = "jsonl"
-    shard_mb: float = 32.0  # a shard ends after the line that brings it to this size (MiB)
+    shard_mb: float = 32.0  # shards of about this size (MiB; from half to twice it, see core.kept_lines)
 
 
 class JsonlWriter:
     """``data/{split}/00000.jsonl``, ``00001.jsonl``…: each split's examples in order, one
-    per line with every key, in shards of ``shard_mb``. A shard ends after the line that
-    brings it to that size, so where shards end depends only on the examples before: a
-    run whose split starts with the same examples as an earlier run's makes the same
-    full shards, and links them when the cache kept them (see core.kept_lines)."""
+    per line with every key, in shards of about ``shard_mb``. Where a shard ends depends
+    on its own lines only (core.kept_lines.ends_shard): a run whose split holds the same
+    examples as an earlier run's except in places makes the same shards elsewhere, and
+    links them when the cache kept them."""
 
     lazy_rows = True  # each split may be an ExampleRows: read once, in order or by slices
     # the build stage keeps the shards, copies the line of an example built before and
@@ -256,12 +257,15 @@ class JsonlWriter:
             rel = self.line_shards.format(split=split, shard=k)
             count = size = 0
             with out.file(rel, 0, background=True) as fh:
-                while row is not None and size < self.shard_bytes:
+                while row is not None:
                     data = fast_json_line(row)
                     fh.write(data)
                     size += len(data)
                     count += 1
+                    ended = ends_shard(size, len(data), line_mark(row["id"]), self.shard_bytes)
                     row = next(it, None)
+                    if ended:
+                        break
             out.rows[rel] = count
             k += 1
         self._drop_others(out, split, k)

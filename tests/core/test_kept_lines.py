@@ -14,7 +14,7 @@ import pytest
 from core import files
 from core.examples import ExampleRows
 from core.files import fast_json_line
-from core.kept_lines import KeptExample, KeptLines
+from core.kept_lines import KEPT_LINES_DIR, KEPT_LINES_FILE, KeptExample, KeptLines
 
 from ..conftest import ScriptedRepo, manifest, read_split, run_pipeline
 from .test_build_memo import commit_round, counts, same_outputs
@@ -109,8 +109,8 @@ def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path):
     commit_round(repo, 100)
     third = run_pipeline(tmp_path / "d", *shared)
     assert counts(third)["example_shards_linked"] >= len(was) - 1
-    folder = tmp_path / "shared" / "lines-f2"
-    with sqlite3.connect(tmp_path / "shared" / "lines-f2.sqlite") as conn:
+    folder = tmp_path / "shared" / KEPT_LINES_DIR
+    with sqlite3.connect(tmp_path / "shared" / KEPT_LINES_FILE) as conn:
         named = {n for (n,) in conn.execute("SELECT name FROM kept_lines")}
         assert conn.execute("SELECT count(DISTINCT build) FROM kept_lines").fetchone() == (2,)
     assert {p.name for p in folder.iterdir()} == named
@@ -157,7 +157,7 @@ def test_an_output_changed_after_it_was_kept_is_not_copied(repo, tmp_path):
     n = examples(again)
     assert n["train"] > 0 and counts(again)["example_lines_copied"] == n["val"] + n["test"]
     # the first run kept three files: the changed one is forgotten, the second run keeps three
-    assert len(list((tmp_path / "shared" / "lines-f2").iterdir())) == 5
+    assert len(list((tmp_path / "shared" / KEPT_LINES_DIR).iterdir())) == 5
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED)
     same_outputs(again, fresh, tmp_path / "shared", tmp_path / "c" / "cache")
 
@@ -167,7 +167,7 @@ def test_writers_without_line_files_keep_no_lines(repo, tmp_path):
     run_pipeline(tmp_path / "a", *shared)
     again = run_pipeline(tmp_path / "b", *shared)
     assert "example_lines_copied" not in counts(again) and counts(again)["rows_encoded"] == 0
-    assert not (tmp_path / "shared" / "lines-f2").exists()
+    assert not (tmp_path / "shared" / KEPT_LINES_DIR).exists()
 
 
 def test_kept_examples_are_written_as_their_lines_and_read_back_whole(tmp_path):

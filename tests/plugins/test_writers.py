@@ -84,30 +84,53 @@ def test_jsonl_round_trip_and_rows(tmp_path):
     assert_no_temp(tmp_path)
 
 
+def shard_bytes_of(out_dir: Path, split: str = "train") -> list[bytes]:
+    return [p.read_bytes() for p in sorted((out_dir / "data" / split).glob("*.jsonl"))]
+
+
 @pytest.mark.parametrize("lazy", [False, True], ids=["lists", "packed"])
-def test_jsonl_shards_end_after_the_line_that_fills_them(tmp_path, lazy):
+def test_jsonl_shards_end_where_their_own_lines_say(tmp_path, lazy):
+    from core.kept_lines import ends_shard, line_mark
     from plugins.writers import JsonlWriterConfig
 
-    rows = [{**example(0, "train", 30), "id": f"ex{i}"} for i in range(8)] + [example(8, "train", 2)]
-    lines = [json_line(r) for r in rows]
-    assert len({len(line) for line in lines[:8]}) == 1  # the same size, but the last
-    limit = 2 * len(lines[0]) + 1  # a shard is full inside its third line
-    splits = {"train": rows, "val": [], "test": []}
-    writer = JsonlWriter(JsonlWriterConfig(shard_mb=limit / (1 << 20)))
-    out = writer.write(tmp_path, packed(splits) if lazy else splits, STATS)
-    # shards of three lines each (each ends after the line that reaches the limit), the
-    # last one short; an empty split is one empty shard
-    assert out == {"data/train/00000.jsonl": 3, "data/train/00001.jsonl": 3, "data/train/00002.jsonl": 3,
-                   "data/val/00000.jsonl": 0, "data/test/00000.jsonl": 0, "stats.json": 1}
-    for k in range(3):
-        assert (tmp_path / f"data/train/{k:05d}.jsonl").read_bytes() == b"".join(lines[3 * k:3 * k + 3])
-    # shards a run in the same directory wrote beyond these are removed with the run's own
-    (tmp_path / "data/train/00007.jsonl").write_bytes(lines[0])
+    rows = [example(i, "train", 5 + (i * 37) % 200) for i in range(400)]
+    size = sum(len(json_line(r)) for r in rows) // 12  # about a dozen shards
+    writer = JsonlWriter(JsonlWriterConfig(shard_mb=size / (1 << 20)))
+
+    def write(out_dir: Path, train: list[dict]) -> list[bytes]:
+        splits = {"train": train, "val": [], "test": []}
+        out = writer.write(out_dir, packed(splits) if lazy else splits, STATS)
+        assert out["data/val/00000.jsonl"] == 0 and out["data/test/00000.jsonl"] == 0  # one empty shard
+        return shard_bytes_of(out_dir)
+
+    shards = write(tmp_path / "a", rows)
+    assert b"".join(shards) == b"".join(json_line(r) for r in rows)
+    assert 6 <= len(shards) <= 24
+    for k, shard in enumerate(shards):  # each ends after its first line the rule ends a shard at
+        lines = shard.splitlines(keepends=True)
+        pos, cut = 0, None
+        for n, line in enumerate(lines):
+            pos += len(line)
+            if ends_shard(pos, len(line), line_mark(json.loads(line)["id"]), writer.shard_bytes):
+                cut = n
+                break
+        assert cut == len(lines) - 1 or (k == len(shards) - 1 and cut is None), k
+        assert len(shard) >= writer.shard_bytes // 2 or k == len(shards) - 1
+    # a row dropped in the middle changes the shard it was in, not those before or after it
+    changed = write(tmp_path / "b", rows[:200] + rows[201:])
+    assert len(set(changed) - set(shards)) <= 2 and len(set(shards) - set(changed)) <= 2
+    assert changed[:3] == shards[:3] and changed[-3:] == shards[-3:]
+
+
+def test_jsonl_removes_shards_it_did_not_write(tmp_path):
+    rows = [example(i, "train", 30) for i in range(9)]
+    (tmp_path / "data/train").mkdir(parents=True)
+    (tmp_path / "data/train/00007.jsonl").write_bytes(json_line(rows[0]))  # a run in the same directory
     (tmp_path / "data/train/notes.jsonl").write_bytes(b"kept\n")  # not a shard: left alone
-    out = writer.write(tmp_path, {"train": rows[:4], "val": [], "test": []}, STATS)
-    assert sorted(k for k in out if "train" in k) == ["data/train/00000.jsonl", "data/train/00001.jsonl"]
-    assert sorted(p.name for p in (tmp_path / "data/train").iterdir()) == ["00000.jsonl", "00001.jsonl", "notes.jsonl"]
-    assert_no_temp(tmp_path / "data/val")
+    out = JsonlWriter().write(tmp_path, {"train": rows, "val": [], "test": []}, STATS)
+    assert [k for k in out if "train" in k] == ["data/train/00000.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "data/train").iterdir()) == ["00000.jsonl", "notes.jsonl"]
+    assert_no_temp(tmp_path / "data")
 
 
 @pytest.mark.parametrize("bad", [0, -1, "big"])
