@@ -158,7 +158,10 @@ def main() -> None:
             git(clone, "reset", "-q", "--hard", head)
             walls: dict[str, list[float]] = {code: [] for code in codes}
             for i in range(max(1, args.update_repeat)):
-                for code, src in codes.items():  # alternated: a shared machine's speed drifts
+                # alternated, and in turn first (a shared machine's speed drifts, and the first
+                # update after the other's finds the page cache as that one left it)
+                order = list(codes.items())
+                for code, src in order if i % 2 == 0 else order[::-1]:
                     cache = tmp / f"cache-{label}"
                     shutil.rmtree(cache, ignore_errors=True)
                     copy_cache(firsts[code], cache)
