@@ -9,10 +9,11 @@ moves into train) makes other shards only where it changed, and the same shards 
 after the next end they share. After writing them, the build stage keeps each shard (a
 hard link in the cache, no copy) with, per line, the row it was built from (the sha1 of
 the row's line in ``chunks.jsonl``), where the line ends, what the stats need of it
-(token counts, whether it was truncated), and the shard's sha256. A later build with the same settings (the build cache's example
-settings, the writer's code and settings: ``base``) that puts the same row in the same
-split (the split is part of the line) copies those bytes instead of reading the example
-back from the build cache, unpacking its arrays and serialising them again; and a shard
+(token counts, whether it was truncated), and the shard's sha256. A later build with the
+same settings (the build cache's example settings, the writer's code and settings:
+``base``) that puts the same row in the same split (the split is part of the line)
+copies those bytes instead of reading the example back from the build cache, unpacking
+its arrays and serialising them again; and a shard
 of the later build that is a whole shard kept here (one that ended by the rule, not with
 its split), line for line, is that file: a hard link, neither copied nor hashed again. A
 repository brought up to date after a new commit builds the new commit's rows only; train
@@ -59,7 +60,7 @@ KEPT_LINES_FORMAT = 3
 KEPT_LINES_FILE = f"lines-f{KEPT_LINES_FORMAT}.sqlite"  # in the cache directory: the index
 KEPT_LINES_DIR = f"lines-f{KEPT_LINES_FORMAT}"  # the kept files
 KEPT_BUILDS = 2  # a base keeps the shards its last two builds wrote or linked
-KEPT_FILES = 96  # and the cache at most this many shards (rusty-kaspa: 12 a build at 32 MB)
+KEPT_FILES = 96  # and the cache at most this many shards (rusty-kaspa: 24 a build at 16 MB)
 _ROW = 20  # bytes of a row's key (sha1)
 _META = 4  # int32 per kept line: tokens, target tokens, truncated, mark (line_mark)
 
@@ -100,7 +101,7 @@ class KeptExample(dict):
 class KeptLines:
     """The kept lines of one ``base`` (see the module's docstring), found by row and split;
     :meth:`note` records what a build made, :meth:`keep` keeps a written shard,
-    :meth:`whole` says which kept files are full shards a writer may link."""
+    :meth:`whole` says which kept files are shards a writer may link."""
 
     def __init__(self, root: str | Path, base: str, shard_bytes: int):
         self.path = Path(root) / KEPT_LINES_FILE
@@ -222,12 +223,13 @@ class KeptLines:
 
     def copy_ahead(self, split: str, path_of: Callable[[str, int], Path], aheads: AheadCopies) -> None:
         """Start copying the last ``split`` shard of this base's latest build, unless it
-        ended by the rule (see :meth:`whole`), to this run's shard of the same number (``path_of(split, shard)``: the
-        output the writer will write it to, see core.files.copy_ahead): a build whose
-        rows of that split start with the same rows as the last build's (a repository
-        brought up to date after a new commit: train grows at its end) links the shards
-        before it and starts that shard with those lines. The copy runs while
-        the examples are built; if the shard turns out to start otherwise, it is thrown away."""
+        ended by the rule (see :meth:`whole`), to this run's shard of the same number
+        (``path_of(split, shard)``: the output the writer will write it to, see
+        core.files.copy_ahead): a build whose rows of that split hold the last build's
+        (a repository brought up to date after a new commit: train grows at its end)
+        links the shards before it and starts that shard with those lines. The copy runs
+        while the examples are built; if the shard turns out to start otherwise, it is
+        thrown away."""
         try:
             found = self._conn().execute(
                 "SELECT name, stat, shard, ends, meta FROM kept_lines WHERE base = ? AND split = ? "

@@ -190,7 +190,7 @@ def _writing(out_dir: Path, splits: dict[str, list[dict]], body: Callable[[_Outp
 @dataclass
 class JsonlWriterConfig:
     name: str = "jsonl"
-    shard_mb: float = 32.0  # shards of about this size (MiB; from half to twice it, see core.kept_lines)
+    shard_mb: float = 16.0  # shards of about this size (MiB; from half to twice it, see core.kept_lines)
 
 
 class JsonlWriter:
@@ -213,7 +213,7 @@ class JsonlWriter:
             mb = 0.0
         if not mb > 0:
             raise CommitforgeError(f"writer.shard_mb={self.cfg.shard_mb!r} must be a positive number of MiB "
-                                   "(e.g. writer.shard_mb=32)")
+                                   "(e.g. writer.shard_mb=16)")
         self.shard_bytes = max(1, int(mb * (1 << 20)))
 
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
