@@ -1,7 +1,7 @@
 """What a cache directory holds, and removing what no run reads any more.
 
 Every store commitforge keeps under ``cache_dir`` names its format in its file name
-(``stages-f5.sqlite``, ``units-f8-m4.sqlite``, ``lines-f1/``…). A release that changes a
+(``stages-f5.sqlite``, ``units-f8-m4.sqlite``, ``lines-f3/``…). A release that changes a
 format starts a new file and never reads the old one again, so old files stay on disk
 until removed. ``python -m core cache`` lists the entries of the cache directory as
 
