@@ -49,9 +49,9 @@ from typing import Any
 
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, WrittenShard, packed_json_line, packed_rows
-from core.kept_lines import ends_shard, line_mark
 from core.files import atomic_write, default_mode, fast_json_line, remember_digest
 from core.hookspecs import hookimpl
+from core.kept_lines import ends_shard, line_mark
 
 # The keys of every example, in column order.
 FIELDS = (
@@ -211,9 +211,9 @@ class JsonlWriter:
             mb = float(self.cfg.shard_mb)
         except (TypeError, ValueError):
             mb = 0.0
-        if not mb > 0:
-            raise CommitforgeError(f"writer.shard_mb={self.cfg.shard_mb!r} must be a positive number of MiB "
-                                   "(e.g. writer.shard_mb=16)")
+        if not 0 < mb < 1 << 20:  # nan and inf too
+            raise CommitforgeError(f"writer.shard_mb={self.cfg.shard_mb!r} must be a positive number of MiB, "
+                                   "below 1048576 (e.g. writer.shard_mb=16)")
         self.shard_bytes = max(1, int(mb * (1 << 20)))
 
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:

@@ -133,7 +133,7 @@ def test_jsonl_removes_shards_it_did_not_write(tmp_path):
     assert_no_temp(tmp_path / "data")
 
 
-@pytest.mark.parametrize("bad", [0, -1, "big"])
+@pytest.mark.parametrize("bad", [0, -1, "big", float("nan"), float("inf")])
 def test_jsonl_shard_size_must_be_positive(bad):
     from plugins.writers import JsonlWriterConfig
 
