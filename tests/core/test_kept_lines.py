@@ -74,7 +74,7 @@ def test_a_new_commit_copies_the_lines_of_every_row_built_before(repo, tmp_path,
             assert entry["sha256"] == hashlib.sha256((after / name).read_bytes()).hexdigest(), name
 
 
-def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path):
+def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path, monkeypatch):
     import os
     import sqlite3
 
@@ -86,6 +86,11 @@ def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path):
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'shared'}", SHARED, small, "split.fractions=[0.5,0.25,0.25]"]
     before = run_pipeline(tmp_path / "a", *shared)
     commit_round(repo, 99)
+    taken = {}  # shard taking a copy ahead over -> (bytes it took, bytes the copy had)
+    take = files._BackgroundWrites._take_ahead
+    monkeypatch.setattr(files._BackgroundWrites, "_take_ahead", lambda self, ahead, size: taken.update(
+        {Path(ahead.tmp).parent.name + "/" + Path(ahead.tmp).name.split(".")[1]: (size, ahead.wait())})
+        or take(self, ahead, size))
     after = run_pipeline(tmp_path / "b", *shared)
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", SHARED, small,
                          "split.fractions=[0.5,0.25,0.25]")
@@ -98,6 +103,9 @@ def test_an_update_links_the_full_shards_it_would_write_again(repo, tmp_path):
     was, now = split_shards(before, "train"), split_shards(after, "train")
     assert len(was) >= 3 and all(os.path.samefile(a, b) for a, b in zip(was[:-1], now))
     assert not os.path.samefile(was[-1], now[len(was) - 1])
+    # the earlier last shard was copied into the shard of its number while the examples were built
+    tail = was[-1].stat().st_size
+    assert taken[f"train/{was[-1].stem}"] == (tail, tail)
     olds = {p.stat().st_ino for split in ("train", "val", "test") for p in split_shards(before, split)}
     linked = [p for split in ("train", "val", "test") for p in split_shards(after, split) if p.stat().st_ino in olds]
     assert counts(after)["example_shards_linked"] == len(linked)
