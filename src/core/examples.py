@@ -347,17 +347,17 @@ class ExampleRows(Sequence):
                         runs = []
                     runs.append((f, begin, end))
                     keeper = r.keeper
-                pos += end - begin
+                size = end - begin
             else:
                 if runs:
                     keeper.copy(runs, out)  # type: ignore[union-attr]
                     runs = []
                 data = line(materialize(r)) if packed_line is None else packed_line(r)
                 out.write(data)
-                pos += len(data)
+                size = len(data)
+            pos += size
             ends.append(pos)
-            if half is not None and pos >= half and \
-                    ends_shard(pos, pos - (ends[-2] if len(ends) > 1 else 0), line_mark(r["id"]), shard_bytes):
+            if half is not None and pos >= half and ends_shard(pos, size, line_mark(r["id"]), shard_bytes):
                 break
         if runs:
             keeper.copy(runs, out)  # type: ignore[union-attr]

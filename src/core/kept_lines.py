@@ -84,6 +84,14 @@ def ends_shard(pos: int, size: int, mark: int, shard_bytes: int) -> bool:
     return pos >= 2 * shard_bytes or mark * half < size << 31
 
 
+def _ended(stops: list[int], meta: list[int], shard_bytes: int) -> bool:
+    """Whether a kept shard whose lines end at ``stops`` (with ``meta``, ``_META`` ints a
+    line, its mark last) ended by :func:`ends_shard` after its last line, not with its split."""
+    if not stops:
+        return False
+    return ends_shard(stops[-1], stops[-1] - (stops[-2] if len(stops) > 1 else 0), meta[-1], shard_bytes)
+
+
 class KeptExample(dict):
     """An example whose line an earlier build wrote: the fields the build stage's stats
     read (``split``, ``commit``, ``change``, token counts), and ``line``, where its bytes
@@ -155,7 +163,7 @@ class KeptLines:
                 self._files.append(fd)
                 starts = [0, *stops[:-1].tolist()]
                 stops_l, counts_l = stops.tolist(), counts.tolist()
-                ended = n > 0 and ends_shard(stops_l[-1], stops_l[-1] - starts[-1], counts_l[-1], self.shard_bytes)
+                ended = _ended(stops_l, counts_l, self.shard_bytes)
                 self._kept.append((name, size, sha256, list(zip([f] * n, starts, stops_l)), ended))
                 into = index.setdefault(split, {})
                 for i in range(n):
@@ -180,10 +188,10 @@ class KeptLines:
         name, size, sha256, _, _ = self._kept[f]
         return self.folder / name, sha256, size
 
-    def whole_at(self, lines: Sequence[tuple[int, int, int] | None], at: int) -> int | None:
+    def whole_at(self, lines: Sequence[tuple[int, int, int] | None], at: int) -> tuple[int, int] | None:
         """The kept file whose lines are ``lines[at:at + n]``, exactly and in order, when it
-        ended by the rule (see :meth:`whole`), or None. ``lines``: where each example's kept
-        line is (None: built, not kept)."""
+        ended by the rule (see :meth:`whole`), and ``n``; or None. ``lines``: where each
+        example's kept line is (None: built, not kept)."""
         first = lines[at]
         if first is None or first[1] != 0:
             return None
@@ -193,7 +201,7 @@ class KeptLines:
         for k, line in enumerate(whole):
             if lines[at + k] != line:
                 return None
-        return first[0]
+        return first[0], len(whole)
 
     def find(self, row: bytes, split: str, change: Mapping[str, Any]) -> tuple[KeptExample, bool] | None:
         """The kept example of ``row`` in ``split`` (``change``: the row) and whether it
@@ -238,12 +246,10 @@ class KeptLines:
             return  # an optimisation only: the build reads the index itself, and says so
         if found is None:
             return
-        stops, meta = np.frombuffer(found[3], dtype=np.int64), np.frombuffer(found[4], dtype=np.int32)
-        if not len(stops) or len(meta) != _META * len(stops):
-            return
-        last = int(stops[-1]) - (int(stops[-2]) if len(stops) > 1 else 0)
-        if ends_shard(int(stops[-1]), last, int(meta[-1]), self.shard_bytes):
-            return  # the next shard starts with new lines
+        stops = np.frombuffer(found[3], dtype=np.int64).tolist()
+        meta = np.frombuffer(found[4], dtype=np.int32).tolist()
+        if not stops or len(meta) != _META * len(stops) or _ended(stops, meta, self.shard_bytes):
+            return  # nothing to copy, or the next shard starts with new lines
         try:
             fd = os.open(self.folder / found[0], os.O_RDONLY)
         except OSError:
@@ -281,10 +287,10 @@ class KeptLines:
         for split, lines in leading.items():
             at, shard = 0, 0
             while at < len(lines):
-                f = self.whole_at(lines, at)
-                if f is None:
+                linked = self.whole_at(lines, at)
+                if linked is None:
                     break
-                at += len(self._kept[f][3])
+                at += linked[1]
                 shard += 1
             runs: list[list[int]] = []
             size = 0

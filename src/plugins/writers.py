@@ -51,7 +51,6 @@ from core.errors import CommitforgeError
 from core.examples import ExampleRows, WrittenShard, packed_json_line, packed_rows
 from core.files import atomic_write, default_mode, fast_json_line, remember_digest
 from core.hookspecs import hookimpl
-from core.kept_lines import ends_shard, line_mark
 
 # The keys of every example, in column order.
 FIELDS = (
@@ -219,56 +218,36 @@ class JsonlWriter:
     def write(self, out_dir: Path, splits: dict[str, list[dict]], stats: dict) -> dict[str, int]:
         def body(out: _Outputs) -> None:
             for split, rows in splits.items():
-                if isinstance(rows, ExampleRows):
-                    self._write_rows(out, split, rows)
-                else:
-                    self._write_plain(out, split, rows)
+                if isinstance(rows, ExampleRows):  # orjson writes the arrays as lists
+                    self._write_rows(out, split, rows, packed_json_line)
+                else:  # plain rows: the same shards, each line fast_json_line's
+                    self._write_rows(out, split, ExampleRows(rows), None)
             out.stats(stats)
 
         return _writing(out_dir, splits, body)
 
-    def _write_rows(self, out: _Outputs, split: str, rows: ExampleRows) -> None:
+    def _write_rows(self, out: _Outputs, split: str, rows: ExampleRows,
+                    packed_line: Callable[[dict[str, Any]], bytes] | None) -> None:
         keeper, lines = rows.kept_lines()
         shards: list[WrittenShard] = []
         at, n = 0, len(rows)
         while not shards or at < n:  # an empty split is one empty shard
             k = len(shards)
             rel = self.line_shards.format(split=split, shard=k)
-            f = keeper.whole_at(lines, at) if keeper is not None and at < n else None
-            if f is not None:
-                count = len(keeper.whole(f))
+            linked = keeper.whole_at(lines, at) if keeper is not None and at < n else None
+            if linked is not None:
+                f, count = linked
                 if out.link(rel, *keeper.link_source(f), rows=count):
                     shards.append(WrittenShard(rel, k, at, at + count, None, f))
                     at += count
                     continue
-            with out.file(rel, 0, background=True) as fh:  # orjson writes the arrays as lists
-                ends = rows.write_lines(fh, fast_json_line, packed_json_line, at, self.shard_bytes)
+            with out.file(rel, 0, background=True) as fh:
+                ends = rows.write_lines(fh, fast_json_line, packed_line, at, self.shard_bytes)
             out.rows[rel] = len(ends)
             shards.append(WrittenShard(rel, k, at, at + len(ends), ends, None))
             at += len(ends)
         rows.shards = shards
         self._drop_others(out, split, len(shards))
-
-    def _write_plain(self, out: _Outputs, split: str, rows: list[dict]) -> None:
-        it = iter(rows)
-        row = next(it, None)
-        k = 0
-        while k == 0 or row is not None:
-            rel = self.line_shards.format(split=split, shard=k)
-            count = size = 0
-            with out.file(rel, 0, background=True) as fh:
-                while row is not None:
-                    data = fast_json_line(row)
-                    fh.write(data)
-                    size += len(data)
-                    count += 1
-                    ended = ends_shard(size, len(data), line_mark(row["id"]), self.shard_bytes)
-                    row = next(it, None)
-                    if ended:
-                        break
-            out.rows[rel] = count
-            k += 1
-        self._drop_others(out, split, k)
 
     def _drop_others(self, out: _Outputs, split: str, count: int) -> None:
         """Remove shards of ``split`` beyond the ``count`` written (an earlier run in the
