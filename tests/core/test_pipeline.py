@@ -452,6 +452,57 @@ def test_choices_in_commitforges_own_conf_skip_hydras_search_path():
     assert not _known_here("hydra/launcher", ["joblib"])  # another search path's group
 
 
+
+def test_hydras_look_ahead_composition_is_skipped_only_where_no_config_can_set_the_mode(tmp_path, monkeypatch):
+    import shutil
+
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from core.cli import _mode_may_be_configured
+    from core.config import conf_dir, register_schema
+
+    register_schema()
+
+    def may(directory: Path, *overrides: str) -> bool:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            return _mode_may_be_configured(GlobalHydra.instance().config_loader(), list(overrides))
+
+    assert not may(conf_dir())
+    assert not may(conf_dir(), "+experiment=ctx4000", "builder.max_tokens=256")
+    assert may(conf_dir(), "hydra.mode=MULTIRUN") and may(conf_dir(), "hydra.searchpath=[file:///x]")
+    mine = tmp_path / "conf"
+    shutil.copytree(conf_dir(), mine)
+    (mine / "experiment" / "sweep.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    assert may(mine)
+    (mine / "experiment" / "sweep.yaml").write_text("# @package _global_\nhydra:\n  searchpath: [pkg://x]\n")
+    assert may(mine)
+    (mine / "experiment" / "sweep.yaml").unlink()
+    assert not may(mine)
+    # a structured config that fills the root package (or hydra's) can set it; a launcher's cannot
+    store = ConfigStore.instance()
+    store.store(name="quiet_launcher", group="hydra/launcher", node={"mode": "x"}, provider="a_plugin")
+    try:
+        assert not may(mine)
+        store.store(name="sweeping", node={"hydra": {"mode": "MULTIRUN"}}, provider="a_plugin")
+        assert may(mine)
+    finally:
+        store.repo["hydra"]["launcher"].pop("quiet_launcher.yaml")
+        store.repo.pop("sweeping.yaml")
+
+
+def test_a_config_that_asks_for_a_multirun_still_gets_one(tmp_path):
+    extra = tmp_path / "extra" / "experiment"
+    extra.mkdir(parents=True)
+    (extra / "two_jobs.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n"
+                                         "    params:\n      progress: true,false\n")
+    proc = cli("stages=[mine]", f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "+experiment=two_jobs",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((tmp_path / "sweep" / job / "commits.jsonl").exists() for job in ("0", "1"))
+
 def _long_history(path: Path, commits: int = 300) -> Path:
     """A repository whose mining and chunking take seconds (written by one git fast-import)."""
     path.mkdir()
