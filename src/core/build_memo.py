@@ -459,18 +459,22 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
     if len(todo) == n:  # nothing was kept (todo is every row, in order)
         return computed
     keys: list[bytes] | None = [b""] * n if exact else None
-    # rows without shingles get the sentinel at the end: filling it all first is a pass over
-    # a history's signatures (36 MB for rusty-kaspa's) for nothing
-    sig = np.empty((n, num_perm if near else 0), dtype=np.uint64)
+    # as kept, in uint32s: half the fresh memory of computed signatures (first touched here,
+    # 18 MB for rusty-kaspa's history) and the block's copied without widening. Entries are
+    # below 2**32 - 5; rows without shingles get the sentinel at the end (dedup compares
+    # rows with shingles only), so filling it all first would be a pass for nothing
+    sig = np.empty((n, num_perm if near else 0), dtype=np.uint32)
     has = np.zeros(n, dtype=bool)
+    filled = np.zeros(n, dtype=bool)
     for k, i in enumerate(todo):
         if keys is not None:
             keys[i] = computed.keys[k]  # type: ignore[index]
-    if near and todo:
+    if todo:
         at = np.asarray(todo, dtype=np.int64)
-        sig[at] = computed.sig
-        has[at] = computed.has
-    done = set(todo)
+        filled[at] = True
+        if near:
+            sig[at] = computed.sig
+            has[at] = computed.has
     if last is not None:
         at, src, block = last
         if keys is not None:
@@ -480,16 +484,14 @@ def merge_features(rows: list[bytes], kept: dict[bytes, tuple[bytes, bytes]], to
             take = block.has[src]
             sig[at[take]] = block.sig[src[take]]
             has[at[take]] = True
-        done.update(at.tolist())
-    for i, row in enumerate(rows):
-        if i in done:
-            continue
-        key, packed = kept[row]
+        filled[at] = True
+    for i in np.flatnonzero(~filled).tolist():
+        key, packed = kept[rows[i]]
         if keys is not None:
             keys[i] = key
         if near and packed:
             sig[i] = np.frombuffer(packed, dtype=np.uint32)
             has[i] = True
     if near:
-        sig[~has] = np.iinfo(np.uint64).max  # what rows without shingles hold (as computed ones do)
+        sig[~has] = np.iinfo(np.uint32).max  # what rows without shingles hold, narrowed as when kept
     return Features(keys, sig, has)

@@ -267,7 +267,7 @@ def _signatures(
 def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
     for bd in range(bands):
-        h = sig[:, bd * rows].copy()
+        h = sig[:, bd * rows].astype(np.uint64)  # merged signatures come in uint32s (build_memo)
         for c in range(bd * rows + 1, (bd + 1) * rows):
             h *= _MUL
             h += sig[:, c]
@@ -312,6 +312,9 @@ class Features:
     """What deduplication compares of each item: the digest of its normalized text
     (``keys``, None when exact matching is off) and its MinHash signature (``sig``, one
     row per item, and ``has``: whether it has shingles; empty when near matching is off).
+    Signatures are uint64 as computed and uint32 as merged from kept ones
+    (core.build_memo.merge_features): the same values, all below ``2**32 - 5``; rows
+    without shingles hold the dtype's largest value and are never compared.
     An item's features depend on its text and (``num_perm``, ``ngram``, ``seed``) only, so
     they can be kept and reused per item."""
 
