@@ -379,6 +379,10 @@ class Run:
         done: dict[int, tuple[bytes | None, int, dict[str, Any], Any]] = {}
         keys: list[str] = []
         base_output, copied_ends = None, []
+        # the kept output's totals when it is copied whole: its commits' rows, counters and
+        # scan added at once (an update of a long history would otherwise read and add
+        # each commit's entry); None: each copied commit's entry is added as it comes
+        copied_totals = None
         if cache is not None:
             # a commit's rows depend on the settings, its record and (for a context strategy that
             # reads the repository) the tree its context is read from, which a git tree id names
@@ -387,10 +391,13 @@ class Run:
             base = self._chunk_fingerprint()
             keys = [commit_key(base, line, tree) for line, tree in zip(lines, trees)]
             kept = cache.open_output(base, keys)
-            if kept is not None:  # an earlier output starts with these commits: copy its bytes
+            if kept is not None and kept[2] is not None:  # an earlier output is these commits' start, whole
+                base_output, copied_ends, copied_totals = kept
+                done = dict.fromkeys(range(len(copied_ends)), _COPIED)
+            elif kept is not None:  # an earlier output starts with these commits: copy its bytes
                 meta = cache.get_meta(keys[:len(kept[1])])
                 if len(meta) == len(kept[1]) and all(m[2] is not None for m in meta.values()):
-                    base_output, copied_ends = kept
+                    base_output, copied_ends = kept[:2]
                     done = {i: (None, *meta[keys[i]]) for i in range(len(copied_ends))}
                 else:
                     kept[0].close()
@@ -490,6 +497,7 @@ class Run:
         pending: list[tuple[Any, int, dict[str, Any], Any]] = []  # rows: bytes or SpooledRows
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
+        commit_counts = Counter()  # the commits' own counters, for the kept output's totals
         # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
         ends: list[int] = list(copied_ends)
         size = copied_ends[-1] if copied_ends else 0
@@ -504,8 +512,16 @@ class Run:
                 # the build stage takes what an earlier build read of these rows (core.build._read_rows)
                 self.chunks_copied = (stat_key(base_output.fileno()), size)
                 stats.add("chunk_bytes_copied", size)
+            if copied_totals is not None:
+                copied_rows, copied_counts, copied_scan = copied_totals
+                rows += copied_rows
+                stats.update(copied_counts)
+                commit_counts.update(copied_counts)
+                scan.merge(ChunkScan.from_plain(copied_scan))
             for i in progress(range(len(commits)), total=len(commits), desc="chunk", unit="commit"):
                 hit = done.get(i)
+                if hit is _COPIED:
+                    continue  # in the totals added above
                 if hit is None:
                     if not pending:
                         group = next(groups)
@@ -519,6 +535,7 @@ class Run:
                     hit = pending.pop()
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
+                commit_counts.update(commit_stats)
                 if type(data) is SpooledRows:
                     spool_left[data.path] -= 1
                     # the file's last commit taken: it is removed once copied
@@ -538,7 +555,8 @@ class Run:
         stats.add("output_wait_ms", int(1000 * (time.perf_counter() - t_rows)))
         self.chunk_scan = scan
         if cache is not None and commits:
-            cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends)
+            cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends,
+                              (rows, commit_counts.to_dict(), scan.to_plain()))
         if cache is not None:
             cache.close()
         stats.add("parse_ms", int(parse_seconds * 1000))
@@ -592,6 +610,9 @@ class Run:
         manifest.set("tokenizer", summary["tokenizer"])
         manifest.stage("build", stats, time.perf_counter() - t0, outputs)
         self.summary.update({k: v for k, v in summary.items() if k != "tokenizer"})
+
+
+_COPIED = (None, 0, {}, None)  # a commit of a kept output copied whole (see copied_totals)
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:

@@ -66,6 +66,18 @@ def unpack(data: bytes) -> bytes:
     return rows
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction on an autocommit connection: all of the block's statements or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -192,6 +204,9 @@ class StageCache:
                  "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
                 ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
                  "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)"),
+                # a kept output's totals over all its commits (see keep_output); a table of its
+                # own: a cache whose kept_outputs predates it keeps working
+                "CREATE TABLE IF NOT EXISTS kept_totals (name TEXT PRIMARY KEY, totals BLOB NOT NULL)",
                 # the mine stage's commits: a commit's line in commits.jsonl (NULL: skipped) and counts
                 "CREATE TABLE IF NOT EXISTS mined (key TEXT PRIMARY KEY, line BLOB, stats TEXT NOT NULL)"],
                 self._forget_old_outputs)
@@ -292,9 +307,12 @@ class StageCache:
     def _outputs_dir(self) -> Path:
         return self.path.parent / STAGE_OUTPUTS_DIR
 
-    def keep_output(self, path: Path, base: str, keys: list[str], ends: list[int]) -> None:
+    def keep_output(self, path: Path, base: str, keys: list[str], ends: list[int], totals: Any = None) -> None:
         """Remember ``path`` (a finished output) as made of ``keys``' rows ending at ``ends``;
-        only the OUTPUTS_KEPT most recently used outputs are kept."""
+        only the OUTPUTS_KEPT most recently used outputs are kept. ``totals``: what the
+        entries of all those commits add up to, as ``marshal`` takes it (the chunk stage's
+        row count, counters and report scan), so that a run copying the whole output takes
+        it at once instead of reading and adding each commit's."""
         folder = self._outputs_dir()
         name = hashlib.sha256(f"{base}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24] + ".jsonl"
         try:
@@ -305,19 +323,30 @@ class StageCache:
             return  # another file system, or no hard links: nothing is kept
         HashPoints(self.path.parent).remember(path, folder / name)
         conn = self._conn()
-        conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, stat, used) VALUES (?, ?, ?, ?, ?, ?)",
-                     (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
+        with _transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, stat, used) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
+            if totals is not None:
+                conn.execute("INSERT OR REPLACE INTO kept_totals (name, totals) VALUES (?, ?)",
+                             (name, marshal.dumps(totals)))
         old = [n for (n,) in conn.execute("SELECT name FROM kept_outputs ORDER BY used DESC LIMIT -1 OFFSET ?",
                                           (OUTPUTS_KEPT,))]
         for n in old:
-            conn.execute("DELETE FROM kept_outputs WHERE name = ?", (n,))
-            (folder / n).unlink(missing_ok=True)
+            self._forget_output(conn, n)
 
-    def open_output(self, base: str, keys: list[str]) -> tuple[Any, list[int]] | None:
+    def _forget_output(self, conn: sqlite3.Connection, name: str) -> None:
+        with _transaction(conn):
+            conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
+            conn.execute("DELETE FROM kept_totals WHERE name = ?", (name,))
+        (self._outputs_dir() / name).unlink(missing_ok=True)
+
+    def open_output(self, base: str, keys: list[str]) -> tuple[Any, list[int], Any] | None:
         """The kept output whose commits' keys are the longest prefix of ``keys``: an open
-        file and where each of those commits' rows end in it (None when none fits)."""
+        file, where each of those commits' rows end in it, and the output's totals when
+        all its commits are wanted and it has them (else None); None when none fits."""
         conn = self._conn()
-        candidates: list[tuple[int, float, str, list[int], str]] = []
+        candidates: list[tuple[int, float, str, list[int], str, bool]] = []
         for name, kept, ends, stat, used in conn.execute(
                 "SELECT name, keys, ends, stat, used FROM kept_outputs WHERE base = ?", (base,)):
             try:
@@ -330,8 +359,8 @@ class StageCache:
                     break
                 n += 1
             if n:
-                candidates.append((n, used, name, ends, stat))
-        for n, _, name, ends, stat in sorted(candidates, reverse=True):
+                candidates.append((n, used, name, ends, stat, n == len(kept)))
+        for n, _, name, ends, stat, whole in sorted(candidates, reverse=True):
             path = self._outputs_dir() / name
             try:
                 fh = open(path, "rb")
@@ -339,11 +368,17 @@ class StageCache:
                 continue
             if stat_key(fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
                 fh.close()
-                conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
-                path.unlink(missing_ok=True)
+                self._forget_output(conn, name)
                 continue
             conn.execute("UPDATE kept_outputs SET used = ? WHERE name = ?", (time.time(), name))
-            return fh, ends[:n]
+            totals = None
+            if whole:
+                found = conn.execute("SELECT totals FROM kept_totals WHERE name = ?", (name,)).fetchone()
+                try:
+                    totals = marshal.loads(found[0]) if found is not None else None
+                except (ValueError, EOFError, TypeError):
+                    totals = None  # damaged: each commit's entry is read instead
+            return fh, ends[:n], totals
         return None
 
     def close(self) -> None:
