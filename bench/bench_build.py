@@ -2,9 +2,9 @@
 
     python bench/bench_build.py RUN_DIR [--cache-dir DIR] [--repeat 3] [--keep] [-- OVERRIDE ...]
 
-RUN_DIR holds ``chunks.jsonl`` (and ``MANIFEST.json``) of a finished chunk stage; it is
+RUN_DIR holds ``chunks/`` (and ``MANIFEST.json``) of a finished chunk stage; it is
 only read. Each repeat runs ``core.build.build_stage`` in a fresh Python process on a
-scratch run directory (``chunks.jsonl`` linked in), so peak RSS is that run's own. The
+scratch run directory (``chunks/`` linked in), so peak RSS is that run's own. The
 config is composed like ``python -m core`` with ``repo`` taken from RUN_DIR's manifest,
 ``+experiment=ctx4000`` unless overrides are given (Hydra overrides after ``--``), and
 ``--cache-dir`` as ``cache_dir`` (the cached tokenizer lives there; the default cache
@@ -53,7 +53,7 @@ print("RESULT", json.dumps({"wall_s": wall, "examples": sum(summary["examples"].
 def one_run(run_dir: Path, overrides: list[str], scratch: Path) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    os.symlink(run_dir.resolve() / "chunks.jsonl", scratch / "chunks.jsonl")
+    os.symlink(run_dir.resolve() / "chunks", scratch / "chunks")
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(scratch), json.dumps(overrides)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -72,8 +72,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the scratch run directory and print its path")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --); default +experiment=ctx4000")
     args = ap.parse_args()
-    if not (args.run_dir / "chunks.jsonl").is_file():
-        raise SystemExit(f"{args.run_dir}/chunks.jsonl not found: run the chunk stage first")
+    if not (args.run_dir / "chunks").is_dir():
+        raise SystemExit(f"{args.run_dir}/chunks/ not found: run the chunk stage first (with this version)")
     overrides = list(args.overrides) or ["+experiment=ctx4000"]
     manifest = args.run_dir / "MANIFEST.json"
     if not any(o.startswith("repo=") for o in overrides) and manifest.is_file():

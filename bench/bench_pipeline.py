@@ -63,17 +63,19 @@ def run(repo: Path, out: Path, cache: Path, *overrides: str, src: Path | None = 
     return {"wall_s": round(wall, 2), "stages_s": stages,
             "peak_rss_mb": round(peak_kb / 1024),
             "commits": manifest["stages"]["mine"]["counts"].get("commits"),
-            "unit_changes": manifest["stages"].get("chunk", {}).get("outputs", {}).get("chunks.jsonl", {}).get("rows"),
+            "unit_changes": sum(o.get("rows", 0) for o in manifest["stages"].get("chunk", {}).get("outputs", {}).values()),
             "examples": sum(v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
                             if k.startswith("examples_")),
             "context_recall": (manifest.get("context") or {}).get("recall"),
-            # how much of the chunk stage came from the stage cache (commits, bytes of a kept output)
+            # how much of the chunk stage came from the stage cache (commits, bytes and shards of a
+            # kept output linked or copied)
             "chunk_reuse": {k: v for k, v in manifest["stages"].get("chunk", {}).get("counts", {}).items()
-                            if k in ("commits_reused", "commits_computed", "chunk_bytes_copied")},
+                            if k in ("commits_reused", "commits_computed", "chunk_bytes_linked", "chunk_bytes_copied",
+                                     "chunk_shards_linked", "chunk_shards")},
             # and how much of the build stage came from the build cache (examples, dedup features)
             "build_reuse": {k: v for k, v in manifest["stages"].get("build", {}).get("counts", {}).items()
                             if k in ("rows_reused", "rows_encoded", "dedup_rows_computed")},
-            # what the chunk stage waited for its copy of chunks.jsonl, and the build's writing of
+            # what the chunk stage waited for its last shard's copy and writing, and the build's writing of
             # data/ (copies of kept lines included): an update's share that follows the disk
             "writes_ms": {"chunk_output_wait": manifest["stages"].get("chunk", {}).get("counts", {}).get("output_wait_ms"),
                           "build_write": manifest["stages"].get("build", {}).get("counts", {}).get("write_ms")}}

@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from core.config import conf_dir, register_schema
+from core.chunk_shards import CHUNKS_DIR, shard_paths
 from core.files import split_shards
 from core.pipeline import Run
 
@@ -107,6 +108,19 @@ def split_bytes(run_dir: Path, split: str) -> bytes:
     shards = split_shards(run_dir, split)
     assert shards, f"no shards of {split} in {run_dir}"
     return b"".join(shard.read_bytes() for shard in shards)
+
+
+def chunk_bytes(run_dir: Path) -> bytes:
+    """The chunk stage's output in ``run_dir`` as one file would hold it: its shards in order
+    (there is at least one)."""
+    shards = shard_paths(run_dir / CHUNKS_DIR)
+    assert shards, f"no chunk shards in {run_dir}"
+    return b"".join(shard.read_bytes() for shard in shards)
+
+
+def read_chunks(run_dir: Path) -> list[dict]:
+    """The rows of the chunk stage's output in ``run_dir``, its shards in order."""
+    return [row for shard in shard_paths(run_dir / CHUNKS_DIR) for row in read_jsonl(shard)]
 
 
 def manifest(run_dir: Path) -> dict:

@@ -46,12 +46,13 @@ from core.changes import (
     whole,
     without_context,
 )
+from core.chunk_shards import CHUNKS_DIR
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import AheadCopies, record_line, stat_key
+from core.files import AheadCopies, record_line
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
@@ -338,11 +339,11 @@ class TrainingTexts:
 
 
 def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
-    """The rows of the run's chunks.jsonl. When this run's chunk stage started the file
-    with a copy of a kept one (``Run.chunks_copied``) that an earlier build read, those
-    rows come from that build's index (core.build_memo.RowIndexes); the index of this file
-    is kept for the next build."""
-    path = run.run_dir / "chunks.jsonl"
+    """The rows of the run's ``chunks/``. When this run's chunk stage started it with the
+    shards of a kept output (``Run.chunks_copied``: linked, and the first bytes of the
+    last copied) that an earlier build read, those rows come from that build's index
+    (core.build_memo.RowIndexes); the index of these shards is kept for the next build."""
+    path = run.run_dir / CHUNKS_DIR
     if digests is None:
         return read_changes(path)
     from core.pipeline import code_version
@@ -355,8 +356,8 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
             known = indexes.find(copied[0], version) if copied is not None else None
             changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
             index = RowIndex.of(changes, digests)
-            if index is not None:
-                indexes.keep(stat_key(path), version, index)
+            if index is not None and changes:
+                indexes.keep(changes[0]._file.key(), version, index)
         finally:
             indexes.close()
     return changes

@@ -1,4 +1,4 @@
-"""The rows of ``chunks.jsonl`` as the build stage reads them."""
+"""The rows of the chunk stage's output (``chunks/``, core.chunk_shards) as the build stage reads them."""
 
 from __future__ import annotations
 
@@ -24,27 +24,50 @@ _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signa
 
 
 class _ChangesFile:
-    """``chunks.jsonl`` open while its rows are read: each row whole when it is needed,
-    each distinct text kept once (see :func:`read_changes`)."""
+    """The chunk stage's output open while its rows are read: one file, or a folder of
+    shards (core.chunk_shards) read as the one file they make in order (a row's offset
+    is from the first shard's start; no row spans two shards). Each row is read whole
+    when it is needed, each distinct text kept once (see :func:`read_changes`)."""
 
     def __init__(self, path: Path):
+        from core.chunk_shards import shard_paths, shards_key
+
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        paths = shard_paths(path) if path.is_dir() else [path]
+        self.fds: list[int] = []
+        for p in paths:
+            self.fds.append(os.open(p, os.O_RDONLY))
+        self.starts = [0]  # where each file starts in the whole
+        for fd in self.fds:
+            self.starts.append(self.starts[-1] + os.fstat(fd).st_size)
         self._key: str | None = None
+        self._keyed = shards_key if path.is_dir() else (lambda fds: stat_key(fds[0]))
         self.forget_shared()
 
     def key(self) -> str:
-        """The file's ``stat_key`` (of the open file: the one these rows come from)."""
+        """The ``stat_key`` of the open file, or ``core.chunk_shards.shards_key`` of the open
+        shards: what tells these rows' files from others."""
         if self._key is None:
-            self._key = stat_key(self.fd)
+            self._key = self._keyed(self.fds)
         return self._key
+
+    def lines_from(self, at: int) -> Iterator[bytes]:
+        """The lines from offset ``at`` (a line's start) to the end, in order."""
+        k = max(0, bisect.bisect_right(self.starts, at) - 1)
+        for j in range(k, len(self.fds)):
+            with open(self.fds[j], "rb", closefd=False) as fh:
+                fh.seek(at - self.starts[j] if j == k else 0)
+                yield from fh
 
     def forget_shared(self) -> None:
         shared: dict[str, str] = {}
         self.one = shared.setdefault
 
     def line(self, at: int, size: int) -> bytes:
-        line = os.pread(self.fd, size, at)
+        k = bisect.bisect_right(self.starts, at) - 1
+        if not 0 <= k < len(self.fds):
+            raise self.changed()
+        line = os.pread(self.fds[k], size, at - self.starts[k])
         if len(line) != size:
             raise self.changed()
         return line
@@ -72,8 +95,8 @@ class _ChangesFile:
         return row
 
     def __del__(self) -> None:
-        fd, self.fd = getattr(self, "fd", -1), -1
-        if fd >= 0:
+        fds, self.fds = getattr(self, "fds", []), []
+        for fd in fds:
             os.close(fd)
 
 
@@ -258,13 +281,11 @@ def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex
                 changes.append(Change.known(file, starts[k], known.ends[k] - starts[k], known.heads[k]))
             if digests is not None:
                 digests.extend(known.digests[:n])
-    with open(file.fd, "rb", closefd=False) as fh:  # the file the rows are read back from
-        fh.seek(at)
-        for line in fh:
-            if digests is not None:
-                digests.append(sha1(line).digest())
-            changes.append(Change(file, at, line))
-            at += len(line)
+    for line in file.lines_from(at):  # the files the rows are read back from
+        if digests is not None:
+            digests.append(sha1(line).digest())
+        changes.append(Change(file, at, line))
+        at += len(line)
     return changes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 import functools
@@ -22,6 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.cache_admin import stale_hint
+from core.chunk_shards import SHARD_BYTES as CHUNK_SHARD_BYTES
+from core.chunk_shards import ChunkShards, shards_key
 from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
                             project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.collector import fewer_collections
@@ -42,7 +45,7 @@ from core.progress import progress
 from core.registry import PluginRegistry
 from core.report import ChunkScan, scan_lines, write_report
 from core.snapshot import TreeSteps, plan_trees, snapshot_trees, tree_steps
-from core.stage_cache import STAGE_CACHE_FORMAT, StageCache, commit_key, fingerprint
+from core.stage_cache import STAGE_CACHE_FORMAT, KeptOutput, StageCache, commit_key, fingerprint
 from core.stats import Counter
 
 
@@ -245,7 +248,7 @@ class Run:
             else:
                 commits, lines = self._mine(manifest)
             if "chunk" in done:
-                self.summary["unit_changes"] = manifest.data["stages"]["chunk"]["outputs"]["chunks.jsonl"]["rows"]
+                self.summary["unit_changes"] = sum(o["rows"] for o in manifest.data["stages"]["chunk"]["outputs"].values())
                 if manifest.data.get("context") and manifest.data["context"].get("recall") is not None:
                     self.summary["context_recall"] = manifest.data["context"]["recall"]
             elif "chunk" in self.stages:
@@ -390,17 +393,15 @@ class Run:
             trees: list[str | None] = snapshot_trees(self.repo, commits, at) if at is not None else [None] * len(commits)
             base = self._chunk_fingerprint()
             keys = [commit_key(base, line, tree) for line, tree in zip(lines, trees)]
-            kept = cache.open_output(base, keys)
-            if kept is not None and kept[2] is not None:  # an earlier output is these commits' start, whole
-                base_output, copied_ends, copied_totals = kept
+            kept = cache.open_output(f"{base}:{CHUNK_SHARD_BYTES}", keys)  # outputs cut alike
+            if kept is not None and kept.totals is not None:  # an earlier output is these commits' start, whole
+                base_output, copied_ends, copied_totals = kept, kept.ends, kept.totals
                 done = dict.fromkeys(range(len(copied_ends)), _COPIED)
-            elif kept is not None:  # an earlier output starts with these commits: copy its bytes
-                meta = cache.get_meta(keys[:len(kept[1])])
-                if len(meta) == len(kept[1]) and all(m[2] is not None for m in meta.values()):
-                    base_output, copied_ends = kept[:2]
+            elif kept is not None:  # an earlier output starts with these commits: link and copy its bytes
+                meta = cache.get_meta(keys[:len(kept.ends)])
+                if len(meta) == len(kept.ends) and all(m[2] is not None for m in meta.values()):
+                    base_output, copied_ends = kept, kept.ends
                     done = {i: (None, *meta[keys[i]]) for i in range(len(copied_ends))}
-                else:
-                    kept[0].close()
             hits = cache.get_many(keys[len(copied_ends):])
             done.update({i: hits[key] for i, key in enumerate(keys) if i >= len(copied_ends) and key in hits})
             stats.add("cache_lookup_ms", int(1000 * (time.perf_counter() - t_keys)))
@@ -498,20 +499,20 @@ class Run:
         groups = iter(work)
         scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
         commit_counts = Counter()  # the commits' own counters, for the kept output's totals
-        # where each commit's rows end in chunks.jsonl; the copied commits' as in the file copied
+        # where each commit's rows end in the output (bytes, and rows): the copied commits' as in
+        # the output kept
         ends: list[int] = list(copied_ends)
+        row_ends: list[int] = list(base_output.row_ends) if base_output is not None else []
         size = copied_ends[-1] if copied_ends else 0
         # written and hashed by threads while the workers pair commits (the manifest does not
-        # read it back); a kept output's bytes are copied first, in the kernel where it can be
+        # read it back); a kept output's shards are linked first, and the first bytes of the one
+        # the new commits continue copied, in the kernel where it can be
         # on an error the executor's tasks are cancelled (and the running ones end) before the
         # spool directory they write to is removed
-        with (_removing(spool), _closing(results), base_output or nullcontext(),
-              atomic_write(self.run_dir / "chunks.jsonl", background=True) as fh):
-            if base_output is not None:  # its sha256 resumes where the kept file's stopped (core.hash_points)
-                fh.copy_range(base_output.fileno(), 0, size, HashPoints(self.cache_dir).find(base_output.fileno()))
-                # the build stage takes what an earlier build read of these rows (core.build._read_rows)
-                self.chunks_copied = (stat_key(base_output.fileno()), size)
-                stats.add("chunk_bytes_copied", size)
+        with (_removing(spool), _closing(results), ExitStack() as sources,
+              ChunkShards(self.run_dir, CHUNK_SHARD_BYTES) as out):
+            if base_output is not None:
+                self._take_kept(base_output, size, out, sources, stats)
             if copied_totals is not None:
                 copied_rows, copied_counts, copied_scan = copied_totals
                 rows += copied_rows
@@ -536,26 +537,33 @@ class Run:
                 data, count, commit_stats, commit_scan = hit
                 stats.update(commit_stats)
                 commit_counts.update(commit_stats)
+                rows += count
+                if i < len(copied_ends):  # its rows came with the kept output
+                    scan.merge(ChunkScan.from_plain(commit_scan))
+                    continue
                 if type(data) is SpooledRows:
                     spool_left[data.path] -= 1
                     # the file's last commit taken: it is removed once copied
-                    fh.copy_file(data.path, data.start, data.size, remove=not spool_left[data.path])
+                    out.fh.copy_file(data.path, data.start, data.size, remove=not spool_left[data.path])
+                    out.wrote(data.size, count)
                     size += data.size
                     data = None  # its lines are scanned in the worker (commit_scan)
-                elif data is not None:
-                    fh.write(data)
+                elif data:
+                    out.fh.write(data)
+                    out.wrote(len(data), count)
                     size += len(data)
-                if i >= len(copied_ends):
-                    ends.append(size)
-                rows += count
+                ends.append(size)
+                row_ends.append(rows)
+                out.end_commit()
                 scan.merge(scan_lines(data.split(b"\n")) if commit_scan is None else ChunkScan.from_plain(commit_scan))
             t_rows = time.perf_counter()
-        # what the stage waited for its threads to finish copying and hashing chunks.jsonl: an
+        # what the stage waited for its threads to finish copying and hashing the last shard: an
         # update's kept bytes copied from disk when they left the page cache
         stats.add("output_wait_ms", int(1000 * (time.perf_counter() - t_rows)))
+        stats.add("chunk_shards", len(out.shards))
         self.chunk_scan = scan
         if cache is not None and commits:
-            cache.keep_output(self.run_dir / "chunks.jsonl", base, keys, ends,
+            cache.keep_output(self.run_dir, out.shards, f"{base}:{CHUNK_SHARD_BYTES}", keys, ends, row_ends,
                               (rows, commit_counts.to_dict(), scan.to_plain()))
         if cache is not None:
             cache.close()
@@ -567,9 +575,43 @@ class Run:
                                      **(block or {})})
             if block is not None:
                 self.summary["context_recall"] = block["recall"]
-        manifest.stage("chunk", stats, time.perf_counter() - t0, {"chunks.jsonl": rows})
+        manifest.stage("chunk", stats, time.perf_counter() - t0, {shard.rel: shard.rows for shard in out.shards})
         self.summary["unit_changes"] = rows
         self.summary["chunk_skips"] = dict(stats.skips)
+
+    def _take_kept(self, kept: KeptOutput, size: int, out: ChunkShards, sources: ExitStack, stats: Counter) -> None:
+        """Start the output with the first ``size`` bytes of the kept output ``kept`` (its
+        commits this run has too): the shards they fill are linked, and the first bytes of
+        the next shard, which this run's commits continue, are copied (its sha256 resumes
+        where the kept shard's saved state stops; core.hash_points). A shard that cannot be
+        linked (another file system) is copied whole."""
+        at = linked = copied = rows = 0
+        points = HashPoints(self.cache_dir)
+        for shard in kept.shards:
+            if at >= size:
+                break
+            end = at + shard.size
+            if end <= size and shard.size >= out.shard_bytes and out.link(shard.path, shard.rows, shard.size,
+                                                                              shard.sha256):
+                linked += shard.size
+            else:
+                take = min(end, size) - at
+                fh = sources.enter_context(open(shard.path, "rb"))  # open until the copy is written
+                out.fh.copy_range(fh.fileno(), 0, take, points.find(fh.fileno()))
+                if take == shard.size:
+                    shard_rows = shard.rows
+                else:  # the rows up to the last copied commit's end, less those of the shards before
+                    shard_rows = kept.row_ends[bisect.bisect_left(kept.ends, size)] - rows
+                out.wrote(take, shard_rows)
+                out.end_commit()
+                copied += take
+            rows += shard.rows
+            at = end
+        # the build stage takes what an earlier build read of these rows (core.build._read_rows)
+        self.chunks_copied = (shards_key([s.path for s in kept.shards if s.path.exists()]), size)
+        stats.add("chunk_bytes_linked", linked)
+        stats.add("chunk_bytes_copied", copied)
+        stats.add("chunk_shards_linked", out.linked)
 
     def _hunk_diffs(self, job: ChunkJob, commits: list[CommitRecord], blobs: list[tuple[str, str, str | None]]
                     ) -> tuple[list[tuple[str, str]], list[str]]:

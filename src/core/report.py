@@ -146,8 +146,8 @@ class RunInfo:
         same directory are not this run's); without a manifest, whether its output exists."""
         if self.manifest:
             return stage in self.stages
-        output = {"mine": "commits.jsonl", "chunk": "chunks.jsonl", "build": "stats.json"}.get(stage)
-        return output is not None and (self.run_dir / output).is_file()
+        output = {"mine": "commits.jsonl", "chunk": "chunks", "build": "stats.json"}.get(stage)
+        return output is not None and (self.run_dir / output).exists()
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
@@ -346,9 +346,15 @@ def _slow_fields(line: bytes) -> tuple[str, str, Any, Any] | None:
 
 
 def scan_chunks(path: Path) -> ChunkScan:
-    """Stream ``chunks.jsonl``; a line is decoded whole only when the fast path cannot read it."""
-    with open(path, "rb") as fh:
-        return scan_lines(fh)
+    """Stream the chunk stage's output (``chunks/``, its shards in order, or one file); a
+    line is decoded whole only when the fast path cannot read it."""
+    from core.chunk_shards import shard_paths
+
+    scan = ChunkScan()
+    for shard in shard_paths(path) if path.is_dir() else [path]:
+        with open(shard, "rb") as fh:
+            scan_lines(fh, scan)
+    return scan
 
 
 def scan_lines(lines: Iterable[bytes], scan: ChunkScan | None = None) -> ChunkScan:
@@ -727,7 +733,7 @@ def _context_section(info: RunInfo, scan: ChunkScan | None) -> str:
     strategy = info.context_name()
     out = []
     if scan is None:
-        return no_data("Context", "no chunks.jsonl (the chunk stage did not run)")
+        return no_data("Context", "no chunks/ (the chunk stage did not run)")
     if scan.context_items == 0:
         msg = "no context" + (f" (context={strategy}: no unit change got a context item)"
                               if strategy and strategy != "none" else f" (context={strategy or 'null'})")
@@ -827,7 +833,7 @@ def _time_chart(commits: list[CommitInfo], scan: ChunkScan | None,
     if examples:
         series_names.append(("examples", BAR2))
     if not series_names:
-        return no_data(title, "no chunks.jsonl (the chunk stage did not run)")
+        return no_data(title, "no chunks/ (the chunk stage did not run)")
     max_bars = 100
     if len(commits) <= max_bars:
         labels = [c.time[:10] for c in commits]
@@ -1001,11 +1007,11 @@ def render_report(run_dir: Path, scan: ChunkScan | None = None,
     info = RunInfo.load(run_dir)
     row = summary_row(run_dir)
     notes: list[str] = []
-    chunks = run_dir / "chunks.jsonl"
+    chunks = run_dir / "chunks"
     if scan is None or not info.ran("chunk"):
-        scan = scan_chunks(chunks) if chunks.is_file() and info.ran("chunk") else None
+        scan = scan_chunks(chunks) if chunks.is_dir() and info.ran("chunk") else None
     if scan is not None and scan.malformed:
-        notes.append(f"chunks.jsonl: {scan.malformed} lines could not be read")
+        notes.append(f"chunks/: {scan.malformed} lines could not be read")
     commits_path = run_dir / "commits.jsonl"
     commits = scan_commits(commits_path) if commits_path.is_file() and info.ran("mine") else []
     if scan is not None:  # unit changes of commits commits.jsonl does not list (or there is none)

@@ -23,22 +23,23 @@ import hashlib
 import json
 import marshal
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.frame
 
 from core.blob_cache import connection, forget_connection, unusable
-from core.files import stat_key
+from core.files import output_digest, stat_key
 from core.hash_points import HashPoints
 
-STAGE_CACHE_FORMAT = 5
+STAGE_CACHE_FORMAT = 6
 STAGES_FILE = f"stages-f{STAGE_CACHE_FORMAT}.sqlite"  # in the cache directory
-STAGE_OUTPUTS_DIR = f"stages-f{STAGE_CACHE_FORMAT}-outputs"  # kept chunks.jsonl files
+STAGE_OUTPUTS_DIR = f"stages-f{STAGE_CACHE_FORMAT}-outputs"  # kept chunk outputs, a folder of shards each
 LOCKS_DIR = "locks"
 
 
@@ -64,6 +65,24 @@ def unpack(data: bytes) -> bytes:
     if read != len(data):
         raise RuntimeError(f"{len(data) - read} bytes follow the LZ4 frame")
     return rows
+
+
+class KeptShard(NamedTuple):
+    path: Path
+    size: int
+    rows: int
+    sha256: str
+
+
+class KeptOutput(NamedTuple):
+    """A kept chunk output (see StageCache.open_output): its shards, where the rows of
+    the commits wanted end (bytes from the first shard's start, and rows), and its
+    totals (None unless all its commits are wanted)."""
+
+    shards: list[KeptShard]
+    ends: list[int]
+    row_ends: list[int]
+    totals: Any
 
 
 @contextmanager
@@ -202,10 +221,12 @@ class StageCache:
             return connection(self.path, [
                 ("CREATE TABLE IF NOT EXISTS commits (key TEXT PRIMARY KEY, rows INTEGER NOT NULL, "
                  "stats TEXT NOT NULL, data BLOB NOT NULL, scan BLOB)"),  # rowid: large rows
+                # a kept output (a folder of shards): its commits' keys, where each commit's
+                # rows end (bytes, and rows), its shards (name, bytes, rows, sha256, stat key)
                 ("CREATE TABLE IF NOT EXISTS kept_outputs (name TEXT PRIMARY KEY, base TEXT NOT NULL, "
-                 "keys BLOB NOT NULL, ends BLOB NOT NULL, stat TEXT NOT NULL, used REAL NOT NULL)"),
-                # a kept output's totals over all its commits (see keep_output); a table of its
-                # own: a cache whose kept_outputs predates it keeps working
+                 "keys BLOB NOT NULL, ends BLOB NOT NULL, row_ends BLOB NOT NULL, shards BLOB NOT NULL, "
+                 "used REAL NOT NULL)"),
+                # a kept output's totals over all its commits (see keep_output)
                 "CREATE TABLE IF NOT EXISTS kept_totals (name TEXT PRIMARY KEY, totals BLOB NOT NULL)",
                 # the mine stage's commits: a commit's line in commits.jsonl (NULL: skipped) and counts
                 "CREATE TABLE IF NOT EXISTS mined (key TEXT PRIMARY KEY, line BLOB, stats TEXT NOT NULL)"],
@@ -300,33 +321,45 @@ class StageCache:
             pass  # another process dropped it first
 
     # -- whole outputs ---------------------------------------------------------------
-    # The chunk stage's output of a run is kept (a hard link, no copy) with the keys of its
-    # commits: a later run whose commits start with the same keys copies that prefix of the
-    # file (in the kernel where it can) instead of decompressing and writing each commit.
+    # The chunk stage's output of a run (its shards, core.chunk_shards) is kept as hard links,
+    # no copy, with the keys of its commits: a later run whose commits start with the same
+    # keys links the shards those commits fill and copies the first bytes of the next,
+    # instead of decompressing and writing each commit.
 
     def _outputs_dir(self) -> Path:
         return self.path.parent / STAGE_OUTPUTS_DIR
 
-    def keep_output(self, path: Path, base: str, keys: list[str], ends: list[int], totals: Any = None) -> None:
-        """Remember ``path`` (a finished output) as made of ``keys``' rows ending at ``ends``;
-        only the OUTPUTS_KEPT most recently used outputs are kept. ``totals``: what the
-        entries of all those commits add up to, as ``marshal`` takes it (the chunk stage's
-        row count, counters and report scan), so that a run copying the whole output takes
-        it at once instead of reading and adding each commit's."""
+    def keep_output(self, run_dir: Path, shards: list[Any], base: str, keys: list[str], ends: list[int],
+                    row_ends: list[int], totals: Any = None) -> None:
+        """Remember the shards ``shards`` (core.chunk_shards.WrittenShard, in ``run_dir``, a
+        finished output) as made of ``keys``' rows ending at ``ends`` (bytes from the first
+        shard's start) and ``row_ends`` (rows); only the OUTPUTS_KEPT most recently used
+        outputs are kept. ``totals``: what the entries of all those commits add up to, as
+        ``marshal`` takes it (the chunk stage's row count, counters and report scan), so
+        that a run copying the whole output takes it at once instead of reading and
+        adding each commit's."""
         folder = self._outputs_dir()
-        name = hashlib.sha256(f"{base}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24] + ".jsonl"
+        name = hashlib.sha256(f"{base}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:24]
+        kept = folder / name
+        points = HashPoints(self.path.parent)
+        info = []
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.link(path, folder / name)
-            stat = stat_key(folder / name)
+            kept.mkdir(parents=True)
+            for shard in shards:
+                path = run_dir / shard.rel
+                sha256, _ = output_digest(path)  # written in the background, or linked: known
+                os.link(path, kept / path.name)
+                info.append((path.name, shard.size, shard.rows, sha256, stat_key(kept / path.name)))
+                points.remember(path, kept / path.name)
         except OSError:
+            shutil.rmtree(kept, ignore_errors=True)
             return  # another file system, or no hard links: nothing is kept
-        HashPoints(self.path.parent).remember(path, folder / name)
         conn = self._conn()
         with _transaction(conn):
-            conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, stat, used) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (name, base, marshal.dumps(keys), marshal.dumps(ends), stat, time.time()))
+            conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, row_ends, shards, used) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (name, base, marshal.dumps(keys), marshal.dumps(ends), marshal.dumps(row_ends),
+                          marshal.dumps(info), time.time()))
             if totals is not None:
                 conn.execute("INSERT OR REPLACE INTO kept_totals (name, totals) VALUES (?, ?)",
                              (name, marshal.dumps(totals)))
@@ -339,18 +372,18 @@ class StageCache:
         with _transaction(conn):
             conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
             conn.execute("DELETE FROM kept_totals WHERE name = ?", (name,))
-        (self._outputs_dir() / name).unlink(missing_ok=True)
+        shutil.rmtree(self._outputs_dir() / name, ignore_errors=True)
 
-    def open_output(self, base: str, keys: list[str]) -> tuple[Any, list[int], Any] | None:
-        """The kept output whose commits' keys are the longest prefix of ``keys``: an open
-        file, where each of those commits' rows end in it, and the output's totals when
-        all its commits are wanted and it has them (else None); None when none fits."""
+    def open_output(self, base: str, keys: list[str]) -> KeptOutput | None:
+        """The kept output whose commits' keys are the longest prefix of ``keys`` (None
+        when none fits), its totals only when all its commits are wanted."""
         conn = self._conn()
-        candidates: list[tuple[int, float, str, list[int], str, bool]] = []
-        for name, kept, ends, stat, used in conn.execute(
-                "SELECT name, keys, ends, stat, used FROM kept_outputs WHERE base = ?", (base,)):
+        candidates: list[tuple[int, float, str, list[int], list[int], list[tuple], bool]] = []
+        for name, kept, ends, row_ends, shards, used in conn.execute(
+                "SELECT name, keys, ends, row_ends, shards, used FROM kept_outputs WHERE base = ?", (base,)):
             try:
-                kept, ends = marshal.loads(kept), marshal.loads(ends)
+                kept, ends, row_ends, shards = (marshal.loads(kept), marshal.loads(ends), marshal.loads(row_ends),
+                                                marshal.loads(shards))
             except (ValueError, EOFError, TypeError):
                 continue
             n = 0
@@ -359,15 +392,14 @@ class StageCache:
                     break
                 n += 1
             if n:
-                candidates.append((n, used, name, ends, stat, n == len(kept)))
-        for n, _, name, ends, stat, whole in sorted(candidates, reverse=True):
-            path = self._outputs_dir() / name
-            try:
-                fh = open(path, "rb")
+                candidates.append((n, used, name, ends, row_ends, shards, n == len(kept)))
+        for n, _, name, ends, row_ends, shards, whole in sorted(candidates, reverse=True):
+            folder = self._outputs_dir() / name
+            try:  # a shard changed since (or copied elsewhere): the output is never used again
+                fine = all(stat_key(folder / shard[0]) == shard[4] for shard in shards)
             except OSError:
-                continue
-            if stat_key(fh.fileno()) != stat:  # changed since (or copied elsewhere): never used again
-                fh.close()
+                fine = False
+            if not fine:
                 self._forget_output(conn, name)
                 continue
             conn.execute("UPDATE kept_outputs SET used = ? WHERE name = ?", (time.time(), name))
@@ -378,7 +410,8 @@ class StageCache:
                     totals = marshal.loads(found[0]) if found is not None else None
                 except (ValueError, EOFError, TypeError):
                     totals = None  # damaged: each commit's entry is read instead
-            return fh, ends[:n], totals
+            return KeptOutput([KeptShard(folder / f, size, rows, sha256) for f, size, rows, sha256, _ in shards],
+                              ends[:n], row_ends[:n], totals)
         return None
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.chunking import ChunkJob
 
-from ..conftest import manifest, read_jsonl, run_pipeline
+from ..conftest import manifest, read_chunks, run_pipeline
 
 
 def test_deeply_nested_and_single_line_files_are_chunked(scripted_repo, tmp_path):
@@ -13,7 +13,7 @@ def test_deeply_nested_and_single_line_files_are_chunked(scripted_repo, tmp_path
     one_line = "pub fn wide() -> u32 { " + " + ".join(["1"] * 120_000) + " }\n"  # ~480 KB on one line
     scripted_repo.commit("odd files", {"src/deep.rs": nested, "src/wide.rs": one_line, "src/ok.rs": "fn ok() {}\n"})
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]", "context=imports")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     parts = {}
     for row in rows:
         parts.setdefault(row["qualname"], []).append(row)
@@ -49,7 +49,7 @@ def test_a_parser_failure_or_timeout_is_a_counted_skip(scripted_repo, tmp_path, 
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "stages=[mine,chunk]")
     chunk = manifest(run_dir)["stages"]["chunk"]
     assert chunk["skips"] == {"file_parse_failed": 1} and chunk["counts"]["blobs_parse_failed"] == 1
-    assert [r["qualname"] for r in read_jsonl(run_dir / "chunks.jsonl")] == ["a::a", "c::c"]
+    assert [r["qualname"] for r in read_chunks(run_dir)] == ["a::a", "c::c"]
     monkeypatch.undo()
     # a parse that runs past the language's time limit is ended by the guard and skipped
     slow = run_pipeline(tmp_path / "slow", f"repo={scripted_repo.path}", "stages=[mine,chunk]",

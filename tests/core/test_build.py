@@ -10,6 +10,7 @@ from core.pipeline import Run
 
 from ..conftest import (
     ScriptedRepo,
+    chunk_bytes,
     make_cfg,
     manifest,
     read_split,
@@ -646,9 +647,13 @@ def marshal_dumps(value) -> bytes:
     return marshal.dumps(value)
 
 
-def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build_builds(repo, tmp_path, monkeypatch):
-    from core import changes
+@pytest.mark.parametrize("shard_bytes", [None, 200])
+def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build_builds(repo, tmp_path, monkeypatch,
+                                                                                        shard_bytes):
+    from core import changes, pipeline
 
+    if shard_bytes is not None:  # the chunk output in shards: the update links all but the last
+        monkeypatch.setattr(pipeline, "CHUNK_SHARD_BYTES", shard_bytes)
     shared = [f"repo={repo.path}", f"cache_dir={tmp_path / 'cache'}", "tokenizer.max_training_chars=20000"]
     before = run_pipeline(tmp_path / "a", *shared)
     repo.commit("one more", {"crates/app/src/late.rs": "pub fn late() -> u32 {\n    7\n}\n"})
@@ -661,10 +666,13 @@ def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build
 
     monkeypatch.setattr(changes.Change, "__init__", spy)
     after = run_pipeline(tmp_path / "b", *shared)
-    monkeypatch.undo()
+    monkeypatch.setattr(changes.Change, "__init__", init)
     # every row before the new commit's came from the earlier build's index
-    assert read and min(read) >= (before / "chunks.jsonl").stat().st_size
-    assert (after / "chunks.jsonl").read_bytes().startswith((before / "chunks.jsonl").read_bytes())
+    assert read and min(read) >= len(chunk_bytes(before))
+    if shard_bytes is not None:
+        counts = manifest(after)["stages"]["chunk"]["counts"]
+        assert counts["chunk_shards_linked"] == counts["chunk_shards"] - 1 > 1
+    assert chunk_bytes(after).startswith(chunk_bytes(before))
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     for name in ("train", "val", "test"):
         assert split_bytes(after, name) == split_bytes(fresh, name)

@@ -18,7 +18,7 @@ from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
 
-from ..conftest import ScriptedRepo, manifest, read_split, run_pipeline, split_bytes
+from ..conftest import ScriptedRepo, manifest, read_chunks, read_split, run_pipeline, split_bytes
 
 
 def body(name: str, n: int, k: int) -> str:
@@ -152,7 +152,7 @@ def test_a_new_commit_encodes_only_its_own_rows(repo, tmp_path):
     before = run_pipeline(tmp_path / "a", f"repo={repo.path}", *shared)
     head = commit_round(repo, 99)
     after = run_pipeline(tmp_path / "b", f"repo={repo.path}", *shared)
-    new = [r for r in map(json.loads, (after / "chunks.jsonl").read_text().splitlines()) if r["commit"] == head]
+    new = [r for r in read_chunks(after) if r["commit"] == head]
     c = counts(after)
     assert 0 < c["rows_encoded"] <= len(new)
     assert c["rows_reused"] > counts(before)["rows_encoded"] // 2

@@ -6,10 +6,15 @@ import pytest
 
 from core.errors import CommitforgeError
 from core.pairing import pair_chunks, pair_moves, part_changes
-from plugins.chunkers import AstChunker, AstChunkerConfig, WindowChunker, WindowChunkerConfig
+from plugins.chunkers import (
+    AstChunker,
+    AstChunkerConfig,
+    WindowChunker,
+    WindowChunkerConfig,
+)
 from plugins.rust import RustLanguage
 
-from ..conftest import manifest, read_jsonl, run_pipeline
+from ..conftest import manifest, read_chunks, run_pipeline
 
 RUST = RustLanguage()
 
@@ -440,7 +445,7 @@ def test_a_unit_moved_to_another_file_is_one_pair_not_a_deletion_and_an_addition
                         "    pub fn open(path: &str) -> Store {\n        let f = path.len() as u8;\n"
                         "        assert!(f > 0);\n        Store { f }\n    }\n}\n\npub fn helper() -> u8 {\n    1\n}\n")})
     run_dir = run_pipeline(tmp_path, f"repo={r.path}", "stages=[mine,chunk]")
-    rows = [row for row in read_jsonl(run_dir / "chunks.jsonl") if row["subject"] == "move opening out of store"]
+    rows = [row for row in read_chunks(run_dir) if row["subject"] == "move opening out of store"]
     by_name = {row["qualname"]: row for row in rows}
     opened = by_name["kv::open::Store::open"]
     assert (opened["change"], opened["path"], opened["old_path"]) == ("modified", "src/open.rs", "src/store.rs")

@@ -16,24 +16,24 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tomllib
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
-from hydra_plugins.commitforge_searchpath import CONF_GROUP, CommitforgeSearchPathPlugin
 from omegaconf import OmegaConf
 
 from core.config import conf_dir, register_schema
 from core.errors import CommitforgeError
 from core.registry import PluginRegistry
+from hydra_plugins.commitforge_searchpath import CONF_GROUP, CommitforgeSearchPathPlugin
 from plugins import BUILTIN_PLUGINS
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl
+from ..conftest import ScriptedRepo, manifest, read_chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "commitforge-example"
@@ -137,7 +137,7 @@ def test_chunker_blocks_runs_end_to_end(example_env, repo, tmp_path):
     proc = cli("chunker=blocks", f"chunker.max_chars={MAX_CHARS}", f"repo={repo.path}", "stages=[mine,chunk]",
                f"out_dir={out}", "executor.workers=1", env=example_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rows = read_jsonl(out / "chunks.jsonl")
+    rows = read_chunks(out)
     by_commit: dict[str, list[dict]] = {}
     for r in rows:
         by_commit.setdefault(r["subject"], []).append(r)

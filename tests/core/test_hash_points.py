@@ -184,9 +184,9 @@ def test_an_update_resumes_the_hash_of_chunks_and_train_from_the_earlier_run(scr
 
     monkeypatch.setattr(files._BackgroundWrites, "_resume", spy)
     after = run_pipeline(tmp_path / "b", *shared)
-    # chunks.jsonl starts with the whole earlier file, train's shard with the earlier train
+    # the chunk shard starts with the whole earlier one, train's shard with the earlier train
     # (one shard: the split moved its boundaries forward)
-    assert (before / "chunks.jsonl").stat().st_size in resumed
+    assert (before / "chunks" / "00000.jsonl").stat().st_size in resumed
     assert (before / "data" / "train" / "00000.jsonl").stat().st_size in resumed
     for stage in manifest(after)["stages"].values():
         for name, entry in stage.get("outputs", {}).items():

@@ -12,7 +12,7 @@ from core.gitio import Repository, line_hunks
 from core.parsing import hunk_edits
 from plugins.rust import RustLanguage
 
-from ..conftest import line_hunks_of, manifest, run_pipeline
+from ..conftest import chunk_bytes, line_hunks_of, manifest, run_pipeline
 
 FNS = "".join(f"/// number {i}\npub fn f{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n\n" for i in range(12))
 
@@ -136,7 +136,7 @@ def test_a_run_parsing_from_hunks_writes_what_a_run_without_them_writes(scripted
     monkeypatch.setattr(core.pipeline, "line_hunks", lambda *args: {})
     without = run_pipeline(tmp_path / "b", f"repo={r.path}", "stages=[mine,chunk]", "context=imports")
     assert "blobs_reparsed_by_hunks" not in manifest(without)["stages"]["chunk"]["counts"]
-    assert (with_hunks / "chunks.jsonl").read_bytes() == (without / "chunks.jsonl").read_bytes()
+    assert chunk_bytes(with_hunks) == chunk_bytes(without)
 
 
 def test_hunks_split_over_several_gits_are_those_of_one(scripted_repo):

@@ -10,6 +10,7 @@ import pytest
 
 from core.errors import CommitforgeError
 from core.gitio import BlobReader, Repository
+from core.stage_cache import STAGES_FILE
 from core.stats import Counter
 from plugins.sources import GitSource, GitSourceConfig
 
@@ -284,7 +285,7 @@ def test_a_damaged_stored_line_is_mined_again(history, tmp_path):
     import sqlite3
 
     first, stage = _mine_stage(history, tmp_path, "a")
-    with sqlite3.connect(tmp_path / "cache" / "stages-f5.sqlite") as conn:
+    with sqlite3.connect(tmp_path / "cache" / STAGES_FILE) as conn:
         conn.execute("UPDATE mined SET line = ? WHERE rowid = (SELECT min(rowid) FROM mined WHERE line IS NOT NULL)",
                       (b'{"commit": "trunc',))
     again, again_stage = _mine_stage(history, tmp_path, "b")

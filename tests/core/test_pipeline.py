@@ -19,14 +19,17 @@ from pathlib import Path
 import pytest
 
 from core import pipeline
+from core.chunk_shards import shard_paths
 from core.errors import CommitforgeError
 from core.pipeline import Run
 from core.stage_cache import unpack
 
 from ..conftest import (
     ScriptedRepo,
+    chunk_bytes,
     make_cfg,
     manifest,
+    read_chunks,
     read_jsonl,
     read_split,
     run_pipeline,
@@ -60,7 +63,7 @@ def repo(scripted_repo: ScriptedRepo) -> ScriptedRepo:
 
 def test_run_writes_unit_changes_and_manifest(repo, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={repo.path}")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     commits = read_jsonl(run_dir / "commits.jsonl")
     assert [c["subject"] for c in commits] == ["add lib", "widen point; wrapping add", "odd files", "broken"]
     second = [(r["change"], r["kind"], r["qualname"]) for r in rows if r["subject"].startswith("widen")]
@@ -80,9 +83,10 @@ def test_run_writes_unit_changes_and_manifest(repo, tmp_path):
     assert chunk["skips"] == {"file_binary": 1, "file_not_utf8": 1, "file_too_large": 1}
     assert chunk["counts"]["files_with_syntax_errors"] == 1
     assert chunk["counts"]["unit_changes"] == len(rows)
-    out = chunk["outputs"]["chunks.jsonl"]
+    out = chunk["outputs"]["chunks/00000.jsonl"]
+    assert list(chunk["outputs"]) == ["chunks/00000.jsonl"]  # a small output is one shard
     assert out["rows"] == len(rows)
-    assert out["sha256"] == hashlib.sha256((run_dir / "chunks.jsonl").read_bytes()).hexdigest()
+    assert out["sha256"] == hashlib.sha256(chunk_bytes(run_dir)).hexdigest()
     assert m["repository"]["head"] == repo.git("rev-parse", "HEAD")
     assert m["commit_range"]["commits"] == 4
     assert m["versions"]["tree-sitter-rust"] and m["config"]["chunker"]["max_chars"] == 4000
@@ -107,7 +111,7 @@ def test_blobs_are_parsed_once_and_cached_across_runs(repo, tmp_path):
     second_dir = run_pipeline(tmp_path, f"repo={repo.path}", f"out_dir={tmp_path / 'run2'}", "reuse=false")
     second = manifest(second_dir)["stages"]["chunk"]["counts"]
     assert "blobs_parsed" not in second and second["blobs_cached"] == first["unique_blobs"] - 1
-    assert (tmp_path / "run" / "chunks.jsonl").read_bytes() == (second_dir / "chunks.jsonl").read_bytes()
+    assert chunk_bytes(tmp_path / "run") == chunk_bytes(second_dir)
 
 
 @pytest.mark.parametrize("context", ["none", "imports", "repomap"])
@@ -118,7 +122,7 @@ def test_output_is_identical_for_any_worker_count(tmp_path, context, monkeypatch
     monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 3)  # several batches: workers see different histories
     one = run_pipeline(tmp_path / "a", "executor.workers=1", f"context={context}", "reuse=false")
     two = run_pipeline(tmp_path / "b", "executor.workers=2", f"context={context}", "reuse=false")
-    assert (one / "chunks.jsonl").read_bytes() == (two / "chunks.jsonl").read_bytes()
+    assert chunk_bytes(one) == chunk_bytes(two)
     assert manifest(one)["stages"]["chunk"]["counts"]["unit_changes"] > 100
 
 
@@ -147,7 +151,7 @@ def test_a_stage_cache_entry_damaged_on_disk_is_computed_again(tmp_path):
     as (other) rows, the commit is chunked again and the output is the same."""
     cache = tmp_path / "cache"
     overrides = (f"cache_dir={cache}", "stages=[mine,chunk]")
-    ref = (run_pipeline(tmp_path / "a", *overrides) / "chunks.jsonl").read_bytes()
+    ref = chunk_bytes(run_pipeline(tmp_path / "a", *overrides))
     with contextlib.closing(_cache_db(cache)) as db, db:
         (rowid, data), = db.execute("SELECT rowid, data FROM commits ORDER BY length(data) DESC LIMIT 1")
         # a byte of the commit's id where the frame holds it as a literal: without a checksum
@@ -158,7 +162,7 @@ def test_a_stage_cache_entry_damaged_on_disk_is_computed_again(tmp_path):
                    (data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:], rowid))
         db.execute("DELETE FROM kept_outputs")  # the rows are taken from the entries, not a kept copy
     again = run_pipeline(tmp_path / "b", *overrides)
-    assert (again / "chunks.jsonl").read_bytes() == ref
+    assert chunk_bytes(again) == ref
     assert manifest(again)["stages"]["chunk"]["counts"]["commits_computed"] == 1
 
 
@@ -192,7 +196,7 @@ def test_packed_rows_unpack_whole_or_not_at_all():
 @pytest.mark.parametrize("context", ["none", "imports"])
 def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
     """Worker processes write their rows to spool files and send them compressed for the
-    stage cache: chunks.jsonl, the cache entries and the kept output's commit ends are what
+    stage cache: the output's shards, the cache entries and the kept output's commit ends are what
     one in-process worker makes, also with cached commits between the spooled ones; no
     spool file is left."""
     import core.chunking
@@ -217,9 +221,9 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
     one = run_pipeline(tmp_path / "a", "executor.workers=1", *overrides)
     assert not copied  # one worker runs in this process: nothing is spooled
     two = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides)
-    rows = (two / "chunks.jsonl").read_bytes()
+    rows = chunk_bytes(two)
     assert len(copied) >= 2 and sum(copied) == len(rows) and each_file_removed_by_its_last_range()
-    assert rows == (one / "chunks.jsonl").read_bytes()
+    assert rows == chunk_bytes(one)
     assert not (two / ".spool").exists()
 
     order = [json.loads(line)["commit"] for line in (two / "commits.jsonl").read_text().splitlines()]
@@ -231,7 +235,7 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
         entries = Counter(unpack(data) for (data,) in db.execute("SELECT data FROM commits"))
         (name, ends), = db.execute("SELECT name, ends FROM kept_outputs")
     assert entries == Counter(by_commit.values())  # each commit's rows, compressed by its worker
-    kept = next(cache.glob(f"stages-*-outputs/{name}")).read_bytes()
+    kept = b"".join(p.read_bytes() for p in shard_paths(next(cache.glob(f"stages-*-outputs/{name}"))))
     starts = [0, *marshal.loads(ends)[:-1]]
     assert [kept[a:b] for a, b in zip(starts, marshal.loads(ends))] == [by_commit[c] for c in order]
 
@@ -244,7 +248,7 @@ def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypat
     three = run_pipeline(tmp_path / "b", "executor.workers=2", *overrides, f"out_dir={tmp_path / 'c'}")
     counts = manifest(three)["stages"]["chunk"]["counts"]
     assert counts["commits_reused"] > 0 and counts["commits_computed"] > 0 and copied
-    assert (three / "chunks.jsonl").read_bytes() == rows and each_file_removed_by_its_last_range()
+    assert chunk_bytes(three) == rows and each_file_removed_by_its_last_range()
 
 
 def test_a_spool_file_whose_last_commits_have_no_rows_is_copied_whole(tmp_path, monkeypatch):
@@ -271,7 +275,7 @@ def test_a_spool_file_whose_last_commits_have_no_rows_is_copied_whole(tmp_path, 
     again = run_pipeline(tmp_path / "b", *overrides, f"out_dir={tmp_path / 'c'}")
     counts = manifest(again)["stages"]["chunk"]["counts"]
     assert counts["commits_reused"] > 0 and counts["commits_computed"] > 0
-    assert (again / "chunks.jsonl").read_bytes() == (first / "chunks.jsonl").read_bytes()
+    assert chunk_bytes(again) == chunk_bytes(first)
 
 
 def test_a_killed_runs_spool_is_removed_when_the_next_run_starts(tmp_path):
@@ -367,7 +371,7 @@ def test_context_runs_hold_about_equal_work():
 
 def test_demo_repository_history_is_mined_and_paired(tmp_path):
     run_dir = run_pipeline(tmp_path)
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     kinds = {r["change"] for r in rows}
     assert kinds == {"added", "modified", "deleted", "renamed"}
     renamed = [r for r in rows if r["change"] == "renamed"]
@@ -385,7 +389,7 @@ def test_demo_repository_history_is_mined_and_paired(tmp_path):
 
 def test_stages_prefix_and_errors(repo, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={repo.path}", "stages=[mine]")
-    assert (run_dir / "commits.jsonl").exists() and not (run_dir / "chunks.jsonl").exists()
+    assert (run_dir / "commits.jsonl").exists() and not (run_dir / "chunks").exists()
     with pytest.raises(CommitforgeError, match="must be a prefix"):
         Run(make_cfg(tmp_path, f"repo={repo.path}", "stages=[chunk]"))
     with pytest.raises(CommitforgeError, match="unknown stage 'tokenise'"):
@@ -577,7 +581,7 @@ def test_missing_objects_of_a_partial_clone_are_skipped(scripted_repo, tmp_path)
     run_dir = run_pipeline(tmp_path, f"repo={r.path}")
     chunk = manifest(run_dir)["stages"]["chunk"]
     assert chunk["skips"] == {"file_missing_object": 1}
-    assert [row["qualname"] for row in read_jsonl(run_dir / "chunks.jsonl")] == ["a::a"]
+    assert [row["qualname"] for row in read_chunks(run_dir)] == ["a::a"]
 
 
 def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
@@ -589,17 +593,21 @@ def test_non_utf8_paths_are_kept_exactly(scripted_repo, tmp_path):
     r.git("add", "-A")
     r.commit("latin-1 file name")
     run_dir = run_pipeline(tmp_path, f"repo={r.path}")
-    (row,) = read_jsonl(run_dir / "chunks.jsonl")
+    (row,) = read_chunks(run_dir)
     assert os.fsencode(row["path"]) == raw
     (commit,) = read_jsonl(run_dir / "commits.jsonl")
     assert os.fsencode(commit["files"][0]["new_path"]) == raw
 
 
-def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("shard_bytes", [None, 1])
+def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scripted_repo, tmp_path, monkeypatch,
+                                                                           shard_bytes):
     import core.chunking
 
     monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 2)
     monkeypatch.setattr(core.chunking, "CONTEXT_BATCH", 2)
+    if shard_bytes is not None:  # every commit with rows ends a shard: an update links them
+        monkeypatch.setattr(pipeline, "CHUNK_SHARD_BYTES", shard_bytes)
     r = scripted_repo
     for i in range(5):
         r.commit(f"c{i}", {f"src/m{i}.rs": f"pub fn f{i}() -> u32 {{ crate::N + {i} }}\n",
@@ -610,8 +618,11 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
     def chunk_counts(name: str, *overrides: str) -> tuple[dict, bytes]:
         run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / 'cache'}",
                                "stages=[mine,chunk]", "context=imports", *overrides)
-        digests[name] = manifest(run_dir)["stages"]["chunk"]["outputs"]["chunks.jsonl"]["sha256"]
-        return manifest(run_dir)["stages"]["chunk"]["counts"], (run_dir / "chunks.jsonl").read_bytes()
+        outputs = manifest(run_dir)["stages"]["chunk"]["outputs"]
+        digests[name] = [(outputs[rel]["sha256"], hashlib.sha256((run_dir / rel).read_bytes()).hexdigest())
+                         for rel in outputs]
+        assert list(outputs) == [f"chunks/{p.name}" for p in shard_paths(run_dir / "chunks")]
+        return manifest(run_dir)["stages"]["chunk"]["counts"], chunk_bytes(run_dir)
 
     first, out1 = chunk_counts("a")
     assert (first["commits_reused"], first["commits_computed"]) == (0, 5)
@@ -624,16 +635,20 @@ def test_finished_chunk_commits_are_reused_and_only_new_history_is_chunked(scrip
     grown, out4 = chunk_counts("d")
     assert (grown["commits_reused"], grown["commits_computed"]) == (5, 1)  # only the new commit
     assert out4.startswith(out1) and len(out4) > len(out1)
-    assert grown["chunk_bytes_copied"] == len(out1)  # the earlier output's bytes, copied whole
-    # the manifest's digest is of the file as written, copied bytes and new rows together
-    assert digests["d"] == hashlib.sha256(out4).hexdigest()
+    # the earlier output's bytes: its one shard copied, or its shards linked
+    linked, copied = grown.get("chunk_bytes_linked", 0), grown.get("chunk_bytes_copied", 0)
+    assert (linked, copied) == ((0, len(out1)) if shard_bytes is None else (len(out1), 0))
+    assert grown["chunk_shards_linked"] == (0 if shard_bytes is None else first["chunk_shards"])
+    # the manifest's digests are of the shards as written, copied bytes and new rows together
+    assert all(recorded == actual for recorded, actual in digests["d"])
     fresh, out5 = chunk_counts("e", "reuse=false")
     assert "commits_reused" in fresh and fresh["commits_reused"] == 0 and out5 == out4
     assert fresh["unit_changes"] == grown["unit_changes"] and fresh["context_refs"] == grown["context_refs"]
     # an earlier part of the history: a prefix of the kept outputs, up to the end of its last commit
     older, out6 = chunk_counts("f", "source.rev='HEAD~3'")
     _, reference = chunk_counts("g", "source.rev='HEAD~3'", "reuse=false")
-    assert older["chunk_bytes_copied"] == len(reference) < len(out1) and out6 == reference
+    assert older["chunk_bytes_copied"] + older["chunk_bytes_linked"] == len(reference) < len(out1)
+    assert out6 == reference
 
 
 @pytest.mark.parametrize("snapshot", ["commit", "parent"])
@@ -651,7 +666,7 @@ def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_p
     def chunks(name: str, *overrides: str) -> tuple[dict, bytes]:
         run_dir = run_pipeline(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports",
                                f"context.snapshot={snapshot}", f"executor.workers={workers}", *overrides)
-        return manifest(run_dir)["stages"]["chunk"], (run_dir / "chunks.jsonl").read_bytes()
+        return manifest(run_dir)["stages"]["chunk"], chunk_bytes(run_dir)
 
     cold, ref = chunks("cold", "reuse=false")
     chunks("warm")
@@ -662,9 +677,10 @@ def test_commits_missing_from_the_stage_cache_anywhere_give_the_same_bytes(tmp_p
     db.commit()
     # counters of the work done (parsing, cache use, timings) differ; those of the rows do not
     skip = {"commits_computed", "commits_reused", "unique_blobs", "context_tree_blobs", "bytes_parsed",
-            "units_extracted", "chunk_bytes_copied"}
+            "units_extracted"}
     plain = lambda c: {k: v for k, v in c.items()  # noqa: E731
-                       if k not in skip and not k.startswith("blobs_") and not k.endswith("_ms")}
+                       if k not in skip and not k.startswith(("blobs_", "chunk_bytes_", "chunk_shards_"))
+                       and not k.endswith("_ms")}
     # the output the warm run kept holds every commit, with its totals: copied whole, nothing computed
     whole, out = chunks("whole")
     assert (whole["counts"]["commits_computed"], whole["counts"]["commits_reused"]) == (0, len(keys))
@@ -686,7 +702,7 @@ def test_a_repository_with_two_languages_is_processed_with_languages(scripted_re
                       "tools/shapes.py": "class Point:\n    x = 0\n",
                       "tools/report.py": "from shapes import Point\n\ndef origin():\n    return Point()\n"})
     run_dir = run_pipeline(tmp_path, f"repo={r.path}", "languages=[python]", "context=imports", "dedup.near=false")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     assert {row["lang"] for row in rows} == {"rust", "python"}
     ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in rows}
     assert ctx["mix::geo::origin"] == ["mix::Point"]  # each language resolves within its own files
@@ -719,7 +735,7 @@ def test_units_and_context_are_named_after_the_cargo_package_at_their_commit(scr
         "crates/core/src/lib.rs": "use journal::log::Entry;\npub fn first() -> Entry { Entry { id: 0, at: 0 } }\n"})
     for context in ("none", "imports"):
         run_dir = run_pipeline(tmp_path / context, f"repo={r.path}", "stages=[mine,chunk]", f"context={context}")
-        rows = {(row["subject"], row["qualname"]): row for row in read_jsonl(run_dir / "chunks.jsonl")}
+        rows = {(row["subject"], row["qualname"]): row for row in read_chunks(run_dir)}
         # the same qualnames whatever the context strategy: each commit's own Cargo.toml names them
         assert sorted(rows) == [("rename the store package", "journal::log::Entry"),
                                 ("rename the store package", "ledger_core::first"),
@@ -752,7 +768,7 @@ def test_units_are_named_as_their_crate_roots_declare_them(scripted_repo, tmp_pa
                       "src/cli.rs": "pub fn run() { println!(); }\n"})
     for context in ("none", "imports"):
         run_dir = run_pipeline(tmp_path / context, f"repo={r.path}", "stages=[mine,chunk]", f"context={context}")
-        rows = {(row["subject"], row["qualname"]) for row in read_jsonl(run_dir / "chunks.jsonl")}
+        rows = {(row["subject"], row["qualname"]) for row in read_chunks(run_dir)}
         assert rows == {("serde-like", "serde::__private::helper"), ("serde-like", "serde::__private::de::Content"),
                         ("serde-like", "sd::main"), ("serde-like", "sd::cli::run"),
                         ("edit", "serde::__private::helper"), ("edit", "sd::cli::run")}
@@ -765,7 +781,7 @@ def test_python_modules_are_named_from_the_source_root_of_pyproject(scripted_rep
                           "python/ledger/schema.py": "class Entry:\n    id = 0\n",
                           "python/ledger/api.py": "from ledger.schema import Entry\n\ndef first():\n    return Entry()\n"})
     run_dir = run_pipeline(tmp_path, f"repo={r.path}", "languages=[python]", "stages=[mine,chunk]", "context=imports")
-    ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in read_jsonl(run_dir / "chunks.jsonl")}
+    ctx = {row["qualname"]: [c["qualname"] for c in row["context"]] for row in read_chunks(run_dir)}
     assert ctx["ledger.api::first"] == ["ledger.schema::Entry"]  # not python.ledger.api
 
 
@@ -785,7 +801,7 @@ def test_symbol_index_summaries_are_stored_and_reused(tmp_path, monkeypatch):
     def chunks(name: str, *overrides: str) -> bytes:
         run_dir = run_pipeline(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports",
                                "executor.workers=1", "reuse=false", *overrides)
-        return (run_dir / "chunks.jsonl").read_bytes()
+        return chunk_bytes(run_dir)
 
     first = chunks("a")
     assert made and list(cache.glob("summaries-*.sqlite"))
@@ -808,7 +824,7 @@ def test_the_report_scan_kept_per_commit_equals_a_scan_of_chunks_jsonl(tmp_path,
         r = Run(make_cfg(tmp_path / name, f"cache_dir={cache}", "stages=[mine,chunk]", "context=imports"))
         run_dir = r.run()
         assert r.chunk_scan is not None and r.chunk_scan.rows > 100
-        assert r.chunk_scan == scan_chunks(run_dir / "chunks.jsonl")
+        assert r.chunk_scan == scan_chunks(run_dir / "chunks")
     assert manifest(run_dir)["stages"]["chunk"]["counts"]["commits_computed"] == 0
     strip = lambda html: re.sub(r"\d+\.\d+ s\b", "", html)  # noqa: E731 - timings differ
     assert strip(render_report(run_dir, r.chunk_scan)) == strip(render_report(run_dir))
@@ -832,13 +848,13 @@ def test_a_kept_output_changed_in_place_is_not_copied(scripted_repo, tmp_path):
     def chunks(name: str, *overrides: str) -> tuple[dict, Path]:
         run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / 'cache'}",
                                "stages=[mine,chunk]", "context=imports", *overrides)
-        return manifest(run_dir)["stages"]["chunk"]["counts"], run_dir / "chunks.jsonl"
+        return manifest(run_dir)["stages"]["chunk"]["counts"], run_dir / "chunks" / "00000.jsonl"
 
     _, first = chunks("a")
     reference = first.read_bytes()
     again, out = chunks("b")
     assert again["chunk_bytes_copied"] == len(reference) and out.read_bytes() == reference
-    with open(first, "r+b") as fh:  # the run directory's file is the kept one (a hard link)
+    with open(first, "r+b") as fh:  # the run directory's shard is the kept one (a hard link)
         fh.write(b"X")
     with open(out, "r+b") as fh:
         fh.write(b"Y")
@@ -855,7 +871,7 @@ def test_a_file_over_max_file_bytes_gives_no_context_even_when_a_summary_of_it_i
     def context(name: str, cache: str, *overrides: str) -> list:
         run_dir = run_pipeline(tmp_path / name, f"repo={r.path}", f"cache_dir={tmp_path / cache}",
                                "stages=[mine,chunk]", "context=imports", *overrides)
-        return [(row["qualname"], [c["qualname"] for c in row["context"]]) for row in read_jsonl(run_dir / "chunks.jsonl")]
+        return [(row["qualname"], [c["qualname"] for c in row["context"]]) for row in read_chunks(run_dir)]
 
     assert ("size", ["big::Big"]) in context("large", "cache")
     capped = context("capped", "cache", f"max_file_bytes={len(big) - 1}")
@@ -938,7 +954,7 @@ def test_concurrent_runs_with_the_same_settings_compute_each_commit_once(tmp_pat
     counts = [manifest(tmp_path / name)["stages"]["chunk"]["counts"] for name in ("a", "b")]
     commits = manifest(tmp_path / "a")["commit_range"]["commits"]
     assert sum(c["commits_computed"] for c in counts) == commits
-    assert (tmp_path / "a" / "chunks.jsonl").read_bytes() == (tmp_path / "b" / "chunks.jsonl").read_bytes()
+    assert chunk_bytes(tmp_path / "a") == chunk_bytes(tmp_path / "b")
 
 
 def test_a_run_collects_cycles_less_often_and_restores_the_setting_with_what_it_made_aged(scripted_repo, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from core.report import (
     write_report,
 )
 
-from ..conftest import ScriptedRepo, make_cfg
+from ..conftest import ScriptedRepo, chunk_bytes, make_cfg
 
 HOSTILE_SUBJECT = '</td><script>alert("subject")</script> & co'
 HOSTILE_DIR = "repo<b onmouseover=alert(1)>"
@@ -166,7 +166,7 @@ def test_scan_chunks_reads_only_what_it_needs_but_the_same_as_json(tmp_path):
 
 
 def test_workers_scan_of_rows_equals_the_scan_of_the_written_lines(demo_run):
-    lines = (demo_run / "chunks.jsonl").read_bytes().splitlines(keepends=True)
+    lines = chunk_bytes(demo_run).splitlines(keepends=True)
     rows = [json.loads(line) for line in lines]
     assert any(r.get("context") for r in rows) and len({r["commit"] for r in rows}) > 3
     assert scan_rows(rows).to_plain() == scan_lines(lines).to_plain()

@@ -19,7 +19,7 @@ import pytest
 from core.errors import CommitforgeError
 from core.manifest import RunLock
 
-FINAL = ("commits.jsonl", "chunks.jsonl", "stats.json", "data/train/00000.jsonl", "data/val/00000.jsonl",
+FINAL = ("commits.jsonl", "chunks/00000.jsonl", "stats.json", "data/train/00000.jsonl", "data/val/00000.jsonl",
          "data/test/00000.jsonl")
 
 
@@ -81,7 +81,7 @@ def test_a_finished_run_is_not_redone_and_a_changed_input_is(reference, tmp_path
         assert proc.returncode == 0
     manifest = json.loads((run_dir / "MANIFEST.json").read_text())
     assert manifest["resumed"] == ["mine", "chunk", "build"] and _outputs(run_dir) == outputs
-    (run_dir / "chunks.jsonl").write_bytes(b"tampered\n")  # a damaged output is redone, with what follows
+    (run_dir / "chunks" / "00000.jsonl").write_bytes(b"tampered\n")  # a damaged output is redone, with what follows
     proc = _start(run_dir, cache)
     proc.communicate()
     manifest = json.loads((run_dir / "MANIFEST.json").read_text())
@@ -109,5 +109,5 @@ def test_a_rerun_with_another_writer_or_fewer_stages_leaves_no_stale_outputs(tmp
     assert not (out / "data").exists()  # the jsonl files went with the stage that wrote them
     assert (out / "training_data_enhanced_train.json").exists()
     Run(make_cfg(tmp_path, f"out_dir={out}", "stages=[mine]")).run()
-    assert not (out / "chunks.jsonl").exists() and not (out / "training_data_enhanced_train.json").exists()
+    assert not (out / "chunks").exists() and not (out / "training_data_enhanced_train.json").exists()
     assert (out / "commits.jsonl").exists()

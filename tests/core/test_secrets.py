@@ -6,7 +6,7 @@ import json
 
 from core.report import write_report
 
-from ..conftest import manifest, read_jsonl, run_pipeline
+from ..conftest import manifest, read_chunks, run_pipeline
 
 # fake secrets, assembled so this file holds none of them whole
 AWS_ID = "AKIA" + "Z7QXW4TR2PLM9KDE"
@@ -59,9 +59,9 @@ def test_every_kind_of_secret_is_redacted_from_every_output(scripted_repo, tmp_p
     write_report(run_dir)
 
     blobs = [p for p in run_dir.rglob("*") if p.is_file()]
-    assert {p.name for p in blobs} >= {"commits.jsonl", "chunks.jsonl", "00000.jsonl", "stats.json", "MANIFEST.json",
-                                       "report.html"}
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    assert {p.relative_to(run_dir).as_posix() for p in blobs} >= {
+        "commits.jsonl", "chunks/00000.jsonl", "data/train/00000.jsonl", "stats.json", "MANIFEST.json", "report.html"}
+    rows = read_chunks(run_dir)
     decoded = "\n".join(json.dumps(row) for row in rows)
     for path in blobs:
         text = path.read_bytes().decode("utf-8", "replace")

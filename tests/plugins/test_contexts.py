@@ -16,17 +16,31 @@ import pytest
 
 from core.chunking import reset_memory
 from core.context import CharCounter, Reference, UnitQuery, pack, pack_references
+from core.errors import CommitforgeError
+from core.pipeline import Run
 from core.records import ContextItem
 from core.snapshot import plan_trees
 from core.stats import Counter
-from core.errors import CommitforgeError
-from plugins.contexts import (ImportsContext, ImportsContextConfig, RepoMapContext, RepoMapContextConfig,
-                              SameFileContext, SameFileContextConfig, _fixed, _Graph, personalized_pagerank)
+from plugins.contexts import (
+    ImportsContext,
+    ImportsContextConfig,
+    RepoMapContext,
+    RepoMapContextConfig,
+    SameFileContext,
+    SameFileContextConfig,
+    _fixed,
+    _Graph,
+    personalized_pagerank,
+)
 from plugins.rust import RustLanguage
 
-from core.pipeline import Run
-
-from ..conftest import ScriptedRepo, make_cfg, manifest, read_jsonl, run_pipeline
+from ..conftest import (
+    ScriptedRepo,
+    make_cfg,
+    manifest,
+    read_chunks,
+    run_pipeline,
+)
 
 WORKSPACE = {
     "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n\n[workspace.dependencies]\n'
@@ -118,7 +132,7 @@ def workspace(scripted_repo: ScriptedRepo) -> ScriptedRepo:
 
 def test_imports_resolve_across_crates_modules_reexports_globs_aliases_and_path_modules(workspace, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "stages=[mine,chunk]")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     main = {c["qualname"]: c for c in _context(rows, "app::main")}
     # `geo` is the workspace's renamed dependency on geo-core; Circle is re-exported at its root,
     # Meters is reached through `units::Meters` (and a `pub use units::*` glob)
@@ -159,10 +173,10 @@ def test_context_follows_history_and_snapshot_choice(workspace, tmp_path):
         "crates/geo-core/src/units.rs": grown,
         "crates/app/src/main.rs": WORKSPACE["crates/app/src/main.rs"].replace("2.0", "3.0"),
     })
-    rows_commit = read_jsonl(run_pipeline(tmp_path / "c", f"repo={workspace.path}", "context=imports",
-                                          "stages=[mine,chunk]") / "chunks.jsonl")
-    rows_parent = read_jsonl(run_pipeline(tmp_path / "p", f"repo={workspace.path}", "context=imports",
-                                          "context.snapshot=parent", "stages=[mine,chunk]") / "chunks.jsonl")
+    rows_commit = read_chunks(run_pipeline(tmp_path / "c", f"repo={workspace.path}", "context=imports",
+                                          "stages=[mine,chunk]"))
+    rows_parent = read_chunks(run_pipeline(tmp_path / "p", f"repo={workspace.path}", "context=imports",
+                                          "context.snapshot=parent", "stages=[mine,chunk]"))
 
     def meters(rows, commit=None):
         return next(c["text"] for c in _context(rows, "app::main", commit) if c["qualname"] == "geo_core::units::Meters")
@@ -189,7 +203,7 @@ def test_same_file_and_none_measure_recall_against_the_same_references(workspace
 def test_budget_packs_whole_items_best_first(workspace, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=imports", "context.max_tokens=40",
                            "stages=[mine,chunk]")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     for row in rows:
         cost = sum(-(-len(f"{c['path']}\n{c['text']}") // 3.2) for c in row["context"])
         assert cost <= 40
@@ -313,7 +327,7 @@ def test_repomap_refuses_a_snapshot_with_more_files_than_its_graph_may_hold(work
 
 def test_repomap_ranks_files_the_unit_file_points_at(workspace, tmp_path):
     run_dir = run_pipeline(tmp_path, f"repo={workspace.path}", "context=repomap", "stages=[mine,chunk]")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     main = _context(rows, "app::main")
     assert main and all(c["why"].startswith("repomap: rank") for c in main)
     named = [c["qualname"] for c in main if "named" in c["why"]]
@@ -438,7 +452,12 @@ def test_a_worker_keeps_one_snapshot_and_its_derived_state_across_tasks(workspac
 
 def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building(workspace, tmp_path):
     pytest.importorskip("transformers")
-    from plugins.tokenizers import BpeTokenizer, BpeTokenizerConfig, HfTokenizer, HfTokenizerConfig
+    from plugins.tokenizers import (
+        BpeTokenizer,
+        BpeTokenizerConfig,
+        HfTokenizer,
+        HfTokenizerConfig,
+    )
 
     corpus = [text for text in WORKSPACE.values()] * 4
     bpe = BpeTokenizer(BpeTokenizerConfig(vocab_size=300))
@@ -447,7 +466,7 @@ def test_budget_is_counted_with_the_runs_tokenizer_when_it_loads_before_building
                            "tokenizer=hf", f"tokenizer.name_or_path={bpe.path}", "dedup.near=false")
     assert manifest(run_dir)["context"]["counted_with"].startswith("tokenizer:hf:")
     count = HfTokenizer(HfTokenizerConfig(name_or_path=str(bpe.path))).token_counter()
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     assert any(row["context"] for row in rows)
     for row in rows:  # every item whole, the sum within the budget in the tokenizer's own tokens
         assert sum(count(f"{c['path']}\n{c['text']}") for c in row["context"]) <= 60
@@ -471,8 +490,8 @@ def test_use_paths_follow_the_crates_edition_through_history(scripted_repo, tmp_
         "Cargo.toml": LEGACY["Cargo.toml"] + 'edition = "2018"\n',
         "src/de/mod.rs": LEGACY["src/de/mod.rs"].replace("    1\n", "    2\n"),
     })
-    rows = read_jsonl(run_pipeline(tmp_path, f"repo={scripted_repo.path}", "context=imports",
-                                   "stages=[mine,chunk]") / "chunks.jsonl")
+    rows = read_chunks(run_pipeline(tmp_path, f"repo={scripted_repo.path}", "context=imports",
+                                   "stages=[mine,chunk]"))
     old, new = ([c["qualname"] for c in _context(rows, "legacy::de::body", commit)] for commit in (first, second))
     assert "legacy::fragment::Fragment" in old and "legacy::de::fragment::Fragment" not in old
     assert "legacy::de::fragment::Fragment" in new and "legacy::fragment::Fragment" not in new
@@ -492,7 +511,7 @@ def test_context_names_definitions_as_their_commit_names_them(scripted_repo, tmp
         "src/make.rs": "use crate::shapes::Square;\npub fn twice() -> Square { Square { side: 2.0 } }\n"})
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", f"context={strategy}", "stages=[mine,chunk]",
                            "executor.workers=1")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     assert [c["qualname"] for c in _context(rows, "alpha::make::unit", first)
             if c["kind"] == "struct"] == ["alpha::shapes::Square"]
     assert [c["qualname"] for c in _context(rows, "beta::make::twice") if c["kind"] == "struct"] == ["beta::shapes::Square"]
@@ -512,6 +531,6 @@ def test_python_context_follows_source_roots_that_rename_unchanged_files(scripte
         "python/pkg/make.py": "from pkg.shapes import Square\n\ndef twice():\n    return Square()\n"})
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", f"context={strategy}", "stages=[mine,chunk]",
                            "executor.workers=1", "language=python")
-    twice = [r for r in read_jsonl(run_dir / "chunks.jsonl") if r["qualname"].endswith("twice")][-1]
+    twice = [r for r in read_chunks(run_dir) if r["qualname"].endswith("twice")][-1]
     squares = [c["qualname"] for c in twice["context"] if c["qualname"].endswith("Square")]
     assert twice["qualname"] == "pkg.make::twice" and squares == ["pkg.shapes::Square"]

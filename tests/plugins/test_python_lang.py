@@ -15,7 +15,7 @@ from plugins.chunkers import AstChunker, AstChunkerConfig
 from plugins.python_lang import CUT_UNIT, PythonLanguage, python_module_path
 from plugins.python_symbols import PythonIndex, parse_import, summarize
 
-from ..conftest import ScriptedRepo, manifest, read_jsonl, run_pipeline
+from ..conftest import ScriptedRepo, manifest, read_chunks, run_pipeline
 
 SOURCE = '''"""Ledger module — «centimes» 💶 before any unit."""
 import os
@@ -529,7 +529,7 @@ def test_pipeline_pairs_units_and_follows_definitions_through_history(scripted_r
     })
     run_dir = run_pipeline(tmp_path, f"repo={scripted_repo.path}", "language=python", "context=imports",
                            "stages=[mine,chunk]")
-    rows = read_jsonl(run_dir / "chunks.jsonl")
+    rows = read_chunks(run_dir)
     changes = {(r["commit"], r["change"], r["kind"], r["qualname"], r["old_qualname"]) for r in rows}
     assert {(first, "added", "fn", "shop.cli.main::run", None),
             (first, "added", "method", "shop.models::Cart.add", None),
