@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from core.config import conf_dir, register_schema
 from core.chunk_shards import CHUNKS_DIR, shard_paths
+from core.config import conf_dir, register_schema
 from core.files import split_shards
 from core.pipeline import Run
 

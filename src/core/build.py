@@ -322,7 +322,7 @@ class _Alongside:
 class TrainingTexts:
     """What a tokenizer that learns from the data learns from: called, the code of the
     train split's unit changes, old then new, in order. ``rows``: the digest of each train
-    row's line in chunks.jsonl, in the same order (each gives two texts), or None. Two
+    row's line in chunks/, in the same order (each gives two texts), or None. Two
     builds whose train rows start with the same digests start with the same texts, so a
     tokenizer that learns from the first N characters can know its corpus without reading
     the rows (see ``BpeTokenizer``, whose ``_CORPUS_FORMAT`` a change to these texts bumps)."""
@@ -381,7 +381,7 @@ PARALLEL_FEATURE_ROWS = 4096
 class _DedupFeatures:
     """What dedup compares of each row: kept by an earlier build, or computed (and kept).
 
-    Rows of chunks.jsonl to compute, when there are ``PARALLEL_FEATURE_ROWS`` or more, go
+    Rows of chunks/ to compute, when there are ``PARALLEL_FEATURE_ROWS`` or more, go
     to the executor's workers in contiguous shares of about equal bytes; each worker
     reads, parses and compares its own rows. This process meanwhile reads those rows
     whole, as the builder will. (In one process, the interpreter lock keeps reading rows,
@@ -521,7 +521,7 @@ class _DedupFeatures:
 
 
 def _row_features(task: tuple[str, str, list[tuple[int, int]], str, dict[str, Any]] | None) -> Features | None:
-    """An executor's task: the dedup features of rows of a chunks.jsonl, given as (path,
+    """An executor's task: the dedup features of rows of a chunks/, given as (path,
     the file's ``stat_key`` as the build stage read it, [(offset, size)], what to compare,
     feature settings). None does nothing."""
     if task is None:

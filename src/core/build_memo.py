@@ -1,14 +1,14 @@
-"""What the build stage computed per ``chunks.jsonl`` row, kept by what it depends on, so
+"""What the build stage computed per ``chunks/`` row, kept by what it depends on, so
 that a build whose unit changes mostly repeat an earlier build's works only on the rows it
 has not seen (a repository brought up to date after a new commit, a rerun with other
 split or writer settings): each row's assembled example, and what deduplication compares
 of it (the digest of its normalized text and its MinHash signature).
 
-Entries are ``(row, a, b)``: the sha1 of the row's line in ``chunks.jsonl`` and two byte
+Entries are ``(row, a, b)``: the sha1 of the row's line in ``chunks/`` and two byte
 strings, under a ``base``, a fingerprint of the settings they depend on, with a crc32 of
 the three: an entry damaged on disk is taken as missing and made again.
 
-An example depends on its ``chunks.jsonl`` row (the line's bytes), on the build
+An example depends on its ``chunks/`` row (the line's bytes), on the build
 settings (format, builder, the tokenizer's identity and added tokens, the versions of the
 code and of ``tokenizers``) and on its split only through the ``split`` field, which is
 set when the example is read back. What is kept is the result of fitting the row into
@@ -20,7 +20,7 @@ MinHash parameters.
 
 The store is one SQLite database (WAL) beside the stage cache, shared by parallel runs;
 the entries of the ``BASES_KEPT`` bases used last are kept. ``reuse=false`` turns it off.
-It also holds the :class:`core.changes.RowIndex` of the ``chunks.jsonl`` files the last
+It also holds the :class:`core.changes.RowIndex` of the ``chunks/`` outputs the last
 builds read (:class:`RowIndexes`), whatever their settings.
 """
 
@@ -299,10 +299,10 @@ class BuildMemo:
 
 
 class RowIndexes:
-    """The :class:`core.changes.RowIndex` of the ``chunks.jsonl`` files the last builds
-    read (``ROW_INDEXES_KEPT``), by their inode, size and modification time: the stage
-    cache keeps such a file (a hard link, the same inode), and the next run's chunk stage
-    starts its ``chunks.jsonl`` with a copy of it. An entry is a file of MEMO_FILES_DIR
+    """The :class:`core.changes.RowIndex` of the chunk outputs (``chunks/``) the last
+    builds read (``ROW_INDEXES_KEPT``), by their shards' inodes, sizes and modification
+    times (core.chunk_shards.shards_key): the stage cache keeps such shards (hard links,
+    the same inodes), and the next run's chunk stage starts its ``chunks/`` with them. An entry is a file of MEMO_FILES_DIR
     with a checksum of its content: a damaged one is taken as missing, as is any this
     database cannot give or take (the rows are then read)."""
 

@@ -19,7 +19,7 @@ except ImportError:  # a core dependency; json reads the same rows, slower
 from core.errors import CommitforgeError
 from core.files import read_line, stat_key
 
-# texts that repeat across the rows of chunks.jsonl: one string object each
+# texts that repeat across the rows of chunks/: one string object each
 _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")
 
 
@@ -100,14 +100,14 @@ class _ChangesFile:
             os.close(fd)
 
 
-# a chunks.jsonl row starts with the fields a split and the stats read; each key is written
+# a row of ``chunks/`` starts with the fields a split and the stats read; each key is written
 # bare once (a quote inside a string is escaped), so what comes before this is a whole
 # JSON object of the first fields once closed
 _HEAD_END = b',"old_qualname":'
 
 
 class Change(Mapping):
-    """A read-only row of ``chunks.jsonl`` read in two steps: the fields before
+    """A read-only row of ``chunks/`` read in two steps: the fields before
     ``old_qualname`` (id, repo, commit, time, subject, message, path, change, kind,
     qualname, ...) when the file is read, the whole row when another field is first read.
     A build that copies most of its examples' lines (core.kept_lines) never reads their
@@ -191,8 +191,8 @@ class Change(Mapping):
 
 
 def line_of(change: Mapping[str, Any]) -> tuple[Path, str, int, int] | None:
-    """Where the line of a :class:`Change` is: (its chunks.jsonl, that file's
-    ``core.files.stat_key`` as it was read, offset, size); None for any other row."""
+    """Where the line of a :class:`Change` is: (its ``chunks/`` or file, their key as
+    they were read (see ``_ChangesFile.key``), offset, size); None for any other row."""
     if type(change) is not Change:
         return None
     return change._file.path, change._file.key(), change._at, change._size
@@ -200,8 +200,8 @@ def line_of(change: Mapping[str, Any]) -> tuple[Path, str, int, int] | None:
 
 def lines_at(path: str | Path, key: str, spans: list[tuple[int, int]]) -> Iterator[bytes]:
     """The lines at ``spans`` ((offset, size), as :func:`line_of` gives them) of the
-    chunks.jsonl at ``path``, in another process than the one that read its rows: it must
-    still be the file whose ``stat_key`` is ``key``."""
+    ``chunks/`` (or file) at ``path``, in another process than the one that read its
+    rows: it must still be the one whose key is ``key``."""
     file = _ChangesFile(Path(path))
     if file.key() != key:
         raise file.changed()
@@ -209,13 +209,13 @@ def lines_at(path: str | Path, key: str, spans: list[tuple[int, int]]) -> Iterat
         yield file.line(at, size)
 
 
-# the last field of a chunks.jsonl row, most of its bytes; what comes before it is a whole
+# the last field of a row of chunks/, most of its bytes; what comes before it is a whole
 # JSON object of the other fields once closed (as with _HEAD_END)
 _CONTEXT_START = b',"context":'
 
 
 def without_context(line: bytes) -> dict[str, Any]:
-    """A chunks.jsonl line's row without its ``context``, read (what deduplication
+    """A chunks/ line's row without its ``context``, read (what deduplication
     compares): a third of the time of reading it whole on rusty-kaspa's rows. A line with
     no such field, or that orjson refuses, is read whole."""
     row = _fields_before(line, _CONTEXT_START)
@@ -223,7 +223,7 @@ def without_context(line: bytes) -> dict[str, Any]:
 
 
 def _fields_before(line: bytes, key: bytes) -> dict[str, Any] | None:
-    """The fields of a chunks.jsonl line that come before ``key`` (``b',"name":'``),
+    """The fields of a chunks/ line that come before ``key`` (``b',"name":'``),
     read with orjson; None when the line has no such field or orjson refuses it (lone
     surrogate escapes of non-UTF-8 paths)."""
     end = line.find(key)
@@ -258,7 +258,7 @@ def forget_shared_texts(changes: list[Any]) -> None:
 
 def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex | None = None,
                  known_bytes: int = 0) -> list[Change]:
-    """The rows of ``chunks.jsonl`` (:class:`Change`, read whole when first needed), and
+    """The rows of ``chunks/`` (:class:`Change`, read whole when first needed), and
     into ``digests`` the sha1 of each line. A context item's text repeats in every unit
     that uses it, a commit's message in each of its units, a unit's new code as the next
     change's old code: each distinct text is kept once (the rows hold a fraction of the
@@ -293,11 +293,11 @@ ROW_INDEX_FORMAT = 1  # with _HEAD_END and what Change reads of a head
 
 
 class RowIndex:
-    """What :func:`read_changes` read of each row of a ``chunks.jsonl``: the sha1 of its
-    line, where the line ends, and its head (None for a row it read whole). Kept by the
-    build cache for the file the stage cache keeps (core.build_memo.RowIndexes), so that
-    the next build, whose ``chunks.jsonl`` starts with a copy of that file, does not read,
-    hash and parse those rows again."""
+    """What :func:`read_changes` read of each row of a ``chunks/``: the sha1 of its
+    line, where the line ends (from the first shard's start), and its head (None for a
+    row it read whole). Kept by the build cache for the shards the stage cache keeps
+    (core.build_memo.RowIndexes), so that the next build, whose ``chunks/`` starts with
+    those shards' rows, does not read, hash and parse those rows again."""
 
     def __init__(self, digests: list[bytes], ends: list[int], heads: list[dict[str, Any] | None]):
         self.digests, self.ends, self.heads = digests, ends, heads

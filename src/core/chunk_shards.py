@@ -17,7 +17,8 @@ import hashlib
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NamedTuple
+from types import TracebackType
+from typing import Any, NamedTuple, Self
 
 from core.files import atomic_write, remember_digest, stat_key
 
@@ -68,11 +69,12 @@ class ChunkShards:
         self._fh: Any = None
         self._size = self._rows = 0
 
-    def __enter__(self) -> ChunkShards:
+    def __enter__(self) -> Self:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if kind is not None:
             if self._stack is not None:
                 self._stack.__exit__(kind, value, tb)  # the open shard's temporary file goes

@@ -535,7 +535,7 @@ def redact_counted(redactor: Any, text: str, stats: Counter,
 
 
 def redact_row(row: dict[str, Any], redactor: Any, stats: Counter) -> None:
-    """Replace secrets in every text of a chunks.jsonl row (context items included) and
+    """Replace secrets in every text of a row of chunks/ (context items included) and
     count them by kind. The same secret gets the same replacement in old and new code."""
     if redactor is None:
         return

@@ -41,7 +41,7 @@ class Format(Protocol):
     special_tokens: list[str]
 
     def segments(self, change: dict[str, Any]) -> list[Segment]:
-        """The segment layout of one UnitChange (a chunks.jsonl row)."""
+        """The segment layout of one UnitChange (a row of chunks/)."""
 
 
 class Tokenizer(Protocol):

@@ -582,7 +582,7 @@ def fast_json_line(obj: dict[str, Any]) -> bytes:
 
 
 def record_line(obj: Any) -> bytes:
-    """A JSON line of a record (chunks.jsonl rows, commits.jsonl): orjson, with floats in
+    """A JSON line of a record (chunks/ rows, commits.jsonl): orjson, with floats in
     its shortest round-trip form (json.loads reads them back equal); a record orjson
     refuses (lone surrogates of non-UTF-8 paths) goes through :func:`json_line`. Numpy
     arrays are written as lists."""

@@ -1,7 +1,8 @@
 """sha256 digests that resume where a kept file's left off.
 
 A repository brought up to date copies most of each output from a file an earlier run
-wrote and the cache kept: ``chunks.jsonl`` from the stage cache, the last shard of each
+wrote and the cache kept: the last shard of ``chunks/`` from the stage cache (the shards
+before it are links, whose digests the cache kept), the last shard of each
 ``data/{split}/`` from core.kept_lines (the full shards before it are links, whose
 digests the cache kept). The manifest needs each output's sha256, and hashing those
 copied bytes again (rusty-kaspa: 500 of the 567 MB an update wrote before train was

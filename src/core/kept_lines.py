@@ -8,7 +8,7 @@ whose example id hashes low enough for its size): a split that changes in one pl
 moves into train) makes other shards only where it changed, and the same shards again
 after the next end they share. After writing them, the build stage keeps each shard (a
 hard link in the cache, no copy) with, per line, the row it was built from (the sha1 of
-the row's line in ``chunks.jsonl``), where the line ends, what the stats need of it
+the row's line in ``chunks/``), where the line ends, what the stats need of it
 (token counts, whether it was truncated), and the shard's sha256. A later build with the
 same settings (the build cache's example settings, the writer's code and settings:
 ``base``) that puts the same row in the same split (the split is part of the line)

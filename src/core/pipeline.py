@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from core.collector import fewer_collections
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
-from core.files import atomic_write, read_line, record_line, stat_key
+from core.files import atomic_write, read_line, record_line
 from core.gitio import Repository, line_hunks
 from core.hash_points import HashPoints
 from core.hookspecs import KINDS
@@ -195,8 +195,9 @@ class Run:
         configure_progress(cfg.get("progress"))
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
-        self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks.jsonl, when this run wrote it
-        # (stat key, bytes) of the kept chunks.jsonl whose first bytes this run's chunk stage copied
+        self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks/, when this run wrote it
+        # (core.chunk_shards.shards_key, bytes) of the kept chunk output whose first bytes this
+        # run's chunk stage linked and copied
         self.chunks_copied: tuple[str, int] | None = None
         # examples per commit per split, when this run built them (the report's, without reading them back)
         self.example_commits: dict[str, dict[str, int]] | None = None
@@ -489,7 +490,7 @@ class Run:
         spool = self.run_dir / SPOOL  # a killed run's was removed when this run started
         if len(work) > 1 and workers > 1 and getattr(self.executor, "same_machine", False):
             # workers write their rows to files here (core.chunking.SpooledRows), compressed
-            # for the cache too: the main process copies them into chunks.jsonl in the kernel
+            # for the cache too: the main process copies them into its shards in the kernel
             spool.mkdir(exist_ok=True)
             job.spool_dir, job.spool_packed = str(spool), cache is not None
         results = self.executor.map(job.pair_commits, [([commits[i] for i in group], st, ns)
@@ -497,7 +498,7 @@ class Run:
         spool_left: dict[str, int] = {}  # spooled commits of each file not taken yet
         pending: list[tuple[Any, int, dict[str, Any], Any]] = []  # rows: bytes or SpooledRows
         groups = iter(work)
-        scan = ChunkScan()  # what the report reads from chunks.jsonl, kept per commit too
+        scan = ChunkScan()  # what the report reads from chunks/, kept per commit too
         commit_counts = Counter()  # the commits' own counters, for the kept output's totals
         # where each commit's rows end in the output (bytes, and rows): the copied commits' as in
         # the output kept

@@ -140,7 +140,7 @@ class ContextItem:
 
 @dataclass(slots=True)
 class UnitChange:
-    """One line of ``chunks.jsonl``: a unit (or one part of an oversize unit) before and after a commit."""
+    """One line of ``chunks/``: a unit (or one part of an oversize unit) before and after a commit."""
 
     id: str
     repo: str

@@ -13,7 +13,7 @@ fonts, no links off the page.
 * The page is deterministic: the same run directory gives the same bytes (the
   manifest's ``written`` timestamp is not shown, numbers are formatted with fixed
   precision, every table is sorted).
-* ``chunks.jsonl`` (possibly hundreds of MB) is streamed line by line, and only the
+* ``chunks/`` (possibly hundreds of MB) is streamed line by line, and only the
   fields the charts need are decoded (``commit``, ``time``, ``context``,
   ``context_recall``); the examples files are scanned for their ``commit`` field only.
 
@@ -296,7 +296,7 @@ def _value_at(line: bytes, key: bytes, last: bool = False) -> tuple[bool, Any]:
 
 @dataclass
 class ChunkScan:
-    """What the report needs from chunks.jsonl: per-commit counts and context figures."""
+    """What the report needs from chunks/: per-commit counts and context figures."""
 
     rows: int = 0
     per_commit: dict[str, int] = field(default_factory=dict)  # commit -> unit changes, in file order
@@ -358,7 +358,7 @@ def scan_chunks(path: Path) -> ChunkScan:
 
 
 def scan_lines(lines: Iterable[bytes], scan: ChunkScan | None = None) -> ChunkScan:
-    """Add lines of ``chunks.jsonl`` to ``scan`` (a new one by default) and return it."""
+    """Add lines of ``chunks/`` to ``scan`` (a new one by default) and return it."""
     scan = ChunkScan() if scan is None else scan
     for line in lines:
         if not line.strip():
@@ -1001,7 +1001,7 @@ def _stage_tables(info: RunInfo) -> str:
 def render_report(run_dir: Path, scan: ChunkScan | None = None,
                   examples: dict[str, Counter[str]] | None = None) -> str:
     """The report's HTML text (see :func:`write_report`); ``scan`` is the scan of the run's
-    chunks.jsonl and ``examples`` the examples per commit per split when the caller has them
+    chunks/ and ``examples`` the examples per commit per split when the caller has them
     already (the chunk and build stages do)."""
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)

@@ -79,7 +79,7 @@ def assemble_all(changes: list[dict[str, Any]], splits: list[str], layout: Calla
     see core.kept_lines); a row whose encoded layout a build kept (``memo.layouts``, see
     core.build_memo.Memo) is only fitted into ``max_tokens``, and with ``keep_layouts``
     the layouts encoded here are kept. ``names`` gathers the names of the segments (of the layouts
-    made, and the spans of the examples read from the memo). A row read from chunks.jsonl
+    made, and the spans of the examples read from the memo). A row read from chunks/
     (:class:`core.changes.Change`) is released once its example is made."""
     store, keys = (memo[0], memo[1]) if memo is not None else (None, None)
     lines = memo[2] if memo is not None and len(memo) > 2 else None  # a (store, keys) pair has none
@@ -225,7 +225,7 @@ class FileBuilder(CommitBuilder):
                 for k, piece in enumerate(chunk.pieces, 1):
                     rows.append(_snapshot_row(run, rec, path, lang_name, chunk.kind, chunk.qualname, chunk.header,
                                               piece, k, len(chunk.pieces)))
-        for row in rows:  # code read from the blob cache is raw: redact it like chunks.jsonl
+        for row in rows:  # code read from the blob cache is raw: redact it like chunks/
             redact_row(row, run.redactor, stats)
         stats.add("snapshot_files", len(files))
         return rows

@@ -18,7 +18,14 @@ from core.build_memo import BuildMemo, decode, encode
 from core.errors import CommitforgeError
 from core.examples import Built, TrainedRuns
 
-from ..conftest import ScriptedRepo, manifest, read_chunks, read_split, run_pipeline, split_bytes
+from ..conftest import (
+    ScriptedRepo,
+    manifest,
+    read_chunks,
+    read_split,
+    run_pipeline,
+    split_bytes,
+)
 
 
 def body(name: str, n: int, k: int) -> str:
