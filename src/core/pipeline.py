@@ -545,7 +545,7 @@ class Run:
                 if type(data) is SpooledRows:
                     spool_left[data.path] -= 1
                     # the file's last commit taken: it is removed once copied
-                    out.fh.copy_file(data.path, data.start, data.size, remove=not spool_left[data.path])
+                    out.copy_file(data.path, data.start, data.size, last=not spool_left[data.path])
                     out.wrote(data.size, count)
                     size += data.size
                     data = None  # its lines are scanned in the worker (commit_scan)

@@ -92,3 +92,30 @@ def test_an_update_that_cannot_link_copies_and_writes_the_same_shards(scripted_r
     assert [p.read_bytes() for p in shard_paths(copied / "chunks")] == \
         [p.read_bytes() for p in shard_paths(fresh / "chunks")]
     assert chunk_bytes(copied) == chunk_bytes(fresh)
+
+
+def test_a_file_copied_into_two_shards_is_removed_only_after_both(tmp_path, monkeypatch):
+    """A worker's spool file whose commits fall into two shards: the later shard must not
+    remove it while the earlier one (finished by another thread) has still to read it."""
+    import time
+
+    source = tmp_path / "spool.jsonl"
+    source.write_bytes(b"a\n" * 3 + b"b\n")
+    finish, delayed = chunk_shards._finish, []
+
+    def slow_first(stack, spent):
+        if not delayed:  # the earlier shard is finished late
+            delayed.append(stack)
+            time.sleep(0.3)
+        return finish(stack, spent)
+
+    monkeypatch.setattr(chunk_shards, "_finish", slow_first)
+    with ChunkShards(tmp_path / "run", 6) as out:
+        out.copy_file(str(source), 0, 6)
+        out.wrote(6, 3)
+        out.end_commit()  # a full shard, finished by the thread
+        out.copy_file(str(source), 6, 2, last=True)
+        out.wrote(2, 1)
+        out.end_commit()  # the last shard, still open when the writing ends
+    assert [p.read_bytes() for p in shard_paths(tmp_path / "run" / "chunks")] == [b"a\n" * 3, b"b\n"]
+    assert delayed and not source.exists()

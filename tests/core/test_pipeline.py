@@ -193,30 +193,32 @@ def test_packed_rows_unpack_whole_or_not_at_all():
             unpack(damaged)
 
 
-@pytest.mark.parametrize("context", ["none", "imports"])
-def test_workers_hand_rows_back_through_spool_files(tmp_path, context, monkeypatch):
+@pytest.mark.parametrize(("context", "shard_bytes"), [("none", None), ("imports", None), ("imports", 64)])
+def test_workers_hand_rows_back_through_spool_files(tmp_path, context, shard_bytes, monkeypatch):
     """Worker processes write their rows to spool files and send them compressed for the
     stage cache: the output's shards, the cache entries and the kept output's commit ends are what
     one in-process worker makes, also with cached commits between the spooled ones; no
     spool file is left."""
+    import core.chunk_shards
     import core.chunking
-    import core.files
 
     monkeypatch.setattr(core.chunking, "COMMIT_BATCH", 2)  # several tasks without context too
+    if shard_bytes is not None:  # a worker's spool file copied into several shards, each finished by a thread
+        monkeypatch.setattr(pipeline, "CHUNK_SHARD_BYTES", shard_bytes)
     copied: list[int] = []
     removes: list[tuple[str, bool]] = []
-    copy_file = core.files._BackgroundWrites.copy_file
+    copy_file = core.chunk_shards.ChunkShards.copy_file
 
-    def counting(self, path, start, size, remove=False):
+    def counting(self, path, start, size, last=False):
         copied.append(size)
-        removes.append((path, remove))
-        return copy_file(self, path, start, size, remove)
+        removes.append((path, last))
+        return copy_file(self, path, start, size, last)
 
     def each_file_removed_by_its_last_range() -> bool:
         last = dict(removes)
         return all(last.values()) and sum(remove for _, remove in removes) == len(last)
 
-    monkeypatch.setattr(core.files._BackgroundWrites, "copy_file", counting)
+    monkeypatch.setattr(core.chunk_shards.ChunkShards, "copy_file", counting)
     overrides = (f"context={context}", "stages=[mine,chunk]")
     one = run_pipeline(tmp_path / "a", "executor.workers=1", *overrides)
     assert not copied  # one worker runs in this process: nothing is spooled
