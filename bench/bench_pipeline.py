@@ -5,9 +5,9 @@ and bringing an already-processed repository up to date after one new commit.
 
 1. Cold runs (empty cache) of the whole pipeline: wall seconds per stage and peak RSS
    of the run's processes (main process and workers, from ``getrusage``). With
-   ``--against``, each cold run is followed by one of another checkout of commitforge
-   (for example ``git worktree add /tmp/before REV``; its ``src`` goes first on
-   ``PYTHONPATH``): the medians of both and their ratio, measured in the same rounds,
+   ``--against``, each round also runs another checkout of commitforge (for example
+   ``git worktree add /tmp/before REV``; its ``src`` goes first on ``PYTHONPATH``), each
+   code first in turn: the medians of both and their ratio, measured in the same rounds,
    compare the code where a shared machine's speed drifts from one hour to the next.
 2. Update: a clone of REPO at ``HEAD~1`` is processed, then advanced to ``HEAD`` and
    processed again with the same cache, both for the whole pipeline and for
@@ -126,13 +126,14 @@ def main() -> None:
     try:
         cold, other = [], []
         for i in range(args.repeat):
-            shutil.rmtree(tmp / "cache", ignore_errors=True)
-            cold.append(run(args.repo, tmp / f"cold{i}", tmp / "cache", exp))
-            print(json.dumps({"cold": cold[-1]}), flush=True)
-            if against is not None:
+            # each code first in turn: in the same rounds, the run that went first was about 5%
+            # slower whichever code it was (rusty-kaspa, three rounds each way)
+            order = [("cold", None), *([("cold_against", against)] if against is not None else [])]
+            for label, src in order if i % 2 == 0 else order[::-1]:
                 shutil.rmtree(tmp / "cache", ignore_errors=True)
-                other.append(run(args.repo, tmp / f"against{i}", tmp / "cache", exp, src=against))
-                print(json.dumps({"cold_against": other[-1]}), flush=True)
+                result = run(args.repo, tmp / f"{label}{i}", tmp / "cache", exp, src=src)
+                (cold if src is None else other).append(result)
+                print(json.dumps({label: result}), flush=True)
         if cold:  # --repeat 0: the update only
             median = statistics.median(c["wall_s"] for c in cold)
             print(json.dumps({"cold_wall_s_median": median}), flush=True)
