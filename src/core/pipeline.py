@@ -609,7 +609,7 @@ class Run:
             rows += shard.rows
             at = end
         # the build stage takes what an earlier build read of these rows (core.build._read_rows)
-        self.chunks_copied = (shards_key([s.path for s in kept.shards if s.path.exists()]), size)
+        self.chunks_copied = (shards_key([s.path for s in kept.shards]), size)
         stats.add("chunk_bytes_linked", linked)
         stats.add("chunk_bytes_copied", copied)
         stats.add("chunk_shards_linked", out.linked)
