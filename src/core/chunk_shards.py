@@ -123,6 +123,11 @@ class ChunkShards:
         self.shards.append(WrittenShard(self._rel(), self._rows, self._size))
         self._size = self._rows = 0
 
+    @property
+    def open(self) -> bool:
+        """Whether a shard is being written (one is linked only between shards)."""
+        return self._fh is not None
+
     def copy_file(self, path: str, start: int, size: int, last: bool = False) -> None:
         """Append ``size`` bytes of the file at ``path`` from ``start`` to the open shard;
         ``last``: no later range of that file follows, so it is removed once the shards

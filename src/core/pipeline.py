@@ -592,8 +592,8 @@ class Run:
             if at >= size:
                 break
             end = at + shard.size
-            if end <= size and shard.size >= out.shard_bytes and out.link(shard.path, shard.rows, shard.size,
-                                                                              shard.sha256):
+            if end <= size and shard.size >= out.shard_bytes and not out.open \
+                    and out.link(shard.path, shard.rows, shard.size, shard.sha256):
                 linked += shard.size
             else:
                 take = min(end, size) - at

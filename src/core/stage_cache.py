@@ -345,12 +345,13 @@ class StageCache:
         info = []
         try:
             kept.mkdir(parents=True)
-            for shard in shards:
+            for k, shard in enumerate(shards):
                 path = run_dir / shard.rel
                 sha256, _ = output_digest(path)  # written in the background, or linked: known
                 os.link(path, kept / path.name)
                 info.append((path.name, shard.size, shard.rows, sha256, stat_key(kept / path.name)))
-                points.remember(path, kept / path.name)
+                if k == len(shards) - 1:  # the shard a later run's new commits continue: a copy of its start
+                    points.remember(path, kept / path.name)
         except OSError:
             shutil.rmtree(kept, ignore_errors=True)
             return  # another file system, or no hard links: nothing is kept
