@@ -46,13 +46,13 @@ from core.changes import (
     whole,
     without_context,
 )
-from core.chunk_shards import CHUNKS_DIR
+from core.chunk_shards import CHUNKS_DIR, shard_paths
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import AheadCopies, record_line
+from core.files import AheadCopies, record_line, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter
@@ -339,28 +339,60 @@ class TrainingTexts:
 
 
 def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
-    """The rows of the run's ``chunks/``. When this run's chunk stage started it with the
-    shards of a kept output (``Run.chunks_copied``: linked, and the first bytes of the
-    last copied) that an earlier build read, those rows come from that build's index
-    (core.build_memo.RowIndexes); the index of these shards is kept for the next build."""
+    """The rows of the run's ``chunks/``. Each shard an earlier build read (a shard the
+    chunk stage linked from a kept output is the same file) has its rows from that
+    build's index of it (core.build_memo.RowIndexes), and the shard whose first bytes the
+    chunk stage copied from a kept one (``Run.chunks_copied``) has those rows from the
+    kept one's index; the others are read, and their indexes kept for the next build."""
     path = run.run_dir / CHUNKS_DIR
     if digests is None:
         return read_changes(path)
     from core.pipeline import code_version
 
     indexes, version = RowIndexes(run.cache_dir), code_version()
-    # the rows, and the index they come from, live through the stage and form no cycles
+    # the rows, and the indexes they come from, live through the stage and form no cycles
     with paused():  # (core.collector)
         try:
+            shards = shard_paths(path)
+            sizes = [p.stat().st_size for p in shards]
+            keys = [stat_key(p) for p in shards]
+            known: list[tuple[RowIndex | None, int]] = []
             copied = run.chunks_copied
-            known = indexes.find(copied[0], version) if copied is not None else None
-            changes = read_changes(path, digests, known, copied[1] if known is not None else 0)
-            index = RowIndex.of(changes, digests)
-            if index is not None and changes:
-                indexes.keep(changes[0]._file.key(), version, index)
+            for k, (key, size) in enumerate(zip(keys, sizes)):
+                index = indexes.find(key, version)
+                if index is not None and index.ends and index.ends[-1] == size:
+                    known.append((index, size))
+                elif copied is not None and copied[2] == k:  # its first bytes are a kept shard's
+                    index = indexes.find(copied[0], version)
+                    known.append((index, copied[1] if index is not None else 0))
+                else:
+                    known.append((None, 0))
+            changes = read_changes(path, digests, shard_known=known)
+            if changes and [stat_key(fd) for fd in changes[0]._file.fds] == keys:  # the shards read are those
+                at = 0
+                for k, (key, (index, size)) in enumerate(zip(keys, known)):
+                    n = _rows_before(changes, at, changes[0]._file.starts[k + 1])
+                    if not (index is not None and size == sizes[k]):
+                        made = RowIndex.of(changes[at:n], digests[at:n], changes[0]._file.starts[k])
+                        if made is not None:
+                            indexes.keep(key, version, made)
+                    at = n
         finally:
             indexes.close()
     return changes
+
+
+def _rows_before(changes: list[Any], at: int, end: int) -> int:
+    """The position of the first of ``changes`` from ``at`` on whose offset is ``end`` or
+    more (rows in file order)."""
+    lo, hi = at, len(changes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if changes[mid]._at < end:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _rows_scope(run: Run) -> str:

@@ -123,7 +123,7 @@ def _remove_files(root: Path, conn: sqlite3.Connection, names: list[str]) -> Non
         pass
 _BLOCK_FORMAT = 1
 BLOCKS_KEPT = 4  # blocks of dedup features kept (the most recently used)
-ROW_INDEXES_KEPT = 4
+ROW_INDEXES_KEPT = 1024  # one per shard of chunks/ (16 MiB): the shards of a few outputs of a long history
 
 
 class BuildMemo:
@@ -299,10 +299,10 @@ class BuildMemo:
 
 
 class RowIndexes:
-    """The :class:`core.changes.RowIndex` of the chunk outputs (``chunks/``) the last
-    builds read (``ROW_INDEXES_KEPT``), by their shards' inodes, sizes and modification
-    times (core.chunk_shards.shards_key): the stage cache keeps such shards (hard links,
-    the same inodes), and the next run's chunk stage starts its ``chunks/`` with them. An entry is a file of MEMO_FILES_DIR
+    """The :class:`core.changes.RowIndex` of each shard of ``chunks/`` the last builds read
+    (the ``ROW_INDEXES_KEPT`` used last), by its inode, size and modification time: the
+    stage cache keeps such shards (hard links, the same inodes), and the next run's chunk
+    stage links them into its ``chunks/``. An entry is a file of MEMO_FILES_DIR
     with a checksum of its content: a damaged one is taken as missing, as is any this
     database cannot give or take (the rows are then read)."""
 

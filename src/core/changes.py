@@ -51,10 +51,11 @@ class _ChangesFile:
             self._key = self._keyed(self.fds)
         return self._key
 
-    def lines_from(self, at: int) -> Iterator[bytes]:
-        """The lines from offset ``at`` (a line's start) to the end, in order."""
-        k = max(0, bisect.bisect_right(self.starts, at) - 1)
-        for j in range(k, len(self.fds)):
+    def lines_from(self, at: int, only: int | None = None) -> Iterator[bytes]:
+        """The lines from offset ``at`` (a line's start) to the end, in order; with
+        ``only``, to the end of that shard (``at`` is in it)."""
+        k = max(0, bisect.bisect_right(self.starts, at) - 1) if only is None else only
+        for j in range(k, len(self.fds) if only is None else only + 1):
             with open(self.fds[j], "rb", closefd=False) as fh:
                 fh.seek(at - self.starts[j] if j == k else 0)
                 yield from fh
@@ -257,7 +258,7 @@ def forget_shared_texts(changes: list[Any]) -> None:
 
 
 def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex | None = None,
-                 known_bytes: int = 0) -> list[Change]:
+                 known_bytes: int = 0, shard_known: list[tuple[RowIndex | None, int]] | None = None) -> list[Change]:
     """The rows of ``chunks/`` (:class:`Change`, read whole when first needed), and
     into ``digests`` the sha1 of each line. A context item's text repeats in every unit
     that uses it, a commit's message in each of its units, a unit's new code as the next
@@ -267,26 +268,41 @@ def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex
 
     ``known``: the index of a file whose first ``known_bytes`` bytes the file at ``path``
     starts with (the chunk stage copied them): those rows are taken from it, and only the
-    bytes after them are read."""
+    bytes after them are read. ``shard_known``, for a folder of shards: such an (index,
+    bytes) for each shard (``(None, 0)``: none), offsets from the shard's start."""
     file = _ChangesFile(path)
-    changes = []
+    changes: list[Change] = []
+    if shard_known is None:
+        _read_from(file, None, 0, known, known_bytes, changes, digests)
+    else:
+        if len(shard_known) != len(file.fds):
+            raise file.changed()
+        for k, (index, size) in enumerate(shard_known):
+            _read_from(file, k, file.starts[k], index, size, changes, digests)
+    return changes
+
+
+def _read_from(file: _ChangesFile, only: int | None, start: int, known: RowIndex | None, known_bytes: int,
+               changes: list[Change], digests: list[bytes] | None) -> None:
+    """Append the rows from offset ``start`` to the end, or those of shard ``only`` (which
+    starts at ``start``): the first ``known_bytes`` bytes' rows from ``known``, the others
+    read (see :func:`read_changes`)."""
     sha1 = hashlib.sha1
-    at = 0
+    at = start
     if known is not None:
         n = known.rows_in(known_bytes)
         if n:
-            at = known.ends[n - 1]
+            at = start + known.ends[n - 1]
             starts = [0, *known.ends[:n - 1]]
             for k in range(n):
-                changes.append(Change.known(file, starts[k], known.ends[k] - starts[k], known.heads[k]))
+                changes.append(Change.known(file, start + starts[k], known.ends[k] - starts[k], known.heads[k]))
             if digests is not None:
                 digests.extend(known.digests[:n])
-    for line in file.lines_from(at):  # the files the rows are read back from
+    for line in file.lines_from(at, only):
         if digests is not None:
             digests.append(sha1(line).digest())
         changes.append(Change(file, at, line))
         at += len(line)
-    return changes
 
 
 ROW_INDEX_FORMAT = 1  # with _HEAD_END and what Change reads of a head
@@ -303,14 +319,15 @@ class RowIndex:
         self.digests, self.ends, self.heads = digests, ends, heads
 
     @classmethod
-    def of(cls, changes: list[Change], digests: list[bytes]) -> RowIndex | None:
+    def of(cls, changes: list[Change], digests: list[bytes], start: int = 0) -> RowIndex | None:
         """The index of rows just read (before any was read whole), or None when
-        ``changes`` are not one file's rows in order."""
+        ``changes`` are not one file's rows in order (from ``start``, a shard's, with
+        offsets from there)."""
         if len(changes) != len(digests) or any(type(c) is not Change for c in changes):
             return None
         at, ends, heads = 0, [], []
         for c in changes:
-            if c._at != at:
+            if c._at != at + start:
                 return None
             at += c._size
             ends.append(at)

@@ -24,14 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.cache_admin import stale_hint
 from core.chunk_shards import SHARD_BYTES as CHUNK_SHARD_BYTES
-from core.chunk_shards import ChunkShards, shards_key
+from core.chunk_shards import ChunkShards
 from core.chunking import (ChunkJob, SpooledRows, close_readers, commit_batch, context_runs, naming_files,
                             project_file_names, redact_counted, reset_memory, takes, unique_blobs)
 from core.collector import fewer_collections
 from core.config import STAGES, DedupConfig, PairingConfig, RootConfig
 from core.context import summary as context_summary
 from core.errors import CommitforgeError
-from core.files import atomic_write, read_line, record_line
+from core.files import atomic_write, read_line, record_line, stat_key
 from core.gitio import Repository, line_hunks
 from core.hash_points import HashPoints
 from core.hookspecs import KINDS
@@ -196,9 +196,9 @@ class Run:
         self.summary: dict[str, Any] = {}
         self.last_commit: CommitRecord | None = None
         self.chunk_scan: ChunkScan | None = None  # the report's scan of chunks/, when this run wrote it
-        # (core.chunk_shards.shards_key, bytes) of the kept chunk output whose first bytes this
-        # run's chunk stage linked and copied
-        self.chunks_copied: tuple[str, int] | None = None
+        # (stat key, bytes, position) of the kept shard whose first bytes this run's chunk stage
+        # copied into its shard at that position (the shards before it were linked)
+        self.chunks_copied: tuple[str, int, int] | None = None
         # examples per commit per split, when this run built them (the report's, without reading them back)
         self.example_commits: dict[str, dict[str, int]] | None = None
 
@@ -599,6 +599,8 @@ class Run:
                 take = min(end, size) - at
                 fh = sources.enter_context(open(shard.path, "rb"))  # open until the copy is written
                 out.fh.copy_range(fh.fileno(), 0, take, points.find(fh.fileno()))
+                # the build stage takes what an earlier build read of these rows (core.build._read_rows)
+                self.chunks_copied = (stat_key(fh.fileno()), take, len(out.shards))
                 if take == shard.size:
                     shard_rows = shard.rows
                 else:  # the rows up to the last copied commit's end, less those of the shards before
@@ -608,8 +610,6 @@ class Run:
                 copied += take
             rows += shard.rows
             at = end
-        # the build stage takes what an earlier build read of these rows (core.build._read_rows)
-        self.chunks_copied = (shards_key([s.path for s in kept.shards]), size)
         stats.add("chunk_bytes_linked", linked)
         stats.add("chunk_bytes_copied", copied)
         stats.add("chunk_shards_linked", out.linked)

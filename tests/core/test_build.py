@@ -650,7 +650,7 @@ def marshal_dumps(value) -> bytes:
 @pytest.mark.parametrize("shard_bytes", [None, 200])
 def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build_builds(repo, tmp_path, monkeypatch,
                                                                                         shard_bytes):
-    from core import changes, pipeline
+    from core import build, changes, pipeline
 
     if shard_bytes is not None:  # the chunk output in shards: the update links all but the last
         monkeypatch.setattr(pipeline, "CHUNK_SHARD_BYTES", shard_bytes)
@@ -665,13 +665,22 @@ def test_an_update_reads_only_the_new_commits_rows_and_builds_what_a_fresh_build
         init(self, file, at, line)
 
     monkeypatch.setattr(changes.Change, "__init__", spy)
+    kept: list[str] = []
+    keep = build.RowIndexes.keep
+    monkeypatch.setattr(build.RowIndexes, "keep", lambda self, stat, *a: (kept.append(stat), keep(self, stat, *a)))
     after = run_pipeline(tmp_path / "b", *shared)
     monkeypatch.setattr(changes.Change, "__init__", init)
+    monkeypatch.setattr(build.RowIndexes, "keep", keep)
     # every row before the new commit's came from the earlier build's index
     assert read and min(read) >= len(chunk_bytes(before))
     if shard_bytes is not None:
         counts = manifest(after)["stages"]["chunk"]["counts"]
         assert counts["chunk_shards_linked"] == counts["chunk_shards"] - 1 > 1
+    # an index is kept for each shard read (the last, which the new rows continue), not the linked ones
+    from core.chunk_shards import shard_paths
+    from core.files import stat_key
+
+    assert kept == [stat_key(shard_paths(after / "chunks")[-1])]
     assert chunk_bytes(after).startswith(chunk_bytes(before))
     fresh = run_pipeline(tmp_path / "c", f"repo={repo.path}", "reuse=false", "tokenizer.max_training_chars=20000")
     for name in ("train", "val", "test"):
