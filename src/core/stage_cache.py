@@ -85,18 +85,6 @@ class KeptOutput(NamedTuple):
     totals: Any
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction on an autocommit connection: all of the block's statements or none."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -356,7 +344,8 @@ class StageCache:
             shutil.rmtree(kept, ignore_errors=True)
             return  # another file system, or no hard links: nothing is kept
         conn = self._conn()
-        with _transaction(conn):
+        with conn:  # one write transaction, rolled back on an error
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR REPLACE INTO kept_outputs (name, base, keys, ends, row_ends, shards, used) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (name, base, marshal.dumps(keys), marshal.dumps(ends), marshal.dumps(row_ends),
@@ -370,7 +359,8 @@ class StageCache:
             self._forget_output(conn, n)
 
     def _forget_output(self, conn: sqlite3.Connection, name: str) -> None:
-        with _transaction(conn):
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM kept_outputs WHERE name = ?", (name,))
             conn.execute("DELETE FROM kept_totals WHERE name = ?", (name,))
         shutil.rmtree(self._outputs_dir() / name, ignore_errors=True)
