@@ -367,11 +367,11 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
                     known.append((index, copied[1] if index is not None else 0))
                 else:
                     known.append((None, 0))
-            changes = read_changes(path, digests, shard_known=known)
+            changes = read_changes(path, digests, known)
             if changes and [stat_key(fd) for fd in changes[0]._file.fds] == keys:  # the shards read are those
                 at = 0
                 for k, (key, (index, size)) in enumerate(zip(keys, known)):
-                    n = _rows_before(changes, at, changes[0]._file.starts[k + 1])
+                    n = bisect.bisect_left(changes, changes[0]._file.starts[k + 1], lo=at, key=_offset)
                     if not (index is not None and size == sizes[k]):
                         made = RowIndex.of(changes[at:n], digests[at:n], changes[0]._file.starts[k])
                         if made is not None:
@@ -382,17 +382,8 @@ def _read_rows(run: Run, digests: list[bytes] | None) -> list[Any]:
     return changes
 
 
-def _rows_before(changes: list[Any], at: int, end: int) -> int:
-    """The position of the first of ``changes`` from ``at`` on whose offset is ``end`` or
-    more (rows in file order)."""
-    lo, hi = at, len(changes)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if changes[mid]._at < end:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _offset(change: Any) -> int:
+    return change._at
 
 
 def _rows_scope(run: Run) -> str:

@@ -16,6 +16,7 @@ try:
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
+from core.chunk_shards import shard_paths, shards_key
 from core.errors import CommitforgeError
 from core.files import read_line, stat_key
 
@@ -30,35 +31,29 @@ class _ChangesFile:
     when it is needed, each distinct text kept once (see :func:`read_changes`)."""
 
     def __init__(self, path: Path):
-        from core.chunk_shards import shard_paths, shards_key
-
         self.path = path
-        paths = shard_paths(path) if path.is_dir() else [path]
+        self.folder = path.is_dir()
         self.fds: list[int] = []
-        for p in paths:
+        for p in shard_paths(path) if self.folder else [path]:
             self.fds.append(os.open(p, os.O_RDONLY))
         self.starts = [0]  # where each file starts in the whole
         for fd in self.fds:
             self.starts.append(self.starts[-1] + os.fstat(fd).st_size)
         self._key: str | None = None
-        self._keyed = shards_key if path.is_dir() else (lambda fds: stat_key(fds[0]))
         self.forget_shared()
 
     def key(self) -> str:
         """The ``stat_key`` of the open file, or ``core.chunk_shards.shards_key`` of the open
         shards: what tells these rows' files from others."""
         if self._key is None:
-            self._key = self._keyed(self.fds)
+            self._key = shards_key(self.fds) if self.folder else stat_key(self.fds[0])
         return self._key
 
-    def lines_from(self, at: int, only: int | None = None) -> Iterator[bytes]:
-        """The lines from offset ``at`` (a line's start) to the end, in order; with
-        ``only``, to the end of that shard (``at`` is in it)."""
-        k = max(0, bisect.bisect_right(self.starts, at) - 1) if only is None else only
-        for j in range(k, len(self.fds) if only is None else only + 1):
-            with open(self.fds[j], "rb", closefd=False) as fh:
-                fh.seek(at - self.starts[j] if j == k else 0)
-                yield from fh
+    def lines_of(self, k: int, at: int) -> Iterator[bytes]:
+        """The lines of file ``k`` from its offset ``at`` (a line's start) to its end."""
+        with open(self.fds[k], "rb", closefd=False) as fh:
+            fh.seek(at)
+            yield from fh
 
     def forget_shared(self) -> None:
         shared: dict[str, str] = {}
@@ -257,52 +252,39 @@ def forget_shared_texts(changes: list[Any]) -> None:
         file.forget_shared()
 
 
-def read_changes(path: Path, digests: list[bytes] | None = None, known: RowIndex | None = None,
-                 known_bytes: int = 0, shard_known: list[tuple[RowIndex | None, int]] | None = None) -> list[Change]:
-    """The rows of ``chunks/`` (:class:`Change`, read whole when first needed), and
-    into ``digests`` the sha1 of each line. A context item's text repeats in every unit
-    that uses it, a commit's message in each of its units, a unit's new code as the next
-    change's old code: each distinct text is kept once (the rows hold a fraction of the
-    memory). Lines orjson refuses (lone surrogate escapes of non-UTF-8 paths) are read by
-    json.
+def read_changes(path: Path, digests: list[bytes] | None = None,
+                 known: list[tuple[RowIndex | None, int]] | None = None) -> list[Change]:
+    """The rows of ``chunks/`` (or of one such file) (:class:`Change`, read whole when
+    first needed), and into ``digests`` the sha1 of each line. A context item's text
+    repeats in every unit that uses it, a commit's message in each of its units, a unit's
+    new code as the next change's old code: each distinct text is kept once (the rows hold
+    a fraction of the memory). Lines orjson refuses (lone surrogate escapes of non-UTF-8
+    paths) are read by json.
 
-    ``known``: the index of a file whose first ``known_bytes`` bytes the file at ``path``
-    starts with (the chunk stage copied them): those rows are taken from it, and only the
-    bytes after them are read. ``shard_known``, for a folder of shards: such an (index,
-    bytes) for each shard (``(None, 0)``: none), offsets from the shard's start."""
+    ``known``: for each shard (the file), ``(index, bytes)``: an index of a file whose
+    first ``bytes`` bytes the shard starts with (linked or copied by the chunk stage; ``(None,
+    0)``: none). Those rows are taken from it, and only the bytes after them are read."""
     file = _ChangesFile(path)
+    if known is not None and len(known) != len(file.fds):
+        raise file.changed()
     changes: list[Change] = []
-    if shard_known is None:
-        _read_from(file, None, 0, known, known_bytes, changes, digests)
-    else:
-        if len(shard_known) != len(file.fds):
-            raise file.changed()
-        for k, (index, size) in enumerate(shard_known):
-            _read_from(file, k, file.starts[k], index, size, changes, digests)
-    return changes
-
-
-def _read_from(file: _ChangesFile, only: int | None, start: int, known: RowIndex | None, known_bytes: int,
-               changes: list[Change], digests: list[bytes] | None) -> None:
-    """Append the rows from offset ``start`` to the end, or those of shard ``only`` (which
-    starts at ``start``): the first ``known_bytes`` bytes' rows from ``known``, the others
-    read (see :func:`read_changes`)."""
     sha1 = hashlib.sha1
-    at = start
-    if known is not None:
-        n = known.rows_in(known_bytes)
-        if n:
-            at = start + known.ends[n - 1]
-            starts = [0, *known.ends[:n - 1]]
-            for k in range(n):
-                changes.append(Change.known(file, start + starts[k], known.ends[k] - starts[k], known.heads[k]))
+    for k, (index, known_bytes) in enumerate(known or [(None, 0)] * len(file.fds)):
+        start = at = file.starts[k]
+        if index is not None and (n := index.rows_in(known_bytes)):
+            ends = index.ends
+            for j in range(n):
+                begin = ends[j - 1] if j else 0
+                changes.append(Change.known(file, start + begin, ends[j] - begin, index.heads[j]))
+            at = start + ends[n - 1]
             if digests is not None:
-                digests.extend(known.digests[:n])
-    for line in file.lines_from(at, only):
-        if digests is not None:
-            digests.append(sha1(line).digest())
-        changes.append(Change(file, at, line))
-        at += len(line)
+                digests.extend(index.digests[:n])
+        for line in file.lines_of(k, at - start):  # the file the rows are read back from
+            if digests is not None:
+                digests.append(sha1(line).digest())
+            changes.append(Change(file, at, line))
+            at += len(line)
+    return changes
 
 
 ROW_INDEX_FORMAT = 1  # with _HEAD_END and what Change reads of a head

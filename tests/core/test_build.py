@@ -608,12 +608,12 @@ def test_rows_an_earlier_read_indexed_are_taken_from_its_index_and_the_rest_read
 
     monkeypatch.setattr(Change, "known", classmethod(spy))
     got_digests: list[bytes] = []
-    got = read_changes(path, got_digests, index, kept.stat().st_size)
+    got = read_changes(path, got_digests, [(index, kept.stat().st_size)])
     assert made == [c._at for c in want[:20]]  # the kept file's rows, from the index
     assert got == want == first + more and got_digests == plain
     assert [c._at for c in got] == [c._at for c in want] and got[25]["path"] == more[5]["path"]
     # a prefix that ends inside a row, or an index of other rows: everything is read
-    assert read_changes(path, [], index, kept.stat().st_size - 1) == want
+    assert read_changes(path, [], [(index, kept.stat().st_size - 1)]) == want
     assert index.rows_in(kept.stat().st_size + 1) == 0 and index.rows_in(0) == 0
 
 
