@@ -133,6 +133,32 @@ def _check_choices(args: list[str]) -> None:
                     sys.exit(2)
 
 
+def _sweep_train_vocab(args: list[str]) -> None:
+    """A multirun over ``tokenizer.vocab_size`` has the ``bpe`` tokenizer trained once, to its
+    largest size: the jobs' trainings on one corpus wait for each other (a claim), and each
+    smaller size is cut from the largest (``plugins.tokenizers.derive_bpe``: the same
+    tokenizer its own training would make). Told to the jobs, in this process or the
+    launcher's, by ``BPE_TRAIN_VOCAB_ENV``, unless it is set already."""
+    from plugins.tokenizers import BPE_TRAIN_VOCAB_ENV
+
+    if not {"-m", "--multirun"} & set(args) or BPE_TRAIN_VOCAB_ENV in os.environ:
+        return
+    sizes = []
+    for arg in args:
+        if arg.partition("=")[0].lstrip("+") != "tokenizer.vocab_size":
+            continue
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            override = OverridesParser.create().parse_override(arg)
+            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself
+            return
+        sizes += [v for v in values if type(v) is int]
+    if len(sizes) > 1:
+        os.environ[BPE_TRAIN_VOCAB_ENV] = str(max(sizes))
+
+
 def list_plugins() -> None:
     from core.registry import PluginRegistry
 
@@ -247,6 +273,7 @@ def main() -> None:
     _check_dirs(sys.argv[1:])
     register_schema()
     _check_choices(sys.argv[1:])
+    _sweep_train_vocab(sys.argv[1:])
     _compose_once()
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_task)
     app()

@@ -52,6 +52,10 @@ from core.stage_cache import Claim, claim_for
 BPE_EOS = "<|endoftext|>"
 # bump when the training recipe or the cached directory layout changes
 _BPE_FORMAT = 1
+# train the bpe tokenizer to this vocabulary size when it is larger than tokenizer.vocab_size,
+# and keep the first vocab_size tokens: a sweep over tokenizer.vocab_size sets it to its
+# largest value (core.cli), so that one training serves all its jobs (see derive_bpe)
+BPE_TRAIN_VOCAB_ENV = "COMMITFORGE_BPE_TRAIN_VOCAB"
 _HF_EXTRA = "pip install 'commitforge[hf]'"
 
 
@@ -710,7 +714,10 @@ class BpeTokenizer(_RustTokenizer):
 
     The hash covers the training settings and the sha256 of the training text actually used
     (the first ``max_training_chars`` characters, in order). The cached directory loads with
-    ``transformers.AutoTokenizer.from_pretrained`` and with the ``hf`` plugin.
+    ``transformers.AutoTokenizer.from_pretrained`` and with the ``hf`` plugin. A training to
+    a larger vocabulary on the same corpus serves every smaller ``vocab_size``: its tokenizer
+    is cut from the larger one's (``derive_bpe``), the same file training would write. A sweep
+    over ``vocab_size`` has its first training go to the largest size (``BPE_TRAIN_VOCAB_ENV``).
     """
 
     plugin = "bpe"
@@ -726,6 +733,7 @@ class BpeTokenizer(_RustTokenizer):
             raise CommitforgeError(f"tokenizer.max_training_chars={cfg.max_training_chars} must be positive")
         self.cfg = cfg
         self.trained = False  # whether the last prepare() trained (False: loaded from the cache)
+        self.derived = False  # whether it cut its tokenizer from a larger training's (derive_bpe)
         self.path: Path | None = None
 
     def _training_corpus(self, training_texts: Callable[[], Iterable[str]]) -> tuple[list[str], str, bool]:
@@ -778,18 +786,38 @@ class BpeTokenizer(_RustTokenizer):
         return {"corpus": _CORPUS_FORMAT, "max_training_chars": self.cfg.max_training_chars, "rows": k,
                 "capped": capped, "prefix": hashlib.sha1(b"".join(rows[:k])).hexdigest(), "text_sha256": text_sha}
 
-    def cache_key(self, text_sha256: str) -> str:
+    def cache_key(self, text_sha256: str, vocab_size: int | None = None) -> str:
+        """The cached tokenizer's key: its settings, the library's version and the corpus."""
+        key = {**self._lineage_fields(text_sha256), "vocab_size": vocab_size or self.cfg.vocab_size}
+        return _sha256(json.dumps(key, sort_keys=True))[:20]
+
+    def _lineage_fields(self, text_sha256: str) -> dict[str, Any]:
         import tokenizers
 
-        key = {
-            "format": _BPE_FORMAT,
-            "vocab_size": self.cfg.vocab_size,
-            "min_frequency": self.cfg.min_frequency,
-            "special_tokens": [BPE_EOS],
-            "tokenizers": tokenizers.__version__,
-            "text_sha256": text_sha256,
-        }
-        return _sha256(json.dumps(key, sort_keys=True))[:20]
+        return {"format": _BPE_FORMAT, "min_frequency": self.cfg.min_frequency, "special_tokens": [BPE_EOS],
+                "tokenizers": tokenizers.__version__, "text_sha256": text_sha256}
+
+    def _lineage(self, text_sha256: str) -> str:
+        """What every vocabulary size trained on this corpus with these settings shares:
+        the trainings of one lineage serve each other's smaller sizes (``derive_bpe``)."""
+        return _sha256(json.dumps(self._lineage_fields(text_sha256), sort_keys=True))[:20]
+
+    def claim_name(self, text_sha256: str) -> str:
+        """The claim (``core.stage_cache.claim_for``) a training on this corpus holds."""
+        return f"bpe-lineage-{self._lineage(text_sha256)}"
+
+    def _train_vocab(self) -> int:
+        """The vocabulary size to train to: ``vocab_size``, or the larger one a sweep asks
+        for (``BPE_TRAIN_VOCAB_ENV``)."""
+        raw = os.environ.get(BPE_TRAIN_VOCAB_ENV, "").strip()
+        if not raw:
+            return self.cfg.vocab_size
+        try:
+            hint = int(raw)
+        except ValueError:
+            raise CommitforgeError(f"{BPE_TRAIN_VOCAB_ENV}={raw!r} is not a whole number; set it to the largest "
+                                   f"tokenizer.vocab_size of a sweep, or unset it") from None
+        return max(self.cfg.vocab_size, hint)
 
     def prepare(self, special_tokens: list[str], training_texts: Callable[[], Iterable[str]], cache_dir: Path) -> None:
         tokenizers = _import_tokenizers(self.plugin)
@@ -800,16 +828,16 @@ class BpeTokenizer(_RustTokenizer):
         rows = getattr(training_texts, "rows", None)
         corpora = _corpora(root) if rows is not None else []
         known = self._known_corpus(rows, corpora) if rows is not None else None
-        final = root / f"bpe-{self.cache_key(known['text_sha256'])}" if known is not None else None
-        if final is None or not (final / "tokenizer.json").is_file():
+        self.derived = False
+        final = self._cached(root, known["text_sha256"]) if known is not None else None
+        if final is None:
             texts, text_sha, capped = self._training_corpus(training_texts)
-            final = root / f"bpe-{self.cache_key(text_sha)}"
-            if not (final / "tokenizer.json").is_file():
-                # a build training the same tokenizer (a sweep job started with this one)
-                # is waited for: its copy is this one's (training is deterministic)
-                with claim_for(cache_dir, final.name):
-                    if not (final / "tokenizer.json").is_file():
-                        self._train_into(texts, root, final)
+            final = self._cached(root, text_sha)
+            if final is None:
+                # a build training on the same corpus (a sweep job started with this one) is
+                # waited for: its tokenizer is this one's, or a larger one this one's is cut from
+                with claim_for(cache_dir, self.claim_name(text_sha)):
+                    final = self._cached(root, text_sha) or self._train_into(texts, root, text_sha)
             if rows is not None:
                 self._remember_corpus(root, self._corpus_entry(rows, len(texts), capped, text_sha))
             del texts
@@ -823,15 +851,16 @@ class BpeTokenizer(_RustTokenizer):
         self.path = final
         self._install(tok, special_tokens, name_or_path=str(final), sha256=_sha256(data), eos_token=BPE_EOS)
 
-    def train(self, texts: list[str]):
-        """Train the byte-level BPE on ``texts`` (deterministic) and return the Rust tokenizer."""
+    def train(self, texts: list[str], vocab_size: int | None = None):
+        """Train the byte-level BPE on ``texts`` (deterministic) to ``vocab_size`` tokens (the
+        configured size by default) and return the Rust tokenizer."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=self.cfg.vocab_size,
+            vocab_size=vocab_size or self.cfg.vocab_size,
             min_frequency=self.cfg.min_frequency,
             special_tokens=[BPE_EOS],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -840,16 +869,70 @@ class BpeTokenizer(_RustTokenizer):
         tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
         return tok
 
-    def _train_into(self, texts: list[str], root: Path, final: Path) -> None:
-        tok = self.train(texts)
+    def _cached(self, root: Path, text_sha256: str) -> Path | None:
+        """The cached tokenizer of these settings for the corpus ``text_sha256``: as cached,
+        or cut now from a cached training of its lineage to a larger vocabulary (or one
+        that ran out of merges before its size); None when neither is there."""
+        final = root / f"bpe-{self.cache_key(text_sha256)}"
+        if (final / "tokenizer.json").is_file():
+            return final
+        size = self.cfg.vocab_size
+        for entry in sorted(_trainings(root, self._lineage(text_sha256)), key=lambda e: e["vocab_size"]):
+            if entry["vocab_size"] < size and entry["reached"] >= entry["vocab_size"]:
+                continue  # smaller, and it stopped at its size: it may lack merges this size makes
+            try:
+                data = (root / entry["dir"] / "tokenizer.json").read_text(encoding="utf-8")
+            except OSError:
+                continue  # removed since (cache pruning): another entry, or a training
+            derived = derive_bpe(data, size, [BPE_EOS])
+            if derived is not None:
+                self._write_entry(root, final, derived, size, entry["training_texts"], entry["training_chars"])
+                self.derived = True
+                return final
+        return None
+
+    def _train_into(self, texts: list[str], root: Path, text_sha256: str) -> Path:
+        """Train on ``texts`` (the corpus ``text_sha256``) to ``_train_vocab()`` tokens and
+        cache the result; a larger training is cached as its own entry too, and the one of
+        these settings is cut from it. Returns this size's cached directory."""
+        size = self._train_vocab()
+        tok = self.train(texts, size)
         self.trained = True
+        n_texts, n_chars = len(texts), sum(map(len, texts))
+        data = tok.to_str()
+        trained = root / f"bpe-{self.cache_key(text_sha256, size)}"
+        self._write_entry(root, trained, data, size, n_texts, n_chars)
+        lineage = self._lineage(text_sha256)
+        entries = [e for e in _trainings(root, lineage) if e["vocab_size"] != size]
+        entries.append({"dir": trained.name, "vocab_size": size, "reached": tok.get_vocab_size(with_added_tokens=False),
+                        "training_texts": n_texts, "training_chars": n_chars})
+        try:
+            with atomic_write(root / f"{TRAININGS_PREFIX}{lineage}.json") as fh:
+                fh.write(json.dumps(entries[-_TRAININGS_KEPT:], indent=1).encode() + b"\n")
+        except OSError:
+            pass  # a cache of a cache: the next build of another size trains
+        if size == self.cfg.vocab_size:
+            return trained
+        final = root / f"bpe-{self.cache_key(text_sha256)}"
+        derived = derive_bpe(data, self.cfg.vocab_size, [BPE_EOS])
+        if derived is None:  # a vocabulary that is not laid out the way training lays it out
+            raise CommitforgeError(f"the bpe tokenizer trained to {size} tokens ({trained}) cannot be cut to "
+                                   f"tokenizer.vocab_size={self.cfg.vocab_size}; unset {BPE_TRAIN_VOCAB_ENV}")
+        self._write_entry(root, final, derived, self.cfg.vocab_size, n_texts, n_chars)
+        return final
+
+    def _write_entry(self, root: Path, final: Path, data: str, vocab_size: int, n_texts: int, n_chars: int) -> None:
+        """Cache ``data`` (a tokenizer.json) as directory ``final``, with the files
+        ``transformers.AutoTokenizer`` loads it by, in one rename."""
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            (tmp / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+            (tmp / "tokenizer.json").write_text(data, encoding="utf-8")
             eos_entry = {"content": BPE_EOS, "lstrip": False, "normalized": False, "rstrip": False,
                          "single_word": False, "special": True}
+            eos_id = json.loads(data)["model"]["vocab"][BPE_EOS]
+            settings = {k: v for k, v in asdict(self.cfg).items() if k != "name"}
             config = {
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "eos_token": BPE_EOS,
@@ -858,9 +941,9 @@ class BpeTokenizer(_RustTokenizer):
                 "pad_token": None,
                 "add_prefix_space": False,
                 "clean_up_tokenization_spaces": False,
-                "added_tokens_decoder": {str(tok.token_to_id(BPE_EOS)): eos_entry},
-                "commitforge": {"plugin": "bpe", **{k: v for k, v in asdict(self.cfg).items() if k != "name"},
-                                "training_texts": len(texts), "training_chars": sum(map(len, texts))},
+                "added_tokens_decoder": {str(eos_id): eos_entry},
+                "commitforge": {"plugin": "bpe", **settings, "vocab_size": vocab_size,
+                                "training_texts": n_texts, "training_chars": n_chars},
             }
             (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (tmp / "special_tokens_map.json").write_text(json.dumps({"eos_token": BPE_EOS}, indent=2) + "\n",
@@ -898,6 +981,64 @@ def _corpora(root: Path) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())
             and e["corpus"] == _CORPUS_FORMAT and e["rows"] >= (1 if e["capped"] else 0)
             and _HEX40.fullmatch(e["prefix"]) and _HEX64.fullmatch(e["text_sha256"])]
+
+
+TRAININGS_PREFIX = "trainings-"  # in the tokenizers directory: trainings-<lineage>.json, one per lineage
+_TRAININGS_KEPT = 16
+
+
+def _trainings(root: Path, lineage: str) -> list[dict[str, Any]]:
+    """The trainings of ``lineage`` (``BpeTokenizer._lineage``) cached under ``root``: each
+    one's directory, the vocabulary size it trained to and the size it reached, and its
+    corpus's texts and characters; none when the file is missing or unreadable."""
+    try:
+        entries = json.loads((root / f"{TRAININGS_PREFIX}{lineage}.json").read_bytes())
+    except (OSError, ValueError):
+        return []
+    types = {"dir": str, "vocab_size": int, "reached": int, "training_texts": int, "training_chars": int}
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())
+            and re.fullmatch(r"bpe-[0-9a-f]{20}", e["dir"])]
+
+
+def derive_bpe(data: str, vocab_size: int, special_tokens: list[str]) -> str | None:
+    """The ``tokenizer.json`` that training a byte-level BPE to ``vocab_size`` tokens would
+    write, cut from ``data``: one trained on the same corpus with the same settings to a
+    larger size, or one that ran out of merges (``min_frequency``) before its size.
+
+    The trainer adds the special tokens, then the alphabet (single characters), then one
+    token per merge, most frequent pair first, and stops before a merge once the vocabulary
+    holds ``vocab_size`` tokens; the size does not change which pair comes next. So a
+    smaller training's merges are the larger one's first ones, up to the merge that makes
+    its last token (a merge whose token exists already adds none), and its vocabulary the
+    tokens numbered below its size. Checked against training in the tests. None when
+    ``data`` is not laid out that way (not this trainer's work)."""
+    import tokenizers
+
+    doc = json.loads(data)
+    model = doc.get("model") or {}
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if model.get("type") != "BPE" or not isinstance(vocab, dict) or not isinstance(merges, list):
+        return None
+    specials = set(special_tokens)
+    first = sorted(i for t, i in vocab.items() if len(t) == 1 or t in specials)
+    if first != list(range(len(first))):
+        return None
+    size = len(first)
+    kept = 0
+    for merge in merges:
+        if size >= vocab_size:
+            break
+        a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
+        made = vocab.get(a + b)
+        if made is None or made > size:
+            return None
+        size += made == size  # a new token; an older one again adds none
+        kept += 1
+    model["vocab"] = {t: i for t, i in vocab.items() if i < size}
+    model["merges"] = merges[:kept]
+    return tokenizers.Tokenizer.from_str(json.dumps(doc)).to_str()
 
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")

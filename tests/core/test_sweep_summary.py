@@ -204,3 +204,29 @@ def test_joblib_launcher_runs_jobs_in_parallel_and_a_failed_job_fails_the_sweep(
     assert (rows["0"]["status"], rows["1"]["status"], rows["2"]["status"]) == ("ok", "failed", "ok")
     assert "max_file_bytes=0" in rows["1"]["reason"]
     assert rows["0"]["unit_changes"] == rows["2"]["unit_changes"] != ""
+
+
+def test_a_sweep_over_vocab_size_trains_once_and_each_job_has_the_tokenizer_its_own_training_makes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COMMITFORGE_BPE_TRAIN_VOCAB"}
+    common = ["executor.workers=1", "dedup.near=false", "context=none", "progress=false"]
+
+    def run(cache: str, *args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "core", *args, *common], cwd=tmp_path,
+                              env={**env, "COMMITFORGE_CACHE": str(tmp_path / cache)},
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    run("cache", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "tokenizer.vocab_size=300,420,360")
+    tokenizers = tmp_path / "cache" / "tokenizers"
+    trainings = [json.loads(p.read_text()) for p in tokenizers.glob("trainings-*.json")]
+    assert [[e["vocab_size"] for e in entries] for entries in trainings] == [[420]]  # one training, to the largest
+    assert len(list(tokenizers.glob("bpe-*"))) == 3
+    for job, size in (("0", 300), ("1", 420), ("2", 360)):
+        run(f"alone-{size}", f"out_dir={tmp_path / f'alone-{size}'}", f"tokenizer.vocab_size={size}")
+        swept = tmp_path / "sweep" / job
+        assert (swept / "tokenizer" / "tokenizer.json").read_bytes() == \
+            (tmp_path / f"alone-{size}" / "tokenizer" / "tokenizer.json").read_bytes()
+        data = sorted((swept / "data").rglob("*.*"))
+        assert data and [f.read_bytes() for f in data] == \
+            [(tmp_path / f"alone-{size}" / f.relative_to(swept)).read_bytes() for f in data]

@@ -6,6 +6,7 @@ import json
 import pickle
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -380,8 +381,8 @@ def test_lost_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
     winner.prepare([], texts_fn(), tmp_path / "elsewhere")
     real_train = BpeTokenizer.train
 
-    def train_while_another_process_finishes(self, texts):
-        tok = real_train(self, texts)
+    def train_while_another_process_finishes(self, texts, vocab_size=None):
+        tok = real_train(self, texts, vocab_size)
         target = tmp_path / "cache" / "tokenizers" / winner.path.name
         target.mkdir(parents=True)
         for p in winner.path.iterdir():
@@ -394,7 +395,7 @@ def test_lost_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
     loser.prepare([], texts_fn(), tmp_path / "cache")
     assert (loser.path / "winner").exists()
     assert loser.identity["sha256"] == winner.identity["sha256"]
-    assert [p.name for p in loser.path.parent.iterdir()] == [winner.path.name]  # temp dir removed
+    assert [p.name for p in loser.path.parent.iterdir() if p.is_dir()] == [winner.path.name]  # temp dir removed
 
 
 def _hf_tokenizer(d: Path, tok, unk_token: str) -> HfTokenizer:
@@ -772,7 +773,8 @@ def test_a_build_training_the_tokenizer_another_is_training_waits_and_loads_it(t
     name = done.path.name
     waiting = bpe()
     finished = threading.Event()
-    with claim_for(tmp_path / "cache", name) as claim:  # another build, training it
+    claim_name = done.claim_name(done._training_corpus(texts_fn())[1])
+    with claim_for(tmp_path / "cache", claim_name) as claim:  # another build, training on that corpus
         assert claim.held
         thread = threading.Thread(target=lambda: (waiting.prepare(SPECIALS, texts_fn(), tmp_path / "cache"),
                                                   finished.set()))
@@ -783,3 +785,85 @@ def test_a_build_training_the_tokenizer_another_is_training_waits_and_loads_it(t
     thread.join(30)
     assert finished.is_set() and not waiting.trained  # loaded, not trained again
     assert waiting.encode(CORPUS[:3]) == done.encode(CORPUS[:3])
+
+
+# -- one training for many vocabulary sizes ----------------------------------------------------
+def test_derive_bpe_cuts_exactly_the_tokenizer_training_to_the_smaller_size_makes():
+    from plugins.tokenizers import derive_bpe
+
+    corpus = rust_corpus(80, seed=3)
+    large = bpe(700, min_frequency=1).train(corpus).to_str()
+    for size in (257, 258, 300, 512, 699, 700):
+        assert derive_bpe(large, size, [SPECIALS[0]]) == bpe(size, min_frequency=1).train(corpus).to_str(), size
+    # a training that ran out of merges (min_frequency) before its size serves every size
+    short = bpe(5000, min_frequency=40).train(corpus)
+    reached = short.get_vocab_size(with_added_tokens=False)
+    assert 300 < reached < 5000
+    for size in (300, reached, reached + 1, 9000):
+        assert derive_bpe(short.to_str(), size, [SPECIALS[0]]) == bpe(size, min_frequency=40).train(corpus).to_str()
+    # not the trainer's layout: nothing is cut
+    doc = json.loads(large)
+    doc["model"]["vocab"] = {t: i + 1 for t, i in doc["model"]["vocab"].items()}
+    assert derive_bpe(json.dumps(doc), 300, [SPECIALS[0]]) is None
+    assert derive_bpe(json.dumps({"model": {"type": "WordLevel", "vocab": {}}}), 300, [SPECIALS[0]]) is None
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_a_smaller_vocab_is_cut_from_a_larger_training_on_the_same_corpus(tmp_path):
+    large = bpe(600)
+    large.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert large.trained and not large.derived
+    small = bpe(450)
+    small.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert not small.trained and small.derived
+    fresh = bpe(450)
+    fresh.prepare(SPECIALS, texts_fn(), tmp_path / "fresh")
+    assert fresh.trained
+    # the same cached entry as training makes: directory name, tokenizer and its config
+    assert small.path.name == fresh.path.name and _files(small.path) == _files(fresh.path)
+    assert small.identity["sha256"] == fresh.identity["sha256"]
+    assert small.encode(CORPUS[:4]) == fresh.encode(CORPUS[:4])
+    again = bpe(450)
+    again.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert not again.trained and not again.derived  # cached now
+    # a larger size than any training reached is trained; so is another corpus or min_frequency
+    for tok, texts in ((bpe(800), texts_fn()), (bpe(400), texts_fn(CORPUS[:-1])), (bpe(400, min_frequency=3), texts_fn())):
+        tok.prepare(SPECIALS, texts, tmp_path / "cache")
+        assert tok.trained and not tok.derived
+    # a training whose directory is gone (the cache pruned) is not used
+    for d in (tmp_path / "cache" / "tokenizers").glob("bpe-*"):
+        shutil.rmtree(d)
+    gone = bpe(500)
+    gone.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert gone.trained
+
+
+def test_a_sweep_trains_to_its_largest_size_once_and_cuts_the_others(tmp_path, monkeypatch):
+    from plugins.tokenizers import BPE_TRAIN_VOCAB_ENV
+
+    monkeypatch.setenv(BPE_TRAIN_VOCAB_ENV, "600")
+    first = bpe(400)
+    first.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert first.trained
+    names = sorted(p.name for p in (tmp_path / "cache" / "tokenizers").glob("bpe-*"))
+    assert len(names) == 2  # the training to 600 and the 400 cut from it
+    others = [bpe(size) for size in (500, 600)]
+    for tok in others:
+        tok.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert not any(tok.trained for tok in others) and others[0].derived and not others[1].derived
+    monkeypatch.delenv(BPE_TRAIN_VOCAB_ENV)
+    for tok in (first, *others):  # each as its own training makes it
+        alone = bpe(tok.cfg.vocab_size)
+        alone.prepare(SPECIALS, texts_fn(), tmp_path / f"alone-{tok.cfg.vocab_size}")
+        assert _files(alone.path) == _files(tok.path) and alone.trained
+    # a size above the hint trains to its own size
+    monkeypatch.setenv(BPE_TRAIN_VOCAB_ENV, "300")
+    big = bpe(700)
+    big.prepare(SPECIALS, texts_fn(), tmp_path / "cache")
+    assert big.trained and json.loads((big.path / "tokenizer_config.json").read_text())["commitforge"]["vocab_size"] == 700
+    monkeypatch.setenv(BPE_TRAIN_VOCAB_ENV, "lots")
+    with pytest.raises(CommitforgeError, match=f"{BPE_TRAIN_VOCAB_ENV}='lots' is not a whole number"):
+        bpe(450).prepare(SPECIALS, texts_fn(CORPUS[:-2]), tmp_path / "cache")
