@@ -267,7 +267,7 @@ class _PieceIds:
 
     MAX_IDS = 1 << 24  # 64 MB of ids (and the pieces they are the ids of): five rusty-kaspas
 
-    def __init__(self, store: _PieceStore | None = None) -> None:
+    def __init__(self, store: _PieceStore | None = None, coarser: _Coarser | None = None) -> None:
         self.number: dict[str, int] = {}
         self.ids = np.empty(1 << 16, dtype=np.int32)
         self.start = np.empty(1 << 12, dtype=np.int64)
@@ -276,6 +276,10 @@ class _PieceIds:
         self.store = store
         self.loaded = False  # whether the store was read
         self.encoded_chars = 0  # characters of pieces encoded here (not loaded)
+        # with a coarser: the ids above are the larger tokenizer's (those the store keeps),
+        # and each piece's ids in the smaller one are mapped once, into these
+        self.coarser = coarser
+        self.out = _PieceIds() if coarser is not None else None
 
     def encode(self, pieces: list[list[str]], batch: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray]:
         """(the ids of all texts, concatenated; where each text's end), for texts cut into
@@ -283,6 +287,8 @@ class _PieceIds:
         if self.size > self.MAX_IDS:
             self.number.clear()
             self.size = 0
+            if self.out is not None:
+                self.out.size = 0
         every = list(chain.from_iterable(pieces))
         number = self.number
         new = [p for p in dict.fromkeys(every) if p not in number]
@@ -309,10 +315,11 @@ class _PieceIds:
             self.size = size + total
             number.update(zip(new, range(n, n + len(new))))
             self.encoded_chars += sum(map(len, new))
+            self._map_from(n, size)
         if not every:
             return np.empty(0, dtype=np.int32), np.zeros(len(pieces), dtype=np.int64)
         seq = np.fromiter(map(number.__getitem__, every), dtype=np.int64, count=len(every))
-        flat, piece_ends = self._gather(seq)
+        flat, piece_ends = (self if self.out is None else self.out)._gather(seq)
         last = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))) - 1
         return flat, piece_ends[last]
 
@@ -338,6 +345,28 @@ class _PieceIds:
         self.count[n:n + len(add)] = counts[picked]
         self.size = size + len(ids)
         number.update(zip([pieces[k] for k in add], range(n, n + len(add))))
+        self._map_from(n, size)
+
+    def _map_from(self, n: int, size: int) -> None:
+        """With a coarser, map the pieces numbered from ``n`` on, whose ids were added
+        from ``size`` on, to the smaller tokenizer's ids (pieces in ``out``, same numbers)."""
+        out = self.out
+        if out is None:
+            return
+        k = len(self.number) - n
+        starts, counts = self.start[n:n + k], self.count[n:n + k]
+        piece_ends = np.cumsum(counts)
+        flat = self.ids[np.repeat(starts - (piece_ends - counts), counts) + np.arange(piece_ends[-1] if k else 0)]
+        mapped, ends = self.coarser.map(flat, piece_ends)
+        lens = np.diff(ends, prepend=0)
+        at = out.size
+        out.ids = _room(out.ids, at + len(mapped))
+        out.ids[at:at + len(mapped)] = mapped
+        out.start = _room(out.start, n + k)
+        out.count = _room(out.count, n + k)
+        out.start[n:n + k] = at + ends - lens
+        out.count[n:n + k] = lens
+        out.size = at + len(mapped)
 
     def save(self) -> None:
         """Keep every piece known here in the store (when this object encoded enough of
@@ -368,6 +397,81 @@ def _room(array: np.ndarray, n: int) -> np.ndarray:
     return grown
 
 
+def _content_json(spec: dict[str, Any]) -> str:
+    """A tokenizer's JSON (``spec``, parsed) as the copy that encodes content: no added
+    tokens, no truncation or padding. ``spec`` is changed."""
+    spec["added_tokens"] = []
+    spec["truncation"] = None
+    spec["padding"] = None
+    return json.dumps(spec, ensure_ascii=False)
+
+
+class _Coarser:
+    """Encoding through a larger tokenizer of the same BPE training (``derive_bpe``): a
+    word's tokens under the smaller one are its tokens under the larger one, each cut into
+    its own smaller tokens. The smaller applies a prefix of the larger's merges, in the
+    same order, so the larger only merges further what the smaller leaves, never across a
+    boundary the smaller keeps; and a larger token, encoded alone, goes through the same
+    merges as inside the word. So each larger id maps to a fixed run of smaller ids
+    (``runs``), and ids encoded once with the larger tokenizer serve every smaller size:
+    a sweep over ``vocab_size`` encodes its line pieces once (they are kept by the larger
+    tokenizer's key, see ``_PieceStore``). Checked against direct encoding in the tests."""
+
+    def __init__(self, content_json: str, lens: np.ndarray, start: np.ndarray, ids: np.ndarray):
+        self.content_json = content_json
+        self.lens, self.start, self.ids = lens, start, ids
+        self._tok = None
+
+    @classmethod
+    def between(cls, larger: str, smaller: str) -> _Coarser | None:
+        """The mapping from tokenizer JSON ``larger`` to ``smaller``; None unless the smaller
+        one's vocabulary and merges are the larger's first ones (one cut from the other)."""
+        tokenizers = _import_tokenizers("bpe")
+        big, small = json.loads(larger), json.loads(smaller)
+        bm, sm = big.get("model") or {}, small.get("model") or {}
+        if bm.get("type") != "BPE" or sm.get("type") != "BPE" or {**bm, "vocab": 0, "merges": 0} != {**sm, "vocab": 0, "merges": 0}:
+            return None
+        if any(big.get(k) != small.get(k) for k in ("normalizer", "pre_tokenizer", "added_tokens")):
+            return None
+        size = len(sm["vocab"])
+        strings: list[str | None] = [None] * len(bm["vocab"])
+        for token, i in bm["vocab"].items():
+            if not 0 <= i < len(strings) or strings[i] is not None:
+                return None
+            strings[i] = token
+        if size > len(strings) or any(strings[i] != t for t, i in sm["vocab"].items()) \
+                or sm["merges"] != bm["merges"][:len(sm["merges"])]:
+            return None
+        bare = dict(small, pre_tokenizer=None, decoder=None)  # a token alone: one word, as it is
+        tok = tokenizers.Tokenizer.from_str(_content_json(bare))
+        cut = [e.ids for e in tok.encode_batch_fast(strings[size:], add_special_tokens=False)]
+        lens = np.ones(len(strings), dtype=np.int64)
+        lens[size:] = np.fromiter(map(len, cut), dtype=np.int64, count=len(cut))
+        ids = np.concatenate([np.arange(size, dtype=np.int32),
+                              np.fromiter(chain.from_iterable(cut), dtype=np.int32, count=int(lens[size:].sum()))])
+        start = np.cumsum(lens) - lens
+        return cls(_content_json(big), lens, start, ids)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tok": None}
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            self._tok = _import_tokenizers("bpe").Tokenizer.from_str(self.content_json)
+        return self._tok
+
+    def map(self, flat: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The smaller tokenizer's ids for the larger's ``flat`` (texts ending at ``ends``)."""
+        if not len(flat):
+            return flat.astype(np.int32), np.zeros(len(ends), dtype=np.int64)
+        lens = self.lens[flat]
+        run_ends = np.cumsum(lens)
+        out = self.ids[np.repeat(self.start[flat] - (run_ends - lens), lens) + np.arange(run_ends[-1])]
+        ends = np.asarray(ends, dtype=np.int64)
+        return out, np.where(ends > 0, run_ends[np.maximum(ends, 1) - 1], 0)
+
+
 class _RustTokenizer:
     """What both plugins share: a Rust tokenizer, its content copy and the special-token map."""
 
@@ -389,6 +493,7 @@ class _RustTokenizer:
         self._pieces_lock = threading.Lock()  # a tokenizer may encode in several threads
         self._full = None
         self._content = None
+        self._coarser: _Coarser | None = None  # encode through a larger tokenizer (bpe)
 
     # -- pickling: JSON strings travel, Rust objects are rebuilt on first use ---------------
     def __getstate__(self) -> dict:
@@ -431,10 +536,7 @@ class _RustTokenizer:
         spec = json.loads(full_json)
         own_added = {t["content"]: t["id"] for t in spec.get("added_tokens") or ()}
         model = spec.get("model") or {}
-        spec["added_tokens"] = []
-        spec["truncation"] = None
-        spec["padding"] = None
-        content_json = json.dumps(spec, ensure_ascii=False)
+        content_json = _content_json(spec)
         content = _import_tokenizers(self.plugin).Tokenizer.from_str(content_json)
 
         vocab = tok.get_vocab(with_added_tokens=True)
@@ -519,12 +621,14 @@ class _RustTokenizer:
     def _piece_key(self) -> str:
         """What a piece's ids depend on: the content tokenizer and the library that runs it."""
         version = getattr(_import_tokenizers(self.plugin), "__version__", "?")
-        return _sha256(f"{version}\0{self._content_json}")[:24]
+        coarser = getattr(self, "_coarser", None)
+        return _sha256(f"{version}\0{self._content_json if coarser is None else coarser.content_json}")[:24]
 
     def encode_arrays(self, texts: list[str], pieces: list[list[str]] | None = None) -> list[np.ndarray]:
         """:meth:`encode` as int32 arrays (read-only views into one array per call).
         ``pieces``: what :meth:`cut` gave for ``texts``, if the caller cut them."""
-        tok = self._content_tok
+        coarser = getattr(self, "_coarser", None)
+        tok = self._content_tok if coarser is None else coarser.tok
         batch = tok.encode_batch_fast if hasattr(tok, "encode_batch_fast") else tok.encode_batch
         if getattr(self, "_by_line", False):
             # code repeats line by line far more than text by text: each distinct piece is
@@ -534,13 +638,17 @@ class _RustTokenizer:
             with self._pieces_lock:
                 if self._pieces is None:
                     root = self._piece_root
-                    self._pieces = _PieceIds(_PieceStore(root, self._piece_key()) if root is not None else None)
+                    self._pieces = _PieceIds(_PieceStore(root, self._piece_key()) if root is not None else None,
+                                             coarser)
                 flat, ends = self._pieces.encode(pieces, batch)
+                coarser = None  # mapped piece by piece
         else:
             id_lists = [e.ids for e in batch(texts, add_special_tokens=False)]
             lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
             flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
             ends = np.cumsum(lens)
+        if coarser is not None:
+            flat, ends = coarser.map(flat, ends)
         flat.flags.writeable = False
         ends_list = ends.tolist()
         out = [flat[a:b] for a, b in zip([0] + ends_list[:-1], ends_list)]
@@ -829,7 +937,8 @@ class BpeTokenizer(_RustTokenizer):
         corpora = _corpora(root) if rows is not None else []
         known = self._known_corpus(rows, corpora) if rows is not None else None
         self.derived = False
-        final = self._cached(root, known["text_sha256"]) if known is not None else None
+        text_sha = known["text_sha256"] if known is not None else None
+        final = self._cached(root, text_sha) if text_sha is not None else None
         if final is None:
             texts, text_sha, capped = self._training_corpus(training_texts)
             final = self._cached(root, text_sha)
@@ -844,12 +953,14 @@ class BpeTokenizer(_RustTokenizer):
         elif known not in corpora[-_CORPORA_FRESH:]:  # a hit about to be pushed out: kept
             self._remember_corpus(root, known)
         data = (final / "tokenizer.json").read_bytes()
+        self._coarser = None
         try:
             tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
         except Exception as exc:  # noqa: BLE001
             raise CommitforgeError(f"cached tokenizer {final} is unreadable ({_one_line(exc)}); delete that directory to retrain") from exc
         self.path = final
         self._install(tok, special_tokens, name_or_path=str(final), sha256=_sha256(data), eos_token=BPE_EOS)
+        self._coarser = self._through(root, text_sha, data.decode("utf-8"))
 
     def train(self, texts: list[str], vocab_size: int | None = None):
         """Train the byte-level BPE on ``texts`` (deterministic) to ``vocab_size`` tokens (the
@@ -889,6 +1000,21 @@ class BpeTokenizer(_RustTokenizer):
                 self._write_entry(root, final, derived, size, entry["training_texts"], entry["training_chars"])
                 self.derived = True
                 return final
+        return None
+
+    def _through(self, root: Path, text_sha256: str, data: str) -> _Coarser | None:
+        """How to encode through the largest cached training of this tokenizer's lineage
+        that has more tokens than it (``_Coarser``), if there is one."""
+        for entry in sorted(_trainings(root, self._lineage(text_sha256)), key=lambda e: -e["reached"]):
+            if entry["reached"] <= self.cfg.vocab_size:
+                return None
+            try:
+                larger = (root / entry["dir"] / "tokenizer.json").read_text(encoding="utf-8")
+            except OSError:
+                continue
+            coarser = _Coarser.between(larger, data)
+            if coarser is not None:
+                return coarser
         return None
 
     def _train_into(self, texts: list[str], root: Path, text_sha256: str) -> Path:

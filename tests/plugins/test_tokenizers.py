@@ -867,3 +867,40 @@ def test_a_sweep_trains_to_its_largest_size_once_and_cuts_the_others(tmp_path, m
     monkeypatch.setenv(BPE_TRAIN_VOCAB_ENV, "lots")
     with pytest.raises(CommitforgeError, match=f"{BPE_TRAIN_VOCAB_ENV}='lots' is not a whole number"):
         bpe(450).prepare(SPECIALS, texts_fn(CORPUS[:-2]), tmp_path / "cache")
+
+
+def test_a_cut_tokenizer_encodes_through_the_larger_training_and_gives_its_own_ids(small_store, tmp_path, monkeypatch):
+    from plugins.tokenizers import BPE_TRAIN_VOCAB_ENV
+
+    corpus = rust_corpus(150, seed=11)
+    texts = corpus[:40] + [UNICODE_CODE, INJECTION + "\n", "x  \n\n  y\r\n\tz", "", "ééé 💶💶 \u0085 \u00a0", "a" * 300]
+    monkeypatch.setenv(BPE_TRAIN_VOCAB_ENV, "900")
+    cut = [bpe(size, min_frequency=1) for size in (300, 520, 900)]
+    for tok in cut:
+        tok.prepare(SPECIALS, texts_fn(corpus), tmp_path / "cache")
+    monkeypatch.delenv(BPE_TRAIN_VOCAB_ENV)
+    assert cut[0]._coarser is not None and cut[1]._coarser is not None and cut[2]._coarser is None
+    expected_by_size = {}
+    for tok in cut:
+        alone = bpe(tok.cfg.vocab_size, min_frequency=1)
+        alone.prepare(SPECIALS, texts_fn(corpus), tmp_path / f"alone-{tok.cfg.vocab_size}")
+        assert alone._coarser is None and _files(alone.path) == _files(tok.path)
+        expected = expected_by_size[tok.cfg.vocab_size] = alone.encode(texts)
+        assert tok.encode(texts) == expected  # by line pieces
+        whole = _fresh(tok)
+        whole._by_line = False
+        assert whole.encode(texts) == expected  # whole texts
+        assert _fresh(tok).encode(texts[::-1]) == expected[::-1]  # pickled (a worker), other order
+    # the pieces are kept by the larger tokenizer's key: the first size encodes them, the
+    # next only maps them
+    first = _fresh(cut[0])
+    first.keep_pieces_in(tmp_path / "cache")
+    assert first.encode(texts) == expected_by_size[300]
+    first.clear_cache()
+    first.wait_saved()
+    assert len(list((tmp_path / "cache" / "pieces-f1").glob("*.lz4"))) == 1
+    later = _fresh(cut[1])
+    later.keep_pieces_in(tmp_path / "cache")
+    assert later.encode(texts) == expected_by_size[520]
+    assert later._pieces.loaded and later._pieces.encoded_chars == 0
+
