@@ -315,7 +315,7 @@ class _PieceIds:
             self.size = size + total
             number.update(zip(new, range(n, n + len(new))))
             self.encoded_chars += sum(map(len, new))
-            self._map_from(n, size)
+            self._map_from(n)
         if not every:
             return np.empty(0, dtype=np.int32), np.zeros(len(pieces), dtype=np.int64)
         seq = np.fromiter(map(number.__getitem__, every), dtype=np.int64, count=len(every))
@@ -345,11 +345,11 @@ class _PieceIds:
         self.count[n:n + len(add)] = counts[picked]
         self.size = size + len(ids)
         number.update(zip([pieces[k] for k in add], range(n, n + len(add))))
-        self._map_from(n, size)
+        self._map_from(n)
 
-    def _map_from(self, n: int, size: int) -> None:
-        """With a coarser, map the pieces numbered from ``n`` on, whose ids were added
-        from ``size`` on, to the smaller tokenizer's ids (pieces in ``out``, same numbers)."""
+    def _map_from(self, n: int) -> None:
+        """With a coarser, map the ids of the pieces numbered from ``n`` on (those just
+        added) to the smaller tokenizer's: into ``out``, under the same numbers."""
         out = self.out
         if out is None:
             return
@@ -412,8 +412,9 @@ class _Coarser:
     its own smaller tokens. The smaller applies a prefix of the larger's merges, in the
     same order, so the larger only merges further what the smaller leaves, never across a
     boundary the smaller keeps; and a larger token, encoded alone, goes through the same
-    merges as inside the word. So each larger id maps to a fixed run of smaller ids
-    (``runs``), and ids encoded once with the larger tokenizer serve every smaller size:
+    merges as inside the word. So each larger id maps to a fixed run of smaller ids (the
+    run of id ``i``: ``ids[start[i]:start[i] + lens[i]]``), and ids encoded once with the
+    larger tokenizer serve every smaller size:
     a sweep over ``vocab_size`` encodes its line pieces once (they are kept by the larger
     tokenizer's key, see ``_PieceStore``). Checked against direct encoding in the tests."""
 
@@ -431,8 +432,8 @@ class _Coarser:
         bm, sm = big.get("model") or {}, small.get("model") or {}
         if bm.get("type") != "BPE" or sm.get("type") != "BPE" or {**bm, "vocab": 0, "merges": 0} != {**sm, "vocab": 0, "merges": 0}:
             return None
-        if any(big.get(k) != small.get(k) for k in ("normalizer", "pre_tokenizer", "added_tokens")):
-            return None
+        if small.get("normalizer") is not None or any(big.get(k) != small.get(k) for k in ("pre_tokenizer", "added_tokens")):
+            return None  # a token's string is encoded as it is: no normalizer may change it
         size = len(sm["vocab"])
         strings: list[str | None] = [None] * len(bm["vocab"])
         for token, i in bm["vocab"].items():
