@@ -94,6 +94,9 @@ def fingerprint(*parts: Any) -> str:
 
 
 OUTPUTS_KEPT = 4
+# a kept-output folder the table does not name, older than this, was left by a run that
+# ended between linking its shards and recording them: removed by the next keep_output
+ORPHAN_AGE_S = 3600
 
 
 def commit_key(base: str, record_line: bytes, tree: str | None) -> str:
@@ -357,6 +360,22 @@ class StageCache:
                                           (OUTPUTS_KEPT,))]
         for n in old:
             self._forget_output(conn, n)
+        self._sweep_orphans(conn)
+
+    def _sweep_orphans(self, conn: sqlite3.Connection) -> None:
+        """Remove the kept-output folders no row names that are older than ``ORPHAN_AGE_S``
+        (a younger one may be another run's, about to be recorded): a run killed after
+        linking its shards leaves one, which holds a whole output's disk space."""
+        named = {n for (n,) in conn.execute("SELECT name FROM kept_outputs")}
+        now = time.time()
+        try:
+            with os.scandir(self._outputs_dir()) as it:
+                stale = [e.path for e in it if e.name not in named and e.is_dir(follow_symlinks=False)
+                         and now - e.stat(follow_symlinks=False).st_mtime > ORPHAN_AGE_S]
+        except OSError:
+            return
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _forget_output(self, conn: sqlite3.Connection, name: str) -> None:
         with conn:

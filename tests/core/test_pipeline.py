@@ -922,6 +922,33 @@ def test_outputs_kept_in_the_old_table_are_dropped_with_their_files(tmp_path):
     assert "outputs" not in tables and "kept_outputs" in tables and not (folder / "old.jsonl").exists()
 
 
+def test_kept_output_folders_no_row_names_are_removed_once_old(tmp_path):
+    """A run killed between linking its shards and recording them leaves a folder that
+    holds a whole output's disk space: the next run that keeps an output removes it, unless
+    it is young enough to be another run's about to be recorded."""
+    import os
+
+    from core.chunk_shards import WrittenShard
+    from core.stage_cache import ORPHAN_AGE_S, StageCache
+
+    run_dir = tmp_path / "run"
+    (run_dir / "chunks").mkdir(parents=True)
+    (run_dir / "chunks" / "00000.jsonl").write_text('{"a": 1}\n')
+    cache = StageCache(tmp_path / "cache")
+    folder = cache._outputs_dir()
+    for name in ("orphan-old", "orphan-young"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "00000.jsonl").write_text("x\n")
+    long_ago = time.time() - ORPHAN_AGE_S - 60
+    os.utime(folder / "orphan-old", (long_ago, long_ago))
+    cache.keep_output(run_dir, [WrittenShard("chunks/00000.jsonl", 1, 9)], "base", ["k"], [9], [1])
+    kept = cache.open_output("base", ["k"])
+    cache.close()
+    assert kept is not None and all(shard.path.is_file() for shard in kept.shards)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("orphan")) == ["orphan-young"]
+    assert len(list(folder.iterdir())) == 2  # the young orphan and the output just kept
+
+
 def test_a_claim_on_chunk_settings_makes_a_second_run_wait(tmp_path):
     """Two sweep jobs with the same chunk settings: while one holds the claim, the other
     waits (and then finds what the first computed in the cache)."""
