@@ -132,6 +132,8 @@ def main() -> None:
             for label, src in order if i % 2 == 0 else order[::-1]:
                 shutil.rmtree(tmp / "cache", ignore_errors=True)
                 result = run(args.repo, tmp / f"{label}{i}", tmp / "cache", exp, src=src)
+                # each round's output goes (its files would fill the page cache round by round)
+                shutil.rmtree(tmp / f"{label}{i}", ignore_errors=True)
                 (cold if src is None else other).append(result)
                 print(json.dumps({label: result}), flush=True)
         if cold:  # --repeat 0: the update only
@@ -170,6 +172,7 @@ def main() -> None:
                     copy_cache(firsts[code], cache)
                     os.sync()  # the run before's writes reach the disk first, as they have long before a real update
                     after = run(clone, tmp / f"after-{label}-{code}-{i}", cache, exp, *overrides, src=src)
+                    shutil.rmtree(tmp / f"after-{label}-{code}-{i}", ignore_errors=True)
                     walls[code].append(after["wall_s"])
                     print(json.dumps({"update_after_one_commit": label, **({"code": code} if src else {}), **after}),
                           flush=True)
