@@ -230,3 +230,43 @@ def test_a_sweep_over_vocab_size_trains_once_and_each_job_has_the_tokenizer_its_
         data = sorted((swept / "data").rglob("*.*"))
         assert data and [f.read_bytes() for f in data] == \
             [(tmp_path / f"alone-{size}" / f.relative_to(swept)).read_bytes() for f in data]
+
+
+def test_a_sweep_job_takes_the_config_the_sweepers_check_composed(tmp_path, monkeypatch):
+    """Hydra's sweeper composes each job's config to check it before launching; the job
+    (here: a pickled copy of the config loader, as a joblib worker gets it) takes that
+    config instead of composing it again, with its own working directory."""
+    import pickle
+
+    from hydra import initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    import core.cli  # noqa: F401 - keeps what the check composes
+    from core.config import conf_dir, register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["tokenizer.vocab_size=300,400"], RunMode.MULTIRUN)
+        checked = loader.load_sweep_config(master, ["tokenizer.vocab_size=300"])
+        fresh = OmegaConf.to_yaml(checked)
+        checked.hydra.job.num = 7  # the caller's copy: the kept config is not changed with it
+        worker = pickle.loads(pickle.dumps(loader))
+        monkeypatch.chdir(tmp_path)
+
+        def no_composing(*args, **kwargs):
+            raise AssertionError("composed again")
+
+        with monkeypatch.context() as m:
+            m.setattr(ConfigLoaderImpl, "load_configuration", no_composing)
+            job = worker.load_sweep_config(master, ["tokenizer.vocab_size=300"])
+        assert job.tokenizer.vocab_size == 300 and OmegaConf.is_missing(job.hydra.job, "num")
+        assert job.hydra.runtime.cwd == str(tmp_path) != checked.hydra.runtime.cwd
+        job.hydra.runtime.cwd = checked.hydra.runtime.cwd
+        assert OmegaConf.to_yaml(job) == fresh
+        # taken once; another job's overrides are composed as before
+        again = worker.load_sweep_config(master, ["tokenizer.vocab_size=300"])
+        other = worker.load_sweep_config(master, ["tokenizer.vocab_size=400"])
+        assert again.hydra.runtime.cwd == str(tmp_path) and other.tokenizer.vocab_size == 400
