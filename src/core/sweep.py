@@ -177,15 +177,19 @@ def job_status(job_dir: Path) -> tuple[str, str, Path]:
     return "ok", "", run_dir
 
 
-def job_row(job_dir: Path, sweep_dir: Path, *, write_reports: bool = True) -> dict[str, Any]:
-    """One summary row: the job's number, status, overrides and :func:`core.report.summary_row` figures."""
+def job_row(job_dir: Path, sweep_dir: Path, *, write_reports: bool = True, live: bool = False) -> dict[str, Any]:
+    """One summary row: the job's number, status, overrides and :func:`core.report.summary_row` figures.
+    ``live``: the sweep is still running, so a job recorded as running is shown as such (no
+    figures yet, no report written for it); afterwards such a job did not finish."""
     job_dir, sweep_dir = Path(job_dir), Path(sweep_dir)
     status, reason, run_dir = job_status(job_dir)
+    if live and (load_json(job_dir / STATUS_FILE) or {}).get("status") == "running":
+        status, reason = "running", ""
     num = _job_number(job_dir)
     row: dict[str, Any] = {"job": num if num is not None else job_dir.relative_to(sweep_dir).as_posix(),
                            "status": status, "reason": reason, "overrides": " ".join(job_overrides(job_dir)),
                            "job_dir": job_dir.relative_to(sweep_dir).as_posix()}
-    has_manifest = (run_dir / "MANIFEST.json").is_file()
+    has_manifest = status != "running" and (run_dir / "MANIFEST.json").is_file()
     if has_manifest:
         row.update({k: v for k, v in summary_row(run_dir).items() if k not in row})
     report = run_dir / REPORT_FILE
@@ -228,7 +232,9 @@ def _md_code(text: str) -> str:
 
 def _counts_line(rows: list[dict[str, Any]]) -> str:
     ok = sum(1 for r in rows if r["status"] == "ok")
-    return f"{len(rows)} job{'' if len(rows) == 1 else 's'}: {ok} ok, {len(rows) - ok} failed."
+    running = sum(1 for r in rows if r["status"] == "running")
+    line = f"{len(rows)} job{'' if len(rows) == 1 else 's'}: {ok} ok, {len(rows) - ok - running} failed"
+    return line + (f", {running} running." if running else ".")
 
 
 def render_md(rows: list[dict[str, Any]], title: str) -> str:
@@ -245,7 +251,7 @@ def render_md(rows: list[dict[str, Any]], title: str) -> str:
             elif c == "report":
                 cells.append(f"[report](<{v}>)" if v else "–")
             elif c == "status":
-                cells.append("**failed**" if v == "failed" else "ok")
+                cells.append("**failed**" if v == "failed" else v)
             else:
                 cells.append(_md_cell(fmt(v, kind) if v is not None or c != "reason" else ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -261,7 +267,8 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 def _charts(rows: list[dict[str, Any]]) -> str:
     varying = _varying_overrides(rows)
-    labels = [f"#{r['job']}" + (" ✗" if r["status"] != "ok" else "") + (f" {v}" if v else "")
+    labels = [f"#{r['job']}" + (" ✗" if r["status"] == "failed" else " …" if r["status"] == "running" else "")
+              + (f" {v}" if v else "")
               for r, v in zip(rows, varying)]
     tips = [f"job {r['job']} ({r['status']}): {r.get('overrides') or 'no overrides'}" for r in rows]
 
@@ -297,7 +304,7 @@ def render_html(rows: list[dict[str, Any]], title: str) -> str:
             if c == "report":
                 line.append(Raw(f'<a href="{esc(v)}">report</a>') if v else "–")
             elif c == "status":
-                line.append(Raw(f'<span class="{"ok" if v == "ok" else "bad"}">{esc(v)}</span>'))
+                line.append(Raw(f'<span class="{"bad" if v == "failed" else "ok"}">{esc(v)}</span>'))
             elif c == "overrides":
                 line.append(Raw(f'<span class="mono">{esc(v or "")}</span>'))
             elif c == "reason":
@@ -314,10 +321,11 @@ def render_html(rows: list[dict[str, Any]], title: str) -> str:
     return page(title, "\n".join(body))
 
 
-def summarize_sweep(sweep_dir: Path, *, write_reports: bool = True) -> Path:
-    """Write summary.csv, summary.md and summary.html into ``sweep_dir``; return the CSV's path."""
+def summarize_sweep(sweep_dir: Path, *, write_reports: bool = True, live: bool = False) -> Path:
+    """Write summary.csv, summary.md and summary.html into ``sweep_dir``; return the CSV's
+    path. ``live``: while the sweep runs (see :func:`job_row`)."""
     sweep_dir = Path(sweep_dir)
-    rows = [job_row(j, sweep_dir, write_reports=write_reports) for j in find_jobs(sweep_dir)]
+    rows = [job_row(j, sweep_dir, write_reports=write_reports, live=live) for j in find_jobs(sweep_dir)]
     title = f"commitforge sweep — {sweep_dir.name}"
     texts = {"summary.csv": render_csv(rows), "summary.md": render_md(rows, title),
              "summary.html": render_html(rows, title)}
@@ -408,8 +416,8 @@ class SweepSummary(Callback):
         sweep_dir = _sweep_dir_of_job(config, job_dir)
         if sweep_dir not in self._sweep_dirs:
             self._sweep_dirs.append(sweep_dir)
-        if self.every_job:
-            summarize_sweep(sweep_dir, write_reports=self.write_reports)
+        if self.every_job:  # the other jobs may still run: not a report of a half-done run
+            summarize_sweep(sweep_dir, write_reports=self.write_reports, live=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for sweep_dir in self._sweep_dirs or [_sweep_dir(config)]:

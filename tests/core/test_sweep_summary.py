@@ -270,3 +270,26 @@ def test_a_sweep_job_takes_the_config_the_sweepers_check_composed(tmp_path, monk
         again = worker.load_sweep_config(master, ["tokenizer.vocab_size=300"])
         other = worker.load_sweep_config(master, ["tokenizer.vocab_size=400"])
         assert again.hydra.runtime.cwd == str(tmp_path) and other.tokenizer.vocab_size == 400
+
+
+def test_a_summary_while_the_sweep_runs_shows_running_jobs_as_running_and_writes_no_report_for_them(sweep):
+    """A job that ends refreshes the summary while others still run: one recorded as running
+    (its manifest half written) is shown running, without figures, and its report is left to
+    it; once the sweep is over, such a job did not finish."""
+    running = sweep / "1"
+    (running / STATUS_FILE).write_text(json.dumps({"status": "running"}))
+    manifest = json.loads((running / "MANIFEST.json").read_text())
+    del manifest["stages"]["build"]  # as it is while the build stage runs
+    (running / "MANIFEST.json").write_text(json.dumps(manifest))
+    summarize_sweep(sweep, live=True)
+    rows = {r["job"]: r for r in _rows(sweep)}
+    assert (rows["1"]["status"], rows["1"]["reason"], rows["1"]["unit_changes"], rows["1"]["report"]) == \
+        ("running", "", "", "")
+    assert not (running / REPORT_FILE).exists() and rows["2"]["report"] == "2/report.html"
+    assert (rows["0"]["status"], rows["2"]["status"], rows["3"]["status"]) == ("ok", "failed", "running")
+    md = (sweep / "summary.md").read_text()
+    assert "5 jobs: 2 ok, 1 failed, 2 running." in md and "| 1 | running |" in md
+    summarize_sweep(sweep)  # the sweep is over: the job did not finish
+    rows = {r["job"]: r for r in _rows(sweep)}
+    assert rows["1"]["status"] == "failed" and rows["1"]["reason"] == "stage not finished: build"
+    assert rows["3"]["reason"] == "no MANIFEST.json (the job did not finish)"
