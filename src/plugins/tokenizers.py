@@ -301,6 +301,10 @@ class _PieceIds:
                 if kept is not None:
                     self._take(*kept)
                     new = [p for p in new if p not in number]
+                    if sum(map(len, new)) < self.store.LOAD_CHARS:
+                        # the file had them: this build encodes no more than another would
+                        # wait for (the next sweep job loads the file at once)
+                        self.store.release()
         if new:
             id_lists = [e.ids for e in batch(new, add_special_tokens=False)]
             lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))

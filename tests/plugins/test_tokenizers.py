@@ -599,6 +599,7 @@ def test_kept_pieces_serve_a_later_tokenizer_and_give_the_same_ids(spacy, small_
     assert later.encode(texts) == expected
     memo = later._pieces
     assert memo.loaded and memo.encoded_chars == 0  # every piece came from the store
+    assert memo.store._claim is None  # given up once loaded: no other build need wait for this one
     # a text with new lines encodes those alone, and the right ids come out
     more = ["fn never_seen_before() {\n    let q = 7;\n}"]
     assert later.encode(more) == plain.encode(more)
@@ -703,7 +704,8 @@ def test_pieces_loaded_over_ones_known_already_are_saved_with_the_right_ids(spac
     assert third._pieces.encoded_chars == 0
 
 
-def test_a_build_encoding_the_pieces_another_is_encoding_waits_and_loads_them(spacy, small_store, tmp_path):
+def test_a_build_encoding_the_pieces_another_is_encoding_waits_and_loads_them(spacy, small_store, tmp_path,
+                                                                              monkeypatch):
     import threading
 
     texts = CORPUS[:20]
@@ -724,6 +726,13 @@ def test_a_build_encoding_the_pieces_another_is_encoding_waits_and_loads_them(sp
     waiting.join(10)
     assert got == [plain.encode(texts)]
     assert second._pieces.encoded_chars == 0  # all loaded, none encoded twice
+    # the second build, which loaded them all, encodes no more: a third does not wait for it
+    monkeypatch.setattr(small_store, "CLAIM_WAIT_S", 3.0)
+    third = _fresh(spacy)
+    third.keep_pieces_in(tmp_path)
+    started = time.monotonic()
+    assert third.encode(texts) == got[0]
+    assert time.monotonic() - started < 2 and third._pieces.encoded_chars == 0
 
 
 def test_a_claim_held_too_long_is_given_up(spacy, small_store, tmp_path, monkeypatch):
