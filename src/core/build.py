@@ -46,13 +46,13 @@ from core.changes import (
     whole,
     without_context,
 )
-from core.chunk_shards import CHUNKS_DIR, shard_paths
+from core.chunk_shards import CHUNKS_DIR
 from core.chunking import takes
 from core.collector import paused
 from core.dedup import Features, deduplicate, features
 from core.errors import CommitforgeError
 from core.examples import ExampleRows, unpack
-from core.files import AheadCopies, record_line, stat_key
+from core.files import AheadCopies, record_line, shard_paths, stat_key
 from core.kept_lines import KEPT_LINES_FORMAT, KeptLines
 from core.stage_cache import Claim, claim_for, fingerprint
 from core.stats import Counter

@@ -16,9 +16,9 @@ try:
 except ImportError:  # a core dependency; json reads the same rows, slower
     orjson = None
 
-from core.chunk_shards import shard_paths, shards_key
+from core.chunk_shards import shards_key
 from core.errors import CommitforgeError
-from core.files import read_line, stat_key
+from core.files import read_line, shard_paths, stat_key
 
 # texts that repeat across the rows of chunks/: one string object each
 _SHARED_FIELDS = ("subject", "message", "old_code", "new_code", "header", "signature")

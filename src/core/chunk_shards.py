@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from core.files import atomic_write, remember_digest, stat_key
+from core.files import atomic_write, remember_digest, shard_paths, stat_key
 
 CHUNKS_DIR = "chunks"
 SHARD_BYTES = 16 << 20
@@ -29,13 +29,6 @@ SHARD_BYTES = 16 << 20
 
 def shard_name(k: int) -> str:
     return f"{k:05d}.jsonl"
-
-
-def shard_paths(folder: Path) -> list[Path]:
-    """The shards of ``folder`` in order (none when it is not a directory)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix == ".jsonl" and p.stem.isdigit())
 
 
 def shards_key(files: list[Any]) -> str:

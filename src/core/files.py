@@ -605,11 +605,18 @@ def read_line(line: bytes) -> Any:
     return json.loads(line.decode("utf-8"))
 
 
+def shard_paths(folder: Path) -> list[Path]:
+    """The numbered line shards of ``folder`` (``00000.jsonl``, ``00001.jsonl``…), in
+    order; [] when there are none or it is not a directory."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == ".jsonl" and p.stem.isdigit())
+
+
 def split_shards(run_dir: Path | str, split: str) -> list[Path]:
     """The line shards of ``split`` a ``jsonl`` writer put in ``run_dir``
     (``data/{split}/00000.jsonl``, ``00001.jsonl``…), in order; [] when there are none."""
-    folder = Path(run_dir) / "data" / split
-    return sorted(p for p in folder.glob("*.jsonl") if p.stem.isdigit()) if folder.is_dir() else []
+    return shard_paths(Path(run_dir) / "data" / split)
 
 
 def sha256_file(path: Path) -> str:

@@ -36,7 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write, split_shards
+from core.chunk_shards import CHUNKS_DIR
+from core.files import atomic_write, shard_paths, split_shards
 
 REPORT_FILE = "report.html"
 STAGE_NAMES = ("mine", "chunk", "build")
@@ -146,7 +147,7 @@ class RunInfo:
         same directory are not this run's); without a manifest, whether its output exists."""
         if self.manifest:
             return stage in self.stages
-        output = {"mine": "commits.jsonl", "chunk": "chunks", "build": "stats.json"}.get(stage)
+        output = {"mine": "commits.jsonl", "chunk": CHUNKS_DIR, "build": "stats.json"}.get(stage)
         return output is not None and (self.run_dir / output).exists()
 
     @property
@@ -348,8 +349,6 @@ def _slow_fields(line: bytes) -> tuple[str, str, Any, Any] | None:
 def scan_chunks(path: Path) -> ChunkScan:
     """Stream the chunk stage's output (``chunks/``, its shards in order, or one file); a
     line is decoded whole only when the fast path cannot read it."""
-    from core.chunk_shards import shard_paths
-
     scan = ChunkScan()
     for shard in shard_paths(path) if path.is_dir() else [path]:
         with open(shard, "rb") as fh:
@@ -1007,7 +1006,7 @@ def render_report(run_dir: Path, scan: ChunkScan | None = None,
     info = RunInfo.load(run_dir)
     row = summary_row(run_dir)
     notes: list[str] = []
-    chunks = run_dir / "chunks"
+    chunks = run_dir / CHUNKS_DIR
     if scan is None or not info.ran("chunk"):
         scan = scan_chunks(chunks) if chunks.is_dir() and info.ran("chunk") else None
     if scan is not None and scan.malformed:
