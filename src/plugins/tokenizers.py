@@ -99,10 +99,17 @@ def _producible(model: dict, token: str) -> bool:
     if len(token) <= 1 + affix:
         return True
     for merge in model.get("merges", ()):
-        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        a, b = _merge_pair(merge)
         if a + b == token:
             return True
     return False
+
+
+def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """A BPE merge of a tokenizer's JSON as its two tokens (``["a", "b"]``, or ``"a b"`` as
+    older versions of tokenizers write them)."""
+    a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+    return a, b
 
 
 def _cut_lines(text: str) -> list[str]:
@@ -887,12 +894,7 @@ class BpeTokenizer(_RustTokenizer):
         (training takes a while)."""
         same = tuple(entry[k] for k in _CORPUS_KEY)
         entries = [e for e in _corpora(root) if tuple(e[k] for k in _CORPUS_KEY) != same] + [entry]
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_write(root / CORPORA_FILE) as fh:
-                fh.write(json.dumps(entries[-_CORPORA_KEPT:], indent=1).encode() + b"\n")
-        except OSError:
-            pass  # a cache of a cache: the next build reads its rows again
+        _keep_entries(root / CORPORA_FILE, entries, _CORPORA_KEPT)
 
     def _corpus_entry(self, rows: list[bytes], texts: int, capped: bool, text_sha: str) -> dict[str, Any]:
         k = min(len(rows), (texts + 1) // 2)  # the rows the texts came from
@@ -1037,11 +1039,7 @@ class BpeTokenizer(_RustTokenizer):
         entries = [e for e in _trainings(root, lineage) if e["vocab_size"] != size]
         entries.append({"dir": trained.name, "vocab_size": size, "reached": tok.get_vocab_size(with_added_tokens=False),
                         "training_texts": n_texts, "training_chars": n_chars})
-        try:
-            with atomic_write(root / f"{TRAININGS_PREFIX}{lineage}.json") as fh:
-                fh.write(json.dumps(entries[-_TRAININGS_KEPT:], indent=1).encode() + b"\n")
-        except OSError:
-            pass  # a cache of a cache: the next build of another size trains
+        _keep_entries(root / f"{TRAININGS_PREFIX}{lineage}.json", entries, _TRAININGS_KEPT)
         if size == self.cfg.vocab_size:
             return trained
         final = root / f"bpe-{self.cache_key(text_sha256)}"
@@ -1099,18 +1097,35 @@ _CORPUS_FORMAT = 1
 _CORPUS_KEY = ("corpus", "max_training_chars", "rows", "capped", "prefix")
 
 
+def _entries(path: Path, types: dict[str, type]) -> list[dict[str, Any]]:
+    """The entries of a JSON list the tokenizers directory keeps (a cache of a cache) that
+    have each field of ``types`` with its type; none when the file is missing or unreadable."""
+    try:
+        entries = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())]
+
+
+def _keep_entries(path: Path, entries: list[dict[str, Any]], kept: int) -> None:
+    """Write the last ``kept`` of ``entries`` to ``path`` whole; a cache that cannot be
+    written keeps nothing (the next build reads, or trains, again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as fh:
+            fh.write(json.dumps(entries[-kept:], indent=1).encode() + b"\n")
+    except OSError:
+        pass
+
+
 def _corpora(root: Path) -> list[dict[str, Any]]:
     """The corpora earlier builds read (see ``BpeTokenizer._known_corpus``); none when the
     file is missing or unreadable."""
-    try:
-        entries = json.loads((root / CORPORA_FILE).read_bytes())
-    except (OSError, ValueError):
-        return []
     types = {"corpus": int, "max_training_chars": int, "rows": int, "capped": bool, "prefix": str, "text_sha256": str}
-    if not isinstance(entries, list):
-        return []
-    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())
-            and e["corpus"] == _CORPUS_FORMAT and e["rows"] >= (1 if e["capped"] else 0)
+    return [e for e in _entries(root / CORPORA_FILE, types)
+            if e["corpus"] == _CORPUS_FORMAT and e["rows"] >= (1 if e["capped"] else 0)
             and _HEX40.fullmatch(e["prefix"]) and _HEX64.fullmatch(e["text_sha256"])]
 
 
@@ -1122,15 +1137,9 @@ def _trainings(root: Path, lineage: str) -> list[dict[str, Any]]:
     """The trainings of ``lineage`` (``BpeTokenizer._lineage``) cached under ``root``: each
     one's directory, the vocabulary size it trained to and the size it reached, and its
     corpus's texts and characters; none when the file is missing or unreadable."""
-    try:
-        entries = json.loads((root / f"{TRAININGS_PREFIX}{lineage}.json").read_bytes())
-    except (OSError, ValueError):
-        return []
     types = {"dir": str, "vocab_size": int, "reached": int, "training_texts": int, "training_chars": int}
-    if not isinstance(entries, list):
-        return []
-    return [e for e in entries if isinstance(e, dict) and all(type(e.get(k)) is t for k, t in types.items())
-            and re.fullmatch(r"bpe-[0-9a-f]{20}", e["dir"])]
+    return [e for e in _entries(root / f"{TRAININGS_PREFIX}{lineage}.json", types)
+            if re.fullmatch(r"bpe-[0-9a-f]{20}", e["dir"])]
 
 
 def derive_bpe(data: str, vocab_size: int, special_tokens: list[str]) -> str | None:
@@ -1161,7 +1170,7 @@ def derive_bpe(data: str, vocab_size: int, special_tokens: list[str]) -> str | N
     for merge in merges:
         if size >= vocab_size:
             break
-        a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
+        a, b = _merge_pair(merge)
         made = vocab.get(a + b)
         if made is None or made > size:
             return None
